@@ -1,0 +1,61 @@
+//! # Floodgate
+//!
+//! An embedded rate-limiting engine: call it once per request to decide allow or
+//! deny, from Rust here and from C, Python and Node through the bindings.
+//!
+//! ```
+//! use floodgate::{Algorithm, Limiter, Quota};
+//! use std::time::Duration;
+//!
+//! // Token bucket (GCRA): 10 per second, bursts of up to 20.
+//! let limiter = Limiter::new("10/s burst 20".parse()?)?;
+//! let decision = limiter.check("api-key:abc123", 1)?;
+//! if !decision.allowed {
+//!     // Answer 429 with Retry-After = decision.retry_after.
+//! }
+//!
+//! // Several quotas, charged all-or-nothing, and explicit time for tests.
+//! let strict = Limiter::builder()
+//!     .quota(Quota::per_second(5)?)
+//!     .quota(Quota::per_hour(100)?.with_algorithm(Algorithm::SlidingLog)?)
+//!     .build()?;
+//! let d = strict.check_at("ip:203.0.113.7", 5, Duration::ZERO)?;
+//! assert!(d.allowed);
+//! let d = strict.check_at("ip:203.0.113.7", 1, Duration::ZERO)?;
+//! assert!(!d.allowed);
+//! assert_eq!(d.retry_after, Duration::from_millis(200));
+//! # Ok::<(), floodgate::Error>(())
+//! ```
+//!
+//! See the [`guide`] for the algorithms' exact semantics and error bounds, memory
+//! use, and how the store stays bounded under attack.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod algorithm;
+mod clock;
+mod decision;
+mod error;
+mod limiter;
+mod quota;
+mod state;
+mod store;
+mod sync;
+
+pub mod guide;
+
+pub use clock::{Clock, DefaultClock, FakeClock, MonotonicClock, QuantaClock};
+pub use decision::Decision;
+pub use error::{CostProblem, Error, ErrorKind, ParseProblem, QuotaProblem, Result};
+pub use limiter::{Limiter, LimiterBuilder, MAX_QUOTAS};
+pub use quota::{Algorithm, Quota};
+
+/// Items for the loom model only (`--cfg floodgate_loom`); not a public API.
+#[cfg(floodgate_loom)]
+#[doc(hidden)]
+pub mod loom_api {
+    pub use crate::algorithm::Outcome;
+    pub use crate::algorithm::gcra::Gcra;
+    pub use crate::state::gcra_check;
+}

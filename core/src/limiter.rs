@@ -1,0 +1,451 @@
+//! [`Limiter`]: one or more quotas applied to many keys, shared by all threads.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::algorithm::Outcome;
+use crate::algorithm::gcra::Gcra;
+use crate::clock::{Clock, DefaultClock};
+use crate::decision::Decision;
+use crate::error::{Error, Result};
+use crate::quota::{Algorithm, Quota};
+use crate::state::{self, KeyState, Params, QuotaState};
+use crate::store::memory::MemoryStore;
+use crate::sync::AtomicU64;
+
+/// Most quotas one limiter checks at once.
+pub const MAX_QUOTAS: usize = 16;
+
+/// How the limiter keeps its per-key state.
+enum Backend {
+    /// One GCRA quota: one atomic `u64` per key, lock-free updates.
+    Gcra {
+        gcra: Gcra,
+        store: MemoryStore<AtomicU64>,
+    },
+    /// Anything else: all quota states of a key behind the key's own lock.
+    General {
+        params: Box<[Params]>,
+        store: MemoryStore<KeyState>,
+    },
+}
+
+/// A rate limiter over many keys: `Send + Sync`, meant to be shared (`Arc`) by every
+/// thread of a server and called once per request.
+///
+/// Keys are arbitrary bytes (a `&str` is its UTF-8 bytes), 1 to `max_key_bytes`
+/// long. The limiter keeps a randomly seeded 64-bit hash of each key, not the key:
+/// memory per key does not grow with key length, and an attacker who cannot see
+/// the seed cannot aim collisions (two keys sharing state) or hash floods.
+///
+/// # Examples
+/// ```
+/// use floodgate::{Limiter, Quota};
+/// use std::time::Duration;
+///
+/// // 10 per second AND 1000 per hour, checked atomically.
+/// let limiter = Limiter::builder()
+///     .quota("10/s".parse()?)
+///     .quota(Quota::per_hour(1000)?)
+///     .build()?;
+/// let d = limiter.check("user:42", 1)?;
+/// assert!(d.allowed);
+/// # Ok::<(), floodgate::Error>(())
+/// ```
+pub struct Limiter<C: Clock = DefaultClock> {
+    quotas: Box<[Quota]>,
+    backend: Backend,
+    hasher: ahash::RandomState,
+    max_key_bytes: usize,
+    /// The smallest limit among the quotas, and that quota's index.
+    max_cost: (u64, usize),
+    clock: C,
+}
+
+impl<C: Clock> fmt::Debug for Limiter<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("quotas", &self.quotas)
+            .field("max_key_bytes", &self.max_key_bytes)
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for a [`Limiter`]; start with [`Limiter::builder`].
+#[derive(Debug, Clone)]
+pub struct LimiterBuilder {
+    quotas: Vec<Quota>,
+    max_keys: usize,
+    max_key_bytes: usize,
+    max_log_limit: u64,
+    shards: Option<usize>,
+}
+
+impl Default for LimiterBuilder {
+    fn default() -> Self {
+        Self {
+            quotas: Vec::new(),
+            max_keys: 1_000_000,
+            max_key_bytes: 256,
+            max_log_limit: 10_000,
+            shards: None,
+        }
+    }
+}
+
+impl LimiterBuilder {
+    /// Adds a quota. A request must fit every quota to be admitted.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quotas.push(quota);
+        self
+    }
+
+    /// Adds several quotas.
+    pub fn quotas(mut self, quotas: impl IntoIterator<Item = Quota>) -> Self {
+        self.quotas.extend(quotas);
+        self
+    }
+
+    /// Most keys held at once (default 1,000,000). When full, the least recently
+    /// used keys are forgotten; keys idle longer than their state matters are
+    /// forgotten on their own.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Longest key accepted, in bytes (default 256, at most 65,536).
+    pub fn max_key_bytes(mut self, max_key_bytes: usize) -> Self {
+        self.max_key_bytes = max_key_bytes;
+        self
+    }
+
+    /// Ceiling on a sliding-log quota's limit (default 10,000): the log keeps up to
+    /// `limit` entries of 16 bytes per key.
+    pub fn max_log_limit(mut self, max_log_limit: u64) -> Self {
+        self.max_log_limit = max_log_limit;
+        self
+    }
+
+    /// Number of shards (rounded up to a power of two; default 64 per core).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Builds a limiter on the [`DefaultClock`].
+    ///
+    /// # Errors
+    /// [`Error::NoQuotas`], [`Error::TooManyQuotas`], [`Error::LogLimitTooLarge`],
+    /// or [`Error::InvalidOption`] for a zero `max_keys` or an out-of-range
+    /// `max_key_bytes`.
+    pub fn build(self) -> Result<Limiter> {
+        self.build_with_clock(DefaultClock::new())
+    }
+
+    /// Builds a limiter on the given clock (a [`FakeClock`](crate::FakeClock) in tests).
+    ///
+    /// # Errors
+    /// As [`LimiterBuilder::build`].
+    pub fn build_with_clock<C: Clock>(self, clock: C) -> Result<Limiter<C>> {
+        let option = |option, problem| Err(Error::InvalidOption { option, problem });
+        if self.quotas.is_empty() {
+            return Err(Error::NoQuotas);
+        }
+        if self.quotas.len() > MAX_QUOTAS {
+            return Err(Error::TooManyQuotas {
+                count: self.quotas.len(),
+                max: MAX_QUOTAS,
+            });
+        }
+        if self.max_keys == 0 {
+            return option("max_keys", "must be at least 1");
+        }
+        if !(1..=65_536).contains(&self.max_key_bytes) {
+            return option("max_key_bytes", "must be between 1 and 65536");
+        }
+        for q in &self.quotas {
+            if q.algorithm() == Algorithm::SlidingLog && q.limit() > self.max_log_limit {
+                return Err(Error::LogLimitTooLarge {
+                    limit: q.limit(),
+                    max: self.max_log_limit,
+                });
+            }
+        }
+        let idle_ns = self
+            .quotas
+            .iter()
+            .map(Quota::state_lifetime_ns)
+            .max()
+            .unwrap_or(1);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let shards = self.shards.unwrap_or(cores * 64);
+        let backend = match self.quotas.as_slice() {
+            [q] if q.algorithm() == Algorithm::Gcra => Backend::Gcra {
+                gcra: Gcra::new(q),
+                store: MemoryStore::new(self.max_keys, shards, idle_ns),
+            },
+            qs => Backend::General {
+                params: qs.iter().map(Params::new).collect(),
+                store: MemoryStore::new(self.max_keys, shards, idle_ns),
+            },
+        };
+        let max_cost = self
+            .quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.limit(), i))
+            .min()
+            .unwrap_or((0, 0));
+        Ok(Limiter {
+            quotas: self.quotas.into_boxed_slice(),
+            backend,
+            hasher: ahash::RandomState::new(),
+            max_key_bytes: self.max_key_bytes,
+            max_cost,
+            clock,
+        })
+    }
+}
+
+/// Nanoseconds in a `Duration`, saturating at `u64::MAX` (584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Limiter {
+    /// A limiter with one quota and default options, on the default clock.
+    ///
+    /// # Errors
+    /// As [`LimiterBuilder::build`].
+    ///
+    /// # Examples
+    /// ```
+    /// let limiter = floodgate::Limiter::new("100/s".parse()?)?;
+    /// assert!(limiter.check("10.0.0.1", 1)?.allowed);
+    /// # Ok::<(), floodgate::Error>(())
+    /// ```
+    pub fn new(quota: Quota) -> Result<Self> {
+        Self::builder().quota(quota).build()
+    }
+
+    /// A builder with default options and no quota yet.
+    pub fn builder() -> LimiterBuilder {
+        LimiterBuilder::default()
+    }
+}
+
+impl<C: Clock> Limiter<C> {
+    /// Checks a request of `cost` units for `key` now, and charges it if allowed.
+    /// `cost == 0` is a [`peek`](Self::peek).
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`], [`Error::KeyTooLong`], or [`Error::CostExceedsBurst`]
+    /// when `cost` exceeds what a quota admits at once (it could never succeed).
+    /// A denial is not an error: it is a `Decision` with `allowed == false`.
+    ///
+    /// # Examples
+    /// ```
+    /// let limiter = floodgate::Limiter::new("2/s".parse()?)?;
+    /// assert!(limiter.check(b"\xff\x00raw bytes", 2)?.allowed);
+    /// assert!(!limiter.check(b"\xff\x00raw bytes", 1)?.allowed);
+    /// assert!(limiter.check("", 1).is_err());
+    /// # Ok::<(), floodgate::Error>(())
+    /// ```
+    #[inline]
+    pub fn check(&self, key: impl AsRef<[u8]>, cost: u64) -> Result<Decision> {
+        self.check_ns(key.as_ref(), cost, self.clock.now_ns())
+    }
+
+    /// [`check`](Self::check) at an explicit time: `now` since the clock's origin
+    /// (any fixed origin works if every call uses it). For replay and tests.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let limiter = floodgate::Limiter::new("1/s".parse()?)?;
+    /// assert!(limiter.check_at("k", 1, Duration::from_secs(5))?.allowed);
+    /// let d = limiter.check_at("k", 1, Duration::from_secs(5))?;
+    /// assert_eq!(d.retry_after, Duration::from_secs(1));
+    /// assert!(limiter.check_at("k", 1, Duration::from_secs(6))?.allowed);
+    /// # Ok::<(), floodgate::Error>(())
+    /// ```
+    #[inline]
+    pub fn check_at(&self, key: impl AsRef<[u8]>, cost: u64, now: Duration) -> Result<Decision> {
+        self.check_ns(key.as_ref(), cost, nanos(now))
+    }
+
+    /// What a request of one unit would get now, without charging anything or
+    /// storing the key. `remaining` and `reset_after` are as they stand.
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`] or [`Error::KeyTooLong`].
+    ///
+    /// # Examples
+    /// ```
+    /// let limiter = floodgate::Limiter::new("5/s".parse()?)?;
+    /// assert_eq!(limiter.peek("k")?.remaining, 5);
+    /// assert_eq!(limiter.len(), 0);
+    /// # Ok::<(), floodgate::Error>(())
+    /// ```
+    pub fn peek(&self, key: impl AsRef<[u8]>) -> Result<Decision> {
+        self.check_ns(key.as_ref(), 0, self.clock.now_ns())
+    }
+
+    /// [`peek`](Self::peek) at an explicit time.
+    ///
+    /// # Errors
+    /// As [`peek`](Self::peek).
+    pub fn peek_at(&self, key: impl AsRef<[u8]>, now: Duration) -> Result<Decision> {
+        self.check_ns(key.as_ref(), 0, nanos(now))
+    }
+
+    /// Forgets `key`, giving it a full limit again. Returns whether it was held.
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`] or [`Error::KeyTooLong`].
+    ///
+    /// # Examples
+    /// ```
+    /// let limiter = floodgate::Limiter::new("1/h".parse()?)?;
+    /// limiter.check("k", 1)?;
+    /// assert!(limiter.reset("k")?);
+    /// assert!(limiter.check("k", 1)?.allowed);
+    /// # Ok::<(), floodgate::Error>(())
+    /// ```
+    pub fn reset(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let fp = self.fingerprint(key.as_ref())?;
+        Ok(match &self.backend {
+            Backend::Gcra { store, .. } => store.remove(fp),
+            Backend::General { store, .. } => store.remove(fp),
+        })
+    }
+
+    /// Forgets every key.
+    pub fn clear(&self) {
+        match &self.backend {
+            Backend::Gcra { store, .. } => store.clear(),
+            Backend::General { store, .. } => store.clear(),
+        }
+    }
+
+    /// The quotas, in the order decisions' `quota` index refers to.
+    pub fn quotas(&self) -> &[Quota] {
+        &self.quotas
+    }
+
+    /// The limiter's clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Keys currently held (O(shards)).
+    pub fn len(&self) -> usize {
+        match &self.backend {
+            Backend::Gcra { store, .. } => store.len(),
+            Backend::General { store, .. } => store.len(),
+        }
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most keys ever held at once (`max_keys`, rounded down to the shards).
+    pub fn capacity(&self) -> usize {
+        match &self.backend {
+            Backend::Gcra { store, .. } => store.capacity(),
+            Backend::General { store, .. } => store.capacity(),
+        }
+    }
+
+    /// Keys forgotten because the limiter was full (see [`LimiterBuilder::max_keys`]).
+    pub fn evicted(&self) -> u64 {
+        match &self.backend {
+            Backend::Gcra { store, .. } => store.evicted(),
+            Backend::General { store, .. } => store.evicted(),
+        }
+    }
+
+    /// Bytes used by the key tables, plus each held key's fixed per-key state on the
+    /// general path (a sliding log's entries, 16 bytes each, are not counted).
+    pub fn memory_bytes(&self) -> usize {
+        match &self.backend {
+            Backend::Gcra { store, .. } => store.table_bytes(),
+            Backend::General { params, store } => {
+                // Box<[QuotaState]> plus the allocator's header, per key.
+                let per_key = params.len() * std::mem::size_of::<QuotaState>() + 16;
+                store.table_bytes() + store.len() * per_key
+            }
+        }
+    }
+
+    fn fingerprint(&self, key: &[u8]) -> Result<u64> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Error::KeyTooLong {
+                len: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(self.hasher.hash_one(key))
+    }
+
+    #[inline]
+    fn check_ns(&self, key: &[u8], cost: u64, now: u64) -> Result<Decision> {
+        let fp = self.fingerprint(key)?;
+        if cost > self.max_cost.0 {
+            return Err(Error::CostExceedsBurst {
+                cost,
+                burst: self.max_cost.0,
+                quota: self.max_cost.1,
+            });
+        }
+        let (outcome, quota) = match (&self.backend, cost) {
+            (Backend::Gcra { gcra, store }, 0) => {
+                let tat = store.read(fp, |cell| {
+                    cell.map_or(0, |c| c.load(crate::sync::Ordering::Relaxed))
+                });
+                (state::gcra_peek(tat, gcra, now), 0)
+            }
+            (Backend::Gcra { gcra, store }, _) => (
+                store.with(
+                    fp,
+                    now,
+                    || AtomicU64::new(0),
+                    |cell| state::gcra_check(cell, gcra, now, cost),
+                ),
+                0,
+            ),
+            (Backend::General { params, store }, 0) => store.read(fp, |slot| match slot {
+                Some(states) => state::peek_all(&mut states.lock(), params, now),
+                None => state::peek_fresh(params, now),
+            }),
+            (Backend::General { params, store }, _) => store.with(
+                fp,
+                now,
+                || parking_lot::Mutex::new(params.iter().map(Params::fresh).collect()),
+                |states| state::check_all(&mut states.lock(), params, now, cost),
+            ),
+        };
+        Ok(self.decision(outcome, quota))
+    }
+
+    fn decision(&self, o: Outcome, quota: usize) -> Decision {
+        Decision {
+            allowed: o.allowed,
+            limit: self.quotas.get(quota).map_or(0, Quota::limit),
+            remaining: o.remaining,
+            retry_after: Duration::from_nanos(o.retry_after),
+            reset_after: Duration::from_nanos(o.reset_after),
+            quota,
+        }
+    }
+}

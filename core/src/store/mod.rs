@@ -1,0 +1,3 @@
+//! Where per-key state lives. Today: the bounded in-memory [`memory`] store.
+
+pub(crate) mod memory;
