@@ -55,7 +55,11 @@ pub use quota::{Algorithm, Quota};
 #[cfg(floodgate_loom)]
 #[doc(hidden)]
 pub mod loom_api {
-    pub use crate::algorithm::Outcome;
-    pub use crate::algorithm::gcra::Gcra;
-    pub use crate::state::gcra_check;
+    pub use loom::sync::atomic::AtomicU64;
+
+    /// One fast-path GCRA check on `cell`; true if admitted.
+    pub fn gcra_allowed(cell: &AtomicU64, quota: &crate::Quota, now: u64, cost: u64) -> bool {
+        let gcra = crate::algorithm::gcra::Gcra::new(quota);
+        crate::state::gcra_check(cell, &gcra, now, cost).allowed
+    }
 }

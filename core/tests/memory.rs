@@ -1,0 +1,132 @@
+//! Memory stays bounded when an attacker sends millions of unique keys. The heap is
+//! measured with a counting allocator, so the bound is on real bytes.
+#![allow(unsafe_code, clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use floodgate::{Algorithm, Limiter, Quota};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: defers to the system allocator and only counts the sizes it handles.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The allocator counts the whole process: tests here run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Sends `keys` unique 24-byte keys; returns live heap growth in bytes.
+fn flood(limiter: &Limiter, keys: u64) -> isize {
+    let before = live();
+    let mut key = *b"attacker-0000000000000000";
+    for i in 0..keys {
+        key[9..].copy_from_slice(format!("{i:016}").as_bytes());
+        let d = limiter.check_at(key, 1, Duration::from_micros(i)).unwrap();
+        assert!(d.allowed);
+    }
+    live() - before
+}
+
+#[test]
+fn three_million_keys_stay_within_the_cap() {
+    let _serial = serial();
+    let cap = 100_000;
+    let limiter = Limiter::builder()
+        .quota(Quota::per_hour(10).unwrap())
+        .max_keys(cap)
+        .build()
+        .unwrap();
+    let grown = flood(&limiter, 3_000_000);
+    assert!(limiter.len() <= cap, "{} keys held", limiter.len());
+    assert!(
+        limiter.len() >= cap / 4,
+        "evicted too eagerly: {}",
+        limiter.len()
+    );
+    assert!(limiter.evicted() >= 2_800_000);
+    // 16-byte entries in tables at most 2x oversized, plus control bytes: < 40 B/key.
+    eprintln!(
+        "3M keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
+        limiter.len(),
+        grown / limiter.len() as isize
+    );
+    let budget = (cap * 40) as isize + 256 * 1024;
+    assert!(
+        grown <= budget,
+        "heap grew {grown} B for a cap of {cap} keys (budget {budget})"
+    );
+    assert!(limiter.memory_bytes() as isize <= budget);
+}
+
+#[test]
+fn general_path_is_bounded_too() {
+    let _serial = serial();
+    let cap = 20_000;
+    let q = Quota::per_minute(100)
+        .unwrap()
+        .with_algorithm(Algorithm::SlidingWindow)
+        .unwrap();
+    let limiter = Limiter::builder()
+        .quota(q)
+        .quota(Quota::per_hour(1000).unwrap())
+        .max_keys(cap)
+        .build()
+        .unwrap();
+    let grown = flood(&limiter, 1_000_000);
+    assert!(limiter.len() <= cap);
+    // Entry (8 + 24 B) in the table plus a boxed 2 x 40 B state per key, generously.
+    let budget = (cap * 200) as isize + 256 * 1024;
+    assert!(grown <= budget, "heap grew {grown} B for {cap} keys");
+}
+
+#[test]
+fn idle_keys_are_forgotten_without_a_cap() {
+    let _serial = serial();
+    // No cap pressure: keys idle longer than their state matters are dropped as
+    // shards rotate, so memory follows the active set, not the history.
+    let limiter = Limiter::builder()
+        .quota("10/s".parse().unwrap())
+        .shards(1)
+        .build()
+        .unwrap();
+    for i in 0..10_000u64 {
+        limiter
+            .check_at(format!("old-{i}"), 1, Duration::from_millis(i / 100))
+            .unwrap();
+    }
+    // Two idle periods (1 s each) later, new traffic rotates the old keys away.
+    for i in 0..10u64 {
+        limiter
+            .check_at(format!("new-{i}"), 1, Duration::from_secs(5 + i))
+            .unwrap();
+    }
+    assert!(limiter.len() <= 10, "{} keys still held", limiter.len());
+    assert_eq!(limiter.evicted(), 0);
+}
