@@ -1,1 +1,117 @@
-fn main() {}
+//! The `floodgate` command.
+
+mod bench;
+mod histogram;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use floodgate::{Algorithm, Quota};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "floodgate",
+    version,
+    about = "Floodgate: an embedded rate-limiting engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmark the embedded in-memory limiter on a generated workload.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Quota, e.g. "100/s burst 20" or "1000/hour"; repeat for several quotas checked together.
+    #[arg(long = "quota", default_value = "100/s burst 20")]
+    quotas: Vec<String>,
+    /// Algorithm for every quota: gcra, sliding_log, sliding_window or fixed_window.
+    #[arg(long, default_value = "gcra")]
+    algorithm: String,
+    /// Distinct keys the workload picks from, uniformly.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Cost of each check.
+    #[arg(long, default_value_t = 1)]
+    cost: u64,
+    /// Most keys the limiter holds.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_keys: usize,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    let algorithm: Algorithm = args
+        .algorithm
+        .parse()
+        .map_err(|e: floodgate::Error| e.to_string())?;
+    let quotas = args
+        .quotas
+        .iter()
+        .map(|s| s.parse::<Quota>().and_then(|q| q.with_algorithm(algorithm)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0) {
+        return Err("--duration must be between 0 and 86400 seconds".into());
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    if threads == 0 || threads > 1024 || args.keys == 0 {
+        return Err("--threads must be 1..=1024 and --keys at least 1".into());
+    }
+    let opts = bench::BenchOptions {
+        quotas,
+        keys: args.keys,
+        threads,
+        duration: Duration::from_secs_f64(args.duration),
+        cost: args.cost,
+        max_keys: args.max_keys,
+        progress: !args.quiet && !args.json,
+    };
+    let report = bench::run(&opts).map_err(|e| e.to_string())?;
+    if args.json {
+        println!("{}", bench::json(&opts, &report));
+    } else {
+        print!("{}", bench::table(&opts, &report));
+    }
+    if report.errors > 0 {
+        let first = opts.quotas.iter().map(Quota::limit).min().unwrap_or(0);
+        return Err(format!(
+            "{} checks failed (is --cost {} above the burst {first}?)",
+            report.errors, opts.cost
+        ));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("floodgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -37,9 +37,16 @@ impl SlidingCounter {
 
     /// `ceil(count * (W - off) / W)`: the previous window's share at offset `off`.
     fn weighted(&self, count: u64, off: u64) -> u64 {
-        let w = u128::from(self.window);
-        let share = (u128::from(count) * (w - u128::from(off.min(self.window)))).div_ceil(w);
-        u64::try_from(share).unwrap_or(u64::MAX)
+        let left = self.window - off.min(self.window);
+        match count.checked_mul(left) {
+            // The common case, without a 128-bit division.
+            Some(product) => product.div_ceil(self.window),
+            None => {
+                let w = u128::from(self.window);
+                let share = (u128::from(count) * u128::from(left)).div_ceil(w);
+                u64::try_from(share).unwrap_or(u64::MAX)
+            }
+        }
     }
 
     /// Rolls `state` forward to the window holding `now` (clamped, if the clock went

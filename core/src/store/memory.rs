@@ -3,7 +3,8 @@
 //! Keys arrive as 64-bit fingerprints (a randomly seeded hash of the key bytes, see
 //! `Limiter`), so an entry is `(u64, V)`: 16 bytes for the GCRA fast path, whatever
 //! the key's length. The map is split into shards (a power of two), each a
-//! cache-padded `RwLock` over two hashbrown tables, the *young* and the *old*
+//! `crossbeam_utils::sync::ShardedLock` (one reader lock per core, so readers on
+//! different cores never touch the same cache line) over two hashbrown tables, the *young* and the *old*
 //! generation:
 //!
 //! - a lookup takes the shard's read lock, finds the key in `young` and hands its
@@ -16,7 +17,8 @@
 //!   happens when the store is full, and may forget a key that still had state;
 //! - when `idle_ns` has passed since the last rotation, the shard also rotates on
 //!   its next write: every key still in `old` was then idle for at least `idle_ns`
-//!   (the longest time any quota state matters), so dropping it changes no decision.
+//!   (at least the longest time any quota state matters, and at least 30 s), so
+//!   dropping it changes no decision.
 //!
 //! A shard never holds more than `2 * gen_cap` keys, so the store never holds more
 //! than `max_keys`. The only pauses are hashbrown's growth of one shard's table
@@ -25,9 +27,15 @@
 
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 
-use crossbeam_utils::CachePadded;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use hashbrown::HashTable;
-use parking_lot::RwLock;
+
+/// Shards rotate by time at most this often (30 s), even when quota state expires
+/// sooner: a rotation moves every live key to `old`, and each must then be promoted
+/// back on its next use (a write lock), so rotating every few seconds would cost
+/// busy keys a slow path each time. Waiting longer only keeps idle keys a little
+/// longer, still within `max_keys`; dropping them stays exact.
+const MIN_ROTATION_NS: u64 = 30_000_000_000;
 
 /// One shard: two generations of `(fingerprint, value)` entries.
 #[derive(Debug)]
@@ -41,12 +49,13 @@ struct Shard<V> {
 /// A bounded map from key fingerprints to values.
 #[derive(Debug)]
 pub(crate) struct MemoryStore<V> {
-    shards: Box<[CachePadded<RwLock<Shard<V>>>]>,
+    shards: Box<[ShardedLock<Shard<V>>]>,
     /// `shards.len() - 1`; the length is a power of two.
     mask: usize,
     /// Most keys one generation of one shard holds.
     gen_cap: usize,
-    /// After this long without use, a key's state no longer matters.
+    /// Time-based rotation period: at least the time after which a key's state no
+    /// longer matters, and at least MIN_ROTATION_NS.
     idle_ns: u64,
     /// Keys dropped by size rotations (possibly with live state), for stats.
     evicted: StdAtomicU64,
@@ -57,6 +66,21 @@ pub(crate) struct MemoryStore<V> {
 #[inline]
 fn shard_index(fp: u64, mask: usize) -> usize {
     (fp >> 32) as usize & mask
+}
+
+/// Read access. A panic is never raised while a shard is locked, so poisoning
+/// cannot happen; if it somehow did, the data is still consistent (every update is
+/// a single table operation), so it is used as is.
+#[inline]
+fn read<T>(lock: &ShardedLock<T>) -> ShardedLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[inline]
+fn write<T>(lock: &ShardedLock<T>) -> ShardedLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[inline]
@@ -75,11 +99,11 @@ impl<V> MemoryStore<V> {
         let gen_cap = (max_keys / (2 * count)).max(1);
         let shards = (0..count)
             .map(|_| {
-                CachePadded::new(RwLock::new(Shard {
+                ShardedLock::new(Shard {
                     young: HashTable::new(),
                     old: HashTable::new(),
                     rotated_at: 0,
-                }))
+                })
             })
             .collect();
         Self {
@@ -92,7 +116,7 @@ impl<V> MemoryStore<V> {
     }
 
     #[inline]
-    fn shard(&self, fp: u64) -> &RwLock<Shard<V>> {
+    fn shard(&self, fp: u64) -> &ShardedLock<Shard<V>> {
         #[allow(clippy::indexing_slicing)] // shard_index() <= mask = len - 1
         &self.shards[shard_index(fp, self.mask)]
     }
@@ -108,7 +132,7 @@ impl<V> MemoryStore<V> {
     ) -> R {
         let shard = self.shard(fp);
         {
-            let guard = shard.read();
+            let guard = read(shard);
             if let Some(entry) = guard.young.find(fp, |e| e.0 == fp) {
                 return f(&entry.1);
             }
@@ -119,13 +143,13 @@ impl<V> MemoryStore<V> {
     #[cold]
     fn with_slow<R>(
         &self,
-        shard: &RwLock<Shard<V>>,
+        shard: &ShardedLock<Shard<V>>,
         fp: u64,
         now: u64,
         init: impl FnOnce() -> V,
         f: impl FnOnce(&V) -> R,
     ) -> R {
-        let mut guard = shard.write();
+        let mut guard = write(shard);
         let s = &mut *guard;
         if now.saturating_sub(s.rotated_at) >= self.idle_ns {
             // Everything in `old` has been idle for >= idle_ns: forgetting it is exact.
@@ -140,7 +164,9 @@ impl<V> MemoryStore<V> {
             Err(_) => init(),
         };
         if s.young.len() >= self.gen_cap {
-            let dropped = std::mem::replace(&mut s.young, HashTable::with_capacity(self.gen_cap));
+            // The new young table grows as keys arrive (amortized O(1)): preallocating
+            // gen_cap would double memory for a store that only just reached its cap.
+            let dropped = std::mem::replace(&mut s.young, HashTable::new());
             let dropped = std::mem::replace(&mut s.old, dropped);
             // Relaxed: a statistics counter, read without ordering needs.
             self.evicted
@@ -153,7 +179,7 @@ impl<V> MemoryStore<V> {
 
     /// Runs `f` on the key's value if the key is held, without inserting it.
     pub(crate) fn read<R>(&self, fp: u64, f: impl FnOnce(Option<&V>) -> R) -> R {
-        let guard = self.shard(fp).read();
+        let guard = read(self.shard(fp));
         let found = guard
             .young
             .find(fp, |e| e.0 == fp)
@@ -163,7 +189,7 @@ impl<V> MemoryStore<V> {
 
     /// Forgets the key; true if it was held.
     pub(crate) fn remove(&self, fp: u64) -> bool {
-        let mut guard = self.shard(fp).write();
+        let mut guard = write(self.shard(fp));
         let s = &mut *guard;
         let young = s
             .young
@@ -183,7 +209,7 @@ impl<V> MemoryStore<V> {
         self.shards
             .iter()
             .map(|s| {
-                let g = s.read();
+                let g = read(s);
                 g.young.len() + g.old.len()
             })
             .sum()
@@ -195,7 +221,7 @@ impl<V> MemoryStore<V> {
             .shards
             .iter()
             .map(|s| {
-                let g = s.read();
+                let g = read(s);
                 g.young.allocation_size() + g.old.allocation_size()
             })
             .sum();
@@ -215,7 +241,7 @@ impl<V> MemoryStore<V> {
     /// Forgets every key.
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut g = shard.write();
+            let mut g = write(shard);
             g.young = HashTable::new();
             g.old = HashTable::new();
         }
@@ -255,15 +281,19 @@ mod tests {
 
     #[test]
     fn idle_keys_expire_after_idle_time() {
+        // State lifetime 100 ns, but shards rotate at most every MIN_ROTATION_NS.
+        const P: u64 = MIN_ROTATION_NS;
         let store: MemoryStore<u64> = MemoryStore::new(1_000_000, 1, 100);
         store.with(1, 0, || 1, |_| ());
-        store.with(2, 150, || 2, |_| ()); // rotation at 150: key 1 goes to old
-        store.with(3, 300, || 3, |_| ()); // rotation at 300: old (key 1) dropped
+        store.with(2, P / 2, || 2, |_| ()); // too soon to rotate
+        store.read(1, |v| assert!(v.is_some()));
+        store.with(2, P + 50, || 2, |_| ()); // rotation at P + 50: keys 1, 2 go to old
+        store.with(3, 2 * P + 100, || 3, |_| ()); // rotation: old (key 1) dropped
         let inits = Cell::new(0);
         store.read(1, |v| assert!(v.is_none()));
         store.with(
             2,
-            310,
+            2 * P + 110,
             || {
                 inits.set(1);
                 0
