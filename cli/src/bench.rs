@@ -94,8 +94,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, floodgate::Error> {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..BATCH {
+                            #[allow(clippy::indexing_slicing)] // the modulo keeps it in range
                             let key = &keys[(rng.next() % keys.len() as u64) as usize];
-                            let result = if i % SAMPLE_EVERY == 0 {
+                            let result = if i.is_multiple_of(SAMPLE_EVERY) {
                                 let t0 = tsc.raw();
                                 let r = limiter.check(key, cost);
                                 hist.record(tsc.delta_as_nanos(t0, tsc.raw()));
@@ -179,7 +180,7 @@ pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -63,3 +63,8 @@ pub mod loom_api {
         crate::state::gcra_check(cell, &gcra, now, cost).allowed
     }
 }
+
+/// The README's Rust example runs as a doctest, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

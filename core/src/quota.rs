@@ -311,7 +311,10 @@ impl fmt::Display for Quota {
             (1_000_000, "ms"),
         ];
         write!(f, "{}/", self.rate)?;
-        match UNITS.iter().find(|(ns, _)| self.period_ns % ns == 0) {
+        match UNITS
+            .iter()
+            .find(|(ns, _)| self.period_ns.is_multiple_of(*ns))
+        {
             Some((ns, unit)) if self.period_ns == *ns => f.write_str(unit)?,
             Some((ns, unit)) => write!(f, "{}{unit}", self.period_ns / ns)?,
             None => write!(f, "{}ns", self.period_ns)?,

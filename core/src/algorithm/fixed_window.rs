@@ -84,7 +84,7 @@ mod tests {
         }
         let (o, _) = f.decide(s, 400, 1);
         assert_eq!(o.retry_after, 1_000_000_000 - 400);
-        assert!(f.decide(s, 999_999_999, 1).0.allowed == false);
+        assert!(!f.decide(s, 999_999_999, 1).0.allowed);
         assert!(f.decide(s, 1_000_000_000, 1).0.allowed);
         // Clock back into an earlier window keeps the later window's count.
         assert!(!f.decide(s, 0, 1).0.allowed);

@@ -110,7 +110,7 @@ impl<V> MemoryStore<V> {
             shards,
             mask: count - 1,
             gen_cap,
-            idle_ns: idle_ns.max(1),
+            idle_ns: idle_ns.max(MIN_ROTATION_NS),
             evicted: StdAtomicU64::new(0),
         }
     }
@@ -281,16 +281,22 @@ mod tests {
 
     #[test]
     fn idle_keys_expire_after_idle_time() {
-        // State lifetime 100 ns, but shards rotate at most every MIN_ROTATION_NS.
+        // State lifetime 100 ns, but shards rotate at most every MIN_ROTATION_NS, and
+        // only on a write (a new key or a promotion).
         const P: u64 = MIN_ROTATION_NS;
         let store: MemoryStore<u64> = MemoryStore::new(1_000_000, 1, 100);
         store.with(1, 0, || 1, |_| ());
         store.with(2, P / 2, || 2, |_| ()); // too soon to rotate
-        store.read(1, |v| assert!(v.is_some()));
-        store.with(2, P + 50, || 2, |_| ()); // rotation at P + 50: keys 1, 2 go to old
-        store.with(3, 2 * P + 100, || 3, |_| ()); // rotation: old (key 1) dropped
+        store.with(4, P + 50, || 4, |_| ()); // first rotation: 1 and 2 move to old
+        store.read(1, |v| {
+            assert!(v.is_some(), "one rotation only moves keys to old")
+        });
+        store.with(2, P + 60, || 0, |_| ()); // 2 is promoted back to young
+        store.with(3, 2 * P + 100, || 3, |_| ()); // second rotation: old (key 1) dropped
         let inits = Cell::new(0);
-        store.read(1, |v| assert!(v.is_none()));
+        store.read(1, |v| {
+            assert!(v.is_none(), "idle for two rotations: dropped")
+        });
         store.with(
             2,
             2 * P + 110,
