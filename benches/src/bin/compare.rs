@@ -18,13 +18,24 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(31);
-    println!("{:<10} {:>14} {:>14} {:>22}", "keys", "floodgate ns", "governor ns", "ratio (median, p10-p90)");
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(31);
+    println!(
+        "{:<10} {:>14} {:>14} {:>22}",
+        "keys", "floodgate ns", "governor ns", "ratio (median, p10-p90)"
+    );
     for n in [1usize, 10_000, 1_000_000] {
         let (ks, ord) = (keys(n), order(n));
-        let fg = Limiter::builder().quota(Quota::per_second(1000).unwrap()).max_keys(4_000_000).build().unwrap();
-        let gov: governor::DefaultKeyedRateLimiter<String> =
-            governor::RateLimiter::keyed(governor::Quota::per_second(NonZeroU32::new(1000).unwrap()));
+        let fg = Limiter::builder()
+            .quota(Quota::per_second(1000).unwrap())
+            .max_keys(4_000_000)
+            .build()
+            .unwrap();
+        let gov: governor::DefaultKeyedRateLimiter<String> = governor::RateLimiter::keyed(
+            governor::Quota::per_second(NonZeroU32::new(1000).unwrap()),
+        );
         for k in &ks {
             let _ = fg.check(k, 1);
             let _ = gov.check_key(k);
