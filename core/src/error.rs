@@ -84,6 +84,27 @@ pub enum Error {
         /// The configured ceiling.
         max: u64,
     },
+    /// A policy (TOML file, JSON text or a binding's dict) that cannot be used. The
+    /// location names the field (`rule[2] "login".quotas[0]`), and the line where
+    /// the source is TOML or JSON text.
+    #[error("invalid policy at {location}{}: {message}", line_suffix(*.line))]
+    InvalidConfig {
+        /// The field, as a path from the document's root.
+        location: Box<str>,
+        /// 1-based line in the source text, where known.
+        line: Option<u32>,
+        /// What is wrong.
+        message: Box<str>,
+    },
+    /// A request field a binding passed in cannot be used (an unparsable client
+    /// IP, an empty method...).
+    #[error("invalid request {field}: {problem}")]
+    InvalidRequest {
+        /// The field (`client_ip`, `method`, `path`, `headers`).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// A limiter option is out of range.
     #[error("invalid option {option}: {problem}")]
     InvalidOption {
@@ -92,6 +113,10 @@ pub enum Error {
         /// What is wrong with it.
         problem: &'static str,
     },
+}
+
+fn line_suffix(line: Option<u32>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
 }
 
 /// What is wrong with a quota's numbers.
@@ -208,6 +233,10 @@ pub enum ErrorKind {
     LogLimitTooLarge,
     /// [`Error::InvalidOption`].
     InvalidOption,
+    /// [`Error::InvalidConfig`].
+    InvalidConfig,
+    /// [`Error::InvalidRequest`].
+    InvalidRequest,
 }
 
 impl ErrorKind {
@@ -224,6 +253,8 @@ impl ErrorKind {
         Self::TooManyQuotas,
         Self::LogLimitTooLarge,
         Self::InvalidOption,
+        Self::InvalidConfig,
+        Self::InvalidRequest,
     ];
 
     /// The stable snake_case code (`cost_exceeds_burst`), reused as
@@ -246,6 +277,8 @@ impl ErrorKind {
             Self::TooManyQuotas => "too_many_quotas",
             Self::LogLimitTooLarge => "log_limit_too_large",
             Self::InvalidOption => "invalid_option",
+            Self::InvalidConfig => "invalid_config",
+            Self::InvalidRequest => "invalid_request",
         }
     }
 }
@@ -277,6 +310,8 @@ impl Error {
             Self::TooManyQuotas { .. } => ErrorKind::TooManyQuotas,
             Self::LogLimitTooLarge { .. } => ErrorKind::LogLimitTooLarge,
             Self::InvalidOption { .. } => ErrorKind::InvalidOption,
+            Self::InvalidConfig { .. } => ErrorKind::InvalidConfig,
+            Self::InvalidRequest { .. } => ErrorKind::InvalidRequest,
         }
     }
 

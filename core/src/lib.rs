@@ -44,6 +44,8 @@ mod store;
 mod sync;
 
 pub mod guide;
+#[cfg(feature = "policy")]
+pub mod policy;
 
 pub use clock::{Clock, DefaultClock, FakeClock, MonotonicClock, QuantaClock};
 pub use decision::Decision;

@@ -304,6 +304,43 @@ impl<C: Clock> Limiter<C> {
         self.check_ns(key.as_ref(), 0, nanos(now))
     }
 
+    /// Gives back `cost` units that an allowed check of `key` at `now` charged: the
+    /// undo half of an all-or-nothing group of checks across limiters (the policy
+    /// layer uses it when a later rule denies). Refunding more than was charged
+    /// only makes the key's state fresher than it was; it never goes below empty.
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`] or [`Error::KeyTooLong`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let limiter = floodgate::Limiter::new("2/h".parse()?)?;
+    /// let t = Duration::ZERO;
+    /// limiter.check_at("k", 2, t)?;
+    /// limiter.refund_at("k", 1, t)?;
+    /// assert!(limiter.check_at("k", 1, t)?.allowed);
+    /// assert!(!limiter.check_at("k", 1, t)?.allowed);
+    /// # Ok::<(), floodgate::Error>(())
+    /// ```
+    pub fn refund_at(&self, key: impl AsRef<[u8]>, cost: u64, now: Duration) -> Result<()> {
+        let fp = self.fingerprint(key.as_ref())?;
+        let now = nanos(now);
+        match &self.backend {
+            Backend::Gcra { gcra, store } => store.read(fp, |cell| {
+                if let Some(cell) = cell {
+                    state::gcra_refund(cell, gcra, cost);
+                }
+            }),
+            Backend::General { params, store } => store.read(fp, |slot| {
+                if let Some(states) = slot {
+                    state::refund_all(&mut states.lock(), params, now, cost);
+                }
+            }),
+        }
+        Ok(())
+    }
+
     /// Forgets `key`, giving it a full limit again. Returns whether it was held.
     ///
     /// # Errors

@@ -326,6 +326,31 @@ impl fmt::Display for Quota {
     }
 }
 
+/// Nanoseconds in one `unit` (`ms`, `s`, `m`, `h`, `d` and long forms), if known.
+fn unit_ns(unit: &str) -> Option<u64> {
+    Some(match unit.to_ascii_lowercase().as_str() {
+        "ns" => 1,
+        "ms" => 1_000_000,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000_000,
+        "h" | "hr" | "hour" | "hours" => 3_600_000_000_000,
+        "d" | "day" | "days" => 86_400_000_000_000,
+        _ => return None,
+    })
+}
+
+/// Parses a duration such as `"30s"`, `"15m"`, `"1h"`, `"500ms"` (a whole number
+/// and a unit, as in quota strings). `None` if it is not one.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    Some(Duration::from_nanos(n.checked_mul(unit_ns(unit.trim())?)?))
+}
+
 impl FromStr for Quota {
     type Err = Error;
 
@@ -363,15 +388,7 @@ impl FromStr for Quota {
                 .parse()
                 .map_err(|_| fail(ParseProblem::BadNumber))?
         };
-        let unit_ns: u64 = match unit.to_ascii_lowercase().as_str() {
-            "ns" => 1,
-            "ms" => 1_000_000,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000_000,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000_000,
-            "h" | "hr" | "hour" | "hours" => 3_600_000_000_000,
-            "d" | "day" | "days" => 86_400_000_000_000,
-            _ => return Err(fail(ParseProblem::UnknownUnit)),
-        };
+        let unit_ns = unit_ns(unit).ok_or_else(|| fail(ParseProblem::UnknownUnit))?;
         let period_ns = multiplier.saturating_mul(unit_ns);
         let burst = match (words.next(), words.next(), words.next()) {
             (None, _, _) => rate,
@@ -485,6 +502,17 @@ mod tests {
             Some(QuotaProblem::BurstNeedsGcra)
         );
         assert!(Quota::new(u64::MAX >> 2, Duration::from_nanos(u64::MAX >> 2)).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2 days"), Some(Duration::from_secs(172_800)));
+        for bad in ["", "s", "10", "10x", "-1s", "99999999999999999999d", "1.5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]

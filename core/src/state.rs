@@ -36,6 +36,14 @@ pub(crate) fn gcra_check(cell: &AtomicU64, gcra: &Gcra, now: u64, cost: u64) -> 
     }
 }
 
+/// Gives back `cost` units on the fast path (undoing part of an all-or-nothing group).
+pub(crate) fn gcra_refund(cell: &AtomicU64, gcra: &Gcra, cost: u64) {
+    // Relaxed: as in gcra_check, the TAT is self-contained.
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+        Some(gcra.refund(tat, cost))
+    });
+}
+
 /// A GCRA peek on the fast path: reads, never writes.
 #[inline]
 pub(crate) fn gcra_peek(tat: u64, gcra: &Gcra, now: u64) -> Outcome {
@@ -101,6 +109,17 @@ impl Params {
         }
     }
 
+    /// Gives back `cost` units charged at `now` by an allowed request.
+    fn refund(&self, state: &mut QuotaState, now: u64, cost: u64) {
+        match (self, state) {
+            (Self::Gcra(p), QuotaState::Gcra(tat)) => *tat = p.refund(*tat, cost),
+            (Self::Fixed(p), QuotaState::Fixed(s)) => p.refund(s, now, cost),
+            (Self::Counter(p), QuotaState::Counter(s)) => p.refund(s, now, cost),
+            (Self::Log(p), QuotaState::Log(s)) => p.refund(s, cost),
+            _ => {}
+        }
+    }
+
     /// Charges an allowed request.
     fn charge(&self, state: &mut QuotaState, now: u64, cost: u64) {
         match (self, state) {
@@ -161,6 +180,13 @@ pub(crate) fn check_all(
         }
     }
     decided
+}
+
+/// Gives back `cost` units to every quota (under the key's lock).
+pub(crate) fn refund_all(states: &mut [QuotaState], params: &[Params], now: u64, cost: u64) {
+    for (p, s) in params.iter().zip(states.iter_mut()) {
+        p.refund(s, now, cost);
+    }
 }
 
 /// A peek on the general path: charges nothing.

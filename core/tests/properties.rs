@@ -225,3 +225,35 @@ proptest! {
         prop_assert!(d.allowed);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// A charge followed by its refund at the same instant leaves the key as if the
+    /// charge never happened: every later decision is the same.
+    #[test]
+    fn refund_undoes_a_charge(algorithm in algorithm(), rate in 1u64..10, period_ms in 1u64..1000,
+                              burst in 1u64..10, history in steps(30_000_000, 3), probe in steps(30_000_000, 3),
+                              extra in 1u64..=3) {
+        let limit = if algorithm == Algorithm::Gcra { burst } else { rate };
+        let q = quota(algorithm, rate, period_ms, burst);
+        let clamp = |s: Vec<(u64, u64)>| -> Vec<(u64, u64)> { s.into_iter().map(|(dt, c)| (dt, c.min(limit))).collect() };
+        let (history, probe, extra) = (clamp(history), clamp(probe), extra.min(limit));
+        let (a, b) = (limiter(&[q]), limiter(&[q]));
+        let mut t = 0;
+        for &(dt, c) in &history {
+            t += dt;
+            let at = Duration::from_nanos(t);
+            prop_assert_eq!(a.check_at("k", c, at).unwrap(), b.check_at("k", c, at).unwrap());
+        }
+        let at = Duration::from_nanos(t);
+        if b.check_at("k", extra, at).unwrap().allowed {
+            b.refund_at("k", extra, at).unwrap();
+        }
+        for &(dt, c) in &probe {
+            t += dt;
+            let at = Duration::from_nanos(t);
+            prop_assert_eq!(a.check_at("k", c, at).unwrap(), b.check_at("k", c, at).unwrap(), "at {}", t);
+        }
+    }
+}

@@ -27,6 +27,13 @@ impl FixedWindow {
         }
     }
 
+    /// Gives back `cost` units if the state is still in the window of `now`.
+    pub(crate) fn refund(&self, state: &mut FixedState, now: u64, cost: u64) {
+        if state.window == now / self.window {
+            state.count = state.count.saturating_sub(cost);
+        }
+    }
+
     #[inline]
     pub(crate) fn decide(&self, state: FixedState, now: u64, cost: u64) -> (Outcome, FixedState) {
         let index = now / self.window;

@@ -26,6 +26,12 @@ impl Gcra {
         }
     }
 
+    /// The TAT after giving back `cost` units charged earlier.
+    #[inline]
+    pub(crate) fn refund(&self, tat: u64, cost: u64) -> u64 {
+        tat.saturating_sub(cost.saturating_mul(self.interval))
+    }
+
     /// Decides a request of `cost` units at `now`; returns the outcome and the new
     /// `tat` to store if allowed. Never panics; saturates on absurd inputs.
     #[inline]

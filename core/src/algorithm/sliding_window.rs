@@ -81,6 +81,13 @@ impl SlidingCounter {
         self.window - u64::try_from(fit).unwrap_or(self.window).min(self.window)
     }
 
+    /// Gives back `cost` units charged in the window of `now` (if still current).
+    pub(crate) fn refund(&self, state: &mut CounterState, now: u64, cost: u64) {
+        if state.window == now / self.window {
+            state.curr = state.curr.saturating_sub(cost);
+        }
+    }
+
     #[inline]
     pub(crate) fn decide(
         &self,
@@ -219,6 +226,22 @@ impl SlidingLog {
             remaining: self.limit.saturating_sub(state.total),
             retry_after,
             reset_after: reset_after(None),
+        }
+    }
+
+    /// Gives back `cost` units from the newest entries.
+    pub(crate) fn refund(&self, state: &mut LogState, mut cost: u64) {
+        while cost > 0 {
+            let Some(last) = state.entries.back_mut() else {
+                break;
+            };
+            let take = last.1.min(cost);
+            last.1 -= take;
+            state.total = state.total.saturating_sub(take);
+            cost -= take;
+            if last.1 == 0 {
+                state.entries.pop_back();
+            }
         }
     }
 

@@ -1,0 +1,162 @@
+//! Structured events (delivered to a sink the host registers, e.g. its logger) and
+//! counters rendered in the Prometheus text exposition format.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::jwt::TokenProblem;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A request was denied with 429 by a rule.
+    Denied,
+    /// A shadow rule would have denied the request (it was allowed).
+    ShadowDenied,
+    /// A key was banned (once, when the ban starts).
+    Banned,
+    /// A bearer token was not accepted.
+    TokenInvalid,
+    /// A deny-listed IP, API key or subject was refused.
+    DenyListed,
+    /// 401: a rule needs a verified identity the request lacks, or an invalid token
+    /// with `on_invalid = "reject"`.
+    Unauthorized,
+}
+
+impl EventKind {
+    /// A stable snake_case name.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Denied => "denied",
+            Self::ShadowDenied => "shadow_denied",
+            Self::Banned => "banned",
+            Self::TokenInvalid => "token_invalid",
+            Self::DenyListed => "deny_listed",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// One event. Fields that do not apply are `None` or zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The rule involved.
+    pub rule: Option<Arc<str>>,
+    /// The client's address, as the host passed it.
+    pub client_ip: Option<IpAddr>,
+    /// The rule's key (it may contain a user id: log it accordingly).
+    pub key: Option<String>,
+    /// The status answered (0 for a shadow denial, which is answered 200).
+    pub status: u16,
+    /// How long the client must wait (429 and bans).
+    pub retry_after: Duration,
+    /// Why a token was refused.
+    pub token_problem: Option<TokenProblem>,
+}
+
+/// A function that receives events, on the request's thread: keep it quick.
+pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Counters of one rule.
+#[derive(Debug, Default)]
+pub(crate) struct RuleCounters {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub shadow_denied: AtomicU64,
+    pub banned: AtomicU64,
+}
+
+/// All counters. Relaxed increments: they are statistics, read without ordering needs.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub rules: Vec<(Arc<str>, RuleCounters)>,
+    pub jwt_invalid: [AtomicU64; TokenProblem::ALL.len()],
+    pub deny_listed: AtomicU64,
+    pub allow_listed: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub bans_started: AtomicU64,
+    pub no_rule: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every counter.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str("# HELP floodgate_requests_total Requests decided by a rule, by outcome.\n");
+        out.push_str("# TYPE floodgate_requests_total counter\n");
+        for (name, c) in &self.rules {
+            for (outcome, counter) in [
+                ("allowed", &c.allowed),
+                ("denied", &c.denied),
+                ("shadow_denied", &c.shadow_denied),
+                ("banned", &c.banned),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "floodgate_requests_total{{rule=\"{}\",outcome=\"{outcome}\"}} {}",
+                    escape(name),
+                    get(counter)
+                );
+            }
+        }
+        out.push_str("# HELP floodgate_jwt_invalid_total Bearer tokens not accepted, by reason.\n");
+        out.push_str("# TYPE floodgate_jwt_invalid_total counter\n");
+        for (p, c) in TokenProblem::ALL.iter().zip(&self.jwt_invalid) {
+            let _ = writeln!(
+                out,
+                "floodgate_jwt_invalid_total{{reason=\"{}\"}} {}",
+                p.code(),
+                get(c)
+            );
+        }
+        for (name, help, c) in [
+            (
+                "floodgate_deny_listed_total",
+                "Requests refused by a deny list.",
+                &self.deny_listed,
+            ),
+            (
+                "floodgate_allow_listed_total",
+                "Requests let through by an allow list.",
+                &self.allow_listed,
+            ),
+            (
+                "floodgate_unauthorized_total",
+                "Requests answered 401.",
+                &self.unauthorized,
+            ),
+            ("floodgate_bans_total", "Bans started.", &self.bans_started),
+            (
+                "floodgate_unmatched_total",
+                "Requests no rule matched.",
+                &self.no_rule,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                get(c)
+            );
+        }
+        out
+    }
+}

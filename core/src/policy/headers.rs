@@ -1,0 +1,222 @@
+//! Rate-limit response headers, in the style the policy selects.
+//!
+//! - `draft-10` (default), IETF draft-ietf-httpapi-ratelimit-headers-10 structured
+//!   fields: `RateLimit-Policy: "login";q=5;w=60` and
+//!   `RateLimit: "login";r=4;t=12;pk=:<base64>:`. `pk`, the partition key, is a
+//!   seeded hash of the key, never the key itself (it may hold a user id).
+//! - `draft-6`: `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
+//!   `RateLimit-Policy: 5;w=60`.
+//! - `legacy`: `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`
+//!   (seconds until reset).
+//! - `none`: only `Retry-After`.
+//!
+//! `Retry-After` (integer seconds, rounded **up**, at least 1) is on every 429 and
+//! every ban, so a client that honours it is never early. For a token bucket the
+//! policy advertises `q` = burst and `w` = the time to refill the whole burst.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::quota::{Algorithm, Quota};
+
+/// Which header set to emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// draft-ietf-httpapi-ratelimit-headers-10 (`RateLimit`, `RateLimit-Policy`).
+    Draft10,
+    /// draft-ietf-httpapi-ratelimit-headers-06 (`RateLimit-Limit/Remaining/Reset`).
+    Draft6,
+    /// `X-RateLimit-Limit/Remaining/Reset`.
+    Legacy,
+    /// Only `Retry-After`.
+    None,
+}
+
+impl HeaderStyle {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "draft-10" | "draft10" | "ietf" => Self::Draft10,
+            "draft-6" | "draft-06" | "draft6" => Self::Draft6,
+            "legacy" | "x-ratelimit" => Self::Legacy,
+            "none" | "off" => Self::None,
+            _ => return None,
+        })
+    }
+}
+
+/// Whole seconds, rounded up (`Retry-After` must never be early).
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The window `w` a quota advertises, in whole seconds (at least 1).
+pub(crate) fn window_secs(q: &Quota) -> u64 {
+    let w = match q.algorithm() {
+        Algorithm::Gcra => q
+            .interval()
+            .saturating_mul(u32::try_from(q.burst()).unwrap_or(u32::MAX)),
+        _ => q.period(),
+    };
+    ceil_secs(w).max(1)
+}
+
+/// What the headers report.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Report<'a> {
+    pub policy: &'a str,
+    pub quota: &'a Quota,
+    pub remaining: u64,
+    pub reset_after: Duration,
+    /// Set on 429 and bans.
+    pub retry_after: Option<Duration>,
+    /// Hash of the key, for `pk`.
+    pub partition: Option<u64>,
+}
+
+/// Appends the headers for `report` to `out`.
+pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut Vec<(&'static str, String)>) {
+    let q = r.quota.limit();
+    let w = window_secs(r.quota);
+    let t = ceil_secs(r.reset_after);
+    match style {
+        HeaderStyle::Draft10 => {
+            out.push((
+                "RateLimit-Policy",
+                format!("\"{}\";q={q};w={w}", sf_escape(r.policy)),
+            ));
+            let mut value = format!("\"{}\";r={};t={t}", sf_escape(r.policy), r.remaining);
+            if let Some(pk) = r.partition {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pk.to_be_bytes());
+                value.push_str(&format!(";pk=:{b64}:"));
+            }
+            out.push(("RateLimit", value));
+        }
+        HeaderStyle::Draft6 => {
+            out.push(("RateLimit-Limit", q.to_string()));
+            out.push(("RateLimit-Remaining", r.remaining.to_string()));
+            out.push(("RateLimit-Reset", t.to_string()));
+            out.push(("RateLimit-Policy", format!("{q};w={w}")));
+        }
+        HeaderStyle::Legacy => {
+            out.push(("X-RateLimit-Limit", q.to_string()));
+            out.push(("X-RateLimit-Remaining", r.remaining.to_string()));
+            out.push(("X-RateLimit-Reset", t.to_string()));
+        }
+        HeaderStyle::None => {}
+    }
+    if let Some(retry) = r.retry_after {
+        out.push(("Retry-After", ceil_secs(retry).max(1).to_string()));
+    }
+}
+
+/// A policy name as a structured-field string: only printable ASCII, `"` and `\` escaped.
+fn sf_escape(name: &str) -> String {
+    let mut s = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                s.push('\\');
+                s.push(c);
+            }
+            ' '..='~' => s.push(c),
+            _ => s.push('_'),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Quota {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn headers(style: HeaderStyle, r: &Report<'_>) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        render(style, r, &mut out);
+        out
+    }
+
+    #[test]
+    fn draft10_matches_the_drafts_examples() {
+        // The draft's example: a policy of 100 per 60 s, 50 left, reset in 30 s.
+        let quota = q("100/m")
+            .with_algorithm(Algorithm::FixedWindow)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = Report {
+            policy: "burst",
+            quota: &quota,
+            remaining: 50,
+            reset_after: Duration::from_secs(30),
+            retry_after: None,
+            partition: None,
+        };
+        assert_eq!(
+            headers(HeaderStyle::Draft10, &r),
+            vec![
+                ("RateLimit-Policy", "\"burst\";q=100;w=60".into()),
+                ("RateLimit", "\"burst\";r=50;t=30".into())
+            ]
+        );
+        let r = Report {
+            partition: Some(0x0102_0304_0506_0708),
+            ..r
+        };
+        assert_eq!(
+            headers(HeaderStyle::Draft10, &r)[1].1,
+            "\"burst\";r=50;t=30;pk=:AQIDBAUGBwg=:"
+        );
+    }
+
+    #[test]
+    fn draft6_legacy_and_retry_after() {
+        let quota = q("10/s burst 20"); // refill of the whole burst: 2 s
+        let r = Report {
+            policy: "api",
+            quota: &quota,
+            remaining: 0,
+            reset_after: Duration::from_millis(1500),
+            retry_after: Some(Duration::from_millis(100)),
+            partition: None,
+        };
+        assert_eq!(
+            headers(HeaderStyle::Draft6, &r),
+            vec![
+                ("RateLimit-Limit", "20".into()),
+                ("RateLimit-Remaining", "0".into()),
+                ("RateLimit-Reset", "2".into()),
+                ("RateLimit-Policy", "20;w=2".into()),
+                ("Retry-After", "1".into()),
+            ]
+        );
+        assert_eq!(
+            headers(HeaderStyle::Legacy, &r)[0],
+            ("X-RateLimit-Limit", "20".into())
+        );
+        assert_eq!(
+            headers(HeaderStyle::None, &r),
+            vec![("Retry-After", "1".into())]
+        );
+    }
+
+    #[test]
+    fn retry_after_is_never_early() {
+        for (ns, secs) in [
+            (1, 1),
+            (999_999_999, 1),
+            (1_000_000_000, 1),
+            (1_000_000_001, 2),
+            (59_500_000_000, 60),
+        ] {
+            assert_eq!(ceil_secs(Duration::from_nanos(ns)).max(1), secs);
+        }
+    }
+
+    #[test]
+    fn policy_names_are_escaped() {
+        assert_eq!(sf_escape("a\"b\\cé"), "a\\\"b\\\\c_");
+    }
+}

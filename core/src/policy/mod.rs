@@ -1,0 +1,1247 @@
+//! The request layer: turns one HTTP request into a [`Verdict`] (allow, 429, 403 or
+//! 401) and the headers to set, from a policy file.
+//!
+//! ```
+//! use floodgate::policy::{Engine, Request};
+//! use std::time::Duration;
+//!
+//! let engine = Engine::from_toml_str(r#"
+//!     [[rule]]
+//!     name = "login"
+//!     match = "POST /auth/login"
+//!     quotas = ["3/min"]
+//!     key = "ip"
+//! "#)?;
+//! let req = Request { method: "POST", path: "/auth/login", client_ip: "203.0.113.7".parse().ok(), headers: &[] };
+//! let t = Duration::from_secs(1_700_000_000);
+//! for _ in 0..3 {
+//!     assert!(engine.check_request_at(&req, t)?.allowed);
+//! }
+//! let v = engine.check_request_at(&req, t)?;
+//! assert_eq!(v.status, 429);
+//! assert!(v.headers.iter().any(|(n, v)| *n == "Retry-After" && v == "20"));
+//! # Ok::<(), floodgate::Error>(())
+//! ```
+//!
+//! Order of evaluation: deny/allow lists by IP and API key; the bearer token
+//! (verified, or anonymous); deny/allow lists by verified subject; then every rule
+//! matching the method and path. For each, its key is built (a rule whose key
+//! needs an identity the request lacks is skipped, or answers 401); a banned key is
+//! answered at once; then all matching rules are charged together: if one denies,
+//! the others' charges are given back, so nothing is partly charged. Shadow rules
+//! are counted after, and never deny.
+
+mod ban;
+pub(crate) mod config;
+mod events;
+mod headers;
+mod identity;
+mod jwt;
+mod matcher;
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::clock::{Clock, QuantaClock};
+use crate::error::{Error, Result};
+use crate::limiter::Limiter;
+use crate::quota::{Algorithm, Quota, parse_duration};
+use ban::{Adaptive, Bans};
+use config::{Path, PolicyConfig, RuleConfig, Source};
+use events::{Metrics, RuleCounters, bump};
+use headers::Report;
+use identity::{Claims, KEY_BUF, KeyInput, KeyTemplate, header, mask_ip};
+use jwt::{JwtSetup, JwtVerifier, KeySource, TokenCheck};
+
+pub use events::{Event, EventKind, EventSink};
+pub use headers::HeaderStyle;
+pub use jwt::TokenProblem;
+
+/// One HTTP request, as the host's middleware sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `GET`, `POST`... (any case).
+    pub method: &'a str,
+    /// The request target's path, query string allowed (`/api/users?page=2`).
+    pub path: &'a str,
+    /// The client's address: the socket peer, or what a *trusted* proxy reported.
+    pub client_ip: Option<IpAddr>,
+    /// Request headers; names match case-insensitively.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// Why a verdict is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Every matching rule admitted the request.
+    Allowed,
+    /// No rule matched: allowed, no headers.
+    NoRule,
+    /// An allow list let it through: allowed, no limiting.
+    AllowListed,
+    /// A rule's quota denied it: 429.
+    RateLimited,
+    /// The key is banned: 429 or 403 per `[ban]`.
+    Banned,
+    /// A deny list refused it: 403 (or `deny_status`).
+    DenyListed,
+    /// 401: a verified identity is required.
+    Unauthorized,
+}
+
+impl Reason {
+    /// A stable snake_case name.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::NoRule => "no_rule",
+            Self::AllowListed => "allow_listed",
+            Self::RateLimited => "rate_limited",
+            Self::Banned => "banned",
+            Self::DenyListed => "deny_listed",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Let the request through.
+    pub allowed: bool,
+    /// 200, 429, 403 or 401.
+    pub status: u16,
+    /// Why.
+    pub reason: Reason,
+    /// Zero unless 429 or banned: how long to wait (also in `Retry-After`).
+    pub retry_after: Duration,
+    /// Response headers to set (rate-limit fields, `Retry-After`, `WWW-Authenticate`).
+    pub headers: Vec<(&'static str, String)>,
+    /// The deciding rule.
+    pub rule: Option<Arc<str>>,
+    /// The deciding quota's limit, and what is left of it.
+    pub limit: u64,
+    /// Units left of the deciding quota.
+    pub remaining: u64,
+    /// Until the deciding quota is full again.
+    pub reset_after: Duration,
+    /// The deciding rule's key (may contain a user id).
+    pub identity: Option<String>,
+    /// Set when the request carried a token that was not accepted.
+    pub token_problem: Option<TokenProblem>,
+    /// The request carried a verified token.
+    pub authenticated: bool,
+}
+
+impl Verdict {
+    fn plain(allowed: bool, status: u16, reason: Reason) -> Self {
+        Verdict {
+            allowed,
+            status,
+            reason,
+            retry_after: Duration::ZERO,
+            headers: Vec::new(),
+            rule: None,
+            limit: 0,
+            remaining: 0,
+            reset_after: Duration::ZERO,
+            identity: None,
+            token_problem: None,
+            authenticated: false,
+        }
+    }
+}
+
+/// A rule's limiter(s): one, or one per tier (the default tier kept apart, so a
+/// selection always finds one).
+enum Limits {
+    One(Limiter),
+    Tiers {
+        claim: String,
+        default: (String, Limiter),
+        others: Vec<(String, Limiter)>,
+    },
+}
+
+impl Limits {
+    fn select(&self, claims: Option<&Claims>) -> &Limiter {
+        match self {
+            Self::One(l) => l,
+            Self::Tiers {
+                claim,
+                default,
+                others,
+            } => {
+                let value = claims.and_then(|c| c.get(claim)).and_then(|v| v.as_str());
+                value
+                    .and_then(|v| others.iter().find(|(name, _)| name == v))
+                    .unwrap_or(default)
+                    .1
+                    .borrow()
+            }
+        }
+    }
+}
+
+struct Rule {
+    name: Arc<str>,
+    patterns: Vec<String>,
+    matcher: matcher::Matcher,
+    key_text: String,
+    key: KeyTemplate,
+    cost: u64,
+    shadow: bool,
+    deny_anonymous: bool,
+    limits: Limits,
+    quota_text: Vec<String>,
+    adaptive: Option<Adaptive>,
+    ban: bool,
+}
+
+struct Lists {
+    allow_ips: Vec<IpNet>,
+    deny_ips: Vec<IpNet>,
+    allow_api_keys: HashSet<String>,
+    deny_api_keys: HashSet<String>,
+    allow_subjects: HashSet<String>,
+    deny_subjects: HashSet<String>,
+}
+
+/// The policy engine: `Send + Sync`, shared by every thread, called once per request.
+pub struct Engine {
+    rules: Box<[Rule]>,
+    jwt: Option<JwtVerifier>,
+    lists: Lists,
+    bans: Option<Bans>,
+    style: HeaderStyle,
+    ipv6_prefix: u8,
+    api_key_header: String,
+    deny_status: u16,
+    key_seed: ahash::RandomState,
+    pk_seed: ahash::RandomState,
+    clock: QuantaClock,
+    /// Unix time (ns) at the clock's origin.
+    unix_origin_ns: u64,
+    metrics: Metrics,
+    sink: parking_lot::RwLock<Option<EventSink>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules", &self.rules.len())
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One charge taken while deciding, to give back if a later rule denies.
+struct Charge<'e> {
+    limiter: &'e Limiter,
+    key: Vec<u8>,
+    cost: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Engine {
+    /// An engine from a TOML policy. Relative key files are read from the current directory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field and line of the first problem.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        Self::build(Source::Toml(text), FsPath::new("."))
+    }
+
+    /// An engine from the same policy as JSON (what the bindings pass for a dict).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field of the first problem.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        Self::build(Source::Json(text), FsPath::new("."))
+    }
+
+    /// An engine from a policy file: JSON if it ends in `.json`, TOML otherwise.
+    /// Relative key files are read from the policy file's directory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if the file cannot be read or is invalid.
+    pub fn from_path(path: impl AsRef<FsPath>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidConfig {
+            location: path.display().to_string().into(),
+            line: None,
+            message: format!("cannot read the policy file: {e}").into(),
+        })?;
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), FsPath::to_path_buf);
+        let source = if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            Source::Json(&text)
+        } else {
+            Source::Toml(&text)
+        };
+        Self::build(source, &dir)
+    }
+
+    fn build(source: Source<'_>, dir: &FsPath) -> Result<Self> {
+        let cfg: PolicyConfig = source.parse()?;
+        let root = Path::default();
+        let err = |path: &Path, msg: String| source.error(path, msg);
+        let s = &cfg.settings;
+        let style = HeaderStyle::parse(&s.headers).ok_or_else(|| {
+            err(
+                &root.key("settings").key("headers"),
+                format!(
+                    "unknown header style {:?} (draft-10, draft-6, legacy, none)",
+                    s.headers
+                ),
+            )
+        })?;
+        if s.max_keys == 0 {
+            return Err(err(
+                &root.key("settings").key("max_keys"),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=128).contains(&s.ipv6_prefix) {
+            return Err(err(
+                &root.key("settings").key("ipv6_prefix"),
+                "must be between 1 and 128".into(),
+            ));
+        }
+        if !matches!(s.deny_status, 403 | 404 | 429) {
+            return Err(err(
+                &root.key("settings").key("deny_status"),
+                "must be 403, 404 or 429".into(),
+            ));
+        }
+        let jwt = match &cfg.jwt {
+            Some(j) => Some(Self::build_jwt(j, &root.key("jwt"), dir, &source)?),
+            None => None,
+        };
+        let mut rules = Vec::with_capacity(cfg.rules.len());
+        let mut names = HashSet::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let path = root.key("rule").index(i);
+            if r.name.trim().is_empty() || !names.insert(r.name.clone()) {
+                return Err(err(
+                    &path.key("name"),
+                    format!("rule names must be unique and not empty ({:?})", r.name),
+                ));
+            }
+            rules.push(Self::build_rule(r, &path, &cfg, jwt.is_some(), &source)?);
+        }
+        let lists = Self::build_lists(&cfg, &source)?;
+        let bans = match &cfg.ban {
+            Some(b) => {
+                let p = root.key("ban");
+                let dur = |field: &'static str, text: &str| {
+                    parse_duration(text)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            err(
+                                &p.key(field),
+                                format!("{text:?} is not a duration like \"30s\" or \"15m\""),
+                            )
+                        })
+                };
+                let within = dur("within", &b.within)?;
+                let duration = dur("duration", &b.duration)?;
+                let max = match &b.max_duration {
+                    Some(m) => dur("max_duration", m)?,
+                    None => duration,
+                };
+                if b.after == 0 {
+                    return Err(err(&p.key("after"), "must be at least 1".into()));
+                }
+                if !(b.escalate.is_finite() && b.escalate >= 1.0) {
+                    return Err(err(&p.key("escalate"), "must be a number >= 1".into()));
+                }
+                if max < duration {
+                    return Err(err(
+                        &p.key("max_duration"),
+                        "must be at least `duration`".into(),
+                    ));
+                }
+                if !matches!(b.status, 403 | 429) {
+                    return Err(err(&p.key("status"), "must be 403 or 429".into()));
+                }
+                Some(
+                    Bans::new(
+                        b.after, within, duration, b.escalate, max, b.status, s.max_keys,
+                    )
+                    .map_err(|e| err(&p, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let metrics = Metrics {
+            rules: rules
+                .iter()
+                .map(|r: &Rule| (r.name.clone(), RuleCounters::default()))
+                .collect(),
+            ..Metrics::default()
+        };
+        let clock = QuantaClock::new();
+        let unix_now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, nanos);
+        Ok(Engine {
+            rules: rules.into_boxed_slice(),
+            jwt,
+            lists,
+            bans,
+            style,
+            ipv6_prefix: s.ipv6_prefix,
+            api_key_header: s.api_key_header.to_ascii_lowercase(),
+            deny_status: s.deny_status,
+            key_seed: ahash::RandomState::new(),
+            pk_seed: ahash::RandomState::new(),
+            unix_origin_ns: unix_now.saturating_sub(clock.now_ns()),
+            clock,
+            metrics,
+            sink: parking_lot::RwLock::new(None),
+        })
+    }
+
+    fn build_jwt(
+        j: &config::JwtConfig,
+        p: &Path,
+        dir: &FsPath,
+        source: &Source<'_>,
+    ) -> Result<JwtVerifier> {
+        let err = |path: &Path, msg: String| source.error(path, msg);
+        let mut allowed = Vec::new();
+        for (i, a) in j.algorithms.iter().enumerate() {
+            allowed.push(jwt::algorithm(a).map_err(|m| err(&p.key("algorithms").index(i), m))?);
+        }
+        if allowed.is_empty() {
+            return Err(err(
+                &p.key("algorithms"),
+                "list at least one algorithm".into(),
+            ));
+        }
+        let mut keys = Vec::new();
+        let secret = match (&j.secret_env, &j.secret_file) {
+            (Some(_), Some(_)) => return Err(err(&p.key("secret_file"), "give secret_env or secret_file, not both".into())),
+            (Some(var), None) => Some((
+                "secret_env",
+                std::env::var(var).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    err(&p.key("secret_env"), format!("environment variable {var} is not set (HMAC secrets are never inline)"))
+                })?,
+            )),
+            (None, Some(file)) => {
+                let file = dir.join(file);
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| err(&p.key("secret_file"), format!("cannot read {}: {e}", file.display())))?;
+                Some(("secret_file", text.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            (None, None) => None,
+        };
+        if let Some((field, secret)) = secret {
+            if secret.len() < 32 {
+                return Err(err(
+                    &p.key(field),
+                    "the HMAC secret must be at least 32 bytes".into(),
+                ));
+            }
+            let hmac: Vec<_> = allowed
+                .iter()
+                .copied()
+                .filter(|a| jwt_family_is_hmac(*a))
+                .collect();
+            if hmac.is_empty() {
+                return Err(err(
+                    &p.key(field),
+                    "a secret needs an HS256/HS384/HS512 algorithm in jwt.algorithms".into(),
+                ));
+            }
+            for alg in hmac {
+                keys.push((None, alg, KeySource::Secret(secret.as_bytes().to_vec())));
+            }
+        }
+        for (i, k) in j.keys.iter().enumerate() {
+            let kp = p.key("keys").index(i);
+            let alg = jwt::algorithm(&k.algorithm).map_err(|m| err(&kp.key("algorithm"), m))?;
+            if jwt_family_is_hmac(alg) {
+                return Err(err(
+                    &kp.key("algorithm"),
+                    "HMAC keys come from secret_env, not files".into(),
+                ));
+            }
+            let file = dir.join(&k.pem_file);
+            let pem = std::fs::read(&file).map_err(|e| {
+                err(
+                    &kp.key("pem_file"),
+                    format!("cannot read key file {}: {e}", file.display()),
+                )
+            })?;
+            keys.push((k.kid.clone(), alg, KeySource::Pem(pem)));
+        }
+        if let Some(jwks) = &j.jwks_file {
+            let file = dir.join(jwks);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                err(
+                    &p.key("jwks_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+                .map_err(|e| err(&p.key("jwks_file"), format!("not a JWKS: {e}")))?;
+            for (i, key) in set.keys.into_iter().enumerate() {
+                let alg = key
+                    .common
+                    .key_algorithm
+                    .ok_or_else(|| {
+                        err(
+                            &p.key("jwks_file"),
+                            format!("key {i} has no \"alg\": each key must name its algorithm"),
+                        )
+                    })
+                    .and_then(|a| {
+                        jwt::algorithm(&format!("{a:?}"))
+                            .map_err(|m| err(&p.key("jwks_file"), format!("key {i}: {m}")))
+                    })?;
+                keys.push((
+                    key.common.key_id.clone(),
+                    alg,
+                    KeySource::Jwk(Box::new(key)),
+                ));
+            }
+        }
+        let verify_limit = match j.verify_limit.as_deref() {
+            None | Some("off") => None,
+            Some(q) => Some(
+                q.parse::<Quota>()
+                    .map_err(|e| err(&p.key("verify_limit"), e.to_string()))?,
+            ),
+        };
+        let reject_invalid = match j.on_invalid.as_str() {
+            "anonymous" => false,
+            "reject" => true,
+            other => {
+                return Err(err(
+                    &p.key("on_invalid"),
+                    format!("{other:?}: use \"anonymous\" or \"reject\""),
+                ));
+            }
+        };
+        JwtVerifier::new(JwtSetup {
+            allowed,
+            issuer: j.issuer.as_ref().map(config::OneOrMany::to_vec),
+            audience: j.audience.as_ref().map(config::OneOrMany::to_vec),
+            leeway_s: j.leeway_s,
+            required: j.required_claims.clone(),
+            header: j.header.clone(),
+            keys,
+            cache_size: j.cache_size,
+            verify_limit,
+            reject_invalid,
+        })
+        .map_err(|m| err(p, m))
+    }
+
+    fn build_rule(
+        r: &RuleConfig,
+        p: &Path,
+        cfg: &PolicyConfig,
+        has_jwt: bool,
+        source: &Source<'_>,
+    ) -> Result<Rule> {
+        let err = |path: &Path, msg: String| source.error(path, msg);
+        let algorithm = match &r.algorithm {
+            Some(a) => a
+                .parse::<Algorithm>()
+                .map_err(|e| err(&p.key("algorithm"), e.to_string()))?,
+            None => Algorithm::Gcra,
+        };
+        let mut patterns = Vec::new();
+        for (i, text) in r.matches.to_vec().iter().enumerate() {
+            let at = match r.matches {
+                config::OneOrMany::One(_) => p.key("match"),
+                config::OneOrMany::Many(_) => p.key("match").index(i),
+            };
+            patterns.push(matcher::parse(text).map_err(|m| err(&at, m))?);
+        }
+        let key = KeyTemplate::parse(&r.key, &cfg.settings.api_key_header)
+            .map_err(|m| err(&p.key("key"), m))?;
+        if key.needs_claims() && !has_jwt {
+            return Err(err(
+                &p.key("key"),
+                "uses claims, but there is no [jwt] section to verify tokens".into(),
+            ));
+        }
+        let build = |quotas: &[String], at: &Path| -> Result<Limiter> {
+            if quotas.is_empty() {
+                return Err(err(
+                    at,
+                    "list at least one quota, e.g. [\"10/s\", \"1000/hour\"]".into(),
+                ));
+            }
+            let mut builder = Limiter::builder()
+                .max_keys(cfg.settings.max_keys)
+                .max_key_bytes(KEY_BUF);
+            for (i, q) in quotas.iter().enumerate() {
+                let quota = q
+                    .parse::<Quota>()
+                    .and_then(|quota| quota.with_algorithm(algorithm))
+                    .map_err(|e| err(&at.index(i), e.to_string()))?;
+                if r.cost > quota.limit() {
+                    return Err(err(
+                        &p.key("cost"),
+                        format!("cost {} is above the burst of {q:?}", r.cost),
+                    ));
+                }
+                builder = builder.quota(quota);
+            }
+            builder.build().map_err(|e| err(at, e.to_string()))
+        };
+        let (limits, quota_text) = match (&r.tiers, r.quotas.is_empty()) {
+            (Some(_), false) => {
+                return Err(err(
+                    &p.key("tiers"),
+                    "give either quotas or tiers, not both".into(),
+                ));
+            }
+            (None, _) => (
+                Limits::One(build(&r.quotas, &p.key("quotas"))?),
+                r.quotas.clone(),
+            ),
+            (Some(t), true) => {
+                if !has_jwt {
+                    return Err(err(
+                        &p.key("tiers"),
+                        "tiers choose by a verified claim, but there is no [jwt] section".into(),
+                    ));
+                }
+                let tp = p.key("tiers");
+                let mut others = Vec::new();
+                let mut text = Vec::new();
+                for (name, quotas) in &t.quotas {
+                    others.push((name.clone(), build(quotas, &tp.key("quotas").name(name))?));
+                    text.push(format!("{name}: {}", quotas.join(" + ")));
+                }
+                let position = others
+                    .iter()
+                    .position(|(n, _)| *n == t.default)
+                    .ok_or_else(|| {
+                        err(
+                            &tp.key("default"),
+                            format!("{:?} is not one of the tiers", t.default),
+                        )
+                    })?;
+                let default = others.remove(position);
+                (
+                    Limits::Tiers {
+                        claim: t.claim.clone(),
+                        default,
+                        others,
+                    },
+                    text,
+                )
+            }
+        };
+        let deny_anonymous = match r.anonymous.as_str() {
+            "skip" => false,
+            "deny" => true,
+            other => {
+                return Err(err(
+                    &p.key("anonymous"),
+                    format!("{other:?}: use \"skip\" or \"deny\""),
+                ));
+            }
+        };
+        if r.cost == 0 {
+            return Err(err(&p.key("cost"), "must be at least 1".into()));
+        }
+        let adaptive = match &r.adaptive {
+            Some(a) => {
+                let ap = p.key("adaptive");
+                if !(a.threshold > 0.0 && a.threshold < 1.0) {
+                    return Err(err(&ap.key("threshold"), "must be between 0 and 1".into()));
+                }
+                if a.factor < 1 {
+                    return Err(err(&ap.key("factor"), "must be at least 1".into()));
+                }
+                let window = parse_duration(&a.window)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        err(
+                            &ap.key("window"),
+                            format!("{:?} is not a duration", a.window),
+                        )
+                    })?;
+                Some(Adaptive::new(
+                    a.threshold,
+                    window,
+                    a.min_requests,
+                    a.factor,
+                    cfg.settings.max_keys,
+                ))
+            }
+            None => None,
+        };
+        Ok(Rule {
+            name: r.name.as_str().into(),
+            patterns: r.matches.to_vec(),
+            matcher: matcher::Matcher(patterns),
+            key_text: r.key.clone(),
+            key,
+            cost: r.cost,
+            shadow: r.shadow,
+            deny_anonymous,
+            limits,
+            quota_text,
+            adaptive,
+            ban: r.ban,
+        })
+    }
+
+    fn build_lists(cfg: &PolicyConfig, source: &Source<'_>) -> Result<Lists> {
+        let p = Path::default().key("lists");
+        let nets = |field: &'static str, items: &[String]| -> Result<Vec<IpNet>> {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.parse::<IpNet>()
+                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            source.error(
+                                &p.key(field).index(i),
+                                format!("{s:?} is not an IP address or CIDR"),
+                            )
+                        })
+                })
+                .collect()
+        };
+        let set = |items: &[String]| items.iter().cloned().collect::<HashSet<_>>();
+        let l = &cfg.lists;
+        Ok(Lists {
+            allow_ips: nets("allow_ips", &l.allow_ips)?,
+            deny_ips: nets("deny_ips", &l.deny_ips)?,
+            allow_api_keys: set(&l.allow_api_keys),
+            deny_api_keys: set(&l.deny_api_keys),
+            allow_subjects: set(&l.allow_subjects),
+            deny_subjects: set(&l.deny_subjects),
+        })
+    }
+
+    /// Registers the function that receives [`Event`]s (replacing any earlier one).
+    pub fn set_event_sink(&self, sink: impl Fn(&Event) + Send + Sync + 'static) {
+        *self.sink.write() = Some(Arc::new(sink));
+    }
+
+    /// Counters in the Prometheus text exposition format.
+    pub fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// The effective rules, one block per rule, for `floodgate check-config`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for r in self.rules.iter() {
+            out.push_str(&format!(
+                "rule {:?}\n  match: {}\n  key: {}\n  quotas: {}\n  cost: {}{}{}{}\n",
+                &*r.name,
+                r.patterns.join(", "),
+                r.key_text,
+                r.quota_text.join("; "),
+                r.cost,
+                if r.shadow {
+                    "\n  shadow: yes (never denies)"
+                } else {
+                    ""
+                },
+                if r.deny_anonymous {
+                    "\n  without identity: 401"
+                } else {
+                    ""
+                },
+                if r.adaptive.is_some() {
+                    "\n  adaptive: on"
+                } else {
+                    ""
+                },
+            ));
+        }
+        if self.jwt.is_some() {
+            out.push_str("jwt: verified bearer tokens\n");
+        }
+        if let Some(b) = &self.bans {
+            out.push_str(&format!("ban: on (answered {})\n", b.status));
+        }
+        out
+    }
+
+    /// Now, as Unix time.
+    pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.unix_origin_ns.saturating_add(self.clock.now_ns()))
+    }
+
+    /// Decides a request now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for an empty or non-alphabetic method. A denial is
+    /// not an error.
+    pub fn check_request(&self, req: &Request<'_>) -> Result<Verdict> {
+        self.check_request_at(req, self.now())
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        let sink = self.sink.read().clone();
+        if let Some(sink) = sink {
+            sink(&event());
+        }
+    }
+
+    /// Decides a request at `now` (Unix time: JWT `exp`/`nbf` are checked against it).
+    ///
+    /// # Errors
+    /// As [`Engine::check_request`].
+    pub fn check_request_at(&self, req: &Request<'_>, now: Duration) -> Result<Verdict> {
+        if req.method.is_empty() || !req.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(Error::InvalidRequest {
+                field: "method",
+                problem: "must be a word like GET or POST",
+            });
+        }
+        let now_ns = nanos(now);
+        let ip = req.client_ip;
+        let deny = |status| Verdict::plain(false, status, Reason::DenyListed);
+        // 1. Lists by IP and API key.
+        if let Some(ip) = ip {
+            if self.lists.deny_ips.iter().any(|n| n.contains(&ip)) {
+                bump(&self.metrics.deny_listed);
+                self.emit(|| {
+                    self.event(
+                        EventKind::DenyListed,
+                        None,
+                        req,
+                        None,
+                        self.deny_status,
+                        Duration::ZERO,
+                        None,
+                    )
+                });
+                return Ok(deny(self.deny_status));
+            }
+            if self.lists.allow_ips.iter().any(|n| n.contains(&ip)) {
+                bump(&self.metrics.allow_listed);
+                return Ok(Verdict::plain(true, 200, Reason::AllowListed));
+            }
+        }
+        if let Some(key) = header(req.headers, &self.api_key_header) {
+            if self.lists.deny_api_keys.contains(key) {
+                bump(&self.metrics.deny_listed);
+                self.emit(|| {
+                    self.event(
+                        EventKind::DenyListed,
+                        None,
+                        req,
+                        None,
+                        self.deny_status,
+                        Duration::ZERO,
+                        None,
+                    )
+                });
+                return Ok(deny(self.deny_status));
+            }
+            if self.lists.allow_api_keys.contains(key) {
+                bump(&self.metrics.allow_listed);
+                return Ok(Verdict::plain(true, 200, Reason::AllowListed));
+            }
+        }
+        // 2. The token: verified claims, or anonymous.
+        let token = self
+            .jwt
+            .as_ref()
+            .map_or(TokenCheck::Absent, |j| j.check(req.headers, ip, now));
+        let (claims, problem) = match &token {
+            TokenCheck::Valid(c) => (Some(&**c), None),
+            TokenCheck::Invalid(p) => (None, Some(*p)),
+            TokenCheck::Absent => (None, None),
+        };
+        if let Some(p) = problem {
+            if let Some(c) = self.metrics.jwt_invalid.get(p.index()) {
+                bump(c);
+            }
+            self.emit(|| {
+                self.event(
+                    EventKind::TokenInvalid,
+                    None,
+                    req,
+                    None,
+                    0,
+                    Duration::ZERO,
+                    Some(p),
+                )
+            });
+            if self.jwt.as_ref().is_some_and(|j| j.reject_invalid) {
+                return Ok(self.unauthorized(req, None, problem));
+            }
+        }
+        if let Some(sub) = claims.and_then(|c| c.get("sub")).and_then(|s| s.as_str()) {
+            if self.lists.deny_subjects.contains(sub) {
+                bump(&self.metrics.deny_listed);
+                self.emit(|| {
+                    self.event(
+                        EventKind::DenyListed,
+                        None,
+                        req,
+                        None,
+                        self.deny_status,
+                        Duration::ZERO,
+                        None,
+                    )
+                });
+                return Ok(deny(self.deny_status));
+            }
+            if self.lists.allow_subjects.contains(sub) {
+                bump(&self.metrics.allow_listed);
+                return Ok(Verdict {
+                    authenticated: true,
+                    ..Verdict::plain(true, 200, Reason::AllowListed)
+                });
+            }
+        }
+        // 3. Rules.
+        let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
+        let mut charges: Vec<Charge<'_>> = Vec::new();
+        let mut deciding: Option<(usize, crate::Decision, Vec<u8>, &Limiter)> = None;
+        let mut shadows: Vec<usize> = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !rule.matcher.matches(req.method, req.path) {
+                continue;
+            }
+            if rule.shadow {
+                shadows.push(index);
+                continue;
+            }
+            let input = KeyInput {
+                method: req.method,
+                path: req.path,
+                ip: masked,
+                headers: req.headers,
+                claims,
+                route: &rule.name,
+            };
+            let Some(mut key) = rule.key.build(&input, &self.key_seed) else {
+                if rule.deny_anonymous {
+                    self.refund(&charges, now);
+                    return Ok(self.unauthorized(req, Some(&rule.name), problem));
+                }
+                continue;
+            };
+            let key = key.finish();
+            if let Some(left) = self.bans.as_ref().and_then(|b| b.banned(key, now_ns)) {
+                self.refund(&charges, now);
+                if let Some((_, c)) = self.metrics.rules.get(index) {
+                    bump(&c.banned);
+                }
+                return Ok(self.banned_verdict(rule, key, left, problem, claims.is_some()));
+            }
+            let limiter = rule.limits.select(claims);
+            let multiplier = rule
+                .adaptive
+                .as_ref()
+                .map_or(1, |a| a.multiplier(key, now_ns));
+            let burst = limiter.quotas().iter().map(Quota::limit).min().unwrap_or(1);
+            let cost = rule.cost.saturating_mul(multiplier).min(burst);
+            let d = limiter.check_at(key, cost, now)?;
+            if let Some(a) = &rule.adaptive {
+                a.record(key, now_ns, !d.allowed);
+            }
+            if !d.allowed {
+                self.refund(&charges, now);
+                return Ok(self.rate_limited(
+                    index,
+                    rule,
+                    limiter,
+                    key,
+                    d,
+                    req,
+                    now_ns,
+                    problem,
+                    claims.is_some(),
+                ));
+            }
+            let tighter = deciding
+                .as_ref()
+                .is_none_or(|(_, best, _, _)| d.remaining < best.remaining);
+            charges.push(Charge {
+                limiter,
+                key: key.to_vec(),
+                cost,
+            });
+            if tighter {
+                deciding = Some((index, d, key.to_vec(), limiter));
+            }
+        }
+        // 4. Shadow rules: counted as if enforced, never denying.
+        for index in shadows {
+            let Some(rule) = self.rules.get(index) else {
+                continue;
+            };
+            let input = KeyInput {
+                method: req.method,
+                path: req.path,
+                ip: masked,
+                headers: req.headers,
+                claims,
+                route: &rule.name,
+            };
+            let Some(mut key) = rule.key.build(&input, &self.key_seed) else {
+                continue;
+            };
+            let key = key.finish();
+            let limiter = rule.limits.select(claims);
+            let d = limiter.check_at(key, rule.cost, now)?;
+            if let Some((_, c)) = self.metrics.rules.get(index) {
+                bump(if d.allowed {
+                    &c.allowed
+                } else {
+                    &c.shadow_denied
+                });
+            }
+            if !d.allowed {
+                let key_text = String::from_utf8_lossy(key).into_owned();
+                self.emit(|| Event {
+                    key: Some(key_text),
+                    ..self.event(
+                        EventKind::ShadowDenied,
+                        Some(&rule.name),
+                        req,
+                        None,
+                        0,
+                        d.retry_after,
+                        None,
+                    )
+                });
+            }
+        }
+        let Some((index, d, key, limiter)) = deciding else {
+            bump(&self.metrics.no_rule);
+            return Ok(Verdict {
+                authenticated: claims.is_some(),
+                token_problem: problem,
+                ..Verdict::plain(true, 200, Reason::NoRule)
+            });
+        };
+        self.count_allowed(req);
+        let rule = self.rules.get(index).map(|r| r.name.clone());
+        let mut verdict = Verdict {
+            rule: rule.clone(),
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after: d.reset_after,
+            identity: Some(String::from_utf8_lossy(&key).into_owned()),
+            token_problem: problem,
+            authenticated: claims.is_some(),
+            ..Verdict::plain(true, 200, Reason::Allowed)
+        };
+        if let (Some(name), Some(quota)) = (rule, limiter.quotas().get(d.quota)) {
+            let report = Report {
+                policy: &name,
+                quota,
+                remaining: d.remaining,
+                reset_after: d.reset_after,
+                retry_after: None,
+                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, &key)),
+            };
+            headers::render(self.style, &report, &mut verdict.headers);
+        }
+        Ok(verdict)
+    }
+
+    fn count_allowed(&self, req: &Request<'_>) {
+        for (rule, (_, c)) in self.rules.iter().zip(&self.metrics.rules) {
+            if !rule.shadow && rule.matcher.matches(req.method, req.path) {
+                bump(&c.allowed);
+            }
+        }
+    }
+
+    fn refund(&self, charges: &[Charge<'_>], now: Duration) {
+        for c in charges {
+            let _ = c.limiter.refund_at(&c.key, c.cost, now);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        kind: EventKind,
+        rule: Option<&Arc<str>>,
+        req: &Request<'_>,
+        key: Option<&[u8]>,
+        status: u16,
+        retry_after: Duration,
+        token_problem: Option<TokenProblem>,
+    ) -> Event {
+        Event {
+            kind,
+            rule: rule.cloned(),
+            client_ip: req.client_ip,
+            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            status,
+            retry_after,
+            token_problem,
+        }
+    }
+
+    fn unauthorized(
+        &self,
+        req: &Request<'_>,
+        rule: Option<&Arc<str>>,
+        problem: Option<TokenProblem>,
+    ) -> Verdict {
+        bump(&self.metrics.unauthorized);
+        self.emit(|| {
+            self.event(
+                EventKind::Unauthorized,
+                rule,
+                req,
+                None,
+                401,
+                Duration::ZERO,
+                problem,
+            )
+        });
+        let mut v = Verdict {
+            rule: rule.cloned(),
+            token_problem: problem,
+            ..Verdict::plain(false, 401, Reason::Unauthorized)
+        };
+        let challenge = match problem {
+            Some(p) => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                p.code()
+            ),
+            None => "Bearer".to_string(),
+        };
+        v.headers.push(("WWW-Authenticate", challenge));
+        v
+    }
+
+    fn banned_verdict(
+        &self,
+        rule: &Rule,
+        key: &[u8],
+        left: Duration,
+        problem: Option<TokenProblem>,
+        authenticated: bool,
+    ) -> Verdict {
+        let status = self.bans.as_ref().map_or(429, |b| b.status);
+        let mut v = Verdict {
+            rule: Some(rule.name.clone()),
+            retry_after: left,
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            token_problem: problem,
+            authenticated,
+            ..Verdict::plain(false, status, Reason::Banned)
+        };
+        v.headers
+            .push(("Retry-After", headers::ceil_secs(left).max(1).to_string()));
+        v
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rate_limited(
+        &self,
+        index: usize,
+        rule: &Rule,
+        limiter: &Limiter,
+        key: &[u8],
+        d: crate::Decision,
+        req: &Request<'_>,
+        now_ns: u64,
+        problem: Option<TokenProblem>,
+        authenticated: bool,
+    ) -> Verdict {
+        if let Some((_, c)) = self.metrics.rules.get(index) {
+            bump(&c.denied);
+        }
+        self.emit(|| {
+            self.event(
+                EventKind::Denied,
+                Some(&rule.name),
+                req,
+                Some(key),
+                429,
+                d.retry_after,
+                problem,
+            )
+        });
+        let mut retry = d.retry_after;
+        let mut status = 429;
+        let mut reason = Reason::RateLimited;
+        if let Some(length) = self
+            .bans
+            .as_ref()
+            .filter(|_| rule.ban)
+            .and_then(|b| b.strike(key, now_ns))
+        {
+            bump(&self.metrics.bans_started);
+            self.emit(|| {
+                self.event(
+                    EventKind::Banned,
+                    Some(&rule.name),
+                    req,
+                    Some(key),
+                    0,
+                    length,
+                    problem,
+                )
+            });
+            retry = retry.max(length);
+            status = self.bans.as_ref().map_or(429, |b| b.status);
+            reason = Reason::Banned;
+        }
+        let mut v = Verdict {
+            rule: Some(rule.name.clone()),
+            retry_after: retry,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after: d.reset_after,
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            token_problem: problem,
+            authenticated,
+            ..Verdict::plain(false, status, reason)
+        };
+        if let Some(quota) = limiter.quotas().get(d.quota) {
+            let report = Report {
+                policy: &rule.name,
+                quota,
+                remaining: d.remaining,
+                reset_after: d.reset_after,
+                retry_after: Some(retry),
+                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
+            };
+            headers::render(self.style, &report, &mut v.headers);
+        }
+        v
+    }
+}
+
+fn jwt_family_is_hmac(alg: jsonwebtoken::Algorithm) -> bool {
+    matches!(
+        alg,
+        jsonwebtoken::Algorithm::HS256
+            | jsonwebtoken::Algorithm::HS384
+            | jsonwebtoken::Algorithm::HS512
+    )
+}
