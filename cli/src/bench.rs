@@ -66,73 +66,85 @@ impl XorShift {
 const SAMPLE_EVERY: u64 = 8;
 const BATCH: u64 = 1024;
 
-/// Runs the workload and returns what it measured.
-///
-/// # Errors
-/// A limiter that cannot be built from the options.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport, floodgate::Error> {
-    let limiter = Limiter::builder()
-        .quotas(opts.quotas.iter().copied())
-        .max_keys(opts.max_keys)
-        .build()?;
-    let keys = make_keys(opts.keys.max(1));
+/// What the worker threads measured.
+#[derive(Debug, Default)]
+pub struct Workload {
+    pub allowed: u64,
+    pub denied: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency: Histogram,
+}
+
+/// Runs `check(thread, key_index)` on `threads` threads for `duration`, picking key
+/// indexes uniformly from `0..keys`; `check` returns `Some(allowed)` or `None` on
+/// error. `status` prints the progress line's last column.
+pub fn run_workload<F, S>(
+    threads: usize,
+    keys: usize,
+    duration: Duration,
+    progress: bool,
+    check: F,
+    status: S,
+) -> Workload
+where
+    F: Fn(usize) -> Option<bool> + Sync,
+    S: Fn() -> String,
+{
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
     let tsc = quanta::Clock::new();
     let start = Instant::now();
-    let results: Vec<(u64, u64, u64, Histogram)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..opts.threads.max(1))
+    let results: Vec<Workload> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
             .map(|t| {
-                let (limiter, keys, stop, done, tsc) = (&limiter, &keys, &stop, &done, &tsc);
-                let cost = opts.cost;
+                let (stop, done, tsc, check) = (&stop, &done, &tsc, &check);
                 s.spawn(move || {
                     let mut rng = XorShift(
                         0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
                     );
-                    let (mut allowed, mut denied, mut errors) = (0u64, 0u64, 0u64);
-                    let mut hist = Histogram::default();
+                    let mut w = Workload::default();
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..BATCH {
-                            #[allow(clippy::indexing_slicing)] // the modulo keeps it in range
-                            let key = &keys[(rng.next() % keys.len() as u64) as usize];
+                            let key = (rng.next() % keys.max(1) as u64) as usize;
                             let result = if i.is_multiple_of(SAMPLE_EVERY) {
                                 let t0 = tsc.raw();
-                                let r = limiter.check(key, cost);
-                                hist.record(tsc.delta_as_nanos(t0, tsc.raw()));
+                                let r = check(key);
+                                w.latency.record(tsc.delta_as_nanos(t0, tsc.raw()));
                                 r
                             } else {
-                                limiter.check(key, cost)
+                                check(key)
                             };
                             match result {
-                                Ok(d) if d.allowed => allowed += 1,
-                                Ok(_) => denied += 1,
-                                Err(_) => errors += 1,
+                                Some(true) => w.allowed += 1,
+                                Some(false) => w.denied += 1,
+                                None => w.errors += 1,
                             }
                             i += 1;
                         }
                         done.fetch_add(BATCH, Ordering::Relaxed);
                     }
-                    (allowed, denied, errors, hist)
+                    w
                 })
             })
             .collect();
         let mut last = (start, 0u64);
         let interactive = std::io::stderr().is_terminal();
-        while start.elapsed() < opts.duration {
+        while start.elapsed() < duration {
             std::thread::sleep(
-                Duration::from_millis(100).min(opts.duration.saturating_sub(start.elapsed())),
+                Duration::from_millis(100).min(duration.saturating_sub(start.elapsed())),
             );
-            if opts.progress && last.0.elapsed() >= Duration::from_secs(1) {
+            if progress && last.0.elapsed() >= Duration::from_secs(1) {
                 let n = done.load(Ordering::Relaxed);
                 let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
                 let line = format!(
-                    "  {:>5.1} s / {:.0} s   {:>14} checks   {:>12}/s   {} keys held",
+                    "  {:>5.1} s / {:.0} s   {:>14} checks   {:>12}/s   {}",
                     start.elapsed().as_secs_f64(),
-                    opts.duration.as_secs_f64(),
+                    duration.as_secs_f64(),
                     group(n),
                     group(rate as u64),
-                    group(limiter.len() as u64)
+                    status()
                 );
                 let mut err = std::io::stderr();
                 let _ = if interactive {
@@ -144,7 +156,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, floodgate::Error> {
             }
         }
         stop.store(true, Ordering::Relaxed);
-        if opts.progress && interactive {
+        if progress && interactive {
             eprintln!();
         }
         workers
@@ -152,22 +164,47 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, floodgate::Error> {
             .map(|w| w.join().unwrap_or_default())
             .collect()
     });
-    let elapsed = start.elapsed();
-    let mut latency = Histogram::default();
-    let (mut allowed, mut denied, mut errors) = (0, 0, 0);
-    for (a, d, e, h) in &results {
-        allowed += a;
-        denied += d;
-        errors += e;
-        latency.merge(h);
+    let mut total = Workload {
+        elapsed: start.elapsed(),
+        ..Workload::default()
+    };
+    for w in &results {
+        total.allowed += w.allowed;
+        total.denied += w.denied;
+        total.errors += w.errors;
+        total.latency.merge(&w.latency);
     }
+    total
+}
+
+/// Runs the workload and returns what it measured.
+///
+/// # Errors
+/// A limiter that cannot be built from the options.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, floodgate::Error> {
+    let limiter = Limiter::builder()
+        .quotas(opts.quotas.iter().copied())
+        .max_keys(opts.max_keys)
+        .build()?;
+    let keys = make_keys(opts.keys.max(1));
+    let w = run_workload(
+        opts.threads,
+        keys.len(),
+        opts.duration,
+        opts.progress,
+        |i| {
+            #[allow(clippy::indexing_slicing)] // run_workload picks i < keys.len()
+            limiter.check(&keys[i], opts.cost).ok().map(|d| d.allowed)
+        },
+        || format!("{} keys held", group(limiter.len() as u64)),
+    );
     Ok(BenchReport {
-        checks: allowed + denied + errors,
-        allowed,
-        denied,
-        errors,
-        elapsed,
-        latency,
+        checks: w.allowed + w.denied + w.errors,
+        allowed: w.allowed,
+        denied: w.denied,
+        errors: w.errors,
+        elapsed: w.elapsed,
+        latency: w.latency,
         keys_held: limiter.len(),
         evicted: limiter.evicted(),
         memory_bytes: limiter.memory_bytes(),

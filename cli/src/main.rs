@@ -2,6 +2,7 @@
 
 mod bench;
 mod histogram;
+mod policy;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,8 +23,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Benchmark the embedded in-memory limiter on a generated workload.
+    /// Benchmark the embedded in-memory limiter (or, with --config, a policy) on a generated workload.
     Bench(BenchArgs),
+    /// Validate a policy file and print its effective rules (exit 1 on error).
+    CheckConfig {
+        /// The policy file (TOML, or JSON if it ends in .json).
+        file: std::path::PathBuf,
+    },
+    /// Replay a JSON-lines trace of requests through a policy; print one JSON line per request.
+    Simulate {
+        /// The policy file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Lines like {"t_ms": 1250.5, "method": "POST", "path": "/auth/login", "ip": "203.0.113.7", "headers": {}}.
+        #[arg(long)]
+        trace: std::path::PathBuf,
+        /// Unix time (s) of t_ms = 0; JWT exp/nbf are checked against it.
+        #[arg(long, default_value_t = 1_700_000_000)]
+        start_unix: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,12 +70,57 @@ struct BenchArgs {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Benchmark this policy's check_request instead (--keys = distinct client IPs).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// With --config: the request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// With --config: the request path.
+    #[arg(long, default_value = "/api/items")]
+    path: String,
+    /// With --config: a request header, "name: value" (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
+    if let Some(config) = &args.config {
+        let headers = args
+            .headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or(format!("--header {h:?}: expected \"name: value\""))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0)
+            || threads == 0
+        {
+            return Err(
+                "--duration must be between 0 and 86400 seconds and --threads at least 1".into(),
+            );
+        }
+        let report = policy::bench(&policy::PolicyBench {
+            config,
+            method: &args.method,
+            path: &args.path,
+            headers: &headers,
+            clients: args.keys,
+            threads,
+            duration: Duration::from_secs_f64(args.duration),
+            progress: !args.quiet,
+        })?;
+        print!("{report}");
+        return Ok(());
+    }
     let algorithm: Algorithm = args
         .algorithm
         .parse()
@@ -106,6 +169,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench(args),
+        Command::CheckConfig { file } => policy::check_config(&file).map(|text| print!("{text}")),
+        Command::Simulate {
+            config,
+            trace,
+            start_unix,
+        } => {
+            let stdout = std::io::stdout();
+            policy::simulate(&config, &trace, start_unix, &mut stdout.lock())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

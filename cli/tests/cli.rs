@@ -106,3 +106,147 @@ fn bad_arguments_fail_clearly() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+fn root(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_errors() {
+    let out = floodgate(&["check-config", &root("examples/policy.toml")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for rule in [
+        "login-ip",
+        "login-user",
+        "token",
+        "api-user",
+        "api-key",
+        "anonymous",
+    ] {
+        assert!(text.contains(&format!("rule \"{rule}\"")), "{text}");
+    }
+    let dir = std::env::temp_dir().join(format!("floodgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"x\"\nmatch = \"/a\"\nquotas = [\"10/fortnight\"]\n",
+    )
+    .unwrap();
+    let out = floodgate(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rule[0].quotas[0] (line 4)") && err.contains("unknown unit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hmac_secret_from_the_environment() {
+    let dir = std::env::temp_dir().join(format!("floodgate-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("p.toml");
+    std::fs::write(
+        &policy,
+        "[jwt]\nalgorithms = [\"HS256\"]\nsecret_env = \"FG_TEST_SECRET\"\n",
+    )
+    .unwrap();
+    let run = |secret: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+        cmd.args(["check-config", policy.to_str().unwrap()])
+            .env_remove("FG_TEST_SECRET");
+        if let Some(s) = secret {
+            cmd.env("FG_TEST_SECRET", s);
+        }
+        cmd.output().unwrap()
+    };
+    assert!(
+        run(Some("0123456789abcdef0123456789abcdef"))
+            .status
+            .success()
+    );
+    let out = run(None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FG_TEST_SECRET is not set"));
+    let out = run(Some("short"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
+}
+
+#[test]
+fn simulate_reproduces_the_committed_trace() {
+    let out = floodgate(&[
+        "simulate",
+        "--config",
+        &root("examples/policy.toml"),
+        "--trace",
+        &root("tests/traces/example.jsonl"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = std::fs::read_to_string(root("tests/traces/example.expected.jsonl")).unwrap();
+    let got = String::from_utf8(out.stdout).unwrap();
+    for (i, (g, e)) in got.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(g, e, "line {}", i + 1);
+    }
+    assert_eq!(got.lines().count(), expected.lines().count());
+    assert!(got.lines().count() >= 20);
+}
+
+#[test]
+fn simulate_rejects_bad_traces_with_the_line() {
+    let dir = std::env::temp_dir().join(format!("floodgate-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("t.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"t_ms\": 0, \"method\": \"GET\", \"path\": \"/\"}\n{\"t_ms\": \"soon\"}\n",
+    )
+    .unwrap();
+    let out = floodgate(&[
+        "simulate",
+        "--config",
+        &root("examples/policy.toml"),
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("t.jsonl:2: t_ms"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bench_with_a_policy() {
+    let out = floodgate(&[
+        "bench",
+        "--config",
+        &root("examples/policy.toml"),
+        "--duration",
+        "0.3",
+        "--keys",
+        "50",
+        "-q",
+        "--threads",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("requests/s") && text.contains("denied"),
+        "{text}"
+    );
+}

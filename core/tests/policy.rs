@@ -801,3 +801,28 @@ fn bad_requests_are_errors_not_panics() {
         assert!(v.allowed, "{path}");
     }
 }
+
+mod retry_after {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// On every 429, Retry-After (whole seconds) is never earlier than the exact
+        /// retry time, and a retry at Retry-After is admitted.
+        #[test]
+        fn never_earlier_than_the_true_retry(rate in 1u64..20, period_s in 1u64..120,
+                                             algorithm in prop::sample::select(vec!["gcra", "sliding_log", "sliding_window", "fixed_window"]),
+                                             offset_ms in 0u64..5000) {
+            let policy = format!("[[rule]]\nname = \"r\"\nmatch = \"/**\"\nquotas = [\"{rate}/{period_s}s\"]\nalgorithm = \"{algorithm}\"\n");
+            let e = Engine::from_toml_str(&policy).unwrap();
+            let req = Request { method: "GET", path: "/x", client_ip: ip("203.0.113.7"), headers: &[] };
+            let t = Duration::from_millis(NOW * 1000 + offset_ms);
+            let denied = (0..=rate).map(|_| e.check_request_at(&req, t).unwrap()).find(|v| !v.allowed).unwrap();
+            let header: u64 = denied.headers.iter().find(|(n, _)| *n == "Retry-After").unwrap().1.parse().unwrap();
+            prop_assert!(Duration::from_secs(header) >= denied.retry_after);
+            prop_assert!(e.check_request_at(&req, t + Duration::from_secs(header)).unwrap().allowed);
+        }
+    }
+}

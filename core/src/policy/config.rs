@@ -146,6 +146,9 @@ fn one() -> u64 {
 fn default_anonymous() -> String {
     "skip".into()
 }
+fn default_applies_to() -> String {
+    "all".into()
+}
 fn yes() -> bool {
     true
 }
@@ -177,6 +180,13 @@ pub(crate) struct RuleConfig {
     pub anonymous: String,
     pub tiers: Option<TiersConfig>,
     pub adaptive: Option<AdaptiveConfig>,
+    /// Which requests the rule applies to: `all` (default), `anonymous` (no verified
+    /// token: the usual per-IP fallback) or `authenticated`.
+    #[serde(default = "default_applies_to")]
+    pub applies_to: String,
+    /// Skip the rule when the request carries this header (e.g. an anonymous per-IP
+    /// rule that API-key clients, limited by their own rule, should not also pay).
+    pub unless_header: Option<String>,
     /// Whether this rule's denials count toward `[ban]`.
     #[serde(default = "yes")]
     pub ban: bool,

@@ -199,6 +199,10 @@ struct Rule {
     cost: u64,
     shadow: bool,
     deny_anonymous: bool,
+    /// `None`: every request; `Some(true)`: only with a verified token; `Some(false)`: only without.
+    applies_to: Option<bool>,
+    /// Lower-case header name whose presence skips the rule.
+    unless_header: Option<String>,
     limits: Limits,
     quota_text: Vec<String>,
     adaptive: Option<Adaptive>,
@@ -667,6 +671,23 @@ impl Engine {
         if r.cost == 0 {
             return Err(err(&p.key("cost"), "must be at least 1".into()));
         }
+        let applies_to = match r.applies_to.as_str() {
+            "all" => None,
+            "authenticated" => Some(true),
+            "anonymous" => Some(false),
+            other => {
+                return Err(err(
+                    &p.key("applies_to"),
+                    format!("{other:?}: use \"all\", \"anonymous\" or \"authenticated\""),
+                ));
+            }
+        };
+        if applies_to == Some(true) && !has_jwt {
+            return Err(err(
+                &p.key("applies_to"),
+                "\"authenticated\" needs a [jwt] section".into(),
+            ));
+        }
         let adaptive = match &r.adaptive {
             Some(a) => {
                 let ap = p.key("adaptive");
@@ -703,6 +724,8 @@ impl Engine {
             cost: r.cost,
             shadow: r.shadow,
             deny_anonymous,
+            applies_to,
+            unless_header: r.unless_header.as_ref().map(|h| h.to_ascii_lowercase()),
             limits,
             quota_text,
             adaptive,
@@ -755,9 +778,14 @@ impl Engine {
         let mut out = String::new();
         for r in self.rules.iter() {
             out.push_str(&format!(
-                "rule {:?}\n  match: {}\n  key: {}\n  quotas: {}\n  cost: {}{}{}{}\n",
+                "rule {:?}\n  match: {}{}\n  key: {}\n  quotas: {}\n  cost: {}{}{}{}\n",
                 &*r.name,
                 r.patterns.join(", "),
+                match r.applies_to {
+                    None => "",
+                    Some(true) => " (authenticated requests)",
+                    Some(false) => " (anonymous requests)",
+                },
                 r.key_text,
                 r.quota_text.join("; "),
                 r.cost,
@@ -924,7 +952,7 @@ impl Engine {
         let mut deciding: Option<(usize, crate::Decision, Vec<u8>, &Limiter)> = None;
         let mut shadows: Vec<usize> = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.matcher.matches(req.method, req.path) {
+            if !self.applies(rule, req, claims.is_some()) {
                 continue;
             }
             if rule.shadow {
@@ -1041,7 +1069,7 @@ impl Engine {
                 ..Verdict::plain(true, 200, Reason::NoRule)
             });
         };
-        self.count_allowed(req);
+        self.count_allowed(req, claims.is_some());
         let rule = self.rules.get(index).map(|r| r.name.clone());
         let mut verdict = Verdict {
             rule: rule.clone(),
@@ -1067,12 +1095,32 @@ impl Engine {
         Ok(verdict)
     }
 
-    fn count_allowed(&self, req: &Request<'_>) {
+    fn applies(&self, rule: &Rule, req: &Request<'_>, authenticated: bool) -> bool {
+        rule.applies_to.is_none_or(|a| a == authenticated)
+            && rule
+                .unless_header
+                .as_deref()
+                .is_none_or(|h| header(req.headers, h).is_none())
+            && rule.matcher.matches(req.method, req.path)
+    }
+
+    fn count_allowed(&self, req: &Request<'_>, authenticated: bool) {
         for (rule, (_, c)) in self.rules.iter().zip(&self.metrics.rules) {
-            if !rule.shadow && rule.matcher.matches(req.method, req.path) {
+            if !rule.shadow && self.applies(rule, req, authenticated) {
                 bump(&c.allowed);
             }
         }
+    }
+
+    /// Replaces the engine's random seeds (for key hashing and the `pk` partition
+    /// keys in headers) with ones derived from `seed`, so replays print the same
+    /// headers every time. For `floodgate simulate` and tests: predictable seeds
+    /// make `pk` values guessable, so do not use it in production.
+    #[must_use]
+    pub fn with_fixed_seed(mut self, seed: u64) -> Self {
+        self.key_seed = ahash::RandomState::with_seeds(seed, seed ^ 1, seed ^ 2, seed ^ 3);
+        self.pk_seed = ahash::RandomState::with_seeds(seed ^ 4, seed ^ 5, seed ^ 6, seed ^ 7);
+        self
     }
 
     fn refund(&self, charges: &[Charge<'_>], now: Duration) {
