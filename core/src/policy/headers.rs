@@ -61,10 +61,21 @@ pub(crate) fn window_secs(q: &Quota) -> u64 {
     ceil_secs(w).max(1)
 }
 
+/// The `RateLimit-Policy` value of one quota, computed once at load.
+pub(crate) fn policy_value(style: HeaderStyle, policy: &str, quota: &Quota) -> String {
+    let (q, w) = (quota.limit(), window_secs(quota));
+    match style {
+        HeaderStyle::Draft10 => format!("\"{}\";q={q};w={w}", sf_escape(policy)),
+        HeaderStyle::Draft6 => format!("{q};w={w}"),
+        HeaderStyle::Legacy | HeaderStyle::None => String::new(),
+    }
+}
+
 /// What the headers report.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Report<'a> {
-    pub policy: &'a str,
+    /// `policy_value()` of the quota, precomputed.
+    pub policy_value: &'a str,
     pub quota: &'a Quota,
     pub remaining: u64,
     pub reset_after: Duration,
@@ -76,19 +87,21 @@ pub(crate) struct Report<'a> {
 
 /// Appends the headers for `report` to `out`.
 pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut Vec<(&'static str, String)>) {
+    use std::fmt::Write as _;
     let q = r.quota.limit();
-    let w = window_secs(r.quota);
     let t = ceil_secs(r.reset_after);
     match style {
         HeaderStyle::Draft10 => {
-            out.push((
-                "RateLimit-Policy",
-                format!("\"{}\";q={q};w={w}", sf_escape(r.policy)),
-            ));
-            let mut value = format!("\"{}\";r={};t={t}", sf_escape(r.policy), r.remaining);
+            out.push(("RateLimit-Policy", r.policy_value.to_string()));
+            // The policy value starts with the quoted name: reuse it.
+            let name = r.policy_value.split(';').next().unwrap_or_default();
+            let mut value = String::with_capacity(name.len() + 48);
+            let _ = write!(value, "{name};r={};t={t}", r.remaining);
             if let Some(pk) = r.partition {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(pk.to_be_bytes());
-                value.push_str(&format!(";pk=:{b64}:"));
+                value.push_str(";pk=:");
+                base64::engine::general_purpose::STANDARD
+                    .encode_string(pk.to_be_bytes(), &mut value);
+                value.push(':');
             }
             out.push(("RateLimit", value));
         }
@@ -96,7 +109,7 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut Vec<(&'static
             out.push(("RateLimit-Limit", q.to_string()));
             out.push(("RateLimit-Remaining", r.remaining.to_string()));
             out.push(("RateLimit-Reset", t.to_string()));
-            out.push(("RateLimit-Policy", format!("{q};w={w}")));
+            out.push(("RateLimit-Policy", r.policy_value.to_string()));
         }
         HeaderStyle::Legacy => {
             out.push(("X-RateLimit-Limit", q.to_string()));
@@ -134,9 +147,17 @@ mod tests {
         s.parse().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn headers(style: HeaderStyle, r: &Report<'_>) -> Vec<(&'static str, String)> {
+    fn headers(style: HeaderStyle, name: &str, r: &Report<'_>) -> Vec<(&'static str, String)> {
+        let value = policy_value(style, name, r.quota);
         let mut out = Vec::new();
-        render(style, r, &mut out);
+        render(
+            style,
+            &Report {
+                policy_value: &value,
+                ..*r
+            },
+            &mut out,
+        );
         out
     }
 
@@ -147,7 +168,7 @@ mod tests {
             .with_algorithm(Algorithm::FixedWindow)
             .unwrap_or_else(|e| panic!("{e}"));
         let r = Report {
-            policy: "burst",
+            policy_value: "",
             quota: &quota,
             remaining: 50,
             reset_after: Duration::from_secs(30),
@@ -155,7 +176,7 @@ mod tests {
             partition: None,
         };
         assert_eq!(
-            headers(HeaderStyle::Draft10, &r),
+            headers(HeaderStyle::Draft10, "burst", &r),
             vec![
                 ("RateLimit-Policy", "\"burst\";q=100;w=60".into()),
                 ("RateLimit", "\"burst\";r=50;t=30".into())
@@ -166,7 +187,7 @@ mod tests {
             ..r
         };
         assert_eq!(
-            headers(HeaderStyle::Draft10, &r)[1].1,
+            headers(HeaderStyle::Draft10, "burst", &r)[1].1,
             "\"burst\";r=50;t=30;pk=:AQIDBAUGBwg=:"
         );
     }
@@ -175,7 +196,7 @@ mod tests {
     fn draft6_legacy_and_retry_after() {
         let quota = q("10/s burst 20"); // refill of the whole burst: 2 s
         let r = Report {
-            policy: "api",
+            policy_value: "",
             quota: &quota,
             remaining: 0,
             reset_after: Duration::from_millis(1500),
@@ -183,7 +204,7 @@ mod tests {
             partition: None,
         };
         assert_eq!(
-            headers(HeaderStyle::Draft6, &r),
+            headers(HeaderStyle::Draft6, "api", &r),
             vec![
                 ("RateLimit-Limit", "20".into()),
                 ("RateLimit-Remaining", "0".into()),
@@ -193,11 +214,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            headers(HeaderStyle::Legacy, &r)[0],
+            headers(HeaderStyle::Legacy, "api", &r)[0],
             ("X-RateLimit-Limit", "20".into())
         );
         assert_eq!(
-            headers(HeaderStyle::None, &r),
+            headers(HeaderStyle::None, "api", &r),
             vec![("Retry-After", "1".into())]
         );
     }

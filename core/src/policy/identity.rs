@@ -147,66 +147,121 @@ pub(crate) fn mask_ip(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 }
 
 /// Capacity of a key buffer; longer keys are replaced by their hash.
-pub(crate) const KEY_BUF: usize = 512;
+pub(crate) const KEY_BUF: usize = 256;
 
-/// A key being built: bytes in a stack buffer, plus a running hash of all of them.
-pub(crate) struct KeyBuf<'h, H: Hasher> {
+/// A key being built in a stack buffer. Bytes past the buffer are only counted; a
+/// key that overflowed is rebuilt through a hasher (a second, rare pass).
+pub(crate) struct KeyBuf {
     buf: [u8; KEY_BUF],
     len: usize,
     total: usize,
-    hash: H,
-    _seed: std::marker::PhantomData<&'h ()>,
 }
 
-impl<H: Hasher> KeyBuf<'_, H> {
+impl Default for KeyBuf {
+    fn default() -> Self {
+        Self {
+            buf: [0; KEY_BUF],
+            len: 0,
+            total: 0,
+        }
+    }
+}
+
+/// Where key bytes go: the buffer, or a hasher on the overflow pass.
+trait Sink {
+    fn push(&mut self, bytes: &[u8]);
+}
+
+impl Sink for KeyBuf {
     fn push(&mut self, bytes: &[u8]) {
-        self.hash.write(bytes);
         if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
             dst.copy_from_slice(bytes);
             self.len += bytes.len();
         }
         self.total += bytes.len();
     }
+}
 
-    /// The finished key: the bytes, or `h:<hash>` if they did not fit.
-    pub(crate) fn finish(&mut self) -> &[u8] {
-        if self.total > KEY_BUF {
-            let h = self.hash.finish();
-            self.len = 0;
-            self.total = 0;
-            let _ = write!(self, "h:{h:016x}");
-        }
-        self.buf.get(..self.len).unwrap_or_default()
+struct HashSink<H: Hasher>(H);
+
+impl<H: Hasher> Sink for HashSink<H> {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
     }
 }
 
-impl<H: Hasher> fmt::Write for KeyBuf<'_, H> {
+/// `fmt::Write` for any sink (IPv6 addresses, numbers).
+struct FmtSink<'a, S: Sink>(&'a mut S);
+
+impl<S: Sink> fmt::Write for FmtSink<'_, S> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.push(s.as_bytes());
+        self.0.push(s.as_bytes());
         Ok(())
     }
 }
 
 impl KeyTemplate {
-    /// Builds the key, or `None` if a part is missing (no IP, header or verified claim).
-    pub(crate) fn build<'h, S: BuildHasher>(
+    /// Builds the key into `buf` (reused across rules) and returns it, or `None` if a
+    /// part is missing (no IP, header or verified claim). A key longer than the
+    /// buffer comes back as `h:<seeded hash of the whole key>`.
+    pub(crate) fn build<'b, S: BuildHasher>(
         &self,
         input: &KeyInput<'_>,
-        seed: &'h S,
-    ) -> Option<KeyBuf<'h, S::Hasher>> {
-        let mut key = KeyBuf {
-            buf: [0; KEY_BUF],
-            len: 0,
-            total: 0,
-            hash: seed.build_hasher(),
-            _seed: Default::default(),
-        };
+        seed: &S,
+        buf: &'b mut KeyBuf,
+    ) -> Option<&'b [u8]> {
+        buf.len = 0;
+        buf.total = 0;
+        self.write_parts(input, buf)?;
+        if buf.total > KEY_BUF {
+            let mut hasher = HashSink(seed.build_hasher());
+            self.write_parts(input, &mut hasher)?;
+            let h = hasher.0.finish();
+            buf.len = 0;
+            buf.total = 0;
+            let _ = write!(FmtSink(buf), "h:{h:016x}");
+        }
+        buf.buf.get(..buf.len)
+    }
+
+    fn write_parts<S: Sink>(&self, input: &KeyInput<'_>, key: &mut S) -> Option<()> {
         for part in &self.parts {
             match part {
                 Part::Literal(s) => key.push(s.as_bytes()),
-                Part::Ip => {
-                    let _ = write!(key, "{}", input.ip?);
-                }
+                Part::Ip => match input.ip? {
+                    IpAddr::V4(v4) => {
+                        // Dotted decimal without the fmt machinery (the common case).
+                        let mut text = [0u8; 15];
+                        let mut n = 0;
+                        for (i, octet) in v4.octets().into_iter().enumerate() {
+                            if i > 0 {
+                                if let Some(b) = text.get_mut(n) {
+                                    *b = b'.';
+                                }
+                                n += 1;
+                            }
+                            let digits =
+                                [octet / 100, octet / 10 % 10, octet % 10].map(|d| b'0' + d);
+                            let skip = if octet >= 100 {
+                                0
+                            } else if octet >= 10 {
+                                1
+                            } else {
+                                2
+                            };
+                            for d in digits.get(skip..).unwrap_or_default() {
+                                if let Some(b) = text.get_mut(n) {
+                                    *b = *d;
+                                }
+                                n += 1;
+                            }
+                        }
+                        key.push(text.get(..n).unwrap_or_default());
+                    }
+                    v6 => {
+                        let _ = write!(FmtSink(key), "{v6}");
+                    }
+                },
                 Part::Header(name) => key.push(
                     header(input.headers, name)
                         .filter(|v| !v.is_empty())?
@@ -215,11 +270,9 @@ impl KeyTemplate {
                 Part::Claim(name) => match input.claims?.get(name)? {
                     Value::String(s) if !s.is_empty() => key.push(s.as_bytes()),
                     Value::Number(n) => {
-                        let _ = write!(key, "{n}");
+                        let _ = write!(FmtSink(key), "{n}");
                     }
-                    Value::Bool(b) => {
-                        let _ = write!(key, "{b}");
-                    }
+                    Value::Bool(b) => key.push(if *b { b"true" } else { b"false" }),
                     _ => return None,
                 },
                 Part::Route => key.push(input.route.as_bytes()),
@@ -228,10 +281,17 @@ impl KeyTemplate {
                         key.push(&[b.to_ascii_uppercase()]);
                     }
                 }
-                Part::Path => key.push(input.path.split('?').next().unwrap_or_default().as_bytes()),
+                Part::Path => {
+                    let end = input
+                        .path
+                        .bytes()
+                        .position(|b| b == b'?')
+                        .unwrap_or(input.path.len());
+                    key.push(input.path.as_bytes().get(..end).unwrap_or_default());
+                }
             }
         }
-        Some(key)
+        Some(())
     }
 }
 
@@ -253,8 +313,9 @@ mod tests {
     fn key(template: &str, input: &KeyInput<'_>) -> Option<String> {
         let seed = ahash::RandomState::with_seeds(1, 2, 3, 4);
         let t = KeyTemplate::parse(template, "x-api-key").unwrap_or_else(|e| panic!("{e}"));
-        t.build(input, &seed)
-            .map(|mut k| String::from_utf8_lossy(k.finish()).into_owned())
+        let mut buf = KeyBuf::default();
+        t.build(input, &seed, &mut buf)
+            .map(|k| String::from_utf8_lossy(k).into_owned())
     }
 
     #[test]

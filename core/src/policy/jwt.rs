@@ -346,10 +346,13 @@ impl JwtVerifier {
         if !self.allowed.contains(&header.alg) {
             return Err(TokenProblem::AlgorithmNotAllowed);
         }
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid))
+        // A key configured with a kid serves only that kid; one without serves its
+        // algorithm whatever the token's kid. An exact kid match wins.
+        let of_alg = || self.keys.iter().filter(|k| k.alg == header.alg);
+        let key = of_alg()
+            .find(|k| k.kid.is_some() && k.kid == header.kid)
+            .or_else(|| of_alg().find(|k| k.kid.is_none()))
+            .or_else(|| of_alg().find(|_| header.kid.is_none()))
             .ok_or(TokenProblem::UnknownKey)?;
         let data =
             decode::<Claims>(token, &key.key, &key.validation).map_err(|e| match e.kind() {

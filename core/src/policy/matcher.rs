@@ -102,8 +102,15 @@ impl Pattern {
         {
             return false;
         }
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        let end = path
+            .bytes()
+            .position(|b| b == b'?' || b == b'#')
+            .unwrap_or(path.len());
+        let mut parts = path
+            .get(..end)
+            .unwrap_or_default()
+            .split('/')
+            .filter(|s| !s.is_empty());
         for seg in &self.segments {
             match seg {
                 Segment::Rest => return true,

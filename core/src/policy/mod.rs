@@ -39,7 +39,6 @@ mod identity;
 mod jwt;
 mod matcher;
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path as FsPath, PathBuf};
@@ -56,7 +55,7 @@ use ban::{Adaptive, Bans};
 use config::{Path, PolicyConfig, RuleConfig, Source};
 use events::{Metrics, RuleCounters, bump};
 use headers::Report;
-use identity::{Claims, KEY_BUF, KeyInput, KeyTemplate, header, mask_ip};
+use identity::{Claims, KEY_BUF, KeyBuf, KeyInput, KeyTemplate, header, mask_ip};
 use jwt::{JwtSetup, JwtVerifier, KeySource, TokenCheck};
 
 pub use events::{Event, EventKind, EventSink};
@@ -159,32 +158,37 @@ impl Verdict {
     }
 }
 
+/// One limiter of a rule, with its quotas' `RateLimit-Policy` values precomputed.
+struct Tier {
+    limiter: Limiter,
+    policy_values: Vec<String>,
+}
+
 /// A rule's limiter(s): one, or one per tier (the default tier kept apart, so a
 /// selection always finds one).
 enum Limits {
-    One(Limiter),
+    One(Tier),
     Tiers {
         claim: String,
-        default: (String, Limiter),
-        others: Vec<(String, Limiter)>,
+        default: (String, Tier),
+        others: Vec<(String, Tier)>,
     },
 }
 
 impl Limits {
-    fn select(&self, claims: Option<&Claims>) -> &Limiter {
+    fn select(&self, claims: Option<&Claims>) -> &Tier {
         match self {
-            Self::One(l) => l,
+            Self::One(t) => t,
             Self::Tiers {
                 claim,
                 default,
                 others,
             } => {
                 let value = claims.and_then(|c| c.get(claim)).and_then(|v| v.as_str());
-                value
+                &value
                     .and_then(|v| others.iter().find(|(name, _)| name == v))
                     .unwrap_or(default)
                     .1
-                    .borrow()
             }
         }
     }
@@ -248,9 +252,11 @@ impl std::fmt::Debug for Engine {
 
 /// One charge taken while deciding, to give back if a later rule denies.
 struct Charge<'e> {
-    limiter: &'e Limiter,
+    rule: usize,
+    tier: &'e Tier,
     key: Vec<u8>,
     cost: u64,
+    decision: crate::Decision,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -588,7 +594,8 @@ impl Engine {
                 "uses claims, but there is no [jwt] section to verify tokens".into(),
             ));
         }
-        let build = |quotas: &[String], at: &Path| -> Result<Limiter> {
+        let style = HeaderStyle::parse(&cfg.settings.headers).unwrap_or(HeaderStyle::Draft10);
+        let build = |quotas: &[String], at: &Path| -> Result<Tier> {
             if quotas.is_empty() {
                 return Err(err(
                     at,
@@ -611,7 +618,16 @@ impl Engine {
                 }
                 builder = builder.quota(quota);
             }
-            builder.build().map_err(|e| err(at, e.to_string()))
+            let limiter = builder.build().map_err(|e| err(at, e.to_string()))?;
+            let policy_values = limiter
+                .quotas()
+                .iter()
+                .map(|q| headers::policy_value(style, &r.name, q))
+                .collect();
+            Ok(Tier {
+                limiter,
+                policy_values,
+            })
         };
         let (limits, quota_text) = match (&r.tiers, r.quotas.is_empty()) {
             (Some(_), false) => {
@@ -949,8 +965,8 @@ impl Engine {
         // 3. Rules.
         let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
         let mut charges: Vec<Charge<'_>> = Vec::new();
-        let mut deciding: Option<(usize, crate::Decision, Vec<u8>, &Limiter)> = None;
         let mut shadows: Vec<usize> = Vec::new();
+        let mut buf = KeyBuf::default();
         for (index, rule) in self.rules.iter().enumerate() {
             if !self.applies(rule, req, claims.is_some()) {
                 continue;
@@ -967,14 +983,13 @@ impl Engine {
                 claims,
                 route: &rule.name,
             };
-            let Some(mut key) = rule.key.build(&input, &self.key_seed) else {
+            let Some(key) = rule.key.build(&input, &self.key_seed, &mut buf) else {
                 if rule.deny_anonymous {
                     self.refund(&charges, now);
                     return Ok(self.unauthorized(req, Some(&rule.name), problem));
                 }
                 continue;
             };
-            let key = key.finish();
             if let Some(left) = self.bans.as_ref().and_then(|b| b.banned(key, now_ns)) {
                 self.refund(&charges, now);
                 if let Some((_, c)) = self.metrics.rules.get(index) {
@@ -982,14 +997,20 @@ impl Engine {
                 }
                 return Ok(self.banned_verdict(rule, key, left, problem, claims.is_some()));
             }
-            let limiter = rule.limits.select(claims);
+            let tier = rule.limits.select(claims);
             let multiplier = rule
                 .adaptive
                 .as_ref()
                 .map_or(1, |a| a.multiplier(key, now_ns));
-            let burst = limiter.quotas().iter().map(Quota::limit).min().unwrap_or(1);
+            let burst = tier
+                .limiter
+                .quotas()
+                .iter()
+                .map(Quota::limit)
+                .min()
+                .unwrap_or(1);
             let cost = rule.cost.saturating_mul(multiplier).min(burst);
-            let d = limiter.check_at(key, cost, now)?;
+            let d = tier.limiter.check_at(key, cost, now)?;
             if let Some(a) = &rule.adaptive {
                 a.record(key, now_ns, !d.allowed);
             }
@@ -998,7 +1019,7 @@ impl Engine {
                 return Ok(self.rate_limited(
                     index,
                     rule,
-                    limiter,
+                    tier,
                     key,
                     d,
                     req,
@@ -1007,17 +1028,13 @@ impl Engine {
                     claims.is_some(),
                 ));
             }
-            let tighter = deciding
-                .as_ref()
-                .is_none_or(|(_, best, _, _)| d.remaining < best.remaining);
             charges.push(Charge {
-                limiter,
+                rule: index,
+                tier,
                 key: key.to_vec(),
                 cost,
+                decision: d,
             });
-            if tighter {
-                deciding = Some((index, d, key.to_vec(), limiter));
-            }
         }
         // 4. Shadow rules: counted as if enforced, never denying.
         for index in shadows {
@@ -1032,12 +1049,14 @@ impl Engine {
                 claims,
                 route: &rule.name,
             };
-            let Some(mut key) = rule.key.build(&input, &self.key_seed) else {
+            let Some(key) = rule.key.build(&input, &self.key_seed, &mut buf) else {
                 continue;
             };
-            let key = key.finish();
-            let limiter = rule.limits.select(claims);
-            let d = limiter.check_at(key, rule.cost, now)?;
+            let d = rule
+                .limits
+                .select(claims)
+                .limiter
+                .check_at(key, rule.cost, now)?;
             if let Some((_, c)) = self.metrics.rules.get(index) {
                 bump(if d.allowed {
                     &c.allowed
@@ -1061,7 +1080,21 @@ impl Engine {
                 });
             }
         }
-        let Some((index, d, key, limiter)) = deciding else {
+        // The deciding rule: the one with the fewest units left (the first on a tie).
+        let deciding = charges
+            .iter()
+            .fold(None::<&Charge<'_>>, |best, c| match best {
+                Some(b) if b.decision.remaining <= c.decision.remaining => Some(b),
+                _ => Some(c),
+            });
+        let Some(Charge {
+            rule: index,
+            tier,
+            key,
+            decision: d,
+            ..
+        }) = deciding
+        else {
             bump(&self.metrics.no_rule);
             return Ok(Verdict {
                 authenticated: claims.is_some(),
@@ -1069,26 +1102,36 @@ impl Engine {
                 ..Verdict::plain(true, 200, Reason::NoRule)
             });
         };
-        self.count_allowed(req, claims.is_some());
+        for c in &charges {
+            if let Some((_, counters)) = self.metrics.rules.get(c.rule) {
+                bump(&counters.allowed);
+            }
+        }
+        let (index, d) = (*index, *d);
         let rule = self.rules.get(index).map(|r| r.name.clone());
         let mut verdict = Verdict {
             rule: rule.clone(),
             limit: d.limit,
             remaining: d.remaining,
             reset_after: d.reset_after,
-            identity: Some(String::from_utf8_lossy(&key).into_owned()),
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
             token_problem: problem,
             authenticated: claims.is_some(),
             ..Verdict::plain(true, 200, Reason::Allowed)
         };
-        if let (Some(name), Some(quota)) = (rule, limiter.quotas().get(d.quota)) {
+        if let (Some(_), Some(quota), Some(value)) = (
+            &rule,
+            tier.limiter.quotas().get(d.quota),
+            tier.policy_values.get(d.quota),
+        ) {
+            verdict.headers.reserve_exact(3);
             let report = Report {
-                policy: &name,
+                policy_value: value,
                 quota,
                 remaining: d.remaining,
                 reset_after: d.reset_after,
                 retry_after: None,
-                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, &key)),
+                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
             };
             headers::render(self.style, &report, &mut verdict.headers);
         }
@@ -1104,14 +1147,6 @@ impl Engine {
             && rule.matcher.matches(req.method, req.path)
     }
 
-    fn count_allowed(&self, req: &Request<'_>, authenticated: bool) {
-        for (rule, (_, c)) in self.rules.iter().zip(&self.metrics.rules) {
-            if !rule.shadow && self.applies(rule, req, authenticated) {
-                bump(&c.allowed);
-            }
-        }
-    }
-
     /// Replaces the engine's random seeds (for key hashing and the `pk` partition
     /// keys in headers) with ones derived from `seed`, so replays print the same
     /// headers every time. For `floodgate simulate` and tests: predictable seeds
@@ -1125,7 +1160,7 @@ impl Engine {
 
     fn refund(&self, charges: &[Charge<'_>], now: Duration) {
         for c in charges {
-            let _ = c.limiter.refund_at(&c.key, c.cost, now);
+            let _ = c.tier.limiter.refund_at(&c.key, c.cost, now);
         }
     }
 
@@ -1212,7 +1247,7 @@ impl Engine {
         &self,
         index: usize,
         rule: &Rule,
-        limiter: &Limiter,
+        tier: &Tier,
         key: &[u8],
         d: crate::Decision,
         req: &Request<'_>,
@@ -1270,9 +1305,12 @@ impl Engine {
             authenticated,
             ..Verdict::plain(false, status, reason)
         };
-        if let Some(quota) = limiter.quotas().get(d.quota) {
+        if let (Some(quota), Some(value)) = (
+            tier.limiter.quotas().get(d.quota),
+            tier.policy_values.get(d.quota),
+        ) {
             let report = Report {
-                policy: &rule.name,
+                policy_value: value,
                 quota,
                 remaining: d.remaining,
                 reset_after: d.reset_after,

@@ -1,0 +1,182 @@
+//! `Engine::check_request` on the request layer's main paths, beside the bare
+//! limiter check it is built on (same run). See benches/README.md.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use floodgate::Limiter;
+use floodgate::policy::{Engine, Request};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/keys");
+const NOW: u64 = 1_700_000_000;
+
+fn engine(policy: &str) -> Engine {
+    Engine::from_toml_str(&policy.replace("KEYS", KEYS)).unwrap()
+}
+
+fn ips(n: u32) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| IpAddr::from((0x6440_0000u32 | i).to_be_bytes()))
+        .collect()
+}
+
+fn tokens(alg: Algorithm, key: &EncodingKey, kid: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let mut h = Header::new(alg);
+            h.kid = Some(kid.into());
+            let claims = json!({"sub": format!("user-{i}"), "exp": NOW + 3600, "aud": "api", "iss": "https://auth.example.com"});
+            format!("Bearer {}", encode(&h, &claims, key).unwrap())
+        })
+        .collect()
+}
+
+const JWT: &str = r#"
+[jwt]
+algorithms = ["HS256", "RS256", "ES256"]
+issuer = "https://auth.example.com"
+audience = "api"
+secret_file = "KEYS/hs_secret.txt"
+keys = [
+  { kid = "rsa", algorithm = "RS256", pem_file = "KEYS/rsa_public.pem" },
+  { kid = "ec", algorithm = "ES256", pem_file = "KEYS/ec_public.pem" },
+]
+verify_limit = "off"
+cache_size = CACHE
+
+[[rule]]
+name = "user"
+match = "/api/**"
+quotas = ["1000000/s"]
+key = "claim:sub"
+"#;
+
+fn requests(c: &mut Criterion) {
+    let mut group = c.benchmark_group("check_request");
+    let at = Duration::from_secs(NOW);
+    let clients = ips(10_000);
+
+    // Baseline: the bare limiter check on the same keys.
+    let limiter = Limiter::new("1000000/s".parse().unwrap()).unwrap();
+    let keys: Vec<String> = clients.iter().map(IpAddr::to_string).collect();
+    let mut i = 0;
+    group.bench_function("baseline_limiter_check_10k_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(limiter.check_at(&keys[i], 1, at).unwrap().allowed)
+        })
+    });
+
+    let anon = engine(
+        "[[rule]]\nname = \"anonymous\"\nmatch = \"/api/**\"\nquotas = [\"1000000/s\"]\nkey = \"ip\"\n",
+    );
+    let mut i = 0;
+    group.bench_function("anonymous_per_ip_10k_ips", |b| {
+        b.iter(|| {
+            i = (i + 1) % clients.len();
+            let req = Request {
+                method: "GET",
+                path: "/api/items",
+                client_ip: Some(clients[i]),
+                headers: &[],
+            };
+            black_box(anon.check_request_at(&req, at).unwrap().allowed)
+        })
+    });
+
+    let api = engine(
+        "[[rule]]\nname = \"api-key\"\nmatch = \"/api/**\"\nquotas = [\"1000000/s\"]\nkey = \"api_key\"\n",
+    );
+    let api_keys: Vec<String> = (0..10_000).map(|i| format!("k_live_{i:016x}")).collect();
+    let mut i = 0;
+    group.bench_function("api_key_10k_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % api_keys.len();
+            let headers = [
+                ("accept", "application/json"),
+                ("x-api-key", api_keys[i].as_str()),
+            ];
+            let req = Request {
+                method: "GET",
+                path: "/api/items",
+                client_ip: Some(clients[i]),
+                headers: &headers,
+            };
+            black_box(api.check_request_at(&req, at).unwrap().allowed)
+        })
+    });
+
+    let cached = engine(&JWT.replace("CACHE", "10000"));
+    let hs = EncodingKey::from_secret(&std::fs::read(format!("{KEYS}/hs_secret.txt")).unwrap());
+    let hs_tokens = tokens(Algorithm::HS256, &hs, "hs", 100);
+    let mut i = 0;
+    group.bench_function("jwt_hs256_cached_100_tokens", |b| {
+        b.iter(|| {
+            i = (i + 1) % hs_tokens.len();
+            let headers = [("authorization", hs_tokens[i].as_str())];
+            let req = Request {
+                method: "GET",
+                path: "/api/items",
+                client_ip: Some(clients[i]),
+                headers: &headers,
+            };
+            let v = cached.check_request_at(&req, at).unwrap();
+            assert!(v.authenticated);
+            black_box(v.allowed)
+        })
+    });
+
+    // Uncached: 1000 distinct tokens through a 16-entry cache, so (nearly) every
+    // request verifies a signature.
+    let uncached = engine(&JWT.replace("CACHE", "16"));
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(format!("{KEYS}/rsa_private.pem")).unwrap())
+        .unwrap();
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(format!("{KEYS}/ec_private.pem")).unwrap())
+        .unwrap();
+    for (name, toks) in [
+        (
+            "jwt_rs256_uncached",
+            tokens(Algorithm::RS256, &rsa, "rsa", 1000),
+        ),
+        (
+            "jwt_es256_uncached",
+            tokens(Algorithm::ES256, &ec, "ec", 1000),
+        ),
+        (
+            "jwt_hs256_uncached",
+            tokens(Algorithm::HS256, &hs, "hs", 1000),
+        ),
+    ] {
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % toks.len();
+                let headers = [("authorization", toks[i].as_str())];
+                let req = Request {
+                    method: "GET",
+                    path: "/api/items",
+                    client_ip: Some(clients[i % clients.len()]),
+                    headers: &headers,
+                };
+                let v = uncached.check_request_at(&req, at).unwrap();
+                assert!(v.authenticated);
+                black_box(v.allowed)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! { name = benches; config = config(); targets = requests }
+criterion_main!(benches);
