@@ -865,49 +865,23 @@ impl Engine {
         }
         let now_ns = nanos(now);
         let ip = req.client_ip;
-        let deny = |status| Verdict::plain(false, status, Reason::DenyListed);
         // 1. Lists by IP and API key.
-        if let Some(ip) = ip {
-            if self.lists.deny_ips.iter().any(|n| n.contains(&ip)) {
-                bump(&self.metrics.deny_listed);
-                self.emit(|| {
-                    self.event(
-                        EventKind::DenyListed,
-                        None,
-                        req,
-                        None,
-                        self.deny_status,
-                        Duration::ZERO,
-                        None,
-                    )
-                });
-                return Ok(deny(self.deny_status));
-            }
-            if self.lists.allow_ips.iter().any(|n| n.contains(&ip)) {
-                bump(&self.metrics.allow_listed);
-                return Ok(Verdict::plain(true, 200, Reason::AllowListed));
-            }
-        }
-        if let Some(key) = header(req.headers, &self.api_key_header) {
-            if self.lists.deny_api_keys.contains(key) {
-                bump(&self.metrics.deny_listed);
-                self.emit(|| {
-                    self.event(
-                        EventKind::DenyListed,
-                        None,
-                        req,
-                        None,
-                        self.deny_status,
-                        Duration::ZERO,
-                        None,
-                    )
-                });
-                return Ok(deny(self.deny_status));
-            }
-            if self.lists.allow_api_keys.contains(key) {
-                bump(&self.metrics.allow_listed);
-                return Ok(Verdict::plain(true, 200, Reason::AllowListed));
-            }
+        let by_ip = ip.and_then(|ip| {
+            listed(
+                self.lists.deny_ips.iter().any(|n| n.contains(&ip)),
+                self.lists.allow_ips.iter().any(|n| n.contains(&ip)),
+            )
+        });
+        let by_key = || {
+            header(req.headers, &self.api_key_header).and_then(|k| {
+                listed(
+                    self.lists.deny_api_keys.contains(k),
+                    self.lists.allow_api_keys.contains(k),
+                )
+            })
+        };
+        if let Some(allowed) = by_ip.or_else(by_key) {
+            return Ok(self.list_verdict(req, allowed, false));
         }
         // 2. The token: verified claims, or anonymous.
         let token = self
@@ -938,29 +912,17 @@ impl Engine {
                 return Ok(self.unauthorized(req, None, problem));
             }
         }
-        if let Some(sub) = claims.and_then(|c| c.get("sub")).and_then(|s| s.as_str()) {
-            if self.lists.deny_subjects.contains(sub) {
-                bump(&self.metrics.deny_listed);
-                self.emit(|| {
-                    self.event(
-                        EventKind::DenyListed,
-                        None,
-                        req,
-                        None,
-                        self.deny_status,
-                        Duration::ZERO,
-                        None,
-                    )
-                });
-                return Ok(deny(self.deny_status));
-            }
-            if self.lists.allow_subjects.contains(sub) {
-                bump(&self.metrics.allow_listed);
-                return Ok(Verdict {
-                    authenticated: true,
-                    ..Verdict::plain(true, 200, Reason::AllowListed)
-                });
-            }
+        let by_subject = claims
+            .and_then(|c| c.get("sub"))
+            .and_then(|s| s.as_str())
+            .and_then(|sub| {
+                listed(
+                    self.lists.deny_subjects.contains(sub),
+                    self.lists.allow_subjects.contains(sub),
+                )
+            });
+        if let Some(allowed) = by_subject {
+            return Ok(self.list_verdict(req, allowed, true));
         }
         // 3. Rules.
         let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
@@ -1158,6 +1120,34 @@ impl Engine {
         self
     }
 
+    /// The verdict for an allow-listed (`allowed`) or deny-listed request.
+    fn list_verdict(&self, req: &Request<'_>, allowed: bool, authenticated: bool) -> Verdict {
+        if allowed {
+            bump(&self.metrics.allow_listed);
+            return Verdict {
+                authenticated,
+                ..Verdict::plain(true, 200, Reason::AllowListed)
+            };
+        }
+        bump(&self.metrics.deny_listed);
+        let status = self.deny_status;
+        self.emit(|| {
+            self.event(
+                EventKind::DenyListed,
+                None,
+                req,
+                None,
+                status,
+                Duration::ZERO,
+                None,
+            )
+        });
+        Verdict {
+            authenticated,
+            ..Verdict::plain(false, status, Reason::DenyListed)
+        }
+    }
+
     fn refund(&self, charges: &[Charge<'_>], now: Duration) {
         for c in charges {
             let _ = c.tier.limiter.refund_at(&c.key, c.cost, now);
@@ -1320,6 +1310,17 @@ impl Engine {
             headers::render(self.style, &report, &mut v.headers);
         }
         v
+    }
+}
+
+/// A deny list wins over an allow list: `Some(false)` denied, `Some(true)` allowed.
+fn listed(denied: bool, allowed: bool) -> Option<bool> {
+    if denied {
+        Some(false)
+    } else if allowed {
+        Some(true)
+    } else {
+        None
     }
 }
 
