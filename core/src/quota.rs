@@ -341,6 +341,7 @@ fn unit_ns(unit: &str) -> Option<u64> {
 
 /// Parses a duration such as `"30s"`, `"15m"`, `"1h"`, `"500ms"` (a whole number
 /// and a unit, as in quota strings). `None` if it is not one.
+#[cfg_attr(not(feature = "policy"), allow(dead_code))] // used by the policy layer
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let digits = text
