@@ -826,3 +826,100 @@ mod retry_after {
         }
     }
 }
+
+#[test]
+fn ed25519_required_claims_and_subject_lists() {
+    let policy = r#"
+[jwt]
+algorithms = ["EdDSA"]
+keys = [{ algorithm = "EdDSA", pem_file = "tests/keys/ed_public.pem" }]
+required_claims = ["tenant"]
+verify_limit = "off"
+
+[lists]
+deny_subjects = ["mallory"]
+allow_subjects = ["ops-bot"]
+
+[[rule]]
+name = "tenant"
+match = "/api/**"
+quotas = ["2/min"]
+key = "{claim.tenant}:{route}"
+"#;
+    let e = engine(policy);
+    let ed = EncodingKey::from_ed_pem(&key_file("ed_private.pem")).unwrap();
+    let token = |sub: &str, tenant: Option<&str>| {
+        let mut c = json!({"sub": sub, "exp": NOW + 600});
+        if let Some(t) = tenant {
+            c["tenant"] = json!(t);
+        }
+        sign(Algorithm::EdDSA, &ed, None, c)
+    };
+    let v = with_token(&e, &token("alice", Some("acme")), at(0));
+    assert!(v.authenticated && v.allowed, "{v:?}");
+    assert_eq!(v.identity.as_deref(), Some("acme:tenant"));
+    // Another user of the same tenant shares its quota.
+    assert!(with_token(&e, &token("bob", Some("acme")), at(0)).allowed);
+    assert!(!with_token(&e, &token("carol", Some("acme")), at(0)).allowed);
+    // Without the required claim the token is refused, and no rule applies.
+    let v = with_token(&e, &token("dave", None), at(0));
+    assert_eq!(
+        (v.token_problem, v.reason),
+        (Some(TokenProblem::MissingClaim), Reason::NoRule)
+    );
+    assert_eq!(
+        with_token(&e, &token("mallory", Some("evil")), at(0)).reason,
+        Reason::DenyListed
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            with_token(&e, &token("ops-bot", Some("acme")), at(0)).reason,
+            Reason::AllowListed
+        );
+    }
+}
+
+#[test]
+fn reject_mode_answers_401_for_bad_tokens() {
+    let e = engine(&JWT_POLICY.replace(
+        "verify_limit = \"off\"",
+        "verify_limit = \"off\"\non_invalid = \"reject\"",
+    ));
+    let v = with_token(&e, "garbage.garbage.garbage", at(0));
+    assert_eq!((v.status, v.reason), (401, Reason::Unauthorized));
+    let challenge = v
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "WWW-Authenticate")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        challenge,
+        Some("Bearer error=\"invalid_token\", error_description=\"malformed\"")
+    );
+    // No token at all is still anonymous, not 401.
+    assert!(e.check_request_at(&get(&[]), at(0)).unwrap().allowed);
+}
+
+#[test]
+fn json_and_toml_policies_behave_the_same() {
+    let toml = "[[rule]]\nname = \"a\"\nmatch = [\"GET /x\", \"/y/**\"]\nquotas = [\"2/min\"]\nkey = \"ip\"\n";
+    let json = r#"{"rule": [{"name": "a", "match": ["GET /x", "/y/**"], "quotas": ["2/min"], "key": "ip"}]}"#;
+    let (t, j) = (engine(toml), Engine::from_json_str(json).unwrap());
+    for path in ["/x", "/x", "/x", "/y/z", "/other"] {
+        let req = Request {
+            method: "GET",
+            path,
+            client_ip: ip("203.0.113.7"),
+            headers: &[],
+        };
+        let (a, b) = (
+            t.check_request_at(&req, at(0)).unwrap(),
+            j.check_request_at(&req, at(0)).unwrap(),
+        );
+        assert_eq!(
+            (a.allowed, a.status, a.reason, a.remaining),
+            (b.allowed, b.status, b.reason, b.remaining),
+            "{path}"
+        );
+    }
+}
