@@ -105,6 +105,15 @@ pub enum Error {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// The shared store (Redis) cannot be reached, or refused the connection
+    /// (wrong password, not Redis). Raised at startup; checks use the fail mode.
+    #[error("{store} is unavailable: {message}")]
+    StoreUnavailable {
+        /// Which store (`redis`).
+        store: &'static str,
+        /// What the client library reported.
+        message: Box<str>,
+    },
     /// A limiter option is out of range.
     #[error("invalid option {option}: {problem}")]
     InvalidOption {
@@ -237,6 +246,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// [`Error::InvalidRequest`].
     InvalidRequest,
+    /// [`Error::StoreUnavailable`].
+    StoreUnavailable,
 }
 
 impl ErrorKind {
@@ -255,6 +266,7 @@ impl ErrorKind {
         Self::InvalidOption,
         Self::InvalidConfig,
         Self::InvalidRequest,
+        Self::StoreUnavailable,
     ];
 
     /// The stable snake_case code (`cost_exceeds_burst`), reused as
@@ -279,6 +291,7 @@ impl ErrorKind {
             Self::InvalidOption => "invalid_option",
             Self::InvalidConfig => "invalid_config",
             Self::InvalidRequest => "invalid_request",
+            Self::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -312,6 +325,7 @@ impl Error {
             Self::InvalidOption { .. } => ErrorKind::InvalidOption,
             Self::InvalidConfig { .. } => ErrorKind::InvalidConfig,
             Self::InvalidRequest { .. } => ErrorKind::InvalidRequest,
+            Self::StoreUnavailable { .. } => ErrorKind::StoreUnavailable,
         }
     }
 

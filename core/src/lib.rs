@@ -52,6 +52,8 @@ pub use decision::Decision;
 pub use error::{CostProblem, Error, ErrorKind, ParseProblem, QuotaProblem, Result};
 pub use limiter::{Limiter, LimiterBuilder, MAX_QUOTAS};
 pub use quota::{Algorithm, Quota};
+#[cfg(feature = "redis")]
+pub use store::redis::{FailMode, RedisLimiter, RedisLimiterBuilder};
 
 /// Items for the loom model only (`--cfg floodgate_loom`); not a public API.
 #[cfg(floodgate_loom)]

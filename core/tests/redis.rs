@@ -1,0 +1,445 @@
+//! The Redis store against real `redis-server` processes, each test with its own
+//! server on a free loopback port (so it can stop, restart, flush or slow it).
+//! `scripts/test` installs redis-server; these tests fail clearly without it.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use floodgate::{Algorithm, ErrorKind, FailMode, Quota, RedisLimiter};
+use serde_json::Value;
+
+struct Server {
+    port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut s = Server {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: install it (apt-get install -y redis-server) or run ./scripts/test");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cmd(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn builder(server: &Server) -> floodgate::RedisLimiterBuilder {
+    RedisLimiter::builder(&server.url())
+        .connect_timeout(Duration::from_millis(50))
+        .command_timeout(Duration::from_millis(50))
+}
+
+#[test]
+fn shared_vectors_pass_on_redis() {
+    let server = Server::start(&[]);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let (mut ran, mut skipped) = (0, 0);
+    for file in &files {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let name = v["name"].as_str().unwrap();
+        let mut b = builder(&server).prefix(name);
+        for q in v["quotas"].as_array().unwrap() {
+            let quota: Quota = q["quota"].as_str().unwrap().parse().unwrap();
+            b = b.quota(
+                quota
+                    .with_algorithm(
+                        q["algorithm"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<Algorithm>()
+                            .unwrap(),
+                    )
+                    .unwrap(),
+            );
+        }
+        if let Some(max) = v["options"]["max_key_bytes"].as_u64() {
+            b = b.max_key_bytes(max as usize);
+        }
+        let limiter = b.fail_mode(FailMode::Closed).build().unwrap();
+        for (i, step) in v["steps"].as_array().unwrap().iter().enumerate() {
+            let now_ns = step["now_ns"].as_u64().unwrap();
+            // Redis time has microsecond resolution: the "1 ns early" steps cannot be
+            // expressed (they are denials that charge nothing, so later steps are unaffected).
+            if now_ns % 1000 != 0 {
+                skipped += 1;
+                continue;
+            }
+            let key: Vec<u8> = match step["key_hex"].as_str() {
+                Some(hex) => (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect(),
+                None => step["key"].as_str().unwrap().as_bytes().to_vec(),
+            };
+            let now = Duration::from_nanos(now_ns);
+            let op = step["op"].as_str().unwrap_or("check");
+            let got = match op {
+                "reset" => limiter.reset(&key).map(|()| Value::Null),
+                _ => {
+                    let cost = if op == "peek" {
+                        0
+                    } else {
+                        step["cost"].as_u64().unwrap()
+                    };
+                    limiter.check_at(&key, cost, now).map(|d| {
+                        serde_json::json!({"allowed": d.allowed, "limit": d.limit, "remaining": d.remaining,
+                            "retry_after_ns": d.retry_after.as_nanos() as u64, "reset_after_ns": d.reset_after.as_nanos() as u64, "quota": d.quota})
+                    })
+                }
+            };
+            match (step["expect_error"].as_str(), got) {
+                (Some(code), Err(e)) => assert_eq!(e.code(), code, "{name} step {i}"),
+                (None, Ok(Value::Null)) => assert_eq!(op, "reset"),
+                (None, Ok(d)) => assert_eq!(d, step["expect"], "{name} step {i}: {step}"),
+                (want, got) => panic!("{name} step {i}: expected {want:?}, got {got:?}"),
+            }
+            ran += 1;
+        }
+    }
+    assert_eq!(limiter_fallbacks_after(&server), 0);
+    assert!(ran >= 40 && skipped <= 6, "ran {ran}, skipped {skipped}");
+}
+
+fn limiter_fallbacks_after(server: &Server) -> u64 {
+    let l = builder(server)
+        .quota(Quota::per_second(1).unwrap())
+        .build()
+        .unwrap();
+    l.check("probe", 1).unwrap();
+    l.fallbacks()
+}
+
+#[test]
+fn instances_sharing_one_redis_admit_exactly_the_limit() {
+    let server = Server::start(&[]);
+    let q = Quota::per_hour(10).unwrap().with_burst(300).unwrap();
+    let limiters: Vec<_> = (0..3)
+        .map(|_| {
+            Arc::new(
+                builder(&server)
+                    .quota(q)
+                    .pool_size(2)
+                    .command_timeout(Duration::from_secs(1))
+                    .build()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let admitted = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for l in &limiters {
+            for _ in 0..2 {
+                let (l, admitted) = (l.clone(), admitted.clone());
+                s.spawn(move || {
+                    for _ in 0..150 {
+                        if l.check("shared", 1).unwrap().allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    });
+    // 900 checks from 6 threads of 3 instances: exactly the burst passes.
+    assert_eq!(admitted.load(Ordering::Relaxed), 300);
+    assert_eq!(limiters.iter().map(|l| l.fallbacks()).sum::<u64>(), 0);
+}
+
+#[test]
+fn several_quotas_cost_one_round_trip_and_keys_expire() {
+    let server = Server::start(&[]);
+    let l = builder(&server)
+        .quota(Quota::per_second(2).unwrap())
+        .quota(
+            Quota::per_minute(3)
+                .unwrap()
+                .with_algorithm(Algorithm::SlidingLog)
+                .unwrap(),
+        )
+        .quota(
+            Quota::per_hour(100)
+                .unwrap()
+                .with_algorithm(Algorithm::FixedWindow)
+                .unwrap(),
+        )
+        .quota(
+            Quota::per_hour(100)
+                .unwrap()
+                .with_algorithm(Algorithm::SlidingWindow)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let t = Duration::from_secs(1_700_000_000);
+    assert!(l.check_at("k", 2, t).unwrap().allowed);
+    let d = l.check_at("k", 1, t).unwrap();
+    assert!(!d.allowed && d.quota == 0, "{d:?}");
+    assert!(
+        l.check_at("k", 1, t + Duration::from_millis(500))
+            .unwrap()
+            .allowed
+    );
+    let d = l.check_at("k", 1, t + Duration::from_secs(2)).unwrap();
+    assert!(
+        !d.allowed && d.quota == 1,
+        "the minute log (3) binds: {d:?}"
+    );
+    let stats = match server.cmd(&["INFO", "commandstats"]) {
+        redis::Value::VerbatimString { text, .. } => text,
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let evalsha = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap();
+    assert!(
+        evalsha.starts_with("cmdstat_evalsha:calls=4,"),
+        "one call per check, 4 quotas each: {stats}"
+    );
+    // Every key the script wrote has a TTL.
+    let keys = match server.cmd(&["KEYS", "*"]) {
+        redis::Value::Array(k) => k,
+        other => panic!("{other:?}"),
+    };
+    assert!(keys.len() >= 4);
+    for k in keys {
+        let redis::Value::BulkString(k) = k else {
+            panic!()
+        };
+        let ttl = server.cmd(&["PTTL", &String::from_utf8(k).unwrap()]);
+        assert!(matches!(ttl, redis::Value::Int(ms) if ms > 0), "{ttl:?}");
+    }
+}
+
+#[test]
+fn script_flush_mid_run_reaches_no_caller() {
+    let server = Server::start(&[]);
+    let l = builder(&server)
+        .quota(Quota::per_minute(5).unwrap())
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    assert!(l.check("k", 1).unwrap().allowed);
+    server.cmd(&["SCRIPT", "FLUSH"]);
+    let d = l.check("k", 1).unwrap();
+    assert!(d.allowed && d.remaining == 3, "{d:?}");
+    assert_eq!(
+        l.fallbacks(),
+        0,
+        "NOSCRIPT was handled by reloading, not by the fail mode"
+    );
+}
+
+#[test]
+fn fail_modes_when_redis_goes_away_and_recovery() {
+    let mut server = Server::start(&[]);
+    let q = Quota::per_minute(2).unwrap();
+    let make = |mode: FailMode| {
+        let prefix = format!("{mode:?}");
+        builder(&server)
+            .quota(q)
+            .prefix(&prefix)
+            .fail_mode(mode)
+            .reconnect_backoff(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let (open, closed, local) = (
+        make(FailMode::Open),
+        make(FailMode::Closed),
+        make(FailMode::Local),
+    );
+    for l in [&open, &closed, &local] {
+        assert!(l.check("k", 1).unwrap().allowed);
+    }
+    server.stop();
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert!(open.check("k", 1).unwrap().allowed, "open allows");
+        assert!(!closed.check("k", 1).unwrap().allowed, "closed denies");
+    }
+    let local_admitted = (0..5)
+        .filter(|_| local.check("k", 1).unwrap().allowed)
+        .count();
+    assert_eq!(local_admitted, 2, "local falls back to an in-memory 2/min");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "every call answered within its timeout: {:?}",
+        start.elapsed()
+    );
+    assert!(open.fallbacks() >= 5 && closed.fallbacks() >= 5);
+    server.spawn();
+    // Back on Redis within a second (backoff 50 ms): the count continues from Redis' state.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let before = closed.fallbacks();
+    loop {
+        let d = closed.check("fresh", 1).unwrap();
+        if d.allowed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not back on Redis after 1 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(closed.fallbacks() >= before);
+}
+
+#[test]
+fn a_slow_redis_trips_timeouts_not_hangs() {
+    let server = Server::start(&[]);
+    let l = builder(&server)
+        .quota(Quota::per_minute(5).unwrap())
+        .command_timeout(Duration::from_millis(20))
+        .fail_mode(FailMode::Open)
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: redis::RedisResult<String> =
+            redis::cmd("DEBUG").arg("SLEEP").arg("0.5").query(&mut c);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    assert!(l.check("k", 1).unwrap().allowed);
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(l.fallbacks(), 1);
+    sleeper.join().unwrap();
+}
+
+#[test]
+fn bad_endpoints_fail_clearly_at_startup() {
+    let q = Quota::per_second(1).unwrap();
+    let start = Instant::now();
+    let port = free_port();
+    let err = RedisLimiter::builder(&format!("redis://127.0.0.1:{port}/"))
+        .quota(q)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StoreUnavailable);
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    let err = RedisLimiter::builder("not a url")
+        .quota(q)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StoreUnavailable);
+    // A port that accepts but never speaks Redis.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://127.0.0.1:{}/", silent.local_addr().unwrap().port());
+    let err = RedisLimiter::builder(&url)
+        .quota(q)
+        .command_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StoreUnavailable);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Wrong password.
+    let server = Server::start(&["--requirepass", "s3cret"]);
+    let bad = format!("redis://:wrong@127.0.0.1:{}/", server.port);
+    assert_eq!(
+        RedisLimiter::builder(&bad)
+            .quota(q)
+            .build()
+            .unwrap_err()
+            .kind(),
+        ErrorKind::StoreUnavailable
+    );
+    let good = format!("redis://:s3cret@127.0.0.1:{}/", server.port);
+    assert!(
+        RedisLimiter::builder(&good)
+            .quota(q)
+            .build()
+            .unwrap()
+            .check("k", 1)
+            .unwrap()
+            .allowed
+    );
+    // Without the startup check, a bad endpoint is answered by the fail mode.
+    let lazy = RedisLimiter::builder(&format!("redis://127.0.0.1:{port}/"))
+        .quota(q)
+        .check_on_build(false)
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    assert!(!lazy.check("k", 1).unwrap().allowed);
+}
