@@ -14,10 +14,14 @@ fn rate(n: u64, t: Duration) -> f64 {
 }
 
 fn main() {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
     let client = redis::Client::open(url.as_str()).unwrap();
     let limiter = |quotas: &[Quota], pool: usize| {
-        let mut b = RedisLimiter::builder(&url).pool_size(pool).command_timeout(Duration::from_secs(1));
+        let mut b = RedisLimiter::builder(&url)
+            .pool_size(pool)
+            .command_timeout(Duration::from_secs(1));
         for q in quotas {
             b = b.quota(*q);
         }
@@ -26,16 +30,28 @@ fn main() {
     let one = [Quota::per_second(1_000_000_000).unwrap()];
     let four = [
         Quota::per_second(1_000_000_000).unwrap(),
-        Quota::per_minute(1_000_000_000).unwrap().with_algorithm(Algorithm::FixedWindow).unwrap(),
-        Quota::per_hour(1_000_000_000).unwrap().with_algorithm(Algorithm::SlidingWindow).unwrap(),
-        Quota::per_second(1_000_000).unwrap().with_burst(1_000_000).unwrap(),
+        Quota::per_minute(1_000_000_000)
+            .unwrap()
+            .with_algorithm(Algorithm::FixedWindow)
+            .unwrap(),
+        Quota::per_hour(1_000_000_000)
+            .unwrap()
+            .with_algorithm(Algorithm::SlidingWindow)
+            .unwrap(),
+        Quota::per_second(1_000_000)
+            .unwrap()
+            .with_burst(1_000_000)
+            .unwrap(),
     ];
 
     // Sequential, one connection each.
     let mut conn = client.get_connection().unwrap();
     let t = Instant::now();
     for i in 0..N {
-        let _: u64 = redis::cmd("INCR").arg(format!("bench:incr:{}", i % 1000)).query(&mut conn).unwrap();
+        let _: u64 = redis::cmd("INCR")
+            .arg(format!("bench:incr:{}", i % 1000))
+            .query(&mut conn)
+            .unwrap();
     }
     let incr = rate(N, t.elapsed());
     let l1 = limiter(&one, 1);
@@ -52,8 +68,16 @@ fn main() {
     let seq4 = rate(N, t.elapsed());
     println!("sequential, one connection:");
     println!("  raw INCR                 {:>9.0}/s", incr);
-    println!("  check, 1 quota           {:>9.0}/s  ({:.2}x INCR)", seq1, seq1 / incr);
-    println!("  check, 4 quotas          {:>9.0}/s  ({:.2}x INCR; still one round trip)", seq4, seq4 / incr);
+    println!(
+        "  check, 1 quota           {:>9.0}/s  ({:.2}x INCR)",
+        seq1,
+        seq1 / incr
+    );
+    println!(
+        "  check, 4 quotas          {:>9.0}/s  ({:.2}x INCR; still one round trip)",
+        seq4,
+        seq4 / incr
+    );
 
     // Concurrent: 16 threads, 16 connections.
     let threads = 16;
@@ -65,7 +89,10 @@ fn main() {
             s.spawn(move || {
                 let mut c = client.get_connection().unwrap();
                 for i in 0..per {
-                    let _: u64 = redis::cmd("INCR").arg(format!("bench:incr:{th}:{}", i % 100)).query(&mut c).unwrap();
+                    let _: u64 = redis::cmd("INCR")
+                        .arg(format!("bench:incr:{th}:{}", i % 100))
+                        .query(&mut c)
+                        .unwrap();
                 }
             });
         }
@@ -86,6 +113,13 @@ fn main() {
     let cfg = rate(per * threads as u64, t.elapsed());
     println!("concurrent, {threads} threads and connections:");
     println!("  raw INCR                 {:>9.0}/s", cincr);
-    println!("  check, 1 quota           {:>9.0}/s  ({:.2}x INCR)", cfg, cfg / cincr);
-    println!("fallbacks (must be 0): {}", l1.fallbacks() + l4.fallbacks() + lp.fallbacks());
+    println!(
+        "  check, 1 quota           {:>9.0}/s  ({:.2}x INCR)",
+        cfg,
+        cfg / cincr
+    );
+    println!(
+        "fallbacks (must be 0): {}",
+        l1.fallbacks() + l4.fallbacks() + lp.fallbacks()
+    );
 }
