@@ -937,15 +937,7 @@ impl Engine {
                 shadows.push(index);
                 continue;
             }
-            let input = KeyInput {
-                method: req.method,
-                path: req.path,
-                ip: masked,
-                headers: req.headers,
-                claims,
-                route: &rule.name,
-            };
-            let Some(key) = rule.key.build(&input, &self.key_seed, &mut buf) else {
+            let Some(key) = self.rule_key(rule, req, masked, claims, &mut buf) else {
                 if rule.deny_anonymous {
                     self.refund(&charges, now);
                     return Ok(self.unauthorized(req, Some(&rule.name), problem));
@@ -1003,15 +995,7 @@ impl Engine {
             let Some(rule) = self.rules.get(index) else {
                 continue;
             };
-            let input = KeyInput {
-                method: req.method,
-                path: req.path,
-                ip: masked,
-                headers: req.headers,
-                claims,
-                route: &rule.name,
-            };
-            let Some(key) = rule.key.build(&input, &self.key_seed, &mut buf) else {
+            let Some(key) = self.rule_key(rule, req, masked, claims, &mut buf) else {
                 continue;
             };
             let d = rule
@@ -1118,6 +1102,27 @@ impl Engine {
         self.key_seed = ahash::RandomState::with_seeds(seed, seed ^ 1, seed ^ 2, seed ^ 3);
         self.pk_seed = ahash::RandomState::with_seeds(seed ^ 4, seed ^ 5, seed ^ 6, seed ^ 7);
         self
+    }
+
+    /// The rule's key for this request, built in `buf`; `None` if an identity it
+    /// needs (IP, header, verified claim) is missing.
+    fn rule_key<'b>(
+        &self,
+        rule: &Rule,
+        req: &Request<'_>,
+        ip: Option<IpAddr>,
+        claims: Option<&Claims>,
+        buf: &'b mut KeyBuf,
+    ) -> Option<&'b [u8]> {
+        let input = KeyInput {
+            method: req.method,
+            path: req.path,
+            ip,
+            headers: req.headers,
+            claims,
+            route: &rule.name,
+        };
+        rule.key.build(&input, &self.key_seed, buf)
     }
 
     /// The verdict for an allow-listed (`allowed`) or deny-listed request.
