@@ -422,7 +422,9 @@ impl<C: Clock> Limiter<C> {
         }
     }
 
-    fn fingerprint(&self, key: &[u8]) -> Result<u64> {
+    /// Checks a key's length and a cost against the quotas: the argument errors of
+    /// every check, shared with the Redis store.
+    pub(crate) fn validate(&self, key: &[u8], cost: u64) -> Result<()> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
         }
@@ -432,12 +434,6 @@ impl<C: Clock> Limiter<C> {
                 max: self.max_key_bytes,
             });
         }
-        Ok(self.hasher.hash_one(key))
-    }
-
-    #[inline]
-    fn check_ns(&self, key: &[u8], cost: u64, now: u64) -> Result<Decision> {
-        let fp = self.fingerprint(key)?;
         if cost > self.max_cost.0 {
             return Err(Error::CostExceedsBurst {
                 cost,
@@ -445,6 +441,24 @@ impl<C: Clock> Limiter<C> {
                 quota: self.max_cost.1,
             });
         }
+        Ok(())
+    }
+
+    /// The most one check may cost: the smallest limit among the quotas.
+    #[cfg(feature = "policy")]
+    pub(crate) fn max_cost(&self) -> u64 {
+        self.max_cost.0
+    }
+
+    fn fingerprint(&self, key: &[u8]) -> Result<u64> {
+        self.validate(key, 0)?;
+        Ok(self.hasher.hash_one(key))
+    }
+
+    #[inline]
+    fn check_ns(&self, key: &[u8], cost: u64, now: u64) -> Result<Decision> {
+        self.validate(key, cost)?;
+        let fp = self.hasher.hash_one(key);
         let (outcome, quota) = match (&self.backend, cost) {
             (Backend::Gcra { gcra, store }, 0) => {
                 let tat = store.read(fp, |cell| {

@@ -51,8 +51,6 @@ pub(crate) struct Settings {
     pub headers: String,
     /// Keys held per rule (and per tier).
     pub max_keys: usize,
-    /// Longest key a rule's template may build.
-    pub max_key_bytes: usize,
     /// IPv6 clients are keyed by this prefix length (an attacker usually holds a whole /64).
     pub ipv6_prefix: u8,
     /// The header carrying API keys, for `[lists]`.
@@ -66,7 +64,6 @@ impl Default for Settings {
         Self {
             headers: "draft-10".into(),
             max_keys: 1_000_000,
-            max_key_bytes: 512,
             ipv6_prefix: 64,
             api_key_header: "x-api-key".into(),
             deny_status: 403,

@@ -352,7 +352,14 @@ impl Engine {
                     format!("rule names must be unique and not empty ({:?})", r.name),
                 ));
             }
-            rules.push(Self::build_rule(r, &path, &cfg, jwt.is_some(), &source)?);
+            rules.push(Self::build_rule(
+                r,
+                &path,
+                &cfg,
+                style,
+                jwt.is_some(),
+                &source,
+            )?);
         }
         let lists = Self::build_lists(&cfg, &source)?;
         let bans = match &cfg.ban {
@@ -568,6 +575,7 @@ impl Engine {
         r: &RuleConfig,
         p: &Path,
         cfg: &PolicyConfig,
+        style: HeaderStyle,
         has_jwt: bool,
         source: &Source<'_>,
     ) -> Result<Rule> {
@@ -594,7 +602,6 @@ impl Engine {
                 "uses claims, but there is no [jwt] section to verify tokens".into(),
             ));
         }
-        let style = HeaderStyle::parse(&cfg.settings.headers).unwrap_or(HeaderStyle::Draft10);
         let build = |quotas: &[String], at: &Path| -> Result<Tier> {
             if quotas.is_empty() {
                 return Err(err(
@@ -956,14 +963,10 @@ impl Engine {
                 .adaptive
                 .as_ref()
                 .map_or(1, |a| a.multiplier(key, now_ns));
-            let burst = tier
-                .limiter
-                .quotas()
-                .iter()
-                .map(Quota::limit)
-                .min()
-                .unwrap_or(1);
-            let cost = rule.cost.saturating_mul(multiplier).min(burst);
+            let cost = rule
+                .cost
+                .saturating_mul(multiplier)
+                .min(tier.limiter.max_cost());
             let d = tier.limiter.check_at(key, cost, now)?;
             if let Some(a) = &rule.adaptive {
                 a.record(key, now_ns, !d.allowed);

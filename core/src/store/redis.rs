@@ -93,8 +93,6 @@ pub struct RedisLimiter {
     backoff: Duration,
     fail_mode: FailMode,
     local: Limiter,
-    max_key_bytes: usize,
-    max_cost: (u64, usize),
     fallbacks: AtomicU64,
 }
 
@@ -206,13 +204,6 @@ impl RedisLimiterBuilder {
                 Algorithm::SlidingLog => ("l", q.limit(), micros_up(q.period())),
             })
             .collect();
-        let max_cost = self
-            .quotas
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (q.limit(), i))
-            .min()
-            .unwrap_or((0, 0));
         let pool_size = self.pool_size.clamp(1, 256);
         let limiter = RedisLimiter {
             quotas: self.quotas.into_boxed_slice(),
@@ -229,8 +220,6 @@ impl RedisLimiterBuilder {
             backoff: self.reconnect_backoff,
             fail_mode: self.fail_mode,
             local,
-            max_key_bytes: self.max_key_bytes,
-            max_cost,
             fallbacks: AtomicU64::new(0),
         };
         if self.check_on_build {
@@ -308,7 +297,7 @@ impl RedisLimiter {
     /// [`Error::EmptyKey`], [`Error::KeyTooLong`], or [`Error::StoreUnavailable`].
     pub fn reset(&self, key: impl AsRef<[u8]>) -> Result<()> {
         let key = key.as_ref();
-        self.validate(key, 0)?;
+        self.local.validate(key, 0)?;
         let keys: Vec<Vec<u8>> = (0..self.quotas.len())
             .flat_map(|i| {
                 [
@@ -322,26 +311,6 @@ impl RedisLimiter {
                 store: "redis",
                 message: e.to_string().into(),
             })
-    }
-
-    fn validate(&self, key: &[u8], cost: u64) -> Result<()> {
-        if key.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        if key.len() > self.max_key_bytes {
-            return Err(Error::KeyTooLong {
-                len: key.len(),
-                max: self.max_key_bytes,
-            });
-        }
-        if cost > self.max_cost.0 {
-            return Err(Error::CostExceedsBurst {
-                cost,
-                burst: self.max_cost.0,
-                quota: self.max_cost.1,
-            });
-        }
-        Ok(())
     }
 
     /// `{prefix:key}:i`
@@ -405,7 +374,7 @@ impl RedisLimiter {
     }
 
     fn run(&self, key: &[u8], cost: u64, now: Option<Duration>) -> Result<Decision> {
-        self.validate(key, cost)?;
+        self.local.validate(key, cost)?;
         let mut invocation = self.script.prepare_invoke();
         for i in 0..self.quotas.len() {
             invocation.key(self.redis_key(key, i));
