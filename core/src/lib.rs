@@ -53,7 +53,9 @@ pub use error::{CostProblem, Error, ErrorKind, ParseProblem, QuotaProblem, Resul
 pub use limiter::{Limiter, LimiterBuilder, MAX_QUOTAS};
 pub use quota::{Algorithm, Quota};
 #[cfg(feature = "redis")]
-pub use store::redis::{FailMode, RedisLimiter, RedisLimiterBuilder};
+pub use store::redis::{
+    FailMode, RedisLimiter, RedisLimiterBuilder, RedisStore, RedisStoreBuilder, Source,
+};
 
 /// Items for the loom model only (`--cfg floodgate_loom`); not a public API.
 #[cfg(floodgate_loom)]

@@ -3,10 +3,16 @@
 -- KEYS[i]    state key of quota i (all share one hash tag: one slot, one node)
 -- ARGV[1]    now in µs, or -1 to use the server's TIME
 -- ARGV[2]    cost (>= 1)
--- ARGV[3]    1 = check and charge, 0 = peek (cost 1, nothing written)
+-- ARGV[3]    mode: c = check and charge, p = peek (nothing written),
+--            l = lease (charge up to ARGV[4] units, at least the cost), r = refund
+-- ARGV[4]    lease size (units wanted in mode l)
 -- then per quota, 3 values: algorithm (g, f, c, l), limit, period in µs
 --   (g: emission interval T; f, c, l: window W)
--- Returns {deciding quota (1-based), allowed (0/1), remaining, retry_after µs, reset_after µs}.
+-- Returns {deciding quota (1-based), allowed (0/1), remaining, retry_after µs,
+--          reset_after µs, units charged}.
+--
+-- Kept lean on purpose: EVALSHA's fixed cost dominates on a fast server, so there
+-- are no per-call tables beyond the state array and no closures per quota.
 
 local now = tonumber(ARGV[1])
 if now < 0 then
@@ -14,136 +20,181 @@ if now < 0 then
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local cost = tonumber(ARGV[2])
-local charge = ARGV[3] == '1'
+local mode = ARGV[3]
+local n = #KEYS
+local floor, max = math.floor, math.max
 
-local function ceil_div(a, b) return math.floor((a + b - 1) / b) end
+local function ceil_div(a, b) return floor((a + b - 1) / b) end
 
--- Each evaluator returns allowed, remaining, retry, reset, and a writer that charges.
-local function gcra(key, limit, t, c)
-  local tat = tonumber(redis.call('GET', key) or '0')
-  local cap = limit * t
-  local base = math.max(tat, now)
-  local new = base + c * t
-  local used = new - now
-  if used <= cap then
-    return true, math.floor((cap - used) / t), 0, used, function()
-      if new > now then redis.call('SET', key, new, 'PX', ceil_div(used, 1000) + 1) end
-    end
-  end
-  return false, math.floor(math.max(cap - (base - now), 0) / t), used - cap, base - now, nil
-end
-
-local function fixed(key, limit, w, c)
-  local st = redis.call('HMGET', key, 'w', 'n')
-  local idx = math.floor(now / w)
-  local sw, n = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
-  if sw < idx or n == 0 then sw, n = idx, 0 end -- a later stored window (clock back) is kept
-  local until_end = math.max((sw + 1) * w - now, 0)
-  if n + c <= limit then
-    local reset = until_end
-    if n + c == 0 then reset = 0 end
-    return true, limit - n - c, 0, reset, function()
-      redis.call('HSET', key, 'w', sw, 'n', n + c)
-      redis.call('PEXPIRE', key, ceil_div(until_end, 1000) + 1)
-    end
-  end
-  return false, math.max(limit - n, 0), until_end, until_end, nil
-end
-
-local function counter(key, limit, w, c)
-  local st = redis.call('HMGET', key, 'w', 'p', 'c')
-  local sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
-  local at = math.max(now, sw * w)
-  local lag = at - now
-  local idx = math.floor(at / w)
-  if idx == sw + 1 then prev, curr = curr, 0 elseif idx > sw + 1 then prev, curr = 0, 0 end
-  sw = idx
-  local start = sw * w
-  local off = at - start
-  local function weighted(count, o) return ceil_div(count * (w - o), w) end
-  local est = weighted(prev, off) + curr
-  local function until_windows(k) return lag + start + k * w - at end
-  local reset = 0
-  if curr > 0 then reset = until_windows(2) elseif prev > 0 then reset = until_windows(1) end
-  if est + c <= limit then
-    if c > 0 and curr == 0 then reset = until_windows(2) end
-    return true, limit - est - c, 0, reset, function()
-      redis.call('HSET', key, 'w', sw, 'p', prev, 'c', curr + c)
-      redis.call('PEXPIRE', key, ceil_div(2 * w, 1000) + 1)
-    end
-  end
-  -- Smallest offset where ceil(count * (W - o) / W) <= room, or W.
-  local function fitting(count, room)
-    if count <= room then return 0 end
-    return w - math.floor(room * w / count)
-  end
-  local retry_at
-  local room = limit - c - curr
-  if room >= 0 and fitting(prev, room) < w then
-    retry_at = start + fitting(prev, room)
+-- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).
+local alg, lim, per, s1, s2, s3 = {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  local b = 2 + i * 3
+  local a, key = ARGV[b], KEYS[i]
+  alg[i], lim[i], per[i] = a, tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local w = per[i]
+  if a == 'g' then
+    s1[i] = tonumber(redis.call('GET', key) or '0')
+  elseif a == 'f' then
+    local st = redis.call('HMGET', key, 'w', 'n')
+    local idx = floor(now / w)
+    local sw, cnt = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
+    if sw < idx or cnt == 0 then sw, cnt = idx, 0 end -- a later stored window (clock back) is kept
+    s1[i], s2[i] = sw, cnt
+  elseif a == 'c' then
+    local st = redis.call('HMGET', key, 'w', 'p', 'c')
+    local sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
+    local idx = floor(max(now, sw * w) / w)
+    if idx == sw + 1 then prev, curr = curr, 0 elseif idx > sw + 1 then prev, curr = 0, 0 end
+    s1[i], s2[i], s3[i] = idx, prev, curr
   else
-    retry_at = start + w + fitting(curr, limit - c)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
+    s1[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local total = 0
+    local e = s1[i]
+    for j = 1, #e, 2 do total = total + tonumber(string.match(e[j], ':(%d+)$')) end
+    s2[i] = total
   end
-  return false, math.max(limit - est, 0), lag + retry_at - at, reset, nil
 end
 
-local function log(key, limit, w, c)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
-  local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  local total, last = 0, nil
-  for i = 1, #entries, 2 do
-    total = total + tonumber(string.match(entries[i], ':(%d+)$'))
-    last = tonumber(entries[i + 1])
-  end
-  if total + c <= limit then
+-- Decides c units on quota i: allowed, remaining, retry_after, reset_after.
+local function decide(i, c)
+  local a, limit, w = alg[i], lim[i], per[i]
+  if a == 'g' then
+    local base = max(s1[i], now)
+    local used = base + c * w - now
+    local cap = limit * w
+    if used <= cap then return true, floor((cap - used) / w), 0, used end
+    return false, floor(max(cap - (base - now), 0) / w), used - cap, base - now
+  elseif a == 'f' then
+    local cnt = s2[i]
+    local until_end = max((s1[i] + 1) * w - now, 0)
+    if cnt + c <= limit then
+      if cnt + c == 0 then return true, limit, 0, 0 end
+      return true, limit - cnt - c, 0, until_end
+    end
+    return false, max(limit - cnt, 0), until_end, until_end
+  elseif a == 'c' then
+    local prev, curr = s2[i], s3[i]
+    local start = s1[i] * w
+    local at = max(now, start)
+    local lag, off = at - now, at - start
+    local est = ceil_div(prev * (w - off), w) + curr
     local reset = 0
-    if c > 0 then reset = w elseif last then reset = last + w - now end
-    return true, limit - total - c, 0, reset, function()
-      if c > 0 then
-        local seq = redis.call('INCR', key .. ':seq')
-        redis.call('ZADD', key, now, seq .. ':' .. c)
-        redis.call('PEXPIRE', key, ceil_div(w, 1000) + 1)
-        redis.call('PEXPIRE', key .. ':seq', ceil_div(w, 1000) + 1)
+    if curr > 0 then reset = lag + start + 2 * w - at elseif prev > 0 then reset = lag + start + w - at end
+    if est + c <= limit then
+      if c > 0 and curr == 0 then reset = lag + start + 2 * w - at end
+      return true, limit - est - c, 0, reset
+    end
+    -- Smallest offset where ceil(count * (W - o) / W) <= room, or W.
+    local function fitting(count, room)
+      if count <= room then return 0 end
+      return w - floor(room * w / count)
+    end
+    local retry_at
+    local room = limit - c - curr
+    if room >= 0 and fitting(prev, room) < w then
+      retry_at = start + fitting(prev, room)
+    else
+      retry_at = start + w + fitting(curr, limit - c)
+    end
+    return false, max(limit - est, 0), lag + retry_at - at, reset
+  else
+    local e, total = s1[i], s2[i]
+    local reset = 0
+    if #e > 0 then reset = tonumber(e[#e]) + w - now end
+    if total + c <= limit then
+      if c > 0 then reset = w end
+      return true, limit - total - c, 0, reset
+    end
+    local need, retry = total + c - limit, 0
+    for j = 1, #e, 2 do
+      retry = tonumber(e[j + 1]) + w - now
+      need = need - tonumber(string.match(e[j], ':(%d+)$'))
+      if need <= 0 then break end
+    end
+    return false, max(limit - total, 0), retry, reset
+  end
+end
+
+-- The deciding quota for c units: the first denial with the longest retry, else
+-- the allowing quota with the fewest units left.
+local function decide_all(c)
+  local bi, bok, brem, bretry, breset = 0, true, 0, 0, 0
+  for i = 1, n do
+    local ok, rem, retry, reset = decide(i, c)
+    if bi == 0 or (not ok and bok) or (not ok and not bok and retry > bretry) or (ok and bok and rem < brem) then
+      bi, bok, brem, bretry, breset = i, ok, rem, retry, reset
+    end
+  end
+  return bi, bok, brem, bretry, breset
+end
+
+local function charge(c)
+  for i = 1, n do
+    local a, key, w = alg[i], KEYS[i], per[i]
+    if a == 'g' then
+      local new = max(s1[i], now) + c * w
+      redis.call('SET', key, new, 'PX', ceil_div(new - now, 1000) + 1)
+    elseif a == 'f' then
+      redis.call('HSET', key, 'w', s1[i], 'n', s2[i] + c)
+      redis.call('PEXPIRE', key, ceil_div(max((s1[i] + 1) * w - now, 0), 1000) + 1)
+    elseif a == 'c' then
+      redis.call('HSET', key, 'w', s1[i], 'p', s2[i], 'c', s3[i] + c)
+      redis.call('PEXPIRE', key, ceil_div(2 * w, 1000) + 1)
+    else
+      local seq = redis.call('INCR', key .. ':seq')
+      redis.call('ZADD', key, now, seq .. ':' .. c)
+      redis.call('PEXPIRE', key, ceil_div(w, 1000) + 1)
+      redis.call('PEXPIRE', key .. ':seq', ceil_div(w, 1000) + 1)
+    end
+  end
+end
+
+if mode == 'c' then
+  local i, ok, rem, retry, reset = decide_all(cost)
+  if ok then charge(cost) end
+  return { i, ok and 1 or 0, rem, retry, reset, ok and cost or 0 }
+elseif mode == 'l' then
+  -- As many units as every quota has left now, up to the lease size, at least cost.
+  local _, _, left = decide_all(0)
+  local want = math.min(tonumber(ARGV[4]), left)
+  if want < cost then want = cost end
+  local i, ok, rem, retry, reset = decide_all(want)
+  if ok then charge(want) end
+  return { i, ok and 1 or 0, rem, retry, reset, ok and want or 0 }
+elseif mode == 'r' then
+  for i = 1, n do
+    local a, key, w = alg[i], KEYS[i], per[i]
+    if a == 'g' then
+      if s1[i] > 0 then
+        local tat = max(s1[i] - cost * w, 0)
+        if tat > now then redis.call('SET', key, tat, 'PX', ceil_div(tat - now, 1000) + 1)
+        else redis.call('DEL', key) end
+      end
+    elseif a == 'f' then
+      if s2[i] > 0 and s1[i] == floor(now / w) then redis.call('HSET', key, 'n', max(s2[i] - cost, 0)) end
+    elseif a == 'c' then
+      if s3[i] > 0 and s1[i] == floor(now / w) then redis.call('HSET', key, 'c', max(s3[i] - cost, 0)) end
+    else
+      local left, e = cost, s1[i]
+      local j = #e - 1
+      while left > 0 and j >= 1 do
+        local member = e[j]
+        local units = tonumber(string.match(member, ':(%d+)$'))
+        local take = math.min(units, left)
+        redis.call('ZREM', key, member)
+        if units > take then
+          redis.call('ZADD', key, tonumber(e[j + 1]), string.match(member, '^(%d+):') .. ':' .. (units - take))
+        end
+        left = left - take
+        j = j - 2
       end
     end
   end
-  local need, retry = total + c - limit, 0
-  for i = 1, #entries, 2 do
-    retry = tonumber(entries[i + 1]) + w - now
-    need = need - tonumber(string.match(entries[i], ':(%d+)$'))
-    if need <= 0 then break end
-  end
-  local reset = 0
-  if last then reset = last + w - now end
-  return false, math.max(limit - total, 0), retry, reset, nil
-end
-
-local algorithms = { g = gcra, f = fixed, c = counter, l = log }
-
-local function decide(c)
-  local best, best_i, writers = nil, 0, {}
-  for i = 1, #KEYS do
-    local b = 3 + (i - 1) * 3
-    local f = algorithms[ARGV[b + 1]]
-    local ok, rem, retry, reset, writer = f(KEYS[i], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), c)
-    writers[i] = writer
-    local better = best == nil
-      or (not ok and best[1])
-      or (not ok and not best[1] and retry > best[3])
-      or (ok and best[1] and rem < best[2])
-    if better then best, best_i = { ok, rem, retry, reset }, i end
-  end
-  return best, best_i, writers
-end
-
-if charge then
-  local best, i, writers = decide(cost)
-  if best[1] then
-    for _, w in ipairs(writers) do w() end
-  end
-  return { i, best[1] and 1 or 0, best[2], best[3], best[4] }
+  return { 1, 1, 0, 0, 0, 0 }
 end
 -- Peek: allowed and retry for one unit, remaining and reset as they stand.
-local one, i = decide(1)
-local zero = decide(0)
-return { i, one[1] and 1 or 0, zero[2], one[3], zero[4] }
+local i, ok, _, retry = decide_all(1)
+local _, _, rem, _, reset = decide_all(0)
+return { i, ok and 1 or 0, rem, retry, reset, 0 }
