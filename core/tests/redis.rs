@@ -127,7 +127,11 @@ fn shared_vectors_pass_on_redis() {
         }
         // The over-limit cache answers denials approximately (remaining 0): off, to
         // test the script exactly.
-        let limiter = b.fail_mode(FailMode::Closed).deny_cache(false).build().unwrap();
+        let limiter = b
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap();
         for (i, step) in v["steps"].as_array().unwrap().iter().enumerate() {
             let now_ns = step["now_ns"].as_u64().unwrap();
             // Redis time has microsecond resolution: the "1 ns early" steps cannot be
@@ -441,4 +445,412 @@ fn bad_endpoints_fail_clearly_at_startup() {
         .build()
         .unwrap();
     assert!(!lazy.check("k", 1).unwrap().allowed);
+}
+
+/// A local 3-node Redis Cluster (no replicas), each node in its own directory.
+struct Cluster {
+    nodes: Vec<Server>,
+    _dirs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..3 {
+            let dir = std::env::temp_dir().join(format!(
+                "fg-cluster-{}-{}",
+                std::process::id(),
+                free_port()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let d = dir.to_str().unwrap().to_string();
+            nodes.push(Server::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--dir",
+                &d,
+                "--cluster-node-timeout",
+                "2000",
+            ]));
+            dirs.push(dir);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli not found");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for n in &nodes {
+            loop {
+                let info = match n.cmd(&["CLUSTER", "INFO"]) {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                    redis::Value::VerbatimString { text, .. } => text,
+                    other => format!("{other:?}"),
+                };
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster not ready: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Cluster { nodes, _dirs: dirs }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Server::url).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+        for d in &self._dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn dbsize(server: &Server) -> i64 {
+    match server.cmd(&["DBSIZE"]) {
+        redis::Value::Int(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cluster_with_keys_spread_over_slots() {
+    let cluster = Cluster::start();
+    let urls = cluster.urls();
+    let l = RedisLimiter::cluster_builder(&urls)
+        .quota(Quota::per_minute(3).unwrap())
+        .quota(
+            Quota::per_hour(100)
+                .unwrap()
+                .with_algorithm(Algorithm::SlidingLog)
+                .unwrap(),
+        )
+        .connect_timeout(Duration::from_millis(200))
+        .command_timeout(Duration::from_millis(500))
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    for round in 0..5 {
+        if round == 2 {
+            for n in &cluster.nodes {
+                n.cmd(&["SCRIPT", "FLUSH"]);
+            }
+        }
+        for k in 0..60 {
+            let d = l.check(format!("user-{k}"), 1).unwrap();
+            assert_eq!(d.allowed, round < 3, "round {round} key {k}: {d:?}");
+        }
+    }
+    assert_eq!(
+        l.fallbacks(),
+        0,
+        "no CROSSSLOT, no NOSCRIPT reached the fail mode"
+    );
+    for n in &cluster.nodes {
+        assert!(dbsize(n) > 0, "keys spread over every node's slots");
+    }
+    // The async API on the cluster shares the same state.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert!(!l.check_async("user-1", 1).await.unwrap().allowed);
+        assert!(l.check_async("async-user", 1).await.unwrap().allowed);
+    });
+    assert_eq!(l.fallbacks(), 0);
+}
+
+#[test]
+fn over_limit_cache_answers_denials_without_round_trips() {
+    let server = Server::start(&[]);
+    let l = builder(&server)
+        .quota(Quota::per_minute(3).unwrap())
+        .build()
+        .unwrap();
+    let t0 = Duration::from_secs(1_700_000_000);
+    for _ in 0..3 {
+        assert!(l.check_at("attacker", 1, t0).unwrap().allowed);
+    }
+    let d = l.check_at("attacker", 1, t0).unwrap();
+    assert!(!d.allowed);
+    let trips = l.store().round_trips();
+    for i in 0..1000u64 {
+        let (d2, src) = l
+            .check_source(b"attacker", 1, Some(t0 + Duration::from_millis(i)))
+            .unwrap();
+        assert!(!d2.allowed);
+        assert_eq!(src, floodgate::Source::CachedDenial);
+        assert_eq!(d2.retry_after, d.retry_after - Duration::from_millis(i));
+    }
+    assert_eq!(
+        l.store().round_trips(),
+        trips,
+        "a flood costs no round trip"
+    );
+    assert_eq!(l.cached_denials(), 1000);
+    // At the retry time, back to Redis, which admits again.
+    let (d3, src) = l
+        .check_source(b"attacker", 1, Some(t0 + d.retry_after))
+        .unwrap();
+    assert!(
+        d3.allowed && src == floodgate::Source::Redis,
+        "{d3:?} {src:?}"
+    );
+    // Other keys are unaffected.
+    assert!(l.check_at("someone-else", 1, t0).unwrap().allowed);
+}
+
+#[test]
+fn leases_admit_exactly_the_limit_at_an_instant_and_respect_the_bound_across_windows() {
+    let server = Server::start(&[]);
+    let q = Quota::per_minute(100)
+        .unwrap()
+        .with_algorithm(Algorithm::FixedWindow)
+        .unwrap();
+    let (n, units) = (3u64, 10u64);
+    let make = |prefix: &str| -> Vec<RedisLimiter> {
+        (0..n)
+            .map(|_| {
+                builder(&server)
+                    .quota(q)
+                    .prefix(prefix)
+                    .lease(units, Duration::from_secs(1))
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // At one instant: exactly the limit, in about limit / units round trips.
+    let fleet = make("instant");
+    let t0 = Duration::from_secs(1_700_000_000); // 20 s into a minute
+    let mut admitted = 0;
+    for i in 0..400 {
+        if fleet[i % 3].check_at("hot", 1, t0).unwrap().allowed {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 100);
+    let trips: u64 = fleet.iter().map(|l| l.store().round_trips()).sum();
+    let hits: u64 = fleet.iter().map(|l| l.lease_hits()).sum();
+    assert_eq!(hits, 100 - 10, "90 of 100 admitted from leases");
+    assert!(trips <= 10 + 3 + 3, "{trips} round trips");
+    // The worst case across a window edge: every instance takes a lease just before
+    // the edge and spends it after, on top of the next window's full limit.
+    let fleet = make("edge");
+    let end = Duration::from_secs(1_700_000_040); // that minute's end
+    for l in &fleet {
+        assert!(
+            l.check_at("hot", 1, end - Duration::from_millis(100))
+                .unwrap()
+                .allowed
+        );
+    }
+    let after = end + Duration::from_millis(100);
+    let mut next_window = 0;
+    for i in 0..400 {
+        if fleet[i % 3].check_at("hot", 1, after).unwrap().allowed {
+            next_window += 1;
+        }
+    }
+    assert_eq!(
+        next_window,
+        100 + n * (units - 1),
+        "the documented bound, reached exactly"
+    );
+    // A lease expires after its ttl: what it held is not spent later.
+    let late = after + Duration::from_secs(2);
+    assert!(
+        fleet
+            .iter()
+            .all(|l| !l.check_at("hot", 1, late).unwrap().allowed)
+    );
+}
+
+#[test]
+fn async_checks_pipeline_on_one_connection_and_admit_exactly() {
+    let server = Server::start(&[]);
+    let l = Arc::new(
+        builder(&server)
+            .quota(Quota::per_hour(50).unwrap())
+            .command_timeout(Duration::from_secs(1))
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let admitted = rt.block_on(async {
+        let tasks: Vec<_> = (0..400)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.check_async("shared", 1).await.unwrap().allowed })
+            })
+            .collect();
+        let mut n = 0;
+        for t in tasks {
+            n += u64::from(t.await.unwrap());
+        }
+        n
+    });
+    assert_eq!(admitted, 50);
+    assert_eq!(l.fallbacks(), 0);
+    let clients = match server.cmd(&["CLIENT", "LIST"]) {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).lines().count(),
+        redis::Value::VerbatimString { text, .. } => text.lines().count(),
+        other => panic!("{other:?}"),
+    };
+    // The build check's pooled connection, the multiplexed one, and CLIENT LIST's own.
+    assert!(
+        clients <= 3,
+        "{clients} connections for 400 concurrent checks"
+    );
+}
+
+#[test]
+fn circuit_breaker_answers_without_waiting_and_closes_again() {
+    let mut server = Server::start(&[]);
+    let l = builder(&server)
+        .quota(Quota::per_minute(1000).unwrap())
+        .fail_mode(FailMode::Open)
+        .build()
+        .unwrap();
+    assert!(l.check("k", 1).unwrap().allowed);
+    server.stop();
+    let trips = l.store().round_trips();
+    let start = Instant::now();
+    for _ in 0..1000 {
+        assert!(l.check("k", 1).unwrap().allowed);
+    }
+    let took = start.elapsed();
+    assert!(l.store().breaker_open() && l.store().breaker_trips() == 1);
+    let attempts = l.store().round_trips() - trips;
+    assert!(
+        attempts < 20,
+        "{attempts} attempts while Redis was down: the breaker held the rest"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    server.spawn();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while l.store().breaker_open() {
+        let _ = l.check("k", 1).unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "breaker still open 1 s after Redis came back"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let fallbacks = l.fallbacks();
+    assert!(l.check("k", 1).unwrap().allowed);
+    assert_eq!(l.fallbacks(), fallbacks);
+}
+
+#[test]
+fn refund_gives_units_back_for_every_algorithm() {
+    let server = Server::start(&[]);
+    let t = Duration::from_secs(1_700_000_000);
+    for alg in [
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+    ] {
+        let l = builder(&server)
+            .quota(Quota::per_minute(3).unwrap().with_algorithm(alg).unwrap())
+            .prefix(alg.name())
+            .deny_cache(false)
+            .build()
+            .unwrap();
+        assert!(l.check_at("k", 2, t).unwrap().allowed);
+        assert!(l.check_at("k", 1, t).unwrap().allowed);
+        assert!(!l.check_at("k", 1, t).unwrap().allowed, "{alg:?}");
+        l.refund(b"k", 2, Some(t)).unwrap();
+        assert!(
+            l.check_at("k", 2, t).unwrap().allowed,
+            "{alg:?}: 2 units back"
+        );
+        assert!(
+            !l.check_at("k", 1, t).unwrap().allowed,
+            "{alg:?}: and no more"
+        );
+    }
+}
+
+/// A worker for the several-processes test: runs only when started by it.
+#[test]
+fn process_worker() {
+    let Ok(url) = std::env::var("FG_REDIS_WORKER_URL") else {
+        return;
+    };
+    let l = RedisLimiter::builder(&url)
+        .quota(Quota::per_hour(10).unwrap().with_burst(150).unwrap())
+        .command_timeout(Duration::from_secs(1))
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    let admitted = (0..100)
+        .filter(|_| l.check("fleet", 1).unwrap().allowed)
+        .count();
+    assert_eq!(l.fallbacks(), 0);
+    println!("FG_ADMITTED={admitted}");
+}
+
+#[test]
+fn several_processes_sharing_one_redis_admit_exactly_the_limit() {
+    let server = Server::start(&[]);
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "process_worker",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("FG_REDIS_WORKER_URL", server.url())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut total = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("FG_ADMITTED=")
+                    .map(|(_, n)| n.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no count in {text}"));
+        total += n;
+    }
+    assert_eq!(total, 150, "400 checks from 4 processes: exactly the burst");
 }
