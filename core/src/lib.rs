@@ -54,7 +54,7 @@ pub use limiter::{Limiter, LimiterBuilder, MAX_QUOTAS};
 pub use quota::{Algorithm, Quota};
 #[cfg(feature = "redis")]
 pub use store::redis::{
-    FailMode, RedisLimiter, RedisLimiterBuilder, RedisStore, RedisStoreBuilder, Source,
+    DecisionSource, FailMode, RedisLimiter, RedisLimiterBuilder, RedisStore, RedisStoreBuilder,
 };
 
 /// Items for the loom model only (`--cfg floodgate_loom`); not a public API.

@@ -599,7 +599,7 @@ fn over_limit_cache_answers_denials_without_round_trips() {
             .check_source(b"attacker", 1, Some(t0 + Duration::from_millis(i)))
             .unwrap();
         assert!(!d2.allowed);
-        assert_eq!(src, floodgate::Source::CachedDenial);
+        assert_eq!(src, floodgate::DecisionSource::CachedDenial);
         assert_eq!(d2.retry_after, d.retry_after - Duration::from_millis(i));
     }
     assert_eq!(
@@ -613,7 +613,7 @@ fn over_limit_cache_answers_denials_without_round_trips() {
         .check_source(b"attacker", 1, Some(t0 + d.retry_after))
         .unwrap();
     assert!(
-        d3.allowed && src == floodgate::Source::Redis,
+        d3.allowed && src == floodgate::DecisionSource::Redis,
         "{d3:?} {src:?}"
     );
     // Other keys are unaffected.
@@ -853,4 +853,130 @@ fn several_processes_sharing_one_redis_admit_exactly_the_limit() {
         total += n;
     }
     assert_eq!(total, 150, "400 checks from 4 processes: exactly the burst");
+}
+
+fn policy(url: &str) -> String {
+    format!(
+        r#"
+[store]
+kind = "redis"
+url = "{url}"
+timeout_ms = 50
+connect_timeout_ms = 50
+fail_mode = "local"
+
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+quotas = ["3/min"]
+key = "ip"
+fail_mode = "closed"
+
+[[rule]]
+name = "api"
+match = "/api/**"
+quotas = ["100/min"]
+key = "ip"
+fail_mode = "open"
+"#
+    )
+}
+
+#[test]
+fn policy_engine_on_redis_shares_limits_and_honours_per_rule_fail_modes() {
+    use floodgate::policy::{Engine, EventKind, Request};
+    let mut server = Server::start(&[]);
+    let text = policy(&server.url());
+    let (a, b) = (
+        Engine::from_toml_str(&text).unwrap(),
+        Engine::from_toml_str(&text).unwrap(),
+    );
+    let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    a.set_event_sink(move |e| {
+        if matches!(e.kind, EventKind::StoreFallback | EventKind::StoreRecovered) {
+            sink.lock().push(e.kind);
+        }
+    });
+    let ip = Some("203.0.113.9".parse().unwrap());
+    let login = Request {
+        method: "POST",
+        path: "/auth/login",
+        client_ip: ip,
+        headers: &[],
+    };
+    let api = Request {
+        method: "GET",
+        path: "/api/items",
+        client_ip: ip,
+        headers: &[],
+    };
+    // Two instances share one login limit of 3.
+    let statuses: Vec<u16> = [&a, &b, &a, &b, &a]
+        .iter()
+        .map(|e| e.check_request(&login).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let denied = b.check_request(&login).unwrap();
+    assert!(denied.retry_after > Duration::from_secs(10), "{denied:?}");
+    assert!(
+        denied
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+    );
+    assert!(a.check_request(&api).unwrap().allowed);
+    // Redis goes away: login fails closed, the API fails open, and it shows.
+    server.stop();
+    let fresh = Request {
+        client_ip: Some("198.51.100.1".parse().unwrap()),
+        ..login
+    };
+    assert_eq!(a.check_request(&fresh).unwrap().status, 429, "closed");
+    assert!(a.check_request(&api).unwrap().allowed, "open");
+    assert_eq!(*events.lock(), [EventKind::StoreFallback]);
+    let metrics = a.metrics();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("floodgate_store_fallbacks_total "))
+        .unwrap();
+    assert_ne!(line, "floodgate_store_fallbacks_total 0", "{metrics}");
+    assert!(metrics.contains("floodgate_redis_round_trips_total"));
+    // Back on Redis automatically.
+    server.spawn();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !a.check_request(&fresh).unwrap().allowed {
+        assert!(Instant::now() < deadline, "not back on Redis after 1 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        *events.lock(),
+        [EventKind::StoreFallback, EventKind::StoreRecovered]
+    );
+}
+
+#[test]
+fn policy_store_config_errors_are_clear() {
+    use floodgate::policy::Engine;
+    let cases = [
+        ("[store]\nkind = \"redis\"\n", "url"),
+        ("[store]\nkind = \"postgres\"\n", "memory"),
+        (
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1/\"\nfail_mode = \"maybe\"\n",
+            "open, closed or local",
+        ),
+        (
+            "[[rule]]\nname = \"r\"\nmatch = \"/**\"\nquotas = [\"1/s\"]\nfail_mode = \"open\"\n",
+            "redis",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = Engine::from_toml_str(text).unwrap_err();
+        assert!(e.to_string().contains(want), "{text}: {e}");
+    }
+    let port = free_port();
+    let start = Instant::now();
+    let e = Engine::from_toml_str(&policy(&format!("redis://127.0.0.1:{port}/"))).unwrap_err();
+    assert!(e.to_string().contains(&port.to_string()), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(2));
 }

@@ -41,6 +41,57 @@ pub(crate) struct PolicyConfig {
     pub lists: ListsConfig,
     #[serde(default)]
     pub ban: Option<BanConfig>,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where the rules' counters live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StoreConfig {
+    /// `memory` (default) or `redis`.
+    pub kind: String,
+    /// `redis://[:password@]host:port/db` of a standalone Redis.
+    pub url: Option<String>,
+    /// Node URLs of a Redis Cluster (instead of `url`).
+    pub cluster: Vec<String>,
+    /// Key prefix; each rule (and tier) adds its name.
+    pub prefix: String,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+    /// Blocking connections (default 2 per core).
+    pub pool_size: Option<usize>,
+    /// `open`, `closed` or `local` (default); a rule may override it.
+    pub fail_mode: String,
+    /// With `local`: each quota divided by this many instances.
+    pub local_share: u64,
+    /// Token lease size (0 = off) and how long a lease is spent.
+    pub lease: u64,
+    pub lease_ttl_ms: u64,
+    /// Answer keys Redis denied locally until their retry time.
+    pub deny_cache: bool,
+    /// Fail at startup when Redis cannot be reached (default true).
+    pub check_on_start: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            url: None,
+            cluster: Vec::new(),
+            prefix: "fg".into(),
+            connect_timeout_ms: 5,
+            timeout_ms: 5,
+            pool_size: None,
+            fail_mode: "local".into(),
+            local_share: 1,
+            lease: 0,
+            lease_ttl_ms: 1000,
+            deny_cache: true,
+            check_on_start: true,
+        }
+    }
 }
 
 /// Engine-wide settings.
@@ -187,6 +238,9 @@ pub(crate) struct RuleConfig {
     /// Whether this rule's denials count toward `[ban]`.
     #[serde(default = "yes")]
     pub ban: bool,
+    /// What the rule answers while a Redis store cannot (`open`, `closed`, `local`);
+    /// default `[store] fail_mode`.
+    pub fail_mode: Option<String>,
 }
 
 /// Quotas chosen by a verified claim's value.

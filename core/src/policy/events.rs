@@ -26,6 +26,11 @@ pub enum EventKind {
     /// 401: a rule needs a verified identity the request lacks, or an invalid token
     /// with `on_invalid = "reject"`.
     Unauthorized,
+    /// A rule on a Redis store was answered by its fail mode (sent once, when
+    /// Redis stops answering).
+    StoreFallback,
+    /// Redis answers again after a [`StoreFallback`](Self::StoreFallback).
+    StoreRecovered,
 }
 
 impl EventKind {
@@ -38,6 +43,8 @@ impl EventKind {
             Self::TokenInvalid => "token_invalid",
             Self::DenyListed => "deny_listed",
             Self::Unauthorized => "unauthorized",
+            Self::StoreFallback => "store_fallback",
+            Self::StoreRecovered => "store_recovered",
         }
     }
 }
@@ -83,6 +90,7 @@ pub(crate) struct Metrics {
     pub unauthorized: AtomicU64,
     pub bans_started: AtomicU64,
     pub no_rule: AtomicU64,
+    pub store_fallbacks: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -149,6 +157,11 @@ impl Metrics {
                 "floodgate_unmatched_total",
                 "Requests no rule matched.",
                 &self.no_rule,
+            ),
+            (
+                "floodgate_store_fallbacks_total",
+                "Checks answered by a rule's fail mode because Redis could not answer.",
+                &self.store_fallbacks,
             ),
         ] {
             let _ = writeln!(

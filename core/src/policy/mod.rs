@@ -38,6 +38,7 @@ mod headers;
 mod identity;
 mod jwt;
 mod matcher;
+mod store;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -57,6 +58,7 @@ use events::{Metrics, RuleCounters, bump};
 use headers::Report;
 use identity::{Claims, KEY_BUF, KeyBuf, KeyInput, KeyTemplate, header, mask_ip};
 use jwt::{JwtSetup, JwtVerifier, KeySource, TokenCheck};
+use store::{RuleLimiter, Store};
 
 pub use events::{Event, EventKind, EventSink};
 pub use headers::HeaderStyle;
@@ -160,7 +162,7 @@ impl Verdict {
 
 /// One limiter of a rule, with its quotas' `RateLimit-Policy` values precomputed.
 struct Tier {
-    limiter: Limiter,
+    limiter: RuleLimiter,
     policy_values: Vec<String>,
 }
 
@@ -239,6 +241,11 @@ pub struct Engine {
     unix_origin_ns: u64,
     metrics: Metrics,
     sink: parking_lot::RwLock<Option<EventSink>>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    store: Store,
+    /// Whether the last Redis answer came from the fail mode (for the
+    /// store_fallback / store_recovered events, sent on each change).
+    store_down: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -342,6 +349,7 @@ impl Engine {
             Some(j) => Some(Self::build_jwt(j, &root.key("jwt"), dir, &source)?),
             None => None,
         };
+        let store = Store::build(&cfg.store, &root.key("store"), &source)?;
         let mut rules = Vec::with_capacity(cfg.rules.len());
         let mut names = HashSet::new();
         for (i, r) in cfg.rules.iter().enumerate() {
@@ -358,6 +366,7 @@ impl Engine {
                 &cfg,
                 style,
                 jwt.is_some(),
+                &store,
                 &source,
             )?);
         }
@@ -431,6 +440,8 @@ impl Engine {
             clock,
             metrics,
             sink: parking_lot::RwLock::new(None),
+            store,
+            store_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -577,6 +588,7 @@ impl Engine {
         cfg: &PolicyConfig,
         style: HeaderStyle,
         has_jwt: bool,
+        store: &Store,
         source: &Source<'_>,
     ) -> Result<Rule> {
         let err = |path: &Path, msg: String| source.error(path, msg);
@@ -602,7 +614,7 @@ impl Engine {
                 "uses claims, but there is no [jwt] section to verify tokens".into(),
             ));
         }
-        let build = |quotas: &[String], at: &Path| -> Result<Tier> {
+        let build = |quotas: &[String], at: &Path, tier: Option<&str>| -> Result<Tier> {
             if quotas.is_empty() {
                 return Err(err(
                     at,
@@ -626,6 +638,19 @@ impl Engine {
                 builder = builder.quota(quota);
             }
             let limiter = builder.build().map_err(|e| err(at, e.to_string()))?;
+            let name = match tier {
+                Some(t) => format!("{}:{t}", r.name),
+                None => r.name.clone(),
+            };
+            let limiter = store
+                .limiter(
+                    limiter,
+                    &name,
+                    r.fail_mode.as_deref(),
+                    cfg.settings.max_keys,
+                    KEY_BUF,
+                )
+                .map_err(|m| err(&p.key("fail_mode"), m))?;
             let policy_values = limiter
                 .quotas()
                 .iter()
@@ -644,7 +669,7 @@ impl Engine {
                 ));
             }
             (None, _) => (
-                Limits::One(build(&r.quotas, &p.key("quotas"))?),
+                Limits::One(build(&r.quotas, &p.key("quotas"), None)?),
                 r.quotas.clone(),
             ),
             (Some(t), true) => {
@@ -658,7 +683,10 @@ impl Engine {
                 let mut others = Vec::new();
                 let mut text = Vec::new();
                 for (name, quotas) in &t.quotas {
-                    others.push((name.clone(), build(quotas, &tp.key("quotas").name(name))?));
+                    others.push((
+                        name.clone(),
+                        build(quotas, &tp.key("quotas").name(name), Some(name))?,
+                    ));
                     text.push(format!("{name}: {}", quotas.join(" + ")));
                 }
                 let position = others
@@ -793,7 +821,28 @@ impl Engine {
 
     /// Counters in the Prometheus text exposition format.
     pub fn metrics(&self) -> String {
-        self.metrics.render()
+        #[allow(unused_mut)]
+        let mut out = self.metrics.render();
+        #[cfg(feature = "redis")]
+        if let Some(r) = self.store.redis() {
+            use std::fmt::Write as _;
+            let _ = write!(
+                out,
+                "# HELP floodgate_redis_round_trips_total Round trips to Redis.\n\
+                 # TYPE floodgate_redis_round_trips_total counter\n\
+                 floodgate_redis_round_trips_total {}\n\
+                 # HELP floodgate_redis_breaker_open Whether the Redis circuit breaker is open.\n\
+                 # TYPE floodgate_redis_breaker_open gauge\n\
+                 floodgate_redis_breaker_open {}\n\
+                 # HELP floodgate_redis_breaker_trips_total Times the Redis circuit breaker opened.\n\
+                 # TYPE floodgate_redis_breaker_trips_total counter\n\
+                 floodgate_redis_breaker_trips_total {}\n",
+                r.round_trips(),
+                u8::from(r.breaker_open()),
+                r.breaker_trips()
+            );
+        }
+        out
     }
 
     /// The effective rules, one block per rule, for `floodgate check-config`.
@@ -849,7 +898,7 @@ impl Engine {
     /// [`Error::InvalidRequest`] for an empty or non-alphabetic method. A denial is
     /// not an error.
     pub fn check_request(&self, req: &Request<'_>) -> Result<Verdict> {
-        self.check_request_at(req, self.now())
+        self.decide(req, self.now(), false)
     }
 
     fn emit(&self, event: impl FnOnce() -> Event) {
@@ -860,10 +909,52 @@ impl Engine {
     }
 
     /// Decides a request at `now` (Unix time: JWT `exp`/`nbf` are checked against it).
+    /// Rules on a Redis store are then also decided at `now`, not the server's clock.
     ///
     /// # Errors
     /// As [`Engine::check_request`].
     pub fn check_request_at(&self, req: &Request<'_>, now: Duration) -> Result<Verdict> {
+        self.decide(req, now, true)
+    }
+
+    /// Sends store_fallback / store_recovered events when Redis answers change.
+    fn note_store(&self, checked: &store::Checked, rule: &Rule) {
+        if !checked.remote {
+            return;
+        }
+        if checked.fallback {
+            bump(&self.metrics.store_fallbacks);
+        }
+        let was = self.store_down.load(std::sync::atomic::Ordering::Relaxed);
+        if was != checked.fallback
+            && self
+                .store_down
+                .compare_exchange(
+                    was,
+                    checked.fallback,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let kind = if checked.fallback {
+                EventKind::StoreFallback
+            } else {
+                EventKind::StoreRecovered
+            };
+            self.emit(|| Event {
+                kind,
+                rule: Some(rule.name.clone()),
+                client_ip: None,
+                key: None,
+                status: 0,
+                retry_after: Duration::ZERO,
+                token_problem: None,
+            });
+        }
+    }
+
+    fn decide(&self, req: &Request<'_>, now: Duration, explicit: bool) -> Result<Verdict> {
         if req.method.is_empty() || !req.method.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(Error::InvalidRequest {
                 field: "method",
@@ -946,13 +1037,13 @@ impl Engine {
             }
             let Some(key) = self.rule_key(rule, req, masked, claims, &mut buf) else {
                 if rule.deny_anonymous {
-                    self.refund(&charges, now);
+                    self.refund(&charges, now, explicit);
                     return Ok(self.unauthorized(req, Some(&rule.name), problem));
                 }
                 continue;
             };
             if let Some(left) = self.bans.as_ref().and_then(|b| b.banned(key, now_ns)) {
-                self.refund(&charges, now);
+                self.refund(&charges, now, explicit);
                 if let Some((_, c)) = self.metrics.rules.get(index) {
                     bump(&c.banned);
                 }
@@ -967,12 +1058,14 @@ impl Engine {
                 .cost
                 .saturating_mul(multiplier)
                 .min(tier.limiter.max_cost());
-            let d = tier.limiter.check_at(key, cost, now)?;
+            let checked = tier.limiter.check(key, cost, now, explicit)?;
+            self.note_store(&checked, rule);
+            let d = checked.decision;
             if let Some(a) = &rule.adaptive {
                 a.record(key, now_ns, !d.allowed);
             }
             if !d.allowed {
-                self.refund(&charges, now);
+                self.refund(&charges, now, explicit);
                 return Ok(self.rate_limited(
                     index,
                     rule,
@@ -1001,11 +1094,13 @@ impl Engine {
             let Some(key) = self.rule_key(rule, req, masked, claims, &mut buf) else {
                 continue;
             };
-            let d = rule
+            let checked = rule
                 .limits
                 .select(claims)
                 .limiter
-                .check_at(key, rule.cost, now)?;
+                .check(key, rule.cost, now, explicit)?;
+            self.note_store(&checked, rule);
+            let d = checked.decision;
             if let Some((_, c)) = self.metrics.rules.get(index) {
                 bump(if d.allowed {
                     &c.allowed
@@ -1156,9 +1251,9 @@ impl Engine {
         }
     }
 
-    fn refund(&self, charges: &[Charge<'_>], now: Duration) {
+    fn refund(&self, charges: &[Charge<'_>], now: Duration, explicit: bool) {
         for c in charges {
-            let _ = c.tier.limiter.refund_at(&c.key, c.cost, now);
+            c.tier.limiter.refund(&c.key, c.cost, now, explicit);
         }
     }
 

@@ -73,7 +73,7 @@ impl std::str::FromStr for FailMode {
 /// Where a check's answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Source {
+pub enum DecisionSource {
     /// A round trip to Redis.
     Redis,
     /// The over-limit cache: Redis denied this key earlier, and its retry time has
@@ -762,7 +762,7 @@ fn share(q: &Quota, n: u64) -> Result<Quota> {
 
 /// What a check does after local answers: go to Redis with this invocation.
 enum Step<'a> {
-    Done(Decision, Source),
+    Done(Decision, DecisionSource),
     Call(redis::ScriptInvocation<'a>, u64),
 }
 
@@ -841,7 +841,7 @@ impl RedisLimiter {
         key: &[u8],
         cost: u64,
         now: Option<Duration>,
-    ) -> Result<(Decision, Source)> {
+    ) -> Result<(Decision, DecisionSource)> {
         let local_now = now.unwrap_or_else(unix_now);
         match self.prepare(key, cost, now, local_now)? {
             Step::Done(d, s) => Ok((d, s)),
@@ -873,7 +873,7 @@ impl RedisLimiter {
         key: &[u8],
         cost: u64,
         now: Option<Duration>,
-    ) -> Result<(Decision, Source)> {
+    ) -> Result<(Decision, DecisionSource)> {
         let local_now = now.unwrap_or_else(unix_now);
         match self.prepare(key, cost, now, local_now)? {
             Step::Done(d, s) => Ok((d, s)),
@@ -1000,16 +1000,16 @@ impl RedisLimiter {
             if let Some(d) = self.cache.read(fp, |e| {
                 e.and_then(|e| self.cached_denial(&e.lock(), cost, t))
             }) {
-                return Ok(Step::Done(d, Source::CachedDenial));
+                return Ok(Step::Done(d, DecisionSource::CachedDenial));
             }
             if let Some(d) = self.spend_lease(fp, cost, t) {
-                return Ok(Step::Done(d, Source::Lease));
+                return Ok(Step::Done(d, DecisionSource::Lease));
             }
         }
         if !self.store.inner.breaker.allow() {
             return self
                 .fallback(key, cost, now)
-                .map(|d| Step::Done(d, Source::Fallback));
+                .map(|d| Step::Done(d, DecisionSource::Fallback));
         }
         let mode = if cost == 0 {
             "p"
@@ -1069,13 +1069,15 @@ impl RedisLimiter {
         local_now: Duration,
         fp: u64,
         reply: redis::RedisResult<Vec<i64>>,
-    ) -> Result<(Decision, Source)> {
+    ) -> Result<(Decision, DecisionSource)> {
         let breaker = &self.store.inner.breaker;
         let reply = match reply {
             Ok(r) => r,
             Err(_) => {
                 breaker.failure();
-                return self.fallback(key, cost, now).map(|d| (d, Source::Fallback));
+                return self
+                    .fallback(key, cost, now)
+                    .map(|d| (d, DecisionSource::Fallback));
             }
         };
         breaker.success();
@@ -1109,7 +1111,7 @@ impl RedisLimiter {
                     remaining: d.remaining + granted - cost,
                     ..d
                 },
-                Source::Redis,
+                DecisionSource::Redis,
             ));
         }
         if cost > 0 && !d.allowed && self.deny_cache && !d.retry_after.is_zero() {
@@ -1122,7 +1124,7 @@ impl RedisLimiter {
                     e.deny_quota = u32::try_from(quota).unwrap_or(0);
                 });
         }
-        Ok((d, Source::Redis))
+        Ok((d, DecisionSource::Redis))
     }
 
     fn fallback(&self, key: &[u8], cost: u64, now: Option<Duration>) -> Result<Decision> {

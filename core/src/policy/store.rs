@@ -1,0 +1,203 @@
+//! Where a policy's rules keep their counters: in memory (default) or in Redis
+//! (`[store] kind = "redis"`, feature `redis`).
+
+use std::time::Duration;
+
+use super::config::{Path, Source, StoreConfig};
+use crate::decision::Decision;
+use crate::error::Result;
+use crate::limiter::Limiter;
+use crate::quota::Quota;
+
+/// The store chosen by `[store]`.
+pub(super) enum Store {
+    Memory,
+    #[cfg(feature = "redis")]
+    Redis {
+        store: crate::RedisStore,
+        cfg: StoreConfig,
+    },
+}
+
+/// One limiter of a rule (or tier).
+pub(super) enum RuleLimiter {
+    Memory(Limiter),
+    #[cfg(feature = "redis")]
+    Redis(Box<crate::RedisLimiter>),
+}
+
+/// A decision, and whether the fail mode gave it because Redis could not.
+pub(super) struct Checked {
+    pub decision: Decision,
+    /// Answered by the fail mode because Redis could not.
+    pub fallback: bool,
+    /// Answered by (or on behalf of) a Redis store.
+    pub remote: bool,
+}
+
+impl Store {
+    pub(super) fn build(cfg: &StoreConfig, p: &Path, source: &Source<'_>) -> Result<Store> {
+        let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
+        match cfg.kind.as_str() {
+            "memory" => Ok(Store::Memory),
+            #[cfg(feature = "redis")]
+            "redis" => {
+                let builder = match (&cfg.url, cfg.cluster.is_empty()) {
+                    (Some(url), true) => crate::RedisStore::builder(url),
+                    (None, false) => crate::RedisStore::cluster_builder(&cfg.cluster),
+                    (Some(_), false) => {
+                        return Err(err("cluster", "give url or cluster, not both".into()));
+                    }
+                    (None, true) => {
+                        return Err(err(
+                            "url",
+                            "kind = \"redis\" needs url = \"redis://host:port\" (or cluster = [...])"
+                                .into(),
+                        ));
+                    }
+                };
+                cfg.fail_mode
+                    .parse::<crate::FailMode>()
+                    .map_err(|e| err("fail_mode", e.to_string()))?;
+                if cfg.connect_timeout_ms == 0 || cfg.timeout_ms == 0 {
+                    return Err(err("timeout_ms", "timeouts must be at least 1 ms".into()));
+                }
+                let mut builder = builder
+                    .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+                    .command_timeout(Duration::from_millis(cfg.timeout_ms))
+                    .check_on_build(cfg.check_on_start);
+                if let Some(n) = cfg.pool_size {
+                    builder = builder.pool_size(n);
+                }
+                let store = builder.build().map_err(|e| err("url", e.to_string()))?;
+                Ok(Store::Redis {
+                    store,
+                    cfg: cfg.clone(),
+                })
+            }
+            #[cfg(not(feature = "redis"))]
+            "redis" => Err(err(
+                "kind",
+                "this build of floodgate has no Redis support (cargo feature `redis`)".into(),
+            )),
+            other => Err(err(
+                "kind",
+                format!("{other:?}: use \"memory\" or \"redis\""),
+            )),
+        }
+    }
+
+    /// A limiter for `quotas` of one rule (and tier), named `name` in Redis keys.
+    /// The in-memory limiter is built first: it validates the quotas, and the Redis
+    /// one uses it for the `local` fail mode.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) fn limiter(
+        &self,
+        memory: Limiter,
+        name: &str,
+        fail_mode: Option<&str>,
+        max_keys: usize,
+        max_key_bytes: usize,
+    ) -> std::result::Result<RuleLimiter, String> {
+        match self {
+            Store::Memory => {
+                if fail_mode.is_some() {
+                    return Err("fail_mode applies to [store] kind = \"redis\" only".into());
+                }
+                Ok(RuleLimiter::Memory(memory))
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis { store, cfg } => {
+                let mode = fail_mode
+                    .unwrap_or(&cfg.fail_mode)
+                    .parse::<crate::FailMode>()
+                    .map_err(|e| e.to_string())?;
+                let mut b = store
+                    .limiter()
+                    .prefix(&format!("{}:{name}", cfg.prefix))
+                    .fail_mode(mode)
+                    .local_share(cfg.local_share)
+                    .deny_cache(cfg.deny_cache)
+                    .max_keys(max_keys)
+                    .max_key_bytes(max_key_bytes);
+                if cfg.lease > 0 {
+                    b = b.lease(cfg.lease, Duration::from_millis(cfg.lease_ttl_ms));
+                }
+                for q in memory.quotas() {
+                    b = b.quota(*q);
+                }
+                b.build()
+                    .map(|l| RuleLimiter::Redis(Box::new(l)))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// The Redis connections, for metrics.
+    #[cfg(feature = "redis")]
+    pub(super) fn redis(&self) -> Option<&crate::RedisStore> {
+        match self {
+            Store::Redis { store, .. } => Some(store),
+            Store::Memory => None,
+        }
+    }
+}
+
+impl RuleLimiter {
+    /// Checks at `now` (Unix time); a Redis limiter uses the server's clock unless
+    /// `explicit` (a replay).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) fn check(
+        &self,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> Result<Checked> {
+        match self {
+            RuleLimiter::Memory(l) => l.check_at(key, cost, now).map(|decision| Checked {
+                decision,
+                fallback: false,
+                remote: false,
+            }),
+            #[cfg(feature = "redis")]
+            RuleLimiter::Redis(l) => {
+                let (decision, source) = l.check_source(key, cost, explicit.then_some(now))?;
+                Ok(Checked {
+                    decision,
+                    fallback: source == crate::DecisionSource::Fallback,
+                    remote: true,
+                })
+            }
+        }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) fn refund(&self, key: &[u8], cost: u64, now: Duration, explicit: bool) {
+        match self {
+            RuleLimiter::Memory(l) => {
+                let _ = l.refund_at(key, cost, now);
+            }
+            #[cfg(feature = "redis")]
+            RuleLimiter::Redis(l) => {
+                let _ = l.refund(key, cost, explicit.then_some(now));
+            }
+        }
+    }
+
+    pub(super) fn max_cost(&self) -> u64 {
+        match self {
+            RuleLimiter::Memory(l) => l.max_cost(),
+            #[cfg(feature = "redis")]
+            RuleLimiter::Redis(l) => l.max_cost(),
+        }
+    }
+
+    pub(super) fn quotas(&self) -> &[Quota] {
+        match self {
+            RuleLimiter::Memory(l) => l.quotas(),
+            #[cfg(feature = "redis")]
+            RuleLimiter::Redis(l) => l.quotas(),
+        }
+    }
+}
