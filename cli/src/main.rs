@@ -3,6 +3,7 @@
 mod bench;
 mod histogram;
 mod policy;
+mod redis_bench;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -85,6 +86,16 @@ struct BenchArgs {
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
+    /// Benchmark the Redis store at this URL instead (`redis://127.0.0.1:6379/`;
+    /// several comma-separated node URLs for a Cluster), beside raw INCR.
+    #[arg(long)]
+    store: Option<String>,
+    /// With --store: checks in flight at once in the concurrent phase.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// With --store: token leases of this many units (0 = off).
+    #[arg(long, default_value_t = 0)]
+    lease: u64,
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
@@ -133,6 +144,23 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0) {
         return Err("--duration must be between 0 and 86400 seconds".into());
+    }
+    if let Some(url) = &args.store {
+        if args.in_flight == 0 || args.in_flight > 10_000 {
+            return Err("--in-flight must be 1..=10000".into());
+        }
+        let text = redis_bench::run(&redis_bench::RedisBench {
+            url,
+            quotas,
+            keys: args.keys,
+            duration: Duration::from_secs_f64(args.duration),
+            cost: args.cost,
+            in_flight: args.in_flight,
+            lease: args.lease,
+            json: args.json,
+        })?;
+        print!("{text}");
+        return Ok(());
     }
     let threads = args
         .threads

@@ -24,6 +24,20 @@ local mode = ARGV[3]
 local n = #KEYS
 local floor, max = math.floor, math.max
 
+-- Fast path: one GCRA quota, check and charge (the common case), with no tables
+-- or closures built. Same arithmetic as gcra below.
+if n == 1 and mode == 'c' and ARGV[5] == 'g' then
+  local t = tonumber(ARGV[7])
+  local cap = tonumber(ARGV[6]) * t
+  local base = max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+  local used = base + cost * t - now
+  if used <= cap then
+    redis.call('SET', KEYS[1], base + cost * t, 'PX', floor((used + 999) / 1000) + 1)
+    return { 1, 1, floor((cap - used) / t), 0, used, cost }
+  end
+  return { 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0 }
+end
+
 local function ceil_div(a, b) return floor((a + b - 1) / b) end
 
 -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).

@@ -1,0 +1,288 @@
+//! `floodgate bench --store redis://...`: the Redis store on a real server, beside a
+//! raw `INCR` baseline on the same kind of connection, in the same run.
+//!
+//! Two phases, each half of `--duration`:
+//! - sequential: one thread, one blocking connection, one check at a time (the
+//!   round-trip-bound figure);
+//! - concurrent: `--in-flight` checks at once from tokio tasks on one multiplexed
+//!   connection (requests pipelined on one socket).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use floodgate::{Quota, RedisLimiter};
+
+use crate::bench::{group, make_keys};
+use crate::histogram::Histogram;
+
+/// What to run.
+pub struct RedisBench<'a> {
+    pub url: &'a str,
+    pub quotas: Vec<Quota>,
+    pub keys: usize,
+    pub duration: Duration,
+    pub cost: u64,
+    pub in_flight: usize,
+    pub lease: u64,
+    pub json: bool,
+}
+
+struct Phase {
+    checks: u64,
+    allowed: u64,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.checks as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn limiter(b: &RedisBench<'_>) -> Result<RedisLimiter, String> {
+    let urls: Vec<&str> = b.url.split(',').collect();
+    let mut builder = if urls.len() > 1 {
+        RedisLimiter::cluster_builder(&urls)
+    } else {
+        RedisLimiter::builder(b.url)
+    };
+    // Generous timeouts: a benchmark measures Redis, not the fail mode.
+    builder = builder
+        .connect_timeout(Duration::from_secs(1))
+        .command_timeout(Duration::from_secs(1))
+        .pool_size(1)
+        .prefix("fg-bench")
+        .deny_cache(false);
+    if b.lease > 1 {
+        builder = builder.lease(b.lease, Duration::from_secs(1));
+    }
+    for q in &b.quotas {
+        builder = builder.quota(*q);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn sequential(
+    d: Duration,
+    mut f: impl FnMut(u64) -> Result<bool, String>,
+    hist: &mut Histogram,
+) -> Result<Phase, String> {
+    let start = Instant::now();
+    let (mut checks, mut allowed) = (0u64, 0u64);
+    while start.elapsed() < d {
+        for _ in 0..64 {
+            let t = Instant::now();
+            allowed += u64::from(f(checks)?);
+            hist.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            checks += 1;
+        }
+    }
+    Ok(Phase {
+        checks,
+        allowed,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Runs `in_flight` tasks, each awaiting `f(i)` in a loop, for `d`.
+async fn concurrent<F, Fut>(d: Duration, in_flight: usize, f: F) -> Result<Phase, String>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<bool, String>> + Send,
+{
+    let f = Arc::new(f);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (checks, allowed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight.max(1))
+        .map(|t| {
+            let (f, stop, checks, allowed) =
+                (f.clone(), stop.clone(), checks.clone(), allowed.clone());
+            tokio::spawn(async move {
+                let mut i = t as u64 * 7919;
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = f(i).await?;
+                    checks.fetch_add(1, Ordering::Relaxed);
+                    allowed.fetch_add(u64::from(ok), Ordering::Relaxed);
+                    i += 1;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(Phase {
+        checks: checks.load(Ordering::Relaxed),
+        allowed: allowed.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+    })
+}
+
+pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
+    let limiter = Arc::new(limiter(b)?);
+    let keys = Arc::new(make_keys(b.keys.max(1)));
+    let half = b.duration / 2;
+    let cluster = b.url.contains(',');
+    let first_url = b.url.split(',').next().unwrap_or(b.url).to_string();
+    let incr_key = |i: u64, keys: &[String]| -> String {
+        #[allow(clippy::indexing_slicing)] // i % len < len
+        let k = &keys[(i % keys.len() as u64) as usize];
+        format!("{{fg-bench-incr:{k}}}")
+    };
+    // Sequential: raw INCR, then checks, on one blocking connection each.
+    let client = redis::Client::open(first_url.as_str()).map_err(|e| e.to_string())?;
+    let mut conn = if cluster {
+        None
+    } else {
+        Some(client.get_connection().map_err(|e| e.to_string())?)
+    };
+    let mut incr_hist = Histogram::default();
+    let incr_seq = match conn.as_mut() {
+        Some(c) => Some(sequential(
+            half / 2,
+            |i| {
+                redis::cmd("INCR")
+                    .arg(incr_key(i, &keys))
+                    .query::<i64>(c)
+                    .map(|_| true)
+                    .map_err(|e| e.to_string())
+            },
+            &mut incr_hist,
+        )?),
+        None => None,
+    };
+    let mut hist = Histogram::default();
+    let trips0 = limiter.store().round_trips();
+    let seq = sequential(
+        if incr_seq.is_some() { half / 2 } else { half },
+        |i| {
+            #[allow(clippy::indexing_slicing)] // i % len < len
+            let key = &keys[(i % keys.len() as u64) as usize];
+            limiter
+                .check(key, b.cost)
+                .map(|d| d.allowed)
+                .map_err(|e| e.to_string())
+        },
+        &mut hist,
+    )?;
+    let trips = limiter.store().round_trips() - trips0;
+    // Concurrent: in_flight tasks on one multiplexed connection.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (incr_conc, conc) = rt.block_on(async {
+        let incr_conc = if cluster {
+            None
+        } else {
+            let mc = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let keys = keys.clone();
+            Some(
+                concurrent(half / 2, b.in_flight, move |i| {
+                    let mut mc = mc.clone();
+                    let key = incr_key(i, &keys);
+                    async move {
+                        redis::cmd("INCR")
+                            .arg(key)
+                            .query_async::<i64>(&mut mc)
+                            .await
+                            .map(|_| true)
+                            .map_err(|e| e.to_string())
+                    }
+                })
+                .await?,
+            )
+        };
+        let (l, k, cost) = (limiter.clone(), keys.clone(), b.cost);
+        let conc = concurrent(
+            if incr_conc.is_some() { half / 2 } else { half },
+            b.in_flight,
+            move |i| {
+                let (l, k) = (l.clone(), k.clone());
+                async move {
+                    #[allow(clippy::indexing_slicing)] // i % len < len
+                    let key = &k[(i % k.len() as u64) as usize];
+                    l.check_async(key, cost)
+                        .await
+                        .map(|d| d.allowed)
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await?;
+        Ok::<_, String>((incr_conc, conc))
+    })?;
+    let fallbacks = limiter.fallbacks();
+    let per_check = trips as f64 / seq.checks.max(1) as f64;
+    if b.json {
+        let phase = |p: &Phase| serde_json::json!({"checks": p.checks, "allowed": p.allowed, "checks_per_sec": p.rate()});
+        return Ok(format!(
+            "{}\n",
+            serde_json::json!({
+                "store": b.url, "quotas": b.quotas.len(), "keys": b.keys, "in_flight": b.in_flight, "lease": b.lease,
+                "sequential": phase(&seq), "concurrent": phase(&conc),
+                "incr_sequential": incr_seq.as_ref().map(phase), "incr_concurrent": incr_conc.as_ref().map(phase),
+                "round_trips_per_check": per_check, "p50_ns": hist.quantile(0.5), "p99_ns": hist.quantile(0.99),
+                "fallbacks": fallbacks,
+            })
+        ));
+    }
+    let mut out = String::new();
+    let ratio = |p: &Phase, base: &Option<Phase>| match base {
+        Some(b) => format!(
+            "  ({:.2}x raw INCR's {}/s)",
+            p.rate() / b.rate(),
+            group(b.rate() as u64)
+        ),
+        None => String::new(),
+    };
+    out.push_str(&format!(
+        "floodgate bench --store {}: {} quota(s), {} keys, cost {}{}\n",
+        b.url,
+        b.quotas.len(),
+        group(b.keys as u64),
+        b.cost,
+        if b.lease > 1 {
+            format!(", leases of {}", b.lease)
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!(
+        "  sequential (1 connection):      {:>10}/s{}\n",
+        group(seq.rate() as u64),
+        ratio(&seq, &incr_seq)
+    ));
+    out.push_str(&format!(
+        "    latency p50 {:.1} us, p99 {:.1} us; {:.3} round trips per check\n",
+        hist.quantile(0.5) as f64 / 1e3,
+        hist.quantile(0.99) as f64 / 1e3,
+        per_check
+    ));
+    out.push_str(&format!(
+        "  concurrent ({} in flight, 1 multiplexed connection): {:>10}/s{}\n",
+        b.in_flight,
+        group(conc.rate() as u64),
+        ratio(&conc, &incr_conc)
+    ));
+    out.push_str(&format!(
+        "  allowed {} of {} checks; fallbacks {fallbacks}\n",
+        group(seq.allowed + conc.allowed),
+        group(seq.checks + conc.checks)
+    ));
+    if fallbacks > 0 {
+        return Err(format!(
+            "{out}{fallbacks} checks fell back: Redis did not answer in time"
+        ));
+    }
+    Ok(out)
+}
