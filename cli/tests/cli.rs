@@ -250,3 +250,22 @@ fn bench_with_a_policy() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_store_with_an_unreachable_redis_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let start = std::time::Instant::now();
+    let out = floodgate(&["bench", "--store", &url, "--duration", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&port.to_string()) && err.contains("redis"),
+        "{err}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}
