@@ -1,0 +1,133 @@
+/* A small HTTP server on libmicrohttpd that asks Floodgate about every request
+ * and answers 429/403/401 with the verdict's headers and a JSON body.
+ *
+ *   cc server.c $(pkg-config --cflags --libs floodgate libmicrohttpd) -o server
+ *   ./server policy.toml 8080
+ */
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "floodgate.h"
+
+#define MAX_HEADERS 64
+
+static const fg_engine *engine;
+
+typedef struct {
+  fg_header headers[MAX_HEADERS];
+  size_t count;
+} header_list;
+
+static enum MHD_Result collect(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+  (void)kind;
+  header_list *list = cls;
+  if (list->count < MAX_HEADERS && key != NULL) {
+    fg_header *h = &list->headers[list->count++];
+    h->name = key;
+    h->name_len = strlen(key);
+    h->value = value ? value : "";
+    h->value_len = value ? strlen(value) : 0;
+  }
+  return MHD_YES;
+}
+
+/* Copies each "Name: value\r\n" line of the verdict into the response. */
+static void add_headers(struct MHD_Response *response, const fg_verdict *v) {
+  const char *p = v->headers;
+  const char *end = v->headers + v->headers_len;
+  while (p < end) {
+    const char *eol = strstr(p, "\r\n");
+    const char *colon = memchr(p, ':', (size_t)(eol - p));
+    if (eol == NULL || colon == NULL) break;
+    char name[128], value[512];
+    size_t nl = (size_t)(colon - p), vl = (size_t)(eol - colon - 2);
+    if (nl < sizeof name && vl < sizeof value) {
+      memcpy(name, p, nl);
+      name[nl] = '\0';
+      memcpy(value, colon + 2, vl);
+      value[vl] = '\0';
+      MHD_add_response_header(response, name, value);
+    }
+    p = eol + 2;
+  }
+}
+
+static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                              const char *version, const char *upload_data, size_t *upload_data_size,
+                              void **req_cls) {
+  (void)cls, (void)version, (void)upload_data;
+  if (*req_cls == NULL) { /* first call: headers only; decide on the second */
+    *req_cls = (void *)1;
+    return MHD_YES;
+  }
+  *upload_data_size = 0;
+  header_list list = {.count = 0};
+  MHD_get_connection_values(conn, MHD_HEADER_KIND, collect, &list);
+  char ip[INET6_ADDRSTRLEN] = "";
+  const union MHD_ConnectionInfo *info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (info && info->client_addr->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)info->client_addr)->sin_addr, ip, sizeof ip);
+  else if (info && info->client_addr->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)info->client_addr)->sin6_addr, ip, sizeof ip);
+  fg_request req = {method, strlen(method), url, strlen(url), ip[0] ? ip : NULL, strlen(ip), list.headers, list.count};
+  fg_verdict v;
+  fg_result r = fg_engine_check_request(engine, &req, &v);
+  char body[256];
+  unsigned status;
+  if (r != FG_RESULT_OK) {
+    status = 400;
+    snprintf(body, sizeof body, "{\"error\":\"bad_request\",\"detail\":\"%s\"}\n", fg_result_message(r));
+  } else if (v.allowed) {
+    status = 200;
+    snprintf(body, sizeof body, "{\"ok\":true}\n");
+  } else {
+    status = v.status;
+    const char *what = status == 429 ? "rate_limited" : status == 401 ? "unauthorized" : "forbidden";
+    snprintf(body, sizeof body, "{\"error\":\"%s\",\"retry_after_s\":%llu}\n", what,
+             (unsigned long long)((v.retry_after_ns + 999999999ULL) / 1000000000ULL));
+  }
+  struct MHD_Response *response = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
+  if (r == FG_RESULT_OK) add_headers(response, &v);
+  MHD_add_response_header(response, "Content-Type", "application/json");
+  enum MHD_Result ret = MHD_queue_response(conn, status, response);
+  MHD_destroy_response(response);
+  return ret;
+}
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: %s POLICY.toml PORT\n", argv[0]);
+    return 2;
+  }
+  fg_result r = fg_engine_from_file(argv[1], &engine);
+  if (r != FG_RESULT_OK) {
+    char msg[1024];
+    size_t len;
+    fg_last_error(msg, sizeof msg, &len);
+    fprintf(stderr, "floodgate: %s: %s\n", fg_result_message(r), msg);
+    return 1;
+  }
+  struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
+                                          (uint16_t)atoi(argv[2]), NULL, NULL, answer, NULL, MHD_OPTION_END);
+  if (d == NULL) {
+    fprintf(stderr, "cannot listen on port %s\n", argv[2]);
+    fg_engine_free(engine);
+    return 1;
+  }
+  signal(SIGTERM, on_signal);
+  signal(SIGINT, on_signal);
+  printf("listening on %s (floodgate %s)\n", argv[2], fg_version());
+  fflush(stdout);
+  while (!stop) pause();
+  MHD_stop_daemon(d);
+  fg_engine_free(engine);
+  return 0;
+}

@@ -1,0 +1,89 @@
+//! The panic boundary and the pointer helpers every exported function uses.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::result::fg_result;
+
+/// Runs `f`, turning a panic into `FG_RESULT_PANIC`. With `panic = "unwind"` (set
+/// in every profile of the workspace) nothing unwinds into C.
+pub(crate) fn guard(f: impl FnOnce() -> fg_result) -> fg_result {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fg_result::Panic)
+}
+
+/// As [`guard`], for functions that return nothing.
+pub(crate) fn guard_void(f: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(f));
+}
+
+/// `Ok(&T)` for a non-NULL pointer, else `FG_RESULT_NULL_PARAMETER`.
+///
+/// # Safety
+/// A non-NULL `p` must point to a valid `T` for the returned lifetime.
+pub(crate) unsafe fn try_ref<'a, T>(p: *const T) -> Result<&'a T, fg_result> {
+    // SAFETY: the caller promises a non-NULL `p` is valid; NULL is refused here.
+    unsafe { p.as_ref() }.ok_or(fg_result::NullParameter)
+}
+
+/// Bytes from a pointer and a length. NULL with length 0 is the empty slice.
+///
+/// # Safety
+/// A non-NULL `p` must point to `len` readable bytes for the returned lifetime.
+pub(crate) unsafe fn try_bytes<'a>(p: *const u8, len: usize) -> Result<&'a [u8], fg_result> {
+    if p.is_null() {
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(fg_result::NullParameter)
+        };
+    }
+    if len > isize::MAX as usize {
+        return Err(fg_result::InvalidArgument);
+    }
+    // SAFETY: non-NULL, and the caller promises `len` readable bytes.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// UTF-8 text from a pointer and a length.
+///
+/// # Safety
+/// As [`try_bytes`].
+pub(crate) unsafe fn try_str<'a>(p: *const u8, len: usize) -> Result<&'a str, fg_result> {
+    // SAFETY: forwarded contract.
+    let bytes = unsafe { try_bytes(p, len) }?;
+    std::str::from_utf8(bytes).map_err(|_| fg_result::InvalidUtf8)
+}
+
+/// UTF-8 text from a NUL-terminated C string.
+///
+/// # Safety
+/// A non-NULL `p` must point to a NUL-terminated string.
+pub(crate) unsafe fn try_cstr<'a>(p: *const std::ffi::c_char) -> Result<&'a str, fg_result> {
+    if p.is_null() {
+        return Err(fg_result::NullParameter);
+    }
+    // SAFETY: non-NULL and NUL-terminated per the caller.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| fg_result::InvalidUtf8)
+}
+
+/// Writes `value` to a non-NULL output pointer.
+///
+/// # Safety
+/// A non-NULL `out` must be valid for writes of a `T`.
+pub(crate) unsafe fn write_out<T>(out: *mut T, value: T) -> fg_result {
+    if out.is_null() {
+        return fg_result::NullParameter;
+    }
+    // SAFETY: non-NULL and writable per the caller; `write` drops nothing there.
+    unsafe { out.write(value) };
+    fg_result::Ok
+}
+
+/// Turns a `Result<(), fg_result>` into the code.
+pub(crate) fn code(r: Result<(), fg_result>) -> fg_result {
+    match r {
+        Ok(()) => fg_result::Ok,
+        Err(e) => e,
+    }
+}

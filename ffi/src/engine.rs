@@ -1,0 +1,822 @@
+//! `fg_engine`: a limiter built from quotas (in memory or on Redis), or a policy
+//! engine built from a policy file or string.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fg_core::policy::{Engine, Event, Request, Verdict};
+use fg_core::{Algorithm, Decision, FailMode, Limiter, Quota, RedisLimiter};
+
+use crate::boundary::{code, guard, guard_void, try_bytes, try_cstr, try_ref, try_str, write_out};
+use crate::result::{copy_text, fail, fg_result};
+
+/// An engine. Opaque: an `Arc` of the Rust engine. Create it with one of the
+/// `fg_engine_new_*` / `fg_engine_from_*` functions, release it with
+/// `fg_engine_free`. Every call that takes a `const fg_engine *` is safe to make
+/// from any number of threads at once.
+#[derive(Debug)]
+pub struct fg_engine {
+    _private: [u8; 0],
+}
+
+/// What is behind an `fg_engine` pointer.
+pub(crate) enum Inner {
+    Memory(Limiter),
+    Redis(Box<RedisLimiter>),
+    Policy(Box<Engine>),
+}
+
+/// Algorithm of an `fg_quota`: token bucket (GCRA).
+pub const FG_ALGORITHM_GCRA: u32 = 0;
+/// Algorithm of an `fg_quota`: exact sliding log.
+pub const FG_ALGORITHM_SLIDING_LOG: u32 = 1;
+/// Algorithm of an `fg_quota`: sliding-window counter.
+pub const FG_ALGORITHM_SLIDING_WINDOW: u32 = 2;
+/// Algorithm of an `fg_quota`: fixed window.
+pub const FG_ALGORITHM_FIXED_WINDOW: u32 = 3;
+
+/// Policy text format for `fg_engine_from_str`: TOML.
+pub const FG_FORMAT_TOML: u32 = 0;
+/// Policy text format for `fg_engine_from_str`: JSON.
+pub const FG_FORMAT_JSON: u32 = 1;
+
+/// Redis fail mode: allow while Redis cannot answer.
+pub const FG_FAIL_OPEN: u32 = 0;
+/// Redis fail mode: deny while Redis cannot answer.
+pub const FG_FAIL_CLOSED: u32 = 1;
+/// Redis fail mode: decide with an in-memory limiter of the same quotas.
+pub const FG_FAIL_LOCAL: u32 = 2;
+
+/// One quota: `limit` units per `period_ns`, with a burst of `burst` units (0 =
+/// `limit`). For the window algorithms the window is `period_ns` and `burst` must
+/// be 0 or `limit`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fg_quota {
+    /// One of the `FG_ALGORITHM_*` constants.
+    pub algorithm: u32,
+    /// Units per period (at least 1).
+    pub limit: u64,
+    /// The period in nanoseconds (at least 1 ms for the window algorithms).
+    pub period_ns: u64,
+    /// Burst, in units; 0 means `limit`.
+    pub burst: u64,
+}
+
+/// Options of an in-memory engine from quotas; a zero field takes the default.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct fg_options {
+    /// Most keys held (default 1,000,000); least recently used go first.
+    pub max_keys: usize,
+    /// Longest key accepted, in bytes (default 256).
+    pub max_key_bytes: usize,
+}
+
+/// The answer to a key check. Plain data, owned by the caller.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct fg_decision {
+    /// Let the request through.
+    pub allowed: bool,
+    /// The deciding quota's limit (its burst).
+    pub limit: u64,
+    /// Units left of the deciding quota.
+    pub remaining: u64,
+    /// 0 when allowed; else how long until a retry can be allowed.
+    pub retry_after_ns: u64,
+    /// Until the deciding quota is full again.
+    pub reset_after_ns: u64,
+    /// Index of the deciding quota, in the order given.
+    pub quota: u32,
+}
+
+/// One request header. Name and value are byte ranges (not NUL-terminated),
+/// UTF-8.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fg_header {
+    /// The name (any case).
+    pub name: *const c_char,
+    /// Its length in bytes.
+    pub name_len: usize,
+    /// The value.
+    pub value: *const c_char,
+    /// Its length in bytes.
+    pub value_len: usize,
+}
+
+/// A request to decide. All text is UTF-8 byte ranges, not NUL-terminated;
+/// every pointer need only live for the duration of the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fg_request {
+    /// `GET`, `POST`... (required).
+    pub method: *const c_char,
+    /// Its length in bytes.
+    pub method_len: usize,
+    /// The request target, query string allowed (required).
+    pub path: *const c_char,
+    /// Its length in bytes.
+    pub path_len: usize,
+    /// The client's address as text (`203.0.113.7`, `2001:db8::1`), or NULL if
+    /// unknown: the socket peer, or what a *trusted* proxy reported.
+    pub client_ip: *const c_char,
+    /// Its length in bytes (0 with a NULL `client_ip`).
+    pub client_ip_len: usize,
+    /// The request headers (may be NULL when `header_count` is 0).
+    pub headers: *const fg_header,
+    /// How many headers.
+    pub header_count: usize,
+}
+
+/// The answer to a request.
+///
+/// `headers` points to the response header lines to send, each
+/// `Name: value\r\n`, ready to copy into an HTTP response (`headers_len` bytes,
+/// `header_count` lines, NUL-terminated). `rule` is the deciding rule's name
+/// (`rule_len` bytes, NUL-terminated; empty if none).
+///
+/// **Ownership and lifetime:** both point into a buffer owned by the library, one
+/// per thread, reused by every `fg_engine_check_request*` call on that thread. They
+/// stay valid until the next such call on the same thread (or the thread's exit).
+/// Copy what you need to keep. No call to free them, and no allocation per request
+/// once the buffer has grown to the largest verdict seen.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fg_verdict {
+    /// Let the request through.
+    pub allowed: bool,
+    /// The HTTP status to answer: 200, 429, 403 or 401.
+    pub status: u16,
+    /// Zero unless 429 or banned: how long the client must wait.
+    pub retry_after_ns: u64,
+    /// The deciding quota's limit.
+    pub limit: u64,
+    /// Units left of it.
+    pub remaining: u64,
+    /// Until it is full again.
+    pub reset_after_ns: u64,
+    /// The request carried a verified token.
+    pub authenticated: bool,
+    /// Response header lines, `Name: value\r\n` each (see above for lifetime).
+    pub headers: *const c_char,
+    /// Bytes in `headers`, without the NUL.
+    pub headers_len: usize,
+    /// Lines in `headers`.
+    pub header_count: usize,
+    /// The deciding rule's name (see above for lifetime).
+    pub rule: *const c_char,
+    /// Bytes in `rule`, without the NUL.
+    pub rule_len: usize,
+}
+
+/// An event, passed to the event callback. Every pointer is valid only during
+/// the callback; text is not NUL-terminated except `kind`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fg_event {
+    /// What happened: `denied`, `shadow_denied`, `banned`, `token_invalid`,
+    /// `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`
+    /// (static, NUL-terminated).
+    pub kind: *const c_char,
+    /// The rule involved (may be empty).
+    pub rule: *const c_char,
+    /// Its length.
+    pub rule_len: usize,
+    /// The rule's key (may contain a user id: log it accordingly; may be empty).
+    pub key: *const c_char,
+    /// Its length.
+    pub key_len: usize,
+    /// The client's address as text (may be empty).
+    pub client_ip: *const c_char,
+    /// Its length.
+    pub client_ip_len: usize,
+    /// The status answered (0 for a shadow denial).
+    pub status: u16,
+    /// How long the client must wait (429 and bans).
+    pub retry_after_ns: u64,
+}
+
+/// An event callback: called on the thread that made the request, so keep it
+/// quick and make `userdata` safe to use from several threads at once.
+pub type fg_event_callback =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, event: *const fg_event)>;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl From<Decision> for fg_decision {
+    fn from(d: Decision) -> Self {
+        fg_decision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after_ns: nanos(d.retry_after),
+            reset_after_ns: nanos(d.reset_after),
+            quota: u32::try_from(d.quota).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+fn into_engine(inner: Inner) -> *const fg_engine {
+    Arc::into_raw(Arc::new(inner)).cast::<fg_engine>()
+}
+
+/// # Safety
+/// A non-NULL `e` must come from an `fg_engine` constructor and not be freed.
+unsafe fn inner<'a>(e: *const fg_engine) -> Result<&'a Inner, fg_result> {
+    // SAFETY: every fg_engine pointer is an Arc<Inner> from into_engine.
+    unsafe { try_ref(e.cast::<Inner>()) }
+}
+
+fn quota(q: &fg_quota) -> Result<Quota, fg_result> {
+    let algorithm = match q.algorithm {
+        FG_ALGORITHM_GCRA => Algorithm::Gcra,
+        FG_ALGORITHM_SLIDING_LOG => Algorithm::SlidingLog,
+        FG_ALGORITHM_SLIDING_WINDOW => Algorithm::SlidingWindow,
+        FG_ALGORITHM_FIXED_WINDOW => Algorithm::FixedWindow,
+        _ => return Err(fg_result::InvalidArgument),
+    };
+    let mut quota = Quota::new(q.limit, Duration::from_nanos(q.period_ns)).map_err(|e| fail(&e))?;
+    if q.burst != 0 {
+        quota = quota.with_burst(q.burst).map_err(|e| fail(&e))?;
+    }
+    quota.with_algorithm(algorithm).map_err(|e| fail(&e))
+}
+
+/// # Safety
+/// `quotas` must point to `count` quotas (or be NULL with `count` 0).
+unsafe fn quotas(quotas: *const fg_quota, count: usize) -> Result<Vec<Quota>, fg_result> {
+    if quotas.is_null() {
+        return if count == 0 {
+            Err(fail(&fg_core::Error::NoQuotas))
+        } else {
+            Err(fg_result::NullParameter)
+        };
+    }
+    if count > fg_core::MAX_QUOTAS {
+        return Err(fail(&fg_core::Error::TooManyQuotas {
+            count,
+            max: fg_core::MAX_QUOTAS,
+        }));
+    }
+    // SAFETY: non-NULL, `count` quotas per the caller, count is small.
+    let slice = unsafe { std::slice::from_raw_parts(quotas, count) };
+    slice.iter().map(quota).collect()
+}
+
+/// Creates an in-memory limiter from `count` quotas, all checked together
+/// (all-or-nothing) on each key. `options` may be NULL for the defaults (at most
+/// 1,000,000 keys, least recently used going first; keys of at most 256 bytes).
+///
+/// On success `*engine_out` gets a new engine; release it with `fg_engine_free`.
+///
+/// # Safety
+/// `quotas` must point to `count` `fg_quota`s; `options` must be NULL or valid;
+/// `engine_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_new_quotas(
+    quotas_in: *const fg_quota,
+    count: usize,
+    options: *const fg_options,
+    engine_out: *mut *const fg_engine,
+) -> fg_result {
+    guard(|| {
+        if engine_out.is_null() {
+            return fg_result::NullParameter;
+        }
+        // SAFETY: forwarded contract.
+        let qs = match unsafe { quotas(quotas_in, count) } {
+            Ok(q) => q,
+            Err(e) => return e,
+        };
+        // SAFETY: NULL or valid per the caller.
+        let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+        let mut b = Limiter::builder().quotas(qs);
+        if o.max_keys > 0 {
+            b = b.max_keys(o.max_keys);
+        }
+        if o.max_key_bytes > 0 {
+            b = b.max_key_bytes(o.max_key_bytes);
+        }
+        match b.build() {
+            // SAFETY: engine_out checked non-NULL, writable per the caller.
+            Ok(l) => unsafe { write_out(engine_out, into_engine(Inner::Memory(l))) },
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Creates a limiter whose state lives in Redis at `url`
+/// (`redis://[:password@]host:port/db`, NUL-terminated), shared by every process
+/// using the same Redis and quotas. Calls block for at most `timeout_ms`
+/// (connect and per command; 0 means 5 ms). While Redis cannot answer, checks
+/// follow `fail_mode` (`FG_FAIL_*`). Fails with `FG_RESULT_STORE_UNAVAILABLE` if
+/// Redis cannot be reached or refuses the credentials now.
+///
+/// # Safety
+/// `url` must be NUL-terminated; `quotas` must point to `count` `fg_quota`s;
+/// `engine_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_new_redis(
+    url: *const c_char,
+    quotas_in: *const fg_quota,
+    count: usize,
+    fail_mode: u32,
+    timeout_ms: u32,
+    engine_out: *mut *const fg_engine,
+) -> fg_result {
+    guard(|| {
+        if engine_out.is_null() {
+            return fg_result::NullParameter;
+        }
+        let build = || -> Result<Inner, fg_result> {
+            // SAFETY: forwarded contracts.
+            let url = unsafe { try_cstr(url) }?;
+            // SAFETY: forwarded contract.
+            let qs = unsafe { quotas(quotas_in, count) }?;
+            let mode = match fail_mode {
+                FG_FAIL_OPEN => FailMode::Open,
+                FG_FAIL_CLOSED => FailMode::Closed,
+                FG_FAIL_LOCAL => FailMode::Local,
+                _ => return Err(fg_result::InvalidArgument),
+            };
+            let t = Duration::from_millis(if timeout_ms == 0 {
+                5
+            } else {
+                u64::from(timeout_ms)
+            });
+            let mut b = RedisLimiter::builder(url)
+                .connect_timeout(t)
+                .command_timeout(t)
+                .fail_mode(mode);
+            for q in qs {
+                b = b.quota(q);
+            }
+            b.build()
+                .map(|l| Inner::Redis(Box::new(l)))
+                .map_err(|e| fail(&e))
+        };
+        match build() {
+            // SAFETY: engine_out checked non-NULL.
+            Ok(inner) => unsafe { write_out(engine_out, into_engine(inner)) },
+            Err(e) => e,
+        }
+    })
+}
+
+/// Creates a policy engine from the policy file at `path` (NUL-terminated; TOML,
+/// or JSON if it ends in `.json`). Relative paths inside the policy (keys,
+/// secrets) are relative to the file. On `FG_RESULT_INVALID_CONFIG`,
+/// `fg_last_error` gives the line and the reason.
+///
+/// # Safety
+/// `path` must be NUL-terminated; `engine_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_from_file(
+    path: *const c_char,
+    engine_out: *mut *const fg_engine,
+) -> fg_result {
+    guard(|| {
+        if engine_out.is_null() {
+            return fg_result::NullParameter;
+        }
+        // SAFETY: forwarded contract.
+        let path = match unsafe { try_cstr(path) } {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        match Engine::from_path(path) {
+            // SAFETY: engine_out checked non-NULL.
+            Ok(e) => unsafe { write_out(engine_out, into_engine(Inner::Policy(Box::new(e)))) },
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Creates a policy engine from policy text (`len` bytes, UTF-8) in `format`
+/// (`FG_FORMAT_TOML` or `FG_FORMAT_JSON`). Relative paths inside it are relative
+/// to the current directory.
+///
+/// # Safety
+/// `text` must point to `len` readable bytes; `engine_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_from_str(
+    text: *const c_char,
+    len: usize,
+    format: u32,
+    engine_out: *mut *const fg_engine,
+) -> fg_result {
+    guard(|| {
+        if engine_out.is_null() {
+            return fg_result::NullParameter;
+        }
+        // SAFETY: forwarded contract.
+        let text = match unsafe { try_str(text.cast(), len) } {
+            Ok(t) => t,
+            Err(e) => return e,
+        };
+        let engine = match format {
+            FG_FORMAT_TOML => Engine::from_toml_str(text),
+            FG_FORMAT_JSON => Engine::from_json_str(text),
+            _ => return fg_result::InvalidArgument,
+        };
+        match engine {
+            // SAFETY: engine_out checked non-NULL.
+            Ok(e) => unsafe { write_out(engine_out, into_engine(Inner::Policy(Box::new(e)))) },
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Releases an engine. NULL is ignored. The engine must not be used afterwards;
+/// calls still running on other threads must have returned.
+///
+/// # Safety
+/// `engine` must be NULL or come from an `fg_engine` constructor, freed once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_free(engine: *const fg_engine) {
+    guard_void(|| {
+        if !engine.is_null() {
+            // SAFETY: an Arc<Inner> from into_engine, released exactly once.
+            drop(unsafe { Arc::from_raw(engine.cast::<Inner>()) });
+        }
+    });
+}
+
+/// # Safety
+/// `engine` from a constructor; `key` readable for `key_len` bytes;
+/// `decision_out` writable.
+unsafe fn check(
+    engine: *const fg_engine,
+    key: *const u8,
+    key_len: usize,
+    cost: u64,
+    now_ns: Option<u64>,
+    decision_out: *mut fg_decision,
+) -> fg_result {
+    let run = || -> Result<(), fg_result> {
+        // SAFETY: forwarded contracts.
+        let inner = unsafe { inner(engine) }?;
+        // SAFETY: forwarded contract.
+        let key = unsafe { try_bytes(key, key_len) }?;
+        if decision_out.is_null() {
+            return Err(fg_result::NullParameter);
+        }
+        let now = now_ns.map(Duration::from_nanos);
+        let d = match (inner, now) {
+            (Inner::Memory(l), None) => l.check(key, cost),
+            (Inner::Memory(l), Some(now)) => l.check_at(key, cost, now),
+            (Inner::Redis(l), None) => l.check(key, cost),
+            (Inner::Redis(l), Some(now)) => l.check_at(key, cost, now),
+            (Inner::Policy(_), _) => return Err(fg_result::WrongEngineKind),
+        }
+        .map_err(|e| fail(&e))?;
+        // SAFETY: checked non-NULL; writable per the caller.
+        unsafe { decision_out.write(d.into()) };
+        Ok(())
+    };
+    code(run())
+}
+
+/// Checks `cost` units for `key` (`key_len` bytes, any bytes) now, charging them
+/// if allowed; `cost` 0 peeks. A denial is `FG_RESULT_OK` with
+/// `decision_out->allowed == false`. For engines from quotas only
+/// (`FG_RESULT_WRONG_ENGINE_KIND` on a policy engine).
+///
+/// # Safety
+/// `engine` must come from a constructor; `key` must be readable for `key_len`
+/// bytes; `decision_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_check(
+    engine: *const fg_engine,
+    key: *const u8,
+    key_len: usize,
+    cost: u64,
+    decision_out: *mut fg_decision,
+) -> fg_result {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { check(engine, key, key_len, cost, None, decision_out) })
+}
+
+/// Forgets `key` (`key_len` bytes): its next check starts from a full quota.
+/// For engines from quotas only. If `held_out` is not NULL, it gets whether the
+/// key had state here (always false for a Redis engine, which does not know).
+///
+/// # Safety
+/// `engine` must come from a constructor; `key` must be readable for `key_len`
+/// bytes; `held_out` must be NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_reset(
+    engine: *const fg_engine,
+    key: *const u8,
+    key_len: usize,
+    held_out: *mut bool,
+) -> fg_result {
+    guard(|| {
+        let run = || -> Result<(), fg_result> {
+            // SAFETY: forwarded contracts.
+            let inner = unsafe { inner(engine) }?;
+            // SAFETY: forwarded contract.
+            let key = unsafe { try_bytes(key, key_len) }?;
+            let held = match inner {
+                Inner::Memory(l) => l.reset(key).map_err(|e| fail(&e))?,
+                Inner::Redis(l) => l.reset(key).map(|()| false).map_err(|e| fail(&e))?,
+                Inner::Policy(_) => return Err(fg_result::WrongEngineKind),
+            };
+            if !held_out.is_null() {
+                // SAFETY: non-NULL and writable per the caller.
+                unsafe { held_out.write(held) };
+            }
+            Ok(())
+        };
+        code(run())
+    })
+}
+
+/// As `fg_engine_check`, at an explicit time: `now_ns` nanoseconds since an
+/// epoch of your choice (Unix time for Redis engines), for replays and tests.
+/// Use one time source per engine.
+///
+/// # Safety
+/// As `fg_engine_check`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_check_at(
+    engine: *const fg_engine,
+    key: *const u8,
+    key_len: usize,
+    cost: u64,
+    now_ns: u64,
+    decision_out: *mut fg_decision,
+) -> fg_result {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { check(engine, key, key_len, cost, Some(now_ns), decision_out) })
+}
+
+thread_local! {
+    static VERDICT_BUF: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Most headers decided without a heap allocation.
+const STACK_HEADERS: usize = 32;
+
+/// # Safety
+/// As `fg_engine_check_request`.
+unsafe fn check_request(
+    engine: *const fg_engine,
+    request: *const fg_request,
+    now_ns: Option<u64>,
+    verdict_out: *mut fg_verdict,
+) -> fg_result {
+    let run = || -> Result<(), fg_result> {
+        // SAFETY: forwarded contracts.
+        let inner = unsafe { inner(engine) }?;
+        // SAFETY: forwarded contract.
+        let r = unsafe { try_ref(request) }?;
+        if verdict_out.is_null() {
+            return Err(fg_result::NullParameter);
+        }
+        let Inner::Policy(policy) = inner else {
+            return Err(fg_result::WrongEngineKind);
+        };
+        // SAFETY: each range is readable per the caller (checked for NULL).
+        let method = unsafe { try_str(r.method.cast(), r.method_len) }?;
+        // SAFETY: as above.
+        let path = unsafe { try_str(r.path.cast(), r.path_len) }?;
+        let client_ip = if r.client_ip.is_null() {
+            None
+        } else {
+            // SAFETY: as above.
+            let text = unsafe { try_str(r.client_ip.cast(), r.client_ip_len) }?;
+            Some(
+                text.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| fg_result::InvalidArgument)?,
+            )
+        };
+        if r.headers.is_null() && r.header_count > 0 {
+            return Err(fg_result::NullParameter);
+        }
+        let raw: &[fg_header] = if r.header_count == 0 {
+            &[]
+        } else {
+            if r.header_count > (isize::MAX as usize) / std::mem::size_of::<fg_header>() {
+                return Err(fg_result::InvalidArgument);
+            }
+            // SAFETY: non-NULL, `header_count` headers per the caller.
+            unsafe { std::slice::from_raw_parts(r.headers, r.header_count) }
+        };
+        let mut stack: [(&str, &str); STACK_HEADERS] = [("", ""); STACK_HEADERS];
+        let mut heap = Vec::new();
+        let headers: &[(&str, &str)] = if raw.len() <= STACK_HEADERS {
+            for (slot, h) in stack.iter_mut().zip(raw) {
+                // SAFETY: each header's ranges are readable per the caller.
+                *slot = unsafe {
+                    (
+                        try_str(h.name.cast(), h.name_len)?,
+                        try_str(h.value.cast(), h.value_len)?,
+                    )
+                };
+            }
+            stack.get(..raw.len()).unwrap_or(&[])
+        } else {
+            for h in raw {
+                // SAFETY: as above.
+                heap.push(unsafe {
+                    (
+                        try_str(h.name.cast(), h.name_len)?,
+                        try_str(h.value.cast(), h.value_len)?,
+                    )
+                });
+            }
+            &heap
+        };
+        let req = Request {
+            method,
+            path,
+            client_ip,
+            headers,
+        };
+        let v = match now_ns {
+            Some(ns) => policy.check_request_at(&req, Duration::from_nanos(ns)),
+            None => policy.check_request(&req),
+        }
+        .map_err(|e| fail(&e))?;
+        let out = VERDICT_BUF.with(|buf| fill_verdict(&mut buf.borrow_mut(), &v));
+        // SAFETY: checked non-NULL; writable per the caller.
+        unsafe { verdict_out.write(out) };
+        Ok(())
+    };
+    code(run())
+}
+
+/// Writes the verdict's header lines, a NUL, the rule name and a NUL into `buf`
+/// and points the C verdict at them. The String keeps its capacity across calls.
+fn fill_verdict(buf: &mut String, v: &Verdict) -> fg_verdict {
+    buf.clear();
+    for (name, value) in &v.headers {
+        let _ = write!(buf, "{name}: {value}\r\n");
+    }
+    let headers_len = buf.len();
+    buf.push('\0');
+    let rule_at = buf.len();
+    buf.push_str(v.rule.as_deref().unwrap_or(""));
+    let rule_len = buf.len() - rule_at;
+    buf.push('\0');
+    let base = buf.as_ptr().cast::<c_char>();
+    fg_verdict {
+        allowed: v.allowed,
+        status: v.status,
+        retry_after_ns: nanos(v.retry_after),
+        limit: v.limit,
+        remaining: v.remaining,
+        reset_after_ns: nanos(v.reset_after),
+        authenticated: v.authenticated,
+        headers: base,
+        headers_len,
+        header_count: v.headers.len(),
+        rule: base.wrapping_add(rule_at),
+        rule_len,
+    }
+}
+
+/// Decides one HTTP request with a policy engine (`FG_RESULT_WRONG_ENGINE_KIND`
+/// on an engine from quotas). A denial is `FG_RESULT_OK` with
+/// `verdict_out->allowed == false` and the status to answer. See `fg_verdict` for
+/// the lifetime of its header and rule text. With a Redis store, blocks for at
+/// most the configured timeouts.
+///
+/// # Safety
+/// `engine` must come from a constructor; `request` must point to a valid
+/// `fg_request` whose ranges are readable; `verdict_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_check_request(
+    engine: *const fg_engine,
+    request: *const fg_request,
+    verdict_out: *mut fg_verdict,
+) -> fg_result {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { check_request(engine, request, None, verdict_out) })
+}
+
+/// As `fg_engine_check_request`, at `now_ns` nanoseconds of Unix time (JWT
+/// `exp`/`nbf` are checked against it), for replays and tests.
+///
+/// # Safety
+/// As `fg_engine_check_request`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_check_request_at(
+    engine: *const fg_engine,
+    request: *const fg_request,
+    now_ns: u64,
+    verdict_out: *mut fg_verdict,
+) -> fg_result {
+    // SAFETY: forwarded contract.
+    guard(|| unsafe { check_request(engine, request, Some(now_ns), verdict_out) })
+}
+
+/// `userdata` crosses threads: the C caller promises it may (see fg_event_callback).
+struct UserData(*mut c_void);
+// SAFETY: the documented contract of fg_engine_set_event_callback makes the
+// caller responsible for userdata being usable from any thread.
+unsafe impl Send for UserData {}
+// SAFETY: as above.
+unsafe impl Sync for UserData {}
+
+/// Sends the policy engine's events (denials, bans, refused tokens, Redis
+/// fallbacks...) to `callback(userdata, event)`, on the thread that made the
+/// request; NULL `callback` stops them. Replaces any earlier callback.
+///
+/// # Safety
+/// `engine` must come from a constructor. `callback` must be safe to call from
+/// any thread with `userdata` until it is replaced or the engine freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_set_event_callback(
+    engine: *const fg_engine,
+    callback: fg_event_callback,
+    userdata: *mut c_void,
+) -> fg_result {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let inner = match unsafe { inner(engine) } {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let Inner::Policy(policy) = inner else {
+            return fg_result::WrongEngineKind;
+        };
+        let Some(cb) = callback else {
+            policy.set_event_sink(|_| {});
+            return fg_result::Ok;
+        };
+        let data = UserData(userdata);
+        policy.set_event_sink(move |e: &Event| {
+            let data = &data;
+            let ip = e.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+            let rule = e.rule.as_deref().unwrap_or("");
+            let key = e.key.as_deref().unwrap_or("");
+            let kind = match e.kind.code() {
+                "denied" => c"denied",
+                "shadow_denied" => c"shadow_denied",
+                "banned" => c"banned",
+                "token_invalid" => c"token_invalid",
+                "deny_listed" => c"deny_listed",
+                "unauthorized" => c"unauthorized",
+                "store_fallback" => c"store_fallback",
+                "store_recovered" => c"store_recovered",
+                _ => c"other",
+            };
+            let event = fg_event {
+                kind: kind.as_ptr(),
+                rule: rule.as_ptr().cast(),
+                rule_len: rule.len(),
+                key: key.as_ptr().cast(),
+                key_len: key.len(),
+                client_ip: ip.as_ptr().cast(),
+                client_ip_len: ip.len(),
+                status: e.status,
+                retry_after_ns: nanos(e.retry_after),
+            };
+            // SAFETY: the caller's callback and userdata, per the documented contract;
+            // `event` and its text outlive the call.
+            unsafe { cb(data.0, &event) };
+        });
+        fg_result::Ok
+    })
+}
+
+/// Writes the policy engine's counters as Prometheus text into `buf`
+/// (NUL-terminated). If `cap` is too small (text length + 1), nothing is written
+/// to `buf`, `*len_out` gets the length needed (without the NUL) and the call
+/// returns `FG_RESULT_BUFFER_TOO_SMALL`: call again with a bigger buffer. On
+/// success `*len_out` gets the text's length.
+///
+/// # Safety
+/// `engine` must come from a constructor; `buf` must be writable for `cap` bytes
+/// (NULL with `cap` 0 asks for the size); `len_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_metrics(
+    engine: *const fg_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fg_result {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let inner = match unsafe { inner(engine) } {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let Inner::Policy(policy) = inner else {
+            return fg_result::WrongEngineKind;
+        };
+        // SAFETY: forwarded contract.
+        unsafe { copy_text(&policy.metrics(), buf, cap, len_out) }
+    })
+}

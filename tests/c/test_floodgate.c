@@ -1,0 +1,407 @@
+/* The C harness for include/floodgate.h: every function, the shared vectors,
+ * NULL and invalid arguments for every pointer parameter, and a pthreads stress
+ * test with exact totals. Built by scripts/test against the shared and the static
+ * library, and run again under AddressSanitizer and valgrind.
+ *
+ * Environment: FG_TEST_REDIS_URL (optional) = a Redis to test fg_engine_new_redis
+ * against; FG_TEST_SCALE (optional, default 1) divides the stress sizes (valgrind).
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <unistd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "floodgate.h"
+#include "vectors.h"
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    checks++;                                                                \
+    if (!(cond)) {                                                           \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                            \
+    }                                                                        \
+  } while (0)
+
+#define EQ(a, b) CHECK((a) == (b))
+
+static const fg_quota Q_3_PER_SEC = {FG_ALGORITHM_GCRA, 3, 1000000000ULL, 0};
+
+static const fg_engine *quota_engine(void) {
+  const fg_engine *e = NULL;
+  EQ(fg_engine_new_quotas(&Q_3_PER_SEC, 1, NULL, &e), FG_RESULT_OK);
+  CHECK(e != NULL);
+  return e;
+}
+
+static void test_version_and_messages(void) {
+  char expect[32];
+  snprintf(expect, sizeof expect, "%d.%d.%d", FG_VERSION_MAJOR, FG_VERSION_MINOR, FG_VERSION_PATCH);
+  CHECK(strcmp(fg_version(), expect) == 0);
+  const uint32_t codes[] = {FG_RESULT_OK, FG_RESULT_NULL_PARAMETER, FG_RESULT_PANIC, FG_RESULT_INVALID_UTF8,
+                            FG_RESULT_BUFFER_TOO_SMALL, FG_RESULT_WRONG_ENGINE_KIND, FG_RESULT_INVALID_ARGUMENT,
+                            FG_RESULT_INVALID_QUOTA, FG_RESULT_QUOTA_PARSE, FG_RESULT_UNKNOWN_ALGORITHM,
+                            FG_RESULT_EMPTY_KEY, FG_RESULT_KEY_TOO_LONG, FG_RESULT_COST_EXCEEDS_BURST,
+                            FG_RESULT_INVALID_COST, FG_RESULT_NO_QUOTAS, FG_RESULT_TOO_MANY_QUOTAS,
+                            FG_RESULT_LOG_LIMIT_TOO_LARGE, FG_RESULT_INVALID_OPTION, FG_RESULT_INVALID_CONFIG,
+                            FG_RESULT_INVALID_REQUEST, FG_RESULT_STORE_UNAVAILABLE};
+  size_t n = sizeof codes / sizeof codes[0];
+  for (size_t i = 0; i < n; i++) {
+    const char *m = fg_result_message(codes[i]);
+    CHECK(m != NULL && m[0] != '\0');
+    for (size_t j = 0; j < i; j++) CHECK(strcmp(m, fg_result_message(codes[j])) != 0);
+    CHECK(strcmp(m, "unknown result code") != 0);
+  }
+  CHECK(strcmp(fg_result_message(424242), "unknown result code") == 0);
+}
+
+static void test_quota_engine(void) {
+  const fg_engine *e = quota_engine();
+  fg_decision d;
+  for (int i = 0; i < 3; i++) {
+    EQ(fg_engine_check_at(e, (const uint8_t *)"k", 1, 1, 0, &d), FG_RESULT_OK);
+    CHECK(d.allowed);
+    EQ(d.remaining, (uint64_t)(2 - i));
+  }
+  EQ(fg_engine_check_at(e, (const uint8_t *)"k", 1, 1, 0, &d), FG_RESULT_OK);
+  CHECK(!d.allowed);
+  EQ(d.retry_after_ns, 333333334ULL); /* 1/3 s, rounded up */
+  /* Peek: cost 0 charges nothing. */
+  EQ(fg_engine_check_at(e, (const uint8_t *)"k", 1, 0, 333333334ULL, &d), FG_RESULT_OK);
+  CHECK(d.allowed);
+  EQ(fg_engine_reset(e, (const uint8_t *)"k", 1, NULL), FG_RESULT_OK);
+  EQ(fg_engine_check_at(e, (const uint8_t *)"k", 1, 3, 0, &d), FG_RESULT_OK);
+  CHECK(d.allowed);
+  /* The clock-based check works and binary keys are fine. */
+  const uint8_t bin[] = {0, 255, 0x80, 'x'};
+  EQ(fg_engine_check(e, bin, sizeof bin, 1, &d), FG_RESULT_OK);
+  CHECK(d.allowed);
+  /* Errors, with the output untouched. */
+  fg_decision untouched = {.quota = 99};
+  EQ(fg_engine_check(e, (const uint8_t *)"k", 1, 4, &untouched), FG_RESULT_COST_EXCEEDS_BURST);
+  EQ(untouched.quota, 99u);
+  EQ(fg_engine_check(e, (const uint8_t *)"", 0, 1, &untouched), FG_RESULT_EMPTY_KEY);
+  char big[300];
+  memset(big, 'a', sizeof big);
+  EQ(fg_engine_check(e, (const uint8_t *)big, sizeof big, 1, &untouched), FG_RESULT_KEY_TOO_LONG);
+  char msg[256];
+  size_t len = 0;
+  EQ(fg_last_error(msg, sizeof msg, &len), FG_RESULT_OK);
+  CHECK(len > 0 && strstr(msg, "256") != NULL);
+  EQ(fg_last_error(msg, 2, &len), FG_RESULT_BUFFER_TOO_SMALL);
+  CHECK(len > 2);
+  EQ(untouched.quota, 99u);
+  /* Quota-engine only calls. */
+  fg_verdict v;
+  fg_request req = {"GET", 3, "/", 1, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request(e, &req, &v), FG_RESULT_WRONG_ENGINE_KIND);
+  EQ(fg_engine_set_event_callback(e, NULL, NULL), FG_RESULT_WRONG_ENGINE_KIND);
+  EQ(fg_engine_metrics(e, msg, sizeof msg, &len), FG_RESULT_WRONG_ENGINE_KIND);
+  fg_engine_free(e);
+
+  /* Invalid quotas and options. */
+  const fg_engine *bad = NULL;
+  fg_quota q = {FG_ALGORITHM_GCRA, 0, 1000000000ULL, 0};
+  EQ(fg_engine_new_quotas(&q, 1, NULL, &bad), FG_RESULT_INVALID_QUOTA);
+  q = (fg_quota){77, 1, 1000000000ULL, 0};
+  EQ(fg_engine_new_quotas(&q, 1, NULL, &bad), FG_RESULT_INVALID_ARGUMENT);
+  EQ(fg_engine_new_quotas(&Q_3_PER_SEC, 0, NULL, &bad), FG_RESULT_NO_QUOTAS);
+  fg_quota many[40];
+  for (int i = 0; i < 40; i++) many[i] = Q_3_PER_SEC;
+  EQ(fg_engine_new_quotas(many, 40, NULL, &bad), FG_RESULT_TOO_MANY_QUOTAS);
+  CHECK(bad == NULL);
+  fg_options o = {.max_keys = 10, .max_key_bytes = 4};
+  EQ(fg_engine_new_quotas(&Q_3_PER_SEC, 1, &o, &bad), FG_RESULT_OK);
+  EQ(fg_engine_check(bad, (const uint8_t *)"12345", 5, 1, &d), FG_RESULT_KEY_TOO_LONG);
+  fg_engine_free(bad);
+}
+
+static void test_vectors(void) {
+  for (size_t i = 0; i < FGV_VECTOR_COUNT; i++) {
+    const fgv_vector *vec = &fgv_vectors[i];
+    fg_options o = {.max_keys = 0, .max_key_bytes = vec->max_key_bytes};
+    const fg_engine *e = NULL;
+    EQ(fg_engine_new_quotas(vec->quotas, vec->quota_count, &o, &e), FG_RESULT_OK);
+    for (size_t s = 0; s < vec->step_count; s++) {
+      const fgv_step *st = &vec->steps[s];
+      if (st->op == 2) {
+        bool held = !st->expect.allowed;
+        fg_result r = fg_engine_reset(e, (const uint8_t *)st->key, st->key_len, &held);
+        EQ(r, st->expect_error ? st->expect_error : FG_RESULT_OK);
+        if (!st->expect_error) EQ(held, st->expect.allowed);
+        continue;
+      }
+      fg_decision d;
+      uint64_t cost = st->op == 1 ? 0 : st->cost;
+      fg_result r = fg_engine_check_at(e, (const uint8_t *)st->key, st->key_len, cost, st->now_ns, &d);
+      if (st->expect_error) {
+        if (r != st->expect_error) fprintf(stderr, "%s step %zu: got %u\n", vec->name, s, (unsigned)r);
+        EQ(r, st->expect_error);
+        continue;
+      }
+      EQ(r, FG_RESULT_OK);
+      int same = d.allowed == st->expect.allowed && d.limit == st->expect.limit &&
+                 d.remaining == st->expect.remaining && d.retry_after_ns == st->expect.retry_after_ns &&
+                 d.reset_after_ns == st->expect.reset_after_ns && d.quota == st->expect.quota;
+      if (!same)
+        fprintf(stderr, "%s step %zu: got allowed=%d remaining=%llu retry=%llu reset=%llu quota=%u\n", vec->name, s,
+                d.allowed, (unsigned long long)d.remaining, (unsigned long long)d.retry_after_ns,
+                (unsigned long long)d.reset_after_ns, d.quota);
+      CHECK(same);
+    }
+    fg_engine_free(e);
+  }
+}
+
+static const char POLICY[] =
+    "[settings]\nheaders = \"draft-10\"\n\n"
+    "[[rule]]\nname = \"login\"\nmatch = \"POST /auth/login\"\nquotas = [\"2/min\"]\nkey = \"ip\"\n\n"
+    "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nquotas = [\"100/min\"]\nkey = \"ip\"\n";
+
+static atomic_int events_seen;
+static atomic_int denied_seen;
+
+static void on_event(void *userdata, const fg_event *ev) {
+  atomic_fetch_add((atomic_int *)userdata, 1);
+  if (strcmp(ev->kind, "denied") == 0) {
+    atomic_fetch_add(&denied_seen, 1);
+    if (ev->rule_len != 5 || memcmp(ev->rule, "login", 5) != 0) failures++;
+    if (ev->client_ip_len != 9 || memcmp(ev->client_ip, "192.0.2.7", 9) != 0) failures++;
+    if (ev->status != 429 || ev->retry_after_ns == 0) failures++;
+  }
+}
+
+static void test_policy_engine(void) {
+  const fg_engine *e = NULL;
+  EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, &e), FG_RESULT_OK);
+  EQ(fg_engine_set_event_callback(e, on_event, &events_seen), FG_RESULT_OK);
+  fg_header headers[] = {{"User-Agent", 10, "test", 4}, {"Accept", 6, "*/*", 3}};
+  fg_request req = {"POST", 4, "/auth/login", 11, "192.0.2.7", 9, headers, 2};
+  fg_verdict v;
+  for (int i = 0; i < 2; i++) {
+    EQ(fg_engine_check_request_at(e, &req, 1700000000ULL * 1000000000ULL, &v), FG_RESULT_OK);
+    CHECK(v.allowed);
+    EQ(v.status, 200);
+    CHECK(v.rule_len == 5 && strcmp(v.rule, "login") == 0);
+    CHECK(strstr(v.headers, "RateLimit-Policy: ") != NULL);
+    EQ(strlen(v.headers), v.headers_len);
+  }
+  EQ(fg_engine_check_request_at(e, &req, 1700000000ULL * 1000000000ULL, &v), FG_RESULT_OK);
+  CHECK(!v.allowed);
+  EQ(v.status, 429);
+  CHECK(v.retry_after_ns >= 29000000000ULL);
+  CHECK(strstr(v.headers, "Retry-After: 30\r\n") != NULL);
+  /* Every line ends in CRLF and the count matches. */
+  size_t lines = 0;
+  for (const char *p = v.headers; (p = strstr(p, "\r\n")) != NULL; p += 2) lines++;
+  EQ(lines, v.header_count);
+  EQ(atomic_load(&denied_seen), 1);
+  CHECK(atomic_load(&events_seen) >= 1);
+  /* The clock-based call, another rule, no rule. */
+  fg_request api = {"GET", 3, "/api/items", 10, "192.0.2.8", 9, NULL, 0};
+  EQ(fg_engine_check_request(e, &api, &v), FG_RESULT_OK);
+  CHECK(v.allowed && strcmp(v.rule, "api") == 0);
+  fg_request none = {"GET", 3, "/elsewhere", 10, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request(e, &none, &v), FG_RESULT_OK);
+  CHECK(v.allowed && v.rule_len == 0 && v.headers_len == 0);
+  /* Bad requests. */
+  fg_verdict untouched = {.status = 7};
+  fg_request bad = {"", 0, "/", 1, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_REQUEST);
+  bad = (fg_request){"G\xff", 2, "/", 1, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_UTF8);
+  bad = (fg_request){"GET", 3, "/", 1, "not-an-ip", 9, NULL, 0};
+  EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_ARGUMENT);
+  bad = (fg_request){"GET", 3, "/", 1, NULL, 0, NULL, 3};
+  EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_NULL_PARAMETER);
+  EQ(untouched.status, 7);
+  /* Metrics: ask for the size, then fetch. */
+  size_t need = 0;
+  EQ(fg_engine_metrics(e, NULL, 0, &need), FG_RESULT_BUFFER_TOO_SMALL);
+  CHECK(need > 100);
+  char *text = malloc(need + 1);
+  size_t len = 0;
+  EQ(fg_engine_metrics(e, text, need + 1, &len), FG_RESULT_OK);
+  EQ(len, need);
+  CHECK(strstr(text, "floodgate_requests_total{rule=\"login\",outcome=\"denied\"} 1") != NULL);
+  free(text);
+  /* Quota-only calls on a policy engine. */
+  fg_decision d;
+  EQ(fg_engine_check(e, (const uint8_t *)"k", 1, 1, &d), FG_RESULT_WRONG_ENGINE_KIND);
+  EQ(fg_engine_reset(e, (const uint8_t *)"k", 1, NULL), FG_RESULT_WRONG_ENGINE_KIND);
+  EQ(fg_engine_set_event_callback(e, NULL, NULL), FG_RESULT_OK);
+  fg_engine_free(e);
+
+  /* JSON, a file, and a bad policy with its line. */
+  const char *json = "{\"rule\": [{\"name\": \"all\", \"match\": \"/**\", \"quotas\": [\"1/s\"]}]}";
+  EQ(fg_engine_from_str(json, strlen(json), FG_FORMAT_JSON, &e), FG_RESULT_OK);
+  fg_engine_free(e);
+  EQ(fg_engine_from_str(json, strlen(json), 9, &e), FG_RESULT_INVALID_ARGUMENT);
+  char path[] = "/tmp/fg-policy-XXXXXX";
+  int fd = mkstemp(path);
+  CHECK(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fputs(POLICY, f);
+  fclose(f);
+  EQ(fg_engine_from_file(path, &e), FG_RESULT_OK);
+  fg_engine_free(e);
+  remove(path);
+  EQ(fg_engine_from_file("/nonexistent/policy.toml", &e), FG_RESULT_INVALID_CONFIG);
+  const char *broken = "[[rule]]\nname = \"x\"\nmatch = \"/**\"\nquotas = [\"ten per second\"]\n";
+  const fg_engine *never = NULL;
+  EQ(fg_engine_from_str(broken, strlen(broken), FG_FORMAT_TOML, &never), FG_RESULT_INVALID_CONFIG);
+  CHECK(never == NULL);
+  char msg[512];
+  EQ(fg_last_error(msg, sizeof msg, &len), FG_RESULT_OK);
+  CHECK(strstr(msg, "line 4") != NULL);
+  EQ(fg_engine_from_str("\xff", 1, FG_FORMAT_TOML, &never), FG_RESULT_INVALID_UTF8);
+}
+
+static void test_nulls(void) {
+  const fg_engine *e = quota_engine();
+  const fg_engine *out = NULL;
+  fg_decision d;
+  fg_verdict v;
+  size_t len;
+  char buf[16];
+  fg_request req = {"GET", 3, "/", 1, NULL, 0, NULL, 0};
+  EQ(fg_engine_new_quotas(NULL, 1, NULL, &out), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_new_quotas(&Q_3_PER_SEC, 1, NULL, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_new_redis(NULL, &Q_3_PER_SEC, 1, FG_FAIL_OPEN, 5, &out), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_new_redis("redis://127.0.0.1:1/", NULL, 1, FG_FAIL_OPEN, 5, &out), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_new_redis("redis://127.0.0.1:1/", &Q_3_PER_SEC, 1, FG_FAIL_OPEN, 5, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_from_file(NULL, &out), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_from_file("x", NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_from_str(NULL, 5, FG_FORMAT_TOML, &out), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, NULL), FG_RESULT_NULL_PARAMETER);
+  CHECK(out == NULL);
+  EQ(fg_engine_check(NULL, (const uint8_t *)"k", 1, 1, &d), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check(e, NULL, 1, 1, &d), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check(e, (const uint8_t *)"k", 1, 1, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_at(NULL, (const uint8_t *)"k", 1, 1, 0, &d), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_at(e, NULL, 1, 1, 0, &d), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_at(e, (const uint8_t *)"k", 1, 1, 0, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_reset(NULL, (const uint8_t *)"k", 1, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_reset(e, NULL, 1, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request(NULL, &req, &v), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request(e, NULL, &v), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request(e, &req, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request_at(NULL, &req, 0, &v), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request_at(e, NULL, 0, &v), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request_at(e, &req, 0, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_set_event_callback(NULL, NULL, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_metrics(NULL, buf, sizeof buf, &len), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_last_error(NULL, 5, &len), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_last_error(buf, sizeof buf, NULL), FG_RESULT_NULL_PARAMETER);
+  /* NULL request fields. */
+  const fg_engine *p = NULL;
+  EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, &p), FG_RESULT_OK);
+  fg_request nm = {NULL, 3, "/", 1, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request(p, &nm, &v), FG_RESULT_NULL_PARAMETER);
+  fg_request np = {"GET", 3, NULL, 1, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request(p, &np, &v), FG_RESULT_NULL_PARAMETER);
+  fg_header nh[] = {{NULL, 3, "v", 1}};
+  fg_request nhr = {"GET", 3, "/", 1, NULL, 0, nh, 1};
+  EQ(fg_engine_check_request(p, &nhr, &v), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_metrics(p, NULL, 5, &len), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_metrics(p, buf, sizeof buf, NULL), FG_RESULT_NULL_PARAMETER);
+  fg_engine_free(p);
+  fg_engine_free(NULL);
+  fg_engine_free(e);
+}
+
+static void test_redis(void) {
+  const fg_engine *e = NULL;
+  /* Unreachable: a clear error at startup, quickly. */
+  EQ(fg_engine_new_redis("redis://127.0.0.1:1/", &Q_3_PER_SEC, 1, FG_FAIL_CLOSED, 50, &e), FG_RESULT_STORE_UNAVAILABLE);
+  EQ(fg_engine_new_redis("not a url", &Q_3_PER_SEC, 1, FG_FAIL_CLOSED, 50, &e), FG_RESULT_STORE_UNAVAILABLE);
+  EQ(fg_engine_new_redis("redis://127.0.0.1:1/", &Q_3_PER_SEC, 1, 9, 50, &e), FG_RESULT_INVALID_ARGUMENT);
+  const char *url = getenv("FG_TEST_REDIS_URL");
+  if (url == NULL) {
+    fprintf(stderr, "FG_TEST_REDIS_URL not set: the Redis engine is only tested for bad endpoints\n");
+    return;
+  }
+  fg_quota q = {FG_ALGORITHM_GCRA, 5, 60000000000ULL, 0};
+  EQ(fg_engine_new_redis(url, &q, 1, FG_FAIL_CLOSED, 200, &e), FG_RESULT_OK);
+  char key[64];
+  snprintf(key, sizeof key, "c-test-%ld", (long)getpid());
+  EQ(fg_engine_reset(e, (const uint8_t *)key, strlen(key), NULL), FG_RESULT_OK);
+  int allowed = 0;
+  for (int i = 0; i < 8; i++) {
+    fg_decision d;
+    EQ(fg_engine_check(e, (const uint8_t *)key, strlen(key), 1, &d), FG_RESULT_OK);
+    allowed += d.allowed;
+  }
+  EQ(allowed, 5);
+  fg_engine_free(e);
+}
+
+typedef struct {
+  const fg_engine *engine;
+  int thread;
+  int iterations;
+  int allowed_shared;
+  int allowed_own;
+} worker;
+
+static void *work(void *arg) {
+  worker *w = arg;
+  char own[32];
+  snprintf(own, sizeof own, "own-%d", w->thread);
+  for (int i = 0; i < w->iterations; i++) {
+    fg_decision d;
+    if (fg_engine_check_at(w->engine, (const uint8_t *)"shared", 6, 1, 0, &d) == FG_RESULT_OK && d.allowed)
+      w->allowed_shared++;
+    if (fg_engine_check_at(w->engine, (const uint8_t *)own, strlen(own), 1, 0, &d) == FG_RESULT_OK && d.allowed)
+      w->allowed_own++;
+  }
+  return NULL;
+}
+
+static void test_threads(int scale) {
+  enum { THREADS = 4 };
+  int iterations = 20000 / scale;
+  uint64_t burst = (uint64_t)iterations; /* shared: 4 x iterations tries, burst admitted */
+  fg_quota q = {FG_ALGORITHM_GCRA, 1, 3600000000000ULL, burst};
+  const fg_engine *e = NULL;
+  EQ(fg_engine_new_quotas(&q, 1, NULL, &e), FG_RESULT_OK);
+  pthread_t t[THREADS];
+  worker w[THREADS];
+  for (int i = 0; i < THREADS; i++) {
+    w[i] = (worker){e, i, iterations, 0, 0};
+    pthread_create(&t[i], NULL, work, &w[i]);
+  }
+  int shared = 0;
+  for (int i = 0; i < THREADS; i++) {
+    pthread_join(t[i], NULL);
+    shared += w[i].allowed_shared;
+    EQ(w[i].allowed_own, iterations); /* its own key: every try within the burst */
+  }
+  EQ((uint64_t)shared, burst); /* exactly the burst, never more */
+  fg_engine_free(e);
+}
+
+int main(void) {
+  const char *s = getenv("FG_TEST_SCALE");
+  int scale = s ? atoi(s) : 1;
+  if (scale < 1) scale = 1;
+  test_version_and_messages();
+  test_quota_engine();
+  test_vectors();
+  test_policy_engine();
+  test_nulls();
+  test_redis();
+  test_threads(scale);
+  if (failures) {
+    fprintf(stderr, "%d of %d checks failed\n", failures, checks);
+    return 1;
+  }
+  printf("C harness: all %d checks passed\n", checks);
+  return 0;
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Starts the example C server (examples/c/server.c) on a free loopback port and
+# checks statuses and headers with curl. Usage: tests/c/test_server.sh SERVER_BINARY
+set -euo pipefail
+SERVER=$1
+POLICY="$(dirname "$0")/../../examples/c/policy.toml"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$SERVER" "$POLICY" "$PORT" > /dev/null &
+PID=$!
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.05; done
+URL="http://127.0.0.1:$PORT"
+fail=0
+expect() { # expect WHAT ACTUAL WANTED
+  if [ "$2" != "$3" ]; then echo "FAIL: $1: got '$2', want '$3'"; fail=1; else echo "ok: $1"; fi
+}
+status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+
+expect "login 1" "$(status -X POST "$URL/auth/login")" 200
+expect "login 2" "$(status -X POST "$URL/auth/login")" 200
+H=$(curl -s -D - -o /tmp/fg-body.$$ -X POST "$URL/auth/login" | tr -d '\r')
+expect "login 3 is 429" "$(echo "$H" | head -1 | awk '{print $2}')" 429
+expect "Retry-After" "$(echo "$H" | sed -n 's/^Retry-After: //p')" 30
+expect "RateLimit-Policy" "$(echo "$H" | grep -c '^RateLimit-Policy: "login";q=2;w=60')" 1
+expect "RateLimit" "$(echo "$H" | grep -c '^RateLimit: "login";r=0;t=60')" 1
+expect "429 body" "$(cat /tmp/fg-body.$$)" '{"error":"rate_limited","retry_after_s":30}'
+rm -f /tmp/fg-body.$$
+expect "token without client id is 401" "$(status -X POST "$URL/oauth/token")" 401
+expect "token with client id" "$(status -X POST -H 'x-client-id: app-1' "$URL/oauth/token")" 200
+expect "revoked API key is 403" "$(status -H 'x-api-key: sk_revoked' "$URL/api/items")" 403
+H=$(curl -s -D - -o /dev/null "$URL/api/items" | tr -d '\r')
+expect "api allowed" "$(echo "$H" | head -1 | awk '{print $2}')" 200
+expect "api remaining" "$(echo "$H" | grep -c '^RateLimit: "api";r=99;t=')" 1
+expect "no rule: no headers" "$(curl -s -D - -o /dev/null "$URL/health" | grep -ci '^ratelimit')" 0
+exit $fail
