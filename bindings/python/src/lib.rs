@@ -1,0 +1,622 @@
+//! `floodgate._floodgate`: the PyO3 module behind the `floodgate` Python package.
+//! Thin: every decision is the core's; this file converts types, errors and the
+//! GIL. Objects are frozen and hold the core objects directly (they are `Sync`),
+//! so there is no lock in the wrapper.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use floodgate::policy::{Engine, Event, Request, Verdict};
+use floodgate::{Algorithm, Decision, ErrorKind, FailMode, Limiter, Quota, RedisLimiter};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+/// The exception class name for a core error kind (defined in
+/// `floodgate/errors.py`, where the ValueError / ConnectionError bases are set).
+fn class_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidQuota => "InvalidQuotaError",
+        ErrorKind::QuotaParse => "QuotaParseError",
+        ErrorKind::UnknownAlgorithm => "UnknownAlgorithmError",
+        ErrorKind::EmptyKey => "EmptyKeyError",
+        ErrorKind::KeyTooLong => "KeyTooLongError",
+        ErrorKind::CostExceedsBurst => "CostExceedsBurstError",
+        ErrorKind::InvalidCost => "InvalidCostError",
+        ErrorKind::NoQuotas => "NoQuotasError",
+        ErrorKind::TooManyQuotas => "TooManyQuotasError",
+        ErrorKind::LogLimitTooLarge => "LogLimitTooLargeError",
+        ErrorKind::InvalidOption => "InvalidOptionError",
+        ErrorKind::InvalidConfig => "InvalidConfigError",
+        ErrorKind::InvalidRequest => "InvalidRequestError",
+        ErrorKind::StoreUnavailable => "StoreUnavailableError",
+        _ => "FloodgateError",
+    }
+}
+
+/// The one conversion from core errors: the kind's exception class, with the
+/// stable code in `.code`.
+fn to_py(e: floodgate::Error) -> PyErr {
+    let msg = e.to_string();
+    Python::attach(|py| {
+        let made = py
+            .import("floodgate.errors")
+            .and_then(|m| m.getattr(class_name(e.kind())))
+            .and_then(|cls| cls.call1((msg.clone(), e.kind().code())));
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(err) => err,
+        }
+    })
+}
+
+/// The stable code of every core error kind, with its exception class name.
+#[pyfunction]
+fn error_codes() -> Vec<(&'static str, &'static str)> {
+    ErrorKind::ALL
+        .iter()
+        .map(|k| (k.code(), class_name(*k)))
+        .collect()
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Seconds (float) to a Duration, refusing NaN, infinities and negatives.
+fn duration(name: &str, s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name} must be a finite number of seconds >= 0, not {s}"
+        ))
+    })
+}
+
+/// A key: `str` (UTF-8 encoded) or `bytes`.
+fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    if let Ok(s) = key.cast::<PyString>() {
+        return Ok(std::borrow::Cow::Owned(s.to_cow()?.as_bytes().to_vec()));
+    }
+    if let Ok(b) = key.cast::<PyBytes>() {
+        return Ok(std::borrow::Cow::Owned(b.as_bytes().to_vec()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "key must be str or bytes, not {}",
+        key.get_type().name()?
+    )))
+}
+
+/// A cost: a non-negative int (bool refused).
+fn cost(cost: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if cost.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err("cost must be an int, not bool"));
+    }
+    if !cost.is_instance_of::<pyo3::types::PyInt>() {
+        if let Ok(f) = cost.cast::<pyo3::types::PyFloat>().map(|f| f.value()) {
+            return floodgate::Error::cost_from_f64(f).map_err(to_py);
+        }
+        return Err(PyTypeError::new_err(format!(
+            "cost must be an int, not {}",
+            cost.get_type().name()?
+        )));
+    }
+    match cost.extract::<i128>() {
+        Ok(c) if c >= 0 => Ok(u64::try_from(c).unwrap_or(u64::MAX)),
+        _ => Err(to_py(floodgate::Error::InvalidCost {
+            problem: floodgate::CostProblem::Negative,
+        })),
+    }
+}
+
+/// The answer to a check. Frozen.
+#[pyclass(frozen, eq, module = "floodgate", name = "Decision")]
+#[derive(Debug, Clone, PartialEq)]
+struct PyDecision {
+    /// Let the request through.
+    #[pyo3(get)]
+    allowed: bool,
+    /// The deciding quota's limit (its burst).
+    #[pyo3(get)]
+    limit: u64,
+    /// Units left of it.
+    #[pyo3(get)]
+    remaining: u64,
+    /// Seconds until a retry can be allowed (0.0 when allowed).
+    #[pyo3(get)]
+    retry_after: f64,
+    /// Seconds until the quota is full again.
+    #[pyo3(get)]
+    reset_after: f64,
+    /// Index of the deciding quota.
+    #[pyo3(get)]
+    quota: usize,
+}
+
+#[pymethods]
+impl PyDecision {
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(allowed={}, limit={}, remaining={}, retry_after={:.6}, reset_after={:.6}, quota={})",
+            if self.allowed { "True" } else { "False" },
+            self.limit,
+            self.remaining,
+            self.retry_after,
+            self.reset_after,
+            self.quota
+        )
+    }
+
+    fn __bool__(&self) -> bool {
+        self.allowed
+    }
+}
+
+impl From<Decision> for PyDecision {
+    fn from(d: Decision) -> Self {
+        PyDecision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after: secs(d.retry_after),
+            reset_after: secs(d.reset_after),
+            quota: d.quota,
+        }
+    }
+}
+
+/// Quotas from a string, or a list of strings or `(string, algorithm)` pairs.
+fn quotas(quota: &Bound<'_, PyAny>, burst: Option<u64>, algorithm: &str) -> PyResult<Vec<Quota>> {
+    let default: Algorithm = algorithm.parse().map_err(to_py)?;
+    let items: Vec<(String, Option<String>)> = if let Ok(s) = quota.extract::<String>() {
+        vec![(s, None)]
+    } else {
+        quota
+            .try_iter()
+            .map_err(|_| {
+                PyTypeError::new_err("quota must be a string like \"100/minute\" or a list of them")
+            })?
+            .map(|item| {
+                let item = item?;
+                if let Ok(s) = item.extract::<String>() {
+                    Ok((s, None))
+                } else {
+                    item.extract::<(String, String)>()
+                        .map(|(q, a)| (q, Some(a)))
+                        .map_err(|_| {
+                            PyTypeError::new_err(
+                                "each quota must be a string or a (quota, algorithm) pair",
+                            )
+                        })
+                }
+            })
+            .collect::<PyResult<_>>()?
+    };
+    items
+        .iter()
+        .map(|(text, alg)| {
+            let mut q: Quota = text.parse().map_err(to_py)?;
+            if let Some(b) = burst {
+                q = q.with_burst(b).map_err(to_py)?;
+            }
+            let a = match alg {
+                Some(a) => a.parse().map_err(to_py)?,
+                None => default,
+            };
+            q.with_algorithm(a).map_err(to_py)
+        })
+        .collect()
+}
+
+/// An in-memory rate limiter: `Limiter("100/minute", burst=20, algorithm="gcra")`.
+#[pyclass(frozen, module = "floodgate", name = "Limiter")]
+struct PyLimiter {
+    inner: Limiter,
+}
+
+#[pymethods]
+impl PyLimiter {
+    #[new]
+    #[pyo3(signature = (quota, *, burst=None, algorithm="gcra", max_keys=1_000_000, max_key_bytes=256))]
+    fn new(
+        quota: &Bound<'_, PyAny>,
+        burst: Option<u64>,
+        algorithm: &str,
+        max_keys: usize,
+        max_key_bytes: usize,
+    ) -> PyResult<Self> {
+        let inner = Limiter::builder()
+            .quotas(quotas(quota, burst, algorithm)?)
+            .max_keys(max_keys)
+            .max_key_bytes(max_key_bytes)
+            .build()
+            .map_err(to_py)?;
+        Ok(PyLimiter { inner })
+    }
+
+    /// Checks `cost` units for `key` (str or bytes), charging them if allowed;
+    /// `cost=0` peeks. `now` (seconds, any epoch) replaces the clock for replays.
+    /// Keeps the GIL: the check takes well under a microsecond.
+    #[pyo3(signature = (key, cost=None, *, now=None))]
+    fn check(
+        &self,
+        key: &Bound<'_, PyAny>,
+        cost: Option<&Bound<'_, PyAny>>,
+        now: Option<f64>,
+    ) -> PyResult<PyDecision> {
+        let key = key_bytes(key)?;
+        let c = match cost {
+            Some(c) => self::cost(c)?,
+            None => 1,
+        };
+        let d = match now {
+            Some(t) => self.inner.check_at(&key, c, duration("now", t)?),
+            None => self.inner.check(&key, c),
+        };
+        d.map(PyDecision::from).map_err(to_py)
+    }
+
+    /// Forgets `key`; True if it was held.
+    fn reset(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.inner.reset(key_bytes(key)?.as_ref()).map_err(to_py)
+    }
+
+    /// Keys held now.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Limiter(quotas={:?}, keys={})",
+            self.inner
+                .quotas()
+                .iter()
+                .map(|q| q.to_string())
+                .collect::<Vec<_>>(),
+            self.inner.len()
+        )
+    }
+}
+
+/// A rate limiter on Redis, shared by every process using the same Redis:
+/// `RedisLimiter("redis://127.0.0.1:6379/", "100/minute", fail_mode="local")`.
+#[pyclass(frozen, module = "floodgate", name = "RedisLimiter")]
+struct PyRedisLimiter {
+    inner: RedisLimiter,
+}
+
+#[pymethods]
+impl PyRedisLimiter {
+    #[new]
+    #[pyo3(signature = (url, quota, *, burst=None, algorithm="gcra", fail_mode="local", timeout=0.005, prefix="fg", lease=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        url: &str,
+        quota: &Bound<'_, PyAny>,
+        burst: Option<u64>,
+        algorithm: &str,
+        fail_mode: &str,
+        timeout: f64,
+        prefix: &str,
+        lease: u64,
+    ) -> PyResult<Self> {
+        let qs = quotas(quota, burst, algorithm)?;
+        let mode: FailMode = fail_mode.parse().map_err(to_py)?;
+        let t = duration("timeout", timeout)?;
+        let mut b = RedisLimiter::builder(url)
+            .connect_timeout(t)
+            .command_timeout(t)
+            .fail_mode(mode)
+            .prefix(prefix);
+        if lease > 0 {
+            b = b.lease(lease, Duration::from_secs(1));
+        }
+        for q in qs {
+            b = b.quota(q);
+        }
+        let inner = py.detach(|| b.build()).map_err(to_py)?;
+        Ok(PyRedisLimiter { inner })
+    }
+
+    /// Checks on Redis (one round trip, GIL released; at most `timeout`).
+    #[pyo3(signature = (key, cost=None, *, now=None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        cost: Option<&Bound<'_, PyAny>>,
+        now: Option<f64>,
+    ) -> PyResult<PyDecision> {
+        let key = key_bytes(key)?;
+        let c = match cost {
+            Some(c) => self::cost(c)?,
+            None => 1,
+        };
+        let now = now.map(|t| duration("now", t)).transpose()?;
+        let d = py.detach(|| match now {
+            Some(t) => self.inner.check_at(&key, c, t),
+            None => self.inner.check(&key, c),
+        });
+        d.map(PyDecision::from).map_err(to_py)
+    }
+
+    /// Forgets `key` in Redis.
+    fn reset(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let key = key_bytes(key)?;
+        py.detach(|| self.inner.reset(key.as_ref())).map_err(to_py)
+    }
+
+    /// Checks answered by the fail mode so far.
+    #[getter]
+    fn fallbacks(&self) -> u64 {
+        self.inner.fallbacks()
+    }
+}
+
+/// The answer to a request. Frozen.
+#[pyclass(frozen, module = "floodgate", name = "Verdict")]
+struct PyVerdict {
+    /// Let the request through.
+    #[pyo3(get)]
+    allowed: bool,
+    /// The HTTP status to answer: 200, 429, 403 or 401.
+    #[pyo3(get)]
+    status: u16,
+    /// Seconds the client must wait (0.0 unless 429 or banned).
+    #[pyo3(get)]
+    retry_after: f64,
+    /// Response headers to set, as (name, value) pairs.
+    #[pyo3(get)]
+    headers: Py<PyList>,
+    /// The deciding rule, if any.
+    #[pyo3(get)]
+    rule: Option<String>,
+    /// The deciding rule's key (may contain a user id).
+    #[pyo3(get)]
+    identity: Option<String>,
+    /// Why: allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized.
+    #[pyo3(get)]
+    reason: &'static str,
+    /// The deciding quota's limit, and what is left of it.
+    #[pyo3(get)]
+    limit: u64,
+    #[pyo3(get)]
+    remaining: u64,
+    /// The request carried a verified token.
+    #[pyo3(get)]
+    authenticated: bool,
+    /// Why a token was refused, if one was.
+    #[pyo3(get)]
+    token_problem: Option<&'static str>,
+}
+
+#[pymethods]
+impl PyVerdict {
+    fn __repr__(&self) -> String {
+        format!(
+            "Verdict(allowed={}, status={}, reason={:?}, rule={:?}, retry_after={:.3})",
+            if self.allowed { "True" } else { "False" },
+            self.status,
+            self.reason,
+            self.rule,
+            self.retry_after
+        )
+    }
+
+    fn __bool__(&self) -> bool {
+        self.allowed
+    }
+}
+
+fn reason(v: &Verdict) -> &'static str {
+    use floodgate::policy::Reason;
+    match v.reason {
+        Reason::Allowed => "allowed",
+        Reason::NoRule => "no_rule",
+        Reason::AllowListed => "allow_listed",
+        Reason::RateLimited => "rate_limited",
+        Reason::Banned => "banned",
+        Reason::DenyListed => "deny_listed",
+        Reason::Unauthorized => "unauthorized",
+        _ => "other",
+    }
+}
+
+fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
+    let headers = PyList::empty(py);
+    for (name, value) in &v.headers {
+        headers.append(PyTuple::new(py, [name.to_string(), value.clone()])?)?;
+    }
+    Ok(PyVerdict {
+        allowed: v.allowed,
+        status: v.status,
+        retry_after: secs(v.retry_after),
+        headers: headers.unbind(),
+        rule: v.rule.as_deref().map(str::to_string),
+        identity: v.identity.clone(),
+        reason: reason(&v),
+        limit: v.limit,
+        remaining: v.remaining,
+        authenticated: v.authenticated,
+        token_problem: v.token_problem.map(|p| p.code()),
+    })
+}
+
+/// A policy engine: `Engine.from_file("policy.toml")`, `Engine.from_toml(text)`,
+/// `Engine.from_dict({...})`.
+#[pyclass(frozen, module = "floodgate", name = "Engine")]
+struct PyEngine {
+    inner: Engine,
+    /// Whether a rule uses Redis (checks may block: the GIL is released).
+    blocking: bool,
+}
+
+fn forward_events(engine: &Engine) {
+    engine.set_event_sink(|e: &Event| {
+        Python::attach(|py| {
+            let _ = log_event(py, e);
+        });
+    });
+}
+
+/// Logs an event to the `floodgate` logger: WARNING for denials and bans, INFO
+/// otherwise, with the fields in `extra` (prefixed `floodgate_`).
+fn log_event(py: Python<'_>, e: &Event) -> PyResult<()> {
+    let logging = py.import("logging")?;
+    let logger = logging.call_method1("getLogger", ("floodgate",))?;
+    let level: i32 = match e.kind.code() {
+        "denied" | "banned" | "deny_listed" | "store_fallback" => 30,
+        _ => 20,
+    };
+    if !logger
+        .call_method1("isEnabledFor", (level,))?
+        .extract::<bool>()?
+    {
+        return Ok(());
+    }
+    let extra = PyDict::new(py);
+    extra.set_item("floodgate_event", e.kind.code())?;
+    extra.set_item("floodgate_rule", e.rule.as_deref())?;
+    extra.set_item("floodgate_client_ip", e.client_ip.map(|ip| ip.to_string()))?;
+    extra.set_item("floodgate_key", e.key.as_deref())?;
+    extra.set_item("floodgate_status", e.status)?;
+    extra.set_item("floodgate_retry_after", secs(e.retry_after))?;
+    extra.set_item("floodgate_token_problem", e.token_problem.map(|p| p.code()))?;
+    let kw = PyDict::new(py);
+    kw.set_item("extra", extra)?;
+    let msg = format!(
+        "floodgate {} rule={} status={}",
+        e.kind.code(),
+        e.rule.as_deref().unwrap_or("-"),
+        e.status
+    );
+    logger.call_method("log", (level, msg), Some(&kw))?;
+    Ok(())
+}
+
+impl PyEngine {
+    fn wrap(inner: Engine, blocking: bool) -> Self {
+        forward_events(&inner);
+        PyEngine { inner, blocking }
+    }
+}
+
+fn uses_redis(text: &str) -> bool {
+    text.contains("redis")
+}
+
+#[pymethods]
+impl PyEngine {
+    /// An engine from a policy file (TOML, or JSON if it ends in .json).
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let blocking = std::fs::read_to_string(&path)
+            .map(|t| uses_redis(&t))
+            .unwrap_or(false);
+        let e = py.detach(|| Engine::from_path(&path)).map_err(to_py)?;
+        Ok(Self::wrap(e, blocking))
+    }
+
+    /// An engine from TOML text.
+    #[staticmethod]
+    fn from_toml(py: Python<'_>, text: &str) -> PyResult<Self> {
+        let e = py.detach(|| Engine::from_toml_str(text)).map_err(to_py)?;
+        Ok(Self::wrap(e, uses_redis(text)))
+    }
+
+    /// An engine from a dict shaped like the TOML file (`{"rule": [...]}`).
+    #[staticmethod]
+    fn from_dict(py: Python<'_>, policy: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let json = py.import("json")?.call_method1("dumps", (policy,))?;
+        let text: String = json.extract()?;
+        let e = py.detach(|| Engine::from_json_str(&text)).map_err(to_py)?;
+        Ok(Self::wrap(e, uses_redis(&text)))
+    }
+
+    /// Decides one request. `headers` is a mapping or a list of (name, value)
+    /// pairs; `client_ip` the socket peer (or what a trusted proxy reported);
+    /// `now` (Unix seconds) replaces the clock for replays and tests.
+    #[pyo3(signature = (*, method, path, client_ip=None, headers=None, now=None))]
+    fn check_request(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        path: &str,
+        client_ip: Option<&str>,
+        headers: Option<&Bound<'_, PyAny>>,
+        now: Option<f64>,
+    ) -> PyResult<PyVerdict> {
+        let ip = match client_ip {
+            Some(s) => Some(s.trim().parse::<IpAddr>().map_err(|_| {
+                PyValueError::new_err(format!("client_ip {s:?} is not an IP address"))
+            })?),
+            None => None,
+        };
+        let pairs: Vec<(String, String)> = match headers {
+            None => Vec::new(),
+            Some(h) => {
+                if let Ok(d) = h.cast::<PyDict>() {
+                    d.iter()
+                        .map(|(k, v)| Ok((k.extract::<String>()?, v.extract::<String>()?)))
+                        .collect::<PyResult<_>>()?
+                } else if h.hasattr("items")? {
+                    h.call_method0("items")?
+                        .try_iter()?
+                        .map(|kv| kv?.extract::<(String, String)>())
+                        .collect::<PyResult<_>>()?
+                } else {
+                    h.try_iter()?
+                        .map(|kv| kv?.extract::<(String, String)>())
+                        .collect::<PyResult<_>>()?
+                }
+            }
+        };
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let req = Request {
+            method,
+            path,
+            client_ip: ip,
+            headers: &refs,
+        };
+        let now = now.map(|t| duration("now", t)).transpose()?;
+        let run = || match now {
+            Some(t) => self.inner.check_request_at(&req, t),
+            None => self.inner.check_request(&req),
+        };
+        let v = if self.blocking { py.detach(run) } else { run() }.map_err(to_py)?;
+        verdict(py, v)
+    }
+
+    /// The counters, as Prometheus text.
+    fn metrics(&self) -> String {
+        self.inner.metrics()
+    }
+
+    /// The effective rules, as `floodgate check-config` prints them.
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    /// Whether checks may block on Redis (then `check_request_async` runs them in
+    /// a thread pool).
+    #[getter]
+    fn blocking(&self) -> bool {
+        self.blocking
+    }
+}
+
+#[pymodule(gil_used = false)]
+fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<PyDecision>()?;
+    m.add_class::<PyLimiter>()?;
+    m.add_class::<PyRedisLimiter>()?;
+    m.add_class::<PyVerdict>()?;
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+import asyncio
+import logging
+
+import pytest
+
+import floodgate
+from floodgate import Engine
+
+POLICY = """
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+quotas = ["2/min"]
+key = "ip"
+
+[[rule]]
+name = "token"
+match = "POST /oauth/token"
+quotas = ["10/min"]
+key = "header:x-client-id"
+anonymous = "deny"
+
+[lists]
+deny_api_keys = ["sk_revoked"]
+"""
+
+T = 1_700_000_000.0
+
+
+def test_check_request_and_verdict():
+    e = Engine.from_toml(POLICY)
+    for _ in range(2):
+        v = e.check_request(method="POST", path="/auth/login", client_ip="203.0.113.7", now=T)
+        assert v.allowed and v.status == 200 and v.rule == "login" and v.reason == "allowed"
+    v = e.check_request(method="POST", path="/auth/login", client_ip="203.0.113.7", now=T)
+    assert not v and v.status == 429 and v.reason == "rate_limited"
+    assert v.retry_after == pytest.approx(30.0)
+    headers = dict(v.headers)
+    assert headers["Retry-After"] == "30"
+    assert headers["RateLimit-Policy"] == '"login";q=2;w=60'
+    assert v.identity is not None
+    assert e.check_request(method="POST", path="/oauth/token", headers={"X-Client-Id": "a"}).allowed
+    assert e.check_request(method="POST", path="/oauth/token").status == 401
+    assert e.check_request(method="GET", path="/", headers=[("x-api-key", "sk_revoked")]).status == 403
+    assert "floodgate_requests_total" in e.metrics()
+    assert "login" in e.describe()
+
+
+def test_from_dict_and_file(tmp_path):
+    e = Engine.from_dict({"rule": [{"name": "all", "match": "/**", "quotas": ["1/s"]}]})
+    assert e.check_request(method="GET", path="/", client_ip="::1", now=T).allowed
+    p = tmp_path / "policy.toml"
+    p.write_text(POLICY)
+    assert Engine.from_file(p).check_request(method="GET", path="/x").reason == "no_rule"
+    with pytest.raises(floodgate.InvalidConfigError, match="line"):
+        Engine.from_toml("[[rule]]\nname = \"x\"\nmatch = \"/**\"\nquotas = [\"ten\"]\n")
+    with pytest.raises(ValueError):
+        e.check_request(method="GET", path="/", client_ip="not-an-ip")
+
+
+def test_events_go_to_logging(caplog):
+    e = Engine.from_toml(POLICY)
+    with caplog.at_level(logging.INFO, logger="floodgate"):
+        for _ in range(3):
+            e.check_request(method="POST", path="/auth/login", client_ip="198.51.100.1", now=T)
+    denied = [r for r in caplog.records if getattr(r, "floodgate_event", None) == "denied"]
+    assert len(denied) == 1
+    assert denied[0].floodgate_rule == "login" and denied[0].floodgate_status == 429
+    assert denied[0].levelno == logging.WARNING
+
+
+def test_async_check_request_in_memory_and_on_redis(redis_url):
+    memory = Engine.from_toml(POLICY)
+    import os
+    import time
+
+    prefix = f"py-{os.getpid()}-{time.time_ns()}"
+    on_redis = Engine.from_toml(
+        f'[store]\nkind = "redis"\nurl = "{redis_url}"\ntimeout_ms = 200\nprefix = "{prefix}"\n' + POLICY
+    )
+    assert on_redis.blocking and not memory.blocking
+
+    async def main():
+        v1 = await floodgate.check_request_async(memory, method="POST", path="/auth/login", client_ip="192.0.2.1")
+        results = await asyncio.gather(
+            *[
+                floodgate.check_request_async(on_redis, method="POST", path="/auth/login", client_ip="192.0.2.99")
+                for _ in range(6)
+            ]
+        )
+        return v1, results
+
+    v1, results = asyncio.run(main())
+    assert v1.allowed
+    assert sum(r.allowed for r in results) == 2  # shared limit on Redis: exactly 2
+
+
+def test_redis_limiter_async(redis_url):
+    import os
+
+    lim = floodgate.RedisLimiter(redis_url, "5/minute", fail_mode="closed", timeout=0.2, prefix=f"py-{os.getpid()}")
+    lim.reset("k")
+
+    async def main():
+        return await asyncio.gather(*[floodgate.check_async(lim, "k") for _ in range(8)])
+
+    results = asyncio.run(main())
+    assert sum(d.allowed for d in results) == 5
+    assert lim.fallbacks == 0
