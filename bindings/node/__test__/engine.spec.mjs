@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+const { Engine, RedisLimiter } = require('../index.js')
+
+import { POLICY } from './policy.mjs'
+const T = 1_700_000_000_000
+
+test('checkRequest and the verdict', () => {
+  const e = Engine.fromToml(POLICY)
+  for (let i = 0; i < 2; i++) {
+    const v = e.checkRequest({ method: 'POST', path: '/auth/login', clientIp: '203.0.113.7', nowMs: T })
+    assert.equal(v.allowed, true)
+    assert.equal(v.rule, 'login')
+  }
+  const v = e.checkRequest({ method: 'POST', path: '/auth/login', clientIp: '203.0.113.7', nowMs: T })
+  assert.equal(v.status, 429)
+  assert.equal(v.reason, 'rate_limited')
+  assert.equal(v.retryAfterMs, 30000)
+  assert.equal(v.headers['Retry-After'], '30')
+  assert.equal(v.headers['RateLimit-Policy'], '"login";q=2;w=60')
+  assert.equal(e.checkRequest({ method: 'POST', path: '/oauth/token' }).status, 401)
+  assert.equal(e.checkRequest({ method: 'POST', path: '/oauth/token', headers: { 'x-client-id': 'a' } }).allowed, true)
+  assert.equal(e.checkRequest({ method: 'GET', path: '/', headers: { 'x-api-key': 'sk_revoked' } }).status, 403)
+  assert.match(e.metrics(), /floodgate_requests_total/)
+  const o = Engine.fromObject({ rule: [{ name: 'all', match: '/**', quotas: ['1/s'] }] })
+  assert.equal(o.checkRequest({ method: 'GET', path: '/', clientIp: '::1' }).allowed, true)
+})
+
+test('policy and request errors carry codes', () => {
+  assert.throws(() => Engine.fromToml('[[rule]]\nname = "x"\nmatch = "/**"\nquotas = ["ten"]\n'), (err) => err.code === 'ERR_FG_INVALID_CONFIG' && /line 4/.test(err.message))
+  assert.throws(() => Engine.fromFile('/nonexistent.toml'), { code: 'ERR_FG_INVALID_CONFIG' })
+  const e = Engine.fromToml(POLICY)
+  assert.throws(() => e.checkRequest({ method: '', path: '/' }), { code: 'ERR_FG_INVALID_REQUEST' })
+  assert.throws(() => e.checkRequest({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequest(null))
+})
+
+test('events reach the callback without blocking', async () => {
+  const e = Engine.fromToml(POLICY)
+  const seen = []
+  e.onEvent((ev) => seen.push(ev))
+  for (let i = 0; i < 3; i++) e.checkRequest({ method: 'POST', path: '/auth/login', clientIp: '198.51.100.1', nowMs: T })
+  await new Promise((r) => setTimeout(r, 50))
+  const denied = seen.filter((ev) => ev.kind === 'denied')
+  assert.equal(denied.length, 1)
+  assert.equal(denied[0].rule, 'login')
+  assert.equal(denied[0].status, 429)
+})
+
+const redisUrl = process.env.FG_TEST_REDIS_URL
+test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
+  const prefix = `node-${process.pid}-${Date.now()}`
+  const l = new RedisLimiter({ url: redisUrl, quota: '5/minute', failMode: 'closed', timeoutMs: 200, prefix })
+  const results = await Promise.all(Array.from({ length: 8 }, () => l.checkAsync('k')))
+  assert.equal(results.filter((d) => d.allowed).length, 5)
+  assert.equal(l.fallbacks, 0)
+  await assert.rejects(l.checkAsync(''), { code: 'ERR_FG_EMPTY_KEY' })
+  const e = Engine.fromToml(`[store]\nkind = "redis"\nurl = "${redisUrl}"\ntimeout_ms = 200\nprefix = "${prefix}"\n` + POLICY)
+  const verdicts = await Promise.all(Array.from({ length: 6 }, () => e.checkRequestAsync({ method: 'POST', path: '/auth/login', clientIp: '192.0.2.9' })))
+  assert.equal(verdicts.filter((v) => v.allowed).length, 2)
+  assert.throws(() => new RedisLimiter({ url: 'redis://127.0.0.1:1/', quota: '1/s', timeoutMs: 50 }), { code: 'ERR_FG_STORE_UNAVAILABLE' })
+})

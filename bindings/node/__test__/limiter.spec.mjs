@@ -1,0 +1,102 @@
+import assert from 'node:assert/strict'
+import { readFileSync, readdirSync } from 'node:fs'
+import { test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+const { Limiter, errorCodes } = require('../index.js')
+const vectors = fileURLToPath(new URL('../../../tests/vectors/', import.meta.url))
+
+test('check returns a decision', () => {
+  const l = new Limiter({ quota: '3/second' })
+  const d = l.check('k', 1, 0)
+  assert.deepEqual(d, { allowed: true, limit: 3, remaining: 2, retryAfterMs: 0, resetAfterMs: d.resetAfterMs, quota: 0 })
+  l.check('k', 2, 0)
+  const denied = l.check('k', undefined, 0)
+  assert.equal(denied.allowed, false)
+  assert.ok(Math.abs(denied.retryAfterMs - 1000 / 3) < 0.001)
+  assert.equal(l.check(Buffer.from([0xff, 0]), 0, 0).allowed, true)
+  assert.equal(l.reset('k'), true)
+  assert.equal(l.reset('nope'), false)
+})
+
+test('the shared vectors', () => {
+  let ran = 0
+  for (const f of readdirSync(vectors).filter((n) => n.endsWith('.json')).sort()) {
+    const v = JSON.parse(readFileSync(vectors + f, 'utf8'))
+    const algorithms = new Set(v.quotas.map((q) => q.algorithm))
+    if (algorithms.size > 1) {
+      // One algorithm per limiter in this API: check each quota's own vector elsewhere.
+      continue
+    }
+    const l = new Limiter({
+      quota: v.quotas.map((q) => q.quota),
+      algorithm: [...algorithms][0],
+      maxKeyBytes: v.options?.max_key_bytes,
+    })
+    for (const [i, step] of v.steps.entries()) {
+      const key = step.key_hex !== undefined ? Buffer.from(step.key_hex, 'hex') : step.key
+      const op = step.op ?? 'check'
+      const now = step.now_ns / 1e6
+      if (op === 'reset') {
+        if (step.expect_error) assert.throws(() => l.reset(key), { code: 'ERR_FG_' + step.expect_error.toUpperCase() })
+        else assert.equal(l.reset(key), step.expect_reset)
+        continue
+      }
+      const cost = op === 'peek' ? 0 : step.cost
+      if (step.expect_error) {
+        assert.throws(() => l.check(key, cost, now), { code: 'ERR_FG_' + step.expect_error.toUpperCase() }, `${v.name} ${i}`)
+        continue
+      }
+      const d = l.check(key, cost, now)
+      const e = step.expect
+      assert.deepEqual(
+        {
+          allowed: d.allowed,
+          limit: d.limit,
+          remaining: d.remaining,
+          retry_after_ns: Math.round(d.retryAfterMs * 1e6),
+          reset_after_ns: Math.round(d.resetAfterMs * 1e6),
+          quota: d.quota,
+        },
+        e,
+        `${v.name} step ${i}`,
+      )
+      ran++
+    }
+  }
+  assert.ok(ran > 25, `ran ${ran}`)
+})
+
+test('every error code is thrown with err.code', () => {
+  const codes = errorCodes()
+  assert.equal(new Set(codes).size, codes.length)
+  const cases = [
+    [() => new Limiter({ quota: '0/s' }), 'ERR_FG_INVALID_QUOTA'],
+    [() => new Limiter({ quota: 'ten per second' }), 'ERR_FG_QUOTA_PARSE'],
+    [() => new Limiter({ quota: '1/s', algorithm: 'leaky' }), 'ERR_FG_UNKNOWN_ALGORITHM'],
+    [() => new Limiter({ quota: [] }), 'ERR_FG_NO_QUOTAS'],
+    [() => new Limiter({ quota: Array(40).fill('1/s') }), 'ERR_FG_TOO_MANY_QUOTAS'],
+    [() => new Limiter({ quota: '100000/s', algorithm: 'sliding_log' }), 'ERR_FG_LOG_LIMIT_TOO_LARGE'],
+  ]
+  for (const [fn, code] of cases) {
+    assert.ok(codes.includes(code), code)
+    assert.throws(fn, (err) => err.code === code && err.message.length > 0)
+  }
+})
+
+test('bad input throws a clear error and leaves state intact', () => {
+  const l = new Limiter({ quota: '2/second' })
+  assert.equal(l.check('k', 1, 0).allowed, true)
+  assert.throws(() => l.check('', 1, 0), { code: 'ERR_FG_EMPTY_KEY' })
+  assert.throws(() => l.check('x'.repeat(300), 1, 0), { code: 'ERR_FG_KEY_TOO_LONG' })
+  for (const bad of [undefined, null, 12, {}]) assert.throws(() => l.check(bad, 1, 0))
+  for (const cost of [-1, NaN, Infinity, 1.5]) assert.throws(() => l.check('k', cost, 0), { code: 'ERR_FG_INVALID_COST' })
+  assert.throws(() => l.check('k', 3, 0), { code: 'ERR_FG_COST_EXCEEDS_BURST' })
+  assert.throws(() => l.check('k', 1, NaN), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => l.check('k', 1, -5), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  const d = l.check('k', 1, 0)
+  assert.equal(d.allowed, true)
+  assert.equal(d.remaining, 0)
+})

@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { createRequire } from 'node:module'
+import { POLICY } from './policy.mjs'
+
+const require = createRequire(import.meta.url)
+const { Engine } = require('../index.js')
+
+async function scenario(call) {
+  let r = await call('GET', '/api/items')
+  assert.equal(r.status, 200)
+  assert.equal(r.header('ratelimit-policy'), '"api";q=100;w=60')
+  assert.equal((await call('POST', '/auth/login')).status, 200)
+  assert.equal((await call('POST', '/auth/login')).status, 200)
+  r = await call('POST', '/auth/login')
+  assert.equal(r.status, 429)
+  assert.equal(r.header('retry-after'), '30')
+  assert.deepEqual(r.json, { error: 'rate_limited', retryAfter: 30, rule: 'login' })
+  assert.equal((await call('POST', '/oauth/token')).status, 401)
+  assert.equal((await call('POST', '/oauth/token', { 'x-client-id': 'app' })).status, 200)
+  assert.equal((await call('GET', '/api/items', { 'x-api-key': 'sk_revoked' })).status, 403)
+}
+
+test('express, over real HTTP, with trust proxy', async () => {
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const app = express()
+  app.set('trust proxy', 'loopback')
+  app.use(floodgate(Engine.fromToml(POLICY)))
+  app.all('/{*any}', (req, res) => res.json({ ok: true }))
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s))
+  })
+  const base = `http://127.0.0.1:${server.address().port}`
+  try {
+    await scenario(async (method, path, headers = {}) => {
+      const res = await fetch(base + path, { method, headers: { 'x-forwarded-for': '203.0.113.80', ...headers } })
+      const text = await res.text()
+      return { status: res.status, header: (n) => res.headers.get(n), json: text.startsWith('{') ? JSON.parse(text) : null }
+    })
+  } finally {
+    server.close()
+  }
+})
+
+test('fastify plugin, with inject', async () => {
+  const Fastify = require('fastify')
+  const app = Fastify({ trustProxy: true })
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
+  app.all('/*', async () => ({ ok: true }))
+  await scenario(async (method, url, headers = {}) => {
+    const res = await app.inject({ method, url, headers: { 'x-forwarded-for': '203.0.113.81', ...headers } })
+    return { status: res.statusCode, header: (n) => res.headers[n], json: res.body.startsWith('{') ? JSON.parse(res.body) : null }
+  })
+  await app.close()
+})

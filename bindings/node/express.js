@@ -1,0 +1,49 @@
+'use strict'
+// Express middleware:
+//   const { Engine } = require('floodgate')
+//   const { floodgate } = require('floodgate/express')
+//   app.set('trust proxy', ['10.0.0.0/8'])          // req.ip honours it
+//   app.use(floodgate(Engine.fromFile('policy.toml')))
+// Answers 429/403/401 with a JSON body and the verdict's headers; sets the
+// rate-limit headers on allowed responses. With a Redis store pass
+// { async: true }: the check then runs on the libuv thread pool.
+
+function clientIp(ip) {
+  if (!ip) return undefined
+  return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip
+}
+
+function body(v) {
+  if (v.status === 429) return { error: 'rate_limited', retryAfter: Math.ceil(v.retryAfterMs / 1000), rule: v.rule }
+  if (v.status === 401) return { error: 'unauthorized', rule: v.rule }
+  return { error: 'forbidden' }
+}
+
+function floodgate(engine, options = {}) {
+  return function floodgateMiddleware(req, res, next) {
+    const request = {
+      method: req.method,
+      path: req.originalUrl || req.url,
+      clientIp: clientIp(req.ip),
+      headers: req.headers,
+    }
+    const handle = (v) => {
+      res.set(v.headers)
+      if (v.allowed) return next()
+      res.status(v.status).json(body(v))
+    }
+    if (options.async) {
+      engine.checkRequestAsync(request).then(handle, next)
+      return
+    }
+    let verdict
+    try {
+      verdict = engine.checkRequest(request)
+    } catch (err) {
+      return next(err)
+    }
+    handle(verdict)
+  }
+}
+
+module.exports = { floodgate, body, clientIp }

@@ -1,0 +1,33 @@
+'use strict'
+// Fastify plugin:
+//   const fastify = require('fastify')({ trustProxy: '10.0.0.0/8' })   // request.ip honours it
+//   fastify.register(require('floodgate/fastify'), { engine: Engine.fromFile('policy.toml') })
+// Applies to every route (the plugin is not encapsulated). { async: true } for a
+// Redis store.
+const { body, clientIp } = require('./express.js')
+
+function floodgatePlugin(fastify, opts, done) {
+  const engine = opts.engine
+  if (!engine) return done(new Error('floodgate/fastify: options.engine is required'))
+  fastify.addHook('onRequest', async (request, reply) => {
+    const req = {
+      method: request.method,
+      path: request.url,
+      clientIp: clientIp(request.ip),
+      headers: request.headers,
+    }
+    const v = opts.async ? await engine.checkRequestAsync(req) : engine.checkRequest(req)
+    reply.headers(v.headers)
+    if (!v.allowed) {
+      reply.code(v.status).send(body(v))
+      return reply
+    }
+  })
+  done()
+}
+floodgatePlugin[Symbol.for('skip-override')] = true
+floodgatePlugin[Symbol.for('fastify.display-name')] = 'floodgate'
+
+module.exports = floodgatePlugin
+module.exports.default = floodgatePlugin
+module.exports.floodgate = floodgatePlugin

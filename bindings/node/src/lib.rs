@@ -1,0 +1,583 @@
+//! The napi-rs binding behind the `floodgate` npm package. Thin: the core
+//! decides; this file converts options, results and errors. Engines are
+//! immutable and `Sync`, so JS objects hold them in an `Arc` without a lock.
+#![allow(clippy::needless_pass_by_value)] // napi passes owned values
+#![allow(missing_debug_implementations)] // JS-facing types
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodgate::policy::{Engine as CoreEngine, Event, Request, Verdict as CoreVerdict};
+use floodgate::{
+    Algorithm, Decision as CoreDecision, ErrorKind, FailMode, Limiter as CoreLimiter, Quota,
+    RedisLimiter as CoreRedis,
+};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+/// `ERR_FG_<CODE>` for a core error, the same stable code as Rust's
+/// `ErrorKind::code()` and C's `FG_RESULT_<CODE>`.
+fn code_of(kind: ErrorKind) -> String {
+    format!("ERR_FG_{}", kind.code().to_uppercase())
+}
+
+/// The `err.code` of a thrown error.
+pub struct Code(String);
+
+impl AsRef<str> for Code {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A JS error with `err.code = 'ERR_FG_...'` and the core's message.
+fn to_js(e: floodgate::Error) -> napi::Error<Code> {
+    napi::Error::new(Code(code_of(e.kind())), e.to_string())
+}
+
+fn invalid(what: &str) -> napi::Error<Code> {
+    napi::Error::new(Code("ERR_FG_INVALID_ARGUMENT".into()), what)
+}
+
+/// Errors of the thread-pool tasks travel as `CODE\0message` (a Task's error type
+/// is fixed) and become a JS error with `err.code` again in `reject`.
+fn task_error(e: floodgate::Error) -> napi::Error {
+    napi::Error::new(
+        Status::GenericFailure,
+        format!("{}\u{0}{e}", code_of(e.kind())),
+    )
+}
+
+fn rebuild(env: Env, err: napi::Error) -> napi::Error {
+    let (code, message) = match err.reason.split_once('\u{0}') {
+        Some((c, m)) => (c.to_string(), m.to_string()),
+        None => ("ERR_FG_INTERNAL".to_string(), err.reason.clone()),
+    };
+    let made = env
+        .create_error(napi::Error::new(Status::GenericFailure, message.clone()))
+        .and_then(|mut obj| {
+            obj.set_named_property("code", code.as_str())?;
+            Ok(napi::Error::from(obj.into_unknown(&env)?))
+        });
+    made.unwrap_or_else(|_| napi::Error::new(Status::GenericFailure, message))
+}
+
+/// Every stable error code, as JS sees it in `err.code`.
+#[napi]
+pub fn error_codes() -> Vec<String> {
+    ErrorKind::ALL.iter().map(|k| code_of(*k)).collect()
+}
+
+/// The answer to a key check.
+#[napi(object)]
+pub struct Decision {
+    /// Let the request through.
+    pub allowed: bool,
+    /// The deciding quota's limit (its burst).
+    pub limit: f64,
+    /// Units left of it.
+    pub remaining: f64,
+    /// Milliseconds until a retry can be allowed (0 when allowed).
+    pub retry_after_ms: f64,
+    /// Milliseconds until the quota is full again.
+    pub reset_after_ms: f64,
+    /// Index of the deciding quota.
+    pub quota: u32,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl From<CoreDecision> for Decision {
+    fn from(d: CoreDecision) -> Self {
+        Decision {
+            allowed: d.allowed,
+            limit: d.limit as f64,
+            remaining: d.remaining as f64,
+            retry_after_ms: ms(d.retry_after),
+            reset_after_ms: ms(d.reset_after),
+            quota: u32::try_from(d.quota).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Options of a `Limiter` / `RedisLimiter`.
+#[napi(object)]
+pub struct LimiterOptions {
+    /// A quota like `'100/minute'` or `'10/s burst 20'`, or several.
+    pub quota: Either<String, Vec<String>>,
+    /// Burst for every quota (default: the rate).
+    pub burst: Option<f64>,
+    /// `gcra` (default), `sliding_log`, `sliding_window` or `fixed_window`.
+    pub algorithm: Option<String>,
+    /// Most keys held in memory (default 1,000,000).
+    pub max_keys: Option<u32>,
+    /// Longest key, in bytes (default 256).
+    pub max_key_bytes: Option<u32>,
+}
+
+fn quotas(o: &LimiterOptions) -> Result<Vec<Quota>, Code> {
+    let texts = match &o.quota {
+        Either::A(s) => vec![s.clone()],
+        Either::B(v) => v.clone(),
+    };
+    let alg: Algorithm = o
+        .algorithm
+        .as_deref()
+        .unwrap_or("gcra")
+        .parse()
+        .map_err(to_js)?;
+    texts
+        .iter()
+        .map(|t| {
+            let mut q: Quota = t.parse().map_err(to_js)?;
+            if let Some(b) = o.burst {
+                q = q.with_burst(count("burst", b)?).map_err(to_js)?;
+            }
+            q.with_algorithm(alg).map_err(to_js)
+        })
+        .collect()
+}
+
+/// A whole, non-negative number from JS (rejects NaN, Infinity, fractions).
+fn count(what: &str, n: f64) -> Result<u64, Code> {
+    if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 {
+        Ok(n as u64)
+    } else {
+        Err(invalid(&format!(
+            "{what} must be a whole number >= 0, not {n}"
+        )))
+    }
+}
+
+fn cost(c: Option<f64>) -> Result<u64, Code> {
+    match c {
+        None => Ok(1),
+        Some(c) => floodgate::Error::cost_from_f64(c).map_err(to_js),
+    }
+}
+
+fn time(now_ms: Option<f64>) -> Result<Option<Duration>, Code> {
+    match now_ms {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t / 1000.0))),
+        Some(t) => Err(invalid(&format!(
+            "nowMs must be a finite number of milliseconds >= 0, not {t}"
+        ))),
+    }
+}
+
+fn key_bytes(key: &Either<String, Buffer>) -> &[u8] {
+    match key {
+        Either::A(s) => s.as_bytes(),
+        Either::B(b) => b.as_ref(),
+    }
+}
+
+/// An in-memory rate limiter: `new Limiter({ quota: '100/minute', burst: 20 })`.
+#[napi]
+pub struct Limiter {
+    inner: Arc<CoreLimiter>,
+}
+
+#[napi]
+impl Limiter {
+    #[napi(constructor)]
+    pub fn new(options: LimiterOptions) -> Result<Self, Code> {
+        let mut b = CoreLimiter::builder().quotas(quotas(&options)?);
+        if let Some(n) = options.max_keys {
+            b = b.max_keys(n as usize);
+        }
+        if let Some(n) = options.max_key_bytes {
+            b = b.max_key_bytes(n as usize);
+        }
+        Ok(Limiter {
+            inner: Arc::new(b.build().map_err(to_js)?),
+        })
+    }
+
+    /// Checks `cost` units (default 1; 0 peeks) for `key` (string or Buffer),
+    /// synchronously: well under a microsecond. `nowMs` replaces the clock.
+    #[napi]
+    pub fn check(
+        &self,
+        key: Either<String, Buffer>,
+        cost: Option<f64>,
+        now_ms: Option<f64>,
+    ) -> Result<Decision, Code> {
+        let c = self::cost(cost)?;
+        let d = match time(now_ms)? {
+            Some(t) => self.inner.check_at(key_bytes(&key), c, t),
+            None => self.inner.check(key_bytes(&key), c),
+        };
+        d.map(Decision::from).map_err(to_js)
+    }
+
+    /// Forgets `key`; true if it was held.
+    #[napi]
+    pub fn reset(&self, key: Either<String, Buffer>) -> Result<bool, Code> {
+        self.inner.reset(key_bytes(&key)).map_err(to_js)
+    }
+
+    /// Keys held now.
+    #[napi(getter)]
+    pub fn size(&self) -> u32 {
+        u32::try_from(self.inner.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// Options of a `RedisLimiter`.
+#[napi(object)]
+pub struct RedisOptions {
+    /// `redis://[:password@]host:port/db`.
+    pub url: String,
+    /// A quota like `'100/minute'`, or several.
+    pub quota: Either<String, Vec<String>>,
+    pub burst: Option<f64>,
+    pub algorithm: Option<String>,
+    /// `open`, `closed` or `local` (default).
+    pub fail_mode: Option<String>,
+    /// Connect and per-command timeout in ms (default 5).
+    pub timeout_ms: Option<u32>,
+    /// Key prefix (default `fg`).
+    pub prefix: Option<String>,
+}
+
+/// A limiter on Redis, shared by every process: `checkAsync` never blocks the
+/// event loop (the round trip runs on the libuv thread pool).
+#[napi]
+pub struct RedisLimiter {
+    inner: Arc<CoreRedis>,
+}
+
+pub struct CheckTask {
+    limiter: Arc<CoreRedis>,
+    key: Vec<u8>,
+    cost: u64,
+}
+
+impl Task for CheckTask {
+    type Output = CoreDecision;
+    type JsValue = Decision;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        self.limiter.check(&self.key, self.cost).map_err(task_error)
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output.into())
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> Result<Self::JsValue> {
+        Err(rebuild(env, err))
+    }
+}
+
+#[napi]
+impl RedisLimiter {
+    /// Connects (blocking, at most the timeout) and checks that Redis answers.
+    #[napi(constructor)]
+    pub fn new(options: RedisOptions) -> Result<Self, Code> {
+        let lo = LimiterOptions {
+            quota: options.quota,
+            burst: options.burst,
+            algorithm: options.algorithm,
+            max_keys: None,
+            max_key_bytes: None,
+        };
+        let t = Duration::from_millis(u64::from(options.timeout_ms.unwrap_or(5).max(1)));
+        let mode: FailMode = options
+            .fail_mode
+            .as_deref()
+            .unwrap_or("local")
+            .parse()
+            .map_err(to_js)?;
+        let mut b = CoreRedis::builder(&options.url)
+            .connect_timeout(t)
+            .command_timeout(t)
+            .fail_mode(mode);
+        if let Some(p) = &options.prefix {
+            b = b.prefix(p);
+        }
+        for q in quotas(&lo)? {
+            b = b.quota(q);
+        }
+        Ok(RedisLimiter {
+            inner: Arc::new(b.build().map_err(to_js)?),
+        })
+    }
+
+    /// Checks on Redis; resolves to a Decision.
+    #[napi(ts_return_type = "Promise<Decision>")]
+    pub fn check_async(
+        &self,
+        key: Either<String, Buffer>,
+        cost: Option<f64>,
+    ) -> Result<AsyncTask<CheckTask>, Code> {
+        Ok(AsyncTask::new(CheckTask {
+            limiter: self.inner.clone(),
+            key: key_bytes(&key).to_vec(),
+            cost: self::cost(cost)?,
+        }))
+    }
+
+    /// Checks answered by the fail mode so far.
+    #[napi(getter)]
+    pub fn fallbacks(&self) -> f64 {
+        self.inner.fallbacks() as f64
+    }
+}
+
+/// A request to decide.
+#[napi(object)]
+pub struct RequestInit {
+    pub method: String,
+    pub path: String,
+    /// The client's address: the socket peer, or what a trusted proxy reported.
+    pub client_ip: Option<String>,
+    /// Request headers: an object (`req.headers`); array values are joined.
+    pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Unix time in ms replacing the clock (replays and tests).
+    pub now_ms: Option<f64>,
+}
+
+/// The answer to a request.
+#[napi(object)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// 200, 429, 403 or 401.
+    pub status: u32,
+    /// Milliseconds the client must wait (0 unless 429 or banned).
+    pub retry_after_ms: f64,
+    /// Response headers to set.
+    pub headers: std::collections::HashMap<String, String>,
+    /// The deciding rule.
+    pub rule: Option<String>,
+    /// The deciding rule's key (may contain a user id).
+    pub identity: Option<String>,
+    /// allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized.
+    pub reason: String,
+    pub limit: f64,
+    pub remaining: f64,
+    pub authenticated: bool,
+}
+
+fn reason(v: &CoreVerdict) -> &'static str {
+    use floodgate::policy::Reason;
+    match v.reason {
+        Reason::Allowed => "allowed",
+        Reason::NoRule => "no_rule",
+        Reason::AllowListed => "allow_listed",
+        Reason::RateLimited => "rate_limited",
+        Reason::Banned => "banned",
+        Reason::DenyListed => "deny_listed",
+        Reason::Unauthorized => "unauthorized",
+        _ => "other",
+    }
+}
+
+impl From<CoreVerdict> for Verdict {
+    fn from(v: CoreVerdict) -> Self {
+        Verdict {
+            allowed: v.allowed,
+            status: u32::from(v.status),
+            retry_after_ms: ms(v.retry_after),
+            headers: v
+                .headers
+                .iter()
+                .map(|(n, val)| (n.to_string(), val.clone()))
+                .collect(),
+            rule: v.rule.as_deref().map(str::to_string),
+            identity: v.identity.clone(),
+            reason: reason(&v).to_string(),
+            limit: v.limit as f64,
+            remaining: v.remaining as f64,
+            authenticated: v.authenticated,
+        }
+    }
+}
+
+/// A request, owned (for the thread pool).
+struct OwnedRequest {
+    method: String,
+    path: String,
+    client_ip: Option<IpAddr>,
+    headers: Vec<(String, String)>,
+    now: Option<Duration>,
+}
+
+fn owned(r: RequestInit) -> Result<OwnedRequest, Code> {
+    let client_ip = match &r.client_ip {
+        Some(s) => {
+            // Express gives IPv4 peers as ::ffff:a.b.c.d; the core maps those itself.
+            Some(
+                s.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| invalid(&format!("clientIp {s:?} is not an IP address")))?,
+            )
+        }
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for (k, v) in r.headers.unwrap_or_default() {
+        match v {
+            serde_json::Value::String(s) => headers.push((k, s)),
+            serde_json::Value::Array(items) => {
+                let joined: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect();
+                headers.push((k, joined.join(", ")));
+            }
+            serde_json::Value::Null => {}
+            other => headers.push((k, other.to_string())),
+        }
+    }
+    Ok(OwnedRequest {
+        method: r.method,
+        path: r.path,
+        client_ip,
+        headers,
+        now: time(r.now_ms)?,
+    })
+}
+
+fn decide(engine: &CoreEngine, r: &OwnedRequest) -> floodgate::Result<CoreVerdict> {
+    let refs: Vec<(&str, &str)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let req = Request {
+        method: &r.method,
+        path: &r.path,
+        client_ip: r.client_ip,
+        headers: &refs,
+    };
+    match r.now {
+        Some(t) => engine.check_request_at(&req, t),
+        None => engine.check_request(&req),
+    }
+}
+
+pub struct RequestTask {
+    engine: Arc<CoreEngine>,
+    request: OwnedRequest,
+}
+
+impl Task for RequestTask {
+    type Output = CoreVerdict;
+    type JsValue = Verdict;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        decide(&self.engine, &self.request).map_err(task_error)
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output.into())
+    }
+
+    fn reject(&mut self, env: Env, err: napi::Error) -> Result<Self::JsValue> {
+        Err(rebuild(env, err))
+    }
+}
+
+/// An event, as the event callback receives it.
+#[napi(object)]
+#[derive(Clone)]
+pub struct EngineEvent {
+    /// denied, shadow_denied, banned, token_invalid, deny_listed, unauthorized,
+    /// store_fallback, store_recovered.
+    pub kind: String,
+    pub rule: Option<String>,
+    pub client_ip: Option<String>,
+    /// The rule's key (may contain a user id).
+    pub key: Option<String>,
+    pub status: u32,
+    pub retry_after_ms: f64,
+}
+
+/// A policy engine: `Engine.fromFile(path)`, `Engine.fromToml(text)`,
+/// `Engine.fromObject({ rule: [...] })`.
+#[napi]
+pub struct Engine {
+    inner: Arc<CoreEngine>,
+}
+
+#[napi]
+impl Engine {
+    /// From a policy file (TOML, or JSON if it ends in .json).
+    #[napi(factory)]
+    pub fn from_file(path: String) -> Result<Self, Code> {
+        Ok(Engine {
+            inner: Arc::new(CoreEngine::from_path(path).map_err(to_js)?),
+        })
+    }
+
+    /// From TOML text.
+    #[napi(factory)]
+    pub fn from_toml(text: String) -> Result<Self, Code> {
+        Ok(Engine {
+            inner: Arc::new(CoreEngine::from_toml_str(&text).map_err(to_js)?),
+        })
+    }
+
+    /// From an object shaped like the TOML file.
+    #[napi(factory)]
+    pub fn from_object(policy: serde_json::Value) -> Result<Self, Code> {
+        let text = policy.to_string();
+        Ok(Engine {
+            inner: Arc::new(CoreEngine::from_json_str(&text).map_err(to_js)?),
+        })
+    }
+
+    /// Decides a request synchronously (in-memory engines: well under a µs of work).
+    #[napi]
+    pub fn check_request(&self, request: RequestInit) -> Result<Verdict, Code> {
+        let r = owned(request)?;
+        decide(&self.inner, &r).map(Verdict::from).map_err(to_js)
+    }
+
+    /// Decides a request on the libuv thread pool: use it with a Redis store.
+    #[napi(ts_return_type = "Promise<Verdict>")]
+    pub fn check_request_async(
+        &self,
+        request: RequestInit,
+    ) -> Result<AsyncTask<RequestTask>, Code> {
+        Ok(AsyncTask::new(RequestTask {
+            engine: self.inner.clone(),
+            request: owned(request)?,
+        }))
+    }
+
+    /// Prometheus text of the counters.
+    #[napi]
+    pub fn metrics(&self) -> String {
+        self.inner.metrics()
+    }
+
+    /// Sends events to `callback(event)` on the JS thread, without blocking the
+    /// request (events are queued; a full queue drops them).
+    #[napi(ts_args_type = "callback: (event: EngineEvent) => void")]
+    pub fn on_event(
+        &self,
+        callback: ThreadsafeFunction<EngineEvent, (), EngineEvent, Status, false, true>,
+    ) -> Result<()> {
+        let tsfn = Arc::new(callback);
+        self.inner.set_event_sink(move |e: &Event| {
+            let ev = EngineEvent {
+                kind: e.kind.code().to_string(),
+                rule: e.rule.as_deref().map(str::to_string),
+                client_ip: e.client_ip.map(|ip| ip.to_string()),
+                key: e.key.clone(),
+                status: u32::from(e.status),
+                retry_after_ms: ms(e.retry_after),
+            };
+            let _ = tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        Ok(())
+    }
+}
