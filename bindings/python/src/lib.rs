@@ -75,10 +75,11 @@ fn duration(name: &str, s: f64) -> PyResult<Duration> {
 /// A key: `str` (UTF-8 encoded) or `bytes`.
 fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
     if let Ok(s) = key.cast::<PyString>() {
-        return Ok(std::borrow::Cow::Owned(s.to_cow()?.as_bytes().to_vec()));
+        // Borrowed: the UTF-8 buffer CPython caches on the str (abi3 >= 3.10).
+        return Ok(std::borrow::Cow::Borrowed(s.to_str()?.as_bytes()));
     }
     if let Ok(b) = key.cast::<PyBytes>() {
-        return Ok(std::borrow::Cow::Owned(b.as_bytes().to_vec()));
+        return Ok(std::borrow::Cow::Borrowed(b.as_bytes()));
     }
     Err(PyTypeError::new_err(format!(
         "key must be str or bytes, not {}",

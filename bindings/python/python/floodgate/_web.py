@@ -36,7 +36,13 @@ def client_ip(peer: Optional[str], headers: Sequence[Tuple[str, str]], trusted: 
     from the right, skipping trusted proxies; the first untrusted address is the
     client. A header from an untrusted peer is ignored: anyone can send one.
     """
-    addr = _ip(peer) if peer else None
+    if not peer:
+        return None
+    if not trusted:
+        # The common case: no proxy to trust, so the peer is the client. The engine
+        # parses it; only reject what is plainly not an address (e.g. "testclient").
+        return peer if (peer[0].isdigit() or ":" in peer) else None
+    addr = _ip(peer)
     if addr is None:
         return None
     if not any(addr in n for n in trusted):
