@@ -1,24 +1,4 @@
-// The policy the engine and middleware tests share.
-export const POLICY = `
-[[rule]]
-name = "login"
-match = "POST /auth/login"
-quotas = ["2/min"]
-key = "ip"
+// The policy the engine and middleware tests share (also used by the Python tests).
+import { readFileSync } from 'node:fs'
 
-[[rule]]
-name = "token"
-match = "POST /oauth/token"
-quotas = ["10/min"]
-key = "header:x-client-id"
-anonymous = "deny"
-
-[[rule]]
-name = "api"
-match = "/api/**"
-quotas = ["100/min"]
-key = "ip"
-
-[lists]
-deny_api_keys = ["sk_revoked"]
-`
+export const POLICY = readFileSync(new URL('../../../tests/policies/bindings.toml', import.meta.url), 'utf8')

@@ -365,20 +365,6 @@ pub struct Verdict {
     pub authenticated: bool,
 }
 
-fn reason(v: &CoreVerdict) -> &'static str {
-    use floodgate::policy::Reason;
-    match v.reason {
-        Reason::Allowed => "allowed",
-        Reason::NoRule => "no_rule",
-        Reason::AllowListed => "allow_listed",
-        Reason::RateLimited => "rate_limited",
-        Reason::Banned => "banned",
-        Reason::DenyListed => "deny_listed",
-        Reason::Unauthorized => "unauthorized",
-        _ => "other",
-    }
-}
-
 impl From<CoreVerdict> for Verdict {
     fn from(v: CoreVerdict) -> Self {
         Verdict {
@@ -392,7 +378,7 @@ impl From<CoreVerdict> for Verdict {
                 .collect(),
             rule: v.rule.as_deref().map(str::to_string),
             identity: v.identity.clone(),
-            reason: reason(&v).to_string(),
+            reason: v.reason.code().to_string(),
             limit: v.limit as f64,
             remaining: v.remaining as f64,
             authenticated: v.authenticated,

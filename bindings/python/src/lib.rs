@@ -410,20 +410,6 @@ impl PyVerdict {
     }
 }
 
-fn reason(v: &Verdict) -> &'static str {
-    use floodgate::policy::Reason;
-    match v.reason {
-        Reason::Allowed => "allowed",
-        Reason::NoRule => "no_rule",
-        Reason::AllowListed => "allow_listed",
-        Reason::RateLimited => "rate_limited",
-        Reason::Banned => "banned",
-        Reason::DenyListed => "deny_listed",
-        Reason::Unauthorized => "unauthorized",
-        _ => "other",
-    }
-}
-
 fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
     let headers = PyList::empty(py);
     for (name, value) in &v.headers {
@@ -436,7 +422,7 @@ fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
         headers: headers.unbind(),
         rule: v.rule.as_deref().map(str::to_string),
         identity: v.identity.clone(),
-        reason: reason(&v),
+        reason: v.reason.code(),
         limit: v.limit,
         remaining: v.remaining,
         authenticated: v.authenticated,

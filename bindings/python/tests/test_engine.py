@@ -1,3 +1,4 @@
+import pathlib
 import asyncio
 import logging
 
@@ -6,23 +7,7 @@ import pytest
 import floodgate
 from floodgate import Engine
 
-POLICY = """
-[[rule]]
-name = "login"
-match = "POST /auth/login"
-quotas = ["2/min"]
-key = "ip"
-
-[[rule]]
-name = "token"
-match = "POST /oauth/token"
-quotas = ["10/min"]
-key = "header:x-client-id"
-anonymous = "deny"
-
-[lists]
-deny_api_keys = ["sk_revoked"]
-"""
+POLICY = (pathlib.Path(__file__).resolve().parents[3] / "tests" / "policies" / "bindings.toml").read_text()
 
 T = 1_700_000_000.0
 

@@ -1,31 +1,10 @@
+import pathlib
 import pytest
 
 from floodgate import Engine
 from floodgate._web import client_ip, networks
 
-POLICY = """
-[[rule]]
-name = "login"
-match = "POST /auth/login"
-quotas = ["2/min"]
-key = "ip"
-
-[[rule]]
-name = "token"
-match = "POST /oauth/token"
-quotas = ["10/min"]
-key = "header:x-client-id"
-anonymous = "deny"
-
-[[rule]]
-name = "api"
-match = "/api/**"
-quotas = ["100/min"]
-key = "ip"
-
-[lists]
-deny_api_keys = ["sk_revoked"]
-"""
+POLICY = (pathlib.Path(__file__).resolve().parents[3] / "tests" / "policies" / "bindings.toml").read_text()
 
 
 def test_client_ip_trusts_only_configured_proxies():
