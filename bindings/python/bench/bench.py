@@ -108,10 +108,11 @@ def redis_rates(url: str, n: int) -> List[tuple]:
     fixed = strategies.FixedWindowRateLimiter(rs)
     moving = strategies.MovingWindowRateLimiter(rs)
     item = RateLimitItemPerSecond(1_000_000_000)
+    item_small = RateLimitItemPerSecond(1000)
     names = [f"client:{i:06d}" for i in range(1000)]
     t_fg = per_call(lambda i: fg.check(names[i % 1000]), n, repeat=2)
     t_fixed = per_call(lambda i: fixed.hit(item, names[i % 1000]), n, repeat=2)
-    t_moving = per_call(lambda i: moving.hit(RateLimitItemPerSecond(1000), names[i % 1000]), n, repeat=2)
+    t_moving = per_call(lambda i: moving.hit(item_small, names[i % 1000]), n, repeat=2)
     return [
         ("Redis, sequential", "floodgate RedisLimiter", 1 / t_fg, t_fixed / t_fg),
         ("Redis, sequential", "limits fixed window", 1 / t_fixed, 1.0),

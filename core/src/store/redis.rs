@@ -32,7 +32,7 @@
 //! [`check_async`]: RedisLimiter::check_async
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -564,7 +564,6 @@ pub struct RedisLimiter {
     fallbacks: AtomicU64,
     cached_denials: AtomicU64,
     lease_hits: AtomicU64,
-    ever_leased: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -745,7 +744,6 @@ impl RedisLimiterBuilder {
             fallbacks: AtomicU64::new(0),
             cached_denials: AtomicU64::new(0),
             lease_hits: AtomicU64::new(0),
-            ever_leased: AtomicBool::new(false),
         })
     }
 }
@@ -997,13 +995,11 @@ impl RedisLimiter {
         let fp = self.hasher.hash_one(key);
         if cost > 0 && (self.deny_cache || self.lease > 0) {
             let t = micros(local_now);
-            if let Some(d) = self.cache.read(fp, |e| {
-                e.and_then(|e| self.cached_denial(&e.lock(), cost, t))
+            // One lookup answers both: a cached denial, else units of a lease.
+            if let Some((d, source)) = self.cache.read(fp, |e| {
+                e.and_then(|e| self.local_answer(&mut e.lock(), cost, t))
             }) {
-                return Ok(Step::Done(d, DecisionSource::CachedDenial));
-            }
-            if let Some(d) = self.spend_lease(fp, cost, t) {
-                return Ok(Step::Done(d, DecisionSource::Lease));
+                return Ok(Step::Done(d, source));
             }
         }
         if !self.store.inner.breaker.allow() {
@@ -1021,44 +1017,41 @@ impl RedisLimiter {
         Ok(Step::Call(self.invocation(key, cost, mode, now), fp))
     }
 
-    fn cached_denial(&self, e: &Local, cost: u64, now: u64) -> Option<Decision> {
+    /// A cached denial of this cost, else `cost` units spent from the key's lease.
+    fn local_answer(
+        &self,
+        e: &mut Local,
+        cost: u64,
+        now: u64,
+    ) -> Option<(Decision, DecisionSource)> {
         if e.deny_until > now && cost == e.deny_cost {
             self.cached_denials.fetch_add(1, Ordering::Relaxed);
             let quota = e.deny_quota as usize;
-            return Some(Decision {
+            let d = Decision {
                 allowed: false,
                 limit: self.quotas.get(quota).map_or(0, Quota::limit),
                 remaining: 0,
                 retry_after: Duration::from_micros(e.deny_until - now),
                 reset_after: Duration::from_micros(e.deny_reset.saturating_sub(now)),
                 quota,
-            });
+            };
+            return Some((d, DecisionSource::CachedDenial));
         }
-        None
-    }
-
-    /// Spends `cost` units of the key's lease, if it holds enough.
-    fn spend_lease(&self, fp: u64, cost: u64, now: u64) -> Option<Decision> {
-        if self.lease == 0 || !self.ever_leased.load(Ordering::Relaxed) {
+        if e.lease_until <= now || e.lease_left < cost {
             return None;
         }
-        self.cache.read(fp, |e| {
-            let mut e = e?.lock();
-            if e.lease_until <= now || e.lease_left < cost {
-                return None;
-            }
-            e.lease_left -= cost;
-            self.lease_hits.fetch_add(1, Ordering::Relaxed);
-            let quota = e.lease_quota as usize;
-            Some(Decision {
-                allowed: true,
-                limit: self.quotas.get(quota).map_or(0, Quota::limit),
-                remaining: e.lease_remaining + e.lease_left,
-                retry_after: Duration::ZERO,
-                reset_after: Duration::ZERO,
-                quota,
-            })
-        })
+        e.lease_left -= cost;
+        self.lease_hits.fetch_add(1, Ordering::Relaxed);
+        let quota = e.lease_quota as usize;
+        let d = Decision {
+            allowed: true,
+            limit: self.quotas.get(quota).map_or(0, Quota::limit),
+            remaining: e.lease_remaining + e.lease_left,
+            retry_after: Duration::ZERO,
+            reset_after: Duration::ZERO,
+            quota,
+        };
+        Some((d, DecisionSource::Lease))
     }
 
     fn finish(
@@ -1094,7 +1087,6 @@ impl RedisLimiter {
         let t = micros(local_now);
         let granted = get(5);
         if cost > 0 && d.allowed && granted > cost {
-            self.ever_leased.store(true, Ordering::Relaxed);
             self.cache
                 .with(fp, t.saturating_mul(1000), Mutex::default, |e| {
                     let mut e = e.lock();
