@@ -33,28 +33,39 @@ export declare class Engine {
   onEvent(callback: (event: EngineEvent) => void): void
 }
 
-/** An in-memory rate limiter: `new Limiter({ quota: '100/minute', burst: 20 })`. */
-export declare class Limiter {
+/**
+ * The native half of `Limiter` (floodgate.js), which users construct: it writes
+ * a decision into a caller's `Float64Array` instead of creating an object, which
+ * would cost more than the check itself.
+ */
+export declare class NativeLimiter {
   constructor(options: LimiterOptions)
   /**
-   * Checks `cost` units (default 1; 0 peeks) for `key` (string or Buffer),
-   * synchronously: well under a microsecond. `nowMs` replaces the clock.
+   * `[handle, out]` for `limiterCheck(handle, key, cost, nowMs?)`, the hot
+   * path: it returns whether the check is allowed and writes the decision's
+   * numbers into `out`, a Float64Array of `DECISION_FIELDS`. Both keep the
+   * limiter alive. Used by `Limiter` in floodgate.js.
    */
-  check(key: string | Buffer, cost?: number | undefined | null, nowMs?: number | undefined | null): Decision
+  handle(): [unknown, Float64Array]
   /** Forgets `key`; true if it was held. */
   reset(key: string | Buffer): boolean
-  /** Keys held now. */
+  /** Keys held now (counts every shard: not for the hot path). */
   get size(): number
 }
+export type Limiter = NativeLimiter
 
 /**
  * A limiter on Redis, shared by every process: `checkAsync` never blocks the
- * event loop (the round trip runs on the libuv thread pool).
+ * event loop.
  */
 export declare class RedisLimiter {
   /** Connects (blocking, at most the timeout) and checks that Redis answers. */
   constructor(options: RedisOptions)
-  /** Checks on Redis; resolves to a Decision. */
+  /**
+   * Checks on Redis; resolves to a Decision. The round trip runs on a tokio
+   * worker over one multiplexed connection, so concurrent checks are
+   * pipelined and the event loop never waits.
+   */
   checkAsync(key: string | Buffer, cost?: number | undefined | null): Promise<Decision>
   /** Checks answered by the fail mode so far. */
   get fallbacks(): number
@@ -75,6 +86,12 @@ export interface Decision {
   /** Index of the deciding quota. */
   quota: number
 }
+
+/**
+ * How many numbers a handle's `out` view holds: `[limit, remaining,
+ * retryAfterMs, resetAfterMs, quota]`.
+ */
+export declare const DECISION_FIELDS: number
 
 /** An event, as the event callback receives it. */
 export interface EngineEvent {

@@ -836,6 +836,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
+module.exports.NativeLimiter = nativeBinding.NativeLimiter
 module.exports.Limiter = nativeBinding.Limiter
 module.exports.RedisLimiter = nativeBinding.RedisLimiter
+module.exports.DECISION_FIELDS = nativeBinding.DECISION_FIELDS
 module.exports.errorCodes = nativeBinding.errorCodes

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
-const { Engine, RedisLimiter } = require('../index.js')
+const { Engine, RedisLimiter } = require('../floodgate.js')
 
 import { POLICY } from './policy.mjs'
 const T = 1_700_000_000_000
@@ -62,4 +62,37 @@ test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' },
   const verdicts = await Promise.all(Array.from({ length: 6 }, () => e.checkRequestAsync({ method: 'POST', path: '/auth/login', clientIp: '192.0.2.9' })))
   assert.equal(verdicts.filter((v) => v.allowed).length, 2)
   assert.throws(() => new RedisLimiter({ url: 'redis://127.0.0.1:1/', quota: '1/s', timeoutMs: 50 }), { code: 'ERR_FG_STORE_UNAVAILABLE' })
+})
+
+test('Promise API when Redis goes down: fail modes answer, nothing hangs', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
+  // An own redis-server, stopped halfway (the shared one stays up for the rest).
+  const { execFileSync } = require('node:child_process')
+  const net = require('node:net')
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = s.address().port
+      s.close(() => resolve(p))
+    })
+  })
+  execFileSync('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'yes'])
+  const url = `redis://127.0.0.1:${port}/`
+  for (let i = 0; i < 50; i++) {
+    try {
+      execFileSync('redis-cli', ['-p', String(port), 'ping'], { stdio: 'ignore' })
+      break
+    } catch {
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  const closed = new RedisLimiter({ url, quota: '100/minute', failMode: 'closed', timeoutMs: 100 })
+  const open = new RedisLimiter({ url, quota: '100/minute', failMode: 'open', timeoutMs: 100 })
+  assert.equal((await closed.checkAsync('k')).allowed, true)
+  assert.equal((await open.checkAsync('k')).allowed, true)
+  execFileSync('redis-cli', ['-p', String(port), 'shutdown', 'nosave'], { stdio: 'ignore' })
+  const t = Date.now()
+  const [c, o] = await Promise.all([closed.checkAsync('k'), open.checkAsync('k')])
+  assert.equal(c.allowed, false)
+  assert.equal(o.allowed, true)
+  assert.ok(closed.fallbacks >= 1 && open.fallbacks >= 1)
+  assert.ok(Date.now() - t < 5000, 'answered within the timeouts')
 })

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict'
 import { readFileSync, readdirSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
-const { Limiter, errorCodes } = require('../index.js')
+const { Limiter, errorCodes } = require('../floodgate.js')
 const vectors = fileURLToPath(new URL('../../../tests/vectors/', import.meta.url))
 
 test('check returns a decision', () => {
@@ -99,4 +100,51 @@ test('bad input throws a clear error and leaves state intact', () => {
   const d = l.check('k', 1, 0)
   assert.equal(d.allowed, true)
   assert.equal(d.remaining, 0)
+})
+
+test('the raw hot path: handles, key sizes, types and time', () => {
+  const native = require('../index.js')
+  const l = new Limiter({ quota: '5/second', maxKeyBytes: 4096 })
+  // Keys around the 1 KiB stack buffer, and past it, are the same keys each time.
+  for (const n of [1019, 1020, 1022, 1023, 1024, 1025, 4096]) {
+    const k = 'k'.repeat(n)
+    assert.equal(l.check(k, 1, 0).remaining, 4, `${n} bytes`)
+    assert.equal(l.check(k, 1, 0).remaining, 3, `${n} bytes, again`)
+  }
+  assert.throws(() => l.check('k'.repeat(4097), 1, 0), { code: 'ERR_FG_KEY_TOO_LONG' })
+  // Multi-byte UTF-8 straddling the buffer's end, and a string key equals its bytes.
+  const wide = 'é'.repeat(600)
+  assert.equal(l.check(wide, 1, 0).remaining, 4)
+  assert.equal(l.check(Buffer.from(wide), 1, 0).remaining, 3)
+  assert.throws(() => l.check(Buffer.alloc(0), 1, 0), { code: 'ERR_FG_EMPTY_KEY' })
+  assert.equal(l.check(new Uint8Array([0xff, 0xfe]), 1, 0).remaining, 4)
+  // Wrong types and values: a clear error, never a crash.
+  for (const bad of ['1', {}, [], true, 1n]) assert.throws(() => l.check('t', bad, 0), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  for (const bad of ['0', 1e300, -1, Infinity]) assert.throws(() => l.check('t', 1, bad), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.equal(l.check('t', null, null).remaining, 4)
+  // limiterCheck only accepts a handle made by NativeLimiter.handle().
+  for (const bad of [undefined, {}, Buffer.from('x'), new Float64Array(5)]) {
+    assert.throws(() => native.limiterCheck(bad, 'k', 1), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  }
+  // Each limiter has its own decision memory.
+  const a = new Limiter({ quota: '10/second' })
+  const b = new Limiter({ quota: '3/second' })
+  const da = a.check('x', 1, 0)
+  const db = b.check('x', 1, 0)
+  assert.deepEqual([da.limit, da.remaining, db.limit, db.remaining], [10, 9, 3, 2])
+})
+
+test('limiters are freed when collected', () => {
+  // In a child with --expose-gc: make and drop many limiters, collect, and check
+  // that the process is healthy (the finalizers release each handle and view).
+  const script = `
+    const { Limiter } = require(${JSON.stringify(require.resolve('../floodgate.js'))})
+    for (let i = 0; i < 5000; i++) new Limiter({ quota: '5/second' }).check('k' + i)
+    global.gc()
+    const kept = new Limiter({ quota: '1/second' })
+    if (!kept.check('k').allowed || kept.check('k').allowed) process.exit(2)
+    process.stdout.write('ok')
+  `
+  const out = execFileSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' })
+  assert.equal(out, 'ok')
 })

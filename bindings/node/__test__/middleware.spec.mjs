@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import { POLICY } from './policy.mjs'
 
 const require = createRequire(import.meta.url)
-const { Engine } = require('../index.js')
+const { Engine } = require('../floodgate.js')
 
 async function scenario(call) {
   let r = await call('GET', '/api/items')

@@ -1,5 +1,5 @@
 // Compiled with `tsc --noEmit` by the tests: the typings describe the API.
-import { Engine, Limiter, RedisLimiter, type Decision, type Verdict } from '../index'
+import { Engine, Limiter, RedisLimiter, type Decision, type Verdict } from '../floodgate'
 
 const limiter = new Limiter({ quota: ['10/s', '1000/hour'], burst: 20, algorithm: 'gcra' })
 const d: Decision = limiter.check('ip:203.0.113.7', 1)

@@ -4,7 +4,7 @@
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
-const { Limiter, RedisLimiter, Engine } = require('../index.js')
+const { Limiter, RedisLimiter, Engine } = require('../floodgate.js')
 const { RateLimiterMemory, RateLimiterRedis } = require('rate-limiter-flexible')
 
 const N = 300_000

@@ -17,6 +17,9 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod fast;
+mod promise;
+
 /// `ERR_FG_<CODE>` for a core error, the same stable code as Rust's
 /// `ErrorKind::code()` and C's `FG_RESULT_<CODE>`.
 fn code_of(kind: ErrorKind) -> String {
@@ -51,17 +54,27 @@ fn task_error(e: floodgate::Error) -> napi::Error {
 }
 
 fn rebuild(env: Env, err: napi::Error) -> napi::Error {
-    let (code, message) = match err.reason.split_once('\u{0}') {
-        Some((c, m)) => (c.to_string(), m.to_string()),
-        None => ("ERR_FG_INTERNAL".to_string(), err.reason.clone()),
-    };
+    match err.reason.split_once('\u{0}') {
+        Some((c, m)) => coded(&env, c, m),
+        None => coded(&env, "ERR_FG_INTERNAL", &err.reason),
+    }
+}
+
+/// A JS `Error` with `err.code = code`, as a napi error that rejects with it.
+fn coded(env: &Env, code: &str, message: &str) -> napi::Error {
     let made = env
-        .create_error(napi::Error::new(Status::GenericFailure, message.clone()))
+        .create_error(napi::Error::new(Status::GenericFailure, message))
         .and_then(|mut obj| {
-            obj.set_named_property("code", code.as_str())?;
-            Ok(napi::Error::from(obj.into_unknown(&env)?))
+            obj.set_named_property("code", code)?;
+            Ok(napi::Error::from(obj.into_unknown(env)?))
         });
     made.unwrap_or_else(|_| napi::Error::new(Status::GenericFailure, message))
+}
+
+/// Registers the raw `limiterCheck` (see `fast.rs`) beside the generated exports.
+#[napi(module_exports)]
+pub fn init(exports: Object<'_>, env: Env) -> Result<()> {
+    fast::register(env.raw(), exports.raw())
 }
 
 /// Every stable error code, as JS sees it in `err.code`.
@@ -163,10 +176,12 @@ fn cost(c: Option<f64>) -> Result<u64, Code> {
 fn time(now_ms: Option<f64>) -> Result<Option<Duration>, Code> {
     match now_ms {
         None => Ok(None),
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t / 1000.0))),
-        Some(t) => Err(invalid(&format!(
-            "nowMs must be a finite number of milliseconds >= 0, not {t}"
-        ))),
+        Some(t) => match Duration::try_from_secs_f64(t / 1000.0) {
+            Ok(d) => Ok(Some(d)),
+            Err(_) => Err(invalid(&format!(
+                "nowMs must be a finite number of milliseconds >= 0, not {t}"
+            ))),
+        },
     }
 }
 
@@ -177,10 +192,28 @@ fn key_bytes(key: &Either<String, Buffer>) -> &[u8] {
     }
 }
 
-/// An in-memory rate limiter: `new Limiter({ quota: '100/minute', burst: 20 })`.
-#[napi]
+/// The native half of `Limiter` (floodgate.js), which users construct: it writes
+/// a decision into a caller's `Float64Array` instead of creating an object, which
+/// would cost more than the check itself.
+#[napi(js_name = "NativeLimiter")]
 pub struct Limiter {
     inner: Arc<CoreLimiter>,
+}
+
+/// How many numbers a handle's `out` view holds: `[limit, remaining,
+/// retryAfterMs, resetAfterMs, quota]`.
+#[napi]
+pub const DECISION_FIELDS: u32 = 5;
+
+/// A decision's numbers, in the order of the `out` view of a handle.
+fn numbers(d: &CoreDecision) -> [f64; DECISION_FIELDS as usize] {
+    [
+        d.limit as f64,
+        d.remaining as f64,
+        ms(d.retry_after),
+        ms(d.reset_after),
+        d.quota as f64,
+    ]
 }
 
 #[napi]
@@ -199,21 +232,18 @@ impl Limiter {
         })
     }
 
-    /// Checks `cost` units (default 1; 0 peeks) for `key` (string or Buffer),
-    /// synchronously: well under a microsecond. `nowMs` replaces the clock.
-    #[napi]
-    pub fn check(
-        &self,
-        key: Either<String, Buffer>,
-        cost: Option<f64>,
-        now_ms: Option<f64>,
-    ) -> Result<Decision, Code> {
-        let c = self::cost(cost)?;
-        let d = match time(now_ms)? {
-            Some(t) => self.inner.check_at(key_bytes(&key), c, t),
-            None => self.inner.check(key_bytes(&key), c),
-        };
-        d.map(Decision::from).map_err(to_js)
+    /// `[handle, out]` for `limiterCheck(handle, key, cost, nowMs?)`, the hot
+    /// path: it returns whether the check is allowed and writes the decision's
+    /// numbers into `out`, a Float64Array of `DECISION_FIELDS`. Both keep the
+    /// limiter alive. Used by `Limiter` in floodgate.js.
+    #[napi(ts_return_type = "[unknown, Float64Array]")]
+    pub fn handle(&self, env: Env) -> Result<Unknown<'_>> {
+        let raw = fast::handle(env.raw(), self.inner.clone())?;
+        // SAFETY: `raw` is a value just created in this environment.
+        #[allow(unsafe_code)]
+        unsafe {
+            Unknown::from_napi_value(env.raw(), raw)
+        }
     }
 
     /// Forgets `key`; true if it was held.
@@ -222,7 +252,7 @@ impl Limiter {
         self.inner.reset(key_bytes(&key)).map_err(to_js)
     }
 
-    /// Keys held now.
+    /// Keys held now (counts every shard: not for the hot path).
     #[napi(getter)]
     pub fn size(&self) -> u32 {
         u32::try_from(self.inner.len()).unwrap_or(u32::MAX)
@@ -247,33 +277,10 @@ pub struct RedisOptions {
 }
 
 /// A limiter on Redis, shared by every process: `checkAsync` never blocks the
-/// event loop (the round trip runs on the libuv thread pool).
+/// event loop.
 #[napi]
 pub struct RedisLimiter {
     inner: Arc<CoreRedis>,
-}
-
-pub struct CheckTask {
-    limiter: Arc<CoreRedis>,
-    key: Vec<u8>,
-    cost: u64,
-}
-
-impl Task for CheckTask {
-    type Output = CoreDecision;
-    type JsValue = Decision;
-
-    fn compute(&mut self) -> Result<Self::Output> {
-        self.limiter.check(&self.key, self.cost).map_err(task_error)
-    }
-
-    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
-        Ok(output.into())
-    }
-
-    fn reject(&mut self, env: Env, err: napi::Error) -> Result<Self::JsValue> {
-        Err(rebuild(env, err))
-    }
 }
 
 #[napi]
@@ -310,18 +317,28 @@ impl RedisLimiter {
         })
     }
 
-    /// Checks on Redis; resolves to a Decision.
+    /// Checks on Redis; resolves to a Decision. The round trip runs on a tokio
+    /// worker over one multiplexed connection, so concurrent checks are
+    /// pipelined and the event loop never waits.
     #[napi(ts_return_type = "Promise<Decision>")]
     pub fn check_async(
         &self,
+        env: Env,
         key: Either<String, Buffer>,
         cost: Option<f64>,
-    ) -> Result<AsyncTask<CheckTask>, Code> {
-        Ok(AsyncTask::new(CheckTask {
-            limiter: self.inner.clone(),
-            key: key_bytes(&key).to_vec(),
-            cost: self::cost(cost)?,
-        }))
+    ) -> Result<Unknown<'_>, Code> {
+        let cost = self::cost(cost)?;
+        let p = promise::check(
+            env.raw(),
+            self.inner.clone(),
+            key_bytes(&key).to_vec(),
+            cost,
+        )
+        .map_err(|m| napi::Error::new(Code("ERR_FG_INTERNAL".into()), m))?;
+        // SAFETY: `p` is a promise just created in this environment.
+        #[allow(unsafe_code)]
+        unsafe { Unknown::from_napi_value(env.raw(), p) }
+            .map_err(|e| napi::Error::new(Code("ERR_FG_INTERNAL".into()), e.reason))
     }
 
     /// Checks answered by the fail mode so far.

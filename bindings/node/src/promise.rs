@@ -1,0 +1,250 @@
+//! `RedisLimiter.checkAsync`: a Promise settled from a tokio runtime through
+//! one Node-API threadsafe function per JS thread.
+//!
+//! napi-rs's `spawn_future` creates a threadsafe function (a libuv handle) for
+//! every promise, which made a sequential check over Redis slower than
+//! rate-limiter-flexible's. Here the checks run on one tokio worker that owns the
+//! multiplexed Redis connection, and each completion travels back through the
+//! thread's one threadsafe function, which is referenced (keeps Node alive) only
+//! while checks are in flight.
+#![allow(unsafe_code)] // Node-API calls: every block says why it is sound
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::{Arc, OnceLock};
+
+use floodgate::{Decision as CoreDecision, RedisLimiter as CoreRedis};
+use napi::bindgen_prelude::ToNapiValue;
+use napi::sys;
+use parking_lot::Mutex;
+
+use crate::{Decision, code_of};
+
+/// The runtime of every `checkAsync`: one worker, which also drives the
+/// multiplexed connection, so a round trip costs no thread hop inside it.
+fn runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("floodgate-redis")
+            .enable_all()
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// The threadsafe function of one JS thread, as an address; `None` once Node
+/// finalized it. Tokio tasks call it under this lock, so a call never races
+/// the finalizer.
+type Gate = Arc<Mutex<Option<usize>>>;
+
+struct Channel {
+    gate: Gate,
+    in_flight: Cell<usize>,
+}
+
+thread_local! {
+    static CHANNEL: std::cell::RefCell<Option<Channel>> = const { std::cell::RefCell::new(None) };
+}
+
+struct Completion {
+    deferred: usize,
+    result: floodgate::Result<CoreDecision>,
+}
+
+fn status_ok(s: sys::napi_status) -> bool {
+    s == sys::Status::napi_ok
+}
+
+/// Starts a check of `key` on Redis and returns its promise.
+pub fn check(
+    env: sys::napi_env,
+    limiter: Arc<CoreRedis>,
+    key: Vec<u8>,
+    cost: u64,
+) -> Result<sys::napi_value, &'static str> {
+    let rt = runtime().ok_or("could not start the Redis runtime")?;
+    let (gate, alone) = CHANNEL.with(|c| -> Result<(Gate, bool), &'static str> {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(Channel {
+                gate: open(env)?,
+                in_flight: Cell::new(0),
+            });
+        }
+        let ch = c.as_ref().ok_or("no channel")?;
+        if ch.in_flight.get() == 0
+            && let Some(tsfn) = *ch.gate.lock()
+        {
+            // SAFETY: on the JS thread that made `tsfn`, which is not finalized
+            // (the gate still holds it).
+            unsafe {
+                sys::napi_ref_threadsafe_function(env, tsfn as sys::napi_threadsafe_function)
+            };
+        }
+        let alone = ch.in_flight.get() == 0;
+        ch.in_flight.set(ch.in_flight.get() + 1);
+        Ok((Arc::clone(&ch.gate), alone))
+    })?;
+    let (mut deferred, mut promise) = (ptr::null_mut(), ptr::null_mut());
+    // SAFETY: `env` is the live environment of the current call.
+    if !status_ok(unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) }) {
+        done(env);
+        return Err("could not create a promise");
+    }
+    let deferred = deferred as usize;
+    let send = move |result| {
+        let data = Box::into_raw(Box::new(Completion { deferred, result }));
+        let guard = gate.lock();
+        let sent = guard.is_some_and(|tsfn| {
+            // SAFETY: `tsfn` is alive: the finalizer takes the gate's lock, which
+            // is held here, before Node frees it.
+            status_ok(unsafe {
+                sys::napi_call_threadsafe_function(
+                    tsfn as sys::napi_threadsafe_function,
+                    data.cast(),
+                    sys::ThreadsafeFunctionCallMode::nonblocking,
+                )
+            })
+        });
+        if !sent {
+            // Node is shutting down this thread: nobody awaits the promise.
+            // SAFETY: `data` was not handed over, so it is still ours.
+            drop(unsafe { Box::from_raw(data) });
+        }
+    };
+    if alone {
+        // Nothing else in flight: a blocking round trip on a pooled connection
+        // answers sooner than the multiplexed connection's task hand-offs.
+        rt.spawn_blocking(move || send(limiter.check(&key, cost)));
+    } else {
+        rt.spawn(async move { send(limiter.check_async(&key, cost).await) });
+    }
+    Ok(promise)
+}
+
+/// One check fewer in flight: unreference the threadsafe function at zero so
+/// an idle limiter does not keep Node running.
+fn done(env: sys::napi_env) {
+    CHANNEL.with(|c| {
+        if let Some(ch) = c.borrow().as_ref() {
+            let n = ch.in_flight.get().saturating_sub(1);
+            ch.in_flight.set(n);
+            if n == 0
+                && let Some(tsfn) = *ch.gate.lock()
+            {
+                // SAFETY: on the JS thread that made `tsfn`, not finalized yet.
+                unsafe {
+                    sys::napi_unref_threadsafe_function(env, tsfn as sys::napi_threadsafe_function)
+                };
+            }
+        }
+    });
+}
+
+fn open(env: sys::napi_env) -> Result<Gate, &'static str> {
+    let gate: Gate = Arc::new(Mutex::new(None));
+    let mut name = ptr::null_mut();
+    let label = "floodgate.checkAsync";
+    let mut tsfn = ptr::null_mut();
+    let finalize_data = Arc::into_raw(Arc::clone(&gate)).cast_mut().cast::<c_void>();
+    // SAFETY: `env` is live; `label` is valid UTF-8 of the given length. On
+    // success Node owns `finalize_data` until it calls `finalized` once.
+    let made = unsafe {
+        status_ok(sys::napi_create_string_utf8(
+            env,
+            label.as_ptr().cast(),
+            label.len() as isize,
+            &mut name,
+        )) && status_ok(sys::napi_create_threadsafe_function(
+            env,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            name,
+            0,
+            1,
+            finalize_data,
+            Some(finalized),
+            ptr::null_mut(),
+            Some(settle),
+            &mut tsfn,
+        ))
+    };
+    if !made {
+        // SAFETY: Node did not take `finalize_data`.
+        drop(unsafe { Arc::from_raw(finalize_data.cast_const().cast::<Mutex<Option<usize>>>()) });
+        return Err("could not create the threadsafe function");
+    }
+    // SAFETY: `tsfn` was just made on this thread; unreferenced until a check
+    // is in flight.
+    unsafe { sys::napi_unref_threadsafe_function(env, tsfn) };
+    *gate.lock() = Some(tsfn as usize);
+    Ok(gate)
+}
+
+unsafe extern "C" fn finalized(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the `Arc` given to Node in `open`, returned once, here.
+    let gate = unsafe { Arc::from_raw(data.cast_const().cast::<Mutex<Option<usize>>>()) };
+    *gate.lock() = None;
+    CHANNEL.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            *c = None;
+        }
+    });
+}
+
+/// Runs on the JS thread for each completion: settles its promise.
+unsafe extern "C" fn settle(
+    env: sys::napi_env,
+    _js_callback: sys::napi_value,
+    _context: *mut c_void,
+    data: *mut c_void,
+) {
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: `data` is a `Box<Completion>` from `check`, delivered once.
+    let c = unsafe { Box::from_raw(data.cast::<Completion>()) };
+    if env.is_null() {
+        return; // the environment is going away
+    }
+    let deferred = c.deferred as sys::napi_deferred;
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: on the JS thread with a live `env`; `deferred` is settled
+        // exactly once, here.
+        unsafe {
+            match c.result {
+                Ok(d) => match Decision::to_napi_value(env, Decision::from(d)) {
+                    Ok(v) => sys::napi_resolve_deferred(env, deferred, v),
+                    Err(_) => sys::napi_reject_deferred(
+                        env,
+                        deferred,
+                        error(env, "ERR_FG_INTERNAL", "could not convert the decision"),
+                    ),
+                },
+                Err(e) => sys::napi_reject_deferred(
+                    env,
+                    deferred,
+                    error(env, &code_of(e.kind()), &e.to_string()),
+                ),
+            }
+        };
+    });
+    done(env);
+}
+
+/// A JS `Error` with `err.code`.
+fn error(env: sys::napi_env, code: &str, message: &str) -> sys::napi_value {
+    let (mut c, mut m, mut e) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    // SAFETY: on the JS thread with a live `env`; the strings are valid UTF-8
+    // of the given lengths, copied by the calls.
+    unsafe {
+        sys::napi_create_string_utf8(env, code.as_ptr().cast(), code.len() as isize, &mut c);
+        sys::napi_create_string_utf8(env, message.as_ptr().cast(), message.len() as isize, &mut m);
+        sys::napi_create_error(env, c, m, &mut e);
+    }
+    e
+}
