@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import floodgate
 
@@ -102,8 +102,11 @@ def asgi_overhead(n: int) -> List[tuple]:
 
 def redis_rates(url: str, n: int) -> List[tuple]:
     from limits import RateLimitItemPerSecond, storage, strategies
+    from limits.aio import storage as aio_storage
+    from limits.aio import strategies as aio_strategies
 
     fg = floodgate.RedisLimiter(url, "1000000000/second", timeout=1.0, prefix="pybench")
+    fg_lease = floodgate.RedisLimiter(url, "1000000000/second", timeout=1.0, prefix="pybench-lease", lease=20)
     rs = storage.RedisStorage(url)
     fixed = strategies.FixedWindowRateLimiter(rs)
     moving = strategies.MovingWindowRateLimiter(rs)
@@ -113,10 +116,35 @@ def redis_rates(url: str, n: int) -> List[tuple]:
     t_fg = per_call(lambda i: fg.check(names[i % 1000]), n, repeat=2)
     t_fixed = per_call(lambda i: fixed.hit(item, names[i % 1000]), n, repeat=2)
     t_moving = per_call(lambda i: moving.hit(item_small, names[i % 1000]), n, repeat=2)
+    hot = names[:100]
+    t_lease = per_call(lambda i: fg_lease.check(hot[i % 100]), n, repeat=2)
+
+    # 64 checks in flight from asyncio, against limits' asyncio storage (redis-py).
+    aio_fixed = aio_strategies.FixedWindowRateLimiter(
+        aio_storage.RedisStorage("async+" + url, implementation="redispy")
+    )
+
+    async def in_flight(check, total: int) -> float:
+        t = time.perf_counter()
+        for i in range(0, total, 64):
+            await asyncio.gather(*[check(names[(i + j) % 1000]) for j in range(64)])
+        return (time.perf_counter() - t) / total
+
+    async def both() -> Tuple[float, float]:
+        await in_flight(fg.check_async, 640)  # warm up: connections made
+        await in_flight(lambda k: aio_fixed.hit(item, k), 640)
+        a = min([await in_flight(fg.check_async, n * 4) for _ in range(2)])
+        b = min([await in_flight(lambda k: aio_fixed.hit(item, k), n * 4) for _ in range(2)])
+        return a, b
+
+    p_fg, p_fixed = asyncio.run(both())
     return [
         ("Redis, sequential", "floodgate RedisLimiter", 1 / t_fg, t_fixed / t_fg),
         ("Redis, sequential", "limits fixed window", 1 / t_fixed, 1.0),
         ("Redis, sequential", "limits moving window", 1 / t_moving, t_fixed / t_moving),
+        ("Redis, sequential", "floodgate, lease=20, 100 hot keys", 1 / t_lease, t_fixed / t_lease),
+        ("Redis, 64 in flight", "floodgate check_async", 1 / p_fg, p_fixed / p_fg),
+        ("Redis, 64 in flight", "limits aio fixed window", 1 / p_fixed, 1.0),
     ]
 
 

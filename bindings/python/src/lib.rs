@@ -4,6 +4,7 @@
 //! so there is no lock in the wrapper.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate::policy::{Engine, Event, Request, Verdict};
@@ -11,6 +12,8 @@ use floodgate::{Algorithm, Decision, ErrorKind, FailMode, Limiter, Quota, RedisL
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+mod aio;
 
 /// The exception class name for a core error kind (defined in
 /// `floodgate/errors.py`, where the ValueError / ConnectionError bases are set).
@@ -283,7 +286,7 @@ impl PyLimiter {
 /// `RedisLimiter("redis://127.0.0.1:6379/", "100/minute", fail_mode="local")`.
 #[pyclass(frozen, module = "floodgate", name = "RedisLimiter")]
 struct PyRedisLimiter {
-    inner: RedisLimiter,
+    inner: Arc<RedisLimiter>,
 }
 
 #[pymethods]
@@ -317,7 +320,9 @@ impl PyRedisLimiter {
             b = b.quota(q);
         }
         let inner = py.detach(|| b.build()).map_err(to_py)?;
-        Ok(PyRedisLimiter { inner })
+        Ok(PyRedisLimiter {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Checks on Redis (one round trip, GIL released; at most `timeout`).
@@ -340,6 +345,37 @@ impl PyRedisLimiter {
             None => self.inner.check(&key, c),
         });
         d.map(PyDecision::from).map_err(to_py)
+    }
+
+    /// `await limiter.check_async(key)`: the check as an asyncio future. The
+    /// round trip runs on a tokio worker over one multiplexed connection, so
+    /// concurrent checks from many tasks are pipelined and the loop never waits;
+    /// the result comes back through the loop's own reader (see `_aio.py`), never
+    /// by taking the GIL from another thread.
+    #[pyo3(signature = (key, cost=None))]
+    fn check_async<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        cost: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = key_bytes(key)?.into_owned();
+        let c = match cost {
+            Some(c) => self::cost(c)?,
+            None => 1,
+        };
+        let rt = aio::runtime()?;
+        let (future, id, inbox): (Bound<'py, PyAny>, u64, Bound<'py, aio::Inbox>) = py
+            .import("floodgate._aio")?
+            .call_method0("register")?
+            .extract()?;
+        let inbox = inbox.unbind();
+        let limiter = Arc::clone(&self.inner);
+        rt.spawn(async move {
+            let result = limiter.check_async(&key, c).await;
+            inbox.get().push(id, result);
+        });
+        Ok(future)
     }
 
     /// Forgets `key` in Redis.
@@ -598,6 +634,7 @@ impl PyEngine {
 
 #[pymodule(gil_used = false)]
 fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<aio::Inbox>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyDecision>()?;
     m.add_class::<PyLimiter>()?;

@@ -92,3 +92,75 @@ def test_redis_limiter_async(redis_url):
     results = asyncio.run(main())
     assert sum(d.allowed for d in results) == 5
     assert lim.fallbacks == 0
+
+
+def test_redis_limiter_native_async_is_exact_and_raises(redis_url):
+    import os
+
+    lim = floodgate.RedisLimiter(redis_url, "100/minute", fail_mode="closed", timeout=0.5, prefix=f"pyn-{os.getpid()}")
+    lim.reset("hot")
+
+    async def main():
+        # 300 concurrent checks on one key, pipelined: exactly the limit passes.
+        ds = await asyncio.gather(*[lim.check_async("hot") for _ in range(300)])
+        with pytest.raises(floodgate.EmptyKeyError):
+            await lim.check_async("")
+        with pytest.raises(floodgate.InvalidCostError):
+            await lim.check_async("k", -1)
+        with pytest.raises(TypeError):
+            await lim.check_async(None)
+        return ds
+
+    ds = asyncio.run(main())
+    assert sum(d.allowed for d in ds) == 100
+    assert all(d.retry_after > 0 for d in ds if not d.allowed)
+    assert lim.fallbacks == 0
+    # A second event loop reuses the same runtime and connection.
+    assert asyncio.run(_one(lim)).allowed is False
+
+
+async def _one(lim):
+    # A cancelled check does not disturb the next ones on the same loop.
+    t = asyncio.ensure_future(lim.check_async("other"))
+    await asyncio.sleep(0)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    return await lim.check_async("hot")
+
+
+def test_redis_async_when_redis_goes_down(tmp_path):
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    subprocess.run(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(50):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    url = f"redis://127.0.0.1:{port}/"
+    closed = floodgate.RedisLimiter(url, "100/minute", fail_mode="closed", timeout=0.1)
+    opened = floodgate.RedisLimiter(url, "100/minute", fail_mode="open", timeout=0.1)
+
+    async def both():
+        return await asyncio.gather(closed.check_async("k"), opened.check_async("k"))
+
+    assert [d.allowed for d in asyncio.run(both())] == [True, True]
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+    t = time.monotonic()
+    c, o = asyncio.run(both())
+    assert (c.allowed, o.allowed) == (False, True)
+    assert closed.fallbacks >= 1 and opened.fallbacks >= 1
+    assert time.monotonic() - t < 5

@@ -135,3 +135,94 @@ def _urls():
 
 
 urlpatterns = _urls()
+
+
+def _jwt(payload: dict, secret: bytes, alg: str = "HS256") -> str:
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64(json.dumps(payload).encode())
+    if alg == "none":
+        return f"{head}.{body}."
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def _jwt_policy(tmp_path) -> str:
+    secret = tmp_path / "hs256.key"
+    secret.write_bytes(b"test-secret-of-32-bytes-at-least!!")
+    return f"""
+[jwt]
+algorithms = ["HS256"]
+issuer = "https://auth.example.com"
+secret_file = "{secret}"
+on_invalid = "reject"
+
+[[rule]]
+name = "me"
+match = "/me"
+quotas = ["2/min"]
+key = "claim:sub"
+anonymous = "deny"
+"""
+
+
+def _check_jwt(call, status_of, body_of):
+    import time
+
+    secret = b"test-secret-of-32-bytes-at-least!!"
+    good = {"sub": "alice", "iss": "https://auth.example.com", "exp": int(time.time()) + 600}
+    bearer = lambda t: {"authorization": f"Bearer {t}"}  # noqa: E731
+    # No token, a forged one, alg=none, an expired one, a wrong issuer: 401 each.
+    assert status_of(call({})) == 401
+    assert body_of(call({})) == {"error": "unauthorized", "rule": "me"}
+    assert status_of(call(bearer(_jwt(good, b"another-secret-entirely-32-bytes!")))) == 401
+    assert status_of(call(bearer(_jwt(good, secret, alg="none")))) == 401
+    assert status_of(call(bearer(_jwt({**good, "exp": int(time.time()) - 3600}, secret)))) == 401
+    assert status_of(call(bearer(_jwt({**good, "iss": "https://evil.example.com"}, secret)))) == 401
+    # A verified token is keyed by its subject: alice has 2 per minute, bob his own.
+    alice = bearer(_jwt(good, secret))
+    assert [status_of(call(alice)) for _ in range(3)] == [200, 200, 429]
+    assert status_of(call(bearer(_jwt({**good, "sub": "bob"}, secret)))) == 200
+
+
+def test_asgi_requires_a_verified_token(tmp_path):
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from floodgate.asgi import FloodgateMiddleware
+
+    app = fastapi.FastAPI()
+
+    @app.get("/me")
+    def me():
+        return {"me": True}
+
+    app.add_middleware(FloodgateMiddleware, engine=Engine.from_toml(_jwt_policy(tmp_path)))
+    client = TestClient(app)
+    _check_jwt(lambda h: client.get("/me", headers=h), lambda r: r.status_code, lambda r: r.json())
+
+
+def test_wsgi_requires_a_verified_token(tmp_path):
+    flask = pytest.importorskip("flask")
+    from floodgate.wsgi import FloodgateMiddleware
+
+    app = flask.Flask(__name__)
+
+    @app.get("/me")
+    def me():
+        return {"me": True}
+
+    app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_toml(_jwt_policy(tmp_path)))
+    client = app.test_client()
+    _check_jwt(
+        lambda h: client.get("/me", headers=h, environ_base={"REMOTE_ADDR": "203.0.113.61"}),
+        lambda r: r.status_code,
+        lambda r: r.get_json(),
+    )

@@ -20,9 +20,9 @@ Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
 
 
 async def check_async(limiter: RedisLimiter, key: Union[str, bytes], cost: int = 1) -> Decision:
-    """``limiter.check`` in the default thread pool: an ASGI app never blocks its loop."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(limiter.check, key, cost))
+    """``await limiter.check_async(key, cost)``: the round trip is pipelined on one
+    multiplexed connection by a tokio worker, so the event loop never waits."""
+    return await limiter.check_async(key, cost)
 
 
 async def check_request_async(
