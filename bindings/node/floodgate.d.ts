@@ -24,7 +24,9 @@ export declare class Limiter {
    * @throws Error with `err.code` `ERR_FG_EMPTY_KEY`, `ERR_FG_KEY_TOO_LONG`,
    * `ERR_FG_INVALID_COST`, `ERR_FG_COST_EXCEEDS_BURST`, or
    * `ERR_FG_INVALID_ARGUMENT` (a key that is not a string or Buffer, a cost or
-   * `nowMs` that is not a number, a bad `nowMs`). A denial is not an error.
+   * `nowMs` that is not a number, a bad `nowMs`), with the error's fields
+   * (`len` and `max`; `cost`, `burst` and `quota`; `problem`). A denial is not
+   * an error.
    */
   check(key: string | Buffer, cost?: number | null, nowMs?: number | null): Decision
   /** Forgets `key`; true if it was held. */

@@ -55,6 +55,7 @@ pub use quota::{Algorithm, Quota};
 #[cfg(feature = "redis")]
 pub use store::redis::{
     DecisionSource, FailMode, RedisLimiter, RedisLimiterBuilder, RedisStore, RedisStoreBuilder,
+    background_runtime,
 };
 
 /// Items for the loom model only (`--cfg floodgate_loom`); not a public API.

@@ -30,7 +30,7 @@ test('checkRequest and the verdict', () => {
 })
 
 test('policy and request errors carry codes', () => {
-  assert.throws(() => Engine.fromToml('[[rule]]\nname = "x"\nmatch = "/**"\nquotas = ["ten"]\n'), (err) => err.code === 'ERR_FG_INVALID_CONFIG' && /line 4/.test(err.message))
+  assert.throws(() => Engine.fromToml('[[rule]]\nname = "x"\nmatch = "/**"\nquotas = ["ten"]\n'), (err) => err.code === 'ERR_FG_INVALID_CONFIG' && /line 4/.test(err.message) && err.line === 4 && typeof err.location === 'string' && typeof err.detail === 'string')
   assert.throws(() => Engine.fromFile('/nonexistent.toml'), { code: 'ERR_FG_INVALID_CONFIG' })
   const e = Engine.fromToml(POLICY)
   assert.throws(() => e.checkRequest({ method: '', path: '/' }), { code: 'ERR_FG_INVALID_REQUEST' })
@@ -58,10 +58,13 @@ test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' },
   assert.equal(results.filter((d) => d.allowed).length, 5)
   assert.equal(l.fallbacks, 0)
   await assert.rejects(l.checkAsync(''), { code: 'ERR_FG_EMPTY_KEY' })
+  await assert.rejects(l.checkAsync('x'.repeat(300)), { code: 'ERR_FG_KEY_TOO_LONG', len: 300, max: 256 })
   const e = Engine.fromToml(`[store]\nkind = "redis"\nurl = "${redisUrl}"\ntimeout_ms = 200\nprefix = "${prefix}"\n` + POLICY)
   const verdicts = await Promise.all(Array.from({ length: 6 }, () => e.checkRequestAsync({ method: 'POST', path: '/auth/login', clientIp: '192.0.2.9' })))
   assert.equal(verdicts.filter((v) => v.allowed).length, 2)
-  assert.throws(() => new RedisLimiter({ url: 'redis://127.0.0.1:1/', quota: '1/s', timeoutMs: 50 }), { code: 'ERR_FG_STORE_UNAVAILABLE' })
+  assert.throws(() => new RedisLimiter({ url: 'redis://127.0.0.1:1/', quota: '1/s', timeoutMs: 50 }), { code: 'ERR_FG_STORE_UNAVAILABLE', store: 'redis' })
+  // A bad request is refused before the task starts: a synchronous throw.
+  assert.throws(() => e.checkRequestAsync({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
 })
 
 test('Promise API when Redis goes down: fail modes answer, nothing hangs', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {

@@ -87,6 +87,18 @@ test('every error code is thrown with err.code', () => {
   }
 })
 
+test('errors carry the core error\'s fields', () => {
+  const l = new Limiter({ quota: '2/second', maxKeyBytes: 8 })
+  assert.throws(() => l.check('k'.repeat(9), 1, 0), { code: 'ERR_FG_KEY_TOO_LONG', len: 9, max: 8 })
+  assert.throws(() => l.check('k', 3, 0), { code: 'ERR_FG_COST_EXCEEDS_BURST', cost: 3, burst: 2, quota: 0 })
+  assert.throws(() => l.check('k', -1, 0), (e) => e.code === 'ERR_FG_INVALID_COST' && typeof e.problem === 'string')
+  assert.throws(() => new Limiter({ quota: 'ten per second' }), { code: 'ERR_FG_QUOTA_PARSE', input: 'ten per second' })
+  assert.throws(() => new Limiter({ quota: '1/s', algorithm: 'leaky' }), { code: 'ERR_FG_UNKNOWN_ALGORITHM', name: 'leaky' })
+  assert.throws(() => new Limiter({ quota: Array(40).fill('1/s') }), (e) => e.code === 'ERR_FG_TOO_MANY_QUOTAS' && e.count === 40 && e.max > 0)
+  // The same fields whichever path threw: the raw hot path above, napi-rs's glue here.
+  assert.throws(() => l.reset(''), { code: 'ERR_FG_EMPTY_KEY' })
+})
+
 test('bad input throws a clear error and leaves state intact', () => {
   const l = new Limiter({ quota: '2/second' })
   assert.equal(l.check('k', 1, 0).allowed, true)

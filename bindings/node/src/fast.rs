@@ -19,9 +19,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use floodgate::{Error, Limiter as CoreLimiter};
-use napi::sys;
+use napi::{JsValue, sys};
 
-use crate::{DECISION_FIELDS, code_of, numbers};
+use crate::{DECISION_FIELDS, Failure, invalid, numbers};
 
 /// Marks the externals made by [`handle`], so that `limiterCheck` never casts a
 /// foreign external (or any other value) to a limiter.
@@ -33,24 +33,13 @@ const TAG: sys::napi_type_tag = sys::napi_type_tag {
 /// Keys up to this many bytes are read without allocating.
 const STACK_KEY: usize = 1024;
 
-type Thrown = (String, String);
-
-fn invalid(msg: &str) -> Thrown {
-    ("ERR_FG_INVALID_ARGUMENT".into(), msg.into())
-}
-
-fn core(e: &Error) -> Thrown {
-    (code_of(e.kind()), e.to_string())
-}
+type Thrown = Failure;
 
 fn ok(status: sys::napi_status, what: &str) -> Result<(), Thrown> {
     if status == sys::Status::napi_ok {
         Ok(())
     } else {
-        Err((
-            "ERR_FG_INTERNAL".into(),
-            format!("Node-API call failed: {what}"),
-        ))
+        Err(Failure::Internal(format!("Node-API call failed: {what}")))
     }
 }
 
@@ -161,15 +150,23 @@ unsafe extern "C" fn limiter_check(
 ) -> sys::napi_value {
     // The core never panics on its hot path; should it, no unwind crosses into V8.
     let result = std::panic::catch_unwind(|| check(env, info))
-        .unwrap_or_else(|_| Err(("ERR_FG_INTERNAL".into(), "panic in limiterCheck".into())));
+        .unwrap_or_else(|_| Err(Failure::Internal("panic in limiterCheck".into())));
     match result {
         Ok(v) => v,
-        Err((code, msg)) => {
-            let code = CString::new(code).unwrap_or_default();
-            let msg = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-            // SAFETY: `env` is the live environment of this call; both strings are
-            // NUL-terminated and outlive the call, which copies them.
-            unsafe { sys::napi_throw_error(env, code.as_ptr(), msg.as_ptr()) };
+        Err(f) => {
+            let js_env = napi::Env::from_raw(env);
+            match f.object(&js_env) {
+                // SAFETY: `env` is the live environment of this call and the error
+                // object was just made in it.
+                Ok(obj) => unsafe { sys::napi_throw(env, obj.raw()) },
+                Err(_) => {
+                    let code = CString::new(f.code()).unwrap_or_default();
+                    let msg = CString::new(f.message().replace('\0', "\\0")).unwrap_or_default();
+                    // SAFETY: as above; both strings are NUL-terminated and
+                    // outlive the call, which copies them.
+                    unsafe { sys::napi_throw_error(env, code.as_ptr(), msg.as_ptr()) }
+                }
+            };
             ptr::null_mut()
         }
     }
@@ -272,17 +269,16 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
         }
     };
 
-    let cost = Error::cost_from_f64(double(env, cost, "cost")?).map_err(|e| core(&e))?;
+    let cost = Error::cost_from_f64(double(env, cost, "cost")?)?;
     let now = if argc > 3 {
-        crate::time(Some(double(env, now, "nowMs")?)).map_err(|e| (e.status.0, e.reason))?
+        crate::time(Some(double(env, now, "nowMs")?))?
     } else {
         None
     };
     let d = match now {
         Some(t) => h.limiter.check_at(key, cost, t),
         None => h.limiter.check(key, cost),
-    }
-    .map_err(|e| core(&e))?;
+    }?;
     for (cell, n) in h.out.iter().zip(numbers(&d)) {
         cell.set(n);
     }

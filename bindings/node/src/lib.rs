@@ -26,49 +26,118 @@ fn code_of(kind: ErrorKind) -> String {
     format!("ERR_FG_{}", kind.code().to_uppercase())
 }
 
-/// The `err.code` of a thrown error.
-pub struct Code(String);
+/// Why a call failed, before it becomes a JS error.
+pub enum Failure {
+    /// A core error: `err.code = 'ERR_FG_...'` and the error's fields.
+    Core(floodgate::Error),
+    /// A value of the wrong type or range for the binding itself:
+    /// `ERR_FG_INVALID_ARGUMENT`.
+    Invalid(String),
+    /// Node-API itself failed (out of memory, an environment going away):
+    /// `ERR_FG_INTERNAL`.
+    Internal(String),
+}
 
-impl AsRef<str> for Code {
-    fn as_ref(&self) -> &str {
-        &self.0
+impl From<floodgate::Error> for Failure {
+    fn from(e: floodgate::Error) -> Self {
+        Failure::Core(e)
     }
 }
 
-/// A JS error with `err.code = 'ERR_FG_...'` and the core's message.
-fn to_js(e: floodgate::Error) -> napi::Error<Code> {
-    napi::Error::new(Code(code_of(e.kind())), e.to_string())
+/// A field of a thrown error.
+enum Field {
+    Num(f64),
+    Text(String),
 }
 
-fn invalid(what: &str) -> napi::Error<Code> {
-    napi::Error::new(Code("ERR_FG_INVALID_ARGUMENT".into()), what)
-}
+impl Failure {
+    fn code(&self) -> String {
+        match self {
+            Failure::Core(e) => code_of(e.kind()),
+            Failure::Invalid(_) => "ERR_FG_INVALID_ARGUMENT".into(),
+            Failure::Internal(_) => "ERR_FG_INTERNAL".into(),
+        }
+    }
 
-/// Errors of the thread-pool tasks travel as `CODE\0message` (a Task's error type
-/// is fixed) and become a JS error with `err.code` again in `reject`.
-fn task_error(e: floodgate::Error) -> napi::Error {
-    napi::Error::new(
-        Status::GenericFailure,
-        format!("{}\u{0}{e}", code_of(e.kind())),
-    )
-}
+    fn message(&self) -> String {
+        match self {
+            Failure::Core(e) => e.to_string(),
+            Failure::Invalid(m) | Failure::Internal(m) => m.clone(),
+        }
+    }
 
-fn rebuild(env: Env, err: napi::Error) -> napi::Error {
-    match err.reason.split_once('\u{0}') {
-        Some((c, m)) => coded(&env, c, m),
-        None => coded(&env, "ERR_FG_INTERNAL", &err.reason),
+    /// The structured fields of the error, camelCase, beside `code` and `message`
+    /// (a core `message` field is `detail`, so it does not replace the message).
+    fn fields(&self) -> Vec<(&'static str, Field)> {
+        use floodgate::Error as E;
+        let n = |v: u64| Field::Num(v as f64);
+        let t = |v: &dyn std::fmt::Display| Field::Text(v.to_string());
+        let Failure::Core(e) = self else {
+            return Vec::new();
+        };
+        match e {
+            E::InvalidQuota { problem } => vec![("problem", t(problem))],
+            E::QuotaParse { input, problem } => vec![("input", t(input)), ("problem", t(problem))],
+            E::UnknownAlgorithm { name } => vec![("name", t(name))],
+            E::KeyTooLong { len, max } => vec![("len", n(*len as u64)), ("max", n(*max as u64))],
+            E::CostExceedsBurst { cost, burst, quota } => vec![
+                ("cost", n(*cost)),
+                ("burst", n(*burst)),
+                ("quota", n(*quota as u64)),
+            ],
+            E::InvalidCost { problem } => vec![("problem", t(problem))],
+            E::TooManyQuotas { count, max } => {
+                vec![("count", n(*count as u64)), ("max", n(*max as u64))]
+            }
+            E::LogLimitTooLarge { limit, max } => vec![("limit", n(*limit)), ("max", n(*max))],
+            E::InvalidConfig {
+                location,
+                line,
+                message,
+            } => {
+                let mut f = vec![("location", t(location)), ("detail", t(message))];
+                if let Some(l) = line {
+                    f.push(("line", n(u64::from(*l))));
+                }
+                f
+            }
+            E::InvalidRequest { field, problem } => {
+                vec![("field", t(field)), ("problem", t(problem))]
+            }
+            E::StoreUnavailable { store, message } => {
+                vec![("store", t(store)), ("detail", t(message))]
+            }
+            E::InvalidOption { option, problem } => {
+                vec![("option", t(option)), ("problem", t(problem))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The JS `Error`: `err.code`, `err.message` and the fields.
+    fn object<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
+        let mut obj = env.create_error(napi::Error::new(Status::GenericFailure, self.message()))?;
+        obj.set_named_property("code", self.code())?;
+        for (name, value) in self.fields() {
+            match value {
+                Field::Num(v) => obj.set_named_property(name, v)?,
+                Field::Text(v) => obj.set_named_property(name, v)?,
+            }
+        }
+        Ok(obj)
+    }
+
+    /// As a napi error that throws (or rejects with) that object.
+    fn into_js(self, env: &Env) -> napi::Error {
+        match self.object(env).and_then(|o| o.into_unknown(env)) {
+            Ok(v) => napi::Error::from(v),
+            Err(_) => napi::Error::new(Status::GenericFailure, self.message()),
+        }
     }
 }
 
-/// A JS `Error` with `err.code = code`, as a napi error that rejects with it.
-fn coded(env: &Env, code: &str, message: &str) -> napi::Error {
-    let made = env
-        .create_error(napi::Error::new(Status::GenericFailure, message))
-        .and_then(|mut obj| {
-            obj.set_named_property("code", code)?;
-            Ok(napi::Error::from(obj.into_unknown(env)?))
-        });
-    made.unwrap_or_else(|_| napi::Error::new(Status::GenericFailure, message))
+fn invalid(what: &str) -> Failure {
+    Failure::Invalid(what.to_string())
 }
 
 /// Registers the raw `limiterCheck` (see `fast.rs`) beside the generated exports.
@@ -132,7 +201,7 @@ pub struct LimiterOptions {
     pub max_key_bytes: Option<u32>,
 }
 
-fn quotas(o: &LimiterOptions) -> Result<Vec<Quota>, Code> {
+fn quotas(o: &LimiterOptions) -> std::result::Result<Vec<Quota>, Failure> {
     let texts = match &o.quota {
         Either::A(s) => vec![s.clone()],
         Either::B(v) => v.clone(),
@@ -142,21 +211,21 @@ fn quotas(o: &LimiterOptions) -> Result<Vec<Quota>, Code> {
         .as_deref()
         .unwrap_or("gcra")
         .parse()
-        .map_err(to_js)?;
+        .map_err(Failure::from)?;
     texts
         .iter()
         .map(|t| {
-            let mut q: Quota = t.parse().map_err(to_js)?;
+            let mut q: Quota = t.parse().map_err(Failure::from)?;
             if let Some(b) = o.burst {
-                q = q.with_burst(count("burst", b)?).map_err(to_js)?;
+                q = q.with_burst(count("burst", b)?).map_err(Failure::from)?;
             }
-            q.with_algorithm(alg).map_err(to_js)
+            q.with_algorithm(alg).map_err(Failure::from)
         })
         .collect()
 }
 
 /// A whole, non-negative number from JS (rejects NaN, Infinity, fractions).
-fn count(what: &str, n: f64) -> Result<u64, Code> {
+fn count(what: &str, n: f64) -> std::result::Result<u64, Failure> {
     if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 {
         Ok(n as u64)
     } else {
@@ -166,14 +235,14 @@ fn count(what: &str, n: f64) -> Result<u64, Code> {
     }
 }
 
-fn cost(c: Option<f64>) -> Result<u64, Code> {
+fn cost(c: Option<f64>) -> std::result::Result<u64, Failure> {
     match c {
         None => Ok(1),
-        Some(c) => floodgate::Error::cost_from_f64(c).map_err(to_js),
+        Some(c) => floodgate::Error::cost_from_f64(c).map_err(Failure::from),
     }
 }
 
-fn time(now_ms: Option<f64>) -> Result<Option<Duration>, Code> {
+fn time(now_ms: Option<f64>) -> std::result::Result<Option<Duration>, Failure> {
     match now_ms {
         None => Ok(None),
         Some(t) => match Duration::try_from_secs_f64(t / 1000.0) {
@@ -219,17 +288,20 @@ fn numbers(d: &CoreDecision) -> [f64; DECISION_FIELDS as usize] {
 #[napi]
 impl Limiter {
     #[napi(constructor)]
-    pub fn new(options: LimiterOptions) -> Result<Self, Code> {
-        let mut b = CoreLimiter::builder().quotas(quotas(&options)?);
-        if let Some(n) = options.max_keys {
-            b = b.max_keys(n as usize);
-        }
-        if let Some(n) = options.max_key_bytes {
-            b = b.max_key_bytes(n as usize);
-        }
-        Ok(Limiter {
-            inner: Arc::new(b.build().map_err(to_js)?),
-        })
+    pub fn new(env: Env, options: LimiterOptions) -> Result<Self> {
+        let build = || -> std::result::Result<Self, Failure> {
+            let mut b = CoreLimiter::builder().quotas(quotas(&options)?);
+            if let Some(n) = options.max_keys {
+                b = b.max_keys(n as usize);
+            }
+            if let Some(n) = options.max_key_bytes {
+                b = b.max_key_bytes(n as usize);
+            }
+            Ok(Limiter {
+                inner: Arc::new(b.build()?),
+            })
+        };
+        build().map_err(|f| f.into_js(&env))
     }
 
     /// `[handle, out]` for `limiterCheck(handle, key, cost, nowMs?)`, the hot
@@ -248,8 +320,10 @@ impl Limiter {
 
     /// Forgets `key`; true if it was held.
     #[napi]
-    pub fn reset(&self, key: Either<String, Buffer>) -> Result<bool, Code> {
-        self.inner.reset(key_bytes(&key)).map_err(to_js)
+    pub fn reset(&self, env: Env, key: Either<String, Buffer>) -> Result<bool> {
+        self.inner
+            .reset(key_bytes(&key))
+            .map_err(|e| Failure::from(e).into_js(&env))
     }
 
     /// Keys held now (counts every shard: not for the hot path).
@@ -287,34 +361,8 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// Connects (blocking, at most the timeout) and checks that Redis answers.
     #[napi(constructor)]
-    pub fn new(options: RedisOptions) -> Result<Self, Code> {
-        let lo = LimiterOptions {
-            quota: options.quota,
-            burst: options.burst,
-            algorithm: options.algorithm,
-            max_keys: None,
-            max_key_bytes: None,
-        };
-        let t = Duration::from_millis(u64::from(options.timeout_ms.unwrap_or(5).max(1)));
-        let mode: FailMode = options
-            .fail_mode
-            .as_deref()
-            .unwrap_or("local")
-            .parse()
-            .map_err(to_js)?;
-        let mut b = CoreRedis::builder(&options.url)
-            .connect_timeout(t)
-            .command_timeout(t)
-            .fail_mode(mode);
-        if let Some(p) = &options.prefix {
-            b = b.prefix(p);
-        }
-        for q in quotas(&lo)? {
-            b = b.quota(q);
-        }
-        Ok(RedisLimiter {
-            inner: Arc::new(b.build().map_err(to_js)?),
-        })
+    pub fn new(env: Env, options: RedisOptions) -> Result<Self> {
+        Self::build(options).map_err(|f| f.into_js(&env))
     }
 
     /// Checks on Redis; resolves to a Decision. The round trip runs on a tokio
@@ -326,25 +374,62 @@ impl RedisLimiter {
         env: Env,
         key: Either<String, Buffer>,
         cost: Option<f64>,
-    ) -> Result<Unknown<'_>, Code> {
-        let cost = self::cost(cost)?;
+    ) -> Result<Unknown<'_>> {
+        let cost = self::cost(cost).map_err(|f| f.into_js(&env))?;
         let p = promise::check(
             env.raw(),
             self.inner.clone(),
             key_bytes(&key).to_vec(),
             cost,
         )
-        .map_err(|m| napi::Error::new(Code("ERR_FG_INTERNAL".into()), m))?;
+        .map_err(|m| napi::Error::from_reason(m.to_string()))?;
         // SAFETY: `p` is a promise just created in this environment.
         #[allow(unsafe_code)]
-        unsafe { Unknown::from_napi_value(env.raw(), p) }
-            .map_err(|e| napi::Error::new(Code("ERR_FG_INTERNAL".into()), e.reason))
+        unsafe {
+            Unknown::from_napi_value(env.raw(), p)
+        }
     }
 
     /// Checks answered by the fail mode so far.
     #[napi(getter)]
     pub fn fallbacks(&self) -> f64 {
         self.inner.fallbacks() as f64
+    }
+}
+
+impl RedisLimiter {
+    fn build(options: RedisOptions) -> std::result::Result<Self, Failure> {
+        let lo = LimiterOptions {
+            quota: options.quota,
+            burst: options.burst,
+            algorithm: options.algorithm,
+            max_keys: None,
+            max_key_bytes: None,
+        };
+        let t = Duration::from_millis(u64::from(options.timeout_ms.unwrap_or(5).max(1)));
+        let mode: FailMode = options.fail_mode.as_deref().unwrap_or("local").parse()?;
+        let mut b = CoreRedis::builder(&options.url)
+            .connect_timeout(t)
+            .command_timeout(t)
+            .fail_mode(mode);
+        if let Some(p) = &options.prefix {
+            b = b.prefix(p);
+        }
+        for q in quotas(&lo)? {
+            b = b.quota(q);
+        }
+        Ok(RedisLimiter {
+            inner: Arc::new(b.build()?),
+        })
+    }
+}
+
+impl Engine {
+    fn made(env: &Env, engine: floodgate::Result<CoreEngine>) -> Result<Self> {
+        match engine {
+            Ok(e) => Ok(Engine { inner: Arc::new(e) }),
+            Err(e) => Err(Failure::from(e).into_js(env)),
+        }
     }
 }
 
@@ -412,7 +497,7 @@ struct OwnedRequest {
     now: Option<Duration>,
 }
 
-fn owned(r: RequestInit) -> Result<OwnedRequest, Code> {
+fn owned(r: RequestInit) -> std::result::Result<OwnedRequest, Failure> {
     let client_ip = match &r.client_ip {
         Some(s) => {
             // Express gives IPv4 peers as ::ffff:a.b.c.d; the core maps those itself.
@@ -472,19 +557,17 @@ pub struct RequestTask {
 }
 
 impl Task for RequestTask {
-    type Output = CoreVerdict;
+    type Output = floodgate::Result<CoreVerdict>;
     type JsValue = Verdict;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        decide(&self.engine, &self.request).map_err(task_error)
+        Ok(decide(&self.engine, &self.request))
     }
 
-    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
-        Ok(output.into())
-    }
-
-    fn reject(&mut self, env: Env, err: napi::Error) -> Result<Self::JsValue> {
-        Err(rebuild(env, err))
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        output
+            .map(Verdict::from)
+            .map_err(|e| Failure::from(e).into_js(&env))
     }
 }
 
@@ -514,45 +597,41 @@ pub struct Engine {
 impl Engine {
     /// From a policy file (TOML, or JSON if it ends in .json).
     #[napi(factory)]
-    pub fn from_file(path: String) -> Result<Self, Code> {
-        Ok(Engine {
-            inner: Arc::new(CoreEngine::from_path(path).map_err(to_js)?),
-        })
+    pub fn from_file(env: Env, path: String) -> Result<Self> {
+        Self::made(&env, CoreEngine::from_path(path))
     }
 
     /// From TOML text.
     #[napi(factory)]
-    pub fn from_toml(text: String) -> Result<Self, Code> {
-        Ok(Engine {
-            inner: Arc::new(CoreEngine::from_toml_str(&text).map_err(to_js)?),
-        })
+    pub fn from_toml(env: Env, text: String) -> Result<Self> {
+        Self::made(&env, CoreEngine::from_toml_str(&text))
     }
 
     /// From an object shaped like the TOML file.
     #[napi(factory)]
-    pub fn from_object(policy: serde_json::Value) -> Result<Self, Code> {
-        let text = policy.to_string();
-        Ok(Engine {
-            inner: Arc::new(CoreEngine::from_json_str(&text).map_err(to_js)?),
-        })
+    pub fn from_object(env: Env, policy: serde_json::Value) -> Result<Self> {
+        Self::made(&env, CoreEngine::from_json_str(&policy.to_string()))
     }
 
     /// Decides a request synchronously (in-memory engines: well under a µs of work).
     #[napi]
-    pub fn check_request(&self, request: RequestInit) -> Result<Verdict, Code> {
-        let r = owned(request)?;
-        decide(&self.inner, &r).map(Verdict::from).map_err(to_js)
+    pub fn check_request(&self, env: Env, request: RequestInit) -> Result<Verdict> {
+        let r = owned(request).map_err(|f| f.into_js(&env))?;
+        decide(&self.inner, &r)
+            .map(Verdict::from)
+            .map_err(|e| Failure::from(e).into_js(&env))
     }
 
     /// Decides a request on the libuv thread pool: use it with a Redis store.
     #[napi(ts_return_type = "Promise<Verdict>")]
     pub fn check_request_async(
         &self,
+        env: Env,
         request: RequestInit,
-    ) -> Result<AsyncTask<RequestTask>, Code> {
+    ) -> Result<AsyncTask<RequestTask>> {
         Ok(AsyncTask::new(RequestTask {
             engine: self.inner.clone(),
-            request: owned(request)?,
+            request: owned(request).map_err(|f| f.into_js(&env))?,
         }))
     }
 

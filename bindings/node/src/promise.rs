@@ -12,29 +12,14 @@
 use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use floodgate::{Decision as CoreDecision, RedisLimiter as CoreRedis};
 use napi::bindgen_prelude::ToNapiValue;
-use napi::sys;
+use napi::{JsValue, sys};
 use parking_lot::Mutex;
 
-use crate::{Decision, code_of};
-
-/// The runtime of every `checkAsync`: one worker, which also drives the
-/// multiplexed connection, so a round trip costs no thread hop inside it.
-fn runtime() -> Option<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("floodgate-redis")
-            .enable_all()
-            .build()
-            .ok()
-    })
-    .as_ref()
-}
+use crate::{Decision, Failure};
 
 /// The threadsafe function of one JS thread, as an address; `None` once Node
 /// finalized it. Tokio tasks call it under this lock, so a call never races
@@ -66,7 +51,7 @@ pub fn check(
     key: Vec<u8>,
     cost: u64,
 ) -> Result<sys::napi_value, &'static str> {
-    let rt = runtime().ok_or("could not start the Redis runtime")?;
+    let rt = floodgate::background_runtime().map_err(|_| "could not start the Redis runtime")?;
     let (gate, alone) = CHANNEL.with(|c| -> Result<(Gate, bool), &'static str> {
         let mut c = c.borrow_mut();
         if c.is_none() {
@@ -219,32 +204,34 @@ unsafe extern "C" fn settle(
             match c.result {
                 Ok(d) => match Decision::to_napi_value(env, Decision::from(d)) {
                     Ok(v) => sys::napi_resolve_deferred(env, deferred, v),
-                    Err(_) => sys::napi_reject_deferred(
+                    Err(_) => reject(
                         env,
                         deferred,
-                        error(env, "ERR_FG_INTERNAL", "could not convert the decision"),
+                        Failure::Internal("could not convert the decision".into()),
                     ),
                 },
-                Err(e) => sys::napi_reject_deferred(
-                    env,
-                    deferred,
-                    error(env, &code_of(e.kind()), &e.to_string()),
-                ),
+                Err(e) => reject(env, deferred, Failure::Core(e)),
             }
         };
     });
     done(env);
 }
 
-/// A JS `Error` with `err.code`.
-fn error(env: sys::napi_env, code: &str, message: &str) -> sys::napi_value {
-    let (mut c, mut m, mut e) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
-    // SAFETY: on the JS thread with a live `env`; the strings are valid UTF-8
-    // of the given lengths, copied by the calls.
-    unsafe {
-        sys::napi_create_string_utf8(env, code.as_ptr().cast(), code.len() as isize, &mut c);
-        sys::napi_create_string_utf8(env, message.as_ptr().cast(), message.len() as isize, &mut m);
-        sys::napi_create_error(env, c, m, &mut e);
-    }
-    e
+/// Rejects with the JS error of `f` (`err.code` and fields).
+///
+/// # Safety
+/// On the JS thread of a live `env`; `deferred` is unsettled and settled here.
+unsafe fn reject(env: sys::napi_env, deferred: sys::napi_deferred, f: Failure) -> sys::napi_status {
+    let js_env = napi::Env::from_raw(env);
+    let value = match f.object(&js_env) {
+        Ok(obj) => obj.raw(),
+        Err(_) => {
+            let mut undefined = ptr::null_mut();
+            // SAFETY: `env` is live (the caller's contract).
+            unsafe { sys::napi_get_undefined(env, &mut undefined) };
+            undefined
+        }
+    };
+    // SAFETY: the caller's contract.
+    unsafe { sys::napi_reject_deferred(env, deferred, value) }
 }

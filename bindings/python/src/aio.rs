@@ -9,31 +9,14 @@
 
 use std::io::{PipeReader, PipeWriter, Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use floodgate::Decision;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::{PyDecision, to_py};
-
-/// The runtime of every `check_async`: one worker thread.
-pub fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("floodgate-redis")
-            .enable_all()
-            .build()
-            .ok()
-    })
-    .as_ref()
-    .ok_or_else(|| PyRuntimeError::new_err("floodgate: could not start the Redis runtime"))
-}
 
 /// Finished checks of one event loop, waiting for its thread.
 #[derive(Debug)]

@@ -364,7 +364,7 @@ impl PyRedisLimiter {
             Some(c) => self::cost(c)?,
             None => 1,
         };
-        let rt = aio::runtime()?;
+        let rt = floodgate::background_runtime().map_err(to_py)?;
         let (future, id, inbox): (Bound<'py, PyAny>, u64, Bound<'py, aio::Inbox>) = py
             .import("floodgate._aio")?
             .call_method0("register")?

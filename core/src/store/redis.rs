@@ -109,6 +109,32 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// A process-wide tokio runtime with one worker, for callers that have none
+/// (the Python and Node bindings) to run [`RedisLimiter::check_async`] on. One
+/// worker suffices: it mostly waits on the multiplexed connection, whose driver
+/// task then shares its thread, so a round trip costs no thread hop inside it.
+/// Made on first use.
+///
+/// # Errors
+/// [`Error::StoreUnavailable`] if the runtime cannot be started (no threads).
+pub fn background_runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("floodgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| Error::StoreUnavailable {
+        store: "redis",
+        message: format!("cannot start the async runtime: {e}").into(),
+    })
+}
+
 fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
