@@ -99,3 +99,29 @@ test('Promise API when Redis goes down: fail modes answer, nothing hangs', { ski
   assert.ok(closed.fallbacks >= 1 && open.fallbacks >= 1)
   assert.ok(Date.now() - t < 5000, 'answered within the timeouts')
 })
+
+test('worker threads: own handles and Redis promises, clean exit', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
+  const { Worker } = require('node:worker_threads')
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads')
+    const { Limiter, RedisLimiter } = require(workerData.entry)
+    const l = new Limiter({ quota: '3/second' })
+    const local = [1, 2, 3, 4].map(() => l.check('k', 1, 0).allowed)
+    const r = new RedisLimiter({ url: workerData.url, quota: '5/minute', prefix: workerData.prefix, timeoutMs: 500 })
+    Promise.all(Array.from({ length: 8 }, () => r.checkAsync('w'))).then((ds) => {
+      parentPort.postMessage({ local, allowed: ds.filter((d) => d.allowed).length })
+    })
+  `
+  const prefix = `node-worker-${process.pid}-${Date.now()}`
+  const run = () =>
+    new Promise((resolve, reject) => {
+      const w = new Worker(code, { eval: true, workerData: { entry: require.resolve('../floodgate.js'), url: redisUrl, prefix } })
+      let msg
+      w.on('message', (m) => { msg = m })
+      w.on('error', reject)
+      w.on('exit', (c) => (c === 0 ? resolve(msg) : reject(new Error(`worker exited with ${c}`))))
+    })
+  const [a, b] = await Promise.all([run(), run()])
+  assert.deepEqual(a.local, [true, true, true, false])
+  assert.equal(a.allowed + b.allowed, 5) // one shared Redis limit across both workers
+})

@@ -174,7 +174,8 @@ unsafe extern "C" fn finalized(_env: sys::napi_env, data: *mut c_void, _hint: *m
     // SAFETY: `data` is the `Arc` given to Node in `open`, returned once, here.
     let gate = unsafe { Arc::from_raw(data.cast_const().cast::<Mutex<Option<usize>>>()) };
     *gate.lock() = None;
-    CHANNEL.with(|c| {
+    // `try_with`: during a thread's teardown the thread-local may be gone already.
+    let _ = CHANNEL.try_with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             *c = None;
         }
