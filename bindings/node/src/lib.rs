@@ -175,12 +175,13 @@ fn ms(d: Duration) -> f64 {
 
 impl From<CoreDecision> for Decision {
     fn from(d: CoreDecision) -> Self {
+        let [limit, remaining, retry_after_ms, reset_after_ms, _] = numbers(&d);
         Decision {
             allowed: d.allowed,
-            limit: d.limit as f64,
-            remaining: d.remaining as f64,
-            retry_after_ms: ms(d.retry_after),
-            reset_after_ms: ms(d.reset_after),
+            limit,
+            remaining,
+            retry_after_ms,
+            reset_after_ms,
             quota: u32::try_from(d.quota).unwrap_or(u32::MAX),
         }
     }

@@ -61,16 +61,14 @@ pub fn check(
             });
         }
         let ch = c.as_ref().ok_or("no channel")?;
-        if ch.in_flight.get() == 0
-            && let Some(tsfn) = *ch.gate.lock()
-        {
+        let alone = ch.in_flight.get() == 0;
+        if alone && let Some(tsfn) = *ch.gate.lock() {
             // SAFETY: on the JS thread that made `tsfn`, which is not finalized
             // (the gate still holds it).
             unsafe {
                 sys::napi_ref_threadsafe_function(env, tsfn as sys::napi_threadsafe_function)
             };
         }
-        let alone = ch.in_flight.get() == 0;
         ch.in_flight.set(ch.in_flight.get() + 1);
         Ok((Arc::clone(&ch.gate), alone))
     })?;

@@ -365,9 +365,11 @@ impl PyRedisLimiter {
             None => 1,
         };
         let rt = floodgate::background_runtime().map_err(to_py)?;
-        let (future, id, inbox): (Bound<'py, PyAny>, u64, Bound<'py, aio::Inbox>) = py
-            .import("floodgate._aio")?
-            .call_method0("register")?
+        // `_aio.register`, looked up once rather than imported per call.
+        static REGISTER: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        let (future, id, inbox): (Bound<'py, PyAny>, u64, Bound<'py, aio::Inbox>) = REGISTER
+            .import(py, "floodgate._aio", "register")?
+            .call0()?
             .extract()?;
         let inbox = inbox.unbind();
         let limiter = Arc::clone(&self.inner);
