@@ -6,6 +6,22 @@
 //! up to `max_duration`. A banned key is answered at once (429 or 403, with
 //! `Retry-After` = what is left of the ban) without touching its quotas.
 //!
+//! A ban is *scoped*: by default to the rule that earned it ([`BanScope::Rule`]),
+//! so a ban earned on a header-keyed rule by sending `x-upload-id: alice` can
+//! never ban the verified user `alice` on another rule, and an `X-Api-Key`
+//! holding a victim's IP address can never ban that IP. With `[ban] scope =
+//! "client"`, bans earned on rules keyed by `ip` alone are client-wide
+//! ([`BanScope::Client`]): they are checked for every request from that address
+//! (the same network for IPv6), whatever rule it meets. Only an IP-keyed rule can
+//! earn such a ban.
+//!
+//! The table is bounded (`max_keys`). An entry is kept while its ban runs and for
+//! `max_duration` after (to escalate a returning offender). When a shard is full,
+//! forgotten entries go first; then the ban that ends soonest, but only if it
+//! ends before the new one: a flood of fresh, cheap bans can never push out a
+//! longer (escalated) one. A new ban that finds no room is not recorded (the
+//! request is still denied by its quota) and counted in `dropped`.
+//!
 //! **Adaptive tightening.** Per rule and key, requests and denials are counted in
 //! aligned windows of `window`. A key whose last complete window had at least
 //! `min_requests` requests and a denied share above `threshold` is *tightened*:
@@ -13,33 +29,51 @@
 //! with `factor = 2` it gets half its quota. A window at or below the threshold,
 //! or a whole window without traffic, lifts it.
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use hashbrown::HashTable;
+use parking_lot::{Mutex, RwLock};
 
 use crate::limiter::Limiter;
 use crate::quota::{Algorithm, Quota};
 use crate::store::memory::MemoryStore;
 
-/// Ban state of one key.
-#[derive(Debug, Default)]
-struct BanSlot {
-    /// Ban ends at this time (ns, engine time); 0 = not banned.
-    until: AtomicU64,
-    /// Bans so far (for escalation).
-    level: AtomicU64,
+/// What a ban covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BanScope {
+    /// The key of one rule (its index in the policy).
+    Rule(usize),
+    /// A client address, on every rule (`[ban] scope = "client"`).
+    Client,
+}
+
+/// One key's ban state. Invariant: `until <= forget_at`.
+#[derive(Debug, Clone, Copy)]
+struct BanEntry {
+    fp: u64,
+    /// The ban ends at this time (ns); in the past once it is over.
+    until: u64,
+    /// Bans of this key so far (for escalation).
+    level: u32,
+    /// The entry may be dropped from this time on (ns).
+    forget_at: u64,
 }
 
 /// The `[ban]` policy.
 pub(crate) struct Bans {
     strikes: Limiter,
-    active: MemoryStore<BanSlot>,
+    shards: Box<[RwLock<HashTable<BanEntry>>]>,
+    shard_cap: usize,
     hasher: ahash::RandomState,
     duration_ns: u64,
     escalate: f64,
     max_ns: u64,
     pub(crate) status: u16,
+    /// Whether IP-keyed rules ban the client on every rule.
+    pub(crate) client_scope: bool,
+    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for Bans {
@@ -47,7 +81,8 @@ impl std::fmt::Debug for Bans {
         f.debug_struct("Bans")
             .field("duration_ns", &self.duration_ns)
             .field("status", &self.status)
-            .finish()
+            .field("client_scope", &self.client_scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,70 +90,141 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+const BAN_SHARDS: usize = 64;
+
+/// Settings of [`Bans::new`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BanSetup {
+    pub after: u64,
+    pub within: Duration,
+    pub duration: Duration,
+    pub escalate: f64,
+    pub max: Duration,
+    pub status: u16,
+    pub max_keys: usize,
+    pub client_scope: bool,
+}
+
 impl Bans {
     /// `after` strikes within `within` ban for `duration` (escalating, capped).
-    pub(crate) fn new(
-        after: u64,
-        within: Duration,
-        duration: Duration,
-        escalate: f64,
-        max: Duration,
-        status: u16,
-        max_keys: usize,
-    ) -> crate::Result<Self> {
-        let algorithm = if after <= 10_000 {
+    pub(crate) fn new(s: BanSetup) -> crate::Result<Self> {
+        let algorithm = if s.after <= 10_000 {
             Algorithm::SlidingLog
         } else {
             Algorithm::SlidingWindow
         };
-        let strikes_quota = Quota::new(after, within)?.with_algorithm(algorithm)?;
+        let strikes_quota = Quota::new(s.after, s.within)?.with_algorithm(algorithm)?;
         let strikes = Limiter::builder()
             .quota(strikes_quota)
-            .max_keys(max_keys)
-            .max_key_bytes(1024)
+            .max_keys(s.max_keys)
+            .max_key_bytes(8)
             .build()?;
-        // Slots live at least as long as the longest ban, so a ban is never forgotten early.
-        let lifetime = ns(max).max(ns(duration)).max(ns(within));
+        let shard_cap = (s.max_keys / BAN_SHARDS).max(1);
         Ok(Self {
             strikes,
-            active: MemoryStore::new(max_keys, 64, lifetime),
+            shards: (0..BAN_SHARDS)
+                .map(|_| RwLock::new(HashTable::new()))
+                .collect(),
+            shard_cap,
             hasher: ahash::RandomState::new(),
-            duration_ns: ns(duration),
-            escalate,
-            max_ns: ns(max),
-            status,
+            duration_ns: ns(s.duration),
+            escalate: s.escalate,
+            max_ns: ns(s.max).max(ns(s.duration)),
+            status: s.status,
+            client_scope: s.client_scope,
+            dropped: AtomicU64::new(0),
         })
     }
 
-    /// What is left of the key's ban at `now`, if it is banned.
-    pub(crate) fn banned(&self, key: &[u8], now: u64) -> Option<Duration> {
-        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
-        // Relaxed: `until` is self-contained; a racing ban shows up on the next request.
-        let until = self.active.read(fp, |slot| {
-            slot.map_or(0, |s| s.until.load(Ordering::Relaxed))
-        });
+    /// The fingerprint of `key` in `scope`: the same key bytes in two scopes are
+    /// two unrelated entries.
+    fn fingerprint(&self, scope: BanScope, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        match scope {
+            BanScope::Rule(i) => {
+                h.write_u8(1);
+                h.write_usize(i);
+            }
+            BanScope::Client => h.write_u8(2),
+        }
+        h.write(key);
+        h.finish()
+    }
+
+    fn shard(&self, fp: u64) -> &RwLock<HashTable<BanEntry>> {
+        #[allow(clippy::indexing_slicing)] // BAN_SHARDS is a power of two; the index is masked
+        &self.shards[(fp >> 32) as usize & (BAN_SHARDS - 1)]
+    }
+
+    /// What is left of the key's ban in `scope` at `now`, if it is banned.
+    pub(crate) fn banned(&self, scope: BanScope, key: &[u8], now: u64) -> Option<Duration> {
+        let fp = self.fingerprint(scope, key);
+        let until = self
+            .shard(fp)
+            .read()
+            .find(fp, |e| e.fp == fp)
+            .map_or(0, |e| e.until);
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
-    /// Records a denial of `key`; returns the ban's length if this strike starts one.
-    pub(crate) fn strike(&self, key: &[u8], now: u64) -> Option<Duration> {
+    /// Bans that found no room in a full table (never longer than any held).
+    pub(crate) fn dropped(&self) -> u64 {
+        // Relaxed: a statistics counter.
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records a denial of `key` in `scope`; returns the ban's length if this
+    /// strike starts one.
+    pub(crate) fn strike(&self, scope: BanScope, key: &[u8], now: u64) -> Option<Duration> {
+        let fp = self.fingerprint(scope, key);
+        let strike_key = fp.to_le_bytes();
         let d = self
             .strikes
-            .check_at(key, 1, Duration::from_nanos(now))
+            .check_at(strike_key, 1, Duration::from_nanos(now))
             .ok()?;
         if d.allowed && d.remaining > 0 {
             return None;
         }
-        let _ = self.strikes.reset(key);
-        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
-        let length = self.active.with(fp, now, BanSlot::default, |slot| {
-            let level = slot.level.fetch_add(1, Ordering::Relaxed);
-            let factor = self.escalate.powi(i32::try_from(level).unwrap_or(i32::MAX));
-            let length = ((self.duration_ns as f64) * factor).min(self.max_ns as f64) as u64;
-            slot.until
-                .store(now.saturating_add(length), Ordering::Relaxed);
-            length
+        let _ = self.strikes.reset(strike_key);
+        let mut table = self.shard(fp).write();
+        let level = table.find(fp, |e| e.fp == fp).map_or(0, |e| {
+            if e.forget_at > now { e.level } else { 0 }
         });
+        let factor = self.escalate.powi(i32::try_from(level).unwrap_or(i32::MAX));
+        let length = ((self.duration_ns as f64) * factor).min(self.max_ns as f64) as u64;
+        let until = now.saturating_add(length);
+        let entry = BanEntry {
+            fp,
+            until,
+            level: level.saturating_add(1),
+            forget_at: until.saturating_add(self.max_ns),
+        };
+        if let Ok(mut held) = table.find_entry(fp, |e| e.fp == fp) {
+            *held.get_mut() = entry;
+            return Some(Duration::from_nanos(length));
+        }
+        if table.len() >= self.shard_cap {
+            table.retain(|e| e.forget_at > now);
+        }
+        if table.len() >= self.shard_cap {
+            let soonest = table
+                .iter()
+                .min_by_key(|e| e.until)
+                .map(|e| (e.fp, e.until));
+            match soonest {
+                Some((victim, victim_until)) if victim_until < until => {
+                    if let Ok(e) = table.find_entry(victim, |e| e.fp == victim) {
+                        e.remove();
+                    }
+                }
+                _ => {
+                    // Relaxed: a statistics counter.
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Some(Duration::from_nanos(length));
+                }
+            }
+        }
+        table.insert_unique(fp, entry, |e| e.fp);
         Some(Duration::from_nanos(length))
     }
 }
@@ -228,37 +334,39 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+    const R: BanScope = BanScope::Rule(0);
 
     #[test]
     fn third_strike_bans_and_escalates() -> crate::Result<()> {
-        let bans = Bans::new(
-            3,
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            2.0,
-            Duration::from_secs(25),
-            429,
-            1000,
-        )?;
-        assert_eq!(bans.strike(b"k", 0), None);
-        assert_eq!(bans.strike(b"k", S), None);
-        assert_eq!(bans.strike(b"k", 2 * S), Some(Duration::from_secs(10)));
-        assert_eq!(bans.banned(b"k", 3 * S), Some(Duration::from_secs(9)));
-        assert_eq!(bans.banned(b"other", 3 * S), None);
-        assert_eq!(bans.banned(b"k", 12 * S), None);
+        let bans = Bans::new(BanSetup {
+            after: 3,
+            within: Duration::from_secs(60),
+            duration: Duration::from_secs(10),
+            escalate: 2.0,
+            max: Duration::from_secs(25),
+            status: 429,
+            max_keys: 1000,
+            client_scope: false,
+        })?;
+        assert_eq!(bans.strike(R, b"k", 0), None);
+        assert_eq!(bans.strike(R, b"k", S), None);
+        assert_eq!(bans.strike(R, b"k", 2 * S), Some(Duration::from_secs(10)));
+        assert_eq!(bans.banned(R, b"k", 3 * S), Some(Duration::from_secs(9)));
+        assert_eq!(bans.banned(R, b"other", 3 * S), None);
+        assert_eq!(bans.banned(R, b"k", 12 * S), None);
         for t in 13..15 {
-            assert_eq!(bans.strike(b"k", t * S), None);
+            assert_eq!(bans.strike(R, b"k", t * S), None);
         }
         assert_eq!(
-            bans.strike(b"k", 15 * S),
+            bans.strike(R, b"k", 15 * S),
             Some(Duration::from_secs(20)),
             "second ban is twice as long"
         );
         for t in 40..42 {
-            bans.strike(b"k", t * S);
+            bans.strike(R, b"k", t * S);
         }
         assert_eq!(
-            bans.strike(b"k", 42 * S),
+            bans.strike(R, b"k", 42 * S),
             Some(Duration::from_secs(25)),
             "capped at max_duration"
         );
@@ -267,18 +375,67 @@ mod tests {
 
     #[test]
     fn strikes_outside_the_window_do_not_add_up() -> crate::Result<()> {
-        let bans = Bans::new(
-            2,
-            Duration::from_secs(10),
-            Duration::from_secs(10),
-            1.0,
-            Duration::from_secs(10),
-            403,
-            100,
-        )?;
-        assert_eq!(bans.strike(b"k", 0), None);
-        assert_eq!(bans.strike(b"k", 11 * S), None);
-        assert!(bans.strike(b"k", 12 * S).is_some());
+        let bans = Bans::new(BanSetup {
+            after: 2,
+            within: Duration::from_secs(10),
+            duration: Duration::from_secs(10),
+            escalate: 1.0,
+            max: Duration::from_secs(10),
+            status: 403,
+            max_keys: 100,
+            client_scope: false,
+        })?;
+        assert_eq!(bans.strike(R, b"k", 0), None);
+        assert_eq!(bans.strike(R, b"k", 11 * S), None);
+        assert!(bans.strike(R, b"k", 12 * S).is_some());
+        Ok(())
+    }
+
+    fn one_strike_bans(max_keys: usize) -> crate::Result<Bans> {
+        Bans::new(BanSetup {
+            after: 1,
+            within: Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+            escalate: 4.0,
+            max: Duration::from_secs(3600),
+            status: 429,
+            max_keys,
+            client_scope: false,
+        })
+    }
+
+    #[test]
+    fn scopes_never_share_a_ban() -> crate::Result<()> {
+        let bans = one_strike_bans(1000)?;
+        assert!(bans.strike(BanScope::Rule(1), b"alice", 0).is_some());
+        assert!(bans.banned(BanScope::Rule(1), b"alice", S).is_some());
+        assert_eq!(bans.banned(BanScope::Rule(2), b"alice", S), None);
+        assert_eq!(bans.banned(BanScope::Client, b"alice", S), None);
+        Ok(())
+    }
+
+    #[test]
+    fn cheap_new_bans_never_evict_longer_ones() -> crate::Result<()> {
+        let bans = one_strike_bans(BAN_SHARDS * 4)?;
+        // An escalated ban: 60 s, then 240 s.
+        assert!(bans.strike(R, b"victim", 0).is_some());
+        assert_eq!(
+            bans.strike(R, b"victim", 61 * S),
+            Some(Duration::from_secs(240))
+        );
+        // Then a flood of fresh 60-second bans, far more than the table holds.
+        for i in 0..20_000u32 {
+            bans.strike(R, &i.to_le_bytes(), 62 * S);
+        }
+        assert!(bans.dropped() > 0, "the table was full");
+        assert_eq!(
+            bans.banned(R, b"victim", 100 * S),
+            Some(Duration::from_secs(201)),
+            "the longer ban survived the flood"
+        );
+        // Once the flood's bans are forgotten, new bans find room again.
+        assert!(bans.strike(R, b"late", 62 * S + 3661 * S).is_some());
+        assert!(bans.banned(R, b"late", 62 * S + 3662 * S).is_some());
         Ok(())
     }
 

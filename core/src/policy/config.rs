@@ -108,6 +108,13 @@ pub(crate) struct Settings {
     pub api_key_header: String,
     /// Status for deny-listed clients.
     pub deny_status: u16,
+    /// Match paths case-sensitively (default false: `/AUTH/login` meets the rule
+    /// for `/auth/login`, as Express routes it).
+    pub case_sensitive_paths: bool,
+    /// A file of valid API keys, one per line (`#` comments). When set, an API key
+    /// that is not in it counts as no API key: it keys no rule and skips no
+    /// `unless_header`, so random keys cannot each get a fresh bucket.
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -118,6 +125,8 @@ impl Default for Settings {
             ipv6_prefix: 64,
             api_key_header: "x-api-key".into(),
             deny_status: 403,
+            case_sensitive_paths: false,
+            api_keys_file: None,
         }
     }
 }
@@ -200,6 +209,12 @@ fn default_applies_to() -> String {
 fn yes() -> bool {
     true
 }
+fn default_missing_claim() -> String {
+    "deny".into()
+}
+fn default_ban_scope() -> String {
+    "rule".into()
+}
 
 /// `[[rule]]`: which requests, which quotas, keyed by what.
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +253,10 @@ pub(crate) struct RuleConfig {
     /// Whether this rule's denials count toward `[ban]`.
     #[serde(default = "yes")]
     pub ban: bool,
+    /// A verified token without the claim the key needs: `deny` (default, 401
+    /// `missing_claim`) or `ip` (keyed by the client's address in this rule).
+    #[serde(default = "default_missing_claim")]
+    pub missing_claim: String,
     /// What the rule answers while a Redis store cannot (`open`, `closed`, `local`);
     /// default `[store] fail_mode`.
     pub fail_mode: Option<String>,
@@ -310,6 +329,10 @@ pub(crate) struct BanConfig {
     /// 429 (default) or 403.
     #[serde(default = "default_ban_status")]
     pub status: u16,
+    /// `rule` (default): a ban holds on the rule that earned it. `client`: a ban
+    /// earned on a rule keyed by `ip` alone holds for that client on every rule.
+    #[serde(default = "default_ban_scope")]
+    pub scope: String,
 }
 
 /// Where a policy came from, to place errors.

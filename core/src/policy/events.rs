@@ -89,6 +89,8 @@ pub(crate) struct Metrics {
     pub allow_listed: AtomicU64,
     pub unauthorized: AtomicU64,
     pub bans_started: AtomicU64,
+    /// Requests refused up front by a client-wide ban.
+    pub banned_clients: AtomicU64,
     pub no_rule: AtomicU64,
     pub store_fallbacks: AtomicU64,
 }
@@ -153,6 +155,11 @@ impl Metrics {
                 &self.unauthorized,
             ),
             ("floodgate_bans_total", "Bans started.", &self.bans_started),
+            (
+                "floodgate_banned_clients_total",
+                "Requests refused by a client-wide ban (`[ban] scope = \"client\"`).",
+                &self.banned_clients,
+            ),
             (
                 "floodgate_unmatched_total",
                 "Requests no rule matched.",

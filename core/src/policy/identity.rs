@@ -20,6 +20,8 @@ pub(crate) type Claims = serde_json::Map<String, Value>;
 enum Part {
     Literal(String),
     Ip,
+    /// The request's API key, if it has a valid one (see [`KeyInput::api_key`]).
+    ApiKey,
     Header(String),
     Claim(String),
     Route,
@@ -46,10 +48,15 @@ fn part(name: &str, api_key_header: &str) -> Result<Part, String> {
         "route" => Part::Route,
         "method" => Part::Method,
         "path" => Part::Path,
-        "api_key" => Part::Header(api_key_header.to_ascii_lowercase()),
+        "api_key" => Part::ApiKey,
         _ => {
             if let Some(h) = named("header:").or_else(|| named("header.")) {
-                Part::Header(h.to_ascii_lowercase())
+                if h.eq_ignore_ascii_case(api_key_header) {
+                    // One predicate for "has an API key", whichever way it is named.
+                    Part::ApiKey
+                } else {
+                    Part::Header(h.to_ascii_lowercase())
+                }
             } else if let Some(c) = named("claim:").or_else(|| named("claim.")) {
                 Part::Claim(c)
             } else {
@@ -109,25 +116,74 @@ impl KeyTemplate {
     pub(crate) fn needs_claims(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Claim(_)))
     }
+
+    /// Whether every claim the key uses is in `claims` with a usable value (a
+    /// non-empty string, a number or a boolean).
+    pub(crate) fn claims_usable(&self, claims: &Claims) -> bool {
+        self.parts.iter().all(|p| match p {
+            Part::Claim(name) => match claims.get(name) {
+                Some(Value::String(s)) => !s.is_empty(),
+                Some(Value::Number(_) | Value::Bool(_)) => true,
+                _ => false,
+            },
+            _ => true,
+        })
+    }
+
+    /// Whether the key is the client's address alone (`key = "ip"`).
+    pub(crate) fn is_ip_only(&self) -> bool {
+        matches!(self.parts.as_slice(), [Part::Ip])
+    }
+
+    /// The key of every request from a client: its address.
+    pub(crate) fn ip() -> Self {
+        Self {
+            parts: vec![Part::Ip],
+        }
+    }
 }
 
 /// What a key is built from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyInput<'a> {
     pub method: &'a str,
+    /// The normalised path (see `super::path`).
     pub path: &'a str,
+    /// The client's address, canonical and masked to its network.
     pub ip: Option<IpAddr>,
+    /// The request's API key: present, not empty, and valid when the policy lists
+    /// valid keys.
+    pub api_key: Option<&'a str>,
     pub headers: &'a [(&'a str, &'a str)],
     pub claims: Option<&'a Claims>,
     pub route: &'a str,
 }
 
-/// The first header named `name` (case-insensitive).
+/// The first header named `name` (case-insensitive): the copy frameworks read
+/// when a header is repeated.
 pub(crate) fn header<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| *v)
+}
+
+/// The first header named `name`, if it has a value: the one test of "the request
+/// carries this header", shared by keys and `unless_header`, so a header sent
+/// empty can neither skip a rule nor key one.
+pub(crate) fn present<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
+    header(headers, name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The address as one canonical value: an IPv4-mapped IPv6 address
+/// (`::ffff:192.0.2.5`, what a dual-stack socket reports) is its IPv4 address.
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Keeps the first `prefix` bits of an IPv6 address (clients are keyed by network).
@@ -262,11 +318,8 @@ impl KeyTemplate {
                         let _ = write!(FmtSink(key), "{v6}");
                     }
                 },
-                Part::Header(name) => key.push(
-                    header(input.headers, name)
-                        .filter(|v| !v.is_empty())?
-                        .as_bytes(),
-                ),
+                Part::Header(name) => key.push(present(input.headers, name)?.as_bytes()),
+                Part::ApiKey => key.push(input.api_key?.as_bytes()),
                 Part::Claim(name) => match input.claims?.get(name)? {
                     Value::String(s) if !s.is_empty() => key.push(s.as_bytes()),
                     Value::Number(n) => {
@@ -304,6 +357,7 @@ mod tests {
             method: "post",
             path: "/a?x=1",
             ip: "203.0.113.7".parse().ok(),
+            api_key: present(headers, "x-api-key"),
             headers,
             claims,
             route: "login",

@@ -11,8 +11,13 @@
 //! - Verified tokens are cached until they expire, in a bounded store keyed by a
 //!   seeded hash of the token; a hit compares the whole token, so a hash collision
 //!   can never lend one token's identity to another.
-//! - Cache misses (signature checks) are limited per client IP, so a flood of
-//!   forged tokens costs at most that many verifications per second.
+//! - Failed verifications are limited per client network (the IPv6 prefix of
+//!   `ipv6_prefix`, so one /64 is one client), so a flood of forged tokens costs
+//!   at most that many signature checks per second. A check is charged before it
+//!   runs and given back when the token verifies: a client sending valid tokens
+//!   never spends the budget of others behind the same address. Requests without
+//!   an address share one budget of their own.
+//! - Tokens longer than [`MAX_TOKEN_BYTES`] are malformed before any parsing.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -94,6 +99,14 @@ impl TokenProblem {
         Self::ALL.iter().position(|p| *p == self).unwrap_or(0)
     }
 }
+
+/// Longer bearer tokens are refused unparsed (a signed JWT with a handful of
+/// claims is well under 2 KiB; proxies commonly cap a header at 8 KiB).
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The verify budget's key for requests without a client address (the address
+/// keys are 16 bytes, so this one can never collide with them).
+const NO_ADDRESS: &[u8] = b"-";
 
 /// What the request's token amounts to.
 #[derive(Debug, Clone)]
@@ -280,7 +293,8 @@ impl JwtVerifier {
         Ok(())
     }
 
-    /// Finds and checks the request's bearer token at `now` (Unix time).
+    /// Finds and checks the request's bearer token at `now` (Unix time). `ip` is
+    /// the client's address already masked to its network.
     pub(crate) fn check(
         &self,
         headers: &[(&str, &str)],
@@ -297,6 +311,9 @@ impl JwtVerifier {
         if token.is_empty() {
             return TokenCheck::Absent;
         }
+        if token.len() > MAX_TOKEN_BYTES {
+            return TokenCheck::Invalid(TokenProblem::Malformed);
+        }
         let now_s = now.as_secs_f64();
         let fp = std::hash::BuildHasher::hash_one(&self.hasher, token);
         let hit = self.cache.read(fp, |c| {
@@ -309,18 +326,23 @@ impl JwtVerifier {
                 Err(p) => TokenCheck::Invalid(p),
             };
         }
+        let octets = match ip {
+            Some(IpAddr::V4(v4)) => Some(v4.to_ipv6_mapped().octets()),
+            Some(IpAddr::V6(v6)) => Some(v6.octets()),
+            None => None,
+        };
+        let budget_key: &[u8] = octets.as_ref().map_or(NO_ADDRESS, |o| o.as_slice());
         if let Some(limit) = &self.verify_limit {
-            let key = match ip {
-                Some(IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
-                Some(IpAddr::V6(v6)) => v6.octets(),
-                None => [0; 16],
-            };
-            if limit.check_at(key, 1, now).is_ok_and(|d| !d.allowed) {
+            if limit.check_at(budget_key, 1, now).is_ok_and(|d| !d.allowed) {
                 return TokenCheck::Invalid(TokenProblem::RateLimited);
             }
         }
         match self.verify(token, now_s) {
             Ok((claims, exp, nbf)) => {
+                if let Some(limit) = &self.verify_limit {
+                    // Only failures spend the budget.
+                    let _ = limit.refund_at(budget_key, 1, now);
+                }
                 let claims = Arc::new(claims);
                 let entry = Cached {
                     token: token.into(),

@@ -2,10 +2,12 @@
 //!
 //! A pattern is an optional comma-separated method list (`*` or none = any), then a
 //! path pattern of `/`-separated segments: a literal, `*` or `{name}` (exactly one
-//! segment), or `**` (any number of segments, last only). Matching ignores the
-//! query string and empty segments (`//a` is `/a`) and percent-decodes each path
-//! segment first, so `/auth/%6cogin` cannot slip past a rule for `/auth/login`.
-//! Literals match case-sensitively, methods case-insensitively.
+//! segment), or `**` (any number of segments, last only). Patterns match the
+//! request's *normalised* path (see [`super::path`]: decoded, dot segments and
+//! empty segments resolved, absolute-form cut, lower-cased unless
+//! `case_sensitive_paths`), so every spelling a router sends to a handler meets
+//! that handler's rule. Methods match case-insensitively, and a `GET` pattern also
+//! matches `HEAD`, which every framework answers with the GET handler.
 
 /// One path segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +25,9 @@ pub(crate) struct Pattern {
     segments: Vec<Segment>,
 }
 
-/// Why a pattern is unusable.
-pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
+/// Parses a pattern; literals are normalised like request paths (decoded, and
+/// lower-cased when `case_insensitive`).
+pub(crate) fn parse(text: &str, case_insensitive: bool) -> Result<Pattern, String> {
     let text = text.trim();
     let (methods, path) = match text.split_once(char::is_whitespace) {
         Some((m, p)) => (m, p.trim()),
@@ -47,7 +50,11 @@ pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(format!("method {m:?} is not a word like GET or POST"));
         }
-        list.push(m.to_ascii_uppercase());
+        let m = m.to_ascii_uppercase();
+        if m == "GET" && !list.iter().any(|x| x == "HEAD") {
+            list.push("HEAD".to_string());
+        }
+        list.push(m);
     }
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let mut segments = Vec::with_capacity(parts.len());
@@ -61,7 +68,17 @@ pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
             p if p.contains(['*', '{', '}']) => {
                 return Err(format!("segment {p:?} mixes wildcards with text"));
             }
-            p => Segment::Literal(decode(p).into_owned()),
+            p => {
+                let slashed = format!("/{p}");
+                let normal = super::path::normalize(&slashed, case_insensitive);
+                let literal = normal.strip_prefix('/').unwrap_or_default();
+                if literal.is_empty() || literal.contains('/') {
+                    return Err(format!(
+                        "segment {p:?} decodes to {literal:?}: write it as separate segments"
+                    ));
+                }
+                Segment::Literal(literal.to_string())
+            }
         });
     }
     Ok(Pattern {
@@ -70,47 +87,14 @@ pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
     })
 }
 
-/// Percent-decodes a segment; invalid escapes stay as they are. Borrows when there
-/// is nothing to decode (the usual case: no allocation).
-fn decode(segment: &str) -> std::borrow::Cow<'_, str> {
-    if !segment.contains('%') {
-        return segment.into();
-    }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
-        match (b, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
-}
-
 impl Pattern {
-    /// Whether a request matches.
+    /// Whether a request matches; `path` is already normalised.
     pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
         {
             return false;
         }
-        let end = path
-            .bytes()
-            .position(|b| b == b'?' || b == b'#')
-            .unwrap_or(path.len());
-        let mut parts = path
-            .get(..end)
-            .unwrap_or_default()
-            .split('/')
-            .filter(|s| !s.is_empty());
+        let mut parts = path.split('/').filter(|s| !s.is_empty());
         for seg in &self.segments {
             match seg {
                 Segment::Rest => return true,
@@ -120,12 +104,22 @@ impl Pattern {
                     }
                 }
                 Segment::Literal(lit) => match parts.next() {
-                    Some(p) if decode(p) == lit.as_str() => {}
+                    Some(p) if p == lit => {}
                     _ => return false,
                 },
             }
         }
         parts.next().is_none()
+    }
+
+    /// Whether the pattern is a catch-all: any method, `/**`.
+    pub(crate) fn is_catch_all(&self) -> bool {
+        self.methods.is_empty() && matches!(self.segments.as_slice(), [Segment::Rest])
+    }
+
+    /// Whether the pattern ends in a single-segment `*` (often meant as `/**`).
+    pub(crate) fn ends_in_one_star(&self) -> bool {
+        matches!(self.segments.last(), Some(Segment::One))
     }
 }
 
@@ -134,6 +128,7 @@ impl Pattern {
 pub(crate) struct Matcher(pub Vec<Pattern>);
 
 impl Matcher {
+    /// Whether a request matches; `path` is already normalised.
     pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
         self.0.iter().any(|p| p.matches(method, path))
     }
@@ -144,9 +139,9 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, method: &str, path: &str) -> bool {
-        parse(pattern)
+        parse(pattern, true)
             .unwrap_or_else(|e| panic!("{e}"))
-            .matches(method, path)
+            .matches(method, &crate::policy::path::normalize(path, true))
     }
 
     #[test]
@@ -178,12 +173,30 @@ mod tests {
         assert!(m("POST /auth/login", "POST", "/auth/%6cogin"));
         assert!(m("POST /auth/login", "POST", "/auth/login#x"));
         assert!(m("POST /a%20b", "POST", "/a%20b"));
+        assert!(m("POST /auth/login", "POST", "/auth%2Flogin"));
+        assert!(m("POST /auth/login", "POST", "/AUTH/LOGIN"));
+        assert!(m("POST /auth/login", "POST", "http://h/auth/login"));
+        assert!(m("POST /auth/login", "POST", "/x/../auth/login"));
+    }
+
+    #[test]
+    fn head_falls_under_get() {
+        assert!(m("GET /a", "HEAD", "/a"));
+        assert!(m("GET,POST /a", "head", "/a"));
+        assert!(!m("POST /a", "HEAD", "/a"));
+    }
+
+    #[test]
+    fn case_sensitive_when_asked() {
+        let p = parse("/Api/**", false).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.matches("GET", "/Api/x"));
+        assert!(!p.matches("GET", "/api/x"));
     }
 
     #[test]
     fn bad_patterns() {
-        for bad in ["", "POST", "POST auth", "/a/**/b", "/a*b", "G3T /a", "/x{y"] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+        for bad in ["", "POST", "POST auth", "/a/**/b", "/a*b", "G3T /a", "/x{y", "/a%2Fb", "/.."] {
+            assert!(parse(bad, true).is_err(), "{bad:?}");
         }
     }
 }

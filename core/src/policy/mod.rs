@@ -38,6 +38,7 @@ mod headers;
 mod identity;
 mod jwt;
 mod matcher;
+mod path;
 mod store;
 
 use std::collections::HashSet;
@@ -52,11 +53,11 @@ use crate::clock::{Clock, QuantaClock};
 use crate::error::{Error, Result};
 use crate::limiter::Limiter;
 use crate::quota::{Algorithm, Quota, parse_duration};
-use ban::{Adaptive, Bans};
+use ban::{Adaptive, BanScope, BanSetup, Bans};
 use config::{Path, PolicyConfig, RuleConfig, Source};
 use events::{Metrics, RuleCounters, bump};
 use headers::Report;
-use identity::{Claims, KEY_BUF, KeyBuf, KeyInput, KeyTemplate, header, mask_ip};
+use identity::{Claims, KEY_BUF, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
 use jwt::{JwtSetup, JwtVerifier, KeySource, TokenCheck};
 use store::{RuleLimiter, Store};
 
@@ -207,12 +208,22 @@ struct Rule {
     deny_anonymous: bool,
     /// `None`: every request; `Some(true)`: only with a verified token; `Some(false)`: only without.
     applies_to: Option<bool>,
-    /// Lower-case header name whose presence skips the rule.
-    unless_header: Option<String>,
+    /// A header whose presence (with a value) skips the rule.
+    unless: Option<Unless>,
+    /// A verified token without the key's claim is keyed by IP (else 401).
+    missing_claim_ip: bool,
     limits: Limits,
     quota_text: Vec<String>,
     adaptive: Option<Adaptive>,
     ban: bool,
+}
+
+/// What `unless_header` tests.
+enum Unless {
+    /// The API key header: a valid API key (the same test as `key = "api_key"`).
+    ApiKey,
+    /// Any other header (lower-case name), with a value.
+    Header(String),
 }
 
 struct Lists {
@@ -233,7 +244,14 @@ pub struct Engine {
     style: HeaderStyle,
     ipv6_prefix: u8,
     api_key_header: String,
+    /// Valid API keys (`api_keys_file`); `None`: any non-empty key is a key.
+    valid_api_keys: Option<HashSet<String>>,
+    /// The key of client-wide bans: the masked address.
+    client_key: KeyTemplate,
+    case_sensitive_paths: bool,
     deny_status: u16,
+    /// Things `floodgate check-config` warns about.
+    warnings: Vec<String>,
     key_seed: ahash::RandomState,
     pk_seed: ahash::RandomState,
     clock: QuantaClock,
@@ -371,6 +389,25 @@ impl Engine {
             )?);
         }
         let lists = Self::build_lists(&cfg, &source)?;
+        let valid_api_keys = match &s.api_keys_file {
+            Some(file) => {
+                let file = dir.join(file);
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    err(
+                        &root.key("settings").key("api_keys_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                Some(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect::<HashSet<_>>(),
+                )
+            }
+            None => None,
+        };
         let bans = match &cfg.ban {
             Some(b) => {
                 let p = root.key("ban");
@@ -405,10 +442,27 @@ impl Engine {
                 if !matches!(b.status, 403 | 429) {
                     return Err(err(&p.key("status"), "must be 403 or 429".into()));
                 }
+                let client_scope = match b.scope.as_str() {
+                    "rule" => false,
+                    "client" => true,
+                    other => {
+                        return Err(err(
+                            &p.key("scope"),
+                            format!("{other:?}: use \"rule\" or \"client\""),
+                        ));
+                    }
+                };
                 Some(
-                    Bans::new(
-                        b.after, within, duration, b.escalate, max, b.status, s.max_keys,
-                    )
+                    Bans::new(BanSetup {
+                        after: b.after,
+                        within,
+                        duration,
+                        escalate: b.escalate,
+                        max,
+                        status: b.status,
+                        max_keys: s.max_keys,
+                        client_scope,
+                    })
                     .map_err(|e| err(&p, e.to_string()))?,
                 )
             }
@@ -421,6 +475,7 @@ impl Engine {
                 .collect(),
             ..Metrics::default()
         };
+        let warnings = warnings(&cfg, &rules, valid_api_keys.is_some());
         let clock = QuantaClock::new();
         let unix_now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -433,7 +488,11 @@ impl Engine {
             style,
             ipv6_prefix: s.ipv6_prefix,
             api_key_header: s.api_key_header.to_ascii_lowercase(),
+            valid_api_keys,
+            client_key: KeyTemplate::ip(),
+            case_sensitive_paths: s.case_sensitive_paths,
             deny_status: s.deny_status,
+            warnings,
             key_seed: ahash::RandomState::new(),
             pk_seed: ahash::RandomState::new(),
             unix_origin_ns: unix_now.saturating_sub(clock.now_ns()),
@@ -530,6 +589,18 @@ impl Engine {
             let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
                 .map_err(|e| err(&p.key("jwks_file"), format!("not a JWKS: {e}")))?;
             for (i, key) in set.keys.into_iter().enumerate() {
+                if matches!(
+                    key.algorithm,
+                    jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+                ) {
+                    return Err(err(
+                        &p.key("jwks_file"),
+                        format!(
+                            "key {i} is a symmetric (kty \"oct\") key: a JWKS file holds public \
+                             keys only; give an HMAC secret with secret_env or secret_file"
+                        ),
+                    ));
+                }
                 let alg = key
                     .common
                     .key_algorithm
@@ -604,7 +675,10 @@ impl Engine {
                 config::OneOrMany::One(_) => p.key("match"),
                 config::OneOrMany::Many(_) => p.key("match").index(i),
             };
-            patterns.push(matcher::parse(text).map_err(|m| err(&at, m))?);
+            patterns.push(
+                matcher::parse(text, !cfg.settings.case_sensitive_paths)
+                    .map_err(|m| err(&at, m))?,
+            );
         }
         let key = KeyTemplate::parse(&r.key, &cfg.settings.api_key_header)
             .map_err(|m| err(&p.key("key"), m))?;
@@ -722,6 +796,16 @@ impl Engine {
         if r.cost == 0 {
             return Err(err(&p.key("cost"), "must be at least 1".into()));
         }
+        let missing_claim_ip = match r.missing_claim.as_str() {
+            "deny" => false,
+            "ip" => true,
+            other => {
+                return Err(err(
+                    &p.key("missing_claim"),
+                    format!("{other:?}: use \"deny\" or \"ip\""),
+                ));
+            }
+        };
         let applies_to = match r.applies_to.as_str() {
             "all" => None,
             "authenticated" => Some(true),
@@ -776,7 +860,14 @@ impl Engine {
             shadow: r.shadow,
             deny_anonymous,
             applies_to,
-            unless_header: r.unless_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            unless: r.unless_header.as_ref().map(|h| {
+                if h.trim().eq_ignore_ascii_case(&cfg.settings.api_key_header) {
+                    Unless::ApiKey
+                } else {
+                    Unless::Header(h.trim().to_ascii_lowercase())
+                }
+            }),
+            missing_claim_ip,
             limits,
             quota_text,
             adaptive,
@@ -821,8 +912,18 @@ impl Engine {
 
     /// Counters in the Prometheus text exposition format.
     pub fn metrics(&self) -> String {
-        #[allow(unused_mut)]
         let mut out = self.metrics.render();
+        if let Some(b) = &self.bans {
+            use std::fmt::Write as _;
+            let _ = write!(
+                out,
+                "# HELP floodgate_bans_dropped_total Bans not recorded because the ban table \
+                 was full of longer bans.\n\
+                 # TYPE floodgate_bans_dropped_total counter\n\
+                 floodgate_bans_dropped_total {}\n",
+                b.dropped()
+            );
+        }
         #[cfg(feature = "redis")]
         if let Some(r) = self.store.redis() {
             use std::fmt::Write as _;
@@ -955,14 +1056,26 @@ impl Engine {
     }
 
     fn decide(&self, req: &Request<'_>, now: Duration, explicit: bool) -> Result<Verdict> {
-        if req.method.is_empty() || !req.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        if !is_method(req.method) {
             return Err(Error::InvalidRequest {
                 field: "method",
-                problem: "must be a word like GET or POST",
+                problem: "must be an HTTP method token like GET or POST",
             });
         }
         let now_ns = nanos(now);
-        let ip = req.client_ip;
+        // 0. One view of the request, used by every step below: the canonical
+        // address (IPv4-mapped IPv6 unmapped) and its network, the path as routers
+        // normalise it, and the API key if the request has a valid one.
+        let ip = req.client_ip.map(canonical_ip);
+        let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
+        let path = path::normalize(req.path, !self.case_sensitive_paths);
+        let view = View {
+            method: req.method,
+            path: &path,
+            masked,
+            headers: req.headers,
+            api_key: self.api_key(req.headers),
+        };
         // 1. Lists by IP and API key.
         let by_ip = ip.and_then(|ip| {
             listed(
@@ -970,22 +1083,24 @@ impl Engine {
                 self.lists.allow_ips.iter().any(|n| n.contains(&ip)),
             )
         });
-        let by_key = || {
-            header(req.headers, &self.api_key_header).and_then(|k| {
-                listed(
-                    self.lists.deny_api_keys.contains(k),
-                    self.lists.allow_api_keys.contains(k),
-                )
-            })
-        };
-        if let Some(allowed) = by_ip.or_else(by_key) {
-            return Ok(self.list_verdict(req, allowed, false));
+        if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(req.headers)) {
+            return Ok(self.list_verdict(ip, allowed, false));
         }
-        // 2. The token: verified claims, or anonymous.
+        let mut buf = KeyBuf::default();
+        // 2. A client-wide ban holds whatever rule the request meets.
+        if let Some(bans) = self.bans.as_ref().filter(|b| b.client_scope) {
+            if let Some(key) = self.build_key(&self.client_key, &view, None, "", &mut buf) {
+                if let Some(left) = bans.banned(BanScope::Client, key, now_ns) {
+                    bump(&self.metrics.banned_clients);
+                    return Ok(self.banned_verdict(None, key, left, None, false));
+                }
+            }
+        }
+        // 3. The token: verified claims, or anonymous.
         let token = self
             .jwt
             .as_ref()
-            .map_or(TokenCheck::Absent, |j| j.check(req.headers, ip, now));
+            .map_or(TokenCheck::Absent, |j| j.check(req.headers, masked, now));
         let (claims, problem) = match &token {
             TokenCheck::Valid(c) => (Some(&**c), None),
             TokenCheck::Invalid(p) => (None, Some(*p)),
@@ -999,7 +1114,7 @@ impl Engine {
                 self.event(
                     EventKind::TokenInvalid,
                     None,
-                    req,
+                    ip,
                     None,
                     0,
                     Duration::ZERO,
@@ -1007,7 +1122,7 @@ impl Engine {
                 )
             });
             if self.jwt.as_ref().is_some_and(|j| j.reject_invalid) {
-                return Ok(self.unauthorized(req, None, problem));
+                return Ok(self.unauthorized(ip, None, problem));
             }
         }
         let by_subject = claims
@@ -1020,34 +1135,54 @@ impl Engine {
                 )
             });
         if let Some(allowed) = by_subject {
-            return Ok(self.list_verdict(req, allowed, true));
+            return Ok(self.list_verdict(ip, allowed, true));
         }
-        // 3. Rules.
-        let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
+        // 4. Rules.
         let mut charges: Vec<Charge<'_>> = Vec::new();
         let mut shadows: Vec<usize> = Vec::new();
-        let mut buf = KeyBuf::default();
         for (index, rule) in self.rules.iter().enumerate() {
-            if !self.applies(rule, req, claims.is_some()) {
+            if !self.applies(rule, &view, claims.is_some()) {
                 continue;
             }
             if rule.shadow {
                 shadows.push(index);
                 continue;
             }
-            let Some(key) = self.rule_key(rule, req, masked, claims, &mut buf) else {
+            let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
+                if claims.is_some_and(|c| !rule.key.claims_usable(c)) {
+                    // A verified token without the claim the key needs: never
+                    // unlimited (`missing_claim = "ip"` keys it by address instead).
+                    self.refund(&charges, now, explicit);
+                    return Ok(self.unauthorized(
+                        ip,
+                        Some(&rule.name),
+                        Some(TokenProblem::MissingClaim),
+                    ));
+                }
                 if rule.deny_anonymous {
                     self.refund(&charges, now, explicit);
-                    return Ok(self.unauthorized(req, Some(&rule.name), problem));
+                    return Ok(self.unauthorized(ip, Some(&rule.name), problem));
                 }
                 continue;
             };
-            if let Some(left) = self.bans.as_ref().and_then(|b| b.banned(key, now_ns)) {
+            let scope = self.ban_scope(index, rule);
+            if let Some(left) = self
+                .bans
+                .as_ref()
+                .filter(|_| scope != BanScope::Client) // checked in step 2
+                .and_then(|b| b.banned(scope, key, now_ns))
+            {
                 self.refund(&charges, now, explicit);
                 if let Some((_, c)) = self.metrics.rules.get(index) {
                     bump(&c.banned);
                 }
-                return Ok(self.banned_verdict(rule, key, left, problem, claims.is_some()));
+                return Ok(self.banned_verdict(
+                    Some(&rule.name),
+                    key,
+                    left,
+                    problem,
+                    claims.is_some(),
+                ));
             }
             let tier = rule.limits.select(claims);
             let multiplier = rule
@@ -1069,10 +1204,11 @@ impl Engine {
                 return Ok(self.rate_limited(
                     index,
                     rule,
+                    scope,
                     tier,
                     key,
                     d,
-                    req,
+                    ip,
                     now_ns,
                     problem,
                     claims.is_some(),
@@ -1086,12 +1222,12 @@ impl Engine {
                 decision: d,
             });
         }
-        // 4. Shadow rules: counted as if enforced, never denying.
+        // 5. Shadow rules: counted as if enforced, never denying.
         for index in shadows {
             let Some(rule) = self.rules.get(index) else {
                 continue;
             };
-            let Some(key) = self.rule_key(rule, req, masked, claims, &mut buf) else {
+            let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
                 continue;
             };
             let checked = rule
@@ -1115,7 +1251,7 @@ impl Engine {
                     ..self.event(
                         EventKind::ShadowDenied,
                         Some(&rule.name),
-                        req,
+                        ip,
                         None,
                         0,
                         d.retry_after,
@@ -1182,13 +1318,49 @@ impl Engine {
         Ok(verdict)
     }
 
-    fn applies(&self, rule: &Rule, req: &Request<'_>, authenticated: bool) -> bool {
+    /// The request's API key: present with a value, and listed in
+    /// `api_keys_file` when there is one. The one test of "has an API key".
+    fn api_key<'a>(&self, headers: &[(&'a str, &'a str)]) -> Option<&'a str> {
+        let key = present(headers, &self.api_key_header)?;
+        match &self.valid_api_keys {
+            Some(valid) if !valid.contains(key) => None,
+            _ => Some(key),
+        }
+    }
+
+    /// The API-key lists' answer. A value that a framework joined from repeated
+    /// headers (`k1, k2`) is denied if any of its keys is deny-listed.
+    fn api_key_listed(&self, headers: &[(&str, &str)]) -> Option<bool> {
+        let value = present(headers, &self.api_key_header)?;
+        let deny = &self.lists.deny_api_keys;
+        let denied = deny.contains(value)
+            || (value.contains(',') && value.split(',').any(|k| deny.contains(k.trim())));
+        listed(denied, self.lists.allow_api_keys.contains(value))
+    }
+
+    /// Where a ban earned on `rule` holds.
+    fn ban_scope(&self, index: usize, rule: &Rule) -> BanScope {
+        if self.bans.as_ref().is_some_and(|b| b.client_scope) && rule.key.is_ip_only() {
+            BanScope::Client
+        } else {
+            BanScope::Rule(index)
+        }
+    }
+
+    fn applies(&self, rule: &Rule, view: &View<'_>, authenticated: bool) -> bool {
         rule.applies_to.is_none_or(|a| a == authenticated)
-            && rule
-                .unless_header
-                .as_deref()
-                .is_none_or(|h| header(req.headers, h).is_none())
-            && rule.matcher.matches(req.method, req.path)
+            && rule.unless.as_ref().is_none_or(|u| match u {
+                Unless::ApiKey => view.api_key.is_none(),
+                Unless::Header(name) => present(view.headers, name).is_none(),
+            })
+            && rule.matcher.matches(view.method, view.path)
+    }
+
+    /// Warnings about the policy, for `floodgate check-config`: things that are
+    /// valid but probably not meant (a request that no rule limits, a `/*` that
+    /// limits one path segment).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Replaces the engine's random seeds (for key hashing and the `pk` partition
@@ -1203,28 +1375,44 @@ impl Engine {
     }
 
     /// The rule's key for this request, built in `buf`; `None` if an identity it
-    /// needs (IP, header, verified claim) is missing.
+    /// needs (IP, header, verified claim) is missing. A verified token without the
+    /// key's claim is keyed by address on rules with `missing_claim = "ip"`.
     fn rule_key<'b>(
         &self,
         rule: &Rule,
-        req: &Request<'_>,
-        ip: Option<IpAddr>,
+        view: &View<'_>,
         claims: Option<&Claims>,
         buf: &'b mut KeyBuf,
     ) -> Option<&'b [u8]> {
-        let input = KeyInput {
-            method: req.method,
-            path: req.path,
-            ip,
-            headers: req.headers,
-            claims,
-            route: &rule.name,
+        let template = match claims {
+            Some(c) if rule.missing_claim_ip && !rule.key.claims_usable(c) => &self.client_key,
+            _ => &rule.key,
         };
-        rule.key.build(&input, &self.key_seed, buf)
+        self.build_key(template, view, claims, &rule.name, buf)
+    }
+
+    fn build_key<'b>(
+        &self,
+        template: &KeyTemplate,
+        view: &View<'_>,
+        claims: Option<&Claims>,
+        route: &str,
+        buf: &'b mut KeyBuf,
+    ) -> Option<&'b [u8]> {
+        let input = KeyInput {
+            method: view.method,
+            path: view.path,
+            ip: view.masked,
+            api_key: view.api_key,
+            headers: view.headers,
+            claims,
+            route,
+        };
+        template.build(&input, &self.key_seed, buf)
     }
 
     /// The verdict for an allow-listed (`allowed`) or deny-listed request.
-    fn list_verdict(&self, req: &Request<'_>, allowed: bool, authenticated: bool) -> Verdict {
+    fn list_verdict(&self, ip: Option<IpAddr>, allowed: bool, authenticated: bool) -> Verdict {
         if allowed {
             bump(&self.metrics.allow_listed);
             return Verdict {
@@ -1238,7 +1426,7 @@ impl Engine {
             self.event(
                 EventKind::DenyListed,
                 None,
-                req,
+                ip,
                 None,
                 status,
                 Duration::ZERO,
@@ -1262,7 +1450,7 @@ impl Engine {
         &self,
         kind: EventKind,
         rule: Option<&Arc<str>>,
-        req: &Request<'_>,
+        ip: Option<IpAddr>,
         key: Option<&[u8]>,
         status: u16,
         retry_after: Duration,
@@ -1271,7 +1459,7 @@ impl Engine {
         Event {
             kind,
             rule: rule.cloned(),
-            client_ip: req.client_ip,
+            client_ip: ip,
             key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
             status,
             retry_after,
@@ -1281,7 +1469,7 @@ impl Engine {
 
     fn unauthorized(
         &self,
-        req: &Request<'_>,
+        ip: Option<IpAddr>,
         rule: Option<&Arc<str>>,
         problem: Option<TokenProblem>,
     ) -> Verdict {
@@ -1290,7 +1478,7 @@ impl Engine {
             self.event(
                 EventKind::Unauthorized,
                 rule,
-                req,
+                ip,
                 None,
                 401,
                 Duration::ZERO,
@@ -1315,7 +1503,7 @@ impl Engine {
 
     fn banned_verdict(
         &self,
-        rule: &Rule,
+        rule: Option<&Arc<str>>,
         key: &[u8],
         left: Duration,
         problem: Option<TokenProblem>,
@@ -1323,7 +1511,7 @@ impl Engine {
     ) -> Verdict {
         let status = self.bans.as_ref().map_or(429, |b| b.status);
         let mut v = Verdict {
-            rule: Some(rule.name.clone()),
+            rule: rule.cloned(),
             retry_after: left,
             identity: Some(String::from_utf8_lossy(key).into_owned()),
             token_problem: problem,
@@ -1340,10 +1528,11 @@ impl Engine {
         &self,
         index: usize,
         rule: &Rule,
+        scope: BanScope,
         tier: &Tier,
         key: &[u8],
         d: crate::Decision,
-        req: &Request<'_>,
+        ip: Option<IpAddr>,
         now_ns: u64,
         problem: Option<TokenProblem>,
         authenticated: bool,
@@ -1355,7 +1544,7 @@ impl Engine {
             self.event(
                 EventKind::Denied,
                 Some(&rule.name),
-                req,
+                ip,
                 Some(key),
                 429,
                 d.retry_after,
@@ -1369,14 +1558,14 @@ impl Engine {
             .bans
             .as_ref()
             .filter(|_| rule.ban)
-            .and_then(|b| b.strike(key, now_ns))
+            .and_then(|b| b.strike(scope, key, now_ns))
         {
             bump(&self.metrics.bans_started);
             self.emit(|| {
                 self.event(
                     EventKind::Banned,
                     Some(&rule.name),
-                    req,
+                    ip,
                     Some(key),
                     0,
                     length,
@@ -1414,6 +1603,70 @@ impl Engine {
         }
         v
     }
+}
+
+/// The request as every step of [`Engine::decide`] reads it.
+struct View<'a> {
+    method: &'a str,
+    /// Normalised (see [`path`]).
+    path: &'a str,
+    /// The canonical address (IPv4-mapped IPv6 unmapped) masked to its network (`ipv6_prefix`): what keys and budgets use.
+    masked: Option<IpAddr>,
+    headers: &'a [(&'a str, &'a str)],
+    api_key: Option<&'a str>,
+}
+
+/// An HTTP method is a token (RFC 9110 5.6.2): `GET`, `M-SEARCH`, `VERSION-CONTROL`.
+fn is_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= 32
+        && method.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Warnings about a valid policy (see [`Engine::warnings`]).
+fn warnings(cfg: &PolicyConfig, rules: &[Rule], api_keys_verified: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if rules.is_empty() {
+        out.push("the policy has no rules: it limits nothing".to_string());
+        return out;
+    }
+    let catch_all = rules.iter().any(|r| {
+        !r.shadow
+            && r.applies_to.is_none()
+            && r.unless.is_none()
+            && r.key.is_ip_only()
+            && r.matcher.0.iter().any(matcher::Pattern::is_catch_all)
+    });
+    if !catch_all {
+        out.push(
+            "no rule limits every request: a request that matches no rule (or that every \
+             matching rule skips) is not limited at all. Add a last rule like \
+             `match = \"/**\"`, `key = \"ip\"` with a generous quota"
+                .to_string(),
+        );
+    }
+    for (rule, r) in rules.iter().zip(&cfg.rules) {
+        for (pattern, text) in rule.matcher.0.iter().zip(r.matches.to_vec()) {
+            if pattern.ends_in_one_star() && text.trim_end().ends_with("/*") {
+                out.push(format!(
+                    "rule {:?}: {text:?} matches exactly one path segment after the prefix; \
+                     write \"/**\" to match everything under it",
+                    r.name
+                ));
+            }
+        }
+        if !api_keys_verified && !catch_all && r.key.contains("api_key") {
+            out.push(format!(
+                "rule {:?} is keyed by the API key, which nothing verifies: every new key \
+                 gets a fresh quota. Set settings.api_keys_file, or add a per-IP rule that \
+                 applies to keyed requests too",
+                r.name
+            ));
+        }
+    }
+    out
 }
 
 /// A deny list wins over an allow list: `Some(false)` denied, `Some(true)` allowed.

@@ -1,0 +1,158 @@
+//! The one path the engine matches and keys on, normalised once per request the
+//! way routers normalise it, so that no spelling of a path reaches a handler while
+//! dodging the handler's rule:
+//!
+//! - an absolute-form target (`http://host/auth/login`, which Node, Express and
+//!   Fastify route by its path) is cut to its path;
+//! - the query string and fragment are dropped;
+//! - the path is percent-decoded once, `%2F` included (Starlette routes
+//!   `/auth%2Flogin` to `/auth/login`); invalid escapes stay as they are and
+//!   invalid UTF-8 becomes U+FFFD;
+//! - empty segments, `.` and `..` are resolved (`//a/./b/../c` is `/a/c`), as
+//!   nginx and every client do;
+//! - with `case_sensitive_paths = false` (the default: Express routes
+//!   case-insensitively), ASCII letters are lower-cased.
+//!
+//! The result starts with `/` and has no trailing `/` (the root is `/`). Where a
+//! framework is stricter than this (Fastify and Starlette are case-sensitive and
+//! do not decode `%2F` into a separator), a rule matches a spelling the framework
+//! would answer with 404: an extra charge on a request that reaches no handler,
+//! never a handler reached without its rule.
+//!
+//! The common path (`/api/users/42`) is already normal and is borrowed: no
+//! allocation.
+
+use std::borrow::Cow;
+
+/// Whether `path` is already what [`normalize`] would return.
+fn is_normal(path: &str, case_insensitive: bool) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return false;
+    }
+    if bytes.len() > 1 && bytes.last() == Some(&b'/') {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &b in bytes {
+        match b {
+            b'%' | b'?' | b'#' => return false,
+            b'/' if prev == b'/' => return false,
+            b'A'..=b'Z' if case_insensitive => return false,
+            _ => {}
+        }
+        prev = b;
+    }
+    // Dot segments: "/." or "/.." followed by "/" or the end.
+    !path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+}
+
+/// Cuts an absolute-form target (`scheme://authority/path`) to its path.
+fn strip_absolute_form(target: &str) -> &str {
+    if target.starts_with('/') {
+        return target;
+    }
+    let Some(scheme_end) = target.find("://") else {
+        return target;
+    };
+    let scheme = target.get(..scheme_end).unwrap_or_default();
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return target;
+    }
+    let rest = target.get(scheme_end + 3..).unwrap_or_default();
+    match rest.find(['/', '?', '#']) {
+        Some(i) => rest.get(i..).unwrap_or_default(),
+        None => "/",
+    }
+}
+
+/// Percent-decodes `text` once (invalid escapes kept as they are).
+fn percent_decode(text: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy()
+}
+
+/// The normalised path of a request target (see the module docs).
+pub(crate) fn normalize(target: &str, case_insensitive: bool) -> Cow<'_, str> {
+    if is_normal(target, case_insensitive) {
+        return Cow::Borrowed(target);
+    }
+    let target = strip_absolute_form(target);
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    let raw = target.get(..end).unwrap_or_default();
+    let decoded = percent_decode(raw);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if case_insensitive {
+        out.make_ascii_lowercase();
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> String {
+        normalize(p, true).into_owned()
+    }
+
+    #[test]
+    fn already_normal_paths_are_borrowed() {
+        for p in ["/", "/api/users/42", "/a-b_c.d/e~f"] {
+            assert!(matches!(normalize(p, true), Cow::Borrowed(_)), "{p}");
+        }
+        assert!(matches!(normalize("/API", false), Cow::Borrowed(_)));
+        assert!(matches!(normalize("/API", true), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn what_routers_normalise() {
+        assert_eq!(n("/auth/login?next=/x"), "/auth/login");
+        assert_eq!(n("/auth/login#frag"), "/auth/login");
+        assert_eq!(n("/auth%2Flogin"), "/auth/login");
+        assert_eq!(n("/auth%2flogin"), "/auth/login");
+        assert_eq!(n("/auth/%6cogin"), "/auth/login");
+        assert_eq!(n("/AUTH/Login"), "/auth/login");
+        assert_eq!(n("//auth//login/"), "/auth/login");
+        assert_eq!(n("/api/../auth/./login"), "/auth/login");
+        assert_eq!(n("/../../auth/login"), "/auth/login");
+        assert_eq!(n("http://host:8080/auth/login?x=1"), "/auth/login");
+        assert_eq!(n("HTTPS://h/Auth/Login"), "/auth/login");
+        assert_eq!(n("http://host"), "/");
+        assert_eq!(n("http://host?x"), "/");
+        assert_eq!(n(""), "/");
+        assert_eq!(n("?x=1"), "/");
+        assert_eq!(n("*"), "/*");
+        assert_eq!(n("auth/login"), "/auth/login");
+        assert_eq!(n("/a%zz/%"), "/a%zz/%");
+        assert_eq!(n("/%ff"), "/\u{fffd}");
+        assert_eq!(normalize("/Auth/Login/", false), "/Auth/Login");
+    }
+
+    #[test]
+    fn decoding_happens_once() {
+        assert_eq!(n("/auth%252Flogin"), "/auth%2flogin");
+    }
+}
