@@ -17,10 +17,12 @@
 //!
 //! The table is bounded (`max_keys`). An entry is kept while its ban runs and for
 //! `max_duration` after (to escalate a returning offender). When a shard is full,
-//! forgotten entries go first; then the ban that ends soonest, but only if it
-//! ends before the new one: a flood of fresh, cheap bans can never push out a
-//! longer (escalated) one. A new ban that finds no room is not recorded (the
-//! request is still denied by its quota) and counted in `dropped`.
+//! forgotten entries go first, then bans already over, then an active ban of a
+//! *lower* escalation level than the new one. An active ban is never evicted by
+//! a newer one of the same or a lower level: flooding the table with throwaway
+//! bans cannot free a banned key. A new ban that finds no room is not recorded
+//! (the request is still denied by its quota) and is counted in `dropped`
+//! (`floodgate_bans_dropped_total`).
 //!
 //! **Adaptive tightening.** Per rule and key, requests and denials are counted in
 //! aligned windows of `window`. A key whose last complete window had at least
@@ -187,9 +189,9 @@ impl Bans {
         }
         let _ = self.strikes.reset(strike_key);
         let mut table = self.shard(fp).write();
-        let level = table.find(fp, |e| e.fp == fp).map_or(0, |e| {
-            if e.forget_at > now { e.level } else { 0 }
-        });
+        let level = table
+            .find(fp, |e| e.fp == fp)
+            .map_or(0, |e| if e.forget_at > now { e.level } else { 0 });
         let factor = self.escalate.powi(i32::try_from(level).unwrap_or(i32::MAX));
         let length = ((self.duration_ns as f64) * factor).min(self.max_ns as f64) as u64;
         let until = now.saturating_add(length);
@@ -207,12 +209,14 @@ impl Bans {
             table.retain(|e| e.forget_at > now);
         }
         if table.len() >= self.shard_cap {
-            let soonest = table
+            // The cheapest entry: a ban already over (kept only to escalate), else
+            // the lowest level, then the soonest end.
+            let cheapest = table
                 .iter()
-                .min_by_key(|e| e.until)
-                .map(|e| (e.fp, e.until));
-            match soonest {
-                Some((victim, victim_until)) if victim_until < until => {
+                .min_by_key(|e| (e.until > now, e.level, e.until))
+                .map(|e| (e.fp, e.until > now, e.level));
+            match cheapest {
+                Some((victim, active, level)) if !active || level < entry.level => {
                     if let Ok(e) = table.find_entry(victim, |e| e.fp == victim) {
                         e.remove();
                     }

@@ -1620,9 +1620,9 @@ struct View<'a> {
 fn is_method(method: &str) -> bool {
     !method.is_empty()
         && method.len() <= 32
-        && method.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Warnings about a valid policy (see [`Engine::warnings`]).
