@@ -7,10 +7,24 @@
 // Answers 429/403/401 with a JSON body and the verdict's headers; sets the
 // rate-limit headers on allowed responses. With a Redis store pass
 // { async: true }: the check then runs on the libuv thread pool.
+//
+// What the engine sees is what Express acts on: the request target as Express
+// routes it (the engine normalises it the way routers do: absolute-form cut to
+// its path, decoded, case-folded unless `case_sensitive_paths`, HEAD under GET),
+// Node's header values (repeated headers joined with ", ", a repeated
+// Authorization dropped), and `req.ip`, which honours only X-Forwarded-For and
+// only from the proxies `trust proxy` names. A request the engine cannot use (a
+// method that is no HTTP token) is answered 400.
 
 function clientIp(ip) {
   if (!ip) return undefined
   return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip
+}
+
+const BAD_REQUEST = { error: 'bad_request' }
+
+function isBadRequest(err) {
+  return err != null && err.code === 'ERR_FG_INVALID_REQUEST'
 }
 
 function body(v) {
@@ -32,18 +46,19 @@ function floodgate(engine, options = {}) {
       if (v.allowed) return next()
       res.status(v.status).json(body(v))
     }
+    const fail = (err) => (isBadRequest(err) ? res.status(400).json(BAD_REQUEST) : next(err))
     if (options.async) {
-      engine.checkRequestAsync(request).then(handle, next)
+      engine.checkRequestAsync(request).then(handle, fail)
       return
     }
     let verdict
     try {
       verdict = engine.checkRequest(request)
     } catch (err) {
-      return next(err)
+      return fail(err)
     }
     handle(verdict)
   }
 }
 
-module.exports = { floodgate, body, clientIp }
+module.exports = { floodgate, body, clientIp, isBadRequest, BAD_REQUEST }

@@ -3,8 +3,11 @@
 //   const fastify = require('fastify')({ trustProxy: '10.0.0.0/8' })   // request.ip honours it
 //   fastify.register(require('floodgate/fastify'), { engine: Engine.fromFile('policy.toml') })
 // Applies to every route (the plugin is not encapsulated). { async: true } for a
-// Redis store.
-const { body, clientIp } = require('./express.js')
+// Redis store. The engine sees `request.url` (normalised as routers do, see
+// express.js), Node's header values and `request.ip` (X-Forwarded-For from the
+// proxies `trustProxy` names, nothing else). A request the engine cannot use is
+// answered 400.
+const { body, clientIp, isBadRequest, BAD_REQUEST } = require('./express.js')
 
 function floodgatePlugin(fastify, opts, done) {
   const engine = opts.engine
@@ -16,7 +19,14 @@ function floodgatePlugin(fastify, opts, done) {
       clientIp: clientIp(request.ip),
       headers: request.headers,
     }
-    const v = opts.async ? await engine.checkRequestAsync(req) : engine.checkRequest(req)
+    let v
+    try {
+      v = opts.async ? await engine.checkRequestAsync(req) : engine.checkRequest(req)
+    } catch (err) {
+      if (!isBadRequest(err)) throw err
+      reply.code(400).send(BAD_REQUEST)
+      return reply
+    }
     reply.headers(v.headers)
     if (!v.allowed) {
       reply.code(v.status).send(body(v))

@@ -24,11 +24,15 @@ export declare class Engine {
   checkRequest(request: RequestInit): Verdict
   /** Decides a request on the libuv thread pool: use it with a Redis store. */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
+  /** Events dropped because the `onEvent` queue was full. */
+  get droppedEvents(): number
   /** Prometheus text of the counters. */
   metrics(): string
   /**
    * Sends events to `callback(event)` on the JS thread, without blocking the
-   * request (events are queued; a full queue drops them).
+   * request. Events wait in a queue of at most 10,000; when the JS thread falls
+   * that far behind (a flood of denials), further events are dropped and
+   * counted in `droppedEvents`, so memory stays bounded.
    */
   onEvent(callback: (event: EngineEvent) => void): void
 }

@@ -10,10 +10,16 @@ use serde_json::{Map, Value, json};
 
 use crate::bench::{group, run_workload};
 
-/// Loads and validates a policy; prints the effective rules.
+/// Loads and validates a policy; prints the effective rules, then warnings about
+/// what is valid but probably not meant (requests that no rule limits, a `/*`
+/// that limits one segment, an unverified API key as an identity).
 pub fn check_config(path: &Path) -> Result<String, String> {
     let engine = Engine::from_path(path).map_err(|e| e.to_string())?;
-    Ok(format!("{}: ok\n\n{}", path.display(), engine.describe()))
+    let mut out = format!("{}: ok\n\n{}", path.display(), engine.describe());
+    for w in engine.warnings() {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    Ok(out)
 }
 
 /// One trace line.

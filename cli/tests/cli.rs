@@ -120,6 +120,7 @@ fn check_config_accepts_the_example_and_names_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("warning:"), "{text}");
     for rule in [
         "login-ip",
         "login-user",
@@ -144,6 +145,20 @@ fn check_config_accepts_the_example_and_names_errors() {
     assert!(
         err.contains("rule[0].quotas[0] (line 4)") && err.contains("unknown unit"),
         "{err}"
+    );
+    let open = dir.join("open.toml");
+    std::fs::write(
+        &open,
+        "[[rule]]\nname = \"x\"\nmatch = \"/api/*\"\nquotas = [\"10/s\"]\n",
+    )
+    .unwrap();
+    let out = floodgate(&["check-config", open.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: no rule limits every request")
+            && text.contains("exactly one path segment"),
+        "{text}"
     );
 }
 

@@ -14,19 +14,20 @@
 
 #include "floodgate.h"
 
-#define MAX_HEADERS 64
-
 static const fg_engine *engine;
 
+/* Every request header, however many (libmicrohttpd bounds their total size):
+ * reading only the first N would let a client push its API key or token past
+ * what the engine sees. */
 typedef struct {
-  fg_header headers[MAX_HEADERS];
-  size_t count;
+  fg_header *headers;
+  size_t count, capacity;
 } header_list;
 
 static enum MHD_Result collect(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
   (void)kind;
   header_list *list = cls;
-  if (list->count < MAX_HEADERS && key != NULL) {
+  if (list->count < list->capacity && key != NULL) {
     fg_header *h = &list->headers[list->count++];
     h->name = key;
     h->name_len = strlen(key);
@@ -66,7 +67,10 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
     return MHD_YES;
   }
   *upload_data_size = 0;
-  header_list list = {.count = 0};
+  int total = MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL);
+  header_list list = {.headers = calloc(total > 0 ? (size_t)total : 1, sizeof(fg_header)), .count = 0,
+                      .capacity = total > 0 ? (size_t)total : 0};
+  if (list.headers == NULL) return MHD_NO;
   MHD_get_connection_values(conn, MHD_HEADER_KIND, collect, &list);
   char ip[INET6_ADDRSTRLEN] = "";
   const union MHD_ConnectionInfo *info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -77,6 +81,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
   fg_request req = {method, strlen(method), url, strlen(url), ip[0] ? ip : NULL, strlen(ip), list.headers, list.count};
   fg_verdict v;
   fg_result r = fg_engine_check_request(engine, &req, &v);
+  free(list.headers);
   char body[256];
   unsigned status;
   if (r != FG_RESULT_OK) {

@@ -4,7 +4,6 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,8 +122,10 @@ pub struct fg_request {
     pub path: *const c_char,
     /// Its length in bytes.
     pub path_len: usize,
-    /// The client's address as text (`203.0.113.7`, `2001:db8::1`), or NULL if
-    /// unknown: the socket peer, or what a *trusted* proxy reported.
+    /// The client's address as text (`203.0.113.7`, `2001:db8::1`,
+    /// `fe80::1%eth0`, `::ffff:203.0.113.7`), or NULL if unknown: the socket
+    /// peer, or what a *trusted* proxy reported. Text that is no address is
+    /// `FG_RESULT_INVALID_REQUEST`.
     pub client_ip: *const c_char,
     /// Its length in bytes (0 with a NULL `client_ip`).
     pub client_ip_len: usize,
@@ -594,11 +595,7 @@ unsafe fn check_request(
         } else {
             // SAFETY: as above.
             let text = unsafe { try_str(r.client_ip.cast(), r.client_ip_len) }?;
-            Some(
-                text.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| fg_result::InvalidArgument)?,
-            )
+            Some(fg_core::policy::parse_client_ip(text).map_err(|e| fail(&e))?)
         };
         if r.headers.is_null() && r.header_count > 0 {
             return Err(fg_result::NullParameter);

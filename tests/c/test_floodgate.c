@@ -217,7 +217,7 @@ static void test_policy_engine(void) {
   bad = (fg_request){"G\xff", 2, "/", 1, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_UTF8);
   bad = (fg_request){"GET", 3, "/", 1, "not-an-ip", 9, NULL, 0};
-  EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_ARGUMENT);
+  EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_REQUEST);
   bad = (fg_request){"GET", 3, "/", 1, NULL, 0, NULL, 3};
   EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_NULL_PARAMETER);
   EQ(untouched.status, 7);

@@ -32,4 +32,13 @@ H=$(curl -s -D - -o /dev/null "$URL/api/items" | tr -d '\r')
 expect "api allowed" "$(echo "$H" | head -1 | awk '{print $2}')" 200
 expect "api remaining" "$(echo "$H" | grep -c '^RateLimit: "api";r=99;t=')" 1
 expect "no rule: no headers" "$(curl -s -D - -o /dev/null "$URL/health" | grep -ci '^ratelimit')" 0
+# The revoked key after 80 junk headers: every header reaches the engine.
+JUNK=()
+for i in $(seq 80); do JUNK+=(-H "x-junk-$i: $i"); done
+expect "API key past 64 headers is still seen" "$(status "${JUNK[@]}" -H 'x-api-key: sk_revoked' "$URL/api/items")" 403
+# Spellings a router sends to the login handler meet the login rule (already at 2/2).
+expect "upper-case login path" "$(status -X POST "$URL/AUTH/LOGIN")" 429
+expect "doubled slashes" "$(status -X POST --path-as-is "$URL//auth//login/")" 429
+expect "HEAD counts under GET" "$(curl -s -o /dev/null -w '%{http_code}' -I "$URL/api/items")" 200
+expect "a method token with a dash" "$(status -X M-SEARCH "$URL/api/items")" 200
 exit $fail

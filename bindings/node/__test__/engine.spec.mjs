@@ -34,7 +34,7 @@ test('policy and request errors carry codes', () => {
   assert.throws(() => Engine.fromFile('/nonexistent.toml'), { code: 'ERR_FG_INVALID_CONFIG' })
   const e = Engine.fromToml(POLICY)
   assert.throws(() => e.checkRequest({ method: '', path: '/' }), { code: 'ERR_FG_INVALID_REQUEST' })
-  assert.throws(() => e.checkRequest({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequest({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'client_ip' })
   assert.throws(() => e.checkRequest(null))
 })
 

@@ -428,7 +428,10 @@ impl RedisLimiter {
 impl Engine {
     fn made(env: &Env, engine: floodgate::Result<CoreEngine>) -> Result<Self> {
         match engine {
-            Ok(e) => Ok(Engine { inner: Arc::new(e) }),
+            Ok(e) => Ok(Engine {
+                inner: Arc::new(e),
+                dropped_events: Arc::default(),
+            }),
             Err(e) => Err(Failure::from(e).into_js(env)),
         }
     }
@@ -499,17 +502,12 @@ struct OwnedRequest {
 }
 
 fn owned(r: RequestInit) -> std::result::Result<OwnedRequest, Failure> {
-    let client_ip = match &r.client_ip {
-        Some(s) => {
-            // Express gives IPv4 peers as ::ffff:a.b.c.d; the core maps those itself.
-            Some(
-                s.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| invalid(&format!("clientIp {s:?} is not an IP address")))?,
-            )
-        }
-        None => None,
-    };
+    // Express gives IPv4 peers as ::ffff:a.b.c.d; the core maps those itself.
+    let client_ip = r
+        .client_ip
+        .as_deref()
+        .map(floodgate::policy::parse_client_ip)
+        .transpose()?;
     let mut headers = Vec::new();
     for (k, v) in r.headers.unwrap_or_default() {
         match v {
@@ -592,7 +590,11 @@ pub struct EngineEvent {
 #[napi]
 pub struct Engine {
     inner: Arc<CoreEngine>,
+    dropped_events: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Events queued for the JS thread at most (see `Engine.onEvent`).
+const EVENT_QUEUE: usize = 10_000;
 
 #[napi]
 impl Engine {
@@ -636,6 +638,13 @@ impl Engine {
         }))
     }
 
+    /// Events dropped because the `onEvent` queue was full.
+    #[napi(getter)]
+    pub fn dropped_events(&self) -> f64 {
+        self.dropped_events
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+
     /// Prometheus text of the counters.
     #[napi]
     pub fn metrics(&self) -> String {
@@ -643,13 +652,24 @@ impl Engine {
     }
 
     /// Sends events to `callback(event)` on the JS thread, without blocking the
-    /// request (events are queued; a full queue drops them).
+    /// request. Events wait in a queue of at most 10,000; when the JS thread falls
+    /// that far behind (a flood of denials), further events are dropped and
+    /// counted in `droppedEvents`, so memory stays bounded.
     #[napi(ts_args_type = "callback: (event: EngineEvent) => void")]
     pub fn on_event(
         &self,
-        callback: ThreadsafeFunction<EngineEvent, (), EngineEvent, Status, false, true>,
+        callback: ThreadsafeFunction<
+            EngineEvent,
+            (),
+            EngineEvent,
+            Status,
+            false,
+            true,
+            EVENT_QUEUE,
+        >,
     ) -> Result<()> {
         let tsfn = Arc::new(callback);
+        let dropped = self.dropped_events.clone();
         self.inner.set_event_sink(move |e: &Event| {
             let ev = EngineEvent {
                 kind: e.kind.code().to_string(),
@@ -659,7 +679,10 @@ impl Engine {
                 status: u32::from(e.status),
                 retry_after_ms: ms(e.retry_after),
             };
-            let _ = tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
+            if tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking) != Status::Ok {
+                // Relaxed: a statistics counter.
+                dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         });
         Ok(())
     }

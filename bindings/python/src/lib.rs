@@ -3,7 +3,6 @@
 //! GIL. Objects are frozen and hold the core objects directly (they are `Sync`),
 //! so there is no lock in the wrapper.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -572,12 +571,10 @@ impl PyEngine {
         headers: Option<&Bound<'_, PyAny>>,
         now: Option<f64>,
     ) -> PyResult<PyVerdict> {
-        let ip = match client_ip {
-            Some(s) => Some(s.trim().parse::<IpAddr>().map_err(|_| {
-                PyValueError::new_err(format!("client_ip {s:?} is not an IP address"))
-            })?),
-            None => None,
-        };
+        let ip = client_ip
+            .map(floodgate::policy::parse_client_ip)
+            .transpose()
+            .map_err(to_py)?;
         let pairs: Vec<(String, String)> = match headers {
             None => Vec::new(),
             Some(h) => {

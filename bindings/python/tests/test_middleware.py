@@ -12,9 +12,60 @@ def test_client_ip_trusts_only_configured_proxies():
     xff = [("X-Forwarded-For", "198.51.100.7, 10.0.0.2")]
     assert client_ip("203.0.113.1", xff, trusted) == "203.0.113.1"  # untrusted peer: header ignored
     assert client_ip("10.0.0.1", xff, trusted) == "198.51.100.7"
-    assert client_ip("10.0.0.1", [("Forwarded", 'for="[2001:db8::1]:443";proto=https')], trusted) == "2001:db8::1"
-    assert client_ip("10.0.0.1", [("X-Forwarded-For", "garbage")], trusted) == "10.0.0.1"
+    assert client_ip("10.0.0.1", [("X-Forwarded-For", "198.51.100.8"), ("X-Forwarded-For", "10.0.0.3")], trusted) == "198.51.100.8"
     assert client_ip("testclient", [], trusted) is None
+
+
+def test_only_the_configured_forwarding_header_is_read():
+    trusted = networks(["10.0.0.0/8"])
+    both = [("Forwarded", "for=203.0.113.99"), ("X-Forwarded-For", "198.51.100.7")]
+    # nginx appends to X-Forwarded-For and passes a client's Forwarded through.
+    assert client_ip("10.0.0.1", both, trusted) == "198.51.100.7"
+    assert client_ip("10.0.0.1", [("Forwarded", "for=203.0.113.99")], trusted) == "10.0.0.1"
+    fwd = [("Forwarded", 'for="[2001:db8::1]:443";proto=https'), ("X-Forwarded-For", "198.51.100.7")]
+    assert client_ip("10.0.0.1", fwd, trusted, forwarded_header="forwarded") == "2001:db8::1"
+
+
+def test_mapped_and_zoned_addresses_are_canonical():
+    trusted = networks(["10.0.0.0/8"])
+    xff = [("X-Forwarded-For", "198.51.100.7")]
+    # A dual-stack socket reports an IPv4 proxy as ::ffff:10.0.0.1.
+    assert client_ip("::ffff:10.0.0.1", xff, trusted) == "198.51.100.7"
+    assert client_ip("::ffff:203.0.113.5", xff, trusted) == "203.0.113.5"
+    assert client_ip("10.0.0.1", [("X-Forwarded-For", "::ffff:198.51.100.9")], trusted) == "198.51.100.9"
+    assert client_ip("fe80::1%eth0", xff, trusted) == "fe80::1"
+    assert client_ip("10.0.0.1", [("X-Forwarded-For", "fe80::2%eth0")], trusted) == "fe80::2"
+
+
+def test_unknown_and_obfuscated_hops_are_their_own_clients():
+    trusted = networks(["10.0.0.0/8"])
+    fwd = lambda v: [("Forwarded", v)]  # noqa: E731
+    unknown = client_ip("10.0.0.1", fwd("for=unknown"), trusted, "forwarded")
+    hidden = client_ip("10.0.0.1", fwd('for="_hidden"'), trusted, "forwarded")
+    other = client_ip("10.0.0.1", fwd("for=_other"), trusted, "forwarded")
+    assert unknown and hidden and other
+    assert len({unknown, hidden, other, "10.0.0.1"}) == 4, "not folded onto the proxy"
+    assert hidden == client_ip("10.0.0.1", fwd("for=_hidden"), trusted, "forwarded"), "stable"
+    assert all(a.startswith("1") and ":" in a for a in (unknown, hidden, other)), "reserved 100::/8"
+
+
+def test_a_dual_stack_peer_behind_a_trusted_proxy():
+    starlette = pytest.importorskip("starlette")
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from floodgate.asgi import FloodgateMiddleware
+
+    app = Starlette(routes=[Route("/auth/login", lambda r: PlainTextResponse("ok"), methods=["POST"])])
+    app.add_middleware(FloodgateMiddleware, engine=Engine.from_toml(POLICY), trusted_proxies=["127.0.0.1"])
+    client = TestClient(app, client=("::ffff:127.0.0.1", 5000))
+    # Two clients behind the proxy: each gets its own 2/min, not one shared bucket.
+    for who in ("203.0.113.1", "203.0.113.2"):
+        codes = [client.post("/auth/login", headers={"x-forwarded-for": who}).status_code for _ in range(3)]
+        assert codes == [200, 200, 429], (who, codes)
+    assert starlette
 
 
 def _check_app(get, post, status_of, header_of):

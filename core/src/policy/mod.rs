@@ -65,6 +65,48 @@ pub use events::{Event, EventKind, EventSink};
 pub use headers::HeaderStyle;
 pub use jwt::TokenProblem;
 
+/// Parses a client address as a binding receives it: `203.0.113.7`, `2001:db8::1`,
+/// `[2001:db8::1]`, `fe80::1%eth0` (the zone is dropped) or `::ffff:192.0.2.5`
+/// (kept as is; the engine unmaps it). Every front end (C, Python, Node) parses
+/// with this, so one bad address is one error everywhere.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] with `field = "client_ip"`.
+///
+/// ```
+/// use floodgate::policy::parse_client_ip;
+/// assert_eq!(parse_client_ip(" fe80::1%eth0 ")?.to_string(), "fe80::1");
+/// assert!(parse_client_ip("testclient").is_err());
+/// # Ok::<(), floodgate::Error>(())
+/// ```
+pub fn parse_client_ip(text: &str) -> Result<IpAddr> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(t);
+    let t = t.split_once('%').map_or(t, |(addr, _zone)| addr);
+    t.parse().map_err(|_| Error::InvalidRequest {
+        field: "client_ip",
+        problem: "is not an IP address",
+    })
+}
+
+/// The path the engine matches and keys a request target on: absolute-form cut
+/// to its path, query and fragment dropped, percent-decoded once (`%2F`
+/// included), empty, `.` and `..` segments resolved, and ASCII lower-cased when
+/// `case_insensitive` (the engine's default, `case_sensitive_paths = false`).
+/// Borrowed, with no allocation, when the target is already normal.
+///
+/// ```
+/// use floodgate::policy::normalize_path;
+/// assert_eq!(normalize_path("http://h/AUTH%2Flogin/?x=1", true), "/auth/login");
+/// assert_eq!(normalize_path("/api/../auth/./login", false), "/auth/login");
+/// ```
+pub fn normalize_path(target: &str, case_insensitive: bool) -> std::borrow::Cow<'_, str> {
+    path::normalize(target, case_insensitive)
+}
+
 /// One HTTP request, as the host's middleware sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {

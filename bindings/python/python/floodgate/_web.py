@@ -1,7 +1,18 @@
-"""What the middlewares share: the client's address and the denial body."""
+"""What the middlewares share: the client's address, the path the router uses, and
+the bodies of denials.
+
+Trusted proxies. The socket peer is the client, unless the peer is one of
+``trusted_proxies``. Then exactly one forwarding header is read, the one the
+proxy sets (``forwarded_header``, default ``X-Forwarded-For``; ``Forwarded``
+for RFC 7239 ``for=``), never another: a proxy that only appends to
+``X-Forwarded-For`` passes a client's own ``Forwarded`` header through
+untouched. Every copy of that header is read in order, the hops are walked from
+the right skipping trusted proxies, and the first untrusted hop is the client.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import math
@@ -10,63 +21,109 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 from ._floodgate import Verdict
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 def networks(trusted: Iterable[str]) -> List[Network]:
-    """Parses trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``)."""
+    """Parses trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``).
+    IPv4 networks also match their IPv4-mapped IPv6 spelling (``::ffff:10.0.0.1``)."""
     return [ipaddress.ip_network(t, strict=False) for t in trusted]
 
 
-def _ip(text: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
+def _canonical(addr: Address) -> Address:
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        if addr.scope_id is not None:
+            return ipaddress.IPv6Address(str(addr).split("%", 1)[0])
+    return addr
+
+
+def _ip(text: str) -> Optional[Address]:
+    """An address as peers and forwarding headers write it: ``203.0.113.7``,
+    ``203.0.113.7:443``, ``[2001:db8::1]:443``, ``fe80::1%eth0``,
+    ``::ffff:192.0.2.5``; ``None`` if it is none of these."""
     text = text.strip().strip('"')
     if text.startswith("["):  # [2001:db8::1]:443
         text = text[1:].split("]", 1)[0]
     elif text.count(":") == 1:  # 203.0.113.7:443
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        return _canonical(ipaddress.ip_address(text))
     except ValueError:
-        return None
+        pass
+    if "%" in text:  # a zone id the ipaddress module refuses
+        try:
+            return _canonical(ipaddress.ip_address(text.split("%", 1)[0]))
+        except ValueError:
+            return None
+    return None
 
 
-def client_ip(peer: Optional[str], headers: Sequence[Tuple[str, str]], trusted: Sequence[Network]) -> Optional[str]:
-    """The client's address: the socket peer, unless the peer is a trusted proxy.
+def _opaque(hop: str) -> str:
+    """A hop that names no address (``for=unknown``, an obfuscated ``for=_node``, or
+    text a trusted proxy wrote): a stable address of its own in the reserved
+    ``100::/8`` block (never a real client), derived from the text, so such clients
+    are neither unlimited nor folded onto the proxy's address."""
+    digest = hashlib.blake2b(hop.strip().strip('"').lower().encode(), digest_size=7).digest()
+    return str(ipaddress.IPv6Address(b"\x01" + digest + bytes(8)))
 
-    Then the forwarded chain (``Forwarded: for=``, else ``X-Forwarded-For``) is read
-    from the right, skipping trusted proxies; the first untrusted address is the
-    client. A header from an untrusted peer is ignored: anyone can send one.
-    """
+
+def _trusted(addr: Address, trusted: Sequence[Network]) -> bool:
+    return any(addr in n for n in trusted)
+
+
+def client_ip(
+    peer: Optional[str],
+    headers: Sequence[Tuple[str, str]],
+    trusted: Sequence[Network],
+    forwarded_header: str = "x-forwarded-for",
+) -> Optional[str]:
+    """The client's address: the socket peer, unless the peer is a trusted proxy;
+    then the first untrusted hop, from the right, of ``forwarded_header`` (see the
+    module docs). A header from an untrusted peer is ignored: anyone can send one."""
     if not peer:
         return None
-    if not trusted:
+    if not trusted and "%" not in peer:
         # The common case: no proxy to trust, so the peer is the client. The engine
-        # parses it; only reject what is plainly not an address (e.g. "testclient").
+        # parses (and unmaps) it; only reject what is plainly not an address
+        # (e.g. Starlette's TestClient peer "testclient").
         return peer if (peer[0].isdigit() or ":" in peer) else None
     addr = _ip(peer)
     if addr is None:
         return None
-    if not any(addr in n for n in trusted):
+    if not _trusted(addr, trusted):
         return str(addr)
+    name = forwarded_header.lower()
     chain: List[str] = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname == "forwarded":
+    for hname, value in headers:
+        if hname.lower() != name:
+            continue
+        if name == "forwarded":
             for element in value.split(","):
                 for pair in element.split(";"):
                     k, _, v = pair.strip().partition("=")
-                    if k.lower() == "for":
+                    if k.strip().lower() == "for":
                         chain.append(v)
-    if not chain:
-        for name, value in headers:
-            if name.lower() == "x-forwarded-for":
-                chain.extend(value.split(","))
+        else:
+            chain.extend(value.split(","))
     for hop in reversed(chain):
         ip = _ip(hop)
         if ip is None:
-            return str(addr)  # garbage in the chain: trust nothing beyond the peer
-        if not any(ip in n for n in trusted):
+            return _opaque(hop)
+        if not _trusted(ip, trusted):
             return str(ip)
     return str(addr)
+
+
+def router_path(path: str, query: str = "") -> str:
+    """A decoded path (what Starlette, Flask and Django route on) as a target the
+    engine decodes back to exactly that path: ``%``, ``?`` and ``#`` are escaped,
+    so a ``%3F`` sent by the client stays part of the path, and nothing is decoded
+    twice."""
+    if "%" in path or "?" in path or "#" in path:
+        path = path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+    return path + "?" + query if query else path
 
 
 def denial_body(verdict: Verdict) -> bytes:
@@ -78,3 +135,6 @@ def denial_body(verdict: Verdict) -> bytes:
     else:
         body = {"error": "forbidden"}
     return json.dumps(body).encode()
+
+
+BAD_REQUEST_BODY = b'{"error": "bad_request"}'

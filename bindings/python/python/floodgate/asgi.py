@@ -4,6 +4,12 @@
     from floodgate.asgi import FloodgateMiddleware
     app.add_middleware(FloodgateMiddleware, engine=Engine.from_file("policy.toml"),
                        trusted_proxies=["10.0.0.0/8"])
+
+The engine sees what Starlette acts on: the decoded path it routes
+(``scope["path"]``), the first copy of a repeated header, and the client address
+from the one forwarding header the trusted proxy sets (``forwarded_header``,
+default ``X-Forwarded-For``). A request the engine cannot use (a method that is
+not an HTTP token) is answered 400.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Sequenc
 
 from . import check_request_async
 from ._floodgate import Engine
-from ._web import client_ip, denial_body, networks
+from ._web import BAD_REQUEST_BODY, client_ip, denial_body, networks, router_path
+from .errors import InvalidRequestError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,10 +33,17 @@ class FloodgateMiddleware:
     body and the verdict's headers, and adds the rate-limit headers to allowed
     responses. The check never blocks the event loop."""
 
-    def __init__(self, app: ASGIApp, engine: Engine, trusted_proxies: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        engine: Engine,
+        trusted_proxies: Sequence[str] = (),
+        forwarded_header: str = "x-forwarded-for",
+    ) -> None:
         self.app = app
         self.engine = engine
         self.trusted = networks(trusted_proxies)
+        self.forwarded_header = forwarded_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,34 +51,28 @@ class FloodgateMiddleware:
             return
         headers: List[Tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         client = scope.get("client")
-        ip = client_ip(client[0] if client else None, headers, self.trusted)
-        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        if scope.get("query_string"):
-            path += "?" + scope["query_string"].decode("latin-1")
-        # A dict crosses into Rust fastest; a repeated header keeps its last value
-        # (the forwarded chain above was read from the full list).
-        by_name = dict(headers)
-        if self.engine.blocking:  # a Redis store: off the event loop
-            verdict = await check_request_async(
-                self.engine, method=scope["method"], path=path, client_ip=ip, headers=by_name
-            )
-        else:  # in memory: well under a microsecond of work, inline
-            verdict = self.engine.check_request(method=scope["method"], path=path, client_ip=ip, headers=by_name)
+        ip = client_ip(client[0] if client else None, headers, self.trusted, self.forwarded_header)
+        # The path Starlette routes: decoded, below the mount point.
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        target = router_path(path, scope.get("query_string", b"").decode("latin-1"))
+        # The header list, not a dict: the engine reads the first copy of a
+        # repeated header, as Starlette does.
+        try:
+            if self.engine.blocking:  # a Redis store: off the event loop
+                verdict = await check_request_async(
+                    self.engine, method=scope["method"], path=target, client_ip=ip, headers=headers
+                )
+            else:  # in memory: well under a microsecond of work, inline
+                verdict = self.engine.check_request(method=scope["method"], path=target, client_ip=ip, headers=headers)
+        except InvalidRequestError:
+            await _answer(send, 400, BAD_REQUEST_BODY, [])
+            return
         extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in verdict.headers]
         if not verdict.allowed:
-            body = denial_body(verdict)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": verdict.status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        *extra,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _answer(send, verdict.status, denial_body(verdict), extra)
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -74,6 +82,21 @@ class FloodgateMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _answer(send: Send, status: int, body: bytes, extra: List[Tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = ["FloodgateMiddleware"]

@@ -3,7 +3,10 @@
     MIDDLEWARE = ["floodgate.django.FloodgateMiddleware", ...]
     FLOODGATE = {"policy": BASE_DIR / "policy.toml", "trusted_proxies": ["10.0.0.0/8"]}
 
-``policy`` may be a path or a dict shaped like the TOML file.
+``policy`` may be a path or a dict shaped like the TOML file. ``trusted_proxies``
+and ``forwarded_header`` (default ``X-Forwarded-For``) say where the client
+address comes from. The engine sees ``request.path_info``, the path Django's URL
+resolver matches.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._floodgate import Engine
-from ._web import client_ip, denial_body, networks
+from ._web import BAD_REQUEST_BODY, client_ip, denial_body, networks, router_path
+from .errors import InvalidRequestError
 
 
 class FloodgateMiddleware:
@@ -32,15 +36,18 @@ class FloodgateMiddleware:
 
             raise ImproperlyConfigured("settings.FLOODGATE['policy'] is required (a path or a dict)")
         self.trusted = networks(conf.get("trusted_proxies", ()))
+        self.forwarded_header = conf.get("forwarded_header", "x-forwarded-for")
 
     def __call__(self, request: Any) -> Any:
         from django.http import HttpResponse
 
         headers = list(request.headers.items())
-        ip = client_ip(request.META.get("REMOTE_ADDR"), headers, self.trusted)
-        verdict = self.engine.check_request(
-            method=request.method, path=request.get_full_path(), client_ip=ip, headers=headers
-        )
+        ip = client_ip(request.META.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
+        path = router_path(request.path_info or "/", request.META.get("QUERY_STRING", ""))
+        try:
+            verdict = self.engine.check_request(method=request.method, path=path, client_ip=ip, headers=headers)
+        except InvalidRequestError:
+            return HttpResponse(BAD_REQUEST_BODY, status=400, content_type="application/json")
         if not verdict.allowed:
             response = HttpResponse(denial_body(verdict), status=verdict.status, content_type="application/json")
         else:

@@ -3,6 +3,13 @@
     from floodgate import Engine
     from floodgate.wsgi import FloodgateMiddleware
     app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"))
+
+The engine sees what the app routes on: ``PATH_INFO`` (decoded, below
+``SCRIPT_NAME``), the header as the server passes it (WSGI servers join repeated
+headers with commas; a deny-listed API key anywhere in the joined value is
+refused), and the client address from the one forwarding header the trusted proxy
+sets (``forwarded_header``, default ``X-Forwarded-For``). A request the engine
+cannot use is answered 400.
 """
 
 from __future__ import annotations
@@ -10,12 +17,13 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
-from ._web import client_ip, denial_body, networks
+from ._web import BAD_REQUEST_BODY, client_ip, denial_body, networks, router_path
+from .errors import InvalidRequestError
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 
-_STATUS = {200: "200 OK", 401: "401 Unauthorized", 403: "403 Forbidden", 429: "429 Too Many Requests"}
+_STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 429: "429 Too Many Requests"}
 
 
 def _headers(environ: dict) -> List[Tuple[str, str]]:
@@ -32,20 +40,32 @@ def _headers(environ: dict) -> List[Tuple[str, str]]:
 class FloodgateMiddleware:
     """Decides every request with ``engine`` before the app sees it."""
 
-    def __init__(self, app: WSGIApp, engine: Engine, trusted_proxies: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        engine: Engine,
+        trusted_proxies: Sequence[str] = (),
+        forwarded_header: str = "x-forwarded-for",
+    ) -> None:
         self.app = app
         self.engine = engine
         self.trusted = networks(trusted_proxies)
+        self.forwarded_header = forwarded_header
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         headers = _headers(environ)
-        ip = client_ip(environ.get("REMOTE_ADDR"), headers, self.trusted)
-        path = environ.get("PATH_INFO", "/") or "/"
-        if environ.get("QUERY_STRING"):
-            path += "?" + environ["QUERY_STRING"]
-        verdict = self.engine.check_request(
-            method=environ.get("REQUEST_METHOD", "GET"), path=path, client_ip=ip, headers=headers
-        )
+        ip = client_ip(environ.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
+        path = router_path(environ.get("PATH_INFO", "") or "/", environ.get("QUERY_STRING", ""))
+        try:
+            verdict = self.engine.check_request(
+                method=environ.get("REQUEST_METHOD", "GET"), path=path, client_ip=ip, headers=headers
+            )
+        except InvalidRequestError:
+            start_response(
+                _STATUS[400],
+                [("Content-Type", "application/json"), ("Content-Length", str(len(BAD_REQUEST_BODY)))],
+            )
+            return [BAD_REQUEST_BODY]
         extra = list(verdict.headers)
         if not verdict.allowed:
             body = denial_body(verdict)

@@ -1,0 +1,181 @@
+// Attacks on the Express and Fastify middleware, sent as an attacker sends them:
+// raw bytes over a socket (no client-side normalisation) to real servers on
+// 127.0.0.1, behind a trusted "proxy" (loopback) that appends X-Forwarded-For.
+// Each test counts how many requests reached a handler.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import net from 'node:net'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+const { Engine } = require('../floodgate.js')
+
+const POLICY = `
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+quotas = ["3/min"]
+key = "ip"
+
+[[rule]]
+name = "page"
+match = "GET /page"
+quotas = ["3/min"]
+key = "ip"
+
+[lists]
+deny_api_keys = ["sk_revoked"]
+`
+
+function raw(port, method, target, headers) {
+  const lines = [`${method} ${target} HTTP/1.1`, `Host: 127.0.0.1:${port}`, 'Connection: close', 'Content-Length: 0']
+  for (const [n, v] of headers) lines.push(`${n}: ${v}`)
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => s.end(lines.join('\r\n') + '\r\n\r\n'))
+    const chunks = []
+    s.on('data', (c) => chunks.push(c))
+    s.on('error', reject)
+    s.on('close', () => {
+      const text = Buffer.concat(chunks).toString('latin1')
+      const status = Number(text.split(' ', 2)[1])
+      resolve({ status, text })
+    })
+  })
+}
+
+let clients = 0
+const freshClient = () => `198.51.100.${++clients}`
+
+async function express() {
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const app = express()
+  app.set('trust proxy', 'loopback')
+  app.use(floodgate(Engine.fromToml(POLICY)))
+  app.post('/auth/login', (req, res) => res.json({ handler: 'login' }))
+  app.get('/page', (req, res) => res.json({ handler: 'page', key: req.get('x-api-key') ?? null }))
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s))
+  })
+  return { port: server.address().port, close: () => new Promise((r) => server.close(r)) }
+}
+
+async function fastify() {
+  const Fastify = require('fastify')
+  const app = Fastify({ trustProxy: '127.0.0.1' })
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
+  app.post('/auth/login', async () => ({ handler: 'login' }))
+  app.get('/page', async (req) => ({ handler: 'page', key: req.headers['x-api-key'] ?? null }))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return { port: app.server.address().port, close: () => app.close() }
+}
+
+const SPELLINGS = [
+  ['POST', '/auth/login'],
+  ['POST', '/AUTH/LOGIN'],
+  ['POST', '/Auth/Login'],
+  ['POST', '/auth%2Flogin'],
+  ['POST', '//auth//login'],
+  ['POST', '/auth/login/'],
+  ['POST', '/auth/%6cogin'],
+  ['POST', 'http://127.0.0.1/auth/login'],
+  ['POST', 'http://evil.example/AUTH/login?x=1'],
+  ['HEAD', '/page'],
+  ['GET', '/page?x=1'],
+]
+
+for (const [name, start] of [['express', express], ['fastify', fastify]]) {
+  test(`${name}: no spelling reaches a handler past its limit`, async () => {
+    const server = await start()
+    try {
+      for (const [method, target] of SPELLINGS) {
+        const xff = freshClient()
+        const statuses = []
+        for (let i = 0; i < 8; i++) statuses.push((await raw(server.port, method, target, [['X-Forwarded-For', xff]])).status)
+        const handled = statuses.filter((s) => s === 200).length
+        assert.ok(handled <= 3, `${method} ${target}: ${statuses}`)
+        if (handled) assert.equal(statuses.filter((s) => s === 429).length, 8 - handled, `${method} ${target}: ${statuses}`)
+      }
+    } finally {
+      await server.close()
+    }
+  })
+
+  test(`${name}: a spoofed Forwarded header is ignored`, async () => {
+    const server = await start()
+    try {
+      const xff = freshClient()
+      const statuses = []
+      for (let i = 0; i < 12; i++) {
+        const r = await raw(server.port, 'POST', '/auth/login', [['Forwarded', `for=203.0.113.${i}`], ['X-Forwarded-For', xff]])
+        statuses.push(r.status)
+      }
+      assert.equal(statuses.filter((s) => s === 200).length, 3, `${statuses}`)
+    } finally {
+      await server.close()
+    }
+  })
+
+  test(`${name}: a repeated API key cannot hide a revoked one`, async () => {
+    const server = await start()
+    try {
+      for (const headers of [
+        [['x-api-key', 'sk_revoked'], ['x-api-key', 'junk']],
+        [['x-api-key', 'junk'], ['x-api-key', 'sk_revoked']],
+      ]) {
+        const r = await raw(server.port, 'GET', '/page', [['X-Forwarded-For', freshClient()], ...headers])
+        assert.equal(r.status, 403, r.text)
+      }
+    } finally {
+      await server.close()
+    }
+  })
+
+  test(`${name}: garbage and huge headers get an answer`, async () => {
+    const server = await start()
+    try {
+      const r = await raw(server.port, 'GET', '/page', [['X-Forwarded-For', `garbage, ${freshClient()}`], ['x-big', 'a'.repeat(6000)]])
+      assert.ok([200, 429, 431].includes(r.status), r.text)
+      const m = await raw(server.port, 'M-SEARCH', '/page', [['X-Forwarded-For', freshClient()]])
+      assert.notEqual(m.status, 500, m.text)
+    } finally {
+      await server.close()
+    }
+  })
+}
+
+test('a dual-stack peer (::ffff:127.0.0.1) is a trusted IPv4 proxy', async () => {
+  const Fastify = require('fastify')
+  const app = Fastify({ trustProxy: '127.0.0.1' })
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
+  app.post('/auth/login', async () => ({ ok: true }))
+  for (const who of ['203.0.113.1', '203.0.113.2']) {
+    const codes = []
+    for (let i = 0; i < 4; i++) {
+      const res = await app.inject({
+        method: 'POST',
+        url: '/auth/login',
+        remoteAddress: '::ffff:127.0.0.1',
+        headers: { 'x-forwarded-for': who },
+      })
+      codes.push(res.statusCode)
+    }
+    assert.deepEqual(codes, [200, 200, 200, 429], who)
+  }
+  await app.close()
+})
+
+test('onEvent keeps a bounded queue and counts what it drops', async () => {
+  const engine = Engine.fromToml(POLICY)
+  let seen = 0
+  engine.onEvent(() => {
+    seen++
+  })
+  // 30,000 denials while the JS thread is busy: the queue holds 10,000.
+  for (let i = 0; i < 30_000; i++) {
+    engine.checkRequest({ method: 'POST', path: '/auth/login', clientIp: '203.0.113.9', headers: {} })
+  }
+  await new Promise((r) => setTimeout(r, 200))
+  assert.ok(engine.droppedEvents >= 19_000, `dropped ${engine.droppedEvents}`)
+  assert.equal(seen + engine.droppedEvents, 29_997)
+})

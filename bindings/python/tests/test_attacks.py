@@ -1,0 +1,218 @@
+"""Attacks on the middleware, sent as an attacker sends them: raw bytes over a real
+socket to Starlette on uvicorn and Flask on gunicorn, behind a "proxy" on
+127.0.0.1 that is trusted and appends to X-Forwarded-For (as nginx does).
+
+Each test counts how many requests reached the handler: a spelling that the
+framework routes to a limited handler must be held to the limit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Dict, List, Tuple
+
+import pytest
+
+POLICY = """
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+quotas = ["3/min"]
+key = "ip"
+
+[[rule]]
+name = "page"
+match = "GET /page"
+quotas = ["3/min"]
+key = "ip"
+
+[lists]
+deny_api_keys = ["sk_revoked"]
+"""
+
+ASGI_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from floodgate import Engine
+from floodgate.asgi import FloodgateMiddleware
+
+
+async def login(request):
+    return JSONResponse({"handler": "login", "key": request.headers.get("x-api-key")})
+
+
+async def page(request):
+    return JSONResponse({"handler": "page", "key": request.headers.get("x-api-key")})
+
+
+app = Starlette(routes=[Route("/auth/login", login, methods=["POST"]), Route("/page", page, methods=["GET"])])
+app.add_middleware(FloodgateMiddleware, engine=Engine.from_file("policy.toml"), trusted_proxies=["127.0.0.1"])
+"""
+
+WSGI_APP = """
+import flask
+
+from floodgate import Engine
+from floodgate.wsgi import FloodgateMiddleware
+
+app = flask.Flask(__name__)
+
+
+@app.post("/auth/login")
+def login():
+    return {"handler": "login", "key": flask.request.headers.get("x-api-key")}
+
+
+@app.get("/page")
+def page():
+    return {"handler": "page", "key": flask.request.headers.get("x-api-key")}
+
+
+app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"), trusted_proxies=["127.0.0.1"])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=["uvicorn", "gunicorn"], scope="module")
+def server(request, tmp_path_factory):
+    kind = request.param
+    pytest.importorskip(kind)
+    pytest.importorskip("starlette" if kind == "uvicorn" else "flask")
+    d = tmp_path_factory.mktemp(kind)
+    (d / "policy.toml").write_text(POLICY)
+    (d / "app.py").write_text(textwrap.dedent(ASGI_APP if kind == "uvicorn" else WSGI_APP))
+    port = _free_port()
+    if kind == "uvicorn":
+        # --no-proxy-headers: the app sees the socket peer; trusting the proxy is
+        # the middleware's job (trusted_proxies).
+        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
+               "--no-proxy-headers", "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w", "1",
+               "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": str(d)}
+    proc = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server died")
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{kind} did not start")
+    yield kind, port
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def raw(port: int, method: str, target: str, headers: List[Tuple[str, str]]) -> Tuple[int, Dict[str, str], bytes]:
+    """Sends exactly these bytes (no client-side normalisation) and reads the answer."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close", "Content-Length: 0"]
+    lines += [f"{n}: {v}" for n, v in headers]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        n, _, v = line.partition(":")
+        parsed[n.strip().lower()] = v.strip()
+    return int(status_line.split()[1]), parsed, body
+
+
+_client = [0]
+
+
+def fresh_client() -> str:
+    """A new client address, as the trusted proxy reports it."""
+    _client[0] += 1
+    return f"198.51.100.{_client[0]}"
+
+
+def reached(port: int, method: str, target: str, n: int = 8, extra=()) -> List[int]:
+    xff = fresh_client()
+    return [raw(port, method, target, [("X-Forwarded-For", xff), *extra])[0] for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "method,target",
+    [
+        ("POST", "/auth/login"),
+        ("POST", "/auth%2Flogin"),
+        ("POST", "/AUTH/LOGIN"),
+        ("POST", "//auth//login"),
+        ("POST", "/auth/./login"),
+        ("POST", "/auth/%6cogin"),
+        ("POST", "http://127.0.0.1/auth/login"),
+        ("HEAD", "/page"),
+        ("GET", "/page?x=1"),
+    ],
+)
+def test_no_spelling_reaches_the_handler_past_its_limit(server, method, target):
+    _, port = server
+    statuses = reached(port, method, target)
+    handled = statuses.count(200)
+    # Whatever the framework does with this spelling (route it, 404 it), at most
+    # the limit's 3 requests reach a handler, and the rest are 429.
+    assert handled <= 3, statuses
+    if handled:
+        assert statuses.count(429) == len(statuses) - handled, statuses
+
+
+def test_a_spoofed_forwarded_header_is_ignored(server):
+    _, port = server
+    xff = fresh_client()
+    statuses = [
+        raw(port, "POST", "/auth/login", [("Forwarded", f"for=203.0.113.{i}"), ("X-Forwarded-For", xff)])[0]
+        for i in range(20)
+    ]
+    assert statuses.count(200) == 3, statuses
+
+
+def test_the_first_copy_of_a_repeated_api_key_is_the_one(server):
+    kind, port = server
+    xff = fresh_client()
+    status, _, body = raw(port, "GET", "/page", [("X-Forwarded-For", xff), ("x-api-key", "sk_revoked"), ("x-api-key", "junk")])
+    # Starlette reads the first copy; gunicorn joins them ("sk_revoked,junk") and
+    # the engine refuses a joined value holding a deny-listed key.
+    assert status == 403, (kind, body)
+
+
+def test_a_non_token_method_is_400_not_500(server):
+    kind, port = server
+    status, _, _ = raw(port, "M-SEARCH", "/page", [("X-Forwarded-For", fresh_client())])
+    assert status != 500, kind
+
+
+def test_garbage_and_huge_headers_get_an_answer(server):
+    _, port = server
+    status, _, _ = raw(port, "GET", "/page", [("X-Forwarded-For", "garbage, " + fresh_client()), ("x-big", "a" * 6000)])
+    assert status in (200, 429, 431), status
