@@ -807,6 +807,7 @@ fn process_worker() {
     };
     let l = RedisLimiter::builder(&url)
         .quota(Quota::per_hour(10).unwrap().with_burst(150).unwrap())
+        .connect_timeout(Duration::from_secs(1))
         .command_timeout(Duration::from_secs(1))
         .fail_mode(FailMode::Closed)
         .build()
