@@ -27,10 +27,12 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
 
+use super::config::{Path, Source};
 use super::identity::{Claims, header};
 use crate::limiter::Limiter;
 use crate::quota::Quota;
 use crate::store::memory::MemoryStore;
+use std::path::Path as FsPath;
 
 /// Why a token was not accepted. Never an error: the request goes on as anonymous
 /// (or gets 401, per `on_invalid`).
@@ -332,10 +334,10 @@ impl JwtVerifier {
             None => None,
         };
         let budget_key: &[u8] = octets.as_ref().map_or(NO_ADDRESS, |o| o.as_slice());
-        if let Some(limit) = &self.verify_limit {
-            if limit.check_at(budget_key, 1, now).is_ok_and(|d| !d.allowed) {
-                return TokenCheck::Invalid(TokenProblem::RateLimited);
-            }
+        if let Some(limit) = &self.verify_limit
+            && limit.check_at(budget_key, 1, now).is_ok_and(|d| !d.allowed)
+        {
+            return TokenCheck::Invalid(TokenProblem::RateLimited);
         }
         match self.verify(token, now_s) {
             Ok((claims, exp, nbf)) => {
@@ -404,4 +406,166 @@ pub(crate) fn algorithm(name: &str) -> Result<Algorithm, String> {
     name.trim()
         .parse()
         .map_err(|_| format!("unknown JWT algorithm {name:?}"))
+}
+
+impl JwtVerifier {
+    /// The verifier of a policy's `[jwt]` section: keys read from files and the
+    /// environment (relative to `dir`), each bound to one algorithm.
+    pub(super) fn from_config(
+        j: &super::config::JwtConfig,
+        p: &Path,
+        dir: &FsPath,
+        source: &Source<'_>,
+    ) -> crate::Result<JwtVerifier> {
+        let err = |path: &Path, msg: String| source.error(path, msg);
+        let mut allowed = Vec::new();
+        for (i, a) in j.algorithms.iter().enumerate() {
+            allowed.push(algorithm(a).map_err(|m| err(&p.key("algorithms").index(i), m))?);
+        }
+        if allowed.is_empty() {
+            return Err(err(
+                &p.key("algorithms"),
+                "list at least one algorithm".into(),
+            ));
+        }
+        let mut keys = Vec::new();
+        let secret = match (&j.secret_env, &j.secret_file) {
+            (Some(_), Some(_)) => return Err(err(&p.key("secret_file"), "give secret_env or secret_file, not both".into())),
+            (Some(var), None) => Some((
+                "secret_env",
+                std::env::var(var).ok().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    err(&p.key("secret_env"), format!("environment variable {var} is not set (HMAC secrets are never inline)"))
+                })?,
+            )),
+            (None, Some(file)) => {
+                let file = dir.join(file);
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| err(&p.key("secret_file"), format!("cannot read {}: {e}", file.display())))?;
+                Some(("secret_file", text.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            (None, None) => None,
+        };
+        if let Some((field, secret)) = secret {
+            if secret.len() < 32 {
+                return Err(err(
+                    &p.key(field),
+                    "the HMAC secret must be at least 32 bytes".into(),
+                ));
+            }
+            let hmac: Vec<_> = allowed
+                .iter()
+                .copied()
+                .filter(|a| jwt_family_is_hmac(*a))
+                .collect();
+            if hmac.is_empty() {
+                return Err(err(
+                    &p.key(field),
+                    "a secret needs an HS256/HS384/HS512 algorithm in jwt.algorithms".into(),
+                ));
+            }
+            for alg in hmac {
+                keys.push((None, alg, KeySource::Secret(secret.as_bytes().to_vec())));
+            }
+        }
+        for (i, k) in j.keys.iter().enumerate() {
+            let kp = p.key("keys").index(i);
+            let alg = algorithm(&k.algorithm).map_err(|m| err(&kp.key("algorithm"), m))?;
+            if jwt_family_is_hmac(alg) {
+                return Err(err(
+                    &kp.key("algorithm"),
+                    "HMAC keys come from secret_env, not files".into(),
+                ));
+            }
+            let file = dir.join(&k.pem_file);
+            let pem = std::fs::read(&file).map_err(|e| {
+                err(
+                    &kp.key("pem_file"),
+                    format!("cannot read key file {}: {e}", file.display()),
+                )
+            })?;
+            keys.push((k.kid.clone(), alg, KeySource::Pem(pem)));
+        }
+        if let Some(jwks) = &j.jwks_file {
+            let file = dir.join(jwks);
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                err(
+                    &p.key("jwks_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+                .map_err(|e| err(&p.key("jwks_file"), format!("not a JWKS: {e}")))?;
+            for (i, key) in set.keys.into_iter().enumerate() {
+                if matches!(
+                    key.algorithm,
+                    jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+                ) {
+                    return Err(err(
+                        &p.key("jwks_file"),
+                        format!(
+                            "key {i} is a symmetric (kty \"oct\") key: a JWKS file holds public \
+                             keys only; give an HMAC secret with secret_env or secret_file"
+                        ),
+                    ));
+                }
+                let alg = key
+                    .common
+                    .key_algorithm
+                    .ok_or_else(|| {
+                        err(
+                            &p.key("jwks_file"),
+                            format!("key {i} has no \"alg\": each key must name its algorithm"),
+                        )
+                    })
+                    .and_then(|a| {
+                        algorithm(&format!("{a:?}"))
+                            .map_err(|m| err(&p.key("jwks_file"), format!("key {i}: {m}")))
+                    })?;
+                keys.push((
+                    key.common.key_id.clone(),
+                    alg,
+                    KeySource::Jwk(Box::new(key)),
+                ));
+            }
+        }
+        let verify_limit = match j.verify_limit.as_deref() {
+            None | Some("off") => None,
+            Some(q) => Some(
+                q.parse::<Quota>()
+                    .map_err(|e| err(&p.key("verify_limit"), e.to_string()))?,
+            ),
+        };
+        let reject_invalid = match j.on_invalid.as_str() {
+            "anonymous" => false,
+            "reject" => true,
+            other => {
+                return Err(err(
+                    &p.key("on_invalid"),
+                    format!("{other:?}: use \"anonymous\" or \"reject\""),
+                ));
+            }
+        };
+        JwtVerifier::new(JwtSetup {
+            allowed,
+            issuer: j.issuer.as_ref().map(super::config::OneOrMany::to_vec),
+            audience: j.audience.as_ref().map(super::config::OneOrMany::to_vec),
+            leeway_s: j.leeway_s,
+            required: j.required_claims.clone(),
+            header: j.header.clone(),
+            keys,
+            cache_size: j.cache_size,
+            verify_limit,
+            reject_invalid,
+        })
+        .map_err(|m| err(p, m))
+    }
+}
+
+fn jwt_family_is_hmac(alg: jsonwebtoken::Algorithm) -> bool {
+    matches!(
+        alg,
+        jsonwebtoken::Algorithm::HS256
+            | jsonwebtoken::Algorithm::HS384
+            | jsonwebtoken::Algorithm::HS512
+    )
 }

@@ -1,0 +1,494 @@
+//! Compiling a policy document into an [`Engine`]: settings, rules (patterns,
+//! keys, tiers, limiters on their store), lists, bans, and the warnings
+//! `floodgate check-config` prints. Nothing here runs per request.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path as FsPath;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+
+use super::ban::{Adaptive, BanSetup, Bans};
+use super::config::{self, Path, PolicyConfig, RuleConfig, Source};
+use super::events::{Metrics, RuleCounters};
+use super::headers::{self, HeaderStyle};
+use super::identity::{KEY_BUF, KeyTemplate};
+use super::jwt::JwtVerifier;
+use super::store::Store;
+use super::{Engine, Limits, Lists, Rule, Tier, Unless, matcher, nanos};
+use crate::clock::{Clock, QuantaClock};
+use crate::error::Result;
+use crate::limiter::Limiter;
+use crate::quota::{Algorithm, Quota, parse_duration};
+
+impl Engine {
+    pub(super) fn build(source: Source<'_>, dir: &FsPath) -> Result<Self> {
+        let cfg: PolicyConfig = source.parse()?;
+        let root = Path::default();
+        let err = |path: &Path, msg: String| source.error(path, msg);
+        let s = &cfg.settings;
+        let style = HeaderStyle::parse(&s.headers).ok_or_else(|| {
+            err(
+                &root.key("settings").key("headers"),
+                format!(
+                    "unknown header style {:?} (draft-10, draft-6, legacy, none)",
+                    s.headers
+                ),
+            )
+        })?;
+        if s.max_keys == 0 {
+            return Err(err(
+                &root.key("settings").key("max_keys"),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=128).contains(&s.ipv6_prefix) {
+            return Err(err(
+                &root.key("settings").key("ipv6_prefix"),
+                "must be between 1 and 128".into(),
+            ));
+        }
+        if !matches!(s.deny_status, 403 | 404 | 429) {
+            return Err(err(
+                &root.key("settings").key("deny_status"),
+                "must be 403, 404 or 429".into(),
+            ));
+        }
+        let jwt = match &cfg.jwt {
+            Some(j) => Some(JwtVerifier::from_config(j, &root.key("jwt"), dir, &source)?),
+            None => None,
+        };
+        let store = Store::build(&cfg.store, &root.key("store"), &source)?;
+        let mut rules = Vec::with_capacity(cfg.rules.len());
+        let mut names = HashSet::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let path = root.key("rule").index(i);
+            if r.name.trim().is_empty() || !names.insert(r.name.clone()) {
+                return Err(err(
+                    &path.key("name"),
+                    format!("rule names must be unique and not empty ({:?})", r.name),
+                ));
+            }
+            rules.push(Self::build_rule(
+                r,
+                &path,
+                &cfg,
+                style,
+                jwt.is_some(),
+                &store,
+                &source,
+            )?);
+        }
+        let lists = Self::build_lists(&cfg, &source)?;
+        let valid_api_keys = match &s.api_keys_file {
+            Some(file) => {
+                let file = dir.join(file);
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    err(
+                        &root.key("settings").key("api_keys_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+                Some(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect::<HashSet<_>>(),
+                )
+            }
+            None => None,
+        };
+        let bans = match &cfg.ban {
+            Some(b) => {
+                let p = root.key("ban");
+                let dur = |field: &'static str, text: &str| {
+                    parse_duration(text)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            err(
+                                &p.key(field),
+                                format!("{text:?} is not a duration like \"30s\" or \"15m\""),
+                            )
+                        })
+                };
+                let within = dur("within", &b.within)?;
+                let duration = dur("duration", &b.duration)?;
+                let max = match &b.max_duration {
+                    Some(m) => dur("max_duration", m)?,
+                    None => duration,
+                };
+                if b.after == 0 {
+                    return Err(err(&p.key("after"), "must be at least 1".into()));
+                }
+                if !(b.escalate.is_finite() && b.escalate >= 1.0) {
+                    return Err(err(&p.key("escalate"), "must be a number >= 1".into()));
+                }
+                if max < duration {
+                    return Err(err(
+                        &p.key("max_duration"),
+                        "must be at least `duration`".into(),
+                    ));
+                }
+                if !matches!(b.status, 403 | 429) {
+                    return Err(err(&p.key("status"), "must be 403 or 429".into()));
+                }
+                let client_scope = match b.scope.as_str() {
+                    "rule" => false,
+                    "client" => true,
+                    other => {
+                        return Err(err(
+                            &p.key("scope"),
+                            format!("{other:?}: use \"rule\" or \"client\""),
+                        ));
+                    }
+                };
+                Some(
+                    Bans::new(BanSetup {
+                        after: b.after,
+                        within,
+                        duration,
+                        escalate: b.escalate,
+                        max,
+                        status: b.status,
+                        max_keys: s.max_keys,
+                        client_scope,
+                    })
+                    .map_err(|e| err(&p, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let metrics = Metrics {
+            rules: rules
+                .iter()
+                .map(|r: &Rule| (r.name.clone(), RuleCounters::default()))
+                .collect(),
+            ..Metrics::default()
+        };
+        let warnings = warnings(&cfg, &rules, valid_api_keys.is_some());
+        let clock = QuantaClock::new();
+        let unix_now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, nanos);
+        Ok(Engine {
+            rules: rules.into_boxed_slice(),
+            jwt,
+            lists,
+            bans,
+            style,
+            ipv6_prefix: s.ipv6_prefix,
+            api_key_header: s.api_key_header.to_ascii_lowercase(),
+            valid_api_keys,
+            client_key: KeyTemplate::ip(),
+            case_sensitive_paths: s.case_sensitive_paths,
+            deny_status: s.deny_status,
+            warnings,
+            key_seed: ahash::RandomState::new(),
+            pk_seed: ahash::RandomState::new(),
+            unix_origin_ns: unix_now.saturating_sub(clock.now_ns()),
+            clock,
+            metrics,
+            sink: parking_lot::RwLock::new(None),
+            store,
+            store_down: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn build_rule(
+        r: &RuleConfig,
+        p: &Path,
+        cfg: &PolicyConfig,
+        style: HeaderStyle,
+        has_jwt: bool,
+        store: &Store,
+        source: &Source<'_>,
+    ) -> Result<Rule> {
+        let err = |path: &Path, msg: String| source.error(path, msg);
+        let algorithm = match &r.algorithm {
+            Some(a) => a
+                .parse::<Algorithm>()
+                .map_err(|e| err(&p.key("algorithm"), e.to_string()))?,
+            None => Algorithm::Gcra,
+        };
+        let mut patterns = Vec::new();
+        for (i, text) in r.matches.to_vec().iter().enumerate() {
+            let at = match r.matches {
+                config::OneOrMany::One(_) => p.key("match"),
+                config::OneOrMany::Many(_) => p.key("match").index(i),
+            };
+            patterns.push(
+                matcher::parse(text, !cfg.settings.case_sensitive_paths)
+                    .map_err(|m| err(&at, m))?,
+            );
+        }
+        let key = KeyTemplate::parse(&r.key, &cfg.settings.api_key_header)
+            .map_err(|m| err(&p.key("key"), m))?;
+        if key.needs_claims() && !has_jwt {
+            return Err(err(
+                &p.key("key"),
+                "uses claims, but there is no [jwt] section to verify tokens".into(),
+            ));
+        }
+        let build = |quotas: &[String], at: &Path, tier: Option<&str>| -> Result<Tier> {
+            if quotas.is_empty() {
+                return Err(err(
+                    at,
+                    "list at least one quota, e.g. [\"10/s\", \"1000/hour\"]".into(),
+                ));
+            }
+            let mut builder = Limiter::builder()
+                .max_keys(cfg.settings.max_keys)
+                .max_key_bytes(KEY_BUF);
+            for (i, q) in quotas.iter().enumerate() {
+                let quota = q
+                    .parse::<Quota>()
+                    .and_then(|quota| quota.with_algorithm(algorithm))
+                    .map_err(|e| err(&at.index(i), e.to_string()))?;
+                if r.cost > quota.limit() {
+                    return Err(err(
+                        &p.key("cost"),
+                        format!("cost {} is above the burst of {q:?}", r.cost),
+                    ));
+                }
+                builder = builder.quota(quota);
+            }
+            let limiter = builder.build().map_err(|e| err(at, e.to_string()))?;
+            let name = match tier {
+                Some(t) => format!("{}:{t}", r.name),
+                None => r.name.clone(),
+            };
+            let limiter = store
+                .limiter(
+                    limiter,
+                    &name,
+                    r.fail_mode.as_deref(),
+                    cfg.settings.max_keys,
+                    KEY_BUF,
+                )
+                .map_err(|m| err(&p.key("fail_mode"), m))?;
+            let policy_values = limiter
+                .quotas()
+                .iter()
+                .map(|q| headers::policy_value(style, &r.name, q))
+                .collect();
+            Ok(Tier {
+                limiter,
+                policy_values,
+            })
+        };
+        let (limits, quota_text) = match (&r.tiers, r.quotas.is_empty()) {
+            (Some(_), false) => {
+                return Err(err(
+                    &p.key("tiers"),
+                    "give either quotas or tiers, not both".into(),
+                ));
+            }
+            (None, _) => (
+                Limits::One(build(&r.quotas, &p.key("quotas"), None)?),
+                r.quotas.clone(),
+            ),
+            (Some(t), true) => {
+                if !has_jwt {
+                    return Err(err(
+                        &p.key("tiers"),
+                        "tiers choose by a verified claim, but there is no [jwt] section".into(),
+                    ));
+                }
+                let tp = p.key("tiers");
+                let mut others = Vec::new();
+                let mut text = Vec::new();
+                for (name, quotas) in &t.quotas {
+                    others.push((
+                        name.clone(),
+                        build(quotas, &tp.key("quotas").name(name), Some(name))?,
+                    ));
+                    text.push(format!("{name}: {}", quotas.join(" + ")));
+                }
+                let position = others
+                    .iter()
+                    .position(|(n, _)| *n == t.default)
+                    .ok_or_else(|| {
+                        err(
+                            &tp.key("default"),
+                            format!("{:?} is not one of the tiers", t.default),
+                        )
+                    })?;
+                let default = others.remove(position);
+                (
+                    Limits::Tiers {
+                        claim: t.claim.clone(),
+                        default,
+                        others,
+                    },
+                    text,
+                )
+            }
+        };
+        let deny_anonymous = match r.anonymous.as_str() {
+            "skip" => false,
+            "deny" => true,
+            other => {
+                return Err(err(
+                    &p.key("anonymous"),
+                    format!("{other:?}: use \"skip\" or \"deny\""),
+                ));
+            }
+        };
+        if r.cost == 0 {
+            return Err(err(&p.key("cost"), "must be at least 1".into()));
+        }
+        let missing_claim_ip = match r.missing_claim.as_str() {
+            "deny" => false,
+            "ip" => true,
+            other => {
+                return Err(err(
+                    &p.key("missing_claim"),
+                    format!("{other:?}: use \"deny\" or \"ip\""),
+                ));
+            }
+        };
+        let applies_to = match r.applies_to.as_str() {
+            "all" => None,
+            "authenticated" => Some(true),
+            "anonymous" => Some(false),
+            other => {
+                return Err(err(
+                    &p.key("applies_to"),
+                    format!("{other:?}: use \"all\", \"anonymous\" or \"authenticated\""),
+                ));
+            }
+        };
+        if applies_to == Some(true) && !has_jwt {
+            return Err(err(
+                &p.key("applies_to"),
+                "\"authenticated\" needs a [jwt] section".into(),
+            ));
+        }
+        let adaptive = match &r.adaptive {
+            Some(a) => {
+                let ap = p.key("adaptive");
+                if !(a.threshold > 0.0 && a.threshold < 1.0) {
+                    return Err(err(&ap.key("threshold"), "must be between 0 and 1".into()));
+                }
+                if a.factor < 1 {
+                    return Err(err(&ap.key("factor"), "must be at least 1".into()));
+                }
+                let window = parse_duration(&a.window)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        err(
+                            &ap.key("window"),
+                            format!("{:?} is not a duration", a.window),
+                        )
+                    })?;
+                Some(Adaptive::new(
+                    a.threshold,
+                    window,
+                    a.min_requests,
+                    a.factor,
+                    cfg.settings.max_keys,
+                ))
+            }
+            None => None,
+        };
+        Ok(Rule {
+            name: r.name.as_str().into(),
+            patterns: r.matches.to_vec(),
+            matcher: matcher::Matcher(patterns),
+            key_text: r.key.clone(),
+            key,
+            cost: r.cost,
+            shadow: r.shadow,
+            deny_anonymous,
+            applies_to,
+            unless: r.unless_header.as_ref().map(|h| {
+                if h.trim().eq_ignore_ascii_case(&cfg.settings.api_key_header) {
+                    Unless::ApiKey
+                } else {
+                    Unless::Header(h.trim().to_ascii_lowercase())
+                }
+            }),
+            missing_claim_ip,
+            limits,
+            quota_text,
+            adaptive,
+            ban: r.ban,
+        })
+    }
+
+    pub(super) fn build_lists(cfg: &PolicyConfig, source: &Source<'_>) -> Result<Lists> {
+        let p = Path::default().key("lists");
+        let nets = |field: &'static str, items: &[String]| -> Result<Vec<IpNet>> {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.parse::<IpNet>()
+                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            source.error(
+                                &p.key(field).index(i),
+                                format!("{s:?} is not an IP address or CIDR"),
+                            )
+                        })
+                })
+                .collect()
+        };
+        let set = |items: &[String]| items.iter().cloned().collect::<HashSet<_>>();
+        let l = &cfg.lists;
+        Ok(Lists {
+            allow_ips: nets("allow_ips", &l.allow_ips)?,
+            deny_ips: nets("deny_ips", &l.deny_ips)?,
+            allow_api_keys: set(&l.allow_api_keys),
+            deny_api_keys: set(&l.deny_api_keys),
+            allow_subjects: set(&l.allow_subjects),
+            deny_subjects: set(&l.deny_subjects),
+        })
+    }
+}
+
+/// Warnings about a valid policy (see [`Engine::warnings`]).
+fn warnings(cfg: &PolicyConfig, rules: &[Rule], api_keys_verified: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if rules.is_empty() {
+        out.push("the policy has no rules: it limits nothing".to_string());
+        return out;
+    }
+    let catch_all = rules.iter().any(|r| {
+        !r.shadow
+            && r.applies_to.is_none()
+            && r.unless.is_none()
+            && r.key.is_ip_only()
+            && r.matcher.0.iter().any(matcher::Pattern::is_catch_all)
+    });
+    if !catch_all {
+        out.push(
+            "no rule limits every request: a request that matches no rule (or that every \
+             matching rule skips) is not limited at all. Add a last rule like \
+             `match = \"/**\"`, `key = \"ip\"` with a generous quota"
+                .to_string(),
+        );
+    }
+    for (rule, r) in rules.iter().zip(&cfg.rules) {
+        for (pattern, text) in rule.matcher.0.iter().zip(r.matches.to_vec()) {
+            if pattern.ends_in_one_star() && text.trim_end().ends_with("/*") {
+                out.push(format!(
+                    "rule {:?}: {text:?} matches exactly one path segment after the prefix; \
+                     write \"/**\" to match everything under it",
+                    r.name
+                ));
+            }
+        }
+        if !api_keys_verified && !catch_all && r.key.contains("api_key") {
+            out.push(format!(
+                "rule {:?} is keyed by the API key, which nothing verifies: every new key \
+                 gets a fresh quota. Set settings.api_keys_file, or add a per-IP rule that \
+                 applies to keyed requests too",
+                r.name
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,420 @@
+//! The request path: one request in, one [`Verdict`] out. Reads the request once
+//! (canonical address, normalised path, API key), then lists, client bans, the
+//! token, every matching rule (charged all-or-nothing) and shadow rules.
+
+use std::time::Duration;
+
+use super::ban::BanScope;
+use super::events::{Event, EventKind, bump};
+use super::headers::{self, Report};
+use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
+use super::jwt::{TokenCheck, TokenProblem};
+use super::{Charge, Engine, Reason, Request, Rule, Unless, Verdict, View, nanos, path, store};
+use crate::error::{Error, Result};
+
+impl Engine {
+    /// Sends store_fallback / store_recovered events when Redis answers change.
+    pub(super) fn note_store(&self, checked: &store::Checked, rule: &Rule) {
+        if !checked.remote {
+            return;
+        }
+        if checked.fallback {
+            bump(&self.metrics.store_fallbacks);
+        }
+        let was = self.store_down.load(std::sync::atomic::Ordering::Relaxed);
+        if was != checked.fallback
+            && self
+                .store_down
+                .compare_exchange(
+                    was,
+                    checked.fallback,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let kind = if checked.fallback {
+                EventKind::StoreFallback
+            } else {
+                EventKind::StoreRecovered
+            };
+            self.emit(|| Event {
+                kind,
+                rule: Some(rule.name.clone()),
+                client_ip: None,
+                key: None,
+                status: 0,
+                retry_after: Duration::ZERO,
+                token_problem: None,
+            });
+        }
+    }
+
+    pub(super) fn decide(
+        &self,
+        req: &Request<'_>,
+        now: Duration,
+        explicit: bool,
+    ) -> Result<Verdict> {
+        if !is_method(req.method) {
+            return Err(Error::InvalidRequest {
+                field: "method",
+                problem: "must be an HTTP method token like GET or POST",
+            });
+        }
+        let now_ns = nanos(now);
+        // 0. One view of the request, used by every step below: the canonical
+        // address (IPv4-mapped IPv6 unmapped) and its network, the path as routers
+        // normalise it, and the API key if the request has a valid one.
+        let ip = req.client_ip.map(canonical_ip);
+        let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
+        let path = path::normalize(req.path, !self.case_sensitive_paths);
+        let view = View {
+            method: req.method,
+            path: &path,
+            masked,
+            headers: req.headers,
+            api_key: self.api_key(req.headers),
+        };
+        // 1. Lists by IP and API key.
+        let by_ip = ip.and_then(|ip| {
+            listed(
+                self.lists.deny_ips.iter().any(|n| n.contains(&ip)),
+                self.lists.allow_ips.iter().any(|n| n.contains(&ip)),
+            )
+        });
+        if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(req.headers)) {
+            return Ok(self.list_verdict(ip, allowed, false));
+        }
+        let mut buf = KeyBuf::default();
+        // 2. A client-wide ban holds whatever rule the request meets.
+        if let Some(bans) = self.bans.as_ref().filter(|b| b.client_scope)
+            && let Some(key) = self.build_key(&self.client_key, &view, None, "", &mut buf)
+            && let Some(left) = bans.banned(BanScope::Client, key, now_ns)
+        {
+            bump(&self.metrics.banned_clients);
+            return Ok(self.banned_verdict(None, key, left, None, false));
+        }
+        // 3. The token: verified claims, or anonymous.
+        let token = self
+            .jwt
+            .as_ref()
+            .map_or(TokenCheck::Absent, |j| j.check(req.headers, masked, now));
+        let (claims, problem) = match &token {
+            TokenCheck::Valid(c) => (Some(&**c), None),
+            TokenCheck::Invalid(p) => (None, Some(*p)),
+            TokenCheck::Absent => (None, None),
+        };
+        if let Some(p) = problem {
+            if let Some(c) = self.metrics.jwt_invalid.get(p.index()) {
+                bump(c);
+            }
+            self.emit(|| {
+                self.event(
+                    EventKind::TokenInvalid,
+                    None,
+                    ip,
+                    None,
+                    0,
+                    Duration::ZERO,
+                    Some(p),
+                )
+            });
+            if self.jwt.as_ref().is_some_and(|j| j.reject_invalid) {
+                return Ok(self.unauthorized(ip, None, problem));
+            }
+        }
+        let by_subject = claims
+            .and_then(|c| c.get("sub"))
+            .and_then(|s| s.as_str())
+            .and_then(|sub| {
+                listed(
+                    self.lists.deny_subjects.contains(sub),
+                    self.lists.allow_subjects.contains(sub),
+                )
+            });
+        if let Some(allowed) = by_subject {
+            return Ok(self.list_verdict(ip, allowed, true));
+        }
+        // 4. Rules.
+        let mut charges: Vec<Charge<'_>> = Vec::new();
+        let mut shadows: Vec<usize> = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !self.applies(rule, &view, claims.is_some()) {
+                continue;
+            }
+            if rule.shadow {
+                shadows.push(index);
+                continue;
+            }
+            let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
+                if claims.is_some_and(|c| !rule.key.claims_usable(c)) {
+                    // A verified token without the claim the key needs: never
+                    // unlimited (`missing_claim = "ip"` keys it by address instead).
+                    self.refund(&charges, now, explicit);
+                    return Ok(self.unauthorized(
+                        ip,
+                        Some(&rule.name),
+                        Some(TokenProblem::MissingClaim),
+                    ));
+                }
+                if rule.deny_anonymous {
+                    self.refund(&charges, now, explicit);
+                    return Ok(self.unauthorized(ip, Some(&rule.name), problem));
+                }
+                continue;
+            };
+            let scope = self.ban_scope(index, rule);
+            if let Some(left) = self
+                .bans
+                .as_ref()
+                .filter(|_| scope != BanScope::Client) // checked in step 2
+                .and_then(|b| b.banned(scope, key, now_ns))
+            {
+                self.refund(&charges, now, explicit);
+                if let Some((_, c)) = self.metrics.rules.get(index) {
+                    bump(&c.banned);
+                }
+                return Ok(self.banned_verdict(
+                    Some(&rule.name),
+                    key,
+                    left,
+                    problem,
+                    claims.is_some(),
+                ));
+            }
+            let tier = rule.limits.select(claims);
+            let multiplier = rule
+                .adaptive
+                .as_ref()
+                .map_or(1, |a| a.multiplier(key, now_ns));
+            let cost = rule
+                .cost
+                .saturating_mul(multiplier)
+                .min(tier.limiter.max_cost());
+            let checked = tier.limiter.check(key, cost, now, explicit)?;
+            self.note_store(&checked, rule);
+            let d = checked.decision;
+            if let Some(a) = &rule.adaptive {
+                a.record(key, now_ns, !d.allowed);
+            }
+            if !d.allowed {
+                self.refund(&charges, now, explicit);
+                return Ok(self.rate_limited(
+                    index,
+                    rule,
+                    scope,
+                    tier,
+                    key,
+                    d,
+                    ip,
+                    now_ns,
+                    problem,
+                    claims.is_some(),
+                ));
+            }
+            charges.push(Charge {
+                rule: index,
+                tier,
+                key: key.to_vec(),
+                cost,
+                decision: d,
+            });
+        }
+        // 5. Shadow rules: counted as if enforced, never denying.
+        for index in shadows {
+            let Some(rule) = self.rules.get(index) else {
+                continue;
+            };
+            let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
+                continue;
+            };
+            let checked = rule
+                .limits
+                .select(claims)
+                .limiter
+                .check(key, rule.cost, now, explicit)?;
+            self.note_store(&checked, rule);
+            let d = checked.decision;
+            if let Some((_, c)) = self.metrics.rules.get(index) {
+                bump(if d.allowed {
+                    &c.allowed
+                } else {
+                    &c.shadow_denied
+                });
+            }
+            if !d.allowed {
+                let key_text = String::from_utf8_lossy(key).into_owned();
+                self.emit(|| Event {
+                    key: Some(key_text),
+                    ..self.event(
+                        EventKind::ShadowDenied,
+                        Some(&rule.name),
+                        ip,
+                        None,
+                        0,
+                        d.retry_after,
+                        None,
+                    )
+                });
+            }
+        }
+        // The deciding rule: the one with the fewest units left (the first on a tie).
+        let deciding = charges
+            .iter()
+            .fold(None::<&Charge<'_>>, |best, c| match best {
+                Some(b) if b.decision.remaining <= c.decision.remaining => Some(b),
+                _ => Some(c),
+            });
+        let Some(Charge {
+            rule: index,
+            tier,
+            key,
+            decision: d,
+            ..
+        }) = deciding
+        else {
+            bump(&self.metrics.no_rule);
+            return Ok(Verdict {
+                authenticated: claims.is_some(),
+                token_problem: problem,
+                ..Verdict::plain(true, 200, Reason::NoRule)
+            });
+        };
+        for c in &charges {
+            if let Some((_, counters)) = self.metrics.rules.get(c.rule) {
+                bump(&counters.allowed);
+            }
+        }
+        let (index, d) = (*index, *d);
+        let rule = self.rules.get(index).map(|r| r.name.clone());
+        let mut verdict = Verdict {
+            rule: rule.clone(),
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after: d.reset_after,
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            token_problem: problem,
+            authenticated: claims.is_some(),
+            ..Verdict::plain(true, 200, Reason::Allowed)
+        };
+        if let (Some(_), Some(quota), Some(value)) = (
+            &rule,
+            tier.limiter.quotas().get(d.quota),
+            tier.policy_values.get(d.quota),
+        ) {
+            verdict.headers.reserve_exact(3);
+            let report = Report {
+                policy_value: value,
+                quota,
+                remaining: d.remaining,
+                reset_after: d.reset_after,
+                retry_after: None,
+                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
+            };
+            headers::render(self.style, &report, &mut verdict.headers);
+        }
+        Ok(verdict)
+    }
+
+    /// The request's API key: present with a value, and listed in
+    /// `api_keys_file` when there is one. The one test of "has an API key".
+    pub(super) fn api_key<'a>(&self, headers: &[(&'a str, &'a str)]) -> Option<&'a str> {
+        let key = present(headers, &self.api_key_header)?;
+        match &self.valid_api_keys {
+            Some(valid) if !valid.contains(key) => None,
+            _ => Some(key),
+        }
+    }
+
+    /// The API-key lists' answer. A value that a framework joined from repeated
+    /// headers (`k1, k2`) is denied if any of its keys is deny-listed.
+    pub(super) fn api_key_listed(&self, headers: &[(&str, &str)]) -> Option<bool> {
+        let value = present(headers, &self.api_key_header)?;
+        let deny = &self.lists.deny_api_keys;
+        let denied = deny.contains(value)
+            || (value.contains(',') && value.split(',').any(|k| deny.contains(k.trim())));
+        listed(denied, self.lists.allow_api_keys.contains(value))
+    }
+
+    /// Where a ban earned on `rule` holds.
+    pub(super) fn ban_scope(&self, index: usize, rule: &Rule) -> BanScope {
+        if self.bans.as_ref().is_some_and(|b| b.client_scope) && rule.key.is_ip_only() {
+            BanScope::Client
+        } else {
+            BanScope::Rule(index)
+        }
+    }
+
+    pub(super) fn applies(&self, rule: &Rule, view: &View<'_>, authenticated: bool) -> bool {
+        rule.applies_to.is_none_or(|a| a == authenticated)
+            && rule.unless.as_ref().is_none_or(|u| match u {
+                Unless::ApiKey => view.api_key.is_none(),
+                Unless::Header(name) => present(view.headers, name).is_none(),
+            })
+            && rule.matcher.matches(view.method, view.path)
+    }
+
+    /// The rule's key for this request, built in `buf`; `None` if an identity it
+    /// needs (IP, header, verified claim) is missing. A verified token without the
+    /// key's claim is keyed by address on rules with `missing_claim = "ip"`.
+    pub(super) fn rule_key<'b>(
+        &self,
+        rule: &Rule,
+        view: &View<'_>,
+        claims: Option<&Claims>,
+        buf: &'b mut KeyBuf,
+    ) -> Option<&'b [u8]> {
+        let template = match claims {
+            Some(c) if rule.missing_claim_ip && !rule.key.claims_usable(c) => &self.client_key,
+            _ => &rule.key,
+        };
+        self.build_key(template, view, claims, &rule.name, buf)
+    }
+
+    pub(super) fn build_key<'b>(
+        &self,
+        template: &KeyTemplate,
+        view: &View<'_>,
+        claims: Option<&Claims>,
+        route: &str,
+        buf: &'b mut KeyBuf,
+    ) -> Option<&'b [u8]> {
+        let input = KeyInput {
+            method: view.method,
+            path: view.path,
+            ip: view.masked,
+            api_key: view.api_key,
+            headers: view.headers,
+            claims,
+            route,
+        };
+        template.build(&input, &self.key_seed, buf)
+    }
+
+    pub(super) fn refund(&self, charges: &[Charge<'_>], now: Duration, explicit: bool) {
+        for c in charges {
+            c.tier.limiter.refund(&c.key, c.cost, now, explicit);
+        }
+    }
+}
+
+/// An HTTP method is a token (RFC 9110 5.6.2): `GET`, `M-SEARCH`, `VERSION-CONTROL`.
+fn is_method(method: &str) -> bool {
+    !method.is_empty()
+        && method.len() <= 32
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A deny list wins over an allow list: `Some(false)` denied, `Some(true)` allowed.
+fn listed(denied: bool, allowed: bool) -> Option<bool> {
+    if denied {
+        Some(false)
+    } else if allowed {
+        Some(true)
+    } else {
+        None
+    }
+}

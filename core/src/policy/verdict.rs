@@ -1,0 +1,206 @@
+//! The verdicts and events of denials: deny/allow lists, 401, bans and 429s,
+//! with their headers.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ban::BanScope;
+use super::events::{Event, EventKind, bump};
+use super::headers::{self, Report};
+use super::jwt::TokenProblem;
+use super::{Engine, Reason, Rule, Tier, Verdict};
+
+impl Engine {
+    /// The verdict for an allow-listed (`allowed`) or deny-listed request.
+    pub(super) fn list_verdict(
+        &self,
+        ip: Option<IpAddr>,
+        allowed: bool,
+        authenticated: bool,
+    ) -> Verdict {
+        if allowed {
+            bump(&self.metrics.allow_listed);
+            return Verdict {
+                authenticated,
+                ..Verdict::plain(true, 200, Reason::AllowListed)
+            };
+        }
+        bump(&self.metrics.deny_listed);
+        let status = self.deny_status;
+        self.emit(|| {
+            self.event(
+                EventKind::DenyListed,
+                None,
+                ip,
+                None,
+                status,
+                Duration::ZERO,
+                None,
+            )
+        });
+        Verdict {
+            authenticated,
+            ..Verdict::plain(false, status, Reason::DenyListed)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn event(
+        &self,
+        kind: EventKind,
+        rule: Option<&Arc<str>>,
+        ip: Option<IpAddr>,
+        key: Option<&[u8]>,
+        status: u16,
+        retry_after: Duration,
+        token_problem: Option<TokenProblem>,
+    ) -> Event {
+        Event {
+            kind,
+            rule: rule.cloned(),
+            client_ip: ip,
+            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            status,
+            retry_after,
+            token_problem,
+        }
+    }
+
+    pub(super) fn unauthorized(
+        &self,
+        ip: Option<IpAddr>,
+        rule: Option<&Arc<str>>,
+        problem: Option<TokenProblem>,
+    ) -> Verdict {
+        bump(&self.metrics.unauthorized);
+        self.emit(|| {
+            self.event(
+                EventKind::Unauthorized,
+                rule,
+                ip,
+                None,
+                401,
+                Duration::ZERO,
+                problem,
+            )
+        });
+        let mut v = Verdict {
+            rule: rule.cloned(),
+            token_problem: problem,
+            ..Verdict::plain(false, 401, Reason::Unauthorized)
+        };
+        let challenge = match problem {
+            Some(p) => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                p.code()
+            ),
+            None => "Bearer".to_string(),
+        };
+        v.headers.push(("WWW-Authenticate", challenge));
+        v
+    }
+
+    pub(super) fn banned_verdict(
+        &self,
+        rule: Option<&Arc<str>>,
+        key: &[u8],
+        left: Duration,
+        problem: Option<TokenProblem>,
+        authenticated: bool,
+    ) -> Verdict {
+        let status = self.bans.as_ref().map_or(429, |b| b.status);
+        let mut v = Verdict {
+            rule: rule.cloned(),
+            retry_after: left,
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            token_problem: problem,
+            authenticated,
+            ..Verdict::plain(false, status, Reason::Banned)
+        };
+        v.headers
+            .push(("Retry-After", headers::ceil_secs(left).max(1).to_string()));
+        v
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rate_limited(
+        &self,
+        index: usize,
+        rule: &Rule,
+        scope: BanScope,
+        tier: &Tier,
+        key: &[u8],
+        d: crate::Decision,
+        ip: Option<IpAddr>,
+        now_ns: u64,
+        problem: Option<TokenProblem>,
+        authenticated: bool,
+    ) -> Verdict {
+        if let Some((_, c)) = self.metrics.rules.get(index) {
+            bump(&c.denied);
+        }
+        self.emit(|| {
+            self.event(
+                EventKind::Denied,
+                Some(&rule.name),
+                ip,
+                Some(key),
+                429,
+                d.retry_after,
+                problem,
+            )
+        });
+        let mut retry = d.retry_after;
+        let mut status = 429;
+        let mut reason = Reason::RateLimited;
+        if let Some(length) = self
+            .bans
+            .as_ref()
+            .filter(|_| rule.ban)
+            .and_then(|b| b.strike(scope, key, now_ns))
+        {
+            bump(&self.metrics.bans_started);
+            self.emit(|| {
+                self.event(
+                    EventKind::Banned,
+                    Some(&rule.name),
+                    ip,
+                    Some(key),
+                    0,
+                    length,
+                    problem,
+                )
+            });
+            retry = retry.max(length);
+            status = self.bans.as_ref().map_or(429, |b| b.status);
+            reason = Reason::Banned;
+        }
+        let mut v = Verdict {
+            rule: Some(rule.name.clone()),
+            retry_after: retry,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_after: d.reset_after,
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            token_problem: problem,
+            authenticated,
+            ..Verdict::plain(false, status, reason)
+        };
+        if let (Some(quota), Some(value)) = (
+            tier.limiter.quotas().get(d.quota),
+            tier.policy_values.get(d.quota),
+        ) {
+            let report = Report {
+                policy_value: value,
+                quota,
+                remaining: d.remaining,
+                reset_after: d.reset_after,
+                retry_after: Some(retry),
+                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
+            };
+            headers::render(self.style, &report, &mut v.headers);
+        }
+        v
+    }
+}
