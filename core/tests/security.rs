@@ -172,7 +172,11 @@ fn ban_scope_is_checked() {
         "[ban]\nafter = 1\nwithin = \"1m\"\nduration = \"1m\"\nscope = \"everyone\"\n",
     )
     .unwrap_err();
-    assert!(err.to_string().contains("ban.scope"), "{err}");
+    assert!(
+        err.to_string().contains("(line 5)")
+            && err.to_string().contains("expected `rule` or `client`"),
+        "{err}"
+    );
 }
 
 // ---- 2. The path the framework routes --------------------------------------------

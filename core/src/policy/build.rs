@@ -134,16 +134,7 @@ impl Engine {
                 if !matches!(b.status, 403 | 429) {
                     return Err(err(&p.key("status"), "must be 403 or 429".into()));
                 }
-                let client_scope = match b.scope.as_str() {
-                    "rule" => false,
-                    "client" => true,
-                    other => {
-                        return Err(err(
-                            &p.key("scope"),
-                            format!("{other:?}: use \"rule\" or \"client\""),
-                        ));
-                    }
-                };
+                let client_scope = b.scope == config::BanScopeConfig::Client;
                 Some(
                     Bans::new(BanSetup {
                         after: b.after,
@@ -326,39 +317,15 @@ impl Engine {
                 )
             }
         };
-        let deny_anonymous = match r.anonymous.as_str() {
-            "skip" => false,
-            "deny" => true,
-            other => {
-                return Err(err(
-                    &p.key("anonymous"),
-                    format!("{other:?}: use \"skip\" or \"deny\""),
-                ));
-            }
-        };
+        let deny_anonymous = r.anonymous == config::Anonymous::Deny;
         if r.cost == 0 {
             return Err(err(&p.key("cost"), "must be at least 1".into()));
         }
-        let missing_claim_ip = match r.missing_claim.as_str() {
-            "deny" => false,
-            "ip" => true,
-            other => {
-                return Err(err(
-                    &p.key("missing_claim"),
-                    format!("{other:?}: use \"deny\" or \"ip\""),
-                ));
-            }
-        };
-        let applies_to = match r.applies_to.as_str() {
-            "all" => None,
-            "authenticated" => Some(true),
-            "anonymous" => Some(false),
-            other => {
-                return Err(err(
-                    &p.key("applies_to"),
-                    format!("{other:?}: use \"all\", \"anonymous\" or \"authenticated\""),
-                ));
-            }
+        let missing_claim_ip = r.missing_claim == config::MissingClaim::Ip;
+        let applies_to = match r.applies_to {
+            config::AppliesTo::All => None,
+            config::AppliesTo::Authenticated => Some(true),
+            config::AppliesTo::Anonymous => Some(false),
         };
         if applies_to == Some(true) && !has_jwt {
             return Err(err(

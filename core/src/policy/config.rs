@@ -27,6 +27,62 @@ impl OneOrMany {
     }
 }
 
+/// `anonymous`: a rule whose key needs an identity the request lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Anonymous {
+    /// Skip the rule (another, e.g. per-IP, rule applies).
+    #[default]
+    Skip,
+    /// Answer 401.
+    Deny,
+}
+
+/// `applies_to`: which requests a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AppliesTo {
+    #[default]
+    All,
+    /// Requests without a verified token.
+    Anonymous,
+    /// Requests with a verified token.
+    Authenticated,
+}
+
+/// `missing_claim`: a verified token without the claim a rule's key needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum MissingClaim {
+    /// 401 `missing_claim`.
+    #[default]
+    Deny,
+    /// Keyed by the client's address in this rule.
+    Ip,
+}
+
+/// `on_invalid`: a token that does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OnInvalid {
+    /// Treated as no token.
+    #[default]
+    Anonymous,
+    /// 401.
+    Reject,
+}
+
+/// `[ban] scope`: where a ban holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BanScopeConfig {
+    /// On the rule that earned it.
+    #[default]
+    Rule,
+    /// Earned on a rule keyed by `ip` alone: on every rule, for that address.
+    Client,
+}
+
 /// The whole policy.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,9 +199,6 @@ fn default_cache() -> usize {
 fn default_verify_limit() -> Option<String> {
     Some("50/s burst 100".into())
 }
-fn default_on_invalid() -> String {
-    "anonymous".into()
-}
 
 /// `[jwt]`: how bearer tokens are verified.
 #[derive(Debug, Clone, Deserialize)]
@@ -181,8 +234,8 @@ pub(crate) struct JwtConfig {
     #[serde(default = "default_verify_limit")]
     pub verify_limit: Option<String>,
     /// An invalid token: `anonymous` (default: treated as no token) or `reject` (401).
-    #[serde(default = "default_on_invalid")]
-    pub on_invalid: String,
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
 }
 
 /// One public key.
@@ -200,21 +253,10 @@ fn default_key() -> String {
 fn one() -> u64 {
     1
 }
-fn default_anonymous() -> String {
-    "skip".into()
-}
-fn default_applies_to() -> String {
-    "all".into()
-}
 fn yes() -> bool {
     true
 }
-fn default_missing_claim() -> String {
-    "deny".into()
-}
-fn default_ban_scope() -> String {
-    "rule".into()
-}
+
 
 /// `[[rule]]`: which requests, which quotas, keyed by what.
 #[derive(Debug, Clone, Deserialize)]
@@ -239,14 +281,14 @@ pub(crate) struct RuleConfig {
     pub shadow: bool,
     /// When the key needs an identity the request lacks (no verified token, no header):
     /// `skip` the rule (another, e.g. per-IP, rule applies) or `deny` with 401.
-    #[serde(default = "default_anonymous")]
-    pub anonymous: String,
+    #[serde(default)]
+    pub anonymous: Anonymous,
     pub tiers: Option<TiersConfig>,
     pub adaptive: Option<AdaptiveConfig>,
     /// Which requests the rule applies to: `all` (default), `anonymous` (no verified
     /// token: the usual per-IP fallback) or `authenticated`.
-    #[serde(default = "default_applies_to")]
-    pub applies_to: String,
+    #[serde(default)]
+    pub applies_to: AppliesTo,
     /// Skip the rule when the request carries this header (e.g. an anonymous per-IP
     /// rule that API-key clients, limited by their own rule, should not also pay).
     pub unless_header: Option<String>,
@@ -255,8 +297,8 @@ pub(crate) struct RuleConfig {
     pub ban: bool,
     /// A verified token without the claim the key needs: `deny` (default, 401
     /// `missing_claim`) or `ip` (keyed by the client's address in this rule).
-    #[serde(default = "default_missing_claim")]
-    pub missing_claim: String,
+    #[serde(default)]
+    pub missing_claim: MissingClaim,
     /// What the rule answers while a Redis store cannot (`open`, `closed`, `local`);
     /// default `[store] fail_mode`.
     pub fail_mode: Option<String>,
@@ -331,8 +373,8 @@ pub(crate) struct BanConfig {
     pub status: u16,
     /// `rule` (default): a ban holds on the rule that earned it. `client`: a ban
     /// earned on a rule keyed by `ip` alone holds for that client on every rule.
-    #[serde(default = "default_ban_scope")]
-    pub scope: String,
+    #[serde(default)]
+    pub scope: BanScopeConfig,
 }
 
 /// Where a policy came from, to place errors.

@@ -535,16 +535,7 @@ impl JwtVerifier {
                     .map_err(|e| err(&p.key("verify_limit"), e.to_string()))?,
             ),
         };
-        let reject_invalid = match j.on_invalid.as_str() {
-            "anonymous" => false,
-            "reject" => true,
-            other => {
-                return Err(err(
-                    &p.key("on_invalid"),
-                    format!("{other:?}: use \"anonymous\" or \"reject\""),
-                ));
-            }
-        };
+        let reject_invalid = j.on_invalid == super::config::OnInvalid::Reject;
         JwtVerifier::new(JwtSetup {
             allowed,
             issuer: j.issuer.as_ref().map(super::config::OneOrMany::to_vec),
