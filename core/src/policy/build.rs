@@ -16,7 +16,7 @@ use super::headers::{self, HeaderStyle};
 use super::identity::{KEY_BUF, KeyTemplate};
 use super::jwt::JwtVerifier;
 use super::store::Store;
-use super::{Engine, Limits, Lists, Rule, Tier, Unless, matcher, nanos};
+use super::{Engine, FastSet, Limits, Lists, Rule, Tier, Unless, matcher, nanos};
 use crate::clock::{Clock, QuantaClock};
 use crate::error::Result;
 use crate::limiter::Limiter;
@@ -95,7 +95,7 @@ impl Engine {
                         .map(str::trim)
                         .filter(|l| !l.is_empty() && !l.starts_with('#'))
                         .map(str::to_string)
-                        .collect::<HashSet<_>>(),
+                        .collect::<FastSet>(),
                 )
             }
             None => None,
@@ -181,7 +181,7 @@ impl Engine {
             unix_origin_ns: unix_now.saturating_sub(clock.now_ns()),
             clock,
             metrics,
-            sink: parking_lot::RwLock::new(None),
+            sink: arc_swap::ArcSwapOption::empty(),
             store,
             store_down: std::sync::atomic::AtomicBool::new(false),
         })
@@ -403,7 +403,7 @@ impl Engine {
                 })
                 .collect()
         };
-        let set = |items: &[String]| items.iter().cloned().collect::<HashSet<_>>();
+        let set = |items: &[String]| items.iter().cloned().collect::<FastSet>();
         let l = &cfg.lists;
         Ok(Lists {
             allow_ips: nets("allow_ips", &l.allow_ips)?,

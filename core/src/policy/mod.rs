@@ -276,13 +276,16 @@ enum Unless {
     Header(String),
 }
 
+/// A set of strings looked up per request, on the store's fast seeded hasher.
+type FastSet = HashSet<String, ahash::RandomState>;
+
 struct Lists {
     allow_ips: Vec<IpNet>,
     deny_ips: Vec<IpNet>,
-    allow_api_keys: HashSet<String>,
-    deny_api_keys: HashSet<String>,
-    allow_subjects: HashSet<String>,
-    deny_subjects: HashSet<String>,
+    allow_api_keys: FastSet,
+    deny_api_keys: FastSet,
+    allow_subjects: FastSet,
+    deny_subjects: FastSet,
 }
 
 /// The policy engine: `Send + Sync`, shared by every thread, called once per request.
@@ -295,7 +298,7 @@ pub struct Engine {
     ipv6_prefix: u8,
     api_key_header: String,
     /// Valid API keys (`api_keys_file`); `None`: any non-empty key is a key.
-    valid_api_keys: Option<HashSet<String>>,
+    valid_api_keys: Option<FastSet>,
     /// The key of client-wide bans: the masked address.
     client_key: KeyTemplate,
     case_sensitive_paths: bool,
@@ -308,7 +311,9 @@ pub struct Engine {
     /// Unix time (ns) at the clock's origin.
     unix_origin_ns: u64,
     metrics: Metrics,
-    sink: parking_lot::RwLock<Option<EventSink>>,
+    /// Read on every event without a lock or a reference-count update
+    /// (arc-swap), so a flood of denials does not contend on it.
+    sink: arc_swap::ArcSwapOption<EventSink>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     store: Store,
     /// Whether the last Redis answer came from the fail mode (for the
@@ -383,7 +388,7 @@ impl Engine {
 
     /// Registers the function that receives [`Event`]s (replacing any earlier one).
     pub fn set_event_sink(&self, sink: impl Fn(&Event) + Send + Sync + 'static) {
-        *self.sink.write() = Some(Arc::new(sink));
+        self.sink.store(Some(Arc::new(Arc::new(sink))));
     }
 
     /// Counters in the Prometheus text exposition format.
@@ -479,8 +484,7 @@ impl Engine {
     }
 
     fn emit(&self, event: impl FnOnce() -> Event) {
-        let sink = self.sink.read().clone();
-        if let Some(sink) = sink {
+        if let Some(sink) = &*self.sink.load() {
             sink(&event());
         }
     }
