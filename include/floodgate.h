@@ -199,8 +199,9 @@ typedef struct {
 //
 // `headers` points to the response header lines to send, each
 // `Name: value\r\n`, ready to copy into an HTTP response (`headers_len` bytes,
-// `header_count` lines, NUL-terminated). `rule` is the deciding rule's name
-// (`rule_len` bytes, NUL-terminated; empty if none).
+// `header_count` lines, NUL-terminated). `rule` is the deciding rule's name,
+// `identity` its key and `body` the JSON body of a denial (each with its
+// length, NUL-terminated, empty if none).
 //
 // **Ownership and lifetime:** both point into a buffer owned by the library, one
 // per thread, reused by every `fg_engine_check_request*` call on that thread. They
@@ -232,6 +233,22 @@ typedef struct {
   const char *rule;
   // Bytes in `rule`, without the NUL.
   size_t rule_len;
+  // Why: `allowed`, `no_rule`, `allow_listed`, `rate_limited`, `banned`,
+  // `deny_listed`, `unauthorized`. Static, NUL-terminated.
+  const char *reason;
+  // The deciding rule's key (may contain a user id; see above for lifetime;
+  // empty if none).
+  const char *identity;
+  // Bytes in `identity`, without the NUL.
+  size_t identity_len;
+  // Why a token was refused (`bad_signature`, `expired`, `missing_claim`...;
+  // empty if none). Static, NUL-terminated.
+  const char *token_problem;
+  // The JSON body to answer a denial with, the same as every other front end
+  // sends (empty when allowed; see above for lifetime).
+  const char *body;
+  // Bytes in `body`, without the NUL.
+  size_t body_len;
 } fg_verdict;
 
 // An event, passed to the event callback. Every pointer is valid only during
@@ -257,6 +274,9 @@ typedef struct {
   uint16_t status;
   // How long the client must wait (429 and bans).
   uint64_t retry_after_ns;
+  // Why a token was refused (`bad_signature`, `expired`, ...; empty if no
+  // token was refused). Static, NUL-terminated.
+  const char *token_problem;
 } fg_event;
 
 // An event callback: called on the thread that made the request, so keep it

@@ -5,8 +5,9 @@
 //   app.set('trust proxy', ['10.0.0.0/8'])          // req.ip honours it
 //   app.use(floodgate(Engine.fromFile('policy.toml')))
 // Answers 429/403/401 with a JSON body and the verdict's headers; sets the
-// rate-limit headers on allowed responses. With a Redis store pass
-// { async: true }: the check then runs on the libuv thread pool.
+// rate-limit headers on allowed responses. With a Redis store
+// (`engine.mayBlock`) the check runs on the libuv thread pool by itself;
+// { async: true | false } overrides that.
 //
 // What the engine sees is what Express acts on: the request target as Express
 // routes it (the engine normalises it the way routers do: absolute-form cut to
@@ -21,19 +22,16 @@ function clientIp(ip) {
   return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip
 }
 
-const BAD_REQUEST = { error: 'bad_request' }
+const { badRequestBody } = require('./index.js')
+
+const BAD_REQUEST = badRequestBody()
 
 function isBadRequest(err) {
   return err != null && err.code === 'ERR_FG_INVALID_REQUEST'
 }
 
-function body(v) {
-  if (v.status === 429) return { error: 'rate_limited', retryAfter: Math.ceil(v.retryAfterMs / 1000), rule: v.rule }
-  if (v.status === 401) return { error: 'unauthorized', rule: v.rule }
-  return { error: 'forbidden' }
-}
-
 function floodgate(engine, options = {}) {
+  const async = options.async ?? engine.mayBlock
   return function floodgateMiddleware(req, res, next) {
     const request = {
       method: req.method,
@@ -44,10 +42,10 @@ function floodgate(engine, options = {}) {
     const handle = (v) => {
       res.set(v.headers)
       if (v.allowed) return next()
-      res.status(v.status).json(body(v))
+      res.status(v.status).type('application/json').send(v.body)
     }
-    const fail = (err) => (isBadRequest(err) ? res.status(400).json(BAD_REQUEST) : next(err))
-    if (options.async) {
+    const fail = (err) => (isBadRequest(err) ? res.status(400).type('application/json').send(BAD_REQUEST) : next(err))
+    if (async) {
       engine.checkRequestAsync(request).then(handle, fail)
       return
     }
@@ -61,4 +59,4 @@ function floodgate(engine, options = {}) {
   }
 }
 
-module.exports = { floodgate, body, clientIp, isBadRequest, BAD_REQUEST }
+module.exports = { floodgate, clientIp, isBadRequest, BAD_REQUEST }

@@ -24,6 +24,11 @@ export declare class Engine {
   checkRequest(request: RequestInit): Verdict
   /** Decides a request on the libuv thread pool: use it with a Redis store. */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
+  /**
+   * Whether checks may wait on the network (a rule on a Redis store): the
+   * middleware then use `checkRequestAsync` by themselves.
+   */
+  get mayBlock(): boolean
   /** Events dropped because the `onEvent` queue was full. */
   get droppedEvents(): number
   /** Prometheus text of the counters. */
@@ -75,6 +80,9 @@ export declare class RedisLimiter {
   get fallbacks(): number
 }
 
+/** The JSON body of a 400 (a request the engine cannot use), from the core. */
+export declare function badRequestBody(): string
+
 /** The answer to a key check. */
 export interface Decision {
   /** Let the request through. */
@@ -110,6 +118,8 @@ export interface EngineEvent {
   key?: string
   status: number
   retryAfterMs: number
+  /** Why a token was refused (token_invalid, unauthorized events). */
+  tokenProblem?: string
 }
 
 /** Every stable error code, as JS sees it in `err.code`. */
@@ -175,4 +185,19 @@ export interface Verdict {
   limit: number
   remaining: number
   authenticated: boolean
+  /** Milliseconds until the deciding quota is full again. */
+  resetAfterMs: number
+  /** Why a token was refused, if one was (`bad_signature`, `expired`, ...). */
+  tokenProblem?: string
+  /**
+   * The JSON body to answer a denial with (empty when allowed), built by the
+   * core so every front end sends the same one.
+   */
+  body: string
 }
+
+/**
+ * The fields of a `Verdict`, as the core names them (snake_case; JS has them in
+ * camelCase, with `Ms` on durations). For tests that compare the two.
+ */
+export declare function verdictFields(): Array<string>

@@ -839,5 +839,7 @@ module.exports.Engine = nativeBinding.Engine
 module.exports.NativeLimiter = nativeBinding.NativeLimiter
 module.exports.Limiter = nativeBinding.Limiter
 module.exports.RedisLimiter = nativeBinding.RedisLimiter
+module.exports.badRequestBody = nativeBinding.badRequestBody
 module.exports.DECISION_FIELDS = nativeBinding.DECISION_FIELDS
 module.exports.errorCodes = nativeBinding.errorCodes
+module.exports.verdictFields = nativeBinding.verdictFields

@@ -74,16 +74,23 @@ fn verdict_json(t_ms: f64, v: &Verdict) -> Value {
         .iter()
         .map(|(n, val)| (n.to_string(), Value::String(val.clone())))
         .collect();
-    let retry_ms = v.retry_after.as_nanos().div_ceil(1_000_000);
+    let ms = |d: std::time::Duration| d.as_nanos().div_ceil(1_000_000) as u64;
+    // Every field of `Verdict::FIELDS` (durations in ms, rounded up).
     json!({
         "t_ms": t_ms,
         "allowed": v.allowed,
         "status": v.status,
         "reason": v.reason.code(),
-        "rule": v.rule.as_deref(),
-        "remaining": v.remaining,
-        "retry_after_ms": retry_ms as u64,
+        "retry_after_ms": ms(v.retry_after),
+        "reset_after_ms": ms(v.reset_after),
         "headers": headers,
+        "rule": v.rule.as_deref(),
+        "identity": v.identity.as_deref(),
+        "limit": v.limit,
+        "remaining": v.remaining,
+        "token_problem": v.token_problem.map(|p| p.code()),
+        "authenticated": v.authenticated,
+        "body": v.body(),
     })
 }
 

@@ -35,6 +35,7 @@
 
 mod algorithm;
 mod clock;
+mod codes;
 mod decision;
 mod error;
 mod limiter;

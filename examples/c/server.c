@@ -82,19 +82,19 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
   fg_verdict v;
   fg_result r = fg_engine_check_request(engine, &req, &v);
   free(list.headers);
-  char body[256];
+  /* The body of a denial comes from the engine (the same JSON every front end
+   * sends); a request it cannot use gets 400. */
+  char body[512];
   unsigned status;
   if (r != FG_RESULT_OK) {
     status = 400;
-    snprintf(body, sizeof body, "{\"error\":\"bad_request\",\"detail\":\"%s\"}\n", fg_result_message(r));
+    snprintf(body, sizeof body, "{\"error\":\"bad_request\"}");
   } else if (v.allowed) {
     status = 200;
     snprintf(body, sizeof body, "{\"ok\":true}\n");
   } else {
     status = v.status;
-    const char *what = status == 429 ? "rate_limited" : status == 401 ? "unauthorized" : "forbidden";
-    snprintf(body, sizeof body, "{\"error\":\"%s\",\"retry_after_s\":%llu}\n", what,
-             (unsigned long long)((v.retry_after_ns + 999999999ULL) / 1000000000ULL));
+    snprintf(body, sizeof body, "%.*s", (int)v.body_len, v.body);
   }
   struct MHD_Response *response = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_COPY);
   if (r == FG_RESULT_OK) add_headers(response, &v);

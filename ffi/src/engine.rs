@@ -139,8 +139,9 @@ pub struct fg_request {
 ///
 /// `headers` points to the response header lines to send, each
 /// `Name: value\r\n`, ready to copy into an HTTP response (`headers_len` bytes,
-/// `header_count` lines, NUL-terminated). `rule` is the deciding rule's name
-/// (`rule_len` bytes, NUL-terminated; empty if none).
+/// `header_count` lines, NUL-terminated). `rule` is the deciding rule's name,
+/// `identity` its key and `body` the JSON body of a denial (each with its
+/// length, NUL-terminated, empty if none).
 ///
 /// **Ownership and lifetime:** both point into a buffer owned by the library, one
 /// per thread, reused by every `fg_engine_check_request*` call on that thread. They
@@ -174,6 +175,22 @@ pub struct fg_verdict {
     pub rule: *const c_char,
     /// Bytes in `rule`, without the NUL.
     pub rule_len: usize,
+    /// Why: `allowed`, `no_rule`, `allow_listed`, `rate_limited`, `banned`,
+    /// `deny_listed`, `unauthorized`. Static, NUL-terminated.
+    pub reason: *const c_char,
+    /// The deciding rule's key (may contain a user id; see above for lifetime;
+    /// empty if none).
+    pub identity: *const c_char,
+    /// Bytes in `identity`, without the NUL.
+    pub identity_len: usize,
+    /// Why a token was refused (`bad_signature`, `expired`, `missing_claim`...;
+    /// empty if none). Static, NUL-terminated.
+    pub token_problem: *const c_char,
+    /// The JSON body to answer a denial with, the same as every other front end
+    /// sends (empty when allowed; see above for lifetime).
+    pub body: *const c_char,
+    /// Bytes in `body`, without the NUL.
+    pub body_len: usize,
 }
 
 /// An event, passed to the event callback. Every pointer is valid only during
@@ -201,6 +218,9 @@ pub struct fg_event {
     pub status: u16,
     /// How long the client must wait (429 and bans).
     pub retry_after_ns: u64,
+    /// Why a token was refused (`bad_signature`, `expired`, ...; empty if no
+    /// token was refused). Static, NUL-terminated.
+    pub token_problem: *const c_char,
 }
 
 /// An event callback: called on the thread that made the request, so keep it
@@ -653,8 +673,9 @@ unsafe fn check_request(
     code(run())
 }
 
-/// Writes the verdict's header lines, a NUL, the rule name and a NUL into `buf`
-/// and points the C verdict at them. The String keeps its capacity across calls.
+/// Writes the verdict's header lines, the rule name, the identity and the body,
+/// each followed by a NUL, into `buf`, and points the C verdict at them. The
+/// String keeps its capacity across calls; pointers are taken after the last write.
 fn fill_verdict(buf: &mut String, v: &Verdict) -> fg_verdict {
     buf.clear();
     for (name, value) in &v.headers {
@@ -662,10 +683,16 @@ fn fill_verdict(buf: &mut String, v: &Verdict) -> fg_verdict {
     }
     let headers_len = buf.len();
     buf.push('\0');
-    let rule_at = buf.len();
-    buf.push_str(v.rule.as_deref().unwrap_or(""));
-    let rule_len = buf.len() - rule_at;
-    buf.push('\0');
+    let mut text = |s: &str| {
+        let at = buf.len();
+        buf.push_str(s);
+        buf.push('\0');
+        (at, s.len())
+    };
+    let (rule_at, rule_len) = text(v.rule.as_deref().unwrap_or(""));
+    let (identity_at, identity_len) = text(v.identity.as_deref().unwrap_or(""));
+    let body = v.body();
+    let (body_at, body_len) = text(&body);
     let base = buf.as_ptr().cast::<c_char>();
     fg_verdict {
         allowed: v.allowed,
@@ -680,6 +707,12 @@ fn fill_verdict(buf: &mut String, v: &Verdict) -> fg_verdict {
         header_count: v.headers.len(),
         rule: base.wrapping_add(rule_at),
         rule_len,
+        reason: v.reason.c_code().as_ptr(),
+        identity: base.wrapping_add(identity_at),
+        identity_len,
+        token_problem: v.token_problem.map_or(c"", |p| p.c_code()).as_ptr(),
+        body: base.wrapping_add(body_at),
+        body_len,
     }
 }
 
@@ -758,19 +791,9 @@ pub unsafe extern "C" fn fg_engine_set_event_callback(
             let ip = e.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
             let rule = e.rule.as_deref().unwrap_or("");
             let key = e.key.as_deref().unwrap_or("");
-            let kind = match e.kind.code() {
-                "denied" => c"denied",
-                "shadow_denied" => c"shadow_denied",
-                "banned" => c"banned",
-                "token_invalid" => c"token_invalid",
-                "deny_listed" => c"deny_listed",
-                "unauthorized" => c"unauthorized",
-                "store_fallback" => c"store_fallback",
-                "store_recovered" => c"store_recovered",
-                _ => c"other",
-            };
             let event = fg_event {
-                kind: kind.as_ptr(),
+                kind: e.kind.c_code().as_ptr(),
+                token_problem: e.token_problem.map_or(c"", |p| p.c_code()).as_ptr(),
                 rule: rule.as_ptr().cast(),
                 rule_len: rule.len(),
                 key: key.as_ptr().cast(),

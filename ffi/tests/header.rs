@@ -27,3 +27,30 @@ fn version_macros_match_the_crate() {
         );
     }
 }
+
+/// `fg_verdict` carries every field the core's verdict has (`Verdict::FIELDS`),
+/// durations with their unit (`retry_after_ns`); text fields with a length.
+#[test]
+fn the_c_verdict_has_every_core_field() {
+    let header = include_str!("../../include/floodgate.h");
+    let end = header
+        .find("} fg_verdict;")
+        .expect("fg_verdict in the header");
+    let start = header[..end].rfind("typedef struct").expect("its start");
+    let body = &header[start..end];
+    let members: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(';'))
+        .filter_map(|l| l.rsplit([' ', '*']).next())
+        .collect();
+    for field in fg_core::policy::Verdict::FIELDS {
+        let c_name = match field {
+            "retry_after" | "reset_after" => format!("{field}_ns"),
+            other => other.to_string(),
+        };
+        assert!(
+            members.contains(&c_name.as_str()),
+            "fg_verdict lacks {c_name} (members: {members:?})"
+        );
+    }
+}

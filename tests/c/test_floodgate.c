@@ -201,6 +201,12 @@ static void test_policy_engine(void) {
   size_t lines = 0;
   for (const char *p = v.headers; (p = strstr(p, "\r\n")) != NULL; p += 2) lines++;
   EQ(lines, v.header_count);
+  /* The fields every front end has: reason, identity, token problem, body. */
+  CHECK(strcmp(v.reason, "rate_limited") == 0);
+  CHECK(v.identity_len == 9 && strcmp(v.identity, "192.0.2.7") == 0);
+  CHECK(strcmp(v.token_problem, "") == 0);
+  CHECK(strcmp(v.body, "{\"error\":\"rate_limited\",\"retry_after\":30,\"rule\":\"login\"}") == 0);
+  EQ(strlen(v.body), v.body_len);
   EQ(atomic_load(&denied_seen), 1);
   CHECK(atomic_load(&events_seen) >= 1);
   /* The clock-based call, another rule, no rule. */
@@ -210,6 +216,7 @@ static void test_policy_engine(void) {
   fg_request none = {"GET", 3, "/elsewhere", 10, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &none, &v), FG_RESULT_OK);
   CHECK(v.allowed && v.rule_len == 0 && v.headers_len == 0);
+  CHECK(strcmp(v.reason, "no_rule") == 0 && v.body_len == 0 && v.identity_len == 0);
   /* Bad requests. */
   fg_verdict untouched = {.status = 7};
   fg_request bad = {"", 0, "/", 1, NULL, 0, NULL, 0};

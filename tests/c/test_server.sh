@@ -23,7 +23,7 @@ expect "login 3 is 429" "$(echo "$H" | head -1 | awk '{print $2}')" 429
 expect "Retry-After" "$(echo "$H" | sed -n 's/^Retry-After: //p')" 30
 expect "RateLimit-Policy" "$(echo "$H" | grep -c '^RateLimit-Policy: "login";q=2;w=60')" 1
 expect "RateLimit" "$(echo "$H" | grep -c '^RateLimit: "login";r=0;t=60')" 1
-expect "429 body" "$(cat /tmp/fg-body.$$)" '{"error":"rate_limited","retry_after_s":30}'
+expect "429 body" "$(cat /tmp/fg-body.$$)" '{"error":"rate_limited","retry_after":30,"rule":"login"}'
 rm -f /tmp/fg-body.$$
 expect "token without client id is 401" "$(status -X POST "$URL/oauth/token")" 401
 expect "token with client id" "$(status -X POST -H 'x-client-id: app-1' "$URL/oauth/token")" 200

@@ -125,3 +125,17 @@ test('worker threads: own handles and Redis promises, clean exit', { skip: !redi
   assert.deepEqual(a.local, [true, true, true, false])
   assert.equal(a.allowed + b.allowed, 5) // one shared Redis limit across both workers
 })
+
+test('a verdict has every field the core lists, and the core decides blocking and bodies', () => {
+  const { verdictFields, badRequestBody } = require('../index.js')
+  const camel = (n) => n.replace(/_(.)/g, (_, c) => c.toUpperCase()) + (n.endsWith('_after') ? 'Ms' : '')
+  const e = Engine.fromToml(POLICY)
+  assert.equal(e.mayBlock, false)
+  const v = e.checkRequest({ method: 'GET', path: '/api/items', clientIp: '203.0.113.1' })
+  const want = verdictFields().map(camel).sort()
+  const got = Object.keys(v).sort()
+  assert.deepEqual(got.filter((k) => !want.includes(k)), [], 'fields the core does not list')
+  assert.deepEqual(want.filter((k) => !(k in v) && !['tokenProblem'].includes(k)), [], 'fields the core lists that are missing')
+  assert.equal(v.body, '')
+  assert.equal(badRequestBody(), '{"error":"bad_request"}')
+})

@@ -469,6 +469,13 @@ pub struct Verdict {
     pub limit: f64,
     pub remaining: f64,
     pub authenticated: bool,
+    /// Milliseconds until the deciding quota is full again.
+    pub reset_after_ms: f64,
+    /// Why a token was refused, if one was (`bad_signature`, `expired`, ...).
+    pub token_problem: Option<String>,
+    /// The JSON body to answer a denial with (empty when allowed), built by the
+    /// core so every front end sends the same one.
+    pub body: String,
 }
 
 impl From<CoreVerdict> for Verdict {
@@ -488,6 +495,9 @@ impl From<CoreVerdict> for Verdict {
             limit: v.limit as f64,
             remaining: v.remaining as f64,
             authenticated: v.authenticated,
+            reset_after_ms: ms(v.reset_after),
+            token_problem: v.token_problem.map(|p| p.code().to_string()),
+            body: v.body(),
         }
     }
 }
@@ -583,6 +593,8 @@ pub struct EngineEvent {
     pub key: Option<String>,
     pub status: u32,
     pub retry_after_ms: f64,
+    /// Why a token was refused (token_invalid, unauthorized events).
+    pub token_problem: Option<String>,
 }
 
 /// A policy engine: `Engine.fromFile(path)`, `Engine.fromToml(text)`,
@@ -638,6 +650,13 @@ impl Engine {
         }))
     }
 
+    /// Whether checks may wait on the network (a rule on a Redis store): the
+    /// middleware then use `checkRequestAsync` by themselves.
+    #[napi(getter)]
+    pub fn may_block(&self) -> bool {
+        self.inner.may_block()
+    }
+
     /// Events dropped because the `onEvent` queue was full.
     #[napi(getter)]
     pub fn dropped_events(&self) -> f64 {
@@ -678,6 +697,7 @@ impl Engine {
                 key: e.key.clone(),
                 status: u32::from(e.status),
                 retry_after_ms: ms(e.retry_after),
+                token_problem: e.token_problem.map(|p| p.code().to_string()),
             };
             if tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking) != Status::Ok {
                 // Relaxed: a statistics counter.
@@ -686,4 +706,17 @@ impl Engine {
         });
         Ok(())
     }
+}
+
+/// The fields of a `Verdict`, as the core names them (snake_case; JS has them in
+/// camelCase, with `Ms` on durations). For tests that compare the two.
+#[napi]
+pub fn verdict_fields() -> Vec<&'static str> {
+    floodgate::policy::Verdict::FIELDS.to_vec()
+}
+
+/// The JSON body of a 400 (a request the engine cannot use), from the core.
+#[napi]
+pub fn bad_request_body() -> String {
+    floodgate::policy::denial_body(400, Duration::ZERO, None)
 }

@@ -427,6 +427,13 @@ struct PyVerdict {
     /// Why a token was refused, if one was.
     #[pyo3(get)]
     token_problem: Option<&'static str>,
+    /// Seconds until the deciding quota is full again.
+    #[pyo3(get)]
+    reset_after: f64,
+    /// The JSON body to answer a denial with (empty when allowed), built by the
+    /// core so every front end sends the same one.
+    #[pyo3(get)]
+    body: Py<PyBytes>,
 }
 
 #[pymethods]
@@ -464,6 +471,8 @@ fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
         remaining: v.remaining,
         authenticated: v.authenticated,
         token_problem: v.token_problem.map(|p| p.code()),
+        reset_after: secs(v.reset_after),
+        body: PyBytes::new(py, v.body().as_bytes()).unbind(),
     })
 }
 
@@ -472,7 +481,7 @@ fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
 #[pyclass(frozen, module = "floodgate", name = "Engine")]
 struct PyEngine {
     inner: Engine,
-    /// Whether a rule uses Redis (checks may block: the GIL is released).
+    /// `Engine::may_block()`: a rule on Redis (the GIL is released for checks).
     blocking: bool,
 }
 
@@ -520,14 +529,11 @@ fn log_event(py: Python<'_>, e: &Event) -> PyResult<()> {
 }
 
 impl PyEngine {
-    fn wrap(inner: Engine, blocking: bool) -> Self {
+    fn wrap(inner: Engine) -> Self {
         forward_events(&inner);
+        let blocking = inner.may_block();
         PyEngine { inner, blocking }
     }
-}
-
-fn uses_redis(text: &str) -> bool {
-    text.contains("redis")
 }
 
 #[pymethods]
@@ -535,18 +541,15 @@ impl PyEngine {
     /// An engine from a policy file (TOML, or JSON if it ends in .json).
     #[staticmethod]
     fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
-        let blocking = std::fs::read_to_string(&path)
-            .map(|t| uses_redis(&t))
-            .unwrap_or(false);
         let e = py.detach(|| Engine::from_path(&path)).map_err(to_py)?;
-        Ok(Self::wrap(e, blocking))
+        Ok(Self::wrap(e))
     }
 
     /// An engine from TOML text.
     #[staticmethod]
     fn from_toml(py: Python<'_>, text: &str) -> PyResult<Self> {
         let e = py.detach(|| Engine::from_toml_str(text)).map_err(to_py)?;
-        Ok(Self::wrap(e, uses_redis(text)))
+        Ok(Self::wrap(e))
     }
 
     /// An engine from a dict shaped like the TOML file (`{"rule": [...]}`).
@@ -555,7 +558,7 @@ impl PyEngine {
         let json = py.import("json")?.call_method1("dumps", (policy,))?;
         let text: String = json.extract()?;
         let e = py.detach(|| Engine::from_json_str(&text)).map_err(to_py)?;
-        Ok(Self::wrap(e, uses_redis(&text)))
+        Ok(Self::wrap(e))
     }
 
     /// Decides one request. `headers` is a mapping or a list of (name, value)
@@ -641,5 +644,16 @@ fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVerdict>()?;
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    m.add(
+        "VERDICT_FIELDS",
+        floodgate::policy::Verdict::FIELDS.to_vec(),
+    )?;
+    m.add(
+        "BAD_REQUEST_BODY",
+        PyBytes::new(
+            m.py(),
+            floodgate::policy::denial_body(400, Duration::ZERO, None).as_bytes(),
+        ),
+    )?;
     Ok(())
 }

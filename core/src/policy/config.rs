@@ -257,7 +257,6 @@ fn yes() -> bool {
     true
 }
 
-
 /// `[[rule]]`: which requests, which quotas, keyed by what.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -33,21 +33,16 @@ pub enum EventKind {
     StoreRecovered,
 }
 
-impl EventKind {
-    /// A stable snake_case name.
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::Denied => "denied",
-            Self::ShadowDenied => "shadow_denied",
-            Self::Banned => "banned",
-            Self::TokenInvalid => "token_invalid",
-            Self::DenyListed => "deny_listed",
-            Self::Unauthorized => "unauthorized",
-            Self::StoreFallback => "store_fallback",
-            Self::StoreRecovered => "store_recovered",
-        }
-    }
-}
+crate::codes::codes!(EventKind {
+    Denied => "denied",
+    ShadowDenied => "shadow_denied",
+    Banned => "banned",
+    TokenInvalid => "token_invalid",
+    DenyListed => "deny_listed",
+    Unauthorized => "unauthorized",
+    StoreFallback => "store_fallback",
+    StoreRecovered => "store_recovered",
+});
 
 /// One event. Fields that do not apply are `None` or zero.
 #[derive(Debug, Clone, PartialEq)]

@@ -64,39 +64,21 @@ pub enum TokenProblem {
     RateLimited,
 }
 
+crate::codes::codes!(TokenProblem {
+    Malformed => "malformed",
+    AlgorithmNotAllowed => "algorithm_not_allowed",
+    UnknownKey => "unknown_key",
+    BadSignature => "bad_signature",
+    Expired => "expired",
+    NotYetValid => "not_yet_valid",
+    BadTimeClaim => "bad_time_claim",
+    WrongIssuer => "wrong_issuer",
+    WrongAudience => "wrong_audience",
+    MissingClaim => "missing_claim",
+    RateLimited => "rate_limited",
+});
+
 impl TokenProblem {
-    /// Every problem.
-    pub const ALL: [TokenProblem; 11] = [
-        Self::Malformed,
-        Self::AlgorithmNotAllowed,
-        Self::UnknownKey,
-        Self::BadSignature,
-        Self::Expired,
-        Self::NotYetValid,
-        Self::BadTimeClaim,
-        Self::WrongIssuer,
-        Self::WrongAudience,
-        Self::MissingClaim,
-        Self::RateLimited,
-    ];
-
-    /// A stable snake_case code, used in events and metrics labels.
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
-            Self::UnknownKey => "unknown_key",
-            Self::BadSignature => "bad_signature",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::BadTimeClaim => "bad_time_claim",
-            Self::WrongIssuer => "wrong_issuer",
-            Self::WrongAudience => "wrong_audience",
-            Self::MissingClaim => "missing_claim",
-            Self::RateLimited => "rate_limited",
-        }
-    }
-
     pub(crate) fn index(self) -> usize {
         Self::ALL.iter().position(|p| *p == self).unwrap_or(0)
     }

@@ -73,6 +73,23 @@ pub use events::{Event, EventKind, EventSink};
 pub use headers::HeaderStyle;
 pub use jwt::TokenProblem;
 
+/// The JSON body of a denial with this status (see [`Verdict::body`]); 400 is
+/// `{"error":"bad_request"}`, for a request the engine cannot use. For front ends
+/// that hold a verdict's parts rather than a [`Verdict`] (the C ABI).
+pub fn denial_body(status: u16, retry_after: Duration, rule: Option<&str>) -> String {
+    let body = match status {
+        429 => serde_json::json!({
+            "error": "rate_limited",
+            "retry_after": headers::ceil_secs(retry_after).max(1),
+            "rule": rule,
+        }),
+        401 => serde_json::json!({"error": "unauthorized", "rule": rule}),
+        400 => serde_json::json!({"error": "bad_request"}),
+        _ => serde_json::json!({"error": "forbidden"}),
+    };
+    body.to_string()
+}
+
 /// Parses a client address as a binding receives it: `203.0.113.7`, `2001:db8::1`,
 /// `[2001:db8::1]`, `fe80::1%eth0` (the zone is dropped) or `::ffff:192.0.2.5`
 /// (kept as is; the engine unmaps it). Every front end (C, Python, Node) parses
@@ -148,20 +165,15 @@ pub enum Reason {
     Unauthorized,
 }
 
-impl Reason {
-    /// A stable snake_case name.
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::NoRule => "no_rule",
-            Self::AllowListed => "allow_listed",
-            Self::RateLimited => "rate_limited",
-            Self::Banned => "banned",
-            Self::DenyListed => "deny_listed",
-            Self::Unauthorized => "unauthorized",
-        }
-    }
-}
+crate::codes::codes!(Reason {
+    Allowed => "allowed",
+    NoRule => "no_rule",
+    AllowListed => "allow_listed",
+    RateLimited => "rate_limited",
+    Banned => "banned",
+    DenyListed => "deny_listed",
+    Unauthorized => "unauthorized",
+});
 
 /// The answer for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +205,37 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The fields every front end exposes, by these names in its own case
+    /// convention (`retry_after` is `retryAfterMs` in Node and `retry_after_ns`
+    /// in C, with the unit in the name). Each binding's tests compare its verdict
+    /// with this list, so a field added here without them fails.
+    pub const FIELDS: [&'static str; 13] = [
+        "allowed",
+        "status",
+        "reason",
+        "retry_after",
+        "reset_after",
+        "headers",
+        "rule",
+        "identity",
+        "limit",
+        "remaining",
+        "token_problem",
+        "authenticated",
+        "body",
+    ];
+
+    /// The JSON body of a denial, the same from every front end (empty when
+    /// allowed): `{"error":"rate_limited","retry_after":30,"rule":"login"}` for a
+    /// 429 (`retry_after` in whole seconds, rounded up), `{"error":"unauthorized",
+    /// "rule":...}` for a 401, `{"error":"forbidden"}` for a 403 or 404.
+    pub fn body(&self) -> String {
+        if self.allowed {
+            return String::new();
+        }
+        denial_body(self.status, self.retry_after, self.rule.as_deref())
+    }
+
     fn plain(allowed: bool, status: u16, reason: Reason) -> Self {
         Verdict {
             allowed,
@@ -496,6 +539,17 @@ impl Engine {
     /// As [`Engine::check_request`].
     pub fn check_request_at(&self, req: &Request<'_>, now: Duration) -> Result<Verdict> {
         self.decide(req, now, true)
+    }
+
+    /// Whether a check may wait on the network (a rule on a Redis store): front
+    /// ends then run checks off the event loop (Python releases the GIL, Node and
+    /// asyncio use their async paths). In memory, a check never blocks.
+    pub fn may_block(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if matches!(self.store, store::Store::Redis { .. }) {
+            return true;
+        }
+        false
     }
 
     /// Warnings about the policy, for `floodgate check-config`: things that are

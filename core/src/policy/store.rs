@@ -69,7 +69,12 @@ impl Store {
                 if let Some(n) = cfg.pool_size {
                     builder = builder.pool_size(n);
                 }
-                let store = builder.build().map_err(|e| err("url", e.to_string()))?;
+                // Unreachable at start-up is StoreUnavailable (what every binding
+                // documents), not a policy error; a bad URL stays InvalidConfig.
+                let store = builder.build().map_err(|e| match e {
+                    crate::Error::StoreUnavailable { .. } => e,
+                    other => err("url", other.to_string()),
+                })?;
                 Ok(Store::Redis {
                     store,
                     cfg: cfg.clone(),

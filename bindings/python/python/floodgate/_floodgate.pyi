@@ -2,6 +2,8 @@ from os import PathLike
 from typing import Any, Awaitable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, final
 
 __version__: str
+VERDICT_FIELDS: List[str]
+BAD_REQUEST_BODY: bytes
 __all__: List[str]
 
 _Key = Union[str, bytes]
@@ -91,6 +93,10 @@ class Verdict:
     def authenticated(self) -> bool: ...
     @property
     def token_problem(self) -> Optional[str]: ...
+    @property
+    def reset_after(self) -> float: ...
+    @property
+    def body(self) -> bytes: ...
     def __bool__(self) -> bool: ...
 
 @final

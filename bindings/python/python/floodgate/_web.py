@@ -1,5 +1,6 @@
-"""What the middlewares share: the client's address, the path the router uses, and
-the bodies of denials.
+"""What the middlewares share: the client's address and the path the router uses.
+The bodies of denials come from the core (``verdict.body``, ``BAD_REQUEST_BODY``),
+the same from every front end.
 
 Trusted proxies. The socket peer is the client, unless the peer is one of
 ``trusted_proxies``. Then exactly one forwarding header is read, the one the
@@ -14,11 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import math
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
-from ._floodgate import Verdict
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -124,17 +122,3 @@ def router_path(path: str, query: str = "") -> str:
     if "%" in path or "?" in path or "#" in path:
         path = path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
     return path + "?" + query if query else path
-
-
-def denial_body(verdict: Verdict) -> bytes:
-    """The small JSON body of a 429, 403 or 401."""
-    if verdict.status == 429:
-        body = {"error": "rate_limited", "retry_after": math.ceil(verdict.retry_after), "rule": verdict.rule}
-    elif verdict.status == 401:
-        body = {"error": "unauthorized", "rule": verdict.rule}
-    else:
-        body = {"error": "forbidden"}
-    return json.dumps(body).encode()
-
-
-BAD_REQUEST_BODY = b'{"error": "bad_request"}'

@@ -18,7 +18,8 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Sequenc
 
 from . import check_request_async
 from ._floodgate import Engine
-from ._web import BAD_REQUEST_BODY, client_ip, denial_body, networks, router_path
+from ._floodgate import BAD_REQUEST_BODY
+from ._web import client_ip, networks, router_path
 from .errors import InvalidRequestError
 
 Scope = MutableMapping[str, Any]
@@ -72,7 +73,7 @@ class FloodgateMiddleware:
             return
         extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in verdict.headers]
         if not verdict.allowed:
-            await _answer(send, verdict.status, denial_body(verdict), extra)
+            await _answer(send, verdict.status, verdict.body, extra)
             return
 
         async def send_with_headers(message: Message) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._floodgate import Engine
-from ._web import BAD_REQUEST_BODY, client_ip, denial_body, networks, router_path
+from ._floodgate import BAD_REQUEST_BODY
+from ._web import client_ip, networks, router_path
 from .errors import InvalidRequestError
 
 
@@ -49,7 +50,7 @@ class FloodgateMiddleware:
         except InvalidRequestError:
             return HttpResponse(BAD_REQUEST_BODY, status=400, content_type="application/json")
         if not verdict.allowed:
-            response = HttpResponse(denial_body(verdict), status=verdict.status, content_type="application/json")
+            response = HttpResponse(verdict.body, status=verdict.status, content_type="application/json")
         else:
             response = self.get_response(request)
         for name, value in verdict.headers:

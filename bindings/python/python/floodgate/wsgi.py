@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
-from ._web import BAD_REQUEST_BODY, client_ip, denial_body, networks, router_path
+from ._floodgate import BAD_REQUEST_BODY
+from ._web import client_ip, networks, router_path
 from .errors import InvalidRequestError
 
 StartResponse = Callable[..., Any]
@@ -68,7 +69,7 @@ class FloodgateMiddleware:
             return [BAD_REQUEST_BODY]
         extra = list(verdict.headers)
         if not verdict.allowed:
-            body = denial_body(verdict)
+            body = verdict.body
             start_response(
                 _STATUS.get(verdict.status, str(verdict.status)),
                 [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra],

@@ -1,0 +1,93 @@
+//! What every front end takes from the core instead of deciding for itself: the
+//! denial body, whether checks may block, and which error a dead store is.
+#![cfg(feature = "policy")]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use floodgate::policy::{Engine, Request, Verdict, denial_body};
+
+fn at(s: u64) -> Duration {
+    Duration::from_secs(1_700_000_000 + s)
+}
+
+#[test]
+fn one_denial_body_for_every_front_end() {
+    let e = Engine::from_toml_str(
+        r#"
+        [lists]
+        deny_ips = ["192.0.2.0/24"]
+        [[rule]]
+        name = "login \"x\""
+        match = "POST /auth/login"
+        quotas = ["1/min"]
+        [[rule]]
+        name = "token"
+        match = "/oauth/token"
+        key = "header:x-client-id"
+        quotas = ["10/min"]
+        anonymous = "deny"
+        "#,
+    )
+    .unwrap();
+    let req = |method, path, ip: &str| Request {
+        method,
+        path,
+        client_ip: ip.parse().ok(),
+        headers: &[],
+    };
+    let v = e
+        .check_request_at(&req("POST", "/auth/login", "203.0.113.1"), at(0))
+        .unwrap();
+    assert_eq!(v.body(), "", "allowed: no body");
+    let v = e
+        .check_request_at(&req("POST", "/auth/login", "203.0.113.1"), at(0))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&v.body()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "rate_limited", "retry_after": 60, "rule": "login \"x\""})
+    );
+    let v = e
+        .check_request_at(&req("GET", "/oauth/token", "203.0.113.1"), at(0))
+        .unwrap();
+    assert_eq!(v.body(), r#"{"error":"unauthorized","rule":"token"}"#);
+    let v = e
+        .check_request_at(&req("GET", "/", "192.0.2.1"), at(0))
+        .unwrap();
+    assert_eq!(v.body(), r#"{"error":"forbidden"}"#);
+    assert_eq!(
+        denial_body(400, Duration::ZERO, None),
+        r#"{"error":"bad_request"}"#
+    );
+    assert_eq!(
+        denial_body(429, Duration::from_millis(1), Some("r")),
+        r#"{"error":"rate_limited","retry_after":1,"rule":"r"}"#
+    );
+    assert_eq!(Verdict::FIELDS.len(), 13);
+}
+
+#[test]
+fn memory_engines_never_block() {
+    assert!(!Engine::from_toml_str("").unwrap().may_block());
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_redis_store_may_block_and_an_unreachable_one_is_store_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = |check: bool| {
+        format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\ncheck_on_start = {check}\n\
+             connect_timeout_ms = 200\n[[rule]]\nname = \"a\"\nmatch = \"/**\"\nquotas = [\"1/s\"]\n"
+        )
+    };
+    let err = Engine::from_toml_str(&policy(true)).unwrap_err();
+    assert_eq!(err.kind(), floodgate::ErrorKind::StoreUnavailable, "{err}");
+    let e = Engine::from_toml_str(&policy(false)).unwrap();
+    assert!(e.may_block());
+}
