@@ -124,6 +124,15 @@ pub enum Error {
     },
 }
 
+/// The value of one of an error's [fields](Error::fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorField {
+    /// A count, size or line number.
+    Number(u64),
+    /// Text: a location, a problem, a detail.
+    Text(String),
+}
+
 fn line_suffix(line: Option<u32>) -> String {
     line.map(|l| format!(" (line {l})")).unwrap_or_default()
 }
@@ -332,6 +341,65 @@ impl Error {
     /// Shorthand for `self.kind().code()`.
     pub const fn code(&self) -> &'static str {
         self.kind().code()
+    }
+
+    /// The error's structured fields by name (`len`, `max`, `cost`, `burst`,
+    /// `quota`, `location`, `line`, `detail`, `field`, `problem`...), which every
+    /// front end attaches to its error object as they are (Node properties,
+    /// Python exception attributes), so none keeps its own copy of this table.
+    /// A `message` field is named `detail`, so it never hides the message.
+    ///
+    /// # Examples
+    /// ```
+    /// use floodgate::{Error, ErrorField};
+    /// let e = Error::KeyTooLong { len: 300, max: 256 };
+    /// assert_eq!(e.fields(), vec![("len", ErrorField::Number(300)), ("max", ErrorField::Number(256))]);
+    /// ```
+    pub fn fields(&self) -> Vec<(&'static str, ErrorField)> {
+        let n = |v: u64| ErrorField::Number(v);
+        let size = |v: usize| ErrorField::Number(v as u64);
+        let t = |v: &dyn fmt::Display| ErrorField::Text(v.to_string());
+        match self {
+            Self::InvalidQuota { problem } => vec![("problem", t(problem))],
+            Self::QuotaParse { input, problem } => {
+                vec![("input", t(input)), ("problem", t(problem))]
+            }
+            Self::UnknownAlgorithm { name } => vec![("name", t(name))],
+            Self::EmptyKey | Self::NoQuotas => Vec::new(),
+            Self::KeyTooLong { len, max } => vec![("len", size(*len)), ("max", size(*max))],
+            Self::CostExceedsBurst { cost, burst, quota } => {
+                vec![
+                    ("cost", n(*cost)),
+                    ("burst", n(*burst)),
+                    ("quota", size(*quota)),
+                ]
+            }
+            Self::InvalidCost { problem } => vec![("problem", t(problem))],
+            Self::TooManyQuotas { count, max } => {
+                vec![("count", size(*count)), ("max", size(*max))]
+            }
+            Self::LogLimitTooLarge { limit, max } => vec![("limit", n(*limit)), ("max", n(*max))],
+            Self::InvalidConfig {
+                location,
+                line,
+                message,
+            } => {
+                let mut f = vec![("location", t(location)), ("detail", t(message))];
+                if let Some(l) = line {
+                    f.push(("line", n(u64::from(*l))));
+                }
+                f
+            }
+            Self::InvalidRequest { field, problem } => {
+                vec![("field", t(field)), ("problem", t(problem))]
+            }
+            Self::StoreUnavailable { store, message } => {
+                vec![("store", t(store)), ("detail", t(message))]
+            }
+            Self::InvalidOption { option, problem } => {
+                vec![("option", t(option)), ("problem", t(problem))]
+            }
+        }
     }
 
     /// Validates a cost given as a float by a binding (JavaScript numbers, Python floats).

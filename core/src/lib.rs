@@ -50,7 +50,7 @@ pub mod policy;
 
 pub use clock::{Clock, DefaultClock, FakeClock, MonotonicClock, QuantaClock};
 pub use decision::Decision;
-pub use error::{CostProblem, Error, ErrorKind, ParseProblem, QuotaProblem, Result};
+pub use error::{CostProblem, Error, ErrorField, ErrorKind, ParseProblem, QuotaProblem, Result};
 pub use limiter::{Limiter, LimiterBuilder, MAX_QUOTAS};
 pub use quota::{Algorithm, Quota};
 #[cfg(feature = "redis")]

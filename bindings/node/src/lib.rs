@@ -66,52 +66,22 @@ impl Failure {
         }
     }
 
-    /// The structured fields of the error, camelCase, beside `code` and `message`
-    /// (a core `message` field is `detail`, so it does not replace the message).
+    /// The structured fields of the error (the core's `Error::fields`), beside
+    /// `code` and `message`.
     fn fields(&self) -> Vec<(&'static str, Field)> {
-        use floodgate::Error as E;
-        let n = |v: u64| Field::Num(v as f64);
-        let t = |v: &dyn std::fmt::Display| Field::Text(v.to_string());
         let Failure::Core(e) = self else {
             return Vec::new();
         };
-        match e {
-            E::InvalidQuota { problem } => vec![("problem", t(problem))],
-            E::QuotaParse { input, problem } => vec![("input", t(input)), ("problem", t(problem))],
-            E::UnknownAlgorithm { name } => vec![("name", t(name))],
-            E::KeyTooLong { len, max } => vec![("len", n(*len as u64)), ("max", n(*max as u64))],
-            E::CostExceedsBurst { cost, burst, quota } => vec![
-                ("cost", n(*cost)),
-                ("burst", n(*burst)),
-                ("quota", n(*quota as u64)),
-            ],
-            E::InvalidCost { problem } => vec![("problem", t(problem))],
-            E::TooManyQuotas { count, max } => {
-                vec![("count", n(*count as u64)), ("max", n(*max as u64))]
-            }
-            E::LogLimitTooLarge { limit, max } => vec![("limit", n(*limit)), ("max", n(*max))],
-            E::InvalidConfig {
-                location,
-                line,
-                message,
-            } => {
-                let mut f = vec![("location", t(location)), ("detail", t(message))];
-                if let Some(l) = line {
-                    f.push(("line", n(u64::from(*l))));
-                }
-                f
-            }
-            E::InvalidRequest { field, problem } => {
-                vec![("field", t(field)), ("problem", t(problem))]
-            }
-            E::StoreUnavailable { store, message } => {
-                vec![("store", t(store)), ("detail", t(message))]
-            }
-            E::InvalidOption { option, problem } => {
-                vec![("option", t(option)), ("problem", t(problem))]
-            }
-            _ => Vec::new(),
-        }
+        e.fields()
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    floodgate::ErrorField::Number(v) => Field::Num(v as f64),
+                    floodgate::ErrorField::Text(v) => Field::Text(v),
+                };
+                (name, value)
+            })
+            .collect()
     }
 
     /// The JS `Error`: `err.code`, `err.message` and the fields.

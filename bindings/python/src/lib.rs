@@ -38,13 +38,24 @@ fn class_name(kind: ErrorKind) -> &'static str {
 
 /// The one conversion from core errors: the kind's exception class, with the
 /// stable code in `.code`.
+/// The exception of a core error: its class by kind, `.code`, and the error's
+/// fields (`Error::fields`: `.len`, `.max`, `.location`, `.line`...) as attributes.
 fn to_py(e: floodgate::Error) -> PyErr {
     let msg = e.to_string();
     Python::attach(|py| {
         let made = py
             .import("floodgate.errors")
             .and_then(|m| m.getattr(class_name(e.kind())))
-            .and_then(|cls| cls.call1((msg.clone(), e.kind().code())));
+            .and_then(|cls| cls.call1((msg.clone(), e.kind().code())))
+            .and_then(|exc| {
+                for (name, value) in e.fields() {
+                    match value {
+                        floodgate::ErrorField::Number(v) => exc.setattr(name, v)?,
+                        floodgate::ErrorField::Text(v) => exc.setattr(name, v)?,
+                    }
+                }
+                Ok(exc)
+            });
         match made {
             Ok(exc) => PyErr::from_value(exc),
             Err(err) => err,

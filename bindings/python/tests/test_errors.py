@@ -72,3 +72,17 @@ def test_bad_input_is_a_clear_error_and_keeps_state():
     assert lim.check(b"\xff\xfe", now=0.0).allowed
     d = lim.check("k", now=0.0)
     assert d.allowed and d.remaining == 0
+
+
+def test_errors_carry_the_core_fields():
+    from floodgate import Engine, Limiter
+
+    with pytest.raises(floodgate.KeyTooLongError) as e:
+        Limiter("1/s").check("x" * 5000)
+    assert e.value.len == 5000 and e.value.max < 5000
+    with pytest.raises(floodgate.InvalidConfigError) as e:
+        Engine.from_toml('[[rule]]\nname = "x"\nmatch = "/**"\nquotas = ["ten"]\n')
+    assert e.value.line == 4 and e.value.location == "rule[0].quotas[0]" and e.value.detail
+    with pytest.raises(floodgate.InvalidRequestError) as e:
+        Engine.from_toml("").check_request(method="GET", path="/", client_ip="nope")
+    assert e.value.field == "client_ip"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class FloodgateError(Exception):
-    """Base of every Floodgate error. ``code`` is the stable core code."""
+    """Base of every Floodgate error. ``code`` is the stable core code; the core
+    error's fields are attributes too (``len``/``max``, ``cost``/``burst``/``quota``,
+    ``location``/``line``/``detail``, ``field``/``problem``, ``store``/``detail``...),
+    the same as on Node's errors."""
 
     code: str = "floodgate_error"
 
