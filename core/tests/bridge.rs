@@ -91,3 +91,23 @@ fn a_redis_store_may_block_and_an_unreachable_one_is_store_unavailable() {
     let e = Engine::from_toml_str(&policy(false)).unwrap();
     assert!(e.may_block());
 }
+
+#[test]
+fn pk_is_the_same_in_every_process_with_the_same_policy() {
+    let policy = "[[rule]]\nname = \"a\"\nmatch = \"/**\"\nquotas = [\"100/min\"]\n";
+    let pk = |text: &str| {
+        let e = Engine::from_toml_str(text).unwrap();
+        let r = Request {
+            method: "GET",
+            path: "/",
+            client_ip: "203.0.113.9".parse().ok(),
+            headers: &[],
+        };
+        let v = e.check_request_at(&r, at(0)).unwrap();
+        let value = v.headers.iter().find(|(n, _)| *n == "RateLimit").unwrap().1.clone();
+        value.split_once(";pk=").unwrap().1.to_string()
+    };
+    // Two engines stand for two worker processes: each builds its own seeds.
+    assert_eq!(pk(policy), pk(policy));
+    assert_ne!(pk(policy), pk(&policy.replace("100/min", "101/min")));
+}

@@ -175,3 +175,20 @@ def test_verdict_exposes_every_core_field():
     assert v.body == b"" and v.reset_after >= 0.0
     assert _floodgate.BAD_REQUEST_BODY == b'{"error":"bad_request"}'
     assert not Engine.from_toml(POLICY).blocking
+
+
+def test_pk_is_the_same_in_every_worker_process():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from floodgate import Engine; "
+        "e = Engine.from_toml(sys.stdin.read()); "
+        "v = e.check_request(method='GET', path='/api/items', client_ip='203.0.113.9'); "
+        "print(dict(v.headers)['RateLimit'].split(';pk=')[1])"
+    )
+    pks = {
+        subprocess.run([sys.executable, "-c", code], input=POLICY, capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
+    assert len(pks) == 1 and pks != {""}, pks

@@ -177,7 +177,7 @@ impl Engine {
             deny_status: s.deny_status,
             warnings,
             key_seed: ahash::RandomState::new(),
-            pk_seed: ahash::RandomState::new(),
+            pk_seed: partition_seed(&source),
             unix_origin_ns: unix_now.saturating_sub(clock.now_ns()),
             clock,
             metrics,
@@ -458,4 +458,24 @@ fn warnings(cfg: &PolicyConfig, rules: &[Rule], api_keys_verified: bool) -> Vec<
         }
     }
     out
+}
+
+/// The seed of the `pk` partition keys in `RateLimit` headers: derived from the
+/// policy text, so every worker process (and every machine) running the same
+/// policy reports the same `pk` for the same client, and a client cannot map
+/// `pk` values between deployments with different policies. (`pk` only labels a
+/// partition; it is not a secret, and never holds the key itself.)
+fn partition_seed(source: &Source<'_>) -> ahash::RandomState {
+    use std::hash::{Hash, Hasher};
+    let text = match source {
+        Source::Toml(t) | Source::Json(t) => *t,
+    };
+    let mut seeds = [0u64; 4];
+    for (i, seed) in seeds.iter_mut().enumerate() {
+        // SipHash with fixed keys: the same value in every process of this build.
+        let mut h = std::hash::DefaultHasher::new();
+        (i, "floodgate pk", text).hash(&mut h);
+        *seed = h.finish();
+    }
+    ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3])
 }
