@@ -104,7 +104,13 @@ fn pk_is_the_same_in_every_process_with_the_same_policy() {
             headers: &[],
         };
         let v = e.check_request_at(&r, at(0)).unwrap();
-        let value = v.headers.iter().find(|(n, _)| *n == "RateLimit").unwrap().1.clone();
+        let value = v
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "RateLimit")
+            .unwrap()
+            .1
+            .clone();
         value.split_once(";pk=").unwrap().1.to_string()
     };
     // Two engines stand for two worker processes: each builds its own seeds.

@@ -51,6 +51,21 @@ fn check(e: &Engine, r: &Request<'_>, ms: u64) -> Verdict {
         .unwrap_or_else(|err| panic!("{err}"))
 }
 
+/// A token signed with the test HMAC secret (`tests/keys/hs_secret.txt`).
+fn hs_token(claims: serde_json::Value) -> String {
+    let secret = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/keys/hs_secret.txt"
+    ))
+    .unwrap();
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.trim_end().as_bytes()),
+    )
+    .unwrap()
+}
+
 fn rsa() -> EncodingKey {
     let pem = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -127,18 +142,7 @@ fn a_header_value_cannot_ban_the_verified_user_of_that_name() {
     for i in 0..5 {
         check(&e, &req("POST", "/upload", "203.0.113.5", &attacker), i);
     }
-    let secret = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/keys/hs_secret.txt"
-    ))
-    .unwrap();
-    let secret = String::from_utf8(secret).unwrap();
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "alice", "exp": NOW + 3600}),
-        &EncodingKey::from_secret(secret.trim_end().as_bytes()),
-    )
-    .unwrap();
+    let token = hs_token(json!({"sub": "alice", "exp": NOW + 3600}));
     let auth = format!("Bearer {token}");
     let h = [("authorization", auth.as_str())];
     let v = check(&e, &req("GET", "/api/me", "198.51.100.1", &h), 10);
@@ -181,19 +185,7 @@ fn ban_scope_is_checked() {
 
 // ---- 2. The path the framework routes --------------------------------------------
 
-const LOGIN: &str = r#"
-[[rule]]
-name = "login"
-match = "POST /auth/login"
-quotas = ["3/min"]
-key = "ip"
-
-[[rule]]
-name = "page"
-match = "GET /page"
-quotas = ["2/min"]
-key = "ip"
-"#;
+const LOGIN: &str = include_str!("../../tests/policies/attacks.toml");
 
 #[test]
 fn every_spelling_of_the_login_path_meets_the_login_rule() {
@@ -384,20 +376,10 @@ fn missing_claim_ip_keys_by_address() {
         quotas = ["2/min"]
         "#,
     );
-    let secret = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/keys/hs_secret.txt"
-    ))
-    .unwrap();
     let mut allowed = 0;
     for i in 0..10 {
         // A fresh token every time, none with a subject.
-        let token = encode(
-            &Header::new(Algorithm::HS256),
-            &json!({"exp": NOW + 3600, "n": i}),
-            &EncodingKey::from_secret(secret.trim_end().as_bytes()),
-        )
-        .unwrap();
+        let token = hs_token(json!({"exp": NOW + 3600, "n": i}));
         let auth = format!("Bearer {token}");
         let h = [("authorization", auth.as_str())];
         allowed += u32::from(check(&e, &req("GET", "/api/x", "203.0.113.31", &h), i).allowed);
@@ -446,17 +428,7 @@ fn forged(i: u32) -> String {
 }
 
 fn valid(sub: &str) -> String {
-    let secret = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/keys/hs_secret.txt"
-    ))
-    .unwrap();
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": NOW + 3600}),
-        &EncodingKey::from_secret(secret.trim_end().as_bytes()),
-    )
-    .unwrap()
+    hs_token(json!({"sub": sub, "exp": NOW + 3600}))
 }
 
 fn problem_for(e: &Engine, token: &str, from: &str) -> Option<TokenProblem> {

@@ -5,27 +5,13 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import net from 'node:net'
+import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
 const { Engine } = require('../floodgate.js')
 
-const POLICY = `
-[[rule]]
-name = "login"
-match = "POST /auth/login"
-quotas = ["3/min"]
-key = "ip"
-
-[[rule]]
-name = "page"
-match = "GET /page"
-quotas = ["3/min"]
-key = "ip"
-
-[lists]
-deny_api_keys = ["sk_revoked"]
-`
+const POLICY = readFileSync(new URL('../../../tests/policies/attacks.toml', import.meta.url), 'utf8')
 
 function raw(port, method, target, headers) {
   const lines = [`${method} ${target} HTTP/1.1`, `Host: 127.0.0.1:${port}`, 'Connection: close', 'Content-Length: 0']

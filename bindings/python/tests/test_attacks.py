@@ -8,6 +8,7 @@ framework routes to a limited handler must be held to the limit."""
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -17,22 +18,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-POLICY = """
-[[rule]]
-name = "login"
-match = "POST /auth/login"
-quotas = ["3/min"]
-key = "ip"
-
-[[rule]]
-name = "page"
-match = "GET /page"
-quotas = ["3/min"]
-key = "ip"
-
-[lists]
-deny_api_keys = ["sk_revoked"]
-"""
+POLICY = (pathlib.Path(__file__).resolve().parents[3] / "tests" / "policies" / "attacks.toml").read_text()
 
 ASGI_APP = """
 from starlette.applications import Starlette
