@@ -226,8 +226,11 @@ impl fmt::Display for CostProblem {
 }
 
 /// The kind of an [`Error`], without its data. `Copy`, with a stable code string.
+///
+/// Deliberately *not* `#[non_exhaustive]`: the C ABI and the bindings match it
+/// exhaustively (result numbers, exception classes), so a new kind fails to
+/// compile until every front end maps it, instead of falling into a wildcard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum ErrorKind {
     /// [`Error::InvalidQuota`].
     InvalidQuota,

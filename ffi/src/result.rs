@@ -78,9 +78,6 @@ impl fg_result {
             ErrorKind::InvalidConfig => Self::InvalidConfig,
             ErrorKind::InvalidRequest => Self::InvalidRequest,
             ErrorKind::StoreUnavailable => Self::StoreUnavailable,
-            // A kind added to the core without a code here shows as a generic
-            // argument error until it gets its own number.
-            _ => Self::InvalidArgument,
         }
     }
 

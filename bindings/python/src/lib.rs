@@ -32,12 +32,9 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidConfig => "InvalidConfigError",
         ErrorKind::InvalidRequest => "InvalidRequestError",
         ErrorKind::StoreUnavailable => "StoreUnavailableError",
-        _ => "FloodgateError",
     }
 }
 
-/// The one conversion from core errors: the kind's exception class, with the
-/// stable code in `.code`.
 /// The exception of a core error: its class by kind, `.code`, and the error's
 /// fields (`Error::fields`: `.len`, `.max`, `.location`, `.line`...) as attributes.
 fn to_py(e: floodgate::Error) -> PyErr {
@@ -509,9 +506,10 @@ fn forward_events(engine: &Engine) {
 fn log_event(py: Python<'_>, e: &Event) -> PyResult<()> {
     let logging = py.import("logging")?;
     let logger = logging.call_method1("getLogger", ("floodgate",))?;
-    let level: i32 = match e.kind.code() {
-        "denied" | "banned" | "deny_listed" | "store_fallback" => 30,
-        _ => 20,
+    use floodgate::policy::EventKind as K;
+    let level: i32 = match e.kind {
+        K::Denied | K::Banned | K::DenyListed | K::StoreFallback => 30,
+        K::ShadowDenied | K::TokenInvalid | K::Unauthorized | K::StoreRecovered => 20,
     };
     if !logger
         .call_method1("isEnabledFor", (level,))?

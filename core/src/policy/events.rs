@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use super::jwt::TokenProblem;
 
-/// What happened.
+/// What happened. Deliberately not `#[non_exhaustive]`: front ends match it
+/// exhaustively (log levels, names), so a new kind must be mapped everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum EventKind {
     /// A request was denied with 429 by a rule.
     Denied,
