@@ -228,7 +228,17 @@ pub fn check_request(data: &[u8]) {
             let listed = v.reason == floodgate_core::policy::Reason::DenyListed
                 || v.reason == floodgate_core::policy::Reason::AllowListed
                 || v.reason == floodgate_core::policy::Reason::Banned;
-            if mode == 2 && !listed {
+            let oversized = token
+                .as_ref()
+                .is_some_and(|t| t.len() > floodgate_core::policy::MAX_TOKEN_BYTES);
+            if oversized {
+                // Refused unparsed, however it was signed.
+                assert!(!v.authenticated, "{v:?}");
+                assert_eq!(
+                    v.token_problem,
+                    Some(floodgate_core::policy::TokenProblem::Malformed)
+                );
+            } else if mode == 2 && !listed {
                 if field(&f, 4).is_empty() {
                     // Verified, but without the subject the user rule keys on:
                     // refused (401 missing_claim) on that rule, never unlimited.

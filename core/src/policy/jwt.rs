@@ -86,7 +86,7 @@ impl TokenProblem {
 
 /// Longer bearer tokens are refused unparsed (a signed JWT with a handful of
 /// claims is well under 2 KiB; proxies commonly cap a header at 8 KiB).
-pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The verify budget's key for requests without a client address (the address
 /// keys are 16 bytes, so this one can never collide with them).

@@ -71,7 +71,7 @@ use store::{RuleLimiter, Store};
 
 pub use events::{Event, EventKind, EventSink};
 pub use headers::HeaderStyle;
-pub use jwt::TokenProblem;
+pub use jwt::{MAX_TOKEN_BYTES, TokenProblem};
 
 /// The JSON body of a denial with this status (see [`Verdict::body`]); 400 is
 /// `{"error":"bad_request"}`, for a request the engine cannot use. For front ends
