@@ -69,12 +69,13 @@ impl Engine {
         let ip = req.client_ip.map(canonical_ip);
         let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
         let path = path::normalize(req.path, !self.case_sensitive_paths);
+        let sent_key = present(req.headers, &self.api_key_header);
         let view = View {
             method: req.method,
             path: &path,
             masked,
             headers: req.headers,
-            api_key: self.api_key(req.headers),
+            api_key: self.api_key(sent_key),
         };
         // 1. Lists by IP and API key.
         let by_ip = ip.and_then(|ip| {
@@ -83,7 +84,7 @@ impl Engine {
                 self.lists.allow_ips.iter().any(|n| n.contains(&ip)),
             )
         });
-        if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(req.headers)) {
+        if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(sent_key)) {
             return Ok(self.list_verdict(ip, allowed, false));
         }
         let mut buf = KeyBuf::default();
@@ -317,10 +318,11 @@ impl Engine {
         Ok(verdict)
     }
 
-    /// The request's API key: present with a value, and listed in
-    /// `api_keys_file` when there is one. The one test of "has an API key".
-    pub(super) fn api_key<'a>(&self, headers: &[(&'a str, &'a str)]) -> Option<&'a str> {
-        let key = present(headers, &self.api_key_header)?;
+    /// The request's API key: the value `sent` in the API-key header (first copy,
+    /// not empty), if `api_keys_file` lists it when there is one. The one test of
+    /// "has an API key".
+    pub(super) fn api_key<'a>(&self, sent: Option<&'a str>) -> Option<&'a str> {
+        let key = sent?;
         match &self.valid_api_keys {
             Some(valid) if !valid.contains(key) => None,
             _ => Some(key),
@@ -329,8 +331,8 @@ impl Engine {
 
     /// The API-key lists' answer. A value that a framework joined from repeated
     /// headers (`k1, k2`) is denied if any of its keys is deny-listed.
-    pub(super) fn api_key_listed(&self, headers: &[(&str, &str)]) -> Option<bool> {
-        let value = present(headers, &self.api_key_header)?;
+    pub(super) fn api_key_listed(&self, sent: Option<&str>) -> Option<bool> {
+        let value = sent?;
         let deny = &self.lists.deny_api_keys;
         let denied = deny.contains(value)
             || (value.contains(',') && value.split(',').any(|k| deny.contains(k.trim())));
