@@ -231,8 +231,9 @@ pub fn check_request(data: &[u8]) {
             let oversized = token
                 .as_ref()
                 .is_some_and(|t| t.len() > floodgate_core::policy::MAX_TOKEN_BYTES);
-            if oversized {
-                // Refused unparsed, however it was signed.
+            if oversized && !listed {
+                // Refused unparsed, however it was signed (lists and client-wide
+                // bans answer before the token is read).
                 assert!(!v.authenticated, "{v:?}");
                 assert_eq!(
                     v.token_problem,
