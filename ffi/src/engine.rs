@@ -368,15 +368,9 @@ pub unsafe extern "C" fn fg_engine_new_redis(
                 FG_FAIL_LOCAL => FailMode::Local,
                 _ => return Err(fg_result::InvalidArgument),
             };
-            let t = Duration::from_millis(if timeout_ms == 0 {
-                5
-            } else {
-                u64::from(timeout_ms)
-            });
-            let mut b = RedisLimiter::builder(url)
-                .connect_timeout(t)
-                .command_timeout(t)
-                .fail_mode(mode);
+            // 0: the core's default.
+            let t = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+            let mut b = RedisLimiter::builder(url).timeouts(t).fail_mode(mode);
             for q in qs {
                 b = b.quota(q);
             }

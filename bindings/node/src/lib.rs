@@ -377,12 +377,11 @@ impl RedisLimiter {
             max_keys: None,
             max_key_bytes: None,
         };
-        let t = Duration::from_millis(u64::from(options.timeout_ms.unwrap_or(5).max(1)));
+        let t = options
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms.max(1))));
         let mode: FailMode = options.fail_mode.as_deref().unwrap_or("local").parse()?;
-        let mut b = CoreRedis::builder(&options.url)
-            .connect_timeout(t)
-            .command_timeout(t)
-            .fail_mode(mode);
+        let mut b = CoreRedis::builder(&options.url).timeouts(t).fail_mode(mode);
         if let Some(p) = &options.prefix {
             b = b.prefix(p);
         }

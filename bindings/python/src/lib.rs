@@ -299,7 +299,7 @@ struct PyRedisLimiter {
 #[pymethods]
 impl PyRedisLimiter {
     #[new]
-    #[pyo3(signature = (url, quota, *, burst=None, algorithm="gcra", fail_mode="local", timeout=0.005, prefix="fg", lease=0))]
+    #[pyo3(signature = (url, quota, *, burst=None, algorithm="gcra", fail_mode="local", timeout=None, prefix="fg", lease=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -308,16 +308,16 @@ impl PyRedisLimiter {
         burst: Option<u64>,
         algorithm: &str,
         fail_mode: &str,
-        timeout: f64,
+        timeout: Option<f64>,
         prefix: &str,
         lease: u64,
     ) -> PyResult<Self> {
         let qs = quotas(quota, burst, algorithm)?;
         let mode: FailMode = fail_mode.parse().map_err(to_py)?;
-        let t = duration("timeout", timeout)?;
+        // None: the core's default.
+        let t = timeout.map(|t| duration("timeout", t)).transpose()?;
         let mut b = RedisLimiter::builder(url)
-            .connect_timeout(t)
-            .command_timeout(t)
+            .timeouts(t)
             .fail_mode(mode)
             .prefix(prefix);
         if lease > 0 {

@@ -113,8 +113,9 @@ pub(crate) struct StoreConfig {
     pub cluster: Vec<String>,
     /// Key prefix; each rule (and tier) adds its name.
     pub prefix: String,
-    pub connect_timeout_ms: u64,
-    pub timeout_ms: u64,
+    /// Connect and per-command timeouts; `None`: the Redis store's defaults.
+    pub connect_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
     /// Blocking connections (default 2 per core).
     pub pool_size: Option<usize>,
     /// `open`, `closed` or `local` (default); a rule may override it.
@@ -137,8 +138,8 @@ impl Default for StoreConfig {
             url: None,
             cluster: Vec::new(),
             prefix: "fg".into(),
-            connect_timeout_ms: 5,
-            timeout_ms: 5,
+            connect_timeout_ms: None,
+            timeout_ms: None,
             pool_size: None,
             fail_mode: "local".into(),
             local_share: 1,

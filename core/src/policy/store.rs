@@ -15,7 +15,7 @@ pub(super) enum Store {
     #[cfg(feature = "redis")]
     Redis {
         store: crate::RedisStore,
-        cfg: StoreConfig,
+        cfg: Box<StoreConfig>,
     },
 }
 
@@ -59,13 +59,16 @@ impl Store {
                 cfg.fail_mode
                     .parse::<crate::FailMode>()
                     .map_err(|e| err("fail_mode", e.to_string()))?;
-                if cfg.connect_timeout_ms == 0 || cfg.timeout_ms == 0 {
+                if cfg.connect_timeout_ms == Some(0) || cfg.timeout_ms == Some(0) {
                     return Err(err("timeout_ms", "timeouts must be at least 1 ms".into()));
                 }
-                let mut builder = builder
-                    .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-                    .command_timeout(Duration::from_millis(cfg.timeout_ms))
-                    .check_on_build(cfg.check_on_start);
+                let mut builder = builder.check_on_build(cfg.check_on_start);
+                if let Some(ms) = cfg.connect_timeout_ms {
+                    builder = builder.connect_timeout(Duration::from_millis(ms));
+                }
+                if let Some(ms) = cfg.timeout_ms {
+                    builder = builder.command_timeout(Duration::from_millis(ms));
+                }
                 if let Some(n) = cfg.pool_size {
                     builder = builder.pool_size(n);
                 }
@@ -77,7 +80,7 @@ impl Store {
                 })?;
                 Ok(Store::Redis {
                     store,
-                    cfg: cfg.clone(),
+                    cfg: Box::new(cfg.clone()),
                 })
             }
             #[cfg(not(feature = "redis"))]

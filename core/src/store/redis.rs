@@ -647,6 +647,15 @@ impl RedisLimiterBuilder {
         self.own(|b| b.command_timeout(t))
     }
 
+    /// Both timeouts, if given; `None` keeps the defaults. For front ends whose
+    /// callers may leave the option out, so that none of them copies a default.
+    pub fn timeouts(self, t: Option<Duration>) -> Self {
+        match t {
+            Some(t) => self.connect_timeout(t).command_timeout(t),
+            None => self,
+        }
+    }
+
     /// Reconnect backoff: the breaker's first cool-down (default 50 ms). Ignored
     /// with a shared [`RedisStore`].
     pub fn reconnect_backoff(self, t: Duration) -> Self {

@@ -53,7 +53,7 @@ class RedisLimiter:
         burst: Optional[int] = None,
         algorithm: str = "gcra",
         fail_mode: str = "local",
-        timeout: float = 0.005,
+        timeout: Optional[float] = None,
         prefix: str = "fg",
         lease: int = 0,
     ) -> "RedisLimiter": ...
