@@ -35,6 +35,7 @@
 
 mod algorithm;
 mod clock;
+#[cfg(feature = "policy")]
 mod codes;
 mod decision;
 mod error;
