@@ -277,3 +277,22 @@ def test_wsgi_requires_a_verified_token(tmp_path):
         lambda r: r.status_code,
         lambda r: r.get_json(),
     )
+
+
+def test_wsgi_keys_the_path_werkzeug_routes():
+    from floodgate.wsgi import FloodgateMiddleware
+
+    seen = []
+    engine = Engine.from_toml('[[rule]]\nname = "p"\nmatch = "/**"\nkey = "path"\nquotas = ["9/min"]\n')
+    app = FloodgateMiddleware(lambda environ, start: seen.append(environ) or [b""], engine)
+    headers = []
+
+    def start(status, hs, exc_info=None):
+        headers.extend(hs)
+
+    # /é?x, as a WSGI server passes it: UTF-8 bytes as latin-1, the query apart.
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/é".encode().decode("latin-1"), "QUERY_STRING": "x=1",
+               "REMOTE_ADDR": "203.0.113.1"}
+    app(environ, start)
+    v = engine.check_request(method="GET", path="/%C3%A9", client_ip="203.0.113.1")
+    assert v.identity == "/é" and v.remaining == 7, v

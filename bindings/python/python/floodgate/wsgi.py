@@ -56,7 +56,11 @@ class FloodgateMiddleware:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         headers = _headers(environ)
         ip = client_ip(environ.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
-        path = router_path(environ.get("PATH_INFO", "") or "/", environ.get("QUERY_STRING", ""))
+        raw = environ.get("PATH_INFO", "") or "/"
+        if not raw.isascii():
+            # PEP 3333: the path's bytes as latin-1; Werkzeug routes their UTF-8.
+            raw = raw.encode("latin-1").decode("utf-8", "replace")
+        path = router_path(raw, environ.get("QUERY_STRING", ""))
         try:
             verdict = self.engine.check_request(
                 method=environ.get("REQUEST_METHOD", "GET"), path=path, client_ip=ip, headers=headers
