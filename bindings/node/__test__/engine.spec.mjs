@@ -64,7 +64,7 @@ test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' },
   assert.equal(verdicts.filter((v) => v.allowed).length, 2)
   assert.throws(() => new RedisLimiter({ url: 'redis://127.0.0.1:1/', quota: '1/s', timeoutMs: 50 }), { code: 'ERR_FG_STORE_UNAVAILABLE', store: 'redis' })
   // A bad request is refused before the task starts: a synchronous throw.
-  assert.throws(() => e.checkRequestAsync({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequestAsync({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'client_ip' })
 })
 
 test('Promise API when Redis goes down: fail modes answer, nothing hangs', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
