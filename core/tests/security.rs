@@ -51,6 +51,14 @@ fn check(e: &Engine, r: &Request<'_>, ms: u64) -> Verdict {
         .unwrap_or_else(|err| panic!("{err}"))
 }
 
+/// `policy` under a `[jwt]` section that verifies HS256 tokens signed with the
+/// test secret, without a verification budget.
+fn with_hs_jwt(policy: &str) -> String {
+    format!(
+        "[jwt]\nalgorithms = [\"HS256\"]\nsecret_file = \"tests/keys/hs_secret.txt\"\nverify_limit = \"off\"\n{policy}"
+    )
+}
+
 /// A token signed with the test HMAC secret (`tests/keys/hs_secret.txt`).
 fn hs_token(claims: serde_json::Value) -> String {
     let secret = std::fs::read_to_string(concat!(
@@ -116,12 +124,8 @@ fn an_api_key_holding_a_victims_ip_cannot_ban_that_ip() {
 
 #[test]
 fn a_header_value_cannot_ban_the_verified_user_of_that_name() {
-    let e = engine(
+    let e = engine(&with_hs_jwt(
         r#"
-        [jwt]
-        algorithms = ["HS256"]
-        secret_file = "tests/keys/hs_secret.txt"
-        verify_limit = "off"
         [ban]
         after = 1
         within = "1m"
@@ -137,7 +141,7 @@ fn a_header_value_cannot_ban_the_verified_user_of_that_name() {
         key = "claim:sub"
         quotas = ["100/min"]
         "#,
-    );
+    ));
     let attacker = [("x-upload-id", "alice")];
     for i in 0..5 {
         check(&e, &req("POST", "/upload", "203.0.113.5", &attacker), i);
@@ -364,12 +368,8 @@ fn a_verified_token_without_sub_is_refused_not_unlimited() {
 
 #[test]
 fn missing_claim_ip_keys_by_address() {
-    let e = engine(
+    let e = engine(&with_hs_jwt(
         r#"
-        [jwt]
-        algorithms = ["HS256"]
-        secret_file = "tests/keys/hs_secret.txt"
-        verify_limit = "off"
         [[rule]]
         name = "users"
         match = "/api/**"
@@ -377,7 +377,7 @@ fn missing_claim_ip_keys_by_address() {
         missing_claim = "ip"
         quotas = ["2/min"]
         "#,
-    );
+    ));
     let mut allowed = 0;
     for i in 0..10 {
         // A fresh token every time, none with a subject.
