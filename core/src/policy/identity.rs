@@ -188,12 +188,9 @@ pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// Keeps the first `prefix` bits of an IPv6 address (clients are keyed by network).
 pub(crate) fn mask_ip(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
-    match ip {
+    match canonical_ip(ip) {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
             let bits = u128::from(v6);
             let keep = u32::from(ipv6_prefix.min(128));
             let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
