@@ -1,0 +1,377 @@
+//! Connections to one Redis ([`RedisStore`]): a pool of blocking connections
+//! for synchronous checks and one multiplexed (pipelining) tokio connection for
+//! async ones, to a standalone server or a Cluster, with connect and command
+//! timeouts. A broken connection is dropped and made again on next use. One
+//! [`Breaker`] per store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+
+use super::breaker::Breaker;
+use super::limiter::{RedisLimiterBuilder, StoreSource};
+use super::units::Micros;
+use super::{io_error, script, unavailable};
+
+enum Client {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+pub(super) enum SyncConn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl SyncConn {
+    pub(super) fn as_dyn(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            Self::Single(c) => c,
+            Self::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum AsyncConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+struct StoreInner {
+    what: String,
+    client: Client,
+    pool: Box<[Mutex<Option<SyncConn>>]>,
+    next: AtomicUsize,
+    async_conn: Mutex<Option<AsyncConn>>,
+    async_gate: tokio::sync::Mutex<()>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// The breaker's clock: µs since this instant.
+    base: Instant,
+    breaker: Breaker,
+    round_trips: AtomicU64,
+}
+
+/// Connections to one Redis (standalone or Cluster), shared by any number of
+/// [`RedisLimiter`]s (e.g. all the rules of a policy), with one circuit breaker.
+/// Cloning is cheap and shares the connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<StoreInner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.inner.what)
+            .field("breaker_open", &self.inner.breaker.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    urls: Vec<String>,
+    cluster: bool,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    pool_size: usize,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    breaker_max_cooldown: Duration,
+    check_on_build: bool,
+}
+
+impl RedisStoreBuilder {
+    fn new(urls: Vec<String>, cluster: bool) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            urls,
+            cluster,
+            connect_timeout: Duration::from_millis(5),
+            command_timeout: Duration::from_millis(5),
+            pool_size: cores * 2,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_millis(50),
+            breaker_max_cooldown: Duration::from_millis(500),
+            check_on_build: true,
+        }
+    }
+
+    /// Connect timeout (default 5 ms).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Per-command timeout (default 5 ms).
+    pub fn command_timeout(mut self, t: Duration) -> Self {
+        self.command_timeout = t;
+        self
+    }
+
+    /// Blocking connections in the pool (default 2 per core; at most 256).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Consecutive failures that open the circuit breaker (default 3).
+    pub fn breaker_threshold(mut self, n: u32) -> Self {
+        self.breaker_threshold = n;
+        self
+    }
+
+    /// First cool-down of an open breaker (default 50 ms); it doubles after each
+    /// failed probe up to [`breaker_max_cooldown`](Self::breaker_max_cooldown).
+    /// This is also the reconnect backoff.
+    pub fn breaker_cooldown(mut self, t: Duration) -> Self {
+        self.breaker_cooldown = t;
+        self
+    }
+
+    /// Longest cool-down (default 500 ms): once Redis is back, checks return to it
+    /// within this time.
+    pub fn breaker_max_cooldown(mut self, t: Duration) -> Self {
+        self.breaker_max_cooldown = t;
+        self
+    }
+
+    /// Whether `build` must reach Redis (default true): a wrong URL, password or
+    /// port is then an error at startup instead of a fail-mode answer later.
+    pub fn check_on_build(mut self, yes: bool) -> Self {
+        self.check_on_build = yes;
+        self
+    }
+
+    /// Opens the store and (by default) checks that Redis answers and loads the script.
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`] for an invalid URL or, with `check_on_build`, a
+    /// Redis that cannot be reached or refuses the credentials;
+    /// [`Error::InvalidOption`] for zero timeouts or no URL.
+    pub fn build(self) -> Result<RedisStore> {
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+            return Err(Error::InvalidOption {
+                option: "timeout",
+                problem: "must be longer than zero",
+            });
+        }
+        if self.urls.is_empty() {
+            return Err(Error::InvalidOption {
+                option: "url",
+                problem: "give at least one redis:// URL",
+            });
+        }
+        let what = self.urls.join(",");
+        let client = if self.cluster {
+            redis::cluster::ClusterClient::builder(self.urls.iter().map(String::as_str))
+                .connection_timeout(self.connect_timeout)
+                .response_timeout(self.command_timeout)
+                .retries(1)
+                .min_retry_wait(1)
+                .max_retry_wait(10)
+                .build()
+                .map(|c| Client::Cluster(Box::new(c)))
+        } else {
+            redis::Client::open(self.urls.first().map_or("", String::as_str)).map(Client::Single)
+        }
+        .map_err(|e| unavailable(&what, &e))?;
+        let store = RedisStore {
+            inner: Arc::new(StoreInner {
+                what,
+                client,
+                pool: (0..self.pool_size.clamp(1, 256))
+                    .map(|_| Mutex::new(None))
+                    .collect(),
+                next: AtomicUsize::new(0),
+                async_conn: Mutex::new(None),
+                async_gate: tokio::sync::Mutex::new(()),
+                connect_timeout: self.connect_timeout,
+                command_timeout: self.command_timeout,
+                base: Instant::now(),
+                breaker: Breaker::new(
+                    self.breaker_threshold,
+                    Micros::floor(self.breaker_cooldown),
+                    Micros::floor(self.breaker_max_cooldown),
+                ),
+                round_trips: AtomicU64::new(0),
+            }),
+        };
+        if self.check_on_build {
+            let script = redis::Script::new(script::SOURCE);
+            store
+                .with_conn(|conn| {
+                    redis::cmd("PING").query::<String>(conn.as_dyn())?;
+                    script.prepare_invoke().load(conn.as_dyn())
+                })
+                .map_err(|e| unavailable(&store.inner.what, &e))?;
+        }
+        Ok(store)
+    }
+}
+
+/// Whether an error means the connection can no longer be trusted.
+fn is_broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+impl RedisStore {
+    /// A store on the standalone Redis at `url` (`redis://[:password@]host:port/db`).
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(vec![url.to_string()], false)
+    }
+
+    /// A store on a Redis Cluster, given one or more of its nodes' URLs.
+    pub fn cluster_builder<S: AsRef<str>>(nodes: &[S]) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(nodes.iter().map(|s| s.as_ref().to_string()).collect(), true)
+    }
+
+    /// A limiter using these connections.
+    pub fn limiter(&self) -> RedisLimiterBuilder {
+        RedisLimiterBuilder::with_store(StoreSource::Shared(self.clone()))
+    }
+
+    /// Round trips made to Redis (successful or not).
+    pub fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Times the circuit breaker opened.
+    pub fn breaker_trips(&self) -> u64 {
+        self.inner.breaker.trips()
+    }
+
+    /// Whether the circuit breaker is open (or half-open) now.
+    pub fn breaker_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// The store's description (its URLs), for error messages.
+    pub(super) fn what(&self) -> &str {
+        &self.inner.what
+    }
+
+    /// The breaker's time now (µs since the store was built; above 0).
+    fn breaker_now(&self) -> Micros {
+        Micros::floor(self.inner.base.elapsed()).saturating_add(Micros(1))
+    }
+
+    /// Whether a call may go to Redis now (false while the breaker is open).
+    pub(super) fn breaker_allows(&self) -> bool {
+        self.inner.breaker.allow(self.breaker_now())
+    }
+
+    /// Tells the breaker how a round trip went.
+    pub(super) fn record<T, E>(&self, result: &std::result::Result<T, E>) {
+        match result {
+            Ok(_) => self.inner.breaker.success(),
+            Err(_) => self.inner.breaker.failure(self.breaker_now()),
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<SyncConn> {
+        let i = &self.inner;
+        match &i.client {
+            Client::Single(c) => {
+                let conn = c.get_connection_with_timeout(i.connect_timeout)?;
+                conn.set_read_timeout(Some(i.command_timeout))?;
+                conn.set_write_timeout(Some(i.command_timeout))?;
+                Ok(SyncConn::Single(conn))
+            }
+            Client::Cluster(c) => Ok(SyncConn::Cluster(Box::new(c.get_connection()?))),
+        }
+    }
+
+    /// Runs `f` on a pooled blocking connection, connecting as needed; a connection
+    /// that failed is dropped (a timed-out one may still deliver a late reply).
+    pub(super) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let i = &self.inner;
+        let n = i.next.fetch_add(1, Ordering::Relaxed) % i.pool.len();
+        let slot = i.pool.get(n).ok_or_else(|| io_error("empty pool"))?;
+        let mut slot = slot.lock();
+        if slot.is_none() {
+            *slot = Some(self.connect()?);
+        }
+        let conn = slot.as_mut().ok_or_else(|| io_error("no connection"))?;
+        let result = f(conn);
+        if result.as_ref().err().is_some_and(is_broken) {
+            *slot = None;
+        }
+        result
+    }
+
+    async fn async_conn(&self) -> redis::RedisResult<AsyncConn> {
+        let i = &self.inner;
+        if let Some(c) = i.async_conn.lock().clone() {
+            return Ok(c);
+        }
+        let _gate = i.async_gate.lock().await;
+        if let Some(c) = i.async_conn.lock().clone() {
+            return Ok(c);
+        }
+        let conn = match &i.client {
+            Client::Single(c) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(i.connect_timeout))
+                    .set_response_timeout(Some(i.command_timeout));
+                AsyncConn::Single(
+                    c.get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Client::Cluster(c) => AsyncConn::Cluster(c.get_async_connection().await?),
+        };
+        *i.async_conn.lock() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Deletes `keys` (one slot's worth) in one round trip.
+    pub(super) fn del(&self, keys: &[Vec<u8>]) -> redis::RedisResult<()> {
+        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.with_conn(|conn| {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query::<u64>(conn.as_dyn())
+                .map(|_| ())
+        })
+    }
+
+    pub(super) fn run_sync(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<Vec<i64>> {
+        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.with_conn(|conn| invocation.invoke::<Vec<i64>>(conn.as_dyn()))
+    }
+
+    pub(super) async fn run_async(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<Vec<i64>> {
+        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let conn = self.async_conn().await;
+        let result = match conn {
+            Ok(AsyncConn::Single(mut c)) => invocation.invoke_async(&mut c).await,
+            Ok(AsyncConn::Cluster(mut c)) => invocation.invoke_async(&mut c).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result
+            && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+        {
+            // The multiplexed connection is gone: make a new one on next use. (A
+            // timeout alone leaves it usable: replies are matched in order.)
+            *self.inner.async_conn.lock() = None;
+        }
+        result
+    }
+}

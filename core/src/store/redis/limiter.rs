@@ -1,0 +1,629 @@
+//! [`RedisLimiter`]: validation, the local layers, one script call per check,
+//! the fail mode while Redis cannot answer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::decision::Decision;
+use crate::error::{Error, Result};
+use crate::limiter::Limiter;
+use crate::quota::Quota;
+use crate::store::memory::MemoryStore;
+
+use super::connection::{RedisStore, RedisStoreBuilder};
+use super::local::{Answer, Local};
+use super::script::{self, Call, Mode, QuotaArgs, Reply};
+use super::units::Micros;
+use super::{DecisionSource, FailMode, unavailable};
+
+#[derive(Debug)]
+pub(super) enum StoreSource {
+    Own(RedisStoreBuilder),
+    Shared(RedisStore),
+}
+
+/// Options for a [`RedisLimiter`].
+#[derive(Debug)]
+pub struct RedisLimiterBuilder {
+    store: StoreSource,
+    quotas: Vec<Quota>,
+    prefix: String,
+    fail_mode: FailMode,
+    local_share: u64,
+    max_key_bytes: usize,
+    max_keys: usize,
+    deny_cache: bool,
+    lease: u64,
+    lease_ttl: Duration,
+}
+
+/// A rate limiter whose state lives in Redis, shared by every instance.
+pub struct RedisLimiter {
+    store: RedisStore,
+    quotas: Box<[Quota]>,
+    args: Box<[QuotaArgs]>,
+    script: redis::Script,
+    prefix: Vec<u8>,
+    fail_mode: FailMode,
+    local: Limiter,
+    hasher: ahash::RandomState,
+    cache: MemoryStore<Mutex<Local>>,
+    deny_cache: bool,
+    lease: u64,
+    lease_ttl: Micros,
+    fallbacks: AtomicU64,
+    cached_denials: AtomicU64,
+    lease_hits: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("store", &self.store)
+            .field("quotas", &self.quotas)
+            .field("fail_mode", &self.fail_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiterBuilder {
+    pub(super) fn with_store(store: StoreSource) -> Self {
+        Self {
+            store,
+            quotas: Vec::new(),
+            prefix: "fg".into(),
+            fail_mode: FailMode::Local,
+            local_share: 1,
+            max_key_bytes: 256,
+            max_keys: 100_000,
+            deny_cache: true,
+            lease: 0,
+            lease_ttl: Duration::from_secs(1),
+        }
+    }
+
+    fn own(mut self, f: impl FnOnce(RedisStoreBuilder) -> RedisStoreBuilder) -> Self {
+        if let StoreSource::Own(b) = self.store {
+            self.store = StoreSource::Own(f(b));
+        }
+        self
+    }
+
+    /// Adds a quota (several are checked together, all-or-nothing).
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quotas.push(quota);
+        self
+    }
+
+    /// Key prefix (default `fg`), to share one Redis between services or rules.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    /// Connect timeout (default 5 ms). Ignored with a shared [`RedisStore`].
+    pub fn connect_timeout(self, t: Duration) -> Self {
+        self.own(|b| b.connect_timeout(t))
+    }
+
+    /// Per-command timeout (default 5 ms). Ignored with a shared [`RedisStore`].
+    pub fn command_timeout(self, t: Duration) -> Self {
+        self.own(|b| b.command_timeout(t))
+    }
+
+    /// Both timeouts, if given; `None` keeps the defaults. For front ends whose
+    /// callers may leave the option out, so that none of them copies a default.
+    pub fn timeouts(self, t: Option<Duration>) -> Self {
+        match t {
+            Some(t) => self.connect_timeout(t).command_timeout(t),
+            None => self,
+        }
+    }
+
+    /// Reconnect backoff: the breaker's first cool-down (default 50 ms). Ignored
+    /// with a shared [`RedisStore`].
+    pub fn reconnect_backoff(self, t: Duration) -> Self {
+        self.own(|b| b.breaker_cooldown(t))
+    }
+
+    /// Blocking connections in the pool (default 2 per core). Ignored with a
+    /// shared [`RedisStore`].
+    pub fn pool_size(self, n: usize) -> Self {
+        self.own(|b| b.pool_size(n))
+    }
+
+    /// See [`RedisStoreBuilder::check_on_build`]. Ignored with a shared [`RedisStore`].
+    pub fn check_on_build(self, yes: bool) -> Self {
+        self.own(|b| b.check_on_build(yes))
+    }
+
+    /// What checks answer while Redis cannot (default [`FailMode::Local`]).
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// With [`FailMode::Local`], divide each quota by `instances` (default 1), so
+    /// that a fleet of that many instances falling back together admits about the
+    /// shared limit, not `instances` times it.
+    pub fn local_share(mut self, instances: u64) -> Self {
+        self.local_share = instances.max(1);
+        self
+    }
+
+    /// Longest key accepted (default 256 bytes).
+    pub fn max_key_bytes(mut self, n: usize) -> Self {
+        self.max_key_bytes = n;
+        self
+    }
+
+    /// Most keys the local state (over-limit cache, leases, local fallback) holds
+    /// (default 100 000): bounded memory whatever keys an attacker sends.
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// Whether a key Redis denied is answered locally until its retry time
+    /// (default true). Such a denial reports `remaining` 0 and the retry and reset
+    /// times Redis gave, counted down.
+    pub fn deny_cache(mut self, yes: bool) -> Self {
+        self.deny_cache = yes;
+        self
+    }
+
+    /// Token leases (default 0 = off): a check that must go to Redis charges up to
+    /// `units` at once (as many as every quota has left, at least the cost) and this
+    /// instance spends the rest locally, without a round trip, for up to `ttl`.
+    ///
+    /// **Bound.** Every unit admitted was charged in Redis first, so the fleet never
+    /// admits more than Redis granted. What moves is *when* a unit is spent: up to
+    /// `ttl` after it was charged. So in any window of a quota, `n` instances admit at
+    /// most `limit + n × (units − 1)`; and never more than `limit` at one instant.
+    /// Unspent units expire with the lease (they are not given back), so leases can
+    /// under-admit by as much. Use small leases (e.g. 1-2% of the limit) on hot keys.
+    pub fn lease(mut self, units: u64, ttl: Duration) -> Self {
+        self.lease = units;
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Builds the limiter (and its own store, unless one is shared).
+    ///
+    /// # Errors
+    /// [`Error::StoreUnavailable`] as [`RedisStoreBuilder::build`]; the limiter
+    /// errors ([`Error::NoQuotas`], ...) otherwise.
+    pub fn build(self) -> Result<RedisLimiter> {
+        let local = Limiter::builder()
+            .quotas(
+                self.quotas
+                    .iter()
+                    .map(|q| share(q, self.local_share))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+            .max_key_bytes(self.max_key_bytes)
+            .max_keys(self.max_keys)
+            .build()?;
+        if self.lease == 1 || self.lease_ttl.is_zero() && self.lease > 0 {
+            return Err(Error::InvalidOption {
+                option: "lease",
+                problem: "use 0 (off) or at least 2 units, with a ttl above zero",
+            });
+        }
+        let store = match self.store {
+            StoreSource::Own(b) => b.build()?,
+            StoreSource::Shared(s) => s,
+        };
+        let args = self.quotas.iter().map(QuotaArgs::of).collect();
+        let shards = (std::thread::available_parallelism().map_or(1, usize::from) * 4)
+            .next_power_of_two()
+            .min(self.max_keys.max(1).next_power_of_two());
+        Ok(RedisLimiter {
+            store,
+            quotas: self.quotas.into_boxed_slice(),
+            args,
+            script: redis::Script::new(script::SOURCE),
+            prefix: self.prefix.into_bytes(),
+            fail_mode: self.fail_mode,
+            local,
+            hasher: ahash::RandomState::new(),
+            cache: MemoryStore::new(self.max_keys.max(1), shards, 0),
+            deny_cache: self.deny_cache,
+            lease: self.lease,
+            lease_ttl: Micros::floor(self.lease_ttl),
+            fallbacks: AtomicU64::new(0),
+            cached_denials: AtomicU64::new(0),
+            lease_hits: AtomicU64::new(0),
+        })
+    }
+}
+
+/// `q` with its limit (and burst) divided by `n`, at least 1.
+fn share(q: &Quota, n: u64) -> Result<Quota> {
+    if n <= 1 {
+        return Ok(*q);
+    }
+    Quota::new((q.rate() / n).max(1), q.period())?
+        .with_burst((q.burst() / n).max(1))?
+        .with_algorithm(q.algorithm())
+}
+
+/// What a check does after local answers: go to Redis with this invocation.
+enum Step<'a> {
+    Done(Decision, DecisionSource),
+    Call(redis::ScriptInvocation<'a>, u64),
+}
+
+impl RedisLimiter {
+    /// A builder for a limiter with its own connections to the standalone Redis at
+    /// `url` (`redis://[:password@]host:port/db`).
+    pub fn builder(url: &str) -> RedisLimiterBuilder {
+        RedisLimiterBuilder::with_store(StoreSource::Own(RedisStore::builder(url)))
+    }
+
+    /// A builder for a limiter with its own connections to a Redis Cluster.
+    pub fn cluster_builder<S: AsRef<str>>(nodes: &[S]) -> RedisLimiterBuilder {
+        RedisLimiterBuilder::with_store(StoreSource::Own(RedisStore::cluster_builder(nodes)))
+    }
+
+    /// The quotas, as decisions' `quota` index refers to them.
+    pub fn quotas(&self) -> &[Quota] {
+        &self.quotas
+    }
+
+    /// The connections this limiter uses.
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    /// What checks answer while Redis cannot.
+    pub fn fail_mode(&self) -> FailMode {
+        self.fail_mode
+    }
+
+    /// Checks answered by the fail mode because Redis could not answer.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Denials answered by the over-limit cache, without a round trip.
+    pub fn cached_denials(&self) -> u64 {
+        self.cached_denials.load(Ordering::Relaxed)
+    }
+
+    /// Checks admitted from a lease, without a round trip.
+    pub fn lease_hits(&self) -> u64 {
+        self.lease_hits.load(Ordering::Relaxed)
+    }
+
+    /// The most units a check may cost (the smallest burst of the quotas).
+    pub fn max_cost(&self) -> u64 {
+        self.local.max_cost()
+    }
+
+    /// Checks `cost` units for `key` on the server's clock, charging if allowed.
+    /// `cost == 0` peeks. Blocks for at most the command timeout.
+    ///
+    /// # Errors
+    /// As [`Limiter::check`]. An unavailable Redis is not an error: the fail mode answers.
+    pub fn check(&self, key: impl AsRef<[u8]>, cost: u64) -> Result<Decision> {
+        self.check_source(key.as_ref(), cost, None).map(|(d, _)| d)
+    }
+
+    /// [`check`](Self::check) at an explicit time (Unix time; microsecond resolution).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_at(&self, key: impl AsRef<[u8]>, cost: u64, now: Duration) -> Result<Decision> {
+        self.check_source(key.as_ref(), cost, Some(now))
+            .map(|(d, _)| d)
+    }
+
+    /// [`check`](Self::check) that also says where the answer came from. `now`
+    /// is an explicit Unix time, or `None` for the server's clock.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_source(
+        &self,
+        key: &[u8],
+        cost: u64,
+        now: Option<Duration>,
+    ) -> Result<(Decision, DecisionSource)> {
+        let at = At::new(now);
+        match self.prepare(key, cost, at)? {
+            Step::Done(d, s) => Ok((d, s)),
+            Step::Call(invocation, fp) => {
+                let reply = self.store.run_sync(&invocation);
+                self.finish(key, cost, at, fp, reply)
+            }
+        }
+    }
+
+    /// [`check`](Self::check) for async code: the round trip runs on a multiplexed
+    /// tokio connection (requests from many tasks are pipelined on one socket), so
+    /// it never blocks the executor. Must be awaited inside a tokio runtime.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub async fn check_async(&self, key: impl AsRef<[u8]>, cost: u64) -> Result<Decision> {
+        self.check_source_async(key.as_ref(), cost, None)
+            .await
+            .map(|(d, _)| d)
+    }
+
+    /// [`check_source`](Self::check_source), async as [`check_async`](Self::check_async).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub async fn check_source_async(
+        &self,
+        key: &[u8],
+        cost: u64,
+        now: Option<Duration>,
+    ) -> Result<(Decision, DecisionSource)> {
+        let at = At::new(now);
+        match self.prepare(key, cost, at)? {
+            Step::Done(d, s) => Ok((d, s)),
+            Step::Call(invocation, fp) => {
+                let reply = self.store.run_async(&invocation).await;
+                self.finish(key, cost, at, fp, reply)
+            }
+        }
+    }
+
+    /// Gives back `cost` units charged for `key` (e.g. when a later rule denied
+    /// the request). Best effort: a Redis that cannot answer keeps the charge.
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`], [`Error::KeyTooLong`], or [`Error::StoreUnavailable`].
+    pub fn refund(&self, key: &[u8], cost: u64, now: Option<Duration>) -> Result<()> {
+        self.local.validate(key, cost)?;
+        if cost == 0 {
+            return Ok(());
+        }
+        let at = At::new(now);
+        if self.lease > 0 {
+            let fp = self.hasher.hash_one(key);
+            let done = self
+                .cache
+                .read(fp, |e| e.is_some_and(|e| e.lock().refund(cost, at.local)));
+            if done {
+                return Ok(());
+            }
+        }
+        let invocation = self.invocation(key, cost, Mode::Refund, at.script());
+        self.store
+            .run_sync(&invocation)
+            .map(|_| ())
+            .map_err(|e| unavailable(self.store.what(), &e))
+    }
+
+    /// Forgets `key` in Redis and in this instance's local state.
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`], [`Error::KeyTooLong`], or [`Error::StoreUnavailable`].
+    pub fn reset(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let key = key.as_ref();
+        self.local.validate(key, 0)?;
+        self.cache.remove(self.hasher.hash_one(key));
+        let _ = self.local.reset(key);
+        let keys: Vec<Vec<u8>> = (0..self.quotas.len())
+            .flat_map(|i| {
+                let k = self.redis_key(key, i);
+                let seq = [k.as_slice(), b":seq"].concat();
+                [k, seq]
+            })
+            .collect();
+        // One DEL: in a Cluster a multi-key DEL must not cross slots, and every
+        // key here shares one hash tag, so this is one slot.
+        self.store
+            .del(&keys)
+            .map_err(|e| unavailable(self.store.what(), &e))
+    }
+
+    /// `{prefix:key}:i`
+    fn redis_key(&self, key: &[u8], i: usize) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 8);
+        k.push(b'{');
+        k.extend_from_slice(&self.prefix);
+        k.push(b':');
+        k.extend_from_slice(key);
+        k.extend_from_slice(b"}:");
+        k.extend_from_slice(i.to_string().as_bytes());
+        k
+    }
+
+    fn invocation(
+        &self,
+        key: &[u8],
+        cost: u64,
+        mode: Mode,
+        now: Option<Micros>,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        for i in 0..self.quotas.len() {
+            invocation.key(self.redis_key(key, i));
+        }
+        Call {
+            now,
+            cost,
+            mode,
+            lease: self.lease,
+            quotas: &self.args,
+        }
+        .args(&mut invocation);
+        invocation
+    }
+
+    /// Validation, local answers (over-limit cache, lease, open breaker), or the
+    /// invocation to send.
+    fn prepare(&self, key: &[u8], cost: u64, at: At) -> Result<Step<'_>> {
+        self.local.validate(key, cost)?;
+        let fp = self.hasher.hash_one(key);
+        if cost > 0 && (self.deny_cache || self.lease > 0) {
+            // One lookup answers both: a cached denial, else units of a lease.
+            if let Some(answer) = self
+                .cache
+                .read(fp, |e| e.and_then(|e| e.lock().answer(cost, at.local)))
+            {
+                return Ok(Step::Done(self.answered(answer), source_of(answer)));
+            }
+        }
+        if !self.store.breaker_allows() {
+            return self
+                .fallback(key, cost, at)
+                .map(|d| Step::Done(d, DecisionSource::Fallback));
+        }
+        let mode = if cost == 0 {
+            Mode::Peek
+        } else if self.lease > 0 {
+            Mode::Lease
+        } else {
+            Mode::Check
+        };
+        Ok(Step::Call(
+            self.invocation(key, cost, mode, at.script()),
+            fp,
+        ))
+    }
+
+    fn limit(&self, quota: usize) -> u64 {
+        self.quotas.get(quota).map_or(0, Quota::limit)
+    }
+
+    /// The decision for a local answer (counted).
+    fn answered(&self, answer: Answer) -> Decision {
+        match answer {
+            Answer::Denied {
+                quota,
+                retry_after,
+                reset_after,
+            } => {
+                self.cached_denials.fetch_add(1, Ordering::Relaxed);
+                Decision {
+                    allowed: false,
+                    limit: self.limit(quota),
+                    remaining: 0,
+                    retry_after: retry_after.duration(),
+                    reset_after: reset_after.duration(),
+                    quota,
+                }
+            }
+            Answer::Leased { quota, remaining } => {
+                self.lease_hits.fetch_add(1, Ordering::Relaxed);
+                Decision {
+                    allowed: true,
+                    limit: self.limit(quota),
+                    remaining,
+                    retry_after: Duration::ZERO,
+                    reset_after: Duration::ZERO,
+                    quota,
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        key: &[u8],
+        cost: u64,
+        at: At,
+        fp: u64,
+        reply: redis::RedisResult<Vec<i64>>,
+    ) -> Result<(Decision, DecisionSource)> {
+        let reply = reply.and_then(|r| Reply::parse(&r, self.quotas.len()));
+        self.store.record(&reply);
+        let Ok(r) = reply else {
+            return self
+                .fallback(key, cost, at)
+                .map(|d| (d, DecisionSource::Fallback));
+        };
+        let d = Decision {
+            allowed: r.allowed,
+            limit: self.limit(r.quota),
+            remaining: r.remaining,
+            retry_after: r.retry_after(),
+            reset_after: r.reset_after(),
+            quota: r.quota,
+        };
+        let t = at.local;
+        if cost > 0 && r.allowed && r.granted > cost {
+            let extra = r.granted - cost;
+            self.cache.with(fp, t.nanos(), Mutex::default, |e| {
+                e.lock()
+                    .grant(extra, t, self.lease_ttl, r.remaining, r.quota);
+            });
+            return Ok((
+                Decision {
+                    remaining: r.remaining.saturating_add(extra),
+                    ..d
+                },
+                DecisionSource::Redis,
+            ));
+        }
+        if cost > 0 && !r.allowed && self.deny_cache && !r.retry_after.is_zero() {
+            self.cache.with(fp, t.nanos(), Mutex::default, |e| {
+                e.lock()
+                    .deny(cost, t, r.quota, r.retry_after, r.reset_after);
+            });
+        }
+        Ok((d, DecisionSource::Redis))
+    }
+
+    fn fallback(&self, key: &[u8], cost: u64, at: At) -> Result<Decision> {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let limit = self.limit(0);
+        let fixed = |allowed| Decision {
+            allowed,
+            limit,
+            remaining: if allowed { limit } else { 0 },
+            retry_after: if allowed {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            },
+            reset_after: Duration::ZERO,
+            quota: 0,
+        };
+        match self.fail_mode {
+            FailMode::Open => Ok(fixed(true)),
+            FailMode::Closed => Ok(fixed(false)),
+            FailMode::Local => match at.explicit {
+                Some(now) => self.local.check_at(key, cost, now),
+                None => self.local.check(key, cost),
+            },
+        }
+    }
+}
+
+/// A check's time: the explicit Unix time given (replays, tests), if any, and
+/// the local clock's Unix time for the local layers (the explicit one if given).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    explicit: Option<Duration>,
+    local: Micros,
+}
+
+impl At {
+    fn new(now: Option<Duration>) -> Self {
+        Self {
+            explicit: now,
+            local: now.map_or_else(Micros::unix_now, Micros::floor),
+        }
+    }
+
+    /// The script's `now`: the explicit time, or `None` for the server's clock.
+    fn script(self) -> Option<Micros> {
+        self.explicit.map(Micros::floor)
+    }
+}
+
+fn source_of(answer: Answer) -> DecisionSource {
+    match answer {
+        Answer::Denied { .. } => DecisionSource::CachedDenial,
+        Answer::Leased { .. } => DecisionSource::Lease,
+    }
+}

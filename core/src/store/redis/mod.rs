@@ -1,0 +1,129 @@
+//! The Redis store (feature `redis`): one limit shared by every instance of a
+//! service, in one round trip per check.
+//!
+//! - Every quota of a check is decided and charged by one Lua script, atomically
+//!   and all-or-nothing (`limiter.lua`). It is loaded once and called by SHA; after a
+//!   failover or `SCRIPT FLUSH` (a `NOSCRIPT` reply) it is loaded again and the call
+//!   retried, so no error reaches the caller.
+//! - Time comes from the server's `TIME`, never the client's clock, unless a
+//!   time is passed explicitly (`check_at`, for replays and tests). The script counts
+//!   integer **microseconds** (Lua numbers are doubles, exact below 2^53); intervals
+//!   are rounded up to whole microseconds, which can only make a limit stricter.
+//! - Keys are `{<prefix>:<key>}:<quota>`: the hash tag puts all of one key's quotas
+//!   in one Cluster slot, so a check never fails with CROSSSLOT. Every key carries a
+//!   TTL, so nothing lingers.
+//! - Connections ([`RedisStore`]): a pool of blocking connections for [`check`]
+//!   and one multiplexed (pipelining) tokio connection for [`check_async`], to a
+//!   standalone server or a Cluster, with millisecond connect and command timeouts.
+//!   A broken connection is dropped and made again on next use. A **circuit
+//!   breaker** opens after consecutive failures: while open, checks are answered by
+//!   the fail mode without waiting for a timeout; a single probe is let through
+//!   after a cool-down that doubles up to a ceiling, and the first success closes
+//!   it again.
+//! - While Redis cannot answer, each check follows the [`FailMode`]: allow, deny,
+//!   or decide with an in-memory limiter (optionally at limit / instances).
+//! - A key Redis denied is answered locally until its retry time (the
+//!   *over-limit cache*), so a flood costs no round trip per request.
+//! - Optional **token leases**: an instance reserves up to `lease` units of a key
+//!   in one round trip and spends them locally; see [`RedisLimiterBuilder::lease`]
+//!   for the bound this puts on over-admission.
+//!
+//! Modules: `connection` (the store: pool, async connection, timeouts),
+//! `breaker` (the circuit breaker, on an injected clock), `script` (the Lua
+//! protocol, typed: call modes, per-quota arguments, the reply parser),
+//! `limiter` (checks: validation, local answers, one call, the fail mode),
+//! `local` (the over-limit cache and leases of one key), `units` (µs as a type).
+//!
+//! [`check`]: RedisLimiter::check
+//! [`check_async`]: RedisLimiter::check_async
+
+mod breaker;
+mod connection;
+mod limiter;
+mod local;
+mod script;
+mod units;
+
+pub use connection::{RedisStore, RedisStoreBuilder};
+pub use limiter::{RedisLimiter, RedisLimiterBuilder};
+
+use crate::error::{Error, Result};
+
+/// What a check answers while Redis cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailMode {
+    /// Allow every request (availability first).
+    Open,
+    /// Deny every request (protection first).
+    Closed,
+    /// Decide with an in-memory limiter of the same quotas on this instance.
+    Local,
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            "local" => Ok(Self::Local),
+            _ => Err(Error::InvalidOption {
+                option: "fail_mode",
+                problem: "use open, closed or local",
+            }),
+        }
+    }
+}
+
+/// Where a check's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecisionSource {
+    /// A round trip to Redis.
+    Redis,
+    /// The over-limit cache: Redis denied this key earlier, and its retry time has
+    /// not come.
+    CachedDenial,
+    /// Units of a lease this instance holds.
+    Lease,
+    /// The fail mode, because Redis could not answer.
+    Fallback,
+}
+
+pub(super) fn unavailable(what: &str, e: &redis::RedisError) -> Error {
+    Error::StoreUnavailable {
+        store: "redis",
+        message: format!("{what}: {e}").into(),
+    }
+}
+
+pub(super) fn io_error(message: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, message))
+}
+
+/// A process-wide tokio runtime with one worker, for callers that have none
+/// (the Python and Node bindings) to run [`RedisLimiter::check_async`] on. One
+/// worker suffices: it mostly waits on the multiplexed connection, whose driver
+/// task then shares its thread, so a round trip costs no thread hop inside it.
+/// Made on first use.
+///
+/// # Errors
+/// [`Error::StoreUnavailable`] if the runtime cannot be started (no threads).
+pub fn background_runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("floodgate-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| Error::StoreUnavailable {
+        store: "redis",
+        message: format!("cannot start the async runtime: {e}").into(),
+    })
+}

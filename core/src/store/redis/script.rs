@@ -1,0 +1,222 @@
+//! The protocol of `limiter.lua`, typed: the call (keys, mode, per-quota
+//! arguments) and the reply. The script's header comment is the wire format;
+//! this module is its only Rust-side reader and writer.
+
+use std::time::Duration;
+
+use crate::quota::{Algorithm, Quota};
+
+use super::units::Micros;
+
+/// The script's source: loaded once per server and called by SHA.
+pub(super) const SOURCE: &str = include_str!("limiter.lua");
+
+/// What a call does (`ARGV[3]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Decide and charge `cost` on every quota, all-or-nothing.
+    Check,
+    /// Decide one unit, write nothing.
+    Peek,
+    /// As `Check`, but charge up to the lease size (at least the cost).
+    Lease,
+    /// Give `cost` units back on every quota.
+    Refund,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Check => "c",
+            Self::Peek => "p",
+            Self::Lease => "l",
+            Self::Refund => "r",
+        }
+    }
+}
+
+/// One quota's three arguments: algorithm, limit, and the period in µs (the
+/// emission interval for GCRA, the window otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct QuotaArgs {
+    algorithm: &'static str,
+    limit: u64,
+    period: Micros,
+}
+
+impl QuotaArgs {
+    pub(super) fn of(q: &Quota) -> Self {
+        let (algorithm, period) = match q.algorithm() {
+            Algorithm::Gcra => ("g", q.interval()),
+            Algorithm::FixedWindow => ("f", q.period()),
+            Algorithm::SlidingWindow => ("c", q.period()),
+            Algorithm::SlidingLog => ("l", q.period()),
+        };
+        Self {
+            algorithm,
+            limit: q.limit(),
+            period: Micros::ceil(period),
+        }
+    }
+}
+
+/// Everything but the keys of one call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Call<'a> {
+    /// An explicit Unix time, or `None` for the server's `TIME`.
+    pub(super) now: Option<Micros>,
+    pub(super) cost: u64,
+    pub(super) mode: Mode,
+    pub(super) lease: u64,
+    pub(super) quotas: &'a [QuotaArgs],
+}
+
+impl Call<'_> {
+    /// Appends the call's arguments (`ARGV`) to `invocation`, whose keys are set.
+    pub(super) fn args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        invocation
+            .arg(self.now.map_or(-1, Micros::script_arg))
+            .arg(self.cost.max(1))
+            .arg(self.mode.arg())
+            .arg(self.lease);
+        for q in self.quotas {
+            invocation.arg(q.algorithm).arg(q.limit).arg(q.period.0);
+        }
+    }
+}
+
+/// The script's reply: `{quota (1-based), allowed, remaining, retry_after µs,
+/// reset_after µs, units charged}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Reply {
+    /// The deciding quota, 0-based.
+    pub(super) quota: usize,
+    pub(super) allowed: bool,
+    pub(super) remaining: u64,
+    pub(super) retry_after: Micros,
+    pub(super) reset_after: Micros,
+    /// Units charged: the cost, more for a lease, 0 when denied.
+    pub(super) granted: u64,
+}
+
+impl Reply {
+    /// Parses a reply for a call on `quotas` quotas. Anything but six
+    /// non-negative integers naming one of those quotas is a protocol error
+    /// (another script under our SHA, a proxy mangling replies): the caller
+    /// treats it as a failed round trip.
+    pub(super) fn parse(values: &[i64], quotas: usize) -> redis::RedisResult<Self> {
+        let bad = |what: &'static str| {
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected script reply",
+                what.into(),
+            ))
+        };
+        let &[quota, allowed, remaining, retry, reset, granted] = values else {
+            return Err(bad("expected 6 integers"));
+        };
+        let nat = |v: i64| u64::try_from(v).map_err(|_| bad("a negative value"));
+        let quota = usize::try_from(quota)
+            .ok()
+            .and_then(|q| q.checked_sub(1))
+            .filter(|&q| q < quotas.max(1))
+            .ok_or_else(|| bad("no such quota"))?;
+        let allowed = match allowed {
+            0 => false,
+            1 => true,
+            _ => return Err(bad("allowed is not 0 or 1")),
+        };
+        Ok(Self {
+            quota,
+            allowed,
+            remaining: nat(remaining)?,
+            retry_after: Micros(nat(retry)?),
+            reset_after: Micros(nat(reset)?),
+            granted: nat(granted)?,
+        })
+    }
+
+    pub(super) fn retry_after(&self) -> Duration {
+        self.retry_after.duration()
+    }
+
+    pub(super) fn reset_after(&self) -> Duration {
+        self.reset_after.duration()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_args_use_the_interval_for_gcra_and_the_window_otherwise() {
+        let per_minute = |a| {
+            Quota::per_minute(60)
+                .and_then(|q| q.with_algorithm(a))
+                .map(|q| QuotaArgs::of(&q))
+        };
+        let g = per_minute(Algorithm::Gcra).ok();
+        assert_eq!(
+            g.map(|q| (q.algorithm, q.limit, q.period)),
+            Some(("g", 60, Micros(1_000_000)))
+        );
+        let f = per_minute(Algorithm::FixedWindow).ok();
+        assert_eq!(
+            f.map(|q| (q.algorithm, q.period)),
+            Some(("f", Micros(60_000_000)))
+        );
+        let c = per_minute(Algorithm::SlidingWindow).ok();
+        assert_eq!(c.map(|q| q.algorithm), Some("c"));
+        let l = per_minute(Algorithm::SlidingLog).ok();
+        assert_eq!(l.map(|q| q.algorithm), Some("l"));
+    }
+
+    #[test]
+    fn modes_are_the_scripts_letters() {
+        let letters: Vec<_> = [Mode::Check, Mode::Peek, Mode::Lease, Mode::Refund]
+            .map(Mode::arg)
+            .to_vec();
+        assert_eq!(letters, ["c", "p", "l", "r"]);
+        for letter in letters {
+            assert!(SOURCE.contains(&format!("mode == '{letter}'")) || letter == "p");
+        }
+    }
+
+    #[test]
+    fn replies_parse_or_are_protocol_errors() {
+        assert_eq!(
+            Reply::parse(&[2, 0, 0, 1500, 3000, 0], 2).ok(),
+            Some(Reply {
+                quota: 1,
+                allowed: false,
+                remaining: 0,
+                retry_after: Micros(1500),
+                reset_after: Micros(3000),
+                granted: 0,
+            })
+        );
+        let ok = Reply::parse(&[1, 1, 9, 0, 100, 1], 1).ok();
+        assert_eq!(
+            ok.map(|r| (r.allowed, r.remaining, r.granted)),
+            Some((true, 9, 1))
+        );
+        for bad in [
+            &[1, 1, 9, 0, 100][..],
+            &[1, 1, 9, 0, 100, 1, 7],
+            &[],
+            &[0, 1, 9, 0, 100, 1],
+            &[3, 1, 9, 0, 100, 1],
+            &[1, 2, 9, 0, 100, 1],
+            &[1, 1, -9, 0, 100, 1],
+            &[1, 0, 0, -1, 100, 0],
+        ] {
+            let e = Reply::parse(bad, 2);
+            assert!(
+                e.as_ref()
+                    .is_err_and(|e| e.kind() == redis::ErrorKind::Parse),
+                "{bad:?}: {e:?}"
+            );
+        }
+    }
+}
