@@ -428,8 +428,23 @@ fn config_errors_name_the_place() {
         ),
         (
             "[settings]\nheaders = \"draft-99\"\n",
-            "settings.headers",
+            "unknown variant `draft-99`, expected one of `draft-10`, `draft10`, `ietf`",
             Some(2),
+        ),
+        (
+            "[store]\nkind = \"memcached\"\n",
+            "unknown variant `memcached`, expected `memory` or `redis`",
+            Some(2),
+        ),
+        (
+            "[store]\nfail_mode = \"maybe\"\n",
+            "expected one of `open`, `closed`, `local`",
+            Some(2),
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nmatch = \"/x\"\nquotas = [\"1/s\"]\nfail_mode = \"later\"\n",
+            "unknown variant `later`",
+            Some(5),
         ),
         ("[[rule]\nname = 1", "", Some(1)),
     ];

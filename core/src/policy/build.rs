@@ -28,15 +28,7 @@ impl Engine {
         let root = Path::default();
         let err = |path: &Path, msg: String| source.error(path, msg);
         let s = &cfg.settings;
-        let style = HeaderStyle::parse(&s.headers).ok_or_else(|| {
-            err(
-                &root.key("settings").key("headers"),
-                format!(
-                    "unknown header style {:?} (draft-10, draft-6, legacy, none)",
-                    s.headers
-                ),
-            )
-        })?;
+        let style = s.headers;
         if s.max_keys == 0 {
             return Err(err(
                 &root.key("settings").key("max_keys"),
@@ -251,13 +243,7 @@ impl Engine {
                 None => r.name.clone(),
             };
             let limiter = store
-                .limiter(
-                    limiter,
-                    &name,
-                    r.fail_mode.as_deref(),
-                    cfg.settings.max_keys,
-                    KEY_BUF,
-                )
+                .limiter(limiter, &name, r.fail_mode, cfg.settings.max_keys, KEY_BUF)
                 .map_err(|m| err(&p.key("fail_mode"), m))?;
             let policy_values = limiter
                 .quotas()

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::headers::HeaderStyle;
+
 use crate::error::{Error, Result};
 
 /// One value or a list of them (`match = "GET /a"` or `match = ["GET /a", "/b"]`).
@@ -83,6 +85,30 @@ pub(crate) enum BanScopeConfig {
     Client,
 }
 
+/// `[store] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StoreKind {
+    /// In this process (default).
+    #[default]
+    Memory,
+    /// A Redis server or Cluster (feature `redis`).
+    Redis,
+}
+
+/// `fail_mode`: what a Redis-backed rule answers while Redis cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum FailModeConfig {
+    /// Allow.
+    Open,
+    /// Deny.
+    Closed,
+    /// An in-memory limiter of the same quotas (default).
+    #[default]
+    Local,
+}
+
 /// The whole policy.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +132,7 @@ pub(crate) struct PolicyConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StoreConfig {
     /// `memory` (default) or `redis`.
-    pub kind: String,
+    pub kind: StoreKind,
     /// `redis://[:password@]host:port/db` of a standalone Redis.
     pub url: Option<String>,
     /// Node URLs of a Redis Cluster (instead of `url`).
@@ -119,7 +145,7 @@ pub(crate) struct StoreConfig {
     /// Blocking connections (default 2 per core).
     pub pool_size: Option<usize>,
     /// `open`, `closed` or `local` (default); a rule may override it.
-    pub fail_mode: String,
+    pub fail_mode: FailModeConfig,
     /// With `local`: each quota divided by this many instances.
     pub local_share: u64,
     /// Token lease size (0 = off) and how long a lease is spent.
@@ -134,14 +160,14 @@ pub(crate) struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            kind: "memory".into(),
+            kind: StoreKind::Memory,
             url: None,
             cluster: Vec::new(),
             prefix: "fg".into(),
             connect_timeout_ms: None,
             timeout_ms: None,
             pool_size: None,
-            fail_mode: "local".into(),
+            fail_mode: FailModeConfig::Local,
             local_share: 1,
             lease: 0,
             lease_ttl_ms: 1000,
@@ -156,7 +182,7 @@ impl Default for StoreConfig {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Settings {
     /// `draft-10` (default), `draft-6`, `legacy` or `none`.
-    pub headers: String,
+    pub headers: HeaderStyle,
     /// Keys held per rule (and per tier).
     pub max_keys: usize,
     /// IPv6 clients are keyed by this prefix length (an attacker usually holds a whole /64).
@@ -177,7 +203,7 @@ pub(crate) struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            headers: "draft-10".into(),
+            headers: HeaderStyle::Draft10,
             max_keys: 1_000_000,
             ipv6_prefix: 64,
             api_key_header: "x-api-key".into(),
@@ -301,7 +327,7 @@ pub(crate) struct RuleConfig {
     pub missing_claim: MissingClaim,
     /// What the rule answers while a Redis store cannot (`open`, `closed`, `local`);
     /// default `[store] fail_mode`.
-    pub fail_mode: Option<String>,
+    pub fail_mode: Option<FailModeConfig>,
 }
 
 /// Quotas chosen by a verified claim's value.

@@ -20,29 +20,23 @@ use base64::Engine as _;
 
 use crate::quota::{Algorithm, Quota};
 
-/// Which header set to emit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which header set to emit (`settings.headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum HeaderStyle {
+    /// `draft-10` (also `draft10`, `ietf`):
     /// draft-ietf-httpapi-ratelimit-headers-10 (`RateLimit`, `RateLimit-Policy`).
+    #[serde(rename = "draft-10", alias = "draft10", alias = "ietf")]
     Draft10,
+    /// `draft-6` (also `draft-06`, `draft6`):
     /// draft-ietf-httpapi-ratelimit-headers-06 (`RateLimit-Limit/Remaining/Reset`).
+    #[serde(rename = "draft-6", alias = "draft-06", alias = "draft6")]
     Draft6,
-    /// `X-RateLimit-Limit/Remaining/Reset`.
+    /// `legacy` (also `x-ratelimit`): `X-RateLimit-Limit/Remaining/Reset`.
+    #[serde(rename = "legacy", alias = "x-ratelimit")]
     Legacy,
-    /// Only `Retry-After`.
+    /// `none` (also `off`): only `Retry-After`.
+    #[serde(rename = "none", alias = "off")]
     None,
-}
-
-impl HeaderStyle {
-    pub(crate) fn parse(name: &str) -> Option<Self> {
-        Some(match name.trim().to_ascii_lowercase().as_str() {
-            "draft-10" | "draft10" | "ietf" => Self::Draft10,
-            "draft-6" | "draft-06" | "draft6" => Self::Draft6,
-            "legacy" | "x-ratelimit" => Self::Legacy,
-            "none" | "off" => Self::None,
-            _ => return None,
-        })
-    }
 }
 
 /// Whole seconds, rounded up (`Retry-After` must never be early).

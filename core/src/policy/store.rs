@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::config::{Path, Source, StoreConfig};
+use super::config::{FailModeConfig, Path, Source, StoreConfig, StoreKind};
 use crate::decision::Decision;
 use crate::error::Result;
 use crate::limiter::Limiter;
@@ -38,10 +38,10 @@ pub(super) struct Checked {
 impl Store {
     pub(super) fn build(cfg: &StoreConfig, p: &Path, source: &Source<'_>) -> Result<Store> {
         let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
-        match cfg.kind.as_str() {
-            "memory" => Ok(Store::Memory),
+        match cfg.kind {
+            StoreKind::Memory => Ok(Store::Memory),
             #[cfg(feature = "redis")]
-            "redis" => {
+            StoreKind::Redis => {
                 let builder = match (&cfg.url, cfg.cluster.is_empty()) {
                     (Some(url), true) => crate::RedisStore::builder(url),
                     (None, false) => crate::RedisStore::cluster_builder(&cfg.cluster),
@@ -56,9 +56,6 @@ impl Store {
                         ));
                     }
                 };
-                cfg.fail_mode
-                    .parse::<crate::FailMode>()
-                    .map_err(|e| err("fail_mode", e.to_string()))?;
                 if cfg.connect_timeout_ms == Some(0) || cfg.timeout_ms == Some(0) {
                     return Err(err("timeout_ms", "timeouts must be at least 1 ms".into()));
                 }
@@ -84,13 +81,9 @@ impl Store {
                 })
             }
             #[cfg(not(feature = "redis"))]
-            "redis" => Err(err(
+            StoreKind::Redis => Err(err(
                 "kind",
                 "this build of floodgate has no Redis support (cargo feature `redis`)".into(),
-            )),
-            other => Err(err(
-                "kind",
-                format!("{other:?}: use \"memory\" or \"redis\""),
             )),
         }
     }
@@ -103,7 +96,7 @@ impl Store {
         &self,
         memory: Limiter,
         name: &str,
-        fail_mode: Option<&str>,
+        fail_mode: Option<FailModeConfig>,
         max_keys: usize,
         max_key_bytes: usize,
     ) -> std::result::Result<RuleLimiter, String> {
@@ -116,10 +109,11 @@ impl Store {
             }
             #[cfg(feature = "redis")]
             Store::Redis { store, cfg } => {
-                let mode = fail_mode
-                    .unwrap_or(&cfg.fail_mode)
-                    .parse::<crate::FailMode>()
-                    .map_err(|e| e.to_string())?;
+                let mode = match fail_mode.unwrap_or(cfg.fail_mode) {
+                    FailModeConfig::Open => crate::FailMode::Open,
+                    FailModeConfig::Closed => crate::FailMode::Closed,
+                    FailModeConfig::Local => crate::FailMode::Local,
+                };
                 let mut b = store
                     .limiter()
                     .prefix(&format!("{}:{name}", cfg.prefix))
