@@ -483,6 +483,56 @@ fn login(e: &Engine, from: &str, t: Duration) -> Verdict {
 }
 
 #[test]
+fn ratelimit_policy_lists_every_applying_quota_and_ratelimit_the_deciding_one() {
+    // Two rules meet the login route: a per-IP rule with two quotas and a
+    // catch-all. Every response, allowed or denied, lists the same four items
+    // in rule order; RateLimit names the quota that decided.
+    let e = engine(
+        "[[rule]]\nname = \"login\"\nmatch = \"POST /auth/login\"\nquotas = [\"3/min\", \"10/h\"]\nalgorithm = \"fixed_window\"\n\n\
+         [[rule]]\nname = \"all\"\nmatch = \"/**\"\nquotas = [\"100/min\"]\nalgorithm = \"fixed_window\"\n\n\
+         [[rule]]\nname = \"shadow\"\nmatch = \"/**\"\nquotas = [\"1/min\"]\nshadow = true\n",
+    );
+    let list = "\"login.1\";q=3;w=60, \"login.2\";q=10;w=3600, \"all\";q=100;w=60";
+    let header = |v: &Verdict, name: &str| {
+        v.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    for i in 0..5 {
+        let v = login(&e, "203.0.113.7", at(i));
+        assert_eq!(header(&v, "RateLimit-Policy"), list, "request {i}");
+        assert!(
+            header(&v, "RateLimit").starts_with("\"login.1\";"),
+            "request {i}: {:?}",
+            v.headers
+        );
+        assert_eq!(v.allowed, i < 3);
+    }
+    // Another path meets only the catch-all.
+    let v = e
+        .check_request_at(
+            &Request {
+                method: "GET",
+                path: "/items",
+                client_ip: ip("203.0.113.7"),
+                headers: &[],
+            },
+            at(10),
+        )
+        .unwrap();
+    assert_eq!(header(&v, "RateLimit-Policy"), "\"all\";q=100;w=60");
+    // A rule whose quotas would be named like another rule is refused.
+    let err = Engine::from_toml_str(
+        "[[rule]]\nname = \"a\"\nmatch = \"/x\"\nquotas = [\"1/s\", \"9/h\"]\n\n\
+         [[rule]]\nname = \"a.2\"\nmatch = \"/y\"\nquotas = [\"1/s\"]\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("rename one"), "{err}");
+}
+
+#[test]
 fn headers_and_retry_after() {
     let e = login_policy("");
     let v = login(&e, "203.0.113.7", at(0));

@@ -62,6 +62,24 @@ impl Engine {
                     format!("rule names must be unique and not empty ({:?})", r.name),
                 ));
             }
+            // A rule with several quotas names them `name.1`, `name.2`... in
+            // RateLimit-Policy: those must not be another rule's name either.
+            let quotas = r.tiers.as_ref().map_or(r.quotas.len(), |t| {
+                t.quotas.values().map(Vec::len).max().unwrap_or(0)
+            });
+            for q in (0..quotas).filter(|_| quotas > 1) {
+                let name = headers::policy_name(&r.name, q, quotas);
+                if cfg.rules.iter().any(|other| other.name == name) {
+                    return Err(err(
+                        &path.key("name"),
+                        format!(
+                            "the quotas of rule {:?} are named {:?}... in RateLimit-Policy, \
+                             which another rule's name takes: rename one",
+                            r.name, name
+                        ),
+                    ));
+                }
+            }
             rules.push(Self::build_rule(
                 r,
                 &path,
@@ -245,14 +263,18 @@ impl Engine {
             let limiter = store
                 .limiter(limiter, &name, r.fail_mode, cfg.settings.max_keys, KEY_BUF)
                 .map_err(|m| err(&p.key("fail_mode"), m))?;
-            let policy_values = limiter
+            let n = limiter.quotas().len();
+            let policy_values: Vec<String> = limiter
                 .quotas()
                 .iter()
-                .map(|q| headers::policy_value(style, &r.name, q))
+                .enumerate()
+                .map(|(i, q)| headers::policy_value(style, &headers::policy_name(&r.name, i, n), q))
                 .collect();
+            let policy_list = headers::policy_list(policy_values.iter().map(String::as_str));
             Ok(Tier {
                 limiter,
                 policy_values,
+                policy_list,
             })
         };
         let (limits, quota_text) = match (&r.tiers, r.quotas.is_empty()) {

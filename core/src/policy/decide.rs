@@ -2,6 +2,7 @@
 //! (canonical address, normalised path, API key), then lists, client bans, the
 //! token, every matching rule (charged all-or-nothing) and shadow rules.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use super::ban::BanScope;
@@ -9,7 +10,9 @@ use super::events::{Event, EventKind, bump};
 use super::headers::{self, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
 use super::jwt::{TokenCheck, TokenProblem};
-use super::{Charge, Engine, Reason, Request, Rule, Unless, Verdict, View, nanos, path, store};
+use super::{
+    Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, View, nanos, path, store,
+};
 use crate::error::{Error, Result};
 
 impl Engine {
@@ -201,11 +204,13 @@ impl Engine {
             }
             if !d.allowed {
                 self.refund(&charges, now, explicit);
+                let policies = self.applying_policies(&charges, tier, index, &view, claims);
                 return Ok(self.rate_limited(
                     index,
                     rule,
                     scope,
                     tier,
+                    &policies,
                     key,
                     d,
                     ip,
@@ -305,7 +310,14 @@ impl Engine {
             tier.policy_values.get(d.quota),
         ) {
             verdict.headers.reserve_exact(3);
+            let policies = match charges.as_slice() {
+                [one] => Cow::Borrowed(one.tier.policy_list.as_str()),
+                many => Cow::Owned(headers::policy_list(
+                    many.iter().map(|c| c.tier.policy_list.as_str()),
+                )),
+            };
             let report = Report {
+                policy_list: &policies,
                 policy_value: value,
                 quota,
                 remaining: d.remaining,
@@ -392,6 +404,40 @@ impl Engine {
             route,
         };
         template.build(&input, &self.key_seed, buf)
+    }
+
+    /// The `RateLimit-Policy` list of a denied request: every rule that applies
+    /// to it, in rule order (those charged before the denial, the denying one and
+    /// the later ones it would have met), as an allowed request lists them.
+    fn applying_policies(
+        &self,
+        charged: &[Charge<'_>],
+        denying: &Tier,
+        index: usize,
+        view: &View<'_>,
+        claims: Option<&Claims>,
+    ) -> String {
+        if !self.style.has_policy_header() {
+            return String::new();
+        }
+        let mut buf = KeyBuf::default();
+        let later = self
+            .rules
+            .iter()
+            .skip(index.saturating_add(1))
+            .filter(|r| {
+                !r.shadow
+                    && self.applies(r, view, claims.is_some())
+                    && self.rule_key(r, view, claims, &mut buf).is_some()
+            })
+            .map(|r| r.limits.select(claims).policy_list.as_str());
+        headers::policy_list(
+            charged
+                .iter()
+                .map(|c| c.tier.policy_list.as_str())
+                .chain(std::iter::once(denying.policy_list.as_str()))
+                .chain(later),
+        )
     }
 
     pub(super) fn refund(&self, charges: &[Charge<'_>], now: Duration, explicit: bool) {

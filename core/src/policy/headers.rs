@@ -39,6 +39,13 @@ pub enum HeaderStyle {
     None,
 }
 
+impl HeaderStyle {
+    /// Whether this style sends `RateLimit-Policy`.
+    pub(crate) fn has_policy_header(self) -> bool {
+        matches!(self, Self::Draft10 | Self::Draft6)
+    }
+}
+
 /// Whole seconds, rounded up (`Retry-After` must never be early).
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -55,7 +62,30 @@ pub(crate) fn window_secs(q: &Quota) -> u64 {
     ceil_secs(w).max(1)
 }
 
-/// The `RateLimit-Policy` value of one quota, computed once at load.
+/// The policy name of quota `i` of a rule with `n` quotas: the rule's name, or
+/// `name.1`, `name.2`, ... when it has several, so every quota a client may be
+/// told about has its own name.
+pub(crate) fn policy_name(rule: &str, i: usize, n: usize) -> String {
+    if n <= 1 {
+        rule.to_string()
+    } else {
+        format!("{rule}.{}", i + 1)
+    }
+}
+
+/// Joins `RateLimit-Policy` items into one list value (`a, b`).
+pub(crate) fn policy_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for item in items.into_iter().filter(|i| !i.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+    }
+    out
+}
+
+/// The `RateLimit-Policy` item of one quota, computed once at load.
 pub(crate) fn policy_value(style: HeaderStyle, policy: &str, quota: &Quota) -> String {
     let (q, w) = (quota.limit(), window_secs(quota));
     match style {
@@ -68,7 +98,10 @@ pub(crate) fn policy_value(style: HeaderStyle, policy: &str, quota: &Quota) -> S
 /// What the headers report.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Report<'a> {
-    /// `policy_value()` of the quota, precomputed.
+    /// The `RateLimit-Policy` value: the items of every quota that applies to
+    /// the request, the same whether it is allowed or denied.
+    pub policy_list: &'a str,
+    /// `policy_value()` of the deciding quota, precomputed.
     pub policy_value: &'a str,
     pub quota: &'a Quota,
     pub remaining: u64,
@@ -86,7 +119,7 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut Vec<(&'static
     let t = ceil_secs(r.reset_after);
     match style {
         HeaderStyle::Draft10 => {
-            out.push(("RateLimit-Policy", r.policy_value.to_string()));
+            out.push(("RateLimit-Policy", r.policy_list.to_string()));
             // The policy value starts with the quoted name: reuse it.
             let name = r.policy_value.split(';').next().unwrap_or_default();
             let mut value = String::with_capacity(name.len() + 48);
@@ -103,7 +136,7 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut Vec<(&'static
             out.push(("RateLimit-Limit", q.to_string()));
             out.push(("RateLimit-Remaining", r.remaining.to_string()));
             out.push(("RateLimit-Reset", t.to_string()));
-            out.push(("RateLimit-Policy", r.policy_value.to_string()));
+            out.push(("RateLimit-Policy", r.policy_list.to_string()));
         }
         HeaderStyle::Legacy => {
             out.push(("X-RateLimit-Limit", q.to_string()));
@@ -147,6 +180,7 @@ mod tests {
         render(
             style,
             &Report {
+                policy_list: &value,
                 policy_value: &value,
                 ..*r
             },
@@ -162,6 +196,7 @@ mod tests {
             .with_algorithm(Algorithm::FixedWindow)
             .unwrap_or_else(|e| panic!("{e}"));
         let r = Report {
+            policy_list: "",
             policy_value: "",
             quota: &quota,
             remaining: 50,
@@ -190,6 +225,7 @@ mod tests {
     fn draft6_legacy_and_retry_after() {
         let quota = q("10/s burst 20"); // refill of the whole burst: 2 s
         let r = Report {
+            policy_list: "",
             policy_value: "",
             quota: &quota,
             remaining: 0,
@@ -228,6 +264,34 @@ mod tests {
         ] {
             assert_eq!(ceil_secs(Duration::from_nanos(ns)).max(1), secs);
         }
+    }
+
+    #[test]
+    fn every_quota_is_listed_under_its_own_name() {
+        let (a, b) = (q("10/s"), q("1000/h"));
+        let items = [
+            policy_value(HeaderStyle::Draft10, &policy_name("api", 0, 2), &a),
+            policy_value(HeaderStyle::Draft10, &policy_name("api", 1, 2), &b),
+            policy_value(HeaderStyle::Draft10, &policy_name("login", 0, 1), &a),
+        ];
+        let list = policy_list(items.iter().map(String::as_str));
+        assert_eq!(
+            list,
+            "\"api.1\";q=10;w=1, \"api.2\";q=1000;w=3600, \"login\";q=10;w=1"
+        );
+        let mut out = Vec::new();
+        let r = Report {
+            policy_list: &list,
+            policy_value: &items[1],
+            quota: &b,
+            remaining: 7,
+            reset_after: Duration::from_secs(5),
+            retry_after: None,
+            partition: None,
+        };
+        render(HeaderStyle::Draft10, &r, &mut out);
+        assert_eq!(out[1], ("RateLimit", "\"api.2\";r=7;t=5".into()));
+        assert_eq!(policy_list(["", "10;w=1", ""]), "10;w=1");
     }
 
     #[test]

@@ -254,10 +254,13 @@ impl Verdict {
     }
 }
 
-/// One limiter of a rule, with its quotas' `RateLimit-Policy` values precomputed.
+/// One limiter of a rule, with its quotas' `RateLimit-Policy` items precomputed.
 struct Tier {
     limiter: RuleLimiter,
+    /// One item per quota (empty for header styles without a policy header).
     policy_values: Vec<String>,
+    /// All of them, as a list value.
+    policy_list: String,
 }
 
 /// A rule's limiter(s): one, or one per tier (the default tier kept apart, so a

@@ -130,6 +130,7 @@ impl Engine {
         rule: &Rule,
         scope: BanScope,
         tier: &Tier,
+        policies: &str,
         key: &[u8],
         d: crate::Decision,
         ip: Option<IpAddr>,
@@ -192,6 +193,7 @@ impl Engine {
             tier.policy_values.get(d.quota),
         ) {
             let report = Report {
+                policy_list: policies,
                 policy_value: value,
                 quota,
                 remaining: d.remaining,
