@@ -14,8 +14,7 @@ cargo build -q -p floodgate-ffi
 LIB=$PWD/target/debug
 # The library's SONAME is libfloodgate.so.0 (what the binaries will look for).
 ln -sf libfloodgate.so "$LIB/libfloodgate.so.0"
-STATIC_LIBS=$(cargo rustc -q -p floodgate-ffi --lib --crate-type staticlib -- --print native-static-libs 2>&1 \
-  | sed -n 's/.*native-static-libs: //p' | tail -1)
+STATIC_LIBS=$(scripts/native-static-libs)
 
 echo "-- harness, shared library"
 gcc $CFLAGS tests/c/test_floodgate.c -L"$LIB" -lfloodgate -Wl,-rpath,"$LIB" -lpthread -o $OUT/test_shared
