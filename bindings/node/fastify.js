@@ -8,18 +8,19 @@
 // express.js), Node's header values and `request.ip` (X-Forwarded-For from the
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
 // answered 400.
-const { clientIp, isBadRequest, BAD_REQUEST } = require('./express.js')
+const { clientIp, headerPicker, isBadRequest, BAD_REQUEST } = require('./express.js')
 
 function floodgatePlugin(fastify, opts, done) {
   const engine = opts.engine
   if (!engine) return done(new Error('floodgate/fastify: options.engine is required'))
   const async = opts.async ?? engine.mayBlock
+  const pick = headerPicker(engine)
   fastify.addHook('onRequest', async (request, reply) => {
     const req = {
       method: request.method,
       path: request.url,
       clientIp: clientIp(request.ip),
-      headers: request.headers,
+      headers: pick(request.headers),
     }
     let v
     try {

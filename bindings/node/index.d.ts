@@ -25,6 +25,11 @@ export declare class Engine {
   /** Decides a request on the libuv thread pool: use it with a Redis store. */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
   /**
+   * The request headers the policy reads, lower case (`x-api-key`,
+   * `authorization`, ...): pass only these, the rest cannot change a verdict.
+   */
+  get requestHeaders(): Array<string>
+  /**
    * Whether checks may wait on the network (a rule on a Redis store): the
    * middleware then use `checkRequestAsync` by themselves.
    */

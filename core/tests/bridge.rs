@@ -117,3 +117,62 @@ fn pk_is_the_same_in_every_process_with_the_same_policy() {
     assert_eq!(pk(policy), pk(policy));
     assert_ne!(pk(policy), pk(&policy.replace("100/min", "101/min")));
 }
+
+#[test]
+fn the_engine_lists_the_headers_it_reads() {
+    let e = Engine::from_path(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policy.toml"
+    ))
+    .unwrap();
+    let mut got = e.request_headers().to_vec();
+    got.sort();
+    assert_eq!(
+        got,
+        ["authorization", "x-api-key", "x-client-id", "x-login-user"]
+    );
+    assert!(e.reads_header("X-Client-Id") && !e.reads_header("cookie"));
+}
+
+#[test]
+fn owned_requests_decide_as_borrowed_ones() {
+    use floodgate::policy::OwnedRequest;
+    let policy = r#"
+        [[rule]]
+        name = "by-header"
+        match = "/**"
+        key = "header:x-user"
+        quotas = ["2/min"]
+        anonymous = "deny"
+    "#;
+    // Two engines with one seed: the same key gives the same `pk`.
+    let owned_engine = Engine::from_toml_str(policy).unwrap().with_fixed_seed(7);
+    let borrowed_engine = Engine::from_toml_str(policy).unwrap().with_fixed_seed(7);
+    let err = OwnedRequest::new("GET", "/", Some("not-an-ip")).unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    assert!(err.to_string().contains("client_ip"), "{err}");
+    // A few headers (the stack view) and many (the heap one).
+    for filler in [0, 40] {
+        let mut owned = OwnedRequest::new("GET", "/a", Some("::ffff:198.51.100.4")).unwrap();
+        for i in 0..filler {
+            owned.header(format!("x-filler-{i}"), "v");
+        }
+        owned.header("X-User", format!("u{filler}"));
+        let pairs: Vec<(&str, &str)> = owned
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let borrowed = Request {
+            method: "GET",
+            path: "/a",
+            client_ip: "198.51.100.4".parse().ok(),
+            headers: &pairs,
+        };
+        for t in 0..3 {
+            let a = owned_engine.check_owned(&owned, Some(at(t))).unwrap();
+            let b: Verdict = borrowed_engine.check_request_at(&borrowed, at(t)).unwrap();
+            assert_eq!(a, b, "{filler} headers, request {t}");
+        }
+    }
+}

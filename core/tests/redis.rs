@@ -964,7 +964,7 @@ fn policy_store_config_errors_are_clear() {
         ("[store]\nkind = \"postgres\"\n", "memory"),
         (
             "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1/\"\nfail_mode = \"maybe\"\n",
-            "open, closed or local",
+            "expected one of `open`, `closed`, `local`",
         ),
         (
             "[[rule]]\nname = \"r\"\nmatch = \"/**\"\nquotas = [\"1/s\"]\nfail_mode = \"open\"\n",

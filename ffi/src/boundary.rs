@@ -4,15 +4,31 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::result::fg_result;
 
-/// Runs `f`, turning a panic into `FG_RESULT_PANIC`. With `panic = "unwind"` (set
-/// in every profile of the workspace) nothing unwinds into C.
-pub(crate) fn guard(f: impl FnOnce() -> fg_result) -> fg_result {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fg_result::Panic)
+/// The one boundary of every exported function that returns a code: runs `f`,
+/// whose `?` turns any failure into its code, and turns a panic into
+/// `FG_RESULT_PANIC`. With `panic = "unwind"` (set in every profile of the
+/// workspace) nothing unwinds into C.
+pub(crate) fn guard(f: impl FnOnce() -> Result<(), fg_result>) -> fg_result {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => fg_result::Ok,
+        Ok(Err(code)) => code,
+        Err(_) => fg_result::Panic,
+    }
 }
 
 /// As [`guard`], for functions that return nothing.
 pub(crate) fn guard_void(f: impl FnOnce()) {
     let _ = catch_unwind(AssertUnwindSafe(f));
+}
+
+/// An output pointer, checked before any work is done: `Err(NULL_PARAMETER)`
+/// for NULL.
+pub(crate) fn try_out<T>(p: *mut T) -> Result<*mut T, fg_result> {
+    if p.is_null() {
+        Err(fg_result::NullParameter)
+    } else {
+        Ok(p)
+    }
 }
 
 /// `Ok(&T)` for a non-NULL pointer, else `FG_RESULT_NULL_PARAMETER`.
@@ -48,7 +64,7 @@ pub(crate) unsafe fn try_bytes<'a>(p: *const u8, len: usize) -> Result<&'a [u8],
 /// # Safety
 /// As [`try_bytes`].
 pub(crate) unsafe fn try_str<'a>(p: *const u8, len: usize) -> Result<&'a str, fg_result> {
-    // SAFETY: forwarded contract.
+    // SAFETY: try_bytes has this function's contract, which the caller upholds.
     let bytes = unsafe { try_bytes(p, len) }?;
     std::str::from_utf8(bytes).map_err(|_| fg_result::InvalidUtf8)
 }
@@ -67,23 +83,14 @@ pub(crate) unsafe fn try_cstr<'a>(p: *const std::ffi::c_char) -> Result<&'a str,
         .map_err(|_| fg_result::InvalidUtf8)
 }
 
-/// Writes `value` to a non-NULL output pointer.
+/// Writes `value` to an output pointer (`Err(NULL_PARAMETER)` for NULL).
 ///
 /// # Safety
 /// A non-NULL `out` must be valid for writes of a `T`.
-pub(crate) unsafe fn write_out<T>(out: *mut T, value: T) -> fg_result {
-    if out.is_null() {
-        return fg_result::NullParameter;
-    }
-    // SAFETY: non-NULL and writable per the caller; `write` drops nothing there.
+pub(crate) unsafe fn write_out<T>(out: *mut T, value: T) -> Result<(), fg_result> {
+    let out = try_out(out)?;
+    // SAFETY: non-NULL (checked) and writable per the caller; `write` drops
+    // nothing there.
     unsafe { out.write(value) };
-    fg_result::Ok
-}
-
-/// Turns a `Result<(), fg_result>` into the code.
-pub(crate) fn code(r: Result<(), fg_result>) -> fg_result {
-    match r {
-        Ok(()) => fg_result::Ok,
-        Err(e) => e,
-    }
+    Ok(())
 }

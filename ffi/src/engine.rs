@@ -10,7 +10,9 @@ use std::time::Duration;
 use fg_core::policy::{Engine, Event, Request, Verdict};
 use fg_core::{Algorithm, Decision, FailMode, Limiter, Quota, RedisLimiter};
 
-use crate::boundary::{code, guard, guard_void, try_bytes, try_cstr, try_ref, try_str, write_out};
+use crate::boundary::{
+    guard, guard_void, try_bytes, try_cstr, try_out, try_ref, try_str, write_out,
+};
 use crate::result::{copy_text, fail, fg_result};
 
 /// An engine. Opaque: an `Arc` of the Rust engine. Create it with one of the
@@ -309,15 +311,10 @@ pub unsafe extern "C" fn fg_engine_new_quotas(
     engine_out: *mut *const fg_engine,
 ) -> fg_result {
     guard(|| {
-        if engine_out.is_null() {
-            return fg_result::NullParameter;
-        }
-        // SAFETY: forwarded contract.
-        let qs = match unsafe { quotas(quotas_in, count) } {
-            Ok(q) => q,
-            Err(e) => return e,
-        };
-        // SAFETY: NULL or valid per the caller.
+        let engine_out = try_out(engine_out)?;
+        // SAFETY: `quotas_in` points to `count` quotas per this function's contract.
+        let qs = unsafe { quotas(quotas_in, count) }?;
+        // SAFETY: `options` is NULL or valid per this function's contract.
         let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
         let mut b = Limiter::builder().quotas(qs);
         if o.max_keys > 0 {
@@ -326,11 +323,9 @@ pub unsafe extern "C" fn fg_engine_new_quotas(
         if o.max_key_bytes > 0 {
             b = b.max_key_bytes(o.max_key_bytes);
         }
-        match b.build() {
-            // SAFETY: engine_out checked non-NULL, writable per the caller.
-            Ok(l) => unsafe { write_out(engine_out, into_engine(Inner::Memory(l))) },
-            Err(e) => fail(&e),
-        }
+        let l = b.build().map_err(|e| fail(&e))?;
+        // SAFETY: `engine_out` is writable per this function's contract.
+        unsafe { write_out(engine_out, into_engine(Inner::Memory(l))) }
     })
 }
 
@@ -354,35 +349,26 @@ pub unsafe extern "C" fn fg_engine_new_redis(
     engine_out: *mut *const fg_engine,
 ) -> fg_result {
     guard(|| {
-        if engine_out.is_null() {
-            return fg_result::NullParameter;
-        }
-        let build = || -> Result<Inner, fg_result> {
-            // SAFETY: forwarded contracts.
-            let url = unsafe { try_cstr(url) }?;
-            // SAFETY: forwarded contract.
-            let qs = unsafe { quotas(quotas_in, count) }?;
-            let mode = match fail_mode {
-                FG_FAIL_OPEN => FailMode::Open,
-                FG_FAIL_CLOSED => FailMode::Closed,
-                FG_FAIL_LOCAL => FailMode::Local,
-                _ => return Err(fg_result::InvalidArgument),
-            };
-            // 0: the core's default.
-            let t = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
-            let mut b = RedisLimiter::builder(url).timeouts(t).fail_mode(mode);
-            for q in qs {
-                b = b.quota(q);
-            }
-            b.build()
-                .map(|l| Inner::Redis(Box::new(l)))
-                .map_err(|e| fail(&e))
+        let engine_out = try_out(engine_out)?;
+        // SAFETY: `url` is NUL-terminated per this function's contract.
+        let url = unsafe { try_cstr(url) }?;
+        // SAFETY: `quotas_in` points to `count` quotas per this function's contract.
+        let qs = unsafe { quotas(quotas_in, count) }?;
+        let mode = match fail_mode {
+            FG_FAIL_OPEN => FailMode::Open,
+            FG_FAIL_CLOSED => FailMode::Closed,
+            FG_FAIL_LOCAL => FailMode::Local,
+            _ => return Err(fg_result::InvalidArgument),
         };
-        match build() {
-            // SAFETY: engine_out checked non-NULL.
-            Ok(inner) => unsafe { write_out(engine_out, into_engine(inner)) },
-            Err(e) => e,
+        // 0: the core's default.
+        let t = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+        let mut b = RedisLimiter::builder(url).timeouts(t).fail_mode(mode);
+        for q in qs {
+            b = b.quota(q);
         }
+        let l = b.build().map_err(|e| fail(&e))?;
+        // SAFETY: `engine_out` is writable per this function's contract.
+        unsafe { write_out(engine_out, into_engine(Inner::Redis(Box::new(l)))) }
     })
 }
 
@@ -399,19 +385,12 @@ pub unsafe extern "C" fn fg_engine_from_file(
     engine_out: *mut *const fg_engine,
 ) -> fg_result {
     guard(|| {
-        if engine_out.is_null() {
-            return fg_result::NullParameter;
-        }
-        // SAFETY: forwarded contract.
-        let path = match unsafe { try_cstr(path) } {
-            Ok(p) => p,
-            Err(e) => return e,
-        };
-        match Engine::from_path(path) {
-            // SAFETY: engine_out checked non-NULL.
-            Ok(e) => unsafe { write_out(engine_out, into_engine(Inner::Policy(Box::new(e)))) },
-            Err(e) => fail(&e),
-        }
+        let engine_out = try_out(engine_out)?;
+        // SAFETY: `path` is NUL-terminated per this function's contract.
+        let path = unsafe { try_cstr(path) }?;
+        let e = Engine::from_path(path).map_err(|e| fail(&e))?;
+        // SAFETY: `engine_out` is writable per this function's contract.
+        unsafe { write_out(engine_out, into_engine(Inner::Policy(Box::new(e)))) }
     })
 }
 
@@ -429,24 +408,17 @@ pub unsafe extern "C" fn fg_engine_from_str(
     engine_out: *mut *const fg_engine,
 ) -> fg_result {
     guard(|| {
-        if engine_out.is_null() {
-            return fg_result::NullParameter;
-        }
-        // SAFETY: forwarded contract.
-        let text = match unsafe { try_str(text.cast(), len) } {
-            Ok(t) => t,
-            Err(e) => return e,
-        };
+        let engine_out = try_out(engine_out)?;
+        // SAFETY: `text` points to `len` readable bytes per this function's contract.
+        let text = unsafe { try_str(text.cast(), len) }?;
         let engine = match format {
             FG_FORMAT_TOML => Engine::from_toml_str(text),
             FG_FORMAT_JSON => Engine::from_json_str(text),
-            _ => return fg_result::InvalidArgument,
-        };
-        match engine {
-            // SAFETY: engine_out checked non-NULL.
-            Ok(e) => unsafe { write_out(engine_out, into_engine(Inner::Policy(Box::new(e)))) },
-            Err(e) => fail(&e),
+            _ => return Err(fg_result::InvalidArgument),
         }
+        .map_err(|e| fail(&e))?;
+        // SAFETY: `engine_out` is writable per this function's contract.
+        unsafe { write_out(engine_out, into_engine(Inner::Policy(Box::new(engine)))) }
     })
 }
 
@@ -475,15 +447,13 @@ unsafe fn check(
     cost: u64,
     now_ns: Option<u64>,
     decision_out: *mut fg_decision,
-) -> fg_result {
-    let run = || -> Result<(), fg_result> {
-        // SAFETY: forwarded contracts.
-        let inner = unsafe { inner(engine) }?;
-        // SAFETY: forwarded contract.
-        let key = unsafe { try_bytes(key, key_len) }?;
-        if decision_out.is_null() {
-            return Err(fg_result::NullParameter);
-        }
+) -> Result<(), fg_result> {
+    let decision_out = try_out(decision_out)?;
+    // SAFETY: `engine` comes from a constructor per the caller's contract.
+    let inner = unsafe { inner(engine) }?;
+    // SAFETY: `key` is readable for `key_len` bytes per the caller's contract.
+    let key = unsafe { try_bytes(key, key_len) }?;
+    {
         let now = now_ns.map(Duration::from_nanos);
         let d = match (inner, now) {
             (Inner::Memory(l), None) => l.check(key, cost),
@@ -493,11 +463,9 @@ unsafe fn check(
             (Inner::Policy(_), _) => return Err(fg_result::WrongEngineKind),
         }
         .map_err(|e| fail(&e))?;
-        // SAFETY: checked non-NULL; writable per the caller.
-        unsafe { decision_out.write(d.into()) };
-        Ok(())
-    };
-    code(run())
+        // SAFETY: `decision_out` is writable per the caller's contract.
+        unsafe { write_out(decision_out, d.into()) }
+    }
 }
 
 /// Checks `cost` units for `key` (`key_len` bytes, any bytes) now, charging them
@@ -516,7 +484,7 @@ pub unsafe extern "C" fn fg_engine_check(
     cost: u64,
     decision_out: *mut fg_decision,
 ) -> fg_result {
-    // SAFETY: forwarded contract.
+    // SAFETY: `check` has this function's contract.
     guard(|| unsafe { check(engine, key, key_len, cost, None, decision_out) })
 }
 
@@ -535,23 +503,21 @@ pub unsafe extern "C" fn fg_engine_reset(
     held_out: *mut bool,
 ) -> fg_result {
     guard(|| {
-        let run = || -> Result<(), fg_result> {
-            // SAFETY: forwarded contracts.
-            let inner = unsafe { inner(engine) }?;
-            // SAFETY: forwarded contract.
-            let key = unsafe { try_bytes(key, key_len) }?;
-            let held = match inner {
-                Inner::Memory(l) => l.reset(key).map_err(|e| fail(&e))?,
-                Inner::Redis(l) => l.reset(key).map(|()| false).map_err(|e| fail(&e))?,
-                Inner::Policy(_) => return Err(fg_result::WrongEngineKind),
-            };
-            if !held_out.is_null() {
-                // SAFETY: non-NULL and writable per the caller.
-                unsafe { held_out.write(held) };
-            }
-            Ok(())
+        // SAFETY: `engine` comes from a constructor per this function's contract.
+        let inner = unsafe { inner(engine) }?;
+        // SAFETY: `key` is readable for `key_len` bytes per this function's contract.
+        let key = unsafe { try_bytes(key, key_len) }?;
+        let held = match inner {
+            Inner::Memory(l) => l.reset(key).map_err(|e| fail(&e))?,
+            Inner::Redis(l) => l.reset(key).map(|()| false).map_err(|e| fail(&e))?,
+            Inner::Policy(_) => return Err(fg_result::WrongEngineKind),
         };
-        code(run())
+        if !held_out.is_null() {
+            // SAFETY: `held_out` is NULL (not this branch) or writable per this
+            // function's contract.
+            unsafe { write_out(held_out, held) }?;
+        }
+        Ok(())
     })
 }
 
@@ -570,7 +536,7 @@ pub unsafe extern "C" fn fg_engine_check_at(
     now_ns: u64,
     decision_out: *mut fg_decision,
 ) -> fg_result {
-    // SAFETY: forwarded contract.
+    // SAFETY: `check` has this function's contract.
     guard(|| unsafe { check(engine, key, key_len, cost, Some(now_ns), decision_out) })
 }
 
@@ -588,26 +554,25 @@ unsafe fn check_request(
     request: *const fg_request,
     now_ns: Option<u64>,
     verdict_out: *mut fg_verdict,
-) -> fg_result {
-    let run = || -> Result<(), fg_result> {
-        // SAFETY: forwarded contracts.
-        let inner = unsafe { inner(engine) }?;
-        // SAFETY: forwarded contract.
-        let r = unsafe { try_ref(request) }?;
-        if verdict_out.is_null() {
-            return Err(fg_result::NullParameter);
-        }
+) -> Result<(), fg_result> {
+    let verdict_out = try_out(verdict_out)?;
+    // SAFETY: `engine` comes from a constructor per the caller's contract.
+    let inner = unsafe { inner(engine) }?;
+    // SAFETY: `request` points to a valid fg_request per the caller's contract.
+    let r = unsafe { try_ref(request) }?;
+    {
         let Inner::Policy(policy) = inner else {
             return Err(fg_result::WrongEngineKind);
         };
-        // SAFETY: each range is readable per the caller (checked for NULL).
+        // SAFETY: the request's ranges are readable per the caller's contract
+        // (try_str refuses NULL with a length).
         let method = unsafe { try_str(r.method.cast(), r.method_len) }?;
-        // SAFETY: as above.
+        // SAFETY: the path's range is readable per the caller's contract.
         let path = unsafe { try_str(r.path.cast(), r.path_len) }?;
         let client_ip = if r.client_ip.is_null() {
             None
         } else {
-            // SAFETY: as above.
+            // SAFETY: the client_ip range is readable per the caller's contract.
             let text = unsafe { try_str(r.client_ip.cast(), r.client_ip_len) }?;
             Some(fg_core::policy::parse_client_ip(text).map_err(|e| fail(&e))?)
         };
@@ -638,7 +603,7 @@ unsafe fn check_request(
             stack.get(..raw.len()).unwrap_or(&[])
         } else {
             for h in raw {
-                // SAFETY: as above.
+                // SAFETY: each header's ranges are readable per the caller.
                 heap.push(unsafe {
                     (
                         try_str(h.name.cast(), h.name_len)?,
@@ -660,11 +625,9 @@ unsafe fn check_request(
         }
         .map_err(|e| fail(&e))?;
         let out = VERDICT_BUF.with(|buf| fill_verdict(&mut buf.borrow_mut(), &v));
-        // SAFETY: checked non-NULL; writable per the caller.
-        unsafe { verdict_out.write(out) };
-        Ok(())
-    };
-    code(run())
+        // SAFETY: `verdict_out` is writable per the caller's contract.
+        unsafe { write_out(verdict_out, out) }
+    }
 }
 
 /// Writes the verdict's header lines, the rule name, the identity and the body,
@@ -725,7 +688,7 @@ pub unsafe extern "C" fn fg_engine_check_request(
     request: *const fg_request,
     verdict_out: *mut fg_verdict,
 ) -> fg_result {
-    // SAFETY: forwarded contract.
+    // SAFETY: `check_request` has this function's contract.
     guard(|| unsafe { check_request(engine, request, None, verdict_out) })
 }
 
@@ -741,7 +704,7 @@ pub unsafe extern "C" fn fg_engine_check_request_at(
     now_ns: u64,
     verdict_out: *mut fg_verdict,
 ) -> fg_result {
-    // SAFETY: forwarded contract.
+    // SAFETY: `check_request` has this function's contract.
     guard(|| unsafe { check_request(engine, request, Some(now_ns), verdict_out) })
 }
 
@@ -750,7 +713,8 @@ struct UserData(*mut c_void);
 // SAFETY: the documented contract of fg_engine_set_event_callback makes the
 // caller responsible for userdata being usable from any thread.
 unsafe impl Send for UserData {}
-// SAFETY: as above.
+// SAFETY: the same contract covers sharing: the callback may run on several
+// request threads at once with the same userdata.
 unsafe impl Sync for UserData {}
 
 /// Sends the policy engine's events (denials, bans, refused tokens, Redis
@@ -767,17 +731,14 @@ pub unsafe extern "C" fn fg_engine_set_event_callback(
     userdata: *mut c_void,
 ) -> fg_result {
     guard(|| {
-        // SAFETY: forwarded contract.
-        let inner = match unsafe { inner(engine) } {
-            Ok(i) => i,
-            Err(e) => return e,
-        };
+        // SAFETY: `engine` comes from a constructor per this function's contract.
+        let inner = unsafe { inner(engine) }?;
         let Inner::Policy(policy) = inner else {
-            return fg_result::WrongEngineKind;
+            return Err(fg_result::WrongEngineKind);
         };
         let Some(cb) = callback else {
             policy.set_event_sink(|_| {});
-            return fg_result::Ok;
+            return Ok(());
         };
         let data = UserData(userdata);
         policy.set_event_sink(move |e: &Event| {
@@ -801,7 +762,7 @@ pub unsafe extern "C" fn fg_engine_set_event_callback(
             // `event` and its text outlive the call.
             unsafe { cb(data.0, &event) };
         });
-        fg_result::Ok
+        Ok(())
     })
 }
 
@@ -822,15 +783,12 @@ pub unsafe extern "C" fn fg_engine_metrics(
     len_out: *mut usize,
 ) -> fg_result {
     guard(|| {
-        // SAFETY: forwarded contract.
-        let inner = match unsafe { inner(engine) } {
-            Ok(i) => i,
-            Err(e) => return e,
-        };
+        // SAFETY: `engine` comes from a constructor per this function's contract.
+        let inner = unsafe { inner(engine) }?;
         let Inner::Policy(policy) = inner else {
-            return fg_result::WrongEngineKind;
+            return Err(fg_result::WrongEngineKind);
         };
-        // SAFETY: forwarded contract.
+        // SAFETY: buf/cap/len_out are this function's, under the same contract.
         unsafe { copy_text(&policy.metrics(), buf, cap, len_out) }
     })
 }

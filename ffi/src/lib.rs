@@ -24,5 +24,8 @@ pub use result::*;
 /// a panic comes back as `FG_RESULT_PANIC`. Not part of the C API.
 #[doc(hidden)]
 pub fn __panic_boundary(f: impl FnOnce() -> fg_result) -> fg_result {
-    boundary::guard(f)
+    boundary::guard(|| match f() {
+        fg_result::Ok => Ok(()),
+        code => Err(code),
+    })
 }

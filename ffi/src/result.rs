@@ -5,7 +5,7 @@ use std::ffi::c_char;
 
 use fg_core::{Error, ErrorKind};
 
-use crate::boundary::{guard, write_out};
+use crate::boundary::{guard, try_out, write_out};
 
 /// What a call did. Numbers are stable: a code is never renumbered or reused.
 /// 0-99 are the C layer's own; 100 and up map one-to-one to the core's error
@@ -192,7 +192,7 @@ pub unsafe extern "C" fn fg_last_error(
     guard(|| {
         LAST_ERROR.with(|l| {
             let l = l.borrow();
-            // SAFETY: forwarded contract of buf/cap/len_out.
+            // SAFETY: buf/cap/len_out are this function's, under the same contract.
             unsafe { copy_text(&l, buf, cap, len_out) }
         })
     })
@@ -207,17 +207,18 @@ pub(crate) unsafe fn copy_text(
     buf: *mut c_char,
     cap: usize,
     len_out: *mut usize,
-) -> fg_result {
-    if len_out.is_null() || (buf.is_null() && cap > 0) {
-        return fg_result::NullParameter;
+) -> Result<(), fg_result> {
+    let len_out = try_out(len_out)?;
+    if buf.is_null() && cap > 0 {
+        return Err(fg_result::NullParameter);
     }
     if text.len() >= cap {
-        // SAFETY: len_out is non-NULL and writable per the caller.
+        // SAFETY: len_out is non-NULL (checked) and writable per the caller.
         unsafe { len_out.write(text.len()) };
-        return fg_result::BufferTooSmall;
+        return Err(fg_result::BufferTooSmall);
     }
-    // SAFETY: buf holds cap > text.len() bytes; the regions cannot overlap (text
-    // is Rust-owned).
+    // SAFETY: buf holds cap > text.len() bytes (it is non-NULL: cap > 0); the
+    // regions cannot overlap (text is Rust-owned).
     unsafe {
         std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
         buf.add(text.len()).write(0);

@@ -139,3 +139,15 @@ test('a verdict has every field the core lists, and the core decides blocking an
   assert.equal(v.body, '')
   assert.equal(badRequestBody(), '{"error":"bad_request"}')
 })
+
+test('requestHeaders lists what the policy reads; other headers are ignored', () => {
+  const e = Engine.fromToml(POLICY)
+  assert.ok(e.requestHeaders.includes('x-api-key'))
+  assert.ok(e.requestHeaders.includes('x-client-id'))
+  assert.ok(!e.requestHeaders.includes('cookie'))
+  // A header the policy does not read cannot change the verdict, whatever it holds.
+  const noise = { cookie: 'x'.repeat(100_000), 'x-numbers': 42, 'set-cookie': ['a', 'b'], 'x-client-id': 'app' }
+  const v = e.checkRequest({ method: 'POST', path: '/oauth/token', headers: noise })
+  assert.equal(v.allowed, true)
+  assert.equal(v.identity, 'app')
+})

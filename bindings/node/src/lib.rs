@@ -4,11 +4,10 @@
 #![allow(clippy::needless_pass_by_value)] // napi passes owned values
 #![allow(missing_debug_implementations)] // JS-facing types
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::policy::{Engine as CoreEngine, Event, Request, Verdict as CoreVerdict};
+use floodgate::policy::{Engine as CoreEngine, Event, OwnedRequest, Verdict as CoreVerdict};
 use floodgate::{
     Algorithm, Decision as CoreDecision, ErrorKind, FailMode, Limiter as CoreLimiter, Quota,
     RedisLimiter as CoreRedis,
@@ -471,67 +470,45 @@ impl From<CoreVerdict> for Verdict {
     }
 }
 
-/// A request, owned (for the thread pool).
-struct OwnedRequest {
-    method: String,
-    path: String,
-    client_ip: Option<IpAddr>,
-    headers: Vec<(String, String)>,
+/// A request, owned (for the thread pool), and the time to decide it at.
+struct Owned {
+    request: OwnedRequest,
     now: Option<Duration>,
 }
 
-fn owned(r: RequestInit) -> std::result::Result<OwnedRequest, Failure> {
+/// The request as the core takes it, with only the headers the policy reads
+/// (`Engine.requestHeaders`; the middleware pass only those already).
+fn owned(engine: &CoreEngine, r: RequestInit) -> std::result::Result<Owned, Failure> {
     // Express gives IPv4 peers as ::ffff:a.b.c.d; the core maps those itself.
-    let client_ip = r
-        .client_ip
-        .as_deref()
-        .map(floodgate::policy::parse_client_ip)
-        .transpose()?;
-    let mut headers = Vec::new();
+    let mut request = OwnedRequest::new(r.method, r.path, r.client_ip.as_deref())?;
     for (k, v) in r.headers.unwrap_or_default() {
-        match v {
-            serde_json::Value::String(s) => headers.push((k, s)),
-            serde_json::Value::Array(items) => {
-                let joined: Vec<String> = items
-                    .iter()
-                    .filter_map(|i| i.as_str().map(str::to_string))
-                    .collect();
-                headers.push((k, joined.join(", ")));
-            }
-            serde_json::Value::Null => {}
-            other => headers.push((k, other.to_string())),
+        if !engine.reads_header(&k) {
+            continue;
         }
+        match v {
+            serde_json::Value::String(s) => request.header(k, s),
+            serde_json::Value::Array(items) => {
+                let joined: Vec<&str> =
+                    items.iter().filter_map(serde_json::Value::as_str).collect();
+                request.header(k, joined.join(", "))
+            }
+            serde_json::Value::Null => continue,
+            other => request.header(k, other.to_string()),
+        };
     }
-    Ok(OwnedRequest {
-        method: r.method,
-        path: r.path,
-        client_ip,
-        headers,
+    Ok(Owned {
+        request,
         now: time(r.now_ms)?,
     })
 }
 
-fn decide(engine: &CoreEngine, r: &OwnedRequest) -> floodgate::Result<CoreVerdict> {
-    let refs: Vec<(&str, &str)> = r
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let req = Request {
-        method: &r.method,
-        path: &r.path,
-        client_ip: r.client_ip,
-        headers: &refs,
-    };
-    match r.now {
-        Some(t) => engine.check_request_at(&req, t),
-        None => engine.check_request(&req),
-    }
+fn decide(engine: &CoreEngine, r: &Owned) -> floodgate::Result<CoreVerdict> {
+    engine.check_owned(&r.request, r.now)
 }
 
 pub struct RequestTask {
     engine: Arc<CoreEngine>,
-    request: OwnedRequest,
+    request: Owned,
 }
 
 impl Task for RequestTask {
@@ -600,7 +577,7 @@ impl Engine {
     /// Decides a request synchronously (in-memory engines: well under a µs of work).
     #[napi]
     pub fn check_request(&self, env: Env, request: RequestInit) -> Result<Verdict> {
-        let r = owned(request).map_err(|f| f.into_js(&env))?;
+        let r = owned(&self.inner, request).map_err(|f| f.into_js(&env))?;
         decide(&self.inner, &r)
             .map(Verdict::from)
             .map_err(|e| Failure::from(e).into_js(&env))
@@ -615,8 +592,15 @@ impl Engine {
     ) -> Result<AsyncTask<RequestTask>> {
         Ok(AsyncTask::new(RequestTask {
             engine: self.inner.clone(),
-            request: owned(request).map_err(|f| f.into_js(&env))?,
+            request: owned(&self.inner, request).map_err(|f| f.into_js(&env))?,
         }))
+    }
+
+    /// The request headers the policy reads, lower case (`x-api-key`,
+    /// `authorization`, ...): pass only these, the rest cannot change a verdict.
+    #[napi(getter)]
+    pub fn request_headers(&self) -> Vec<String> {
+        self.inner.request_headers().to_vec()
     }
 
     /// Whether checks may wait on the network (a rule on a Redis store): the

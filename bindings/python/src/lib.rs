@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::policy::{Engine, Event, Request, Verdict};
+use floodgate::policy::{Engine, Event, EventSummary, LogLevel, OwnedRequest, Summary, Verdict};
 use floodgate::{Algorithm, Decision, ErrorKind, FailMode, Limiter, Quota, RedisLimiter};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -493,24 +493,71 @@ struct PyEngine {
     blocking: bool,
 }
 
-fn forward_events(engine: &Engine) {
-    engine.set_event_sink(|e: &Event| {
+/// Seconds between the `floodgate` logger's summary lines.
+const SUMMARY_SECS: u64 = 10;
+
+fn py_level(level: LogLevel) -> i32 {
+    match level {
+        LogLevel::Debug => 10,
+        LogLevel::Info => 20,
+        LogLevel::Warning => 30,
+    }
+}
+
+fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("logging")?
+        .call_method1("getLogger", ("floodgate",))
+}
+
+fn debug_enabled(py: Python<'_>) -> bool {
+    logger(py)
+        .and_then(|l| l.call_method1("isEnabledFor", (10,))?.extract::<bool>())
+        .unwrap_or(false)
+}
+
+/// The core's logging policy on the `floodgate` logger: state changes (Redis
+/// fallback at WARNING, recovery at INFO) as they happen; per-request events at
+/// DEBUG only when DEBUG is enabled (checked at start and with each summary, so
+/// the GIL is not taken per denial); one summary line per interval, at WARNING
+/// when it counts bans, else INFO.
+fn forward_events(py: Python<'_>, engine: &Engine) {
+    let summary = EventSummary::new(Duration::from_secs(SUMMARY_SECS));
+    let debug = Arc::new(std::sync::atomic::AtomicBool::new(debug_enabled(py)));
+    engine.set_event_sink(move |e: &Event| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let due = summary.record(e);
+        let each = e.kind.is_state_change() || debug.load(Relaxed);
+        if due.is_none() && !each {
+            return;
+        }
         Python::attach(|py| {
-            let _ = log_event(py, e);
+            if let Some(s) = &due {
+                let _ = log_summary(py, s);
+                debug.store(debug_enabled(py), Relaxed);
+            }
+            if each {
+                let _ = log_event(py, e);
+            }
         });
     });
 }
 
-/// Logs an event to the `floodgate` logger: WARNING for denials and bans, INFO
-/// otherwise, with the fields in `extra` (prefixed `floodgate_`).
+fn log_summary(py: Python<'_>, s: &Summary) -> PyResult<()> {
+    let extra = PyDict::new(py);
+    extra.set_item("floodgate_event", "summary")?;
+    extra.set_item("floodgate_interval", s.interval.as_secs_f64())?;
+    extra.set_item("floodgate_events", s.total())?;
+    let kw = PyDict::new(py);
+    kw.set_item("extra", extra)?;
+    logger(py)?.call_method("log", (py_level(s.level()), s.to_string()), Some(&kw))?;
+    Ok(())
+}
+
+/// Logs one event to the `floodgate` logger at its level (state changes) or
+/// DEBUG, with the fields in `extra` (prefixed `floodgate_`).
 fn log_event(py: Python<'_>, e: &Event) -> PyResult<()> {
-    let logging = py.import("logging")?;
-    let logger = logging.call_method1("getLogger", ("floodgate",))?;
-    use floodgate::policy::EventKind as K;
-    let level: i32 = match e.kind {
-        K::Denied | K::Banned | K::DenyListed | K::StoreFallback => 30,
-        K::ShadowDenied | K::TokenInvalid | K::Unauthorized | K::StoreRecovered => 20,
-    };
+    let logger = logger(py)?;
+    let level = py_level(e.kind.log_level());
     if !logger
         .call_method1("isEnabledFor", (level,))?
         .extract::<bool>()?
@@ -538,8 +585,8 @@ fn log_event(py: Python<'_>, e: &Event) -> PyResult<()> {
 }
 
 impl PyEngine {
-    fn wrap(inner: Engine) -> Self {
-        forward_events(&inner);
+    fn wrap(py: Python<'_>, inner: Engine) -> Self {
+        forward_events(py, &inner);
         let blocking = inner.may_block();
         PyEngine { inner, blocking }
     }
@@ -551,14 +598,14 @@ impl PyEngine {
     #[staticmethod]
     fn from_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let e = py.detach(|| Engine::from_path(&path)).map_err(to_py)?;
-        Ok(Self::wrap(e))
+        Ok(Self::wrap(py, e))
     }
 
     /// An engine from TOML text.
     #[staticmethod]
     fn from_toml(py: Python<'_>, text: &str) -> PyResult<Self> {
         let e = py.detach(|| Engine::from_toml_str(text)).map_err(to_py)?;
-        Ok(Self::wrap(e))
+        Ok(Self::wrap(py, e))
     }
 
     /// An engine from a dict shaped like the TOML file (`{"rule": [...]}`).
@@ -567,7 +614,7 @@ impl PyEngine {
         let json = py.import("json")?.call_method1("dumps", (policy,))?;
         let text: String = json.extract()?;
         let e = py.detach(|| Engine::from_json_str(&text)).map_err(to_py)?;
-        Ok(Self::wrap(e))
+        Ok(Self::wrap(py, e))
     }
 
     /// Decides one request. `headers` is a mapping or a list of (name, value)
@@ -583,44 +630,37 @@ impl PyEngine {
         headers: Option<&Bound<'_, PyAny>>,
         now: Option<f64>,
     ) -> PyResult<PyVerdict> {
-        let ip = client_ip
-            .map(floodgate::policy::parse_client_ip)
-            .transpose()
-            .map_err(to_py)?;
-        let pairs: Vec<(String, String)> = match headers {
-            None => Vec::new(),
+        let mut request = OwnedRequest::new(method, path, client_ip).map_err(to_py)?;
+        // Only the headers the policy reads are converted to Rust strings.
+        let mut add = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
+            let name = k.cast::<PyString>()?.to_cow()?;
+            if self.inner.reads_header(&name) {
+                request.header(name.into_owned(), v.extract::<String>()?);
+            }
+            Ok(())
+        };
+        match headers {
+            None => {}
             Some(h) => {
                 if let Ok(d) = h.cast::<PyDict>() {
-                    d.iter()
-                        .map(|(k, v)| Ok((k.extract::<String>()?, v.extract::<String>()?)))
-                        .collect::<PyResult<_>>()?
-                } else if h.hasattr("items")? {
-                    h.call_method0("items")?
-                        .try_iter()?
-                        .map(|kv| kv?.extract::<(String, String)>())
-                        .collect::<PyResult<_>>()?
+                    for (k, v) in d.iter() {
+                        add(&k, &v)?;
+                    }
                 } else {
-                    h.try_iter()?
-                        .map(|kv| kv?.extract::<(String, String)>())
-                        .collect::<PyResult<_>>()?
+                    let pairs = if h.hasattr("items")? {
+                        h.call_method0("items")?.try_iter()?
+                    } else {
+                        h.try_iter()?
+                    };
+                    for kv in pairs {
+                        let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = kv?.extract()?;
+                        add(&k, &v)?;
+                    }
                 }
             }
-        };
-        let refs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let req = Request {
-            method,
-            path,
-            client_ip: ip,
-            headers: &refs,
-        };
+        }
         let now = now.map(|t| duration("now", t)).transpose()?;
-        let run = || match now {
-            Some(t) => self.inner.check_request_at(&req, t),
-            None => self.inner.check_request(&req),
-        };
+        let run = || self.inner.check_owned(&request, now);
         let v = if self.blocking { py.detach(run) } else { run() }.map_err(to_py)?;
         verdict(py, v)
     }
@@ -633,6 +673,13 @@ impl PyEngine {
     /// The effective rules, as `floodgate check-config` prints them.
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    /// The request headers the policy reads, lower case: the middleware pass
+    /// only these (the rest cannot change a verdict).
+    #[getter]
+    fn request_headers(&self) -> Vec<String> {
+        self.inner.request_headers().to_vec()
     }
 
     /// Whether checks may block on Redis (then `check_request_async` runs them in

@@ -43,15 +43,31 @@ def test_from_dict_and_file(tmp_path):
         e.check_request(method="GET", path="/", client_ip="not-an-ip")
 
 
-def test_events_go_to_logging(caplog):
-    e = Engine.from_toml(POLICY)
+def test_denials_log_at_debug_not_per_request_at_info(caplog):
+    # At INFO (what production runs), a flood writes no line per denial: the
+    # core's summaries (one per 10 s, unit-tested there) and state changes only.
     with caplog.at_level(logging.INFO, logger="floodgate"):
+        e = Engine.from_toml(POLICY)
+        for _ in range(200):
+            e.check_request(method="POST", path="/auth/login", client_ip="198.51.100.1", now=T)
+    assert [r for r in caplog.records if r.name == "floodgate"] == []
+    # With DEBUG enabled (checked when the engine is made and with each
+    # summary), every event is a DEBUG record with its fields.
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="floodgate"):
+        e = Engine.from_toml(POLICY)
         for _ in range(3):
             e.check_request(method="POST", path="/auth/login", client_ip="198.51.100.1", now=T)
     denied = [r for r in caplog.records if getattr(r, "floodgate_event", None) == "denied"]
     assert len(denied) == 1
     assert denied[0].floodgate_rule == "login" and denied[0].floodgate_status == 429
-    assert denied[0].levelno == logging.WARNING
+    assert denied[0].levelno == logging.DEBUG
+
+
+def test_middleware_read_only_the_headers_the_policy_reads():
+    e = Engine.from_toml(POLICY)
+    assert set(e.request_headers) >= {"x-api-key", "x-client-id"}
+    assert "cookie" not in e.request_headers
 
 
 def test_async_check_request_in_memory_and_on_redis(redis_url):

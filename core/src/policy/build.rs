@@ -16,7 +16,7 @@ use super::headers::{self, HeaderStyle};
 use super::identity::{KEY_BUF, KeyTemplate};
 use super::jwt::JwtVerifier;
 use super::store::Store;
-use super::{Engine, FastSet, Limits, Lists, Rule, Tier, Unless, matcher, nanos};
+use super::{Engine, FastSet, Limits, Lists, Rule, Tier, Unless, matcher, nanos, request};
 use crate::clock::{Clock, QuantaClock};
 use crate::error::Result;
 use crate::limiter::Limiter;
@@ -173,14 +173,27 @@ impl Engine {
         let unix_now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, nanos);
+        let api_key_header = s.api_key_header.to_ascii_lowercase();
+        let request_headers = request::read_headers(
+            std::iter::once(api_key_header.as_str())
+                .chain(jwt.as_ref().map(JwtVerifier::header))
+                .chain(rules.iter().flat_map(|r| {
+                    let unless = match &r.unless {
+                        Some(Unless::Header(h)) => Some(h.as_str()),
+                        _ => None,
+                    };
+                    unless.into_iter().chain(r.key.header_names())
+                })),
+        );
         Ok(Engine {
+            request_headers,
             rules: rules.into_boxed_slice(),
             jwt,
             lists,
             bans,
             style,
             ipv6_prefix: s.ipv6_prefix,
-            api_key_header: s.api_key_header.to_ascii_lowercase(),
+            api_key_header,
             valid_api_keys,
             client_key: KeyTemplate::ip(),
             case_sensitive_paths: s.case_sensitive_paths,

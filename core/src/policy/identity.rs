@@ -35,6 +35,16 @@ pub(crate) struct KeyTemplate {
     parts: Vec<Part>,
 }
 
+impl KeyTemplate {
+    /// The request headers this key reads (`header:` parts).
+    pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Header(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+}
+
 fn part(name: &str, api_key_header: &str) -> Result<Part, String> {
     let name = name.trim();
     let named = |prefix: &str| {

@@ -277,6 +277,11 @@ impl JwtVerifier {
         Ok(())
     }
 
+    /// The request header carrying the token, lower case.
+    pub(crate) fn header(&self) -> &str {
+        &self.header
+    }
+
     /// Finds and checks the request's bearer token at `now` (Unix time). `ip` is
     /// the client's address already masked to its network.
     pub(crate) fn check(

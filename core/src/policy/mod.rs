@@ -49,7 +49,9 @@ mod identity;
 mod jwt;
 mod matcher;
 mod path;
+mod request;
 mod store;
+mod summary;
 mod verdict;
 
 use std::collections::HashSet;
@@ -72,6 +74,8 @@ use store::{RuleLimiter, Store};
 pub use events::{Event, EventKind, EventSink};
 pub use headers::HeaderStyle;
 pub use jwt::{MAX_TOKEN_BYTES, TokenProblem};
+pub use request::OwnedRequest;
+pub use summary::{EventSummary, LogLevel, Summary};
 
 /// The JSON body of a denial with this status (see [`Verdict::body`]); 400 is
 /// `{"error":"bad_request"}`, for a request the engine cannot use. For front ends
@@ -337,6 +341,8 @@ struct Lists {
 /// The policy engine: `Send + Sync`, shared by every thread, called once per request.
 pub struct Engine {
     rules: Box<[Rule]>,
+    /// The request headers the policy reads, lower case.
+    request_headers: Vec<String>,
     jwt: Option<JwtVerifier>,
     lists: Lists,
     bans: Option<Bans>,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -122,3 +122,25 @@ def router_path(path: str, query: str = "") -> str:
     if "%" in path or "?" in path or "#" in path:
         path = path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
     return path + "?" + query if query else path
+
+
+def wanted_headers(engine: Any, forwarded_header: str) -> Tuple[str, ...]:
+    """The request headers a middleware reads: those the policy reads
+    (``engine.request_headers``) and the forwarding header, lower case. Reading
+    only these costs a few string conversions per request instead of one per
+    header sent."""
+    names = [h.lower() for h in engine.request_headers]
+    fwd = forwarded_header.lower()
+    if fwd not in names:
+        names.append(fwd)
+    return tuple(names)
+
+
+def environ_keys(names: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """(WSGI environ key, header name) for each header name: ``x-api-key`` is
+    ``HTTP_X_API_KEY`` (``content-type`` and ``content-length`` have no prefix)."""
+    out = []
+    for name in names:
+        key = name.upper().replace("-", "_")
+        out.append((key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key, name))
+    return tuple(out)

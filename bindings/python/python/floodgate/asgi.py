@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Sequenc
 from . import check_request_async
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import client_ip, networks, router_path
+from ._web import client_ip, networks, router_path, wanted_headers
 from .errors import InvalidRequestError
 
 Scope = MutableMapping[str, Any]
@@ -45,12 +45,17 @@ class FloodgateMiddleware:
         self.engine = engine
         self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
+        # ASGI header names are lower-case bytes.
+        self._wanted = frozenset(n.encode("latin-1") for n in wanted_headers(engine, forwarded_header))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers: List[Tuple[str, str]] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        wanted = self._wanted
+        headers: List[Tuple[str, str]] = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in wanted
+        ]
         client = scope.get("client")
         ip = client_ip(client[0] if client else None, headers, self.trusted, self.forwarded_header)
         # The path Starlette routes: decoded, below the mount point.

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import client_ip, networks, router_path
+from ._web import client_ip, environ_keys, networks, router_path, wanted_headers
 from .errors import InvalidRequestError
 
 
@@ -38,11 +38,13 @@ class FloodgateMiddleware:
             raise ImproperlyConfigured("settings.FLOODGATE['policy'] is required (a path or a dict)")
         self.trusted = networks(conf.get("trusted_proxies", ()))
         self.forwarded_header = conf.get("forwarded_header", "x-forwarded-for")
+        self._keys = environ_keys(wanted_headers(self.engine, self.forwarded_header))
 
     def __call__(self, request: Any) -> Any:
         from django.http import HttpResponse
 
-        headers = list(request.headers.items())
+        meta = request.META
+        headers = [(name, meta[key]) for key, name in self._keys if meta.get(key)]
         ip = client_ip(request.META.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
         path = router_path(request.path_info or "/", request.META.get("QUERY_STRING", ""))
         try:

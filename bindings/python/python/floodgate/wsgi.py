@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import client_ip, networks, router_path
+from ._web import client_ip, environ_keys, networks, router_path, wanted_headers
 from .errors import InvalidRequestError
 
 StartResponse = Callable[..., Any]
@@ -27,14 +27,13 @@ WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 _STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 429: "429 Too Many Requests"}
 
 
-def _headers(environ: dict) -> List[Tuple[str, str]]:
+def _headers(environ: dict, keys: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """The headers among ``keys`` (environ key, header name) that the request has."""
     out = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            out.append((key[5:].replace("_", "-").lower(), value))
-    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        if environ.get(key):
-            out.append((key.replace("_", "-").lower(), environ[key]))
+    for key, name in keys:
+        value = environ.get(key)
+        if value:
+            out.append((name, value))
     return out
 
 
@@ -52,9 +51,10 @@ class FloodgateMiddleware:
         self.engine = engine
         self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
+        self._keys = environ_keys(wanted_headers(engine, forwarded_header))
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        headers = _headers(environ)
+        headers = _headers(environ, self._keys)
         ip = client_ip(environ.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
         raw = environ.get("PATH_INFO", "") or "/"
         if not raw.isascii():

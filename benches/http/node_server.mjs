@@ -1,0 +1,39 @@
+// node node_server.mjs <express|fastify> <none|floodgate|peer> <port>
+// The same handler ({"ok":true}) behind no limiter, Floodgate's middleware or
+// the peer middleware, each at 1,000,000 requests per minute per IP.
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const require = createRequire(import.meta.url)
+const [framework, mode, port] = process.argv.slice(2)
+const floodgateEngine = () => {
+  const { Engine } = require(join(here, '../../bindings/node/floodgate.js'))
+  return Engine.fromFile(join(here, 'policy.toml'))
+}
+
+if (framework === 'express') {
+  const express = require('express')
+  const app = express()
+  if (mode === 'floodgate') {
+    const { floodgate } = require(join(here, '../../bindings/node/express.js'))
+    app.use(floodgate(floodgateEngine()))
+  } else if (mode === 'peer') {
+    const { rateLimit } = require('express-rate-limit')
+    app.use(rateLimit({ windowMs: 60_000, limit: 1_000_000, standardHeaders: 'draft-8', legacyHeaders: false }))
+  }
+  app.get('/items', (req, res) => res.json({ ok: true }))
+  app.listen(Number(port), '127.0.0.1')
+} else if (framework === 'fastify') {
+  const fastify = require('fastify')({ logger: false })
+  if (mode === 'floodgate') {
+    await fastify.register(require(join(here, '../../bindings/node/fastify.js')), { engine: floodgateEngine() })
+  } else if (mode === 'peer') {
+    await fastify.register(require('@fastify/rate-limit'), { max: 1_000_000, timeWindow: 60_000 })
+  }
+  fastify.get('/items', async () => ({ ok: true }))
+  await fastify.listen({ port: Number(port), host: '127.0.0.1' })
+} else {
+  throw new Error(`unknown framework ${framework}`)
+}

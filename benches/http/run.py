@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Cost per HTTP request of rate-limiting middleware, in real servers on loopback.
+
+For each framework, the same handler runs behind no limiter, Floodgate's
+middleware and the peer middleware users would pick instead (@fastify/rate-limit,
+express-rate-limit, slowapi, flask-limiter), with a limit so generous nothing is
+denied. wrk loads each server in turn; the variants alternate within each round
+(the machine is shared and noisy) and the medians over the rounds are reported
+with their ratio to no limiter and the microseconds each limiter adds.
+
+    python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
+
+Needs: wrk (apt), `npm install` in benches/http, the Node addon built
+(`cd bindings/node && npm run build:release`), and a Python with floodgate and
+benches/http/requirements.txt installed (`--python`, default target/py-venv).
+"""
+import argparse
+import os
+import pathlib
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+VARIANTS = ("none", "floodgate", "peer")
+PEERS = {"fastify": "@fastify/rate-limit", "express": "express-rate-limit", "fastapi": "slowapi", "flask": "flask-limiter"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(framework, mode, port, python):
+    env = dict(os.environ, FG_BENCH_MODE=mode, FG_BENCH_APP=framework)
+    if framework in ("fastify", "express"):
+        cmd = ["node", str(HERE / "node_server.mjs"), framework, mode, str(port)]
+    elif framework == "fastapi":
+        cmd = [python, "-m", "uvicorn", "py_apps:fastapi_app", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    else:
+        cmd = [python, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "py_apps:flask_app"]
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/items", timeout=1) as r:
+                headers = {k.lower() for k in r.headers.keys()}
+                limited = any("ratelimit" in h for h in headers)
+                if limited != (mode != "none"):
+                    raise SystemExit(f"{framework}/{mode}: rate-limit headers {'missing' if mode != 'none' else 'present'}: {sorted(headers)}")
+                return proc
+        except (OSError, urllib.error.URLError):
+            if proc.poll() is not None:
+                raise SystemExit(f"{framework}/{mode} exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"{framework}/{mode} did not start")
+
+
+def wrk(port, duration, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/items"],
+                         capture_output=True, text=True, check=True).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit(f"{non2xx.group(1)} responses were not 2xx:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--only", default="fastify,express,fastapi,flask")
+    ap.add_argument("--python", default=str(ROOT / "target" / "py-venv" / "bin" / "python"))
+    a = ap.parse_args()
+    frameworks = a.only.split(",")
+    results = {(f, v): [] for f in frameworks for v in VARIANTS}
+    for r in range(a.rounds):
+        for f in frameworks:
+            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            for v in order:
+                port = free_port()
+                proc = start(f, v, port, a.python)
+                try:
+                    wrk(port, 1, a.connections)  # warm-up (JIT, caches, connections)
+                    rps = wrk(port, a.duration, a.connections)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+                results[(f, v)].append(rps)
+                print(f"round {r + 1}: {f:8} {v:10} {rps:10.0f} req/s", file=sys.stderr)
+    print(f"| server | no limiter | Floodgate | peer | Floodgate µs/req | peer µs/req |")
+    print(f"|---|---|---|---|---|---|")
+    for f in frameworks:
+        none, fg, peer = (statistics.median(results[(f, v)]) for v in VARIANTS)
+        cost = lambda x: (1 / x - 1 / none) * 1e6
+        print(f"| {f} | {none / 1000:.1f}k | {fg / 1000:.1f}k ({fg / none:.2f}x) | "
+              f"{PEERS[f]} {peer / 1000:.1f}k ({peer / none:.2f}x) | {cost(fg):.1f} | {cost(peer):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+//! Requests from front ends: the list of headers a policy reads, and a request
+//! whose parts the caller owns ([`OwnedRequest`]), for bindings that convert
+//! from their language's values or hand the request to another thread. Every
+//! front end builds its request here, so the client address is parsed, and bad
+//! input reported, one way.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{Engine, Request, Verdict, parse_client_ip};
+use crate::error::Result;
+
+/// Headers decided without a heap allocation for the borrowed view.
+const STACK_HEADERS: usize = 16;
+
+/// A request with owned parts. Build it with [`OwnedRequest::new`], add the
+/// headers the engine reads ([`Engine::request_headers`]; others are ignored
+/// anyway), and decide it with [`Engine::check_owned`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Request target as received.
+    pub path: String,
+    /// The client's address, parsed.
+    pub client_ip: Option<IpAddr>,
+    /// Header (name, value) pairs; names in any case. A repeated header is
+    /// several pairs (the first is the one read) or one value joined with `, `.
+    pub headers: Vec<(String, String)>,
+}
+
+impl OwnedRequest {
+    /// A request without headers. `client_ip` is text as front ends get it
+    /// (`::ffff:a.b.c.d` and zone ids accepted; see [`parse_client_ip`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`](crate::Error::InvalidRequest) with field
+    /// `client_ip` for text that is no IP address.
+    pub fn new(
+        method: impl Into<String>,
+        path: impl Into<String>,
+        client_ip: Option<&str>,
+    ) -> Result<Self> {
+        Ok(Self {
+            method: method.into(),
+            path: path.into(),
+            client_ip: client_ip.map(parse_client_ip).transpose()?,
+            headers: Vec::new(),
+        })
+    }
+
+    /// Adds a header.
+    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Runs `f` on the borrowed view of this request (on the stack for up to 16
+    /// headers).
+    pub fn with_view<R>(&self, f: impl FnOnce(&Request<'_>) -> R) -> R {
+        let view = |headers: &[(&str, &str)]| {
+            f(&Request {
+                method: &self.method,
+                path: &self.path,
+                client_ip: self.client_ip,
+                headers,
+            })
+        };
+        if self.headers.len() <= STACK_HEADERS {
+            let mut refs = [("", ""); STACK_HEADERS];
+            for (slot, (k, v)) in refs.iter_mut().zip(&self.headers) {
+                *slot = (k.as_str(), v.as_str());
+            }
+            view(refs.get(..self.headers.len()).unwrap_or_default())
+        } else {
+            let refs: Vec<(&str, &str)> = self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            view(&refs)
+        }
+    }
+}
+
+impl Engine {
+    /// The request headers this policy reads, lower case: the API-key header,
+    /// the token's header, `unless_header`s and `header:` key parts. A front end
+    /// passes only these (the rest cannot change a verdict), so it converts a
+    /// few strings per request instead of every header.
+    pub fn request_headers(&self) -> &[String] {
+        &self.request_headers
+    }
+
+    /// Whether the policy reads header `name` (any case).
+    pub fn reads_header(&self, name: &str) -> bool {
+        self.request_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// Decides an [`OwnedRequest`] now, or at `now` (Unix time) as
+    /// [`check_request_at`](Engine::check_request_at).
+    ///
+    /// # Errors
+    /// As [`check_request`](Engine::check_request).
+    pub fn check_owned(&self, request: &OwnedRequest, now: Option<Duration>) -> Result<Verdict> {
+        request.with_view(|req| match now {
+            Some(t) => self.check_request_at(req, t),
+            None => self.check_request(req),
+        })
+    }
+}
+
+/// The header names a policy reads, lower case, each once, in a stable order.
+pub(super) fn read_headers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let name = name.trim().to_ascii_lowercase();
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
