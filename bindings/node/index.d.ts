@@ -125,6 +125,12 @@ export interface EngineEvent {
   retryAfterMs: number
   /** Why a token was refused (token_invalid, unauthorized events). */
   tokenProblem?: string
+  /**
+   * The level the core's logging policy gives it: `warning` (a Redis
+   * fallback), `info` (its recovery) or `debug` (per-request events: log
+   * those as counts, not one line each, under a flood).
+   */
+  level: string
 }
 
 /** Every stable error code, as JS sees it in `err.code`. */

@@ -48,6 +48,7 @@ test('events reach the callback without blocking', async () => {
   assert.equal(denied.length, 1)
   assert.equal(denied[0].rule, 'login')
   assert.equal(denied[0].status, 429)
+  assert.equal(denied[0].level, 'debug', 'per-request events are debug: log counts, not lines')
 })
 
 const redisUrl = process.env.FG_TEST_REDIS_URL

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::policy::{Engine as CoreEngine, Event, OwnedRequest, Verdict as CoreVerdict};
+use floodgate::policy::{
+    Engine as CoreEngine, Event, LogLevel, OwnedRequest, Verdict as CoreVerdict,
+};
 use floodgate::{
     Algorithm, Decision as CoreDecision, ErrorKind, FailMode, Limiter as CoreLimiter, Quota,
     RedisLimiter as CoreRedis,
@@ -541,6 +543,10 @@ pub struct EngineEvent {
     pub retry_after_ms: f64,
     /// Why a token was refused (token_invalid, unauthorized events).
     pub token_problem: Option<String>,
+    /// The level the core's logging policy gives it: `warning` (a Redis
+    /// fallback), `info` (its recovery) or `debug` (per-request events: log
+    /// those as counts, not one line each, under a flood).
+    pub level: String,
 }
 
 /// A policy engine: `Engine.fromFile(path)`, `Engine.fromToml(text)`,
@@ -651,6 +657,12 @@ impl Engine {
                 status: u32::from(e.status),
                 retry_after_ms: ms(e.retry_after),
                 token_problem: e.token_problem.map(|p| p.code().to_string()),
+                level: match e.kind.log_level() {
+                    LogLevel::Debug => "debug",
+                    LogLevel::Info => "info",
+                    LogLevel::Warning => "warning",
+                }
+                .to_string(),
             };
             if tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking) != Status::Ok {
                 // Relaxed: a statistics counter.

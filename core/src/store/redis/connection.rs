@@ -58,7 +58,7 @@ struct StoreInner {
 }
 
 /// Connections to one Redis (standalone or Cluster), shared by any number of
-/// [`RedisLimiter`]s (e.g. all the rules of a policy), with one circuit breaker.
+/// [`RedisLimiter`](super::RedisLimiter)s (e.g. all the rules of a policy), with one circuit breaker.
 /// Cloning is cheap and shares the connections.
 #[derive(Clone)]
 pub struct RedisStore {
