@@ -7,13 +7,15 @@ import pathlib
 
 MODE = os.environ.get("FG_BENCH_MODE", "none")
 POLICY = pathlib.Path(os.environ.get("FG_BENCH_POLICY") or pathlib.Path(__file__).with_name("policy.toml"))
-if os.environ.get("FG_BENCH_LOG") == "each":
-    # Every event logged as a line (what the package did before it summarised):
-    # for the logging measurement in benches/README.md.
+if os.environ.get("FG_BENCH_LOG") in ("each", "info"):
+    # "each": every event logged as a line (what the package did before it
+    # summarised); "info": a production setup, where the summaries show. For the
+    # logging measurement in benches/README.md.
     import logging
     import sys
 
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
+    level = logging.DEBUG if os.environ["FG_BENCH_LOG"] == "each" else logging.INFO
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s %(message)s")
 
 
 def _fastapi():

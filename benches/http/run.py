@@ -9,6 +9,7 @@ denied. wrk loads each server in turn; the variants alternate within each round
 with their ratio to no limiter and the microseconds each limiter adds.
 
     python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
+    python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
 
 Needs: wrk (apt), `npm install` in benches/http, the Node addon built
 (`cd bindings/node && npm run build:release`), and a Python with floodgate and
@@ -37,38 +38,67 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(framework, mode, port, python):
-    env = dict(os.environ, FG_BENCH_MODE=mode, FG_BENCH_APP=framework)
+def start(framework, mode, port, python, extra_env=None, stderr=subprocess.PIPE, expect_headers=True):
+    env = dict(os.environ, FG_BENCH_MODE=mode, FG_BENCH_APP=framework, **(extra_env or {}))
     if framework in ("fastify", "express"):
         cmd = ["node", str(HERE / "node_server.mjs"), framework, mode, str(port)]
     elif framework == "fastapi":
         cmd = [python, "-m", "uvicorn", "py_apps:fastapi_app", "--port", str(port), "--log-level", "warning", "--no-access-log"]
     else:
         cmd = [python, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "py_apps:flask_app"]
-    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     for _ in range(200):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/items", timeout=1) as r:
                 headers = {k.lower() for k in r.headers.keys()}
                 limited = any("ratelimit" in h for h in headers)
-                if limited != (mode != "none"):
+                if expect_headers and limited != (mode != "none"):
                     raise SystemExit(f"{framework}/{mode}: rate-limit headers {'missing' if mode != 'none' else 'present'}: {sorted(headers)}")
                 return proc
         except (OSError, urllib.error.URLError):
             if proc.poll() is not None:
-                raise SystemExit(f"{framework}/{mode} exited: {proc.stderr.read().decode()[-2000:]}")
+                raise SystemExit(f"{framework}/{mode} exited")
             time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"{framework}/{mode} did not start")
 
 
-def wrk(port, duration, connections):
+def wrk(port, duration, connections, denials_ok=False):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/items"],
                          capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
+    if non2xx and not denials_ok:
         raise SystemExit(f"{non2xx.group(1)} responses were not 2xx:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def logging_cost(a):
+    """FastAPI + Floodgate under a flood it denies (deny.toml: 1/min per IP):
+    the package's logging (summaries) against every event logged as a line."""
+    results = {"summaries": [], "each event": []}
+    lines = {}
+    for r in range(a.rounds):
+        for name, env in (("summaries", {"FG_BENCH_LOG": "info"}), ("each event", {"FG_BENCH_LOG": "each"})):
+            port = free_port()
+            log = HERE / f"log-{name.replace(' ', '-')}.txt"
+            with open(log, "wb") as err:
+                proc = start("fastapi", "floodgate", port, a.python, dict(env, FG_BENCH_POLICY=str(HERE / "deny.toml")),
+                             stderr=err, expect_headers=False)
+                try:
+                    wrk(port, 1, a.connections, denials_ok=True)
+                    rps = wrk(port, a.duration, a.connections, denials_ok=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+            text = log.read_bytes()
+            log.unlink()
+            lines[name] = (text.count(b"\n"), len(text))
+            results[name].append(rps)
+            print(f"round {r + 1}: {name:10} {rps:8.0f} req/s, {lines[name][0]} lines, {lines[name][1]} bytes", file=sys.stderr)
+    base = statistics.median(results["each event"])
+    for name, v in results.items():
+        m = statistics.median(v)
+        print(f"| {name} | {m / 1000:.2f}k req/s ({m / base:.2f}x) | {lines[name][0]} lines, {lines[name][1] / 1e6:.1f} MB in the last {a.duration + 1} s run |")
 
 
 def main():
@@ -78,7 +108,10 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--only", default="fastify,express,fastapi,flask")
     ap.add_argument("--python", default=str(ROOT / "target" / "py-venv" / "bin" / "python"))
+    ap.add_argument("--logging", action="store_true")
     a = ap.parse_args()
+    if a.logging:
+        return logging_cost(a)
     frameworks = a.only.split(",")
     results = {(f, v): [] for f in frameworks for v in VARIANTS}
     for r in range(a.rounds):
