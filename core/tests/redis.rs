@@ -35,28 +35,77 @@ impl Server {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        s.spawn();
-        s
+        // Tests run in parallel, each with its own server on a port that was free
+        // a moment ago: another test's server may take it first. Then ours cannot
+        // bind, and we try another port.
+        for _ in 0..5 {
+            if s.spawn_checked() {
+                return s;
+            }
+            s.stop();
+            s.port = free_port();
+        }
+        panic!("redis-server did not start on 5 ports in a row");
     }
 
+    /// Starts the server on `self.port` again (after `stop`).
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(
+            self.spawn_checked(),
+            "redis-server did not start again on {}",
+            self.port
+        );
+    }
+
+    /// Starts redis-server on `self.port`; true once the server answering there
+    /// is this child (its `process_id`), false if the child exited first (the
+    /// port was taken).
+    fn spawn_checked(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--enable-debug-command", "local"])
             .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server not found: install it (apt-get install -y redis-server) or run ./scripts/test");
-        self.child = Some(child);
+        let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if self.process_id() == Some(pid) {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The pid of the server answering on `self.port`, if one does.
+    fn process_id(&self) -> Option<u32> {
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1));
+        let url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => self.url(),
+        };
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok())
     }
 
     fn stop(&mut self) {
