@@ -82,10 +82,18 @@ pub fn policy(data: &[u8]) {
     }
 }
 
+/// The secret's file, written once per process: the replay tests build the
+/// policy on several threads at once, and a rewrite (truncate, then write) let
+/// one of them read an empty secret.
 fn secret_file() -> String {
-    let path = std::env::temp_dir().join(format!("floodgate-fuzz-secret-{}", std::process::id()));
-    std::fs::write(&path, SECRET).unwrap();
-    path.display().to_string()
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("floodgate-fuzz-secret-{}", std::process::id()));
+        std::fs::write(&path, SECRET).unwrap();
+        path.display().to_string()
+    })
+    .clone()
 }
 
 /// The policy `check_request` fuzzes: verified claims, headers, paths and IPs as
