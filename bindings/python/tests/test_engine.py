@@ -64,7 +64,7 @@ def test_denials_log_at_debug_not_per_request_at_info(caplog):
     assert denied[0].levelno == logging.DEBUG
 
 
-def test_middleware_read_only_the_headers_the_policy_reads():
+def test_the_engine_lists_the_headers_its_policy_reads():
     e = Engine.from_toml(POLICY)
     assert set(e.request_headers) >= {"x-api-key", "x-client-id"}
     assert "cookie" not in e.request_headers
