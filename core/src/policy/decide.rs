@@ -2,16 +2,18 @@
 //! (canonical address, normalised path, API key), then lists, client bans, the
 //! token, every matching rule (charged all-or-nothing) and shadow rules.
 
-use std::borrow::Cow;
 use std::time::Duration;
+
+use smallvec::SmallVec;
 
 use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
-use super::headers::{self, Report};
+use super::headers::{self, HeaderOut, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
 use super::jwt::{TokenCheck, TokenProblem};
 use super::{
-    Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, View, nanos, path, store,
+    Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, nanos, path,
+    store,
 };
 use crate::error::{Error, Result};
 
@@ -53,12 +55,17 @@ impl Engine {
         }
     }
 
+    /// Decides `req` into `out` (cleared first). Allocates nothing on an
+    /// allowed request once `out` has grown (see [`VerdictBuf`]); denials build
+    /// their verdict, and events their strings.
     pub(super) fn decide(
         &self,
         req: &Request<'_>,
         now: Duration,
         explicit: bool,
-    ) -> Result<Verdict> {
+        out: &mut VerdictBuf,
+    ) -> Result<()> {
+        out.clear();
         if !is_method(req.method) {
             return Err(Error::InvalidRequest {
                 field: "method",
@@ -88,7 +95,8 @@ impl Engine {
             )
         });
         if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(sent_key)) {
-            return Ok(self.list_verdict(ip, allowed, false));
+            out.set(self.list_verdict(ip, allowed, false));
+            return Ok(());
         }
         let mut buf = KeyBuf::default();
         // 2. A client-wide ban holds whatever rule the request meets.
@@ -97,7 +105,8 @@ impl Engine {
             && let Some(left) = bans.banned(BanScope::Client, key, now_ns)
         {
             bump(&self.metrics.banned_clients);
-            return Ok(self.banned_verdict(None, key, left, None, false));
+            out.set(self.banned_verdict(None, key, left, None, false));
+            return Ok(());
         }
         // 3. The token: verified claims, or anonymous.
         let token = self
@@ -125,7 +134,8 @@ impl Engine {
                 )
             });
             if self.jwt.as_ref().is_some_and(|j| j.reject_invalid) {
-                return Ok(self.unauthorized(ip, None, problem));
+                out.set(self.unauthorized(ip, None, problem));
+                return Ok(());
             }
         }
         let by_subject = claims
@@ -138,11 +148,13 @@ impl Engine {
                 )
             });
         if let Some(allowed) = by_subject {
-            return Ok(self.list_verdict(ip, allowed, true));
+            out.set(self.list_verdict(ip, allowed, true));
+            return Ok(());
         }
         // 4. Rules.
-        let mut charges: Vec<Charge<'_>> = Vec::new();
-        let mut shadows: Vec<usize> = Vec::new();
+        // On the stack for up to 4 matching rules (a policy's usual depth).
+        let mut charges: SmallVec<[Charge<'_>; 4]> = SmallVec::new();
+        let mut shadows: SmallVec<[usize; 4]> = SmallVec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             if !self.applies(rule, &view, claims.is_some()) {
                 continue;
@@ -156,15 +168,17 @@ impl Engine {
                     // A verified token without the claim the key needs: never
                     // unlimited (`missing_claim = "ip"` keys it by address instead).
                     self.refund(&charges, now, explicit);
-                    return Ok(self.unauthorized(
+                    out.set(self.unauthorized(
                         ip,
                         Some(&rule.name),
                         Some(TokenProblem::MissingClaim),
                     ));
+                    return Ok(());
                 }
                 if rule.deny_anonymous {
                     self.refund(&charges, now, explicit);
-                    return Ok(self.unauthorized(ip, Some(&rule.name), problem));
+                    out.set(self.unauthorized(ip, Some(&rule.name), problem));
+                    return Ok(());
                 }
                 continue;
             };
@@ -179,13 +193,14 @@ impl Engine {
                 if let Some((_, c)) = self.metrics.rules.get(index) {
                     bump(&c.banned);
                 }
-                return Ok(self.banned_verdict(
+                out.set(self.banned_verdict(
                     Some(&rule.name),
                     key,
                     left,
                     problem,
                     claims.is_some(),
                 ));
+                return Ok(());
             }
             let tier = rule.limits.select(claims);
             let multiplier = rule
@@ -205,7 +220,7 @@ impl Engine {
             if !d.allowed {
                 self.refund(&charges, now, explicit);
                 let policies = self.applying_policies(&charges, tier, index, &view, claims);
-                return Ok(self.rate_limited(
+                out.set(self.rate_limited(
                     index,
                     rule,
                     scope,
@@ -218,11 +233,12 @@ impl Engine {
                     problem,
                     claims.is_some(),
                 ));
+                return Ok(());
             }
             charges.push(Charge {
                 rule: index,
                 tier,
-                key: key.to_vec(),
+                key: buf.clone(),
                 cost,
                 decision: d,
             });
@@ -281,41 +297,43 @@ impl Engine {
         }) = deciding
         else {
             bump(&self.metrics.no_rule);
-            return Ok(Verdict {
+            out.set(Verdict {
                 authenticated: claims.is_some(),
                 token_problem: problem,
                 ..Verdict::plain(true, 200, Reason::NoRule)
             });
+            return Ok(());
         };
         for c in &charges {
             if let Some((_, counters)) = self.metrics.rules.get(c.rule) {
                 bump(&counters.allowed);
             }
         }
-        let (index, d) = (*index, *d);
+        let (index, d, key) = (*index, *d, key.bytes());
         let rule = self.rules.get(index).map(|r| r.name.clone());
-        let mut verdict = Verdict {
-            rule: rule.clone(),
+        let mut identity = out.string();
+        identity.push_str(&String::from_utf8_lossy(key));
+        let has_rule = rule.is_some();
+        *out.verdict_mut() = Verdict {
+            headers: std::mem::take(&mut out.verdict_mut().headers),
+            rule,
             limit: d.limit,
             remaining: d.remaining,
             reset_after: d.reset_after,
-            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            identity: Some(identity),
             token_problem: problem,
             authenticated: claims.is_some(),
             ..Verdict::plain(true, 200, Reason::Allowed)
         };
-        if let (Some(_), Some(quota), Some(value)) = (
-            &rule,
+        if let (true, Some(quota), Some(value)) = (
+            has_rule,
             tier.limiter.quotas().get(d.quota),
             tier.policy_values.get(d.quota),
         ) {
-            verdict.headers.reserve_exact(3);
-            let policies = match charges.as_slice() {
-                [one] => Cow::Borrowed(one.tier.policy_list.as_str()),
-                many => Cow::Owned(headers::policy_list(
-                    many.iter().map(|c| c.tier.policy_list.as_str()),
-                )),
-            };
+            let policies: SmallVec<[&str; 4]> = charges
+                .iter()
+                .map(|c| c.tier.policy_list.as_str())
+                .collect();
             let report = Report {
                 policy_list: &policies,
                 policy_value: value,
@@ -325,9 +343,10 @@ impl Engine {
                 retry_after: None,
                 partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
             };
-            headers::render(self.style, &report, &mut verdict.headers);
+            let (headers, spare) = out.headers();
+            headers::render(self.style, &report, &mut HeaderOut { headers, spare });
         }
-        Ok(verdict)
+        Ok(())
     }
 
     /// The request's API key: the value `sent` in the API-key header (first copy,
@@ -442,7 +461,7 @@ impl Engine {
 
     pub(super) fn refund(&self, charges: &[Charge<'_>], now: Duration, explicit: bool) {
         for c in charges {
-            c.tier.limiter.refund(&c.key, c.cost, now, explicit);
+            c.tier.limiter.refund(c.key.bytes(), c.cost, now, explicit);
         }
     }
 }

@@ -20,6 +20,22 @@ use base64::Engine as _;
 
 use crate::quota::{Algorithm, Quota};
 
+/// Every response header name a verdict may carry, in a fixed order. Front ends
+/// that pass names as numbers (the Node binding's raw path) index this list;
+/// a verdict's header names are always these `&'static str`s.
+pub const RESPONSE_HEADERS: [&str; 10] = [
+    "RateLimit-Policy",
+    "RateLimit",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "WWW-Authenticate",
+];
+
 /// Which header set to emit (`settings.headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum HeaderStyle {
@@ -76,13 +92,19 @@ pub(crate) fn policy_name(rule: &str, i: usize, n: usize) -> String {
 /// Joins `RateLimit-Policy` items into one list value (`a, b`).
 pub(crate) fn policy_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let mut out = String::new();
+    join_into(&mut out, items);
+    out
+}
+
+/// Appends `items` to `out` as one list value (`a, b`), skipping empty ones.
+fn join_into<'a>(out: &mut String, items: impl IntoIterator<Item = &'a str>) {
+    let start = out.len();
     for item in items.into_iter().filter(|i| !i.is_empty()) {
-        if !out.is_empty() {
+        if out.len() > start {
             out.push_str(", ");
         }
         out.push_str(item);
     }
-    out
 }
 
 /// The `RateLimit-Policy` item of one quota, computed once at load.
@@ -98,9 +120,9 @@ pub(crate) fn policy_value(style: HeaderStyle, policy: &str, quota: &Quota) -> S
 /// What the headers report.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Report<'a> {
-    /// The `RateLimit-Policy` value: the items of every quota that applies to
-    /// the request, the same whether it is allowed or denied.
-    pub policy_list: &'a str,
+    /// The `RateLimit-Policy` value: the lists of every rule that applies to
+    /// the request (joined with `, `), the same whether it is allowed or denied.
+    pub policy_list: &'a [&'a str],
     /// `policy_value()` of the deciding quota, precomputed.
     pub policy_value: &'a str,
     pub quota: &'a Quota,
@@ -112,41 +134,68 @@ pub(crate) struct Report<'a> {
     pub partition: Option<u64>,
 }
 
+/// Where rendered headers go: the verdict's list, with values written into
+/// spare strings when there are some (see `VerdictBuf`), so a reused buffer
+/// renders without allocating.
+pub(crate) struct HeaderOut<'a> {
+    pub headers: &'a mut Vec<(&'static str, String)>,
+    pub spare: &'a mut Vec<String>,
+}
+
+impl HeaderOut<'_> {
+    /// Adds header `name` with the value `write` puts into an empty string.
+    fn add(&mut self, name: &'static str, write: impl FnOnce(&mut String)) {
+        let mut value = self.spare.pop().unwrap_or_default();
+        value.clear();
+        write(&mut value);
+        self.headers.push((name, value));
+    }
+
+    fn number(&mut self, name: &'static str, n: u64) {
+        self.add(name, |s| s.push_str(itoa::Buffer::new().format(n)));
+    }
+}
+
 /// Appends the headers for `report` to `out`.
-pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut Vec<(&'static str, String)>) {
-    use std::fmt::Write as _;
+pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut HeaderOut<'_>) {
     let q = r.quota.limit();
     let t = ceil_secs(r.reset_after);
+    let policies = |s: &mut String| join_into(s, r.policy_list.iter().copied());
     match style {
         HeaderStyle::Draft10 => {
-            out.push(("RateLimit-Policy", r.policy_list.to_string()));
-            // The policy value starts with the quoted name: reuse it.
-            let name = r.policy_value.split(';').next().unwrap_or_default();
-            let mut value = String::with_capacity(name.len() + 48);
-            let _ = write!(value, "{name};r={};t={t}", r.remaining);
-            if let Some(pk) = r.partition {
-                value.push_str(";pk=:");
-                base64::engine::general_purpose::STANDARD
-                    .encode_string(pk.to_be_bytes(), &mut value);
-                value.push(':');
-            }
-            out.push(("RateLimit", value));
+            out.add("RateLimit-Policy", policies);
+            out.add("RateLimit", |value| {
+                // The policy value starts with the quoted name: reuse it.
+                let name = r.policy_value.split(';').next().unwrap_or_default();
+                let mut n = itoa::Buffer::new();
+                value.push_str(name);
+                value.push_str(";r=");
+                value.push_str(n.format(r.remaining));
+                value.push_str(";t=");
+                value.push_str(n.format(t));
+                if let Some(pk) = r.partition {
+                    value.push_str(";pk=:");
+                    base64::engine::general_purpose::STANDARD
+                        .encode_string(pk.to_be_bytes(), value);
+                    value.push(':');
+                }
+            });
         }
         HeaderStyle::Draft6 => {
-            out.push(("RateLimit-Limit", q.to_string()));
-            out.push(("RateLimit-Remaining", r.remaining.to_string()));
-            out.push(("RateLimit-Reset", t.to_string()));
-            out.push(("RateLimit-Policy", r.policy_list.to_string()));
+            out.number("RateLimit-Limit", q);
+            out.number("RateLimit-Remaining", r.remaining);
+            out.number("RateLimit-Reset", t);
+            out.add("RateLimit-Policy", policies);
         }
         HeaderStyle::Legacy => {
-            out.push(("X-RateLimit-Limit", q.to_string()));
-            out.push(("X-RateLimit-Remaining", r.remaining.to_string()));
-            out.push(("X-RateLimit-Reset", t.to_string()));
+            out.number("X-RateLimit-Limit", q);
+            out.number("X-RateLimit-Remaining", r.remaining);
+            out.number("X-RateLimit-Reset", t);
         }
         HeaderStyle::None => {}
     }
     if let Some(retry) = r.retry_after {
-        out.push(("Retry-After", ceil_secs(retry).max(1).to_string()));
+        out.number("Retry-After", ceil_secs(retry).max(1));
     }
 }
 
@@ -176,15 +225,18 @@ mod tests {
 
     fn headers(style: HeaderStyle, name: &str, r: &Report<'_>) -> Vec<(&'static str, String)> {
         let value = policy_value(style, name, r.quota);
-        let mut out = Vec::new();
+        let (mut out, mut spare) = (Vec::new(), Vec::new());
         render(
             style,
             &Report {
-                policy_list: &value,
+                policy_list: &[&value],
                 policy_value: &value,
                 ..*r
             },
-            &mut out,
+            &mut HeaderOut {
+                headers: &mut out,
+                spare: &mut spare,
+            },
         );
         out
     }
@@ -196,7 +248,7 @@ mod tests {
             .with_algorithm(Algorithm::FixedWindow)
             .unwrap_or_else(|e| panic!("{e}"));
         let r = Report {
-            policy_list: "",
+            policy_list: &[],
             policy_value: "",
             quota: &quota,
             remaining: 50,
@@ -225,7 +277,7 @@ mod tests {
     fn draft6_legacy_and_retry_after() {
         let quota = q("10/s burst 20"); // refill of the whole burst: 2 s
         let r = Report {
-            policy_list: "",
+            policy_list: &[],
             policy_value: "",
             quota: &quota,
             remaining: 0,
@@ -254,6 +306,30 @@ mod tests {
     }
 
     #[test]
+    fn every_rendered_name_is_in_the_catalogue() {
+        let quota = q("10/s burst 20");
+        for style in [
+            HeaderStyle::Draft10,
+            HeaderStyle::Draft6,
+            HeaderStyle::Legacy,
+            HeaderStyle::None,
+        ] {
+            let r = Report {
+                policy_list: &[],
+                policy_value: "",
+                quota: &quota,
+                remaining: 0,
+                reset_after: Duration::from_secs(1),
+                retry_after: Some(Duration::from_secs(1)),
+                partition: Some(1),
+            };
+            for (name, _) in headers(style, "api", &r) {
+                assert!(RESPONSE_HEADERS.contains(&name), "{name}");
+            }
+        }
+    }
+
+    #[test]
     fn retry_after_is_never_early() {
         for (ns, secs) in [
             (1, 1),
@@ -279,9 +355,9 @@ mod tests {
             list,
             "\"api.1\";q=10;w=1, \"api.2\";q=1000;w=3600, \"login\";q=10;w=1"
         );
-        let mut out = Vec::new();
+        let (mut out, mut spare) = (Vec::new(), vec![String::from("reused")]);
         let r = Report {
-            policy_list: &list,
+            policy_list: &[&list],
             policy_value: &items[1],
             quota: &b,
             remaining: 7,
@@ -289,7 +365,15 @@ mod tests {
             retry_after: None,
             partition: None,
         };
-        render(HeaderStyle::Draft10, &r, &mut out);
+        render(
+            HeaderStyle::Draft10,
+            &r,
+            &mut HeaderOut {
+                headers: &mut out,
+                spare: &mut spare,
+            },
+        );
+        assert_eq!(out[0].1, list);
         assert_eq!(out[1], ("RateLimit", "\"api.2\";r=7;t=5".into()));
         assert_eq!(policy_list(["", "10;w=1", ""]), "10;w=1");
     }

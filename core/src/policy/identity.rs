@@ -214,10 +214,18 @@ pub(crate) const KEY_BUF: usize = 256;
 
 /// A key being built in a stack buffer. Bytes past the buffer are only counted; a
 /// key that overflowed is rebuilt through a hasher (a second, rare pass).
+#[derive(Clone)]
 pub(crate) struct KeyBuf {
     buf: [u8; KEY_BUF],
     len: usize,
     total: usize,
+}
+
+impl KeyBuf {
+    /// The key last built.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
 }
 
 impl Default for KeyBuf {

@@ -19,8 +19,8 @@
 //! would answer with 404: an extra charge on a request that reaches no handler,
 //! never a handler reached without its rule.
 //!
-//! The common path (`/api/users/42`) is already normal and is borrowed: no
-//! allocation.
+//! The common path (`/api/users/42`, also with a query string) is already
+//! normal and is borrowed: no allocation.
 
 use std::borrow::Cow;
 
@@ -85,6 +85,11 @@ pub(crate) fn normalize(target: &str, case_insensitive: bool) -> Cow<'_, str> {
     let target = strip_absolute_form(target);
     let end = target.find(['?', '#']).unwrap_or(target.len());
     let raw = target.get(..end).unwrap_or_default();
+    // The common case with a query (`/items?page=2`): the path before it is
+    // already normal, and borrowed.
+    if is_normal(raw, case_insensitive) {
+        return Cow::Borrowed(raw);
+    }
     let decoded = percent_decode(raw);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
@@ -124,6 +129,14 @@ mod tests {
             assert!(matches!(normalize(p, true), Cow::Borrowed(_)), "{p}");
         }
         assert!(matches!(normalize("/API", false), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize("/api/items?page=2&q=%41#top", true),
+            Cow::Borrowed("/api/items")
+        ));
+        assert!(matches!(
+            normalize("http://h/api/items?x", true),
+            Cow::Borrowed("/api/items")
+        ));
         assert!(matches!(normalize("/API", true), Cow::Owned(_)));
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
-use super::headers::{self, Report};
+use super::headers::{self, HeaderOut, Report};
 use super::jwt::TokenProblem;
 use super::{Engine, Reason, Rule, Tier, Verdict};
 
@@ -193,7 +193,7 @@ impl Engine {
             tier.policy_values.get(d.quota),
         ) {
             let report = Report {
-                policy_list: policies,
+                policy_list: &[policies],
                 policy_value: value,
                 quota,
                 remaining: d.remaining,
@@ -201,7 +201,14 @@ impl Engine {
                 retry_after: Some(retry),
                 partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
             };
-            headers::render(self.style, &report, &mut v.headers);
+            headers::render(
+                self.style,
+                &report,
+                &mut HeaderOut {
+                    headers: &mut v.headers,
+                    spare: &mut Vec::new(),
+                },
+            );
         }
         v
     }

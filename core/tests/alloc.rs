@@ -1,0 +1,241 @@
+//! `check_request_into` allocates nothing on the three common paths (an anonymous
+//! client keyed by IP, an API key, a cached verified token), counted by a
+//! global allocator that counts this thread's allocations while asked to. And a
+//! reused buffer gives the same verdicts as fresh ones, denials included.
+#![cfg(feature = "policy")]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(unsafe_code)] // a GlobalAlloc that forwards to the system allocator
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use floodgate::policy::{Engine, Request, VerdictBuf};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+
+struct Counting;
+
+thread_local! {
+    /// `Some(n)`: counting, `n` so far on this thread.
+    static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn note() {
+    let _ = COUNT.try_with(|c| {
+        if let Some(n) = c.get() {
+            c.set(Some(n + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments, which
+// upholds GlobalAlloc's contract; counting touches only a thread-local Cell.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded as received.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded as received.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as received.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Allocations `f` makes on this thread.
+fn allocations(f: impl FnOnce()) -> usize {
+    COUNT.with(|c| c.set(Some(0)));
+    f();
+    COUNT.with(|c| c.replace(None)).unwrap_or(0)
+}
+
+const NOW: u64 = 1_700_000_000;
+
+/// The example policy's API rules (tiers by plan for verified users, API keys,
+/// anonymous clients per IP, a catch-all), with an HS256 key so the test can sign.
+const POLICY: &str = r#"
+[settings]
+headers = "draft-10"
+
+[jwt]
+algorithms = ["HS256"]
+issuer = "https://auth.example.com"
+audience = "api"
+secret_file = "tests/keys/hs_secret.txt"
+verify_limit = "20/s burst 40"
+
+[ban]
+after = 5
+within = "10m"
+duration = "15m"
+
+[[rule]]
+name = "api-user"
+match = "/api/**"
+applies_to = "authenticated"
+key = "claim:sub"
+[rule.tiers]
+claim = "plan"
+default = "free"
+quotas = { free = ["60/min", "1000/day"], pro = ["600/min burst 100", "20000/day"] }
+
+[[rule]]
+name = "api-key"
+match = "/api/**"
+applies_to = "anonymous"
+key = "api_key"
+quotas = ["100/s burst 200"]
+
+[[rule]]
+name = "anonymous"
+match = "/api/**"
+applies_to = "anonymous"
+unless_header = "x-api-key"
+key = "ip"
+quotas = ["30/min"]
+algorithm = "sliding_window"
+
+[[rule]]
+name = "everything"
+match = "/**"
+key = "ip"
+quotas = ["600/min burst 100"]
+"#;
+
+fn engine() -> Engine {
+    Engine::from_toml_str(POLICY).unwrap()
+}
+
+fn token(sub: &str, plan: &str) -> String {
+    let secret = std::fs::read(format!(
+        "{}/tests/keys/hs_secret.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let claims = json!({"sub": sub, "plan": plan, "iss": "https://auth.example.com",
+                        "aud": "api", "exp": NOW + 3600});
+    let secret = String::from_utf8(secret).unwrap();
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.trim().as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Warms `out` and the store with a few requests, then counts the allocations
+/// of 20 more (2.5 s apart: inside every quota, the anonymous 30/min included).
+fn steady_state_allocations(engine: &Engine, req: &Request<'_>, expect_rule: &str) -> usize {
+    let mut out = VerdictBuf::new();
+    let at = |i: u64| Some(Duration::from_secs(NOW) + Duration::from_millis(2500 * i));
+    for i in 0..3 {
+        engine.check_request_into(req, at(i), &mut out).unwrap();
+        assert!(out.verdict().allowed, "{:?}", out.verdict());
+        assert_eq!(out.verdict().rule.as_deref(), Some(expect_rule));
+    }
+    allocations(|| {
+        for i in 3..23 {
+            engine.check_request_into(req, at(i), &mut out).unwrap();
+            assert!(out.verdict().allowed);
+        }
+    })
+}
+
+#[test]
+fn anonymous_per_ip_allocates_nothing() {
+    let engine = engine();
+    // A query string, as real requests have: the path is still borrowed.
+    let req = Request {
+        method: "GET",
+        path: "/api/items?page=2",
+        client_ip: "203.0.113.7".parse().ok(),
+        headers: &[("accept", "*/*")],
+    };
+    assert_eq!(steady_state_allocations(&engine, &req, "anonymous"), 0);
+    // The counter counts: a fresh verdict allocates its identity and headers.
+    let t = Duration::from_secs(NOW + 3600);
+    assert!(allocations(|| drop(engine.check_request_at(&req, t).unwrap())) >= 3);
+    let v6 = Request {
+        client_ip: "2001:db8::7".parse().ok(),
+        ..req
+    };
+    assert_eq!(steady_state_allocations(&engine, &v6, "anonymous"), 0);
+}
+
+#[test]
+fn api_key_allocates_nothing() {
+    let engine = engine();
+    let req = Request {
+        method: "POST",
+        path: "/api/orders",
+        client_ip: "203.0.113.8".parse().ok(),
+        headers: &[("X-Api-Key", "sk_live_abc123")],
+    };
+    // The deciding rule is the one with the fewest units left: the catch-all
+    // (600/min burst 100) before the key's 200-unit burst.
+    assert_eq!(steady_state_allocations(&engine, &req, "everything"), 0);
+}
+
+#[test]
+fn cached_token_allocates_nothing() {
+    let engine = engine();
+    let bearer = format!("Bearer {}", token("alice", "pro"));
+    let headers = [("authorization", bearer.as_str())];
+    let req = Request {
+        method: "GET",
+        path: "/api/users/42",
+        client_ip: "203.0.113.9".parse().ok(),
+        headers: &headers,
+    };
+    // The pro tier's burst (100) ties with the catch-all's: the first rule decides.
+    assert_eq!(steady_state_allocations(&engine, &req, "api-user"), 0);
+    let v = engine
+        .check_request_at(&req, Duration::from_secs(NOW))
+        .unwrap();
+    assert!(v.authenticated);
+}
+
+#[test]
+fn a_reused_buffer_gives_the_verdicts_fresh_ones_give() {
+    // Two engines with the same seeds see the same requests: one decides into a
+    // reused buffer, the other returns fresh verdicts. Allowed, rate-limited,
+    // banned, 401 and allowed again: nothing of one verdict leaks into the next.
+    let (a, b) = (engine().with_fixed_seed(7), engine().with_fixed_seed(7));
+    let bearer = format!("Bearer {}", token("bob", "free"));
+    let bad = "Bearer not.a.token".to_string();
+    let mut out = VerdictBuf::new();
+    for i in 0..200u64 {
+        let auth = match i % 5 {
+            0 => Some(bearer.as_str()),
+            1 => Some(bad.as_str()),
+            _ => None,
+        };
+        let headers: Vec<(&str, &str)> = auth.map(|t| ("authorization", t)).into_iter().collect();
+        let req = Request {
+            method: "GET",
+            path: "/api/items",
+            client_ip: "198.51.100.1".parse().ok(),
+            headers: &headers,
+        };
+        let t = Duration::from_secs(NOW) + Duration::from_millis(50 * i);
+        a.check_request_into(&req, Some(t), &mut out).unwrap();
+        let fresh = b.check_request_at(&req, t).unwrap();
+        assert_eq!(out.verdict(), &fresh, "request {i}");
+    }
+    // The flood was denied, then banned: both kinds of verdict went through the buffer.
+    assert!(!out.verdict().allowed);
+}
