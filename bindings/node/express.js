@@ -23,6 +23,7 @@ function clientIp(ip) {
 }
 
 const { badRequestBody } = require('./index.js')
+const { checkParts } = require('./floodgate.js')
 
 const BAD_REQUEST = badRequestBody()
 
@@ -44,34 +45,47 @@ function isBadRequest(err) {
   return err != null && err.code === 'ERR_FG_INVALID_REQUEST'
 }
 
+// One `setHeader` per header: `res.set(object)` goes through Express's
+// per-field checks for each.
+function setHeaders(res, headers) {
+  for (const name in headers) res.setHeader(name, headers[name])
+}
+
 function floodgate(engine, options = {}) {
   const async = options.async ?? engine.mayBlock
   const pick = headerPicker(engine)
+  const answer = (res, next, v) => {
+    setHeaders(res, v.headers)
+    if (v.allowed) return next()
+    res.status(v.status).type('application/json').send(v.body)
+  }
+  const fail = (res, next, err) =>
+    isBadRequest(err) ? res.status(400).type('application/json').send(BAD_REQUEST) : next(err)
+  if (async) {
+    return function floodgateMiddleware(req, res, next) {
+      const request = {
+        method: req.method,
+        path: req.originalUrl || req.url,
+        clientIp: clientIp(req.ip),
+        headers: pick(req.headers),
+      }
+      engine.checkRequestAsync(request).then(
+        (v) => answer(res, next, v),
+        (err) => fail(res, next, err),
+      )
+    }
+  }
+  // In memory: the raw path (floodgate.js), reading the policy's headers
+  // straight from req.headers. The core unmaps ::ffff: addresses itself.
   return function floodgateMiddleware(req, res, next) {
-    const request = {
-      method: req.method,
-      path: req.originalUrl || req.url,
-      clientIp: clientIp(req.ip),
-      headers: pick(req.headers),
-    }
-    const handle = (v) => {
-      res.set(v.headers)
-      if (v.allowed) return next()
-      res.status(v.status).type('application/json').send(v.body)
-    }
-    const fail = (err) => (isBadRequest(err) ? res.status(400).type('application/json').send(BAD_REQUEST) : next(err))
-    if (async) {
-      engine.checkRequestAsync(request).then(handle, fail)
-      return
-    }
-    let verdict
+    let v
     try {
-      verdict = engine.checkRequest(request)
+      v = checkParts(engine, req.method, req.originalUrl || req.url, req.ip, req.headers)
     } catch (err) {
-      return fail(err)
+      return fail(res, next, err)
     }
-    handle(verdict)
+    answer(res, next, v)
   }
 }
 
-module.exports = { floodgate, clientIp, headerPicker, isBadRequest, BAD_REQUEST }
+module.exports = { floodgate, clientIp, headerPicker, isBadRequest, setHeaders, BAD_REQUEST }

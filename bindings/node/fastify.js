@@ -9,33 +9,53 @@
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
 // answered 400.
 const { clientIp, headerPicker, isBadRequest, BAD_REQUEST } = require('./express.js')
+const { checkParts } = require('./floodgate.js')
 
 function floodgatePlugin(fastify, opts, done) {
   const engine = opts.engine
   if (!engine) return done(new Error('floodgate/fastify: options.engine is required'))
   const async = opts.async ?? engine.mayBlock
   const pick = headerPicker(engine)
-  fastify.addHook('onRequest', async (request, reply) => {
-    const req = {
-      method: request.method,
-      path: request.url,
-      clientIp: clientIp(request.ip),
-      headers: pick(request.headers),
-    }
-    let v
-    try {
-      v = async ? await engine.checkRequestAsync(req) : engine.checkRequest(req)
-    } catch (err) {
-      if (!isBadRequest(err)) throw err
-      reply.code(400).type('application/json').send(BAD_REQUEST)
-      return reply
-    }
-    reply.headers(v.headers)
-    if (!v.allowed) {
-      reply.code(v.status).type('application/json').send(v.body)
-      return reply
-    }
-  })
+  const badRequest = (reply) => reply.code(400).type('application/json').send(BAD_REQUEST)
+  const answer = (reply, v) => {
+    const h = v.headers
+    for (const name in h) reply.header(name, h[name])
+    if (v.allowed) return false
+    reply.code(v.status).type('application/json').send(v.body)
+    return true
+  }
+  if (async) {
+    fastify.addHook('onRequest', async (request, reply) => {
+      const req = {
+        method: request.method,
+        path: request.url,
+        clientIp: clientIp(request.ip),
+        headers: pick(request.headers),
+      }
+      let v
+      try {
+        v = await engine.checkRequestAsync(req)
+      } catch (err) {
+        if (!isBadRequest(err)) throw err
+        return badRequest(reply)
+      }
+      if (answer(reply, v)) return reply
+    })
+  } else {
+    // In memory: a callback hook (an async one costs a promise per request) on
+    // the raw path (floodgate.js), reading the policy's headers straight from
+    // request.headers. A hook that answers does not call `next`.
+    fastify.addHook('onRequest', (request, reply, next) => {
+      let v
+      try {
+        v = checkParts(engine, request.method, request.url, request.ip, request.headers)
+      } catch (err) {
+        if (!isBadRequest(err)) return next(err)
+        return badRequest(reply)
+      }
+      if (!answer(reply, v)) next()
+    })
+  }
   done()
 }
 floodgatePlugin[Symbol.for('skip-override')] = true

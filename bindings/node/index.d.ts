@@ -25,6 +25,11 @@ export declare class Engine {
   /** Decides a request on the libuv thread pool: use it with a Redis store. */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
   /**
+   * `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
+   * `checkRequest` in floodgate.js calls. Both keep the engine alive.
+   */
+  handle(): [unknown, Float64Array]
+  /**
    * The request headers the policy reads, lower case (`x-api-key`,
    * `authorization`, ...): pass only these, the rest cannot change a verdict.
    */
@@ -207,8 +212,18 @@ export interface Verdict {
   body: string
 }
 
+/** How many numbers an engine handle's `out` view holds. */
+export declare const VERDICT_FIELDS: number
+
 /**
  * The fields of a `Verdict`, as the core names them (snake_case; JS has them in
  * camelCase, with `Ms` on durations). For tests that compare the two.
  */
 export declare function verdictFields(): Array<string>
+
+/**
+ * The tables `engineCheck`'s numbers index: `[reasons, tokenProblems,
+ * responseHeaders]` (the core's `Reason::ALL`, `TokenProblem::ALL` codes and
+ * `RESPONSE_HEADERS`), read once by floodgate.js.
+ */
+export declare function verdictTables(): Array<Array<string>>

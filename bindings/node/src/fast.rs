@@ -33,9 +33,9 @@ const TAG: sys::napi_type_tag = sys::napi_type_tag {
 /// Keys up to this many bytes are read without allocating.
 const STACK_KEY: usize = 1024;
 
-type Thrown = Failure;
+pub(crate) type Thrown = Failure;
 
-fn ok(status: sys::napi_status, what: &str) -> Result<(), Thrown> {
+pub(crate) fn ok(status: sys::napi_status, what: &str) -> Result<(), Thrown> {
     if status == sys::Status::napi_ok {
         Ok(())
     } else {
@@ -43,30 +43,58 @@ fn ok(status: sys::napi_status, what: &str) -> Result<(), Thrown> {
     }
 }
 
-/// What a handle points to: the limiter, and the numbers of its last decision.
-/// Single-threaded (`Rc`, `Cell`): a handle lives on the JS thread that made it.
+/// What a limiter handle points to: the limiter, and the numbers of its last
+/// decision. Single-threaded (`Rc`, `Cell`): a handle lives on the JS thread
+/// that made it.
 struct Handle {
     limiter: Arc<CoreLimiter>,
     out: [Cell<f64>; DECISION_FIELDS as usize],
 }
 
-unsafe extern "C" fn release(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
-    // SAFETY: `hint` is a pointer `Rc::into_raw` gave in `handle`, one per
-    // finalizer, and V8 calls each finalizer once, after the last use of its value.
-    drop(unsafe { Rc::from_raw(hint.cast::<Handle>()) });
+/// A value behind a handle: where its numbers go.
+pub(crate) trait Numbers {
+    /// The `f64`s a Float64Array shows.
+    fn out(&self) -> &[Cell<f64>];
 }
 
-/// `[handle, out]`: an external holding `limiter`, and a Float64Array over the
-/// memory where `limiterCheck(handle, ...)` writes `[limit, remaining,
-/// retryAfterMs, resetAfterMs, quota]`. Each keeps the memory alive.
+impl Numbers for Handle {
+    fn out(&self) -> &[Cell<f64>] {
+        &self.out
+    }
+}
+
+unsafe extern "C" fn release<T>(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
+    // SAFETY: `hint` is a pointer `Rc::<T>::into_raw` gave in `make_handle::<T>`,
+    // one per finalizer, and V8 calls each finalizer once, after the last use of
+    // its value.
+    drop(unsafe { Rc::from_raw(hint.cast::<T>()) });
+}
+
+/// `[handle, out]` for a limiter: see [`make_handle`].
 pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys::napi_value> {
-    let h = Rc::new(Handle {
-        limiter,
-        out: Default::default(),
-    });
+    make_handle(
+        env,
+        Handle {
+            limiter,
+            out: Default::default(),
+        },
+        &TAG,
+    )
+}
+
+/// `[handle, out]`: an external holding `value`, tagged with `tag`, and a
+/// Float64Array over `value.out()`, where the raw functions write their numbers.
+/// Each keeps the value alive.
+pub(crate) fn make_handle<T: Numbers + 'static>(
+    env: sys::napi_env,
+    value: T,
+    tag: &sys::napi_type_tag,
+) -> napi::Result<sys::napi_value> {
+    let h = Rc::new(value);
     let fail = |what: &str| napi::Error::from_reason(format!("could not create {what}"));
     let ok = |status: sys::napi_status| status == sys::Status::napi_ok;
-    let data = h.out.as_ptr().cast_mut().cast::<c_void>();
+    let fields = h.out().len();
+    let data = h.out().as_ptr().cast_mut().cast::<c_void>();
     let (mut external, mut buffer, mut view, mut pair) = (
         ptr::null_mut(),
         ptr::null_mut(),
@@ -77,33 +105,42 @@ pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys
     // SAFETY: `env` is the live environment of the current call. On success the
     // external owns one `Rc` (its data, and its hint for `release`); on failure
     // it was not made, and the `Rc` is taken back here.
-    if !ok(unsafe { sys::napi_create_external(env, hint, Some(release), hint, &mut external) }) {
-        // SAFETY: as above.
-        drop(unsafe { Rc::from_raw(hint.cast::<Handle>()) });
-        return Err(fail("the limiter handle"));
+    if !ok(unsafe { sys::napi_create_external(env, hint, Some(release::<T>), hint, &mut external) })
+    {
+        // SAFETY: the external was not made, so this `Rc` is still ours.
+        drop(unsafe { Rc::from_raw(hint.cast::<T>()) });
+        return Err(fail("the handle"));
     }
     // SAFETY: `external` was just created in this environment.
-    if !ok(unsafe { sys::napi_type_tag_object(env, external, &TAG) }) {
-        return Err(fail("the limiter handle's tag"));
+    if !ok(unsafe { sys::napi_type_tag_object(env, external, tag) }) {
+        return Err(fail("the handle's tag"));
     }
     let hint = Rc::into_raw(h).cast_mut().cast::<c_void>();
-    let bytes = DECISION_FIELDS as usize * std::mem::size_of::<f64>();
-    // SAFETY: `data` points to `bytes` bytes inside the `Rc` allocation, which
-    // this array buffer keeps alive through its own `Rc` (freed by `release`).
+    let bytes = fields * std::mem::size_of::<f64>();
+    // SAFETY: `data` points to `fields` f64 cells (Cell<f64> has f64's layout)
+    // inside the `Rc` allocation, which this array buffer keeps alive through its
+    // own `Rc` (freed by `release`).
     if !ok(unsafe {
-        sys::napi_create_external_arraybuffer(env, data, bytes, Some(release), hint, &mut buffer)
+        sys::napi_create_external_arraybuffer(
+            env,
+            data,
+            bytes,
+            Some(release::<T>),
+            hint,
+            &mut buffer,
+        )
     }) {
         // SAFETY: the buffer was not made, so its `Rc` is still ours.
-        drop(unsafe { Rc::from_raw(hint.cast::<Handle>()) });
-        return Err(fail("the decision buffer"));
+        drop(unsafe { Rc::from_raw(hint.cast::<T>()) });
+        return Err(fail("the numbers buffer"));
     }
-    // SAFETY: `buffer` was just created with room for DECISION_FIELDS f64s; the
-    // array is made of two values of this environment.
+    // SAFETY: `buffer` was just created with room for `fields` f64s; the array
+    // is made of two values of this environment.
     let made = unsafe {
         ok(sys::napi_create_typedarray(
             env,
             sys::TypedarrayType::float64_array,
-            DECISION_FIELDS as usize,
+            fields,
             buffer,
             0,
             &mut view,
@@ -114,43 +151,77 @@ pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys
     if made {
         Ok(pair)
     } else {
-        Err(fail("the decision view"))
+        Err(fail("the numbers view"))
     }
 }
 
-/// Adds `limiterCheck(handle, key, cost, nowMs?) -> boolean` to `exports`.
-pub fn register(env: sys::napi_env, exports: sys::napi_value) -> napi::Result<()> {
-    let name = c"limiterCheck";
-    let mut f = ptr::null_mut();
+/// The value behind `handle` if it is an external tagged `tag` (so made by
+/// [`make_handle::<T>`] with that tag), else an `ERR_FG_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `tag` must be used with one type `T` only, and `handle` must be an argument
+/// of the current call (which keeps it alive for the call). The reference is
+/// for this call only, on the JS thread.
+pub(crate) unsafe fn unwrap_handle<'a, T>(
+    env: sys::napi_env,
+    handle: sys::napi_value,
+    tag: &sys::napi_type_tag,
+    what: &str,
+) -> Result<&'a T, Thrown> {
+    let (mut data, mut tagged) = (ptr::null_mut(), false);
+    // SAFETY: the first call fails with a status (and throws nothing) on
+    // anything but an external; the second only reads the external's tag.
+    let is_handle = unsafe {
+        sys::napi_get_value_external(env, handle, &mut data) == sys::Status::napi_ok
+            && sys::napi_check_object_type_tag(env, handle, tag, &mut tagged)
+                == sys::Status::napi_ok
+    };
+    if !is_handle || !tagged || data.is_null() {
+        return Err(invalid(&format!("{what} needs its handle")));
+    }
+    // SAFETY: only `make_handle::<T>` tags externals with `tag` (the caller's
+    // contract), and their data is a pointer from `Rc::into_raw`, alive while
+    // the external is.
+    Ok(unsafe { &*data.cast::<T>() })
+}
+
+/// Exports `f` as `name` on `exports`.
+pub(crate) fn export(
+    env: sys::napi_env,
+    exports: sys::napi_value,
+    name: &std::ffi::CStr,
+    f: unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value,
+) -> napi::Result<()> {
+    let mut value = ptr::null_mut();
     // SAFETY: `env` and `exports` are the module's, during its initialisation;
     // `name` is a NUL-terminated string (length -1 = up to the NUL).
     let status = unsafe {
-        sys::napi_create_function(
-            env,
-            name.as_ptr(),
-            -1,
-            Some(limiter_check),
-            ptr::null_mut(),
-            &mut f,
-        )
+        sys::napi_create_function(env, name.as_ptr(), -1, Some(f), ptr::null_mut(), &mut value)
     };
     if status != sys::Status::napi_ok
-        // SAFETY: as above; `f` is the function just created.
-        || unsafe { sys::napi_set_named_property(env, exports, name.as_ptr(), f) }
+        // SAFETY: as above; `value` is the function just created.
+        || unsafe { sys::napi_set_named_property(env, exports, name.as_ptr(), value) }
             != sys::Status::napi_ok
     {
-        return Err(napi::Error::from_reason("could not export limiterCheck"));
+        return Err(napi::Error::from_reason(format!(
+            "could not export {}",
+            name.to_string_lossy()
+        )));
     }
     Ok(())
 }
 
-unsafe extern "C" fn limiter_check(
+/// Runs `f` (a raw callback's body) with no unwind crossing into V8, and throws
+/// its failure as a JS error with `err.code = 'ERR_FG_...'` and the error's
+/// fields. Returns NULL (undefined) after throwing.
+pub(crate) fn run(
     env: sys::napi_env,
-    info: sys::napi_callback_info,
+    what: &str,
+    f: impl FnOnce() -> Result<sys::napi_value, Thrown>,
 ) -> sys::napi_value {
     // The core never panics on its hot path; should it, no unwind crosses into V8.
-    let result = std::panic::catch_unwind(|| check(env, info))
-        .unwrap_or_else(|_| Err(Failure::Internal("panic in limiterCheck".into())));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Failure::Internal(format!("panic in {what}"))));
     match result {
         Ok(v) => v,
         Err(f) => {
@@ -172,7 +243,43 @@ unsafe extern "C" fn limiter_check(
     }
 }
 
-fn double(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<f64, Thrown> {
+/// This call's arguments, up to `N` (missing ones are undefined), and how many
+/// were passed.
+pub(crate) fn args<const N: usize>(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Result<([sys::napi_value; N], usize), Thrown> {
+    let mut argv = [ptr::null_mut(); N];
+    let mut argc = N;
+    // SAFETY: `info` is this call's; argv has room for `argc` values, and missing
+    // arguments are filled with undefined. `argc` becomes the number passed.
+    let status = unsafe {
+        sys::napi_get_cb_info(
+            env,
+            info,
+            &mut argc,
+            argv.as_mut_ptr(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    ok(status, "arguments")?;
+    Ok((argv, argc))
+}
+
+/// Adds `limiterCheck(handle, key, cost, nowMs?) -> boolean` to `exports`.
+pub fn register(env: sys::napi_env, exports: sys::napi_value) -> napi::Result<()> {
+    export(env, exports, c"limiterCheck", limiter_check)
+}
+
+unsafe extern "C" fn limiter_check(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, "limiterCheck", || check(env, info))
+}
+
+pub(crate) fn double(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<f64, Thrown> {
     let mut n = 0.0;
     // SAFETY: `v` is an argument of the current call; anything but a number
     // fails with a status, not undefined behaviour.
@@ -187,39 +294,9 @@ fn double(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<f64, Thr
 /// (default applied) always and `nowMs` only when given, so the common call
 /// needs no `typeof`.
 fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_value, Thrown> {
-    let mut argv = [ptr::null_mut(); 4];
-    let mut argc = argv.len();
-    // SAFETY: `info` is this call's; argv has room for `argc` values, and missing
-    // arguments are filled with undefined. `argc` becomes the number passed.
-    let status = unsafe {
-        sys::napi_get_cb_info(
-            env,
-            info,
-            &mut argc,
-            argv.as_mut_ptr(),
-            ptr::null_mut(),
-            ptr::null_mut(),
-        )
-    };
-    ok(status, "arguments")?;
-    let [handle, key, cost, now] = argv;
-
-    let (mut data, mut tagged) = (ptr::null_mut(), false);
-    // SAFETY: `handle` is an argument of this call. The first call fails with a
-    // status (and throws nothing) on anything but an external; the second only
-    // reads the external's tag. Only `handle()` tags values with TAG, and only
-    // externals whose data is a pointer from `Rc::into_raw`, alive while the
-    // external is (and it is: it is an argument of this call).
-    let is_handle = unsafe {
-        sys::napi_get_value_external(env, handle, &mut data) == sys::Status::napi_ok
-            && sys::napi_check_object_type_tag(env, handle, &TAG, &mut tagged)
-                == sys::Status::napi_ok
-    };
-    if !is_handle || !tagged || data.is_null() {
-        return Err(invalid("limiterCheck needs a limiter handle"));
-    }
-    // SAFETY: as above; borrowed for this call only, on the handle's JS thread.
-    let h = unsafe { &*data.cast::<Handle>() };
+    let ([handle, key, cost, now], argc) = args::<4>(env, info)?;
+    // SAFETY: TAG marks `Handle`s only; `handle` is an argument of this call.
+    let h = unsafe { unwrap_handle::<Handle>(env, handle, &TAG, "limiterCheck")? };
 
     let mut stack = [MaybeUninit::<u8>::uninit(); STACK_KEY];
     let heap: Vec<u8>;

@@ -20,6 +20,7 @@ use napi_derive::napi;
 
 mod fast;
 mod promise;
+mod request;
 
 /// `ERR_FG_<CODE>` for a core error, the same stable code as Rust's
 /// `ErrorKind::code()` and C's `FG_RESULT_<CODE>`.
@@ -111,10 +112,12 @@ fn invalid(what: &str) -> Failure {
     Failure::Invalid(what.to_string())
 }
 
-/// Registers the raw `limiterCheck` (see `fast.rs`) beside the generated exports.
+/// Registers the raw `limiterCheck` (see `fast.rs`) and `engineCheck` (see
+/// `request.rs`) beside the generated exports.
 #[napi(module_exports)]
 pub fn init(exports: Object<'_>, env: Env) -> Result<()> {
-    fast::register(env.raw(), exports.raw())
+    fast::register(env.raw(), exports.raw())?;
+    request::register(env.raw(), exports.raw())
 }
 
 /// Every stable error code, as JS sees it in `err.code`.
@@ -602,6 +605,18 @@ impl Engine {
         }))
     }
 
+    /// `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
+    /// `checkRequest` in floodgate.js calls. Both keep the engine alive.
+    #[napi(ts_return_type = "[unknown, Float64Array]")]
+    pub fn handle(&self, env: Env) -> Result<Unknown<'_>> {
+        let raw = request::handle(env.raw(), self.inner.clone())?;
+        // SAFETY: `raw` is a value just created in this environment.
+        #[allow(unsafe_code)]
+        unsafe {
+            Unknown::from_napi_value(env.raw(), raw)
+        }
+    }
+
     /// The request headers the policy reads, lower case (`x-api-key`,
     /// `authorization`, ...): pass only these, the rest cannot change a verdict.
     #[napi(getter)]
@@ -679,6 +694,23 @@ impl Engine {
 pub fn verdict_fields() -> Vec<&'static str> {
     floodgate::policy::Verdict::FIELDS.to_vec()
 }
+
+/// The tables `engineCheck`'s numbers index: `[reasons, tokenProblems,
+/// responseHeaders]` (the core's `Reason::ALL`, `TokenProblem::ALL` codes and
+/// `RESPONSE_HEADERS`), read once by floodgate.js.
+#[napi]
+pub fn verdict_tables() -> Vec<Vec<&'static str>> {
+    use floodgate::policy::{RESPONSE_HEADERS, Reason, TokenProblem};
+    vec![
+        Reason::ALL.iter().map(|r| r.code()).collect(),
+        TokenProblem::ALL.iter().map(|p| p.code()).collect(),
+        RESPONSE_HEADERS.to_vec(),
+    ]
+}
+
+/// How many numbers an engine handle's `out` view holds.
+#[napi]
+pub const VERDICT_FIELDS: u32 = request::FIELDS as u32;
 
 /// The JSON body of a 400 (a request the engine cannot use), from the core.
 #[napi]

@@ -1,0 +1,139 @@
+// Engine.checkRequest on the raw Node-API path (src/request.rs + floodgate.js):
+// the same verdicts as the napi-rs path (checkRequestAsync still converts with
+// napi-rs), on every kind of verdict, odd strings included; bad input; and the
+// middleware reading only the headers the policy names, over real HTTP.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+const { Engine, Limiter } = require('../floodgate.js')
+const native = require('../index.js')
+const T = 1_700_000_000_000
+
+const POLICY = `
+[settings]
+headers = "draft-6"
+[lists]
+deny_ips = ["192.0.2.0/24"]
+[jwt]
+algorithms = ["HS256"]
+secret_file = "${new URL('../../../core/tests/keys/hs_secret.txt', import.meta.url).pathname}"
+on_invalid = "reject"
+[ban]
+after = 2
+within = "1m"
+duration = "5m"
+[[rule]]
+name = "by-user"
+match = "/u/**"
+quotas = ["3/min"]
+key = "header:x-user"
+[[rule]]
+name = "per-ip"
+match = "/**"
+quotas = ["5/min", "50/hour"]
+key = "ip"
+ban = true
+`
+
+function same(fast, slow, what) {
+  const clean = (v) => JSON.parse(JSON.stringify(v))
+  assert.deepEqual(clean(fast), clean(slow), what)
+  assert.deepEqual(Object.keys(fast).sort(), [...native.verdictFields()].map((n) => n.replace(/_(.)/g, (_, c) => c.toUpperCase()) + (n.endsWith('_after') ? 'Ms' : '')).sort())
+}
+
+test('the raw path gives the napi-rs path\'s verdicts, every kind', async () => {
+  const [a, b] = [Engine.fromToml(POLICY), Engine.fromToml(POLICY)]
+  const long = 'ü'.repeat(300) // 600 bytes: past the arena's first read, and not ASCII
+  const requests = [
+    { method: 'GET', path: '/x', clientIp: '203.0.113.1' },
+    { method: 'GET', path: '/u/1?q=1', clientIp: '203.0.113.1', headers: { 'X-User': 'zoë 😀' } },
+    { method: 'GET', path: '/u/1', clientIp: '203.0.113.1', headers: { 'x-user': ['a', 'b'] } },
+    { method: 'GET', path: '/u/1', clientIp: '203.0.113.1', headers: { 'x-user': long } },
+    { method: 'GET', path: '/u/1', clientIp: '::ffff:203.0.113.2', headers: { 'x-user': 42 } },
+    { method: 'GET', path: '/x', clientIp: '192.0.2.9' }, // deny-listed
+    { method: 'GET', path: '/x', clientIp: '203.0.113.3', headers: { authorization: 'Bearer not.a.jwt' } }, // 401
+    { method: 'GET', path: '/x' }, // no address: no rule keys it
+  ]
+  for (let round = 0; round < 9; round++) {
+    for (const [i, r] of requests.entries()) {
+      const req = { ...r, nowMs: T + round * 1000 }
+      same(a.checkRequest(req), await b.checkRequestAsync(req), `round ${round}, request ${i}`)
+    }
+  }
+  // The flood was limited, then banned, on both.
+  const v = a.checkRequest({ method: 'GET', path: '/x', clientIp: '203.0.113.1', nowMs: T + 10_000 })
+  assert.equal(v.reason, 'banned')
+  const wait = Number(v.headers['Retry-After'])
+  assert.ok(wait > 200 && wait <= 300, `a ban of 5 minutes: ${wait}`)
+  assert.deepEqual(JSON.parse(v.body), { error: 'rate_limited', retry_after: wait, rule: 'per-ip' })
+  const bad = a.checkRequest({ method: 'GET', path: '/x', clientIp: '203.0.113.4', headers: { Authorization: 'Bearer x' }, nowMs: T })
+  assert.equal(bad.status, 401)
+  assert.equal(bad.tokenProblem, 'malformed')
+  assert.match(bad.headers['WWW-Authenticate'], /invalid_token/)
+})
+
+test('the raw path: bad input is a clear error, and the engine goes on', () => {
+  const e = Engine.fromToml(POLICY)
+  const ok = () => assert.equal(e.checkRequest({ method: 'GET', path: '/x', clientIp: '203.0.113.9', nowMs: T }).allowed, true)
+  assert.throws(() => e.checkRequest({ method: 42, path: '/x' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequest({ method: 'GET' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequest({ method: 'G ET', path: '/x' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'method' })
+  assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', clientIp: 'not-an-ip' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'client_ip' })
+  assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', nowMs: NaN }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', nowMs: 'soon' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => e.checkRequest('GET /x'), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  ok()
+  // A huge path and header value, and NUL bytes: decided, not crashed.
+  const v = e.checkRequest({ method: 'GET', path: '/u/' + 'a'.repeat(100_000), clientIp: '203.0.113.9', headers: { 'x-user': 'a\0b'.repeat(10_000) }, nowMs: T })
+  assert.equal(v.rule, 'by-user')
+  ok()
+  // The raw function refuses anything but an engine handle.
+  const [limiterHandle] = new native.NativeLimiter({ quota: '1/s' }).handle()
+  assert.throws(() => native.engineCheck(limiterHandle, 'GET', '/', undefined, undefined), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => native.engineCheck({}, 'GET', '/'), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => native.engineCheck(), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.ok(new Limiter({ quota: '1/s' }).check('k').allowed)
+  ok()
+})
+
+test('the middleware read only the headers the policy names (real HTTP)', async () => {
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const engine = Engine.fromToml(POLICY)
+  const read = new Set()
+  let watching = false
+  const app = express()
+  // Every header read while Floodgate's middleware runs is recorded.
+  app.use((req, res, next) => {
+    req.headers = new Proxy(req.headers, {
+      get(target, name) {
+        if (watching && typeof name === 'string') read.add(name)
+        return target[name]
+      },
+    })
+    watching = true
+    next()
+  })
+  app.use(floodgate(engine))
+  app.use((req, res, next) => {
+    watching = false
+    next()
+  })
+  app.get('/{*any}', (req, res) => res.json({ ok: true }))
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s))
+  })
+  try {
+    const headers = { cookie: 'c'.repeat(8_000), 'x-user': 'u1', 'user-agent': 'curl/8', accept: '*/*', 'x-extra': '1' }
+    const res = await fetch(`http://127.0.0.1:${server.address().port}/u/1`, { headers })
+    assert.equal(res.status, 200)
+    assert.equal(res.headers.get('ratelimit-limit'), '3')
+  } finally {
+    server.close()
+  }
+  // x-forwarded-for is read by Express's own `req.ip` (proxy-addr), not by Floodgate.
+  read.delete('x-forwarded-for')
+  assert.deepEqual([...read].sort(), [...engine.requestHeaders].sort())
+})
