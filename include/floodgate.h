@@ -120,6 +120,14 @@ typedef uint32_t fg_result;
 // from any number of threads at once.
 typedef struct fg_engine fg_engine;
 
+// A verdict buffer the caller owns (`fg_verdict_buf_new`): the engine decides
+// into it and the `fg_verdict` it fills points into it, valid until the next
+// check with the same buffer or `fg_verdict_buf_free`. For callers that keep
+// a verdict while the same thread decides other requests (an event loop
+// interleaving requests), or want the lifetime explicit. Not thread-safe: one
+// per thread (or lock it).
+typedef struct fg_verdict_buf fg_verdict_buf;
+
 // One quota: `limit` units per `period_ns`, with a burst of `burst` units (0 =
 // `limit`). For the window algorithms the window is `period_ns` and `burst` must
 // be 0 or `limit`.
@@ -203,11 +211,14 @@ typedef struct {
 // `identity` its key and `body` the JSON body of a denial (each with its
 // length, NUL-terminated, empty if none).
 //
-// **Ownership and lifetime:** both point into a buffer owned by the library, one
-// per thread, reused by every `fg_engine_check_request*` call on that thread. They
-// stay valid until the next such call on the same thread (or the thread's exit).
-// Copy what you need to keep. No call to free them, and no allocation per request
-// once the buffer has grown to the largest verdict seen.
+// **Ownership and lifetime:** from `fg_engine_check_request` and `_at`, they
+// point into a buffer owned by the library, one per thread, reused by each such
+// call on that thread: valid until the next one on the same thread (or the
+// thread's exit). From `fg_engine_check_request_buf`, they point into the
+// caller's `fg_verdict_buf`: valid until the next check with that buffer or its
+// `fg_verdict_buf_free`. Copy what you need to keep. Nothing to free per
+// verdict, and no allocation on an allowed request once the buffer has grown to
+// the largest verdict seen.
 typedef struct {
   // Let the request through.
   bool allowed;
@@ -384,6 +395,18 @@ fg_result fg_engine_check_at(const fg_engine *engine,
                              uint64_t now_ns,
                              fg_decision *decision_out);
 
+// A new, empty verdict buffer (it grows to the largest verdict decided into it,
+// then allocates no more). Free it with `fg_verdict_buf_free`. NULL only if a
+// panic was caught.
+fg_verdict_buf *fg_verdict_buf_new(void);
+
+// Frees a buffer from `fg_verdict_buf_new` (NULL is ignored). Verdicts that
+// point into it are invalid after.
+//
+// # Safety
+// `buf` must come from `fg_verdict_buf_new` and not be used after.
+void fg_verdict_buf_free(fg_verdict_buf *buf);
+
 // Decides one HTTP request with a policy engine (`FG_RESULT_WRONG_ENGINE_KIND`
 // on an engine from quotas). A denial is `FG_RESULT_OK` with
 // `verdict_out->allowed == false` and the status to answer. See `fg_verdict` for
@@ -406,6 +429,22 @@ fg_result fg_engine_check_request_at(const fg_engine *engine,
                                      const fg_request *request,
                                      uint64_t now_ns,
                                      fg_verdict *verdict_out);
+
+// As `fg_engine_check_request`, deciding into `buf`, a buffer the caller owns
+// (`fg_verdict_buf_new`): the verdict's text stays valid until the next check
+// with `buf` or `fg_verdict_buf_free(buf)`, whatever else the thread decides
+// meanwhile. `now_ns`: nanoseconds of Unix time as in
+// `fg_engine_check_request_at`, or 0 for the engine's clock. No allocation on an
+// allowed request once `buf` has grown.
+//
+// # Safety
+// As `fg_engine_check_request`; `buf` must come from `fg_verdict_buf_new`, not
+// be freed, and not be used by another thread during the call.
+fg_result fg_engine_check_request_buf(const fg_engine *engine,
+                                      const fg_request *request,
+                                      uint64_t now_ns,
+                                      fg_verdict_buf *buf,
+                                      fg_verdict *verdict_out);
 
 // Sends the policy engine's events (denials, bans, refused tokens, Redis
 // fallbacks...) to `callback(userdata, event)`, on the thread that made the

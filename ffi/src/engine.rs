@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fg_core::policy::{Engine, Event, Request, Verdict};
+use fg_core::policy::{Engine, Event, Request, Verdict, VerdictBuf};
 use fg_core::{Algorithm, Decision, FailMode, Limiter, Quota, RedisLimiter};
 
 use crate::boundary::{
@@ -145,11 +145,14 @@ pub struct fg_request {
 /// `identity` its key and `body` the JSON body of a denial (each with its
 /// length, NUL-terminated, empty if none).
 ///
-/// **Ownership and lifetime:** both point into a buffer owned by the library, one
-/// per thread, reused by every `fg_engine_check_request*` call on that thread. They
-/// stay valid until the next such call on the same thread (or the thread's exit).
-/// Copy what you need to keep. No call to free them, and no allocation per request
-/// once the buffer has grown to the largest verdict seen.
+/// **Ownership and lifetime:** from `fg_engine_check_request` and `_at`, they
+/// point into a buffer owned by the library, one per thread, reused by each such
+/// call on that thread: valid until the next one on the same thread (or the
+/// thread's exit). From `fg_engine_check_request_buf`, they point into the
+/// caller's `fg_verdict_buf`: valid until the next check with that buffer or its
+/// `fg_verdict_buf_free`. Copy what you need to keep. Nothing to free per
+/// verdict, and no allocation on an allowed request once the buffer has grown to
+/// the largest verdict seen.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct fg_verdict {
@@ -540,22 +543,70 @@ pub unsafe extern "C" fn fg_engine_check_at(
     guard(|| unsafe { check(engine, key, key_len, cost, Some(now_ns), decision_out) })
 }
 
+/// A verdict buffer the caller owns (`fg_verdict_buf_new`): the engine decides
+/// into it and the `fg_verdict` it fills points into it, valid until the next
+/// check with the same buffer or `fg_verdict_buf_free`. For callers that keep
+/// a verdict while the same thread decides other requests (an event loop
+/// interleaving requests), or want the lifetime explicit. Not thread-safe: one
+/// per thread (or lock it).
+#[derive(Debug)]
+pub struct fg_verdict_buf {
+    _private: [u8; 0],
+}
+
+/// What is behind an `fg_verdict_buf` pointer: the core's reusable verdict,
+/// and the verdict's text as C reads it.
+#[derive(Default)]
+struct VerdictText {
+    verdict: VerdictBuf,
+    text: String,
+}
+
 thread_local! {
-    static VERDICT_BUF: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The buffer of `fg_engine_check_request` and `_at`, one per thread.
+    static VERDICT_BUF: RefCell<VerdictText> = RefCell::new(VerdictText::default());
+}
+
+/// A new, empty verdict buffer (it grows to the largest verdict decided into it,
+/// then allocates no more). Free it with `fg_verdict_buf_free`. NULL only if a
+/// panic was caught.
+#[unsafe(no_mangle)]
+pub extern "C" fn fg_verdict_buf_new() -> *mut fg_verdict_buf {
+    std::panic::catch_unwind(|| Box::into_raw(Box::<VerdictText>::default()).cast())
+        .unwrap_or(std::ptr::null_mut())
+}
+
+/// Frees a buffer from `fg_verdict_buf_new` (NULL is ignored). Verdicts that
+/// point into it are invalid after.
+///
+/// # Safety
+/// `buf` must come from `fg_verdict_buf_new` and not be used after.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_verdict_buf_free(buf: *mut fg_verdict_buf) {
+    guard_void(|| {
+        if !buf.is_null() {
+            // SAFETY: a Box<VerdictText> from fg_verdict_buf_new, freed once.
+            drop(unsafe { Box::from_raw(buf.cast::<VerdictText>()) });
+        }
+    });
 }
 
 /// Most headers decided without a heap allocation.
 const STACK_HEADERS: usize = 32;
 
 /// # Safety
-/// As `fg_engine_check_request`.
+/// As `fg_engine_check_request`; `own`, if given, as `fg_engine_check_request_buf`.
 unsafe fn check_request(
     engine: *const fg_engine,
     request: *const fg_request,
     now_ns: Option<u64>,
+    own: Option<*mut fg_verdict_buf>,
     verdict_out: *mut fg_verdict,
 ) -> Result<(), fg_result> {
     let verdict_out = try_out(verdict_out)?;
+    if own.is_some_and(<*mut fg_verdict_buf>::is_null) {
+        return Err(fg_result::NullParameter);
+    }
     // SAFETY: `engine` comes from a constructor per the caller's contract.
     let inner = unsafe { inner(engine) }?;
     // SAFETY: `request` points to a valid fg_request per the caller's contract.
@@ -619,12 +670,22 @@ unsafe fn check_request(
             client_ip,
             headers,
         };
-        let v = match now_ns {
-            Some(ns) => policy.check_request_at(&req, Duration::from_nanos(ns)),
-            None => policy.check_request(&req),
-        }
-        .map_err(|e| fail(&e))?;
-        let out = VERDICT_BUF.with(|buf| fill_verdict(&mut buf.borrow_mut(), &v));
+        let decide = |buf: &mut VerdictText| -> Result<fg_verdict, fg_result> {
+            policy
+                .check_request_into(&req, now_ns.map(Duration::from_nanos), &mut buf.verdict)
+                .map_err(|e| fail(&e))?;
+            Ok(fill_verdict(&mut buf.text, buf.verdict.verdict()))
+        };
+        let out = match own {
+            // SAFETY: a buffer from fg_verdict_buf_new, used by one thread at a
+            // time per the caller's contract.
+            Some(buf) => decide(unsafe { &mut *buf.cast::<VerdictText>() })?,
+            None => VERDICT_BUF.with(|buf| match buf.try_borrow_mut() {
+                Ok(mut buf) => decide(&mut buf),
+                // Only an event callback calling back into the engine re-enters.
+                Err(_) => Err(fg_result::InvalidArgument),
+            })?,
+        };
         // SAFETY: `verdict_out` is writable per the caller's contract.
         unsafe { write_out(verdict_out, out) }
     }
@@ -689,7 +750,7 @@ pub unsafe extern "C" fn fg_engine_check_request(
     verdict_out: *mut fg_verdict,
 ) -> fg_result {
     // SAFETY: `check_request` has this function's contract.
-    guard(|| unsafe { check_request(engine, request, None, verdict_out) })
+    guard(|| unsafe { check_request(engine, request, None, None, verdict_out) })
 }
 
 /// As `fg_engine_check_request`, at `now_ns` nanoseconds of Unix time (JWT
@@ -705,7 +766,30 @@ pub unsafe extern "C" fn fg_engine_check_request_at(
     verdict_out: *mut fg_verdict,
 ) -> fg_result {
     // SAFETY: `check_request` has this function's contract.
-    guard(|| unsafe { check_request(engine, request, Some(now_ns), verdict_out) })
+    guard(|| unsafe { check_request(engine, request, Some(now_ns), None, verdict_out) })
+}
+
+/// As `fg_engine_check_request`, deciding into `buf`, a buffer the caller owns
+/// (`fg_verdict_buf_new`): the verdict's text stays valid until the next check
+/// with `buf` or `fg_verdict_buf_free(buf)`, whatever else the thread decides
+/// meanwhile. `now_ns`: nanoseconds of Unix time as in
+/// `fg_engine_check_request_at`, or 0 for the engine's clock. No allocation on an
+/// allowed request once `buf` has grown.
+///
+/// # Safety
+/// As `fg_engine_check_request`; `buf` must come from `fg_verdict_buf_new`, not
+/// be freed, and not be used by another thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_check_request_buf(
+    engine: *const fg_engine,
+    request: *const fg_request,
+    now_ns: u64,
+    buf: *mut fg_verdict_buf,
+    verdict_out: *mut fg_verdict,
+) -> fg_result {
+    let now = (now_ns != 0).then_some(now_ns);
+    // SAFETY: `check_request` has this function's contract.
+    guard(|| unsafe { check_request(engine, request, now, Some(buf), verdict_out) })
 }
 
 /// `userdata` crosses threads: the C caller promises it may (see fg_event_callback).

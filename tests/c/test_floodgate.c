@@ -394,6 +394,48 @@ static void test_threads(int scale) {
   fg_engine_free(e);
 }
 
+/* A verdict buffer the caller owns: its verdict stays valid while the same
+ * thread decides other requests with the thread's own buffer or another one. */
+static void test_verdict_buffers(void) {
+  const fg_engine *e = NULL;
+  EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, &e), FG_RESULT_OK);
+  fg_verdict_buf *a = fg_verdict_buf_new(), *b = fg_verdict_buf_new();
+  CHECK(a != NULL && b != NULL);
+  const uint64_t t = 1700000000ULL * 1000000000ULL;
+  fg_request login = {"POST", 4, "/auth/login", 11, "192.0.2.77", 10, NULL, 0};
+  fg_request api = {"GET", 3, "/api/items", 10, "192.0.2.78", 10, NULL, 0};
+  fg_verdict kept, other, tl;
+  EQ(fg_engine_check_request_buf(e, &login, t, a, &kept), FG_RESULT_OK);
+  CHECK(kept.allowed && strcmp(kept.rule, "login") == 0);
+  char copy[512];
+  CHECK(kept.headers_len < sizeof copy);
+  memcpy(copy, kept.headers, kept.headers_len + 1);
+  /* Other decisions on this thread, with another buffer and the thread's own. */
+  for (int i = 0; i < 5; i++) {
+    EQ(fg_engine_check_request_buf(e, &api, t, b, &other), FG_RESULT_OK);
+    EQ(fg_engine_check_request_at(e, &login, t, &tl), FG_RESULT_OK);
+  }
+  CHECK(other.allowed && strcmp(other.rule, "api") == 0);
+  CHECK(!tl.allowed && tl.status == 429 && strstr(tl.headers, "Retry-After: ") != NULL);
+  CHECK(strcmp(kept.rule, "login") == 0 && strcmp(kept.identity, "192.0.2.77") == 0);
+  CHECK(strcmp(kept.headers, copy) == 0);
+  /* now_ns 0: the engine's clock. A denial into a buffer, then an allowed one. */
+  EQ(fg_engine_check_request_buf(e, &login, 0, a, &kept), FG_RESULT_OK);
+  EQ(fg_engine_check_request_buf(e, &login, 0, a, &kept), FG_RESULT_OK);
+  EQ(fg_engine_check_request_buf(e, &login, 0, a, &kept), FG_RESULT_OK);
+  CHECK(!kept.allowed && kept.body_len > 0 && strstr(kept.headers, "Retry-After: ") != NULL);
+  EQ(fg_engine_check_request_buf(e, &api, 0, a, &kept), FG_RESULT_OK);
+  CHECK(kept.allowed && kept.body_len == 0 && strstr(kept.headers, "Retry-After") == NULL);
+  /* NULLs. */
+  EQ(fg_engine_check_request_buf(e, &api, 0, NULL, &kept), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request_buf(e, &api, 0, a, NULL), FG_RESULT_NULL_PARAMETER);
+  EQ(fg_engine_check_request_buf(NULL, &api, 0, a, &kept), FG_RESULT_NULL_PARAMETER);
+  fg_verdict_buf_free(a);
+  fg_verdict_buf_free(b);
+  fg_verdict_buf_free(NULL);
+  fg_engine_free(e);
+}
+
 int main(void) {
   const char *s = getenv("FG_TEST_SCALE");
   int scale = s ? atoi(s) : 1;
@@ -402,6 +444,7 @@ int main(void) {
   test_quota_engine();
   test_vectors();
   test_policy_engine();
+  test_verdict_buffers();
   test_nulls();
   test_redis();
   test_threads(scale);

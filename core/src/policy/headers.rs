@@ -166,7 +166,10 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut HeaderOut<'_>
             out.add("RateLimit-Policy", policies);
             out.add("RateLimit", |value| {
                 // The policy value starts with the quoted name: reuse it.
-                let name = r.policy_value.split(';').next().unwrap_or_default();
+                let end = r.policy_value.bytes().position(|b| b == b';');
+                let name = end
+                    .and_then(|i| r.policy_value.get(..i))
+                    .unwrap_or(r.policy_value);
                 let mut n = itoa::Buffer::new();
                 value.push_str(name);
                 value.push_str(";r=");

@@ -24,7 +24,8 @@
 
 use std::borrow::Cow;
 
-/// Whether `path` is already what [`normalize`] would return.
+/// Whether `path` is already what [`normalize`] would return. One pass over the
+/// bytes (the common path of every request).
 fn is_normal(path: &str, case_insensitive: bool) -> bool {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -33,20 +34,27 @@ fn is_normal(path: &str, case_insensitive: bool) -> bool {
     if bytes.len() > 1 && bytes.last() == Some(&b'/') {
         return false;
     }
-    let mut prev = 0u8;
-    for &b in bytes {
+    // Bytes since the last `/`, and whether they are all dots.
+    let (mut segment, mut dots) = (0usize, true);
+    for &b in bytes.get(1..).unwrap_or_default() {
         match b {
             b'%' | b'?' | b'#' => return false,
-            b'/' if prev == b'/' => return false,
+            b'/' => {
+                // An empty (`//`), `.` or `..` segment before this `/`.
+                if dots && segment <= 2 {
+                    return false;
+                }
+                (segment, dots) = (0, true);
+                continue;
+            }
             b'A'..=b'Z' if case_insensitive => return false,
             _ => {}
         }
-        prev = b;
+        segment += 1;
+        dots &= b == b'.';
     }
-    // Dot segments: "/." or "/.." followed by "/" or the end.
-    !path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
+    // The last segment: `.` or `..` at the end.
+    !(dots && (1..=2).contains(&segment))
 }
 
 /// Cuts an absolute-form target (`scheme://authority/path`) to its path.
@@ -162,6 +170,41 @@ mod tests {
         assert_eq!(n("/a%zz/%"), "/a%zz/%");
         assert_eq!(n("/%ff"), "/\u{fffd}");
         assert_eq!(normalize("/Auth/Login/", false), "/Auth/Login");
+    }
+
+    #[test]
+    fn is_normal_agrees_with_normalize() {
+        for p in [
+            "/",
+            "/a",
+            "/a/b",
+            "//",
+            "/a//b",
+            "/.",
+            "/..",
+            "/a/.",
+            "/a/..",
+            "/./a",
+            "/../a",
+            "/a/./b",
+            "/a/../b",
+            "/.a",
+            "/..a",
+            "/a.",
+            "/...",
+            "/a/.../b",
+            "/a/",
+            "/A",
+            "a",
+            "",
+            "/a?b",
+            "/a#b",
+            "/a%20",
+            "/.well-known/x",
+        ] {
+            let normal = normalize(p, true);
+            assert_eq!(is_normal(p, true), normal == p, "{p:?} -> {normal:?}");
+        }
     }
 
     #[test]
