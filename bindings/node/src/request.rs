@@ -43,8 +43,12 @@ const TAG: sys::napi_type_tag = sys::napi_type_tag {
 /// Headers a verdict carries at most (a 429 in the draft-6 style has 5).
 const MAX_HEADERS: usize = 8;
 
-/// Request headers passed as arguments at most (a policy reads a few).
-const MAX_ARGS: usize = 5 + 32;
+/// Arguments read on the stack: the five fixed ones and up to 11 header values
+/// (a policy reads a few); more are read into a vector.
+const STACK_ARGS: usize = 5 + 11;
+
+/// Header values a policy may read at most through this path.
+const MAX_HEADER_ARGS: usize = 32;
 
 /// The slots of the `out` view.
 #[repr(usize)]
@@ -77,7 +81,7 @@ struct Handle {
     engine: Arc<CoreEngine>,
     out: [Cell<f64>; FIELDS],
     /// The request's strings, back to back (reused: grows to the largest request).
-    arena: RefCell<Vec<u8>>,
+    arena: RefCell<Arena>,
     verdict: RefCell<VerdictBuf>,
     /// The verdict's strings, back to back, for the one JS string returned.
     text: RefCell<String>,
@@ -96,7 +100,7 @@ pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::
         Handle {
             engine,
             out: std::array::from_fn(|_| Cell::new(0.0)),
-            arena: RefCell::new(Vec::with_capacity(1024)),
+            arena: RefCell::new(Arena::default()),
             verdict: RefCell::new(VerdictBuf::new()),
             text: RefCell::new(String::with_capacity(256)),
         },
@@ -127,49 +131,58 @@ fn absent(t: sys::napi_valuetype) -> bool {
     t == sys::ValueType::napi_undefined || t == sys::ValueType::napi_null
 }
 
+/// The request's strings, back to back. The vector stays at its grown length
+/// (zeroed once), and `used` marks the end of this call's strings, so reading
+/// a string writes into initialised memory without zeroing it again.
+#[derive(Default)]
+struct Arena {
+    bytes: Vec<u8>,
+    used: usize,
+}
+
+impl Arena {
+    /// At least `n` writable bytes after `used`.
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        if self.bytes.len() < self.used + n {
+            self.bytes.resize(self.used + n, 0);
+        }
+        self.bytes.get_mut(self.used..).unwrap_or_default()
+    }
+}
+
 /// Appends string `v` to `arena` and returns its byte range.
 fn read_string(
     env: sys::napi_env,
     v: sys::napi_value,
-    arena: &mut Vec<u8>,
+    arena: &mut Arena,
     what: &str,
 ) -> Result<std::ops::Range<usize>, Thrown> {
     const ROOM: usize = 256;
-    let start = arena.len();
-    arena.resize(start + ROOM, 0);
+    let start = arena.used;
     let mut len = 0;
-    let spare = arena.get_mut(start..).unwrap_or_default();
+    let spare = arena.room(ROOM);
     // SAFETY: writes at most `spare.len()` bytes, NUL included, into `spare`;
     // fails with a status (no write) if `v` is not a string.
     let status = unsafe {
         sys::napi_get_value_string_utf8(env, v, spare.as_mut_ptr().cast(), spare.len(), &mut len)
     };
     if status != sys::Status::napi_ok {
-        arena.truncate(start);
         return Err(invalid(&format!("{what} must be a string")));
     }
     // A string that did not fit is cut at a character boundary, so up to 3 bytes
     // before the end: only a shorter result is surely whole.
-    if len + 4 >= ROOM {
+    if len + 4 >= spare.len() {
         // SAFETY: a NULL buffer asks only for the length.
-        let status =
-            unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
+        let status = unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
         ok(status, what)?;
-        arena.resize(start + len + 1, 0);
-        let spare = arena.get_mut(start..).unwrap_or_default();
+        let spare = arena.room(len + 1);
         // SAFETY: `spare` has room for the whole string and its NUL.
         let status = unsafe {
-            sys::napi_get_value_string_utf8(
-                env,
-                v,
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                &mut len,
-            )
+            sys::napi_get_value_string_utf8(env, v, spare.as_mut_ptr().cast(), spare.len(), &mut len)
         };
         ok(status, what)?;
     }
-    arena.truncate(start + len);
+    arena.used = start + len;
     Ok(start..start + len)
 }
 
@@ -191,19 +204,36 @@ fn js_len(s: &str) -> f64 {
 }
 
 fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_value, Thrown> {
-    let (argv, argc) = args::<MAX_ARGS>(env, info)?;
-    let [handle, method, path, ip, now, ..] = argv;
+    let (stack_argv, mut argc) = args::<STACK_ARGS>(env, info)?;
+    let [handle, method, path, ip, now, ..] = stack_argv;
     // SAFETY: TAG marks engine `Handle`s only; `handle` is an argument of this call.
     let h = unsafe { unwrap_handle::<Handle>(env, handle, &TAG, "engineCheck")? };
     let names = h.engine.request_headers();
-    if argc > MAX_ARGS || names.len() > MAX_ARGS - 5 {
-        return Err(invalid("engineCheck: too many header values"));
+    if names.len() > MAX_HEADER_ARGS {
+        return Err(invalid("engineCheck: the policy reads too many headers"));
     }
+    // A policy reading more headers than the stack holds: read them all again.
+    let heap_argv: Vec<sys::napi_value>;
+    let argv: &[sys::napi_value] = if argc > STACK_ARGS && names.len() + 5 > STACK_ARGS {
+        let mut v = vec![ptr::null_mut(); (5 + names.len()).min(argc)];
+        let mut n = v.len();
+        // SAFETY: `info` is this call's; `v` has room for `n` values.
+        let status = unsafe {
+            sys::napi_get_cb_info(env, info, &mut n, v.as_mut_ptr(), ptr::null_mut(), ptr::null_mut())
+        };
+        ok(status, "arguments")?;
+        argc = argc.min(v.len());
+        heap_argv = v;
+        &heap_argv
+    } else {
+        argc = argc.min(STACK_ARGS);
+        &stack_argv
+    };
     let mut arena = h
         .arena
         .try_borrow_mut()
         .map_err(|_| invalid("engineCheck re-entered"))?;
-    arena.clear();
+    arena.used = 0;
     let method = read_string(env, method, &mut arena, "method")?;
     let path = read_string(env, path, &mut arena, "path")?;
     let ip = if absent(type_of(env, ip)?) {
@@ -217,7 +247,8 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
         crate::time(Some(double(env, now, "nowMs")?))?
     };
     // Header values: argument 5 + i is the value of `names[i]`, or undefined.
-    let mut ranges: [Option<std::ops::Range<usize>>; MAX_ARGS - 5] = std::array::from_fn(|_| None);
+    let mut ranges: [Option<std::ops::Range<usize>>; MAX_HEADER_ARGS] =
+        std::array::from_fn(|_| None);
     for (i, (slot, value)) in ranges.iter_mut().zip(argv.iter().skip(5)).enumerate() {
         if i >= names.len() || 5 + i >= argc {
             break;
@@ -226,8 +257,8 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
             *slot = Some(read_string(env, *value, &mut arena, "a header value")?);
         }
     }
-    let arena: &[u8] = &arena;
-    let mut pairs = [("", ""); MAX_ARGS - 5];
+    let arena: &[u8] = arena.bytes.get(..arena.used).unwrap_or_default();
+    let mut pairs = [("", ""); MAX_HEADER_ARGS];
     let mut n = 0;
     for (name, range) in names.iter().zip(&ranges) {
         if let (Some(range), Some(pair)) = (range, pairs.get_mut(n)) {
@@ -309,9 +340,15 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     }
 
     let mut result = ptr::null_mut();
-    // SAFETY: `text` is valid UTF-8 of `text.len()` bytes; the call copies it.
+    // ASCII (the usual verdict) is the same bytes in Latin-1, which V8 copies
+    // without decoding. SAFETY: `text` is `text.len()` bytes of valid UTF-8 (and
+    // of Latin-1 when ASCII); the call copies them.
     let status = unsafe {
-        sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut result)
+        if text.is_ascii() {
+            sys::napi_create_string_latin1(env, text.as_ptr().cast(), text.len() as isize, &mut result)
+        } else {
+            sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut result)
+        }
     };
     ok(status, "the verdict's text")?;
     Ok(result)
