@@ -10,8 +10,10 @@ const require = createRequire(import.meta.url)
 const [framework, mode, port] = process.argv.slice(2)
 const floodgateEngine = () => {
   const { Engine } = require(join(here, '../../bindings/node/floodgate.js'))
-  return Engine.fromFile(join(here, 'policy.toml'))
+  return Engine.fromFile(process.env.FG_BENCH_POLICY || join(here, 'policy.toml'))
 }
+// The peers' limit per minute: generous, or 1 when the bench floods (--tight).
+const peerLimit = Number(process.env.FG_BENCH_PEER_MAX || 1_000_000)
 
 if (framework === 'express') {
   const express = require('express')
@@ -21,7 +23,7 @@ if (framework === 'express') {
     app.use(floodgate(floodgateEngine()))
   } else if (mode === 'peer') {
     const { rateLimit } = require('express-rate-limit')
-    app.use(rateLimit({ windowMs: 60_000, limit: 1_000_000, standardHeaders: 'draft-8', legacyHeaders: false }))
+    app.use(rateLimit({ windowMs: 60_000, limit: peerLimit, standardHeaders: 'draft-8', legacyHeaders: false }))
   }
   app.get('/items', (req, res) => res.json({ ok: true }))
   app.listen(Number(port), '127.0.0.1')
@@ -30,7 +32,7 @@ if (framework === 'express') {
   if (mode === 'floodgate') {
     await fastify.register(require(join(here, '../../bindings/node/fastify.js')), { engine: floodgateEngine() })
   } else if (mode === 'peer') {
-    await fastify.register(require('@fastify/rate-limit'), { max: 1_000_000, timeWindow: 60_000 })
+    await fastify.register(require('@fastify/rate-limit'), { max: peerLimit, timeWindow: 60_000 })
   }
   fastify.get('/items', async () => ({ ok: true }))
   await fastify.listen({ port: Number(port), host: '127.0.0.1' })

@@ -7,6 +7,8 @@ import pathlib
 
 MODE = os.environ.get("FG_BENCH_MODE", "none")
 POLICY = pathlib.Path(os.environ.get("FG_BENCH_POLICY") or pathlib.Path(__file__).with_name("policy.toml"))
+# The peers' limit: generous, or 1 per minute when the bench floods (--tight).
+PEER_LIMIT = os.environ.get("FG_BENCH_PEER_LIMIT", "1000000/minute")
 if os.environ.get("FG_BENCH_LOG") in ("each", "info"):
     # "each": every event logged as a line (what the package did before it
     # summarised); "info": a production setup, where the summaries show. For the
@@ -32,7 +34,7 @@ def _fastapi():
         from slowapi.middleware import SlowAPIMiddleware
         from slowapi.util import get_remote_address
 
-        app.state.limiter = Limiter(key_func=get_remote_address, default_limits=["1000000/minute"], headers_enabled=True)
+        app.state.limiter = Limiter(key_func=get_remote_address, default_limits=[PEER_LIMIT], headers_enabled=True)
         app.add_middleware(SlowAPIMiddleware)
 
     @app.get("/items")
@@ -55,7 +57,7 @@ def _flask():
         from flask_limiter import Limiter
         from flask_limiter.util import get_remote_address
 
-        Limiter(get_remote_address, app=app, default_limits=["1000000 per minute"], storage_uri="memory://", headers_enabled=True)
+        Limiter(get_remote_address, app=app, default_limits=[PEER_LIMIT], storage_uri="memory://", headers_enabled=True)
 
     @app.get("/items")
     def items():

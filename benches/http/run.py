@@ -10,6 +10,7 @@ with their ratio to no limiter and the microseconds each limiter adds.
 
     python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
+    python3 benches/http/run.py --tight   # a flood nearly all denied (1/min per IP) vs no limiter
 
 Needs: wrk (apt), `npm install` in benches/http, the Node addon built
 (`cd bindings/node && npm run build:release`), and a Python with floodgate and
@@ -63,6 +64,9 @@ def start(framework, mode, port, python, extra_env=None, stderr=subprocess.PIPE,
     raise SystemExit(f"{framework}/{mode} did not start")
 
 
+TIGHT_ENV = {"FG_BENCH_POLICY": str(HERE / "deny.toml"), "FG_BENCH_PEER_LIMIT": "1/minute", "FG_BENCH_PEER_MAX": "1"}
+
+
 def wrk(port, duration, connections, denials_ok=False):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/items"],
                          capture_output=True, text=True, check=True).stdout
@@ -109,6 +113,8 @@ def main():
     ap.add_argument("--only", default="fastify,express,fastapi,flask")
     ap.add_argument("--python", default=str(ROOT / "target" / "py-venv" / "bin" / "python"))
     ap.add_argument("--logging", action="store_true")
+    ap.add_argument("--tight", action="store_true",
+                    help="limiters at 1 request per minute per IP: nearly every request is denied")
     a = ap.parse_args()
     if a.logging:
         return logging_cost(a)
@@ -119,10 +125,10 @@ def main():
             order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
             for v in order:
                 port = free_port()
-                proc = start(f, v, port, a.python)
+                proc = start(f, v, port, a.python, TIGHT_ENV if a.tight else None)
                 try:
-                    wrk(port, 1, a.connections)  # warm-up (JIT, caches, connections)
-                    rps = wrk(port, a.duration, a.connections)
+                    wrk(port, 1, a.connections, denials_ok=a.tight)  # warm-up (JIT, caches, connections)
+                    rps = wrk(port, a.duration, a.connections, denials_ok=a.tight)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=10)
