@@ -52,6 +52,17 @@
 // Redis fail mode: decide with an in-memory limiter of the same quotas.
 #define FG_FAIL_LOCAL 2
 
+// Log level of an event (`fg_event_level`): per-request events (denials,
+// bans, refused tokens...). Log them as counts, one line per interval, not
+// one line each: a flood makes millions.
+#define FG_LOG_DEBUG 0
+
+// Log level of an event (`fg_event_level`): a store recovering.
+#define FG_LOG_INFO 1
+
+// Log level of an event (`fg_event_level`): a store falling back.
+#define FG_LOG_WARNING 2
+
 // What a call did. Numbers are stable: a code is never renumbered or reused.
 // 0-99 are the C layer's own; 100 and up map one-to-one to the core's error
 // kinds (`ErrorKind::code()` in Rust, `ERR_FG_*` in Node, exceptions in Python).
@@ -127,6 +138,34 @@ typedef struct fg_engine fg_engine;
 // interleaving requests), or want the lifetime explicit. Not thread-safe: one
 // per thread (or lock it).
 typedef struct fg_verdict_buf fg_verdict_buf;
+
+// An event, passed to the event callback. Every pointer is valid only during
+// the callback; text is not NUL-terminated except `kind`.
+typedef struct {
+  // What happened: `denied`, `shadow_denied`, `banned`, `token_invalid`,
+  // `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`
+  // (static, NUL-terminated).
+  const char *kind;
+  // The rule involved (may be empty).
+  const char *rule;
+  // Its length.
+  size_t rule_len;
+  // The rule's key (may contain a user id: log it accordingly; may be empty).
+  const char *key;
+  // Its length.
+  size_t key_len;
+  // The client's address as text (may be empty).
+  const char *client_ip;
+  // Its length.
+  size_t client_ip_len;
+  // The status answered (0 for a shadow denial).
+  uint16_t status;
+  // How long the client must wait (429 and bans).
+  uint64_t retry_after_ns;
+  // Why a token was refused (`bad_signature`, `expired`, ...; empty if no
+  // token was refused). Static, NUL-terminated.
+  const char *token_problem;
+} fg_event;
 
 // One quota: `limit` units per `period_ns`, with a burst of `burst` units (0 =
 // `limit`). For the window algorithms the window is `period_ns` and `burst` must
@@ -262,34 +301,6 @@ typedef struct {
   size_t body_len;
 } fg_verdict;
 
-// An event, passed to the event callback. Every pointer is valid only during
-// the callback; text is not NUL-terminated except `kind`.
-typedef struct {
-  // What happened: `denied`, `shadow_denied`, `banned`, `token_invalid`,
-  // `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`
-  // (static, NUL-terminated).
-  const char *kind;
-  // The rule involved (may be empty).
-  const char *rule;
-  // Its length.
-  size_t rule_len;
-  // The rule's key (may contain a user id: log it accordingly; may be empty).
-  const char *key;
-  // Its length.
-  size_t key_len;
-  // The client's address as text (may be empty).
-  const char *client_ip;
-  // Its length.
-  size_t client_ip_len;
-  // The status answered (0 for a shadow denial).
-  uint16_t status;
-  // How long the client must wait (429 and bans).
-  uint64_t retry_after_ns;
-  // Why a token was refused (`bad_signature`, `expired`, ...; empty if no
-  // token was refused). Static, NUL-terminated.
-  const char *token_problem;
-} fg_event;
-
 // An event callback: called on the thread that made the request, so keep it
 // quick and make `userdata` safe to use from several threads at once.
 typedef void (*fg_event_callback)(void *userdata, const fg_event *event);
@@ -297,6 +308,16 @@ typedef void (*fg_event_callback)(void *userdata, const fg_event *event);
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// The level the core's logging policy gives `event` (`FG_LOG_DEBUG`,
+// `FG_LOG_INFO` or `FG_LOG_WARNING`), the same as Python's logger and Node's
+// `event.level` use. `FG_LOG_DEBUG` for NULL or an event this library did not
+// make.
+//
+// # Safety
+// `event` must be NULL or the pointer an event callback received, during the
+// callback.
+uint32_t fg_event_level(const fg_event *event);
 
 // Creates an in-memory limiter from `count` quotas, all checked together
 // (all-or-nothing) on each key. `options` may be NULL for the defaults (at most

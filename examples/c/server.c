@@ -3,10 +3,17 @@
  *
  *   cc server.c $(pkg-config --cflags --libs floodgate libmicrohttpd) -o server
  *   ./server policy.toml 8080
+ *
+ * Logging follows the core's policy (fg_event_level), as the Python and Node
+ * packages do: a Redis fallback or recovery is logged when it happens; denials,
+ * bans and refused tokens are counted and summed up in one line per interval
+ * (FG_SUMMARY_SECS, default 10) and at exit, never one line per request (a
+ * flood makes millions).
  */
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +22,25 @@
 #include "floodgate.h"
 
 static const fg_engine *engine;
+
+/* Per-request events since the last summary. */
+static atomic_ulong denied, others;
+
+static void on_event(void *userdata, const fg_event *e) {
+  (void)userdata;
+  uint32_t level = fg_event_level(e);
+  if (level == FG_LOG_DEBUG) {
+    atomic_fetch_add(strcmp(e->kind, "denied") == 0 ? &denied : &others, 1);
+    return;
+  }
+  fprintf(stderr, "floodgate: %s: %s (rule %.*s)\n", level == FG_LOG_WARNING ? "WARNING" : "INFO", e->kind,
+          (int)e->rule_len, e->rule);
+}
+
+static void summary(unsigned secs) {
+  unsigned long d = atomic_exchange(&denied, 0), o = atomic_exchange(&others, 0);
+  if (d || o) fprintf(stderr, "floodgate: last %u s: denied %lu, other events %lu\n", secs, d, o);
+}
 
 /* Every request header, however many (libmicrohttpd bounds their total size):
  * reading only the first N would let a client push its API key or token past
@@ -127,12 +153,22 @@ int main(int argc, char **argv) {
     fg_engine_free(engine);
     return 1;
   }
+  fg_engine_set_event_callback(engine, on_event, NULL);
+  const char *every = getenv("FG_SUMMARY_SECS");
+  unsigned interval = every && atoi(every) > 0 ? (unsigned)atoi(every) : 10, ticks = 0;
   signal(SIGTERM, on_signal);
   signal(SIGINT, on_signal);
   printf("listening on %s (floodgate %s)\n", argv[2], fg_version());
   fflush(stdout);
-  while (!stop) pause();
+  while (!stop) {
+    sleep(1);
+    if (++ticks >= interval) {
+      summary(ticks);
+      ticks = 0;
+    }
+  }
   MHD_stop_daemon(d);
+  summary(ticks);
   fg_engine_free(engine);
   return 0;
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fg_core::policy::{Engine, Event, Request, Verdict, VerdictBuf};
+use fg_core::policy::{Engine, Event, EventKind, LogLevel, Request, Verdict, VerdictBuf};
 use fg_core::{Algorithm, Decision, FailMode, Limiter, Quota, RedisLimiter};
 
 use crate::boundary::{
@@ -226,6 +226,45 @@ pub struct fg_event {
     /// Why a token was refused (`bad_signature`, `expired`, ...; empty if no
     /// token was refused). Static, NUL-terminated.
     pub token_problem: *const c_char,
+}
+
+/// Log level of an event (`fg_event_level`): per-request events (denials,
+/// bans, refused tokens...). Log them as counts, one line per interval, not
+/// one line each: a flood makes millions.
+pub const FG_LOG_DEBUG: u32 = 0;
+/// Log level of an event (`fg_event_level`): a store recovering.
+pub const FG_LOG_INFO: u32 = 1;
+/// Log level of an event (`fg_event_level`): a store falling back.
+pub const FG_LOG_WARNING: u32 = 2;
+
+/// The level the core's logging policy gives `event` (`FG_LOG_DEBUG`,
+/// `FG_LOG_INFO` or `FG_LOG_WARNING`), the same as Python's logger and Node's
+/// `event.level` use. `FG_LOG_DEBUG` for NULL or an event this library did not
+/// make.
+///
+/// # Safety
+/// `event` must be NULL or the pointer an event callback received, during the
+/// callback.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_event_level(event: *const fg_event) -> u32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: NULL or a valid event per the caller's contract.
+        let Some(event) = (unsafe { event.as_ref() }) else {
+            return FG_LOG_DEBUG;
+        };
+        if event.kind.is_null() {
+            return FG_LOG_DEBUG;
+        }
+        // SAFETY: an event's `kind` is a static NUL-terminated code.
+        let code = unsafe { std::ffi::CStr::from_ptr(event.kind) };
+        let kind = EventKind::ALL.iter().find(|k| k.c_code() == code);
+        match kind.map(|k| k.log_level()) {
+            Some(LogLevel::Warning) => FG_LOG_WARNING,
+            Some(LogLevel::Info) => FG_LOG_INFO,
+            Some(LogLevel::Debug) | None => FG_LOG_DEBUG,
+        }
+    })
+    .unwrap_or(FG_LOG_DEBUG)
 }
 
 /// An event callback: called on the thread that made the request, so keep it

@@ -144,3 +144,31 @@ fn nulls_are_refused_and_outputs_untouched() {
         fg_engine_free(ptr::null());
     }
 }
+
+#[test]
+fn every_event_kind_has_the_cores_log_level() {
+    use fg_core::policy::{EventKind, LogLevel};
+    for kind in EventKind::ALL {
+        let event = fg_event {
+            kind: kind.c_code().as_ptr(),
+            rule: std::ptr::null(),
+            rule_len: 0,
+            key: std::ptr::null(),
+            key_len: 0,
+            client_ip: std::ptr::null(),
+            client_ip_len: 0,
+            status: 0,
+            retry_after_ns: 0,
+            token_problem: std::ptr::null(),
+        };
+        let want = match kind.log_level() {
+            LogLevel::Debug => FG_LOG_DEBUG,
+            LogLevel::Info => FG_LOG_INFO,
+            LogLevel::Warning => FG_LOG_WARNING,
+        };
+        // SAFETY: a valid event whose kind is a static code.
+        assert_eq!(unsafe { fg_event_level(&event) }, want, "{}", kind.code());
+    }
+    // SAFETY: NULL is allowed.
+    assert_eq!(unsafe { fg_event_level(std::ptr::null()) }, FG_LOG_DEBUG);
+}

@@ -174,6 +174,7 @@ static void on_event(void *userdata, const fg_event *ev) {
     if (ev->rule_len != 5 || memcmp(ev->rule, "login", 5) != 0) failures++;
     if (ev->client_ip_len != 9 || memcmp(ev->client_ip, "192.0.2.7", 9) != 0) failures++;
     if (ev->status != 429 || ev->retry_after_ns == 0) failures++;
+    if (fg_event_level(ev) != FG_LOG_DEBUG) failures++; /* counted, not logged one by one */
   }
 }
 
@@ -396,6 +397,18 @@ static void test_threads(int scale) {
 
 /* A verdict buffer the caller owns: its verdict stays valid while the same
  * thread decides other requests with the thread's own buffer or another one. */
+static void test_event_levels(void) {
+  EQ(fg_event_level(NULL), FG_LOG_DEBUG);
+  fg_event e = {0};
+  EQ(fg_event_level(&e), FG_LOG_DEBUG);
+  e.kind = "store_fallback"; /* the codes are compared as text */
+  EQ(fg_event_level(&e), FG_LOG_WARNING);
+  e.kind = "store_recovered";
+  EQ(fg_event_level(&e), FG_LOG_INFO);
+  e.kind = "banned";
+  EQ(fg_event_level(&e), FG_LOG_DEBUG);
+}
+
 static void test_verdict_buffers(void) {
   const fg_engine *e = NULL;
   EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, &e), FG_RESULT_OK);
@@ -445,6 +458,7 @@ int main(void) {
   test_vectors();
   test_policy_engine();
   test_verdict_buffers();
+  test_event_levels();
   test_nulls();
   test_redis();
   test_threads(scale);

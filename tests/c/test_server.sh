@@ -5,7 +5,8 @@ set -euo pipefail
 SERVER=$1
 POLICY="$(dirname "$0")/../../examples/c/policy.toml"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$SERVER" "$POLICY" "$PORT" > /dev/null &
+LOG=$(mktemp)
+"$SERVER" "$POLICY" "$PORT" > /dev/null 2> "$LOG" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.05; done
@@ -41,4 +42,10 @@ expect "upper-case login path" "$(status -X POST "$URL/AUTH/LOGIN")" 429
 expect "doubled slashes" "$(status -X POST --path-as-is "$URL//auth//login/")" 429
 expect "HEAD counts under GET" "$(curl -s -o /dev/null -w '%{http_code}' -I "$URL/api/items")" 200
 expect "a method token with a dash" "$(status -X M-SEARCH "$URL/api/items")" 200
+# Logging: 200 more denials make no line each, only the summary at exit.
+for _ in $(seq 200); do curl -s -o /dev/null -X POST "$URL/auth/login"; done
+kill $PID; wait $PID 2>/dev/null || true
+expect "denials are summed up, not logged one by one" "$(wc -l < "$LOG" | tr -d ' ')" 1
+expect "the summary counts every denial" "$(grep -c 'floodgate: last [0-9]* s: denied 20[0-9], other events [0-9]' "$LOG")" 1
+rm -f "$LOG"
 exit $fail

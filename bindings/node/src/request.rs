@@ -173,12 +173,19 @@ fn read_string(
     // before the end: only a shorter result is surely whole.
     if len + 4 >= spare.len() {
         // SAFETY: a NULL buffer asks only for the length.
-        let status = unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
+        let status =
+            unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
         ok(status, what)?;
         let spare = arena.room(len + 1);
         // SAFETY: `spare` has room for the whole string and its NUL.
         let status = unsafe {
-            sys::napi_get_value_string_utf8(env, v, spare.as_mut_ptr().cast(), spare.len(), &mut len)
+            sys::napi_get_value_string_utf8(
+                env,
+                v,
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                &mut len,
+            )
         };
         ok(status, what)?;
     }
@@ -219,7 +226,14 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
         let mut n = v.len();
         // SAFETY: `info` is this call's; `v` has room for `n` values.
         let status = unsafe {
-            sys::napi_get_cb_info(env, info, &mut n, v.as_mut_ptr(), ptr::null_mut(), ptr::null_mut())
+            sys::napi_get_cb_info(
+                env,
+                info,
+                &mut n,
+                v.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
         };
         ok(status, "arguments")?;
         argc = argc.min(v.len());
@@ -345,9 +359,19 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     // of Latin-1 when ASCII); the call copies them.
     let status = unsafe {
         if text.is_ascii() {
-            sys::napi_create_string_latin1(env, text.as_ptr().cast(), text.len() as isize, &mut result)
+            sys::napi_create_string_latin1(
+                env,
+                text.as_ptr().cast(),
+                text.len() as isize,
+                &mut result,
+            )
         } else {
-            sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut result)
+            sys::napi_create_string_utf8(
+                env,
+                text.as_ptr().cast(),
+                text.len() as isize,
+                &mut result,
+            )
         }
     };
     ok(status, "the verdict's text")?;
