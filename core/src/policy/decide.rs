@@ -12,8 +12,8 @@ use super::headers::{self, HeaderOut, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
 use super::jwt::{TokenCheck, TokenProblem};
 use super::{
-    Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, nanos, path,
-    store,
+    Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
+    path, store,
 };
 use crate::error::{Error, Result};
 
@@ -80,9 +80,11 @@ impl Engine {
         let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
         let path = path::normalize(req.path, !self.case_sensitive_paths);
         let sent_key = present(req.headers, &self.api_key_header);
+        let segments = matcher::segments(&path);
         let view = View {
             method: req.method,
             path: &path,
+            segments: &segments,
             masked,
             headers: req.headers,
             api_key: self.api_key(sent_key),
@@ -385,7 +387,7 @@ impl Engine {
                 Unless::ApiKey => view.api_key.is_none(),
                 Unless::Header(name) => present(view.headers, name).is_none(),
             })
-            && rule.matcher.matches(view.method, view.path)
+            && rule.matcher.matches(view.method, view.segments)
     }
 
     /// The rule's key for this request, built in `buf`; `None` if an identity it

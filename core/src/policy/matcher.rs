@@ -89,12 +89,19 @@ pub(crate) fn parse(text: &str, case_insensitive: bool) -> Result<Pattern, Strin
 
 impl Pattern {
     /// Whether a request matches; `path` is already normalised.
+    #[cfg(test)]
     pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
+        self.matches_segments(method, &segments(path))
+    }
+
+    /// Whether a request matches, its normalised path given as its
+    /// [`segments`] (split once per request, not once per pattern).
+    pub(crate) fn matches_segments(&self, method: &str, path: &[&str]) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
         {
             return false;
         }
-        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        let mut parts = path.iter().copied();
         for seg in &self.segments {
             match seg {
                 Segment::Rest => return true,
@@ -123,14 +130,23 @@ impl Pattern {
     }
 }
 
+/// The segments of a normalised path (`/api/v1` is `["api", "v1"]`, `/` none),
+/// on the stack for up to 8.
+pub(crate) type Segments<'a> = smallvec::SmallVec<[&'a str; 8]>;
+
+/// Splits a normalised path into its segments.
+pub(crate) fn segments(path: &str) -> Segments<'_> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
 /// Any of several patterns.
 #[derive(Debug, Clone)]
 pub(crate) struct Matcher(pub Vec<Pattern>);
 
 impl Matcher {
-    /// Whether a request matches; `path` is already normalised.
-    pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
-        self.0.iter().any(|p| p.matches(method, path))
+    /// Whether a request matches; `path` is the normalised path's [`segments`].
+    pub(crate) fn matches(&self, method: &str, path: &[&str]) -> bool {
+        self.0.iter().any(|p| p.matches_segments(method, path))
     }
 }
 

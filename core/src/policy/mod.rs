@@ -612,6 +612,8 @@ struct View<'a> {
     method: &'a str,
     /// Normalised (see [`path`]).
     path: &'a str,
+    /// Its segments, split once for every rule's matcher.
+    segments: &'a [&'a str],
     /// The canonical address (IPv4-mapped IPv6 unmapped) masked to its network (`ipv6_prefix`): what keys and budgets use.
     masked: Option<IpAddr>,
     headers: &'a [(&'a str, &'a str)],
