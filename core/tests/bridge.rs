@@ -68,6 +68,41 @@ fn one_denial_body_for_every_front_end() {
 }
 
 #[test]
+fn denial_bodies_are_the_json_serde_would_write() {
+    let names = [
+        "login",
+        "a\"b",
+        "back\\slash",
+        "tab\tnew\nline\r",
+        "\u{1}\u{1f}\u{7f}",
+        "é ü 😀",
+        "\u{2028}",
+        "",
+        "{\"x\":1}",
+    ];
+    for status in [429, 401, 403, 404, 400] {
+        for rule in names.iter().map(|n| Some(*n)).chain([None]) {
+            for ms in [0, 1, 999, 1000, 1001, 86_400_000] {
+                let retry = Duration::from_millis(ms);
+                let want = match status {
+                    // Whole seconds, rounded up, at least 1.
+                    429 => serde_json::json!({"error": "rate_limited",
+                        "retry_after": ms.div_ceil(1000).max(1), "rule": rule}),
+                    401 => serde_json::json!({"error": "unauthorized", "rule": rule}),
+                    400 => serde_json::json!({"error": "bad_request"}),
+                    _ => serde_json::json!({"error": "forbidden"}),
+                };
+                let body = denial_body(status, retry, rule);
+                let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(got, want, "{status} {rule:?} {ms}");
+                // Byte for byte what serde_json writes (it escapes the same set).
+                assert_eq!(body, want.to_string(), "{status} {rule:?} {ms}");
+            }
+        }
+    }
+}
+
+#[test]
 fn memory_engines_never_block() {
     assert!(!Engine::from_toml_str("").unwrap().may_block());
 }
