@@ -316,8 +316,7 @@ impl Engine {
         let mut identity = out.string();
         identity.push_str(&String::from_utf8_lossy(key));
         let has_rule = rule.is_some();
-        *out.verdict_mut() = Verdict {
-            headers: std::mem::take(&mut out.verdict_mut().headers),
+        out.set(Verdict {
             rule,
             limit: d.limit,
             remaining: d.remaining,
@@ -326,7 +325,7 @@ impl Engine {
             token_problem: problem,
             authenticated: claims.is_some(),
             ..Verdict::plain(true, 200, Reason::Allowed)
-        };
+        });
         if let (true, Some(quota), Some(value)) = (
             has_rule,
             tier.limiter.quotas().get(d.quota),

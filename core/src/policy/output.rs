@@ -67,18 +67,14 @@ impl VerdictBuf {
         };
     }
 
-    /// Replaces the verdict with `v` (a denial built elsewhere), keeping this
-    /// buffer's header vector.
+    /// Replaces the verdict with `v`, keeping this buffer's header vector (and
+    /// its capacity): allocation-free when `v` has no headers and its strings
+    /// came from [`string`](Self::string).
     pub(super) fn set(&mut self, mut v: Verdict) {
         self.clear();
         let mut headers = std::mem::take(&mut self.verdict.headers);
         headers.append(&mut v.headers);
         self.verdict = Verdict { headers, ..v };
-    }
-
-    /// The verdict, to fill in place.
-    pub(super) fn verdict_mut(&mut self) -> &mut Verdict {
-        &mut self.verdict
     }
 
     /// An empty string, reused if one is spare.
