@@ -116,6 +116,9 @@ enum fg_result
   FG_RESULT_INVALID_REQUEST = 112,
   // The store (Redis) cannot be reached, or refused the credentials.
   FG_RESULT_STORE_UNAVAILABLE = 113,
+  // A shared-memory table made for other quotas, another size or another
+  // build, or corrupt (see `fg_last_error` for what differs).
+  FG_RESULT_STORE_MISMATCH = 114,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -329,6 +332,26 @@ uint32_t fg_event_level(const fg_event *event);
 // `quotas` must point to `count` `fg_quota`s; `options` must be NULL or valid;
 // `engine_out` must be writable.
 fg_result fg_engine_new_quotas(const fg_quota *quotas_in,
+                               size_t count,
+                               const fg_options *options,
+                               const fg_engine **engine_out);
+
+// Creates a limiter whose state lives in a shared-memory table at `path`
+// (NUL-terminated; on Linux a file under `/dev/shm`), created by the first
+// process and mapped by every other: one exact limit across the worker
+// processes of a machine (a pre-forking server's workers each call this after
+// the fork). Every process must pass the same quotas and `max_keys`
+// (`options`, NULL for 1,000,000 keys; the table takes 16 bytes per key and
+// quota). Fails with `FG_RESULT_STORE_UNAVAILABLE` when the file cannot be
+// created or opened (a symlink, another user's, group- or world-accessible),
+// `FG_RESULT_STORE_MISMATCH` when it was made for other quotas or is corrupt,
+// `FG_RESULT_INVALID_OPTION` for a sliding-log quota.
+//
+// # Safety
+// `path` must be NUL-terminated; `quotas` must point to `count` `fg_quota`s;
+// `options` must be NULL or valid; `engine_out` must be writable.
+fg_result fg_engine_new_shared(const char *path,
+                               const fg_quota *quotas_in,
                                size_t count,
                                const fg_options *options,
                                const fg_engine **engine_out);

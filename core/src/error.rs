@@ -114,6 +114,16 @@ pub enum Error {
         /// What the client library reported.
         message: Box<str>,
     },
+    /// A shared-memory table file that this process cannot use as it is: made
+    /// for other quotas, another slot count or another layout, by another build,
+    /// or corrupt. Nothing was changed in it.
+    #[error("shared-memory table {path}: {problem}")]
+    StoreMismatch {
+        /// The table file.
+        path: Box<str>,
+        /// What differs.
+        problem: Box<str>,
+    },
     /// A limiter option is out of range.
     #[error("invalid option {option}: {problem}")]
     InvalidOption {
@@ -260,6 +270,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// [`Error::StoreUnavailable`].
     StoreUnavailable,
+    /// [`Error::StoreMismatch`].
+    StoreMismatch,
 }
 
 impl ErrorKind {
@@ -279,6 +291,7 @@ impl ErrorKind {
         Self::InvalidConfig,
         Self::InvalidRequest,
         Self::StoreUnavailable,
+        Self::StoreMismatch,
     ];
 
     /// The stable snake_case code (`cost_exceeds_burst`), reused as
@@ -304,6 +317,7 @@ impl ErrorKind {
             Self::InvalidConfig => "invalid_config",
             Self::InvalidRequest => "invalid_request",
             Self::StoreUnavailable => "store_unavailable",
+            Self::StoreMismatch => "store_mismatch",
         }
     }
 }
@@ -338,6 +352,7 @@ impl Error {
             Self::InvalidConfig { .. } => ErrorKind::InvalidConfig,
             Self::InvalidRequest { .. } => ErrorKind::InvalidRequest,
             Self::StoreUnavailable { .. } => ErrorKind::StoreUnavailable,
+            Self::StoreMismatch { .. } => ErrorKind::StoreMismatch,
         }
     }
 
@@ -398,6 +413,9 @@ impl Error {
             }
             Self::StoreUnavailable { store, message } => {
                 vec![("store", t(store)), ("detail", t(message))]
+            }
+            Self::StoreMismatch { path, problem } => {
+                vec![("path", t(path)), ("problem", t(problem))]
             }
             Self::InvalidOption { option, problem } => {
                 vec![("option", t(option)), ("problem", t(problem))]

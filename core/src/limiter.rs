@@ -28,6 +28,14 @@ enum Backend {
         params: Box<[Params]>,
         store: MemoryStore<KeyState>,
     },
+    /// A table in shared memory: every process that maps it sees every charge
+    /// (`store/shm`). `shared_clock`: read the table's clock (the same in every
+    /// process) rather than the limiter's.
+    #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+    Shared {
+        keys: crate::store::shm::SharedKeys,
+        shared_clock: bool,
+    },
 }
 
 /// A rate limiter over many keys: `Send + Sync`, meant to be shared (`Arc`) by every
@@ -80,6 +88,7 @@ pub struct LimiterBuilder {
     max_key_bytes: usize,
     max_log_limit: u64,
     shards: Option<usize>,
+    shared_memory: Option<std::path::PathBuf>,
 }
 
 impl Default for LimiterBuilder {
@@ -90,6 +99,7 @@ impl Default for LimiterBuilder {
             max_key_bytes: 256,
             max_log_limit: 10_000,
             shards: None,
+            shared_memory: None,
         }
     }
 }
@@ -134,14 +144,40 @@ impl LimiterBuilder {
         self
     }
 
+    /// Keeps the state in a table in shared memory at `path` (on Linux, a file
+    /// under `/dev/shm`), created by the first process and mapped by every
+    /// other: one exact limit across all the worker processes of a machine. The
+    /// table holds `max_keys` keys (fixed when the file is created, 16 bytes per
+    /// key and quota). Every process must build the limiter with the same quotas
+    /// and `max_keys`; the sliding log is refused. [`build`](Self::build) then
+    /// reads a clock every process shares (`CLOCK_MONOTONIC` with the table's
+    /// offset to Unix time); [`build_with_clock`](Self::build_with_clock) uses the
+    /// given clock, which must then be the same in every process (tests).
+    /// Unix only.
+    pub fn shared_memory(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.shared_memory = Some(path.into());
+        self
+    }
+
     /// Builds a limiter on the [`DefaultClock`].
     ///
     /// # Errors
     /// [`Error::NoQuotas`], [`Error::TooManyQuotas`], [`Error::LogLimitTooLarge`],
     /// or [`Error::InvalidOption`] for a zero `max_keys` or an out-of-range
-    /// `max_key_bytes`.
+    /// `max_key_bytes`. With [`shared_memory`](Self::shared_memory):
+    /// [`Error::InvalidOption`] for a quota the table cannot hold,
+    /// [`Error::StoreUnavailable`] when the file cannot be created or opened,
+    /// [`Error::StoreMismatch`] when it was made for other quotas.
     pub fn build(self) -> Result<Limiter> {
-        self.build_with_clock(DefaultClock::new())
+        let shared = self.shared_memory.is_some();
+        let mut limiter = self.build_with_clock(DefaultClock::new())?;
+        #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+        if let Backend::Shared { shared_clock, .. } = &mut limiter.backend {
+            *shared_clock = shared;
+        }
+        #[cfg(not(all(feature = "shm", unix, not(floodgate_loom))))]
+        let _ = (shared, &mut limiter);
+        Ok(limiter)
     }
 
     /// Builds a limiter on the given clock (a [`FakeClock`](crate::FakeClock) in tests).
@@ -181,12 +217,13 @@ impl LimiterBuilder {
             .unwrap_or(1);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards = self.shards.unwrap_or(cores * 64);
-        let backend = match self.quotas.as_slice() {
-            [q] if q.algorithm() == Algorithm::Gcra => Backend::Gcra {
+        let backend = match (&self.shared_memory, self.quotas.as_slice()) {
+            (Some(path), qs) => shared_backend(path, qs, self.max_keys)?,
+            (None, [q]) if q.algorithm() == Algorithm::Gcra => Backend::Gcra {
                 gcra: Gcra::new(q),
                 store: MemoryStore::new(self.max_keys, shards, idle_ns),
             },
-            qs => Backend::General {
+            (None, qs) => Backend::General {
                 params: qs.iter().map(Params::new).collect(),
                 store: MemoryStore::new(self.max_keys, shards, idle_ns),
             },
@@ -207,6 +244,47 @@ impl LimiterBuilder {
             clock,
         })
     }
+}
+
+/// The shared-memory backend of a limiter's own table (quota numbers 0..n).
+#[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+fn shared_backend(path: &std::path::Path, quotas: &[Quota], max_keys: usize) -> Result<Backend> {
+    use crate::store::shm::{Codec, Fnv, SharedKeys, ShmTable, TableSpec};
+    let codecs = quotas
+        .iter()
+        .map(Codec::new)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|problem| Error::InvalidOption {
+            option: "shared_memory",
+            problem,
+        })?;
+    let fingerprint = quotas
+        .iter()
+        .fold(Fnv::new().bytes(b"limiter"), |f, q| f.quota(q))
+        .finish();
+    let spec = TableSpec {
+        slots: max_keys.saturating_mul(quotas.len()),
+        codecs,
+        fingerprint,
+    };
+    let table = ShmTable::open(path, &spec)?;
+    Ok(Backend::Shared {
+        keys: SharedKeys {
+            table,
+            first: 0,
+            params: quotas.iter().map(Params::new).collect(),
+            id: 0,
+        },
+        shared_clock: false,
+    })
+}
+
+#[cfg(not(all(feature = "shm", unix, not(floodgate_loom))))]
+fn shared_backend(_: &std::path::Path, _: &[Quota], _: usize) -> Result<Backend> {
+    Err(Error::InvalidOption {
+        option: "shared_memory",
+        problem: "this build has no shared-memory store (Unix, cargo feature `shm`)",
+    })
 }
 
 /// Nanoseconds in a `Duration`, saturating at `u64::MAX` (584 years).
@@ -255,7 +333,21 @@ impl<C: Clock> Limiter<C> {
     /// ```
     #[inline]
     pub fn check(&self, key: impl AsRef<[u8]>, cost: u64) -> Result<Decision> {
-        self.check_ns(key.as_ref(), cost, self.clock.now_ns())
+        self.check_ns(key.as_ref(), cost, self.now_ns())
+    }
+
+    /// Now on the clock checks use: the limiter's, or a shared-memory table's.
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+        if let Backend::Shared {
+            keys,
+            shared_clock: true,
+        } = &self.backend
+        {
+            return keys.table.now_ns();
+        }
+        self.clock.now_ns()
     }
 
     /// [`check`](Self::check) at an explicit time: `now` since the clock's origin
@@ -293,7 +385,7 @@ impl<C: Clock> Limiter<C> {
     /// # Ok::<(), floodgate::Error>(())
     /// ```
     pub fn peek(&self, key: impl AsRef<[u8]>) -> Result<Decision> {
-        self.check_ns(key.as_ref(), 0, self.clock.now_ns())
+        self.check_ns(key.as_ref(), 0, self.now_ns())
     }
 
     /// [`peek`](Self::peek) at an explicit time.
@@ -337,6 +429,8 @@ impl<C: Clock> Limiter<C> {
                     state::refund_all(&mut states.lock(), params, now, cost);
                 }
             }),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => keys.refund(key.as_ref(), now, cost),
         }
         Ok(())
     }
@@ -359,6 +453,8 @@ impl<C: Clock> Limiter<C> {
         Ok(match &self.backend {
             Backend::Gcra { store, .. } => store.remove(fp),
             Backend::General { store, .. } => store.remove(fp),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => keys.reset(key.as_ref()),
         })
     }
 
@@ -367,6 +463,10 @@ impl<C: Clock> Limiter<C> {
         match &self.backend {
             Backend::Gcra { store, .. } => store.clear(),
             Backend::General { store, .. } => store.clear(),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => {
+                keys.table.clear(keys.first..keys.first + keys.params.len())
+            }
         }
     }
 
@@ -375,16 +475,28 @@ impl<C: Clock> Limiter<C> {
         &self.quotas
     }
 
+    /// The shared-memory table this limiter keeps its state in, if any.
+    pub fn shared_memory_path(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => Some(keys.table.path()),
+            _ => None,
+        }
+    }
+
     /// The limiter's clock.
     pub fn clock(&self) -> &C {
         &self.clock
     }
 
-    /// Keys currently held (O(shards)).
+    /// Keys currently held (O(shards); on shared memory, keys whose first
+    /// quota still has live state, a scan of the table).
     pub fn len(&self) -> usize {
         match &self.backend {
             Backend::Gcra { store, .. } => store.len(),
             Backend::General { store, .. } => store.len(),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => keys.table.live(keys.first, self.now_ns()),
         }
     }
 
@@ -398,6 +510,8 @@ impl<C: Clock> Limiter<C> {
         match &self.backend {
             Backend::Gcra { store, .. } => store.capacity(),
             Backend::General { store, .. } => store.capacity(),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => keys.table.slots() / keys.params.len().max(1),
         }
     }
 
@@ -406,6 +520,8 @@ impl<C: Clock> Limiter<C> {
         match &self.backend {
             Backend::Gcra { store, .. } => store.evicted(),
             Backend::General { store, .. } => store.evicted(),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => keys.table.evicted(),
         }
     }
 
@@ -419,7 +535,30 @@ impl<C: Clock> Limiter<C> {
                 let per_key = params.len() * std::mem::size_of::<QuotaState>() + 16;
                 store.table_bytes() + store.len() * per_key
             }
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { keys, .. } => keys.table.bytes(),
         }
+    }
+
+    /// This limiter with its state moved to quota numbers `first..` of a shared
+    /// table (the policy's shared-memory store; times come from the caller).
+    #[cfg(all(feature = "shm", unix, not(floodgate_loom), feature = "policy"))]
+    pub(crate) fn into_shared(
+        mut self,
+        table: std::sync::Arc<crate::store::shm::ShmTable>,
+        first: usize,
+        id: u64,
+    ) -> Self {
+        self.backend = Backend::Shared {
+            keys: crate::store::shm::SharedKeys {
+                table,
+                first,
+                params: self.quotas.iter().map(Params::new).collect(),
+                id,
+            },
+            shared_clock: false,
+        };
+        self
     }
 
     /// Checks a key's length and a cost against the quotas: the argument errors of
@@ -485,6 +624,8 @@ impl<C: Clock> Limiter<C> {
                 || parking_lot::Mutex::new(params.iter().map(Params::fresh).collect()),
                 |states| state::check_all(&mut states.lock(), params, now, cost),
             ),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            (Backend::Shared { keys, .. }, _) => keys.check(key, now, cost),
         };
         Ok(self.decision(outcome, quota))
     }

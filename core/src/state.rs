@@ -60,7 +60,7 @@ pub(crate) enum Params {
 }
 
 /// One quota's state for one key (general path).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum QuotaState {
     Gcra(u64),
     Fixed(FixedState),
@@ -92,7 +92,7 @@ impl Params {
     }
 
     /// Decides without charging (the log may drop expired entries).
-    fn decide(&self, state: &mut QuotaState, now: u64, cost: u64) -> Outcome {
+    pub(crate) fn decide(&self, state: &mut QuotaState, now: u64, cost: u64) -> Outcome {
         match (self, state) {
             (Self::Gcra(p), QuotaState::Gcra(tat)) => p.decide(*tat, now, cost).0,
             (Self::Fixed(p), QuotaState::Fixed(s)) => p.decide(*s, now, cost).0,
@@ -110,7 +110,7 @@ impl Params {
     }
 
     /// Gives back `cost` units charged at `now` by an allowed request.
-    fn refund(&self, state: &mut QuotaState, now: u64, cost: u64) {
+    pub(crate) fn refund(&self, state: &mut QuotaState, now: u64, cost: u64) {
         match (self, state) {
             (Self::Gcra(p), QuotaState::Gcra(tat)) => *tat = p.refund(*tat, cost),
             (Self::Fixed(p), QuotaState::Fixed(s)) => p.refund(s, now, cost),
@@ -121,7 +121,7 @@ impl Params {
     }
 
     /// Charges an allowed request.
-    fn charge(&self, state: &mut QuotaState, now: u64, cost: u64) {
+    pub(crate) fn charge(&self, state: &mut QuotaState, now: u64, cost: u64) {
         match (self, state) {
             (Self::Gcra(p), QuotaState::Gcra(tat)) => *tat = p.decide(*tat, now, cost).1,
             (Self::Fixed(p), QuotaState::Fixed(s)) => *s = p.decide(*s, now, cost).1,
@@ -134,7 +134,7 @@ impl Params {
 
 /// Picks the deciding quota: among denials the longest wait; else the fewest
 /// remaining units. Returns the outcome and the quota's index.
-fn pick(outcomes: impl Iterator<Item = Outcome>) -> (Outcome, usize) {
+pub(crate) fn pick(outcomes: impl Iterator<Item = Outcome>) -> (Outcome, usize) {
     let mut best: Option<(Outcome, usize)> = None;
     for (i, o) in outcomes.enumerate() {
         let better = match &best {

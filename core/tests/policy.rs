@@ -433,7 +433,7 @@ fn config_errors_name_the_place() {
         ),
         (
             "[store]\nkind = \"memcached\"\n",
-            "unknown variant `memcached`, expected `memory` or `redis`",
+            "unknown variant `memcached`, expected one of `memory`, `redis`, `shared_memory`",
             Some(2),
         ),
         (

@@ -371,6 +371,49 @@ pub unsafe extern "C" fn fg_engine_new_quotas(
     })
 }
 
+/// Creates a limiter whose state lives in a shared-memory table at `path`
+/// (NUL-terminated; on Linux a file under `/dev/shm`), created by the first
+/// process and mapped by every other: one exact limit across the worker
+/// processes of a machine (a pre-forking server's workers each call this after
+/// the fork). Every process must pass the same quotas and `max_keys`
+/// (`options`, NULL for 1,000,000 keys; the table takes 16 bytes per key and
+/// quota). Fails with `FG_RESULT_STORE_UNAVAILABLE` when the file cannot be
+/// created or opened (a symlink, another user's, group- or world-accessible),
+/// `FG_RESULT_STORE_MISMATCH` when it was made for other quotas or is corrupt,
+/// `FG_RESULT_INVALID_OPTION` for a sliding-log quota.
+///
+/// # Safety
+/// `path` must be NUL-terminated; `quotas` must point to `count` `fg_quota`s;
+/// `options` must be NULL or valid; `engine_out` must be writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_new_shared(
+    path: *const c_char,
+    quotas_in: *const fg_quota,
+    count: usize,
+    options: *const fg_options,
+    engine_out: *mut *const fg_engine,
+) -> fg_result {
+    guard(|| {
+        let engine_out = try_out(engine_out)?;
+        // SAFETY: `path` is NUL-terminated per this function's contract.
+        let path = unsafe { try_cstr(path) }?;
+        // SAFETY: `quotas_in` points to `count` quotas per this function's contract.
+        let qs = unsafe { quotas(quotas_in, count) }?;
+        // SAFETY: `options` is NULL or valid per this function's contract.
+        let o = unsafe { options.as_ref() }.copied().unwrap_or_default();
+        let mut b = Limiter::builder().quotas(qs).shared_memory(path);
+        if o.max_keys > 0 {
+            b = b.max_keys(o.max_keys);
+        }
+        if o.max_key_bytes > 0 {
+            b = b.max_key_bytes(o.max_key_bytes);
+        }
+        let l = b.build().map_err(|e| fail(&e))?;
+        // SAFETY: `engine_out` is writable per this function's contract.
+        unsafe { write_out(engine_out, into_engine(Inner::Memory(l))) }
+    })
+}
+
 /// Creates a limiter whose state lives in Redis at `url`
 /// (`redis://[:password@]host:port/db`, NUL-terminated), shared by every process
 /// using the same Redis and quotas. Calls block for at most `timeout_ms`

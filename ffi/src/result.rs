@@ -58,6 +58,9 @@ pub enum fg_result {
     InvalidRequest = 112,
     /// The store (Redis) cannot be reached, or refused the credentials.
     StoreUnavailable = 113,
+    /// A shared-memory table made for other quotas, another size or another
+    /// build, or corrupt (see `fg_last_error` for what differs).
+    StoreMismatch = 114,
 }
 
 impl fg_result {
@@ -78,6 +81,7 @@ impl fg_result {
             ErrorKind::InvalidConfig => Self::InvalidConfig,
             ErrorKind::InvalidRequest => Self::InvalidRequest,
             ErrorKind::StoreUnavailable => Self::StoreUnavailable,
+            ErrorKind::StoreMismatch => Self::StoreMismatch,
         }
     }
 
@@ -103,7 +107,10 @@ impl fg_result {
             Self::InvalidOption => c"invalid option",
             Self::InvalidConfig => c"invalid policy",
             Self::InvalidRequest => c"invalid request",
-            Self::StoreUnavailable => c"the store (Redis) is unavailable",
+            Self::StoreUnavailable => c"the store (Redis, shared memory) is unavailable",
+            Self::StoreMismatch => {
+                c"the shared-memory table was made for other quotas or is corrupt"
+            }
         }
     }
 
@@ -130,6 +137,7 @@ impl fg_result {
         Self::InvalidConfig,
         Self::InvalidRequest,
         Self::StoreUnavailable,
+        Self::StoreMismatch,
     ];
 }
 

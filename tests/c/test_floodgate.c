@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -50,7 +51,8 @@ static void test_version_and_messages(void) {
                             FG_RESULT_EMPTY_KEY, FG_RESULT_KEY_TOO_LONG, FG_RESULT_COST_EXCEEDS_BURST,
                             FG_RESULT_INVALID_COST, FG_RESULT_NO_QUOTAS, FG_RESULT_TOO_MANY_QUOTAS,
                             FG_RESULT_LOG_LIMIT_TOO_LARGE, FG_RESULT_INVALID_OPTION, FG_RESULT_INVALID_CONFIG,
-                            FG_RESULT_INVALID_REQUEST, FG_RESULT_STORE_UNAVAILABLE};
+                            FG_RESULT_INVALID_REQUEST, FG_RESULT_STORE_UNAVAILABLE,
+                            FG_RESULT_STORE_MISMATCH};
   size_t n = sizeof codes / sizeof codes[0];
   for (size_t i = 0; i < n; i++) {
     const char *m = fg_result_message(codes[i]);
@@ -449,6 +451,50 @@ static void test_verdict_buffers(void) {
   fg_engine_free(e);
 }
 
+/* Shared memory: 4 forked processes on one table admit exactly the limit
+ * between them; a table made for other quotas is FG_RESULT_STORE_MISMATCH. */
+static void test_shared_memory(void) {
+  char path[128];
+  snprintf(path, sizeof path, "/dev/shm/fg-c-test-%d", (int)getpid());
+  unlink(path);
+  static const fg_quota Q_100_PER_HOUR = {FG_ALGORITHM_GCRA, 100, 3600000000000ULL, 0};
+  const fg_engine *e = NULL;
+  fg_options small = {.max_keys = 1000};
+  EQ(fg_engine_new_shared(path, &Q_100_PER_HOUR, 1, &small, &e), FG_RESULT_OK);
+  fg_engine_free(e);
+  pid_t kids[4];
+  for (int k = 0; k < 4; k++) {
+    kids[k] = fork();
+    if (kids[k] == 0) {
+      const fg_engine *c = NULL;
+      if (fg_engine_new_shared(path, &Q_100_PER_HOUR, 1, &small, &c) != FG_RESULT_OK) _exit(255);
+      int allowed = 0;
+      fg_decision d;
+      for (int i = 0; i < 80; i++) {
+        if (fg_engine_check(c, (const uint8_t *)"hot", 3, 1, &d) == FG_RESULT_OK && d.allowed) allowed++;
+      }
+      fg_engine_free(c);
+      _exit(allowed);
+    }
+  }
+  int total = 0;
+  for (int k = 0; k < 4; k++) {
+    int status = 0;
+    waitpid(kids[k], &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 255);
+    total += WEXITSTATUS(status);
+  }
+  EQ(total, 100);
+  static const fg_quota Q_OTHER = {FG_ALGORITHM_GCRA, 50, 3600000000000ULL, 0};
+  e = NULL;
+  EQ(fg_engine_new_shared(path, &Q_OTHER, 1, &small, &e), FG_RESULT_STORE_MISMATCH);
+  CHECK(e == NULL);
+  static const fg_quota Q_LOG = {FG_ALGORITHM_SLIDING_LOG, 5, 1000000000ULL, 0};
+  EQ(fg_engine_new_shared("/dev/shm/fg-c-test-log", &Q_LOG, 1, NULL, &e), FG_RESULT_INVALID_OPTION);
+  EQ(fg_engine_new_shared(NULL, &Q_OTHER, 1, NULL, &e), FG_RESULT_NULL_PARAMETER);
+  unlink(path);
+}
+
 int main(void) {
   const char *s = getenv("FG_TEST_SCALE");
   int scale = s ? atoi(s) : 1;
@@ -461,6 +507,7 @@ int main(void) {
   test_event_levels();
   test_nulls();
   test_redis();
+  test_shared_memory();
   test_threads(scale);
   if (failures) {
     fprintf(stderr, "%d of %d checks failed\n", failures, checks);

@@ -32,6 +32,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidConfig => "InvalidConfigError",
         ErrorKind::InvalidRequest => "InvalidRequestError",
         ErrorKind::StoreUnavailable => "StoreUnavailableError",
+        ErrorKind::StoreMismatch => "StoreMismatchError",
     }
 }
 

@@ -94,6 +94,9 @@ pub(crate) enum StoreKind {
     Memory,
     /// A Redis server or Cluster (feature `redis`).
     Redis,
+    /// A table in shared memory, exact across the processes of one machine
+    /// (feature `shm`, Unix).
+    SharedMemory,
 }
 
 /// `fail_mode`: what a Redis-backed rule answers while Redis cannot.
@@ -131,8 +134,13 @@ pub(crate) struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StoreConfig {
-    /// `memory` (default) or `redis`.
+    /// `memory` (default), `shared_memory` or `redis`.
     pub kind: StoreKind,
+    /// `shared_memory`: the table file (e.g. `/dev/shm/myapp.floodgate`).
+    pub path: Option<PathBuf>,
+    /// `shared_memory`: slots in the table (one per key and quota, 16 bytes each),
+    /// shared by every rule; fixed when the file is created.
+    pub max_keys: usize,
     /// `redis://[:password@]host:port/db` of a standalone Redis.
     pub url: Option<String>,
     /// Node URLs of a Redis Cluster (instead of `url`).
@@ -161,6 +169,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             kind: StoreKind::Memory,
+            path: None,
+            max_keys: 1_000_000,
             url: None,
             cluster: Vec::new(),
             prefix: "fg".into(),

@@ -561,6 +561,10 @@ impl Engine {
 
     /// Now, as Unix time.
     pub fn now(&self) -> Duration {
+        // On shared memory every process reads the table's clock.
+        if let Some(ns) = self.store.shared_now() {
+            return Duration::from_nanos(ns);
+        }
         Duration::from_nanos(self.unix_origin_ns.saturating_add(self.clock.now_ns()))
     }
 

@@ -1,9 +1,13 @@
-//! Where a policy's rules keep their counters: in memory (default) or in Redis
-//! (`[store] kind = "redis"`, feature `redis`).
+//! Where a policy's rules keep their counters: in memory (default), in a
+//! shared-memory table (`[store] kind = "shared_memory"`, feature `shm`: one
+//! table for every rule, each rule's keys apart) or in Redis (`[store] kind =
+//! "redis"`, feature `redis`).
 
 use std::time::Duration;
 
-use super::config::{FailModeConfig, Path, Source, StoreConfig, StoreKind};
+#[cfg(feature = "redis")]
+use super::config::StoreConfig;
+use super::config::{FailModeConfig, Path, PolicyConfig, Source, StoreKind};
 use crate::decision::Decision;
 use crate::error::Result;
 use crate::limiter::Limiter;
@@ -12,6 +16,12 @@ use crate::quota::Quota;
 /// The store chosen by `[store]`.
 pub(super) enum Store {
     Memory,
+    #[cfg(all(feature = "shm", unix))]
+    Shared {
+        table: std::sync::Arc<crate::store::shm::ShmTable>,
+        /// Each limiter's name and first quota number in the table.
+        firsts: std::collections::HashMap<String, usize>,
+    },
     #[cfg(feature = "redis")]
     Redis {
         store: crate::RedisStore,
@@ -36,10 +46,19 @@ pub(super) struct Checked {
 }
 
 impl Store {
-    pub(super) fn build(cfg: &StoreConfig, p: &Path, source: &Source<'_>) -> Result<Store> {
+    pub(super) fn build(policy: &PolicyConfig, p: &Path, source: &Source<'_>) -> Result<Store> {
+        let cfg = &policy.store;
         let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
         match cfg.kind {
             StoreKind::Memory => Ok(Store::Memory),
+            #[cfg(all(feature = "shm", unix))]
+            StoreKind::SharedMemory => Self::shared(policy, p, source),
+            #[cfg(not(all(feature = "shm", unix)))]
+            StoreKind::SharedMemory => Err(err(
+                "kind",
+                "this build of floodgate has no shared-memory store (Unix, cargo feature `shm`)"
+                    .into(),
+            )),
             #[cfg(feature = "redis")]
             StoreKind::Redis => {
                 let builder = match (&cfg.url, cfg.cluster.is_empty()) {
@@ -88,6 +107,98 @@ impl Store {
         }
     }
 
+    /// Opens the shared-memory table for every limiter the policy will build.
+    /// The table is made for all of them at once (its fingerprint covers every
+    /// rule's name and quotas), so the rules are read here before they are built;
+    /// a quota that does not parse is left to the rule's own error.
+    #[cfg(all(feature = "shm", unix))]
+    fn shared(policy: &PolicyConfig, p: &Path, source: &Source<'_>) -> Result<Store> {
+        use crate::store::shm::{Codec, Fnv, MAX_TABLE_QUOTAS, ShmTable, TableSpec};
+        let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
+        let cfg = &policy.store;
+        let Some(path) = &cfg.path else {
+            return Err(err(
+                "path",
+                "kind = \"shared_memory\" needs path = \"/dev/shm/<name>\"".into(),
+            ));
+        };
+        let mut limiters: Vec<(String, Vec<crate::Quota>)> = Vec::new();
+        for r in &policy.rules {
+            let algorithm = r
+                .algorithm
+                .as_deref()
+                .and_then(|a| a.parse::<crate::Algorithm>().ok())
+                .unwrap_or(crate::Algorithm::Gcra);
+            let parse = |qs: &[String]| -> Vec<crate::Quota> {
+                qs.iter()
+                    .filter_map(|q| {
+                        q.parse::<crate::Quota>()
+                            .ok()?
+                            .with_algorithm(algorithm)
+                            .ok()
+                    })
+                    .collect()
+            };
+            match &r.tiers {
+                Some(t) => limiters.extend(
+                    t.quotas
+                        .iter()
+                        .map(|(tier, qs)| (format!("{}:{tier}", r.name), parse(qs))),
+                ),
+                None => limiters.push((r.name.clone(), parse(&r.quotas))),
+            }
+        }
+        let mut codecs = Vec::new();
+        let mut firsts = std::collections::HashMap::new();
+        let mut fingerprint = Fnv::new().bytes(b"policy");
+        for (name, quotas) in &limiters {
+            firsts.insert(name.clone(), codecs.len());
+            fingerprint = fingerprint.bytes(name.as_bytes()).u64(quotas.len() as u64);
+            for q in quotas {
+                fingerprint = fingerprint.quota(q);
+                codecs.push(Codec::new(q).map_err(|m| err("kind", format!("rule {name:?}: {m}")))?);
+            }
+        }
+        if codecs.is_empty() {
+            return Err(err(
+                "kind",
+                "the policy has no rule to keep in shared memory".into(),
+            ));
+        }
+        if codecs.len() > MAX_TABLE_QUOTAS {
+            return Err(err(
+                "kind",
+                format!(
+                    "{} quotas in all; a shared-memory table holds at most {MAX_TABLE_QUOTAS}",
+                    codecs.len()
+                ),
+            ));
+        }
+        let spec = TableSpec {
+            slots: cfg.max_keys,
+            codecs,
+            fingerprint: fingerprint.finish(),
+        };
+        // Unusable files are StoreUnavailable / StoreMismatch (what every binding
+        // documents); an out-of-range size is the policy's error.
+        let table = ShmTable::open(path, &spec).map_err(|e| match e {
+            crate::Error::InvalidOption { problem, .. } => err("max_keys", problem.into()),
+            other => other,
+        })?;
+        Ok(Store::Shared { table, firsts })
+    }
+
+    /// Now on the shared-memory table's clock (the same in every process), if
+    /// the rules live in one.
+    #[inline]
+    pub(super) fn shared_now(&self) -> Option<u64> {
+        match self {
+            #[cfg(all(feature = "shm", unix))]
+            Store::Shared { table, .. } => Some(table.now_ns()),
+            _ => None,
+        }
+    }
+
     /// A limiter for `quotas` of one rule (and tier), named `name` in Redis keys.
     /// The in-memory limiter is built first: it validates the quotas, and the Redis
     /// one uses it for the `local` fail mode.
@@ -106,6 +217,24 @@ impl Store {
                     return Err("fail_mode applies to [store] kind = \"redis\" only".into());
                 }
                 Ok(RuleLimiter::Memory(memory))
+            }
+            #[cfg(all(feature = "shm", unix))]
+            Store::Shared { table, firsts } => {
+                if fail_mode.is_some() {
+                    return Err("fail_mode applies to [store] kind = \"redis\" only".into());
+                }
+                let first = firsts
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| format!("limiter {name:?} is not in the shared-memory table"))?;
+                let id = crate::store::shm::Fnv::new()
+                    .bytes(name.as_bytes())
+                    .finish();
+                Ok(RuleLimiter::Memory(memory.into_shared(
+                    table.clone(),
+                    first,
+                    id,
+                )))
             }
             #[cfg(feature = "redis")]
             Store::Redis { store, cfg } => {
@@ -140,7 +269,7 @@ impl Store {
     pub(super) fn redis(&self) -> Option<&crate::RedisStore> {
         match self {
             Store::Redis { store, .. } => Some(store),
-            Store::Memory => None,
+            _ => None,
         }
     }
 }

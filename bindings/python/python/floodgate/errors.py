@@ -101,6 +101,14 @@ class StoreUnavailableError(FloodgateError, ConnectionError):
     code = "store_unavailable"
 
 
+class StoreMismatchError(FloodgateError, ValueError):
+    """A shared-memory table made for other quotas, another size or another
+    build, or corrupt: every worker must load the same quotas (``.path``,
+    ``.problem``)."""
+
+    code = "store_mismatch"
+
+
 __all__ = [
     "FloodgateError",
     "InvalidQuotaError",
@@ -117,4 +125,5 @@ __all__ = [
     "InvalidConfigError",
     "InvalidRequestError",
     "StoreUnavailableError",
+    "StoreMismatchError",
 ]

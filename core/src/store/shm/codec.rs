@@ -1,0 +1,284 @@
+//! A quota's state packed into the 80 state bits of a slot.
+//!
+//! - GCRA: the theoretical arrival time, 64 bits of ns.
+//! - Fixed window: the count in `bits(limit)` bits, above it the window index
+//!   modulo 2^(80 - count bits).
+//! - Sliding-window counter: the current and previous counts in `bits(limit)`
+//!   bits each, above them the window index modulo 2^(80 - 2 * count bits).
+//!
+//! A window index is stored modulo 2^w (w >= 36) and read back as the index
+//! nearest the current one: exact for any state younger than 2^(w-1) windows
+//! (a year of 1 ms windows; 1,000 years of 1 s windows). The sliding log needs
+//! one entry per request and is refused on this store.
+
+use crate::algorithm::fixed_window::FixedState;
+use crate::algorithm::sliding_window::CounterState;
+use crate::quota::{Algorithm, Quota};
+use crate::state::QuotaState;
+
+/// State bits in a slot.
+pub(super) const STATE_BITS: u32 = 80;
+/// Fewest bits a window index keeps.
+const MIN_WINDOW_BITS: u32 = 36;
+
+/// How one quota's state is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Gcra,
+    Fixed {
+        window: u64,
+        count_bits: u32,
+        limit: u64,
+    },
+    Counter {
+        window: u64,
+        count_bits: u32,
+        limit: u64,
+    },
+}
+
+fn mask(bits: u32) -> u128 {
+    (1u128 << bits) - 1
+}
+
+impl Codec {
+    /// The codec of `quota`, or why the shared-memory store cannot hold it.
+    pub(crate) fn new(quota: &Quota) -> Result<Self, &'static str> {
+        let count_bits = (u64::BITS - quota.limit().leading_zeros()).max(1);
+        let window = quota.period_ns().max(1);
+        let limit = quota.limit();
+        let (codec, counts) = match quota.algorithm() {
+            Algorithm::Gcra => return Ok(Self::Gcra),
+            Algorithm::FixedWindow => (
+                Self::Fixed {
+                    window,
+                    count_bits,
+                    limit,
+                },
+                1,
+            ),
+            Algorithm::SlidingWindow => (
+                Self::Counter {
+                    window,
+                    count_bits,
+                    limit,
+                },
+                2,
+            ),
+            Algorithm::SlidingLog => {
+                return Err(
+                    "the sliding log keeps one entry per request and cannot live in \
+                     shared memory: use sliding_window (the two-window counter), gcra or \
+                     fixed_window",
+                );
+            }
+        };
+        if STATE_BITS.saturating_sub(counts * count_bits) < MIN_WINDOW_BITS {
+            return Err(
+                "the limit is too large for a window quota in shared memory \
+                 (sliding_window: at most 4194303, fixed_window: at most 17592186044415); \
+                 use gcra for larger limits",
+            );
+        }
+        Ok(codec)
+    }
+
+    /// Bits left for the window index beside `counts` counts.
+    fn window_bits(count_bits: u32, counts: u32) -> u32 {
+        STATE_BITS - counts * count_bits
+    }
+
+    /// Packs `state` (of this codec's algorithm) into state bits.
+    pub(super) fn pack(&self, state: &QuotaState) -> u128 {
+        match (self, state) {
+            (Self::Gcra, QuotaState::Gcra(tat)) => u128::from(*tat),
+            (Self::Fixed { count_bits, .. }, QuotaState::Fixed(s)) => {
+                let wb = Self::window_bits(*count_bits, 1);
+                let w = u128::from(s.window) & mask(wb);
+                (w << count_bits) | (u128::from(s.count) & mask(*count_bits))
+            }
+            (Self::Counter { count_bits, .. }, QuotaState::Counter(s)) => {
+                let wb = Self::window_bits(*count_bits, 2);
+                let w = u128::from(s.window) & mask(wb);
+                let c = *count_bits;
+                (w << (2 * c))
+                    | ((u128::from(s.prev) & mask(c)) << c)
+                    | (u128::from(s.curr) & mask(c))
+            }
+            // A codec is built from the same quota as the state; nothing to store otherwise.
+            _ => 0,
+        }
+    }
+
+    /// Unpacks state bits, reading a window index as the one nearest `now`'s.
+    pub(super) fn unpack(&self, bits: u128, now: u64) -> QuotaState {
+        let bits = bits & mask(STATE_BITS);
+        match self {
+            // The low 64 bits are the TAT (packed from a u64).
+            Self::Gcra => QuotaState::Gcra(bits as u64),
+            Self::Fixed {
+                window, count_bits, ..
+            } => {
+                let wb = Self::window_bits(*count_bits, 1);
+                QuotaState::Fixed(FixedState {
+                    window: nearest(bits >> count_bits, wb, now / window),
+                    count: (bits & mask(*count_bits)) as u64,
+                })
+            }
+            Self::Counter {
+                window, count_bits, ..
+            } => {
+                let c = *count_bits;
+                let wb = Self::window_bits(c, 2);
+                QuotaState::Counter(CounterState {
+                    window: nearest(bits >> (2 * c), wb, now / window),
+                    prev: ((bits >> c) & mask(c)) as u64,
+                    curr: (bits & mask(c)) as u64,
+                })
+            }
+        }
+    }
+
+    /// How far ahead of its window's start a key has spent, as a time: GCRA's
+    /// TAT, and for a window the instant its count would have been earned at the
+    /// quota's steady rate. When every slot a new key may take holds live state,
+    /// the one with the smallest score is evicted: the key that has spent least
+    /// (one request of a unique-key flood) goes before a client that is near
+    /// its limit.
+    pub(super) fn score(&self, bits: u128, now: u64) -> u64 {
+        let spent = |start: u64, window: u64, count: u64, limit: u64| {
+            let ahead = u128::from(count) * u128::from(window) / u128::from(limit.max(1));
+            start.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
+        };
+        match (self, self.unpack(bits, now)) {
+            (_, QuotaState::Gcra(tat)) => tat,
+            (Self::Fixed { window, limit, .. }, QuotaState::Fixed(s)) => {
+                spent(s.window.saturating_mul(*window), *window, s.count, *limit)
+            }
+            (Self::Counter { window, limit, .. }, QuotaState::Counter(s)) => spent(
+                s.window.saturating_mul(*window),
+                *window,
+                s.prev.saturating_add(s.curr),
+                *limit,
+            ),
+            _ => 0,
+        }
+    }
+
+    /// The time after which the state in `bits` no longer changes any decision
+    /// (a full bucket, a past window): a slot past it is free to reuse.
+    pub(super) fn expiry(&self, bits: u128, now: u64) -> u64 {
+        match (self, self.unpack(bits, now)) {
+            (_, QuotaState::Gcra(tat)) => tat,
+            (Self::Fixed { window, .. }, QuotaState::Fixed(s)) => {
+                s.window.saturating_add(1).saturating_mul(*window)
+            }
+            (Self::Counter { window, .. }, QuotaState::Counter(s)) => {
+                s.window.saturating_add(2).saturating_mul(*window)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The full window index whose low `bits` bits are `stored`, nearest to `current`.
+fn nearest(stored: u128, bits: u32, current: u64) -> u64 {
+    let m = mask(bits);
+    let stored = stored & m;
+    let behind = (u128::from(current).wrapping_sub(stored)) & m;
+    if behind < (1u128 << (bits - 1)) {
+        current.saturating_sub(behind as u64)
+    } else {
+        current.saturating_add(((m + 1 - behind) & m) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(text: &str) -> Quota {
+        text.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn window_states_round_trip_near_now() {
+        let fixed = Codec::new(
+            &q("100/s")
+                .with_algorithm(Algorithm::FixedWindow)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let now = 1_780_000_000_000_000_000u64; // 2026, in ns
+        let index = now / 1_000_000_000;
+        for (window, count) in [(index, 0), (index, 100), (index - 1, 7), (index + 3, 1)] {
+            let s = QuotaState::Fixed(FixedState { window, count });
+            match fixed.unpack(fixed.pack(&s), now) {
+                QuotaState::Fixed(back) => assert_eq!((back.window, back.count), (window, count)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let counter = Codec::new(
+            &Quota::new(1000, std::time::Duration::from_millis(1))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_algorithm(Algorithm::SlidingWindow)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let index = now / 1_000_000;
+        let s = QuotaState::Counter(CounterState {
+            window: index - 1,
+            prev: 1000,
+            curr: 3,
+        });
+        match counter.unpack(counter.pack(&s), now) {
+            QuotaState::Counter(back) => {
+                assert_eq!((back.window, back.prev, back.curr), (index - 1, 1000, 3))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_bits_read_as_a_fresh_state() {
+        let fixed = Codec::new(
+            &q("5/min")
+                .with_algorithm(Algorithm::FixedWindow)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        match fixed.unpack(0, 1_780_000_000_000_000_000) {
+            QuotaState::Fixed(s) => assert_eq!(s.count, 0),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Codec::Gcra.unpack(0, 5), QuotaState::Gcra(0));
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_packed() {
+        let log = q("10/s")
+            .with_algorithm(Algorithm::SlidingLog)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Codec::new(&log).unwrap_err().contains("sliding_window"));
+        let big = Quota::per_second(5_000_000)
+            .and_then(|q| q.with_algorithm(Algorithm::SlidingWindow))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Codec::new(&big).unwrap_err().contains("4194303"));
+        let ok = Quota::per_second(1_048_575)
+            .and_then(|q| q.with_algorithm(Algorithm::SlidingWindow))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Codec::new(&ok).is_ok());
+        let huge = Quota::per_hour(1 << 40).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Codec::new(&huge), Ok(Codec::Gcra));
+    }
+
+    #[test]
+    fn nearest_reads_either_side_of_now() {
+        assert_eq!(nearest(5, 36, 5), 5);
+        assert_eq!(nearest(4, 36, 5), 4);
+        assert_eq!(nearest(7, 36, 5), 7);
+        let current = (1u64 << 40) + 3;
+        let stored = u128::from(current - 10) & mask(36);
+        assert_eq!(nearest(stored, 36, current), current - 10);
+    }
+}
