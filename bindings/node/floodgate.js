@@ -54,6 +54,11 @@ class Limiter {
   get size() {
     return this.#native.size
   }
+
+  /** The shared-memory table's path (`sharedMemory` option), or null. */
+  get sharedMemory() {
+    return this.#native.sharedMemory ?? null
+  }
 }
 
 // `Engine.checkRequest` through the raw `engineCheck` (src/request.rs): the

@@ -66,6 +66,8 @@ export declare class NativeLimiter {
    * limiter alive. Used by `Limiter` in floodgate.js.
    */
   handle(): [unknown, Float64Array]
+  /** The shared-memory table's path, or null for the in-process store. */
+  get sharedMemory(): string | null
   /** Forgets `key`; true if it was held. */
   reset(key: string | Buffer): boolean
   /** Keys held now (counts every shard: not for the hot path). */
@@ -153,6 +155,12 @@ export interface LimiterOptions {
   maxKeys?: number
   /** Longest key, in bytes (default 256). */
   maxKeyBytes?: number
+  /**
+   * Keep the state in a shared-memory table at this path (e.g.
+   * `/dev/shm/myapp`): one exact limit across every process of the machine
+   * that opens it (Node `cluster` workers, PM2). `Limiter` only.
+   */
+  sharedMemory?: string
 }
 
 /** Options of a `RedisLimiter`. */

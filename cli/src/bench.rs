@@ -18,6 +18,8 @@ pub struct BenchOptions {
     pub cost: u64,
     pub max_keys: usize,
     pub progress: bool,
+    /// Keep the state in this shared-memory table instead of in the process.
+    pub shared_memory: Option<std::path::PathBuf>,
 }
 
 /// What one run measured.
@@ -182,10 +184,13 @@ where
 /// # Errors
 /// A limiter that cannot be built from the options.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, floodgate::Error> {
-    let limiter = Limiter::builder()
+    let mut builder = Limiter::builder()
         .quotas(opts.quotas.iter().copied())
-        .max_keys(opts.max_keys)
-        .build()?;
+        .max_keys(opts.max_keys);
+    if let Some(path) = &opts.shared_memory {
+        builder = builder.shared_memory(path);
+    }
+    let limiter = builder.build()?;
     let keys = make_keys(opts.keys.max(1));
     let w = run_workload(
         opts.threads,
@@ -239,11 +244,18 @@ fn describe(quotas: &[Quota]) -> String {
         .join(" + ")
 }
 
+fn store_name(opts: &BenchOptions) -> String {
+    match &opts.shared_memory {
+        Some(path) => format!("shared memory ({})", path.display()),
+        None => "in-memory (embedded default)".to_string(),
+    }
+}
+
 /// The human-readable table.
 pub fn table(opts: &BenchOptions, r: &BenchReport) -> String {
     let pct = |n: u64| 100.0 * n as f64 / r.checks.max(1) as f64;
     let rows = [
-        ("store", "in-memory (embedded default)".to_string()),
+        ("store", store_name(opts)),
         ("quota", describe(&opts.quotas)),
         (
             "workload",
@@ -301,7 +313,7 @@ pub fn table(opts: &BenchOptions, r: &BenchReport) -> String {
 /// The same as JSON, for scripts.
 pub fn json(opts: &BenchOptions, r: &BenchReport) -> serde_json::Value {
     serde_json::json!({
-        "store": "memory",
+        "store": if opts.shared_memory.is_some() { "shared_memory" } else { "memory" },
         "quotas": opts.quotas.iter().map(|q| serde_json::json!({"quota": q.to_string(), "algorithm": q.algorithm().name()})).collect::<Vec<_>>(),
         "keys": opts.keys,
         "threads": opts.threads,

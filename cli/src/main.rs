@@ -4,6 +4,7 @@ mod bench;
 mod histogram;
 mod policy;
 mod redis_bench;
+mod shm_bench;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -87,9 +88,15 @@ struct BenchArgs {
     #[arg(long, short)]
     quiet: bool,
     /// Benchmark the Redis store at this URL instead (`redis://127.0.0.1:6379/`;
-    /// several comma-separated node URLs for a Cluster), beside raw INCR.
+    /// several comma-separated node URLs for a Cluster), beside raw INCR; or
+    /// `shm:/dev/shm/NAME`: the shared-memory store, beside the in-process one.
     #[arg(long)]
     store: Option<String>,
+    /// With --store shm:...: run this many processes at once (each with
+    /// --threads threads), on the shared table and then each on its own
+    /// in-process store.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
     /// With --store: checks in flight at once in the concurrent phase.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
@@ -145,6 +152,33 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 86_400.0) {
         return Err("--duration must be between 0 and 86400 seconds".into());
     }
+    if let Some(path) = args.store.as_deref().and_then(|s| s.strip_prefix("shm:")) {
+        let threads = args.threads.unwrap_or(1);
+        if threads == 0 || threads > 1024 || args.keys == 0 || !(1..=64).contains(&args.processes) {
+            return Err(
+                "--threads must be 1..=1024, --processes 1..=64 and --keys at least 1".into(),
+            );
+        }
+        let opts = bench::BenchOptions {
+            quotas,
+            keys: args.keys,
+            threads,
+            duration: Duration::from_secs_f64(args.duration),
+            cost: args.cost,
+            max_keys: args.max_keys,
+            progress: false,
+            shared_memory: Some(path.into()),
+        };
+        let text = shm_bench::run(
+            &opts,
+            args.processes,
+            args.json,
+            &args.quotas,
+            &args.algorithm,
+        )?;
+        print!("{text}");
+        return Ok(());
+    }
     if let Some(url) = &args.store {
         if args.in_flight == 0 || args.in_flight > 10_000 {
             return Err("--in-flight must be 1..=10000".into());
@@ -176,6 +210,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         cost: args.cost,
         max_keys: args.max_keys,
         progress: !args.quiet && !args.json,
+        shared_memory: None,
     };
     let report = bench::run(&opts).map_err(|e| e.to_string())?;
     if args.json {

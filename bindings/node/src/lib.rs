@@ -174,6 +174,10 @@ pub struct LimiterOptions {
     pub max_keys: Option<u32>,
     /// Longest key, in bytes (default 256).
     pub max_key_bytes: Option<u32>,
+    /// Keep the state in a shared-memory table at this path (e.g.
+    /// `/dev/shm/myapp`): one exact limit across every process of the machine
+    /// that opens it (Node `cluster` workers, PM2). `Limiter` only.
+    pub shared_memory: Option<String>,
 }
 
 fn quotas(o: &LimiterOptions) -> std::result::Result<Vec<Quota>, Failure> {
@@ -272,6 +276,9 @@ impl Limiter {
             if let Some(n) = options.max_key_bytes {
                 b = b.max_key_bytes(n as usize);
             }
+            if let Some(path) = &options.shared_memory {
+                b = b.shared_memory(path);
+            }
             Ok(Limiter {
                 inner: Arc::new(b.build()?),
             })
@@ -291,6 +298,14 @@ impl Limiter {
         unsafe {
             Unknown::from_napi_value(env.raw(), raw)
         }
+    }
+
+    /// The shared-memory table's path, or null for the in-process store.
+    #[napi(getter)]
+    pub fn shared_memory(&self) -> Option<String> {
+        self.inner
+            .shared_memory_path()
+            .map(|p| p.display().to_string())
     }
 
     /// Forgets `key`; true if it was held.
@@ -380,6 +395,7 @@ impl RedisLimiter {
             algorithm: options.algorithm,
             max_keys: None,
             max_key_bytes: None,
+            shared_memory: None,
         };
         let t = options
             .timeout_ms

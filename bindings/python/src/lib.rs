@@ -219,7 +219,9 @@ fn quotas(quota: &Bound<'_, PyAny>, burst: Option<u64>, algorithm: &str) -> PyRe
         .collect()
 }
 
-/// An in-memory rate limiter: `Limiter("100/minute", burst=20, algorithm="gcra")`.
+/// An in-memory rate limiter: `Limiter("100/minute", burst=20, algorithm="gcra")`;
+/// with `shared_memory="/dev/shm/NAME"`, one exact limit across every worker
+/// process of the machine that opens the same table.
 #[pyclass(frozen, module = "floodgate", name = "Limiter")]
 struct PyLimiter {
     inner: Limiter,
@@ -228,20 +230,23 @@ struct PyLimiter {
 #[pymethods]
 impl PyLimiter {
     #[new]
-    #[pyo3(signature = (quota, *, burst=None, algorithm="gcra", max_keys=1_000_000, max_key_bytes=256))]
+    #[pyo3(signature = (quota, *, burst=None, algorithm="gcra", max_keys=1_000_000, max_key_bytes=256, shared_memory=None))]
     fn new(
         quota: &Bound<'_, PyAny>,
         burst: Option<u64>,
         algorithm: &str,
         max_keys: usize,
         max_key_bytes: usize,
+        shared_memory: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
-        let inner = Limiter::builder()
+        let mut builder = Limiter::builder()
             .quotas(quotas(quota, burst, algorithm)?)
             .max_keys(max_keys)
-            .max_key_bytes(max_key_bytes)
-            .build()
-            .map_err(to_py)?;
+            .max_key_bytes(max_key_bytes);
+        if let Some(path) = shared_memory {
+            builder = builder.shared_memory(path);
+        }
+        let inner = builder.build().map_err(to_py)?;
         Ok(PyLimiter { inner })
     }
 
@@ -277,9 +282,22 @@ impl PyLimiter {
         self.inner.len()
     }
 
+    /// The shared-memory table's path, or None for the in-process store.
+    #[getter]
+    fn shared_memory(&self) -> Option<String> {
+        self.inner
+            .shared_memory_path()
+            .map(|p| p.display().to_string())
+    }
+
     fn __repr__(&self) -> String {
+        let shared = self
+            .inner
+            .shared_memory_path()
+            .map(|p| format!(", shared_memory={:?}", p.display().to_string()))
+            .unwrap_or_default();
         format!(
-            "Limiter(quotas={:?}, keys={})",
+            "Limiter(quotas={:?}, keys={}{shared})",
             self.inner
                 .quotas()
                 .iter()

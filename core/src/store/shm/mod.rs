@@ -179,9 +179,6 @@ pub(crate) struct ShmTable {
     origin: i64,
 }
 
-/// Outcome of one slot operation.
-pub(crate) type SlotOp<'a> = &'a mut dyn FnMut(QuotaState) -> (Outcome, Option<QuotaState>);
-
 impl ShmTable {
     /// Opens the table at `path`, creating it if it does not exist.
     ///
@@ -531,14 +528,18 @@ impl ShmTable {
     /// fresh one for a key not held) and returns the outcome and the state to
     /// store (`None`: nothing to write). With `insert == false` a key not held is
     /// not stored (a peek, a refund). Returns `op`'s outcome.
-    pub(crate) fn apply(
+    #[inline]
+    pub(crate) fn apply<F>(
         &self,
         quota: usize,
         h: u64,
         now: u64,
         insert: bool,
-        op: SlotOp<'_>,
-    ) -> Outcome {
+        mut op: F,
+    ) -> Outcome
+    where
+        F: FnMut(QuotaState) -> (Outcome, Option<QuotaState>),
+    {
         let Some((codec, tag, home)) = self.locate(quota, h) else {
             return DENIED;
         };
@@ -677,11 +678,11 @@ impl SharedKeys {
             *out = if denied {
                 // What this quota says of the same request, for picking the
                 // deciding denial as the in-process store does; nothing charged.
-                self.table.apply(q, h, now, false, &mut |mut s| {
+                self.table.apply(q, h, now, false, |mut s| {
                     (p.decide(&mut s, now, cost), None)
                 })
             } else {
-                self.table.apply(q, h, now, true, &mut |mut s| {
+                self.table.apply(q, h, now, true, |mut s| {
                     let o = p.decide(&mut s, now, cost);
                     if o.allowed {
                         p.charge(&mut s, now, cost);
@@ -726,14 +727,14 @@ impl SharedKeys {
     }
 
     fn peek_one(&self, q: usize, p: &Params, h: u64, now: u64) -> Outcome {
-        self.table.apply(q, h, now, false, &mut |mut s| {
+        self.table.apply(q, h, now, false, |mut s| {
             let one = p.decide(&mut s, now, 1);
             (Outcome::peek(one, p.decide(&mut s, now, 0)), None)
         })
     }
 
     fn refund_one(&self, q: usize, p: &Params, h: u64, now: u64, cost: u64) {
-        self.table.apply(q, h, now, false, &mut |mut s| {
+        self.table.apply(q, h, now, false, |mut s| {
             p.refund(&mut s, now, cost);
             (DENIED, Some(s))
         });
