@@ -241,5 +241,42 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
-criterion_group! { name = benches; config = config(); targets = clocks, keyed, algorithms, threads, flood }
+/// The shared-memory store beside the in-process one, same keys, same order,
+/// same process: the table sized to the keys (2 slots per key), as a deployment
+/// sizes `max_keys`. `check_at` leaves out the clock read (the shared clock is
+/// `CLOCK_MONOTONIC`, the in-process one the TSC).
+fn shared_memory(c: &mut Criterion) {
+    for n in [10_000usize, 1_000_000] {
+        let (ks, ord) = (keys(n), order(n));
+        let mut group = c.benchmark_group(format!("shared_memory/{n}"));
+        let memory = floodgate_limiter(Algorithm::Gcra);
+        let path = std::env::temp_dir().join(format!("fg-bench-shm-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let shared = Limiter::builder()
+            .quota(Quota::per_second(1000).unwrap())
+            .max_keys(2 * n)
+            .shared_memory(&path)
+            .build()
+            .unwrap();
+        let at = Duration::from_secs(1_800_000_000);
+        for k in &ks {
+            let _ = memory.check(k, 1);
+            let _ = shared.check(k, 1);
+        }
+        for (name, l) in [("memory", &memory), ("shared_memory", &shared)] {
+            let mut cycle = Cycle::new(&ks, &ord);
+            group.bench_function(name, |b| {
+                b.iter(|| black_box(l.check(cycle.next_key(), 1).is_ok()))
+            });
+            let mut cycle = Cycle::new(&ks, &ord);
+            group.bench_function(format!("{name}_check_at"), |b| {
+                b.iter(|| black_box(l.check_at(cycle.next_key(), 1, at).is_ok()))
+            });
+        }
+        group.finish();
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+criterion_group! { name = benches; config = config(); targets = clocks, keyed, algorithms, threads, flood, shared_memory }
 criterion_main!(benches);

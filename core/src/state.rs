@@ -109,6 +109,47 @@ impl Params {
         }
     }
 
+    /// Decides, and charges `state` if allowed: one evaluation (what `decide`
+    /// then `charge` compute twice). Returns whether the state changed. (The
+    /// shared-memory store's per-quota charge.)
+    #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+    pub(crate) fn check(&self, state: &mut QuotaState, now: u64, cost: u64) -> (Outcome, bool) {
+        match (self, state) {
+            (Self::Gcra(p), QuotaState::Gcra(tat)) => {
+                let (o, next) = p.decide(*tat, now, cost);
+                let changed = o.allowed && next != *tat;
+                if changed {
+                    *tat = next;
+                }
+                (o, changed)
+            }
+            (Self::Fixed(p), QuotaState::Fixed(s)) => {
+                let (o, next) = p.decide(*s, now, cost);
+                let changed = o.allowed && next != *s;
+                if changed {
+                    *s = next;
+                }
+                (o, changed)
+            }
+            (Self::Counter(p), QuotaState::Counter(s)) => {
+                let (o, next) = p.decide(*s, now, cost);
+                let changed = o.allowed && next != *s;
+                if changed {
+                    *s = next;
+                }
+                (o, changed)
+            }
+            (Self::Log(p), QuotaState::Log(s)) => {
+                let o = p.decide(s, now, cost);
+                if o.allowed {
+                    p.commit(s, now, cost);
+                }
+                (o, o.allowed)
+            }
+            (p, s) => (p.decide(s, now, cost), false),
+        }
+    }
+
     /// Gives back `cost` units charged at `now` by an allowed request.
     pub(crate) fn refund(&self, state: &mut QuotaState, now: u64, cost: u64) {
         match (self, state) {

@@ -665,11 +665,24 @@ impl SharedKeys {
             .map(|(i, p)| (self.first + i, p))
     }
 
+    /// Checks and charges quota `q` of the key hashed `h`.
+    #[inline]
+    fn charge_one(&self, q: usize, p: &Params, h: u64, now: u64, cost: u64) -> Outcome {
+        self.table.apply(q, h, now, true, |mut s| {
+            let (o, changed) = p.check(&mut s, now, cost);
+            (o, changed.then_some(s))
+        })
+    }
+
     /// Checks and charges every quota, all or nothing.
     pub(crate) fn check(&self, key: &[u8], now: u64, cost: u64) -> (Outcome, usize) {
         let h = self.table.key_hash(self.id, key);
         if cost == 0 {
             return crate::state::pick(self.each().map(|(q, p)| self.peek_one(q, p, h, now)));
+        }
+        if let [p] = &*self.params {
+            // One quota: nothing to refund, nothing to pick.
+            return (self.charge_one(self.first, p, h, now, cost), 0);
         }
         let mut outcomes = [DENIED; crate::limiter::MAX_QUOTAS];
         let mut charged = 0;
@@ -682,15 +695,7 @@ impl SharedKeys {
                     (p.decide(&mut s, now, cost), None)
                 })
             } else {
-                self.table.apply(q, h, now, true, |mut s| {
-                    let o = p.decide(&mut s, now, cost);
-                    if o.allowed {
-                        p.charge(&mut s, now, cost);
-                        (o, Some(s))
-                    } else {
-                        (o, None)
-                    }
-                })
+                self.charge_one(q, p, h, now, cost)
             };
             if !denied {
                 if out.allowed {
