@@ -499,4 +499,57 @@ quotas = ["20/min"]
         assert!(e.to_string().contains("rule \"api\""), "{e}");
         assert!(!path.exists(), "nothing created for a policy that fails");
     }
+
+    #[test]
+    fn a_ban_earned_in_one_worker_holds_in_every_worker() {
+        use floodgate::policy::Reason;
+        let path = table_path("bans");
+        let _rm = Removed(path.clone());
+        let text = policy(&path, "3/min")
+            + "\n[ban]\nafter = 2\nwithin = \"1m\"\nduration = \"10m\"\nescalate = 3.0\nmax_duration = \"1h\"\nstatus = 403\n";
+        let a = Engine::from_toml_str(&text).unwrap();
+        let b = Engine::from_toml_str(&text).unwrap();
+        let t0 = 1_800_000_000u64;
+        let at = |s: u64| Duration::from_secs(t0 + s);
+        let login = |e: &Engine, s: u64| {
+            e.check_request_at(&request("POST", "/auth/login"), at(s))
+                .unwrap()
+        };
+        for s in 0..3 {
+            assert!(login(if s % 2 == 0 { &a } else { &b }, s).allowed);
+        }
+        // One strike in each worker: together they make the second, which bans.
+        assert_eq!(login(&a, 3).reason, Reason::RateLimited);
+        let v = login(&b, 4);
+        assert_eq!(
+            (v.status, v.reason),
+            (403, Reason::Banned),
+            "strikes count across workers"
+        );
+        assert_eq!(v.retry_after, Duration::from_secs(600));
+        let v = login(&a, 300);
+        assert_eq!(
+            (v.status, v.reason, v.retry_after),
+            (403, Reason::Banned, Duration::from_secs(304))
+        );
+        assert!(login(&b, 604).allowed, "the ban ends everywhere");
+        login(&a, 605);
+        login(&b, 606);
+        login(&a, 607);
+        let v = login(&b, 608);
+        assert_eq!(
+            (v.reason, v.retry_after),
+            (Reason::Banned, Duration::from_secs(1800)),
+            "escalates across workers"
+        );
+        // A worker started later sees the ban.
+        let c = Engine::from_toml_str(&text).unwrap();
+        assert_eq!(login(&c, 700).reason, Reason::Banned);
+        // A changed [ban] is another table.
+        let other = text.replace("duration = \"10m\"", "duration = \"11m\"");
+        assert_eq!(
+            Engine::from_toml_str(&other).unwrap_err().kind(),
+            ErrorKind::StoreMismatch
+        );
+    }
 }

@@ -26,6 +26,8 @@ import floodgate
 
 LIMIT = 150
 REQUESTS = 1200
+# Denials before a ban: the STRIKES-th denial bans the client for an hour.
+STRIKES = 30
 
 ASGI_APP = """
 import os
@@ -71,6 +73,12 @@ def policy(store: str, table: str) -> str:
         match = "/api/**"
         key = "ip"
         quotas = ["{LIMIT}/hour"]
+
+        [ban]
+        after = {STRIKES}
+        within = "1h"
+        duration = "1h"
+        status = 403
         """
     )
 
@@ -159,11 +167,17 @@ def test_one_quota_across_four_workers(kind, store, tmp_path):
             os.unlink(table)
     ok = [pid for status, pid in results if status == 200]
     statuses = {status for status, _ in results}
-    assert statuses <= {200, 429}, statuses
+    assert statuses <= {200, 429, 403}, statuses
+    denied = sum(1 for status, _ in results if status == 429)
     workers = len(set(ok))
     assert workers >= 2, f"the requests reached {workers} worker(s); the test needs several"
     if store == "shm":
         assert len(ok) == LIMIT, f"{len(ok)} admitted by {workers} workers on shared memory"
+        # Strikes count across the workers and the ban holds in all of them:
+        # STRIKES - 1 answers of 429 (a few more only when requests in flight
+        # race the ban being written), then 403 from every worker.
+        assert STRIKES - 1 <= denied <= STRIKES - 1 + 8, denied
+        assert sum(1 for status, _ in results if status == 403) >= REQUESTS - LIMIT - STRIKES - 8
     else:
         # Each worker admits up to LIMIT on its own.
         assert LIMIT < len(ok) <= 4 * LIMIT, f"{len(ok)} admitted by {workers} workers in memory"

@@ -63,8 +63,36 @@ struct BanEntry {
     forget_at: u64,
 }
 
+/// Bans kept in a shared-memory table (`[store] kind = "shared_memory"`): a ban
+/// earned in one worker process holds in every other, and strikes from every
+/// worker count together. Strikes are a sliding-window counter there (the exact
+/// log is refused by the table); a ban is one slot (its end and escalation
+/// level), kept for `max_duration` after it ends, like the in-process entry.
+#[cfg(all(feature = "shm", unix))]
+pub(crate) struct SharedBans {
+    pub table: std::sync::Arc<crate::store::shm::ShmTable>,
+    /// The strikes quota's number in the table.
+    pub strikes_quota: usize,
+    /// The bans' quota number in the table.
+    pub ban_quota: usize,
+}
+
+#[cfg(all(feature = "shm", unix))]
+struct SharedState {
+    table: std::sync::Arc<crate::store::shm::ShmTable>,
+    strikes: crate::store::shm::SharedKeys,
+    ban_quota: usize,
+}
+
+#[cfg(not(all(feature = "shm", unix)))]
+pub(crate) enum SharedBans {}
+#[cfg(not(all(feature = "shm", unix)))]
+enum SharedState {}
+
 /// The `[ban]` policy.
 pub(crate) struct Bans {
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(dead_code))]
+    shared: Option<SharedState>,
     strikes: Limiter,
     shards: Box<[RwLock<HashTable<BanEntry>>]>,
     shard_cap: usize,
@@ -107,9 +135,45 @@ pub(crate) struct BanSetup {
     pub client_scope: bool,
 }
 
+/// The hash a ban key has in a shared table: the scope as the limiter id.
+#[cfg(all(feature = "shm", unix))]
+fn shared_hash(table: &crate::store::shm::ShmTable, scope: BanScope, key: &[u8]) -> u64 {
+    let id = match scope {
+        BanScope::Rule(i) => (1u64 << 32) | i as u64,
+        BanScope::Client => 2,
+    };
+    table.key_hash(id, key)
+}
+
+/// The strikes quota: `after` per `within`, as the shared table holds it.
+#[cfg_attr(not(all(feature = "shm", unix)), allow(dead_code))]
+pub(crate) fn shared_strikes_quota(after: u64, within: Duration) -> crate::Result<Quota> {
+    Quota::new(after, within)?.with_algorithm(Algorithm::SlidingWindow)
+}
+
 impl Bans {
     /// `after` strikes within `within` ban for `duration` (escalating, capped).
-    pub(crate) fn new(s: BanSetup) -> crate::Result<Self> {
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(clippy::needless_pass_by_value))]
+    pub(crate) fn new(s: BanSetup, shared: Option<SharedBans>) -> crate::Result<Self> {
+        #[cfg(all(feature = "shm", unix))]
+        let shared = match shared {
+            Some(b) => Some(SharedState {
+                strikes: crate::store::shm::SharedKeys {
+                    table: b.table.clone(),
+                    first: b.strikes_quota,
+                    params: vec![crate::state::Params::new(&shared_strikes_quota(
+                        s.after, s.within,
+                    )?)]
+                    .into_boxed_slice(),
+                    id: 3,
+                },
+                table: b.table,
+                ban_quota: b.ban_quota,
+            }),
+            None => None,
+        };
+        #[cfg(not(all(feature = "shm", unix)))]
+        let shared: Option<SharedState> = shared.map(|never| match never {});
         let algorithm = if s.after <= 10_000 {
             Algorithm::SlidingLog
         } else {
@@ -123,6 +187,7 @@ impl Bans {
             .build()?;
         let shard_cap = (s.max_keys / BAN_SHARDS).max(1);
         Ok(Self {
+            shared,
             strikes,
             shards: (0..BAN_SHARDS)
                 .map(|_| RwLock::new(HashTable::new()))
@@ -160,6 +225,15 @@ impl Bans {
 
     /// What is left of the key's ban in `scope` at `now`, if it is banned.
     pub(crate) fn banned(&self, scope: BanScope, key: &[u8], now: u64) -> Option<Duration> {
+        #[cfg(all(feature = "shm", unix))]
+        if let Some(sh) = &self.shared {
+            let h = shared_hash(&sh.table, scope, key);
+            let until = sh
+                .table
+                .read_bits(sh.ban_quota, h, now)
+                .map_or(0, |b| crate::store::shm::ban_of(b).0);
+            return (until > now).then(|| Duration::from_nanos(until - now));
+        }
         let fp = self.fingerprint(scope, key);
         let until = self
             .shard(fp)
@@ -178,6 +252,10 @@ impl Bans {
     /// Records a denial of `key` in `scope`; returns the ban's length if this
     /// strike starts one.
     pub(crate) fn strike(&self, scope: BanScope, key: &[u8], now: u64) -> Option<Duration> {
+        #[cfg(all(feature = "shm", unix))]
+        if let Some(sh) = &self.shared {
+            return self.strike_shared(sh, scope, key, now);
+        }
         let fp = self.fingerprint(scope, key);
         let strike_key = fp.to_le_bytes();
         let d = self
@@ -192,8 +270,7 @@ impl Bans {
         let level = table
             .find(fp, |e| e.fp == fp)
             .map_or(0, |e| if e.forget_at > now { e.level } else { 0 });
-        let factor = self.escalate.powi(i32::try_from(level).unwrap_or(i32::MAX));
-        let length = ((self.duration_ns as f64) * factor).min(self.max_ns as f64) as u64;
+        let length = self.length(level);
         let until = now.saturating_add(length);
         let entry = BanEntry {
             fp,
@@ -230,6 +307,57 @@ impl Bans {
         }
         table.insert_unique(fp, entry, |e| e.fp);
         Some(Duration::from_nanos(length))
+    }
+}
+
+impl Bans {
+    /// How long the ban after `level` earlier ones lasts (ns).
+    fn length(&self, level: u32) -> u64 {
+        let factor = self.escalate.powi(i32::try_from(level).unwrap_or(i32::MAX));
+        ((self.duration_ns as f64) * factor).min(self.max_ns as f64) as u64
+    }
+
+    /// `strike` on the shared table: one counter and one ban slot per key, each
+    /// changed by one compare-and-swap.
+    #[cfg(all(feature = "shm", unix))]
+    fn strike_shared(
+        &self,
+        sh: &SharedState,
+        scope: BanScope,
+        key: &[u8],
+        now: u64,
+    ) -> Option<Duration> {
+        use crate::store::shm::{ban_bits, ban_of};
+        let h = shared_hash(&sh.table, scope, key);
+        let strike_key = h.to_le_bytes();
+        let (o, _) = sh.strikes.check(&strike_key, now, 1);
+        if o.allowed && o.remaining > 0 {
+            return None;
+        }
+        sh.strikes.reset(&strike_key);
+        let max_ns = self.max_ns;
+        let length = sh.table.apply_bits(sh.ban_quota, h, now, true, |bits| {
+            let (until, held) = ban_of(bits);
+            // A level is remembered until `max_duration` after its ban ended.
+            let level = if bits != 0 && until.saturating_add(max_ns) > now {
+                held
+            } else {
+                0
+            };
+            let length = self.length(level);
+            (
+                length,
+                Some(ban_bits(
+                    now.saturating_add(length),
+                    level.saturating_add(1),
+                )),
+            )
+        });
+        if length.is_none() {
+            // Relaxed: a statistics counter.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Duration::from_nanos(length.unwrap_or(self.duration_ns)))
     }
 }
 
@@ -342,16 +470,19 @@ mod tests {
 
     #[test]
     fn third_strike_bans_and_escalates() -> crate::Result<()> {
-        let bans = Bans::new(BanSetup {
-            after: 3,
-            within: Duration::from_secs(60),
-            duration: Duration::from_secs(10),
-            escalate: 2.0,
-            max: Duration::from_secs(25),
-            status: 429,
-            max_keys: 1000,
-            client_scope: false,
-        })?;
+        let bans = Bans::new(
+            BanSetup {
+                after: 3,
+                within: Duration::from_secs(60),
+                duration: Duration::from_secs(10),
+                escalate: 2.0,
+                max: Duration::from_secs(25),
+                status: 429,
+                max_keys: 1000,
+                client_scope: false,
+            },
+            None,
+        )?;
         assert_eq!(bans.strike(R, b"k", 0), None);
         assert_eq!(bans.strike(R, b"k", S), None);
         assert_eq!(bans.strike(R, b"k", 2 * S), Some(Duration::from_secs(10)));
@@ -379,16 +510,19 @@ mod tests {
 
     #[test]
     fn strikes_outside_the_window_do_not_add_up() -> crate::Result<()> {
-        let bans = Bans::new(BanSetup {
-            after: 2,
-            within: Duration::from_secs(10),
-            duration: Duration::from_secs(10),
-            escalate: 1.0,
-            max: Duration::from_secs(10),
-            status: 403,
-            max_keys: 100,
-            client_scope: false,
-        })?;
+        let bans = Bans::new(
+            BanSetup {
+                after: 2,
+                within: Duration::from_secs(10),
+                duration: Duration::from_secs(10),
+                escalate: 1.0,
+                max: Duration::from_secs(10),
+                status: 403,
+                max_keys: 100,
+                client_scope: false,
+            },
+            None,
+        )?;
         assert_eq!(bans.strike(R, b"k", 0), None);
         assert_eq!(bans.strike(R, b"k", 11 * S), None);
         assert!(bans.strike(R, b"k", 12 * S).is_some());
@@ -396,16 +530,19 @@ mod tests {
     }
 
     fn one_strike_bans(max_keys: usize) -> crate::Result<Bans> {
-        Bans::new(BanSetup {
-            after: 1,
-            within: Duration::from_secs(60),
-            duration: Duration::from_secs(60),
-            escalate: 4.0,
-            max: Duration::from_secs(3600),
-            status: 429,
-            max_keys,
-            client_scope: false,
-        })
+        Bans::new(
+            BanSetup {
+                after: 1,
+                within: Duration::from_secs(60),
+                duration: Duration::from_secs(60),
+                escalate: 4.0,
+                max: Duration::from_secs(3600),
+                status: 429,
+                max_keys,
+                client_scope: false,
+            },
+            None,
+        )
     }
 
     #[test]

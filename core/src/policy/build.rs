@@ -146,16 +146,19 @@ impl Engine {
                 }
                 let client_scope = b.scope == config::BanScopeConfig::Client;
                 Some(
-                    Bans::new(BanSetup {
-                        after: b.after,
-                        within,
-                        duration,
-                        escalate: b.escalate,
-                        max,
-                        status: b.status,
-                        max_keys: s.max_keys,
-                        client_scope,
-                    })
+                    Bans::new(
+                        BanSetup {
+                            after: b.after,
+                            within,
+                            duration,
+                            escalate: b.escalate,
+                            max,
+                            status: b.status,
+                            max_keys: s.max_keys,
+                            client_scope,
+                        },
+                        store.shared_bans(),
+                    )
                     .map_err(|e| err(&p, e.to_string()))?,
                 )
             }

@@ -13,6 +13,22 @@ use crate::error::Result;
 use crate::limiter::Limiter;
 use crate::quota::Quota;
 
+/// Names of the ban state in a shared table's plan (no rule name starts with NUL).
+#[cfg(all(feature = "shm", unix))]
+const BAN_STRIKES: &str = "\0ban strikes";
+#[cfg(all(feature = "shm", unix))]
+const BANS: &str = "\0bans";
+
+/// A limiter's name in errors.
+#[cfg(all(feature = "shm", unix))]
+fn plan_name(name: &str) -> String {
+    if name == BAN_STRIKES {
+        "[ban] (strikes)".into()
+    } else {
+        format!("rule {name:?}")
+    }
+}
+
 /// The store chosen by `[store]`.
 pub(super) enum Store {
     Memory,
@@ -148,6 +164,21 @@ impl Store {
                 None => limiters.push((r.name.clone(), parse(&r.quotas))),
             }
         }
+        // Bans live in the table too: strikes (a limiter) and one ban slot per key.
+        let ban = policy.ban.as_ref().and_then(|b| {
+            let within = crate::quota::parse_duration(&b.within)?;
+            let duration = crate::quota::parse_duration(&b.duration)?;
+            let max = match &b.max_duration {
+                Some(m) => crate::quota::parse_duration(m)?,
+                None => duration,
+            }
+            .max(duration);
+            let strikes = super::ban::shared_strikes_quota(b.after, within).ok()?;
+            Some((strikes, duration, max, b.escalate))
+        });
+        if let Some((strikes, ..)) = &ban {
+            limiters.push((BAN_STRIKES.into(), vec![*strikes]));
+        }
         let mut codecs = Vec::new();
         let mut firsts = std::collections::HashMap::new();
         let mut fingerprint = Fnv::new().bytes(b"policy");
@@ -156,8 +187,20 @@ impl Store {
             fingerprint = fingerprint.bytes(name.as_bytes()).u64(quotas.len() as u64);
             for q in quotas {
                 fingerprint = fingerprint.quota(q);
-                codecs.push(Codec::new(q).map_err(|m| err("kind", format!("rule {name:?}: {m}")))?);
+                codecs.push(
+                    Codec::new(q).map_err(|m| err("kind", format!("{}: {m}", plan_name(name))))?,
+                );
             }
+        }
+        if let Some((_, duration, max, escalate)) = ban {
+            let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+            firsts.insert(BANS.into(), codecs.len());
+            codecs.push(Codec::Ban { max_ns });
+            fingerprint = fingerprint
+                .bytes(BANS.as_bytes())
+                .u64(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))
+                .u64(max_ns)
+                .u64(escalate.to_bits());
         }
         if codecs.is_empty() {
             return Err(err(
@@ -186,6 +229,19 @@ impl Store {
             other => other,
         })?;
         Ok(Store::Shared { table, firsts })
+    }
+
+    /// Where `[ban]` keeps its state when the rules live in shared memory.
+    pub(super) fn shared_bans(&self) -> Option<super::ban::SharedBans> {
+        match self {
+            #[cfg(all(feature = "shm", unix))]
+            Store::Shared { table, firsts } => Some(super::ban::SharedBans {
+                table: table.clone(),
+                strikes_quota: *firsts.get(BAN_STRIKES)?,
+                ban_quota: *firsts.get(BANS)?,
+            }),
+            _ => None,
+        }
     }
 
     /// Now on the shared-memory table's clock (the same in every process), if

@@ -35,6 +35,22 @@ pub(crate) enum Codec {
         count_bits: u32,
         limit: u64,
     },
+    /// A ban (`policy/ban.rs`): the end of the ban (64 bits of ns) and its
+    /// escalation level (16 bits above), kept `max_ns` after the ban ends so a
+    /// returning offender's next ban escalates. Written with `apply_bits`.
+    Ban {
+        max_ns: u64,
+    },
+}
+
+/// A ban's state bits: (end, level).
+pub(crate) fn ban_of(bits: u128) -> (u64, u32) {
+    (bits as u64, ((bits >> 64) & 0xffff) as u32)
+}
+
+/// The state bits of a ban ending at `until` at escalation level `level`.
+pub(crate) fn ban_bits(until: u64, level: u32) -> u128 {
+    u128::from(until) | (u128::from(level.min(0xffff)) << 64)
 }
 
 fn mask(bits: u32) -> u128 {
@@ -115,7 +131,7 @@ impl Codec {
         let bits = bits & mask(STATE_BITS);
         match self {
             // The low 64 bits are the TAT (packed from a u64).
-            Self::Gcra => QuotaState::Gcra(bits as u64),
+            Self::Gcra | Self::Ban { .. } => QuotaState::Gcra(bits as u64),
             Self::Fixed {
                 window, count_bits, ..
             } => {
@@ -146,6 +162,9 @@ impl Codec {
     /// (one request of a unique-key flood) goes before a client that is near
     /// its limit.
     pub(super) fn score(&self, bits: u128, now: u64) -> u64 {
+        if let Self::Ban { .. } = self {
+            return ban_of(bits).0;
+        }
         let spent = |start: u64, window: u64, count: u64, limit: u64| {
             let ahead = u128::from(count) * u128::from(window) / u128::from(limit.max(1));
             start.saturating_add(u64::try_from(ahead).unwrap_or(u64::MAX))
@@ -168,6 +187,9 @@ impl Codec {
     /// The time after which the state in `bits` no longer changes any decision
     /// (a full bucket, a past window): a slot past it is free to reuse.
     pub(super) fn expiry(&self, bits: u128, now: u64) -> u64 {
+        if let Self::Ban { max_ns } = self {
+            return ban_of(bits).0.saturating_add(*max_ns);
+        }
         match (self, self.unpack(bits, now)) {
             (_, QuotaState::Gcra(tat)) => tat,
             (Self::Fixed { window, .. }, QuotaState::Fixed(s)) => {

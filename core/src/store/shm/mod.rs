@@ -57,7 +57,7 @@ use std::sync::atomic::Ordering;
 use portable_atomic::AtomicU128;
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
-pub(crate) use codec::Codec;
+pub(crate) use codec::{Codec, ban_bits, ban_of};
 use region::{Region, monotonic_ns};
 
 use crate::algorithm::Outcome;
@@ -540,12 +540,45 @@ impl ShmTable {
     where
         F: FnMut(QuotaState) -> (Outcome, Option<QuotaState>),
     {
-        let Some((codec, tag, home)) = self.locate(quota, h) else {
+        let Some(codec) = self.codecs.get(quota).copied() else {
             return DENIED;
         };
+        self.apply_bits(quota, h, now, insert, |bits| {
+            let (o, new) = op(codec.unpack(bits, now));
+            (o, new.map(|s| codec.pack(&s)))
+        })
+        .unwrap_or(DENIED)
+    }
+
+    /// The state bits of quota `quota` of the key hashed `h`, if held.
+    pub(crate) fn read_bits(&self, quota: usize, h: u64, now: u64) -> Option<u128> {
+        let mut held = None;
+        self.apply_bits(quota, h, now, false, |bits| {
+            held = Some(bits);
+            ((), None)
+        });
+        held.filter(|&b| b != 0)
+    }
+
+    /// [`apply`](Self::apply) on the raw 80 state bits (0 for a key not held):
+    /// `op` returns its result and the bits to store. `None` only when the table
+    /// cannot answer (a corrupt quota number, or 1,024 rounds of interference).
+    #[inline]
+    pub(crate) fn apply_bits<R, F>(
+        &self,
+        quota: usize,
+        h: u64,
+        now: u64,
+        insert: bool,
+        mut op: F,
+    ) -> Option<R>
+    where
+        F: FnMut(u128) -> (R, Option<u128>),
+    {
+        let (_, tag, home) = self.locate(quota, h)?;
         let cap = self.slots();
         let at = |i: usize| (home + i) % cap;
-        let pack = |s: &QuotaState| tag | codec.pack(s);
+        let state_mask = (1u128 << codec::STATE_BITS) - 1;
         // Bounded: each round follows another process's change to this window.
         for _ in 0..1024 {
             let found = (0..PROBE).find_map(|i| {
@@ -553,18 +586,16 @@ impl ShmTable {
                 (v & ID_MASK == tag).then_some((i, v))
             });
             if let Some((i, mut v)) = found {
-                let Some(slot) = self.slot(at(i)) else {
-                    return DENIED;
-                };
+                let slot = self.slot(at(i))?;
                 loop {
-                    let (outcome, new) = op(codec.unpack(v, now));
-                    let Some(new) = new else { return outcome };
-                    let nv = pack(&new);
+                    let (result, new) = op(v & state_mask);
+                    let Some(new) = new else { return Some(result) };
+                    let nv = tag | (new & state_mask);
                     if nv == v {
-                        return outcome;
+                        return Some(result);
                     }
                     match slot.compare_exchange_weak(v, nv, Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => return outcome,
+                        Ok(_) => return Some(result),
                         Err(current) if current & ID_MASK == tag => v = current,
                         // Evicted or reset under us: look again.
                         Err(_) => break,
@@ -572,10 +603,10 @@ impl ShmTable {
                 }
                 continue;
             }
-            let (outcome, new) = op(codec.unpack(0, now));
-            let Some(new) = new else { return outcome };
+            let (result, new) = op(0);
+            let Some(new) = new else { return Some(result) };
             if !insert {
-                return outcome;
+                return Some(result);
             }
             // The first empty or expired slot, else the live one that has spent least.
             let mut free = None;
@@ -588,20 +619,18 @@ impl ShmTable {
                     free = Some((i, v));
                     break;
                 }
-                let expiry = self.codecs.get(quota_of(v)).map_or(0, |c| c.score(v, now));
-                if oldest.is_none_or(|(e, _, _)| expiry < e) {
-                    oldest = Some((expiry, i, v));
+                let score = self.codecs.get(quota_of(v)).map_or(0, |c| c.score(v, now));
+                if oldest.is_none_or(|(e, _, _)| score < e) {
+                    oldest = Some((score, i, v));
                 }
             }
             let (i, old, evicting) = match (free, oldest) {
                 (Some((i, v)), _) => (i, v, false),
                 (None, Some((_, i, v))) => (i, v, true),
-                (None, None) => return DENIED,
+                (None, None) => return None,
             };
-            let Some(slot) = self.slot(at(i)) else {
-                return DENIED;
-            };
-            let nv = pack(&new);
+            let slot = self.slot(at(i))?;
+            let nv = tag | (new & state_mask);
             if slot
                 .compare_exchange(old, nv, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
@@ -624,9 +653,9 @@ impl ShmTable {
             {
                 continue;
             }
-            return outcome;
+            return Some(result);
         }
-        DENIED
+        None
     }
 }
 
