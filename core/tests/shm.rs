@@ -552,4 +552,56 @@ quotas = ["20/min"]
             ErrorKind::StoreMismatch
         );
     }
+
+    #[test]
+    fn adaptive_tightening_counts_every_worker() {
+        let path = table_path("adaptive");
+        let _rm = Removed(path.clone());
+        let text = format!(
+            r#"
+[store]
+kind = "shared_memory"
+path = "{}"
+max_keys = 4096
+
+[[rule]]
+name = "search"
+match = "/search"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["10/min"]
+adaptive = {{ threshold = 0.5, window = "1m", min_requests = 40, factor = 2 }}
+"#,
+            path.display()
+        );
+        let a = Engine::from_toml_str(&text).unwrap();
+        let b = Engine::from_toml_str(&text).unwrap();
+        let t0 = 1_800_000_000u64; // a whole minute
+        let allowed_in_minute = |m: u64, n: u64| {
+            (0..n)
+                .filter(|i| {
+                    let e = if i % 2 == 0 { &a } else { &b };
+                    let at = Duration::from_secs(t0 + 60 * m) + Duration::from_millis(i * 100);
+                    e.check_request_at(&request("GET", "/search"), at)
+                        .unwrap()
+                        .allowed
+                })
+                .count()
+        };
+        // 50 requests, 40 denied: each worker alone saw 25, under min_requests.
+        assert_eq!(allowed_in_minute(0, 50), 10);
+        assert_eq!(
+            allowed_in_minute(1, 50),
+            5,
+            "tightened in both workers by their counts together: each request costs 2"
+        );
+        // A quiet minute lifts it everywhere.
+        assert_eq!(allowed_in_minute(3, 20), 10);
+        let other = text.replace("factor = 2", "factor = 3");
+        assert_eq!(
+            Engine::from_toml_str(&other).unwrap_err().kind(),
+            ErrorKind::StoreMismatch,
+            "a changed [adaptive] is another table"
+        );
+    }
 }

@@ -361,8 +361,20 @@ impl Bans {
     }
 }
 
+/// Where one rule's adaptive-tightening counts live when the rules are in
+/// shared memory: every worker counts the same windows.
+#[cfg(all(feature = "shm", unix))]
+pub(crate) struct SharedAdaptive {
+    pub table: std::sync::Arc<crate::store::shm::ShmTable>,
+    /// The rule's adaptive quota number in the table.
+    pub quota: usize,
+}
+
+#[cfg(not(all(feature = "shm", unix)))]
+pub(crate) enum SharedAdaptive {}
+
 /// Counts of one key in one window.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Window {
     index: u64,
     requests: u64,
@@ -378,6 +390,32 @@ pub(crate) struct Adaptive {
     factor: u64,
     store: MemoryStore<Mutex<Window>>,
     hasher: ahash::RandomState,
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(dead_code))]
+    shared: Option<SharedAdaptive>,
+}
+
+#[cfg(all(feature = "shm", unix))]
+impl From<crate::store::shm::AdaptiveBits> for Window {
+    fn from(b: crate::store::shm::AdaptiveBits) -> Self {
+        Self {
+            index: b.index,
+            requests: b.requests,
+            denials: b.denials,
+            tightened: b.tightened,
+        }
+    }
+}
+
+#[cfg(all(feature = "shm", unix))]
+impl From<Window> for crate::store::shm::AdaptiveBits {
+    fn from(w: Window) -> Self {
+        Self {
+            index: w.index,
+            requests: w.requests,
+            denials: w.denials,
+            tightened: w.tightened,
+        }
+    }
 }
 
 impl std::fmt::Debug for Adaptive {
@@ -414,21 +452,45 @@ impl Adaptive {
         min_requests: u64,
         factor: u64,
         max_keys: usize,
+        shared: Option<SharedAdaptive>,
     ) -> Self {
         Self {
             threshold,
             window_ns: ns(window).max(1),
             min_requests,
             factor,
-            store: MemoryStore::new(max_keys, 64, ns(window).saturating_mul(2)),
+            store: MemoryStore::new(
+                if shared.is_some() { 1 } else { max_keys },
+                64,
+                ns(window).saturating_mul(2),
+            ),
             hasher: ahash::RandomState::new(),
+            shared,
         }
+    }
+
+    /// The key's hash in the shared table (the same in every process).
+    #[cfg(all(feature = "shm", unix))]
+    fn shared_hash(sh: &SharedAdaptive, key: &[u8]) -> u64 {
+        sh.table.key_hash(4, key)
     }
 
     /// The cost multiplier for `key` at `now` (1, or `factor` while tightened).
     pub(crate) fn multiplier(&self, key: &[u8], now: u64) -> u64 {
-        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
         let index = now / self.window_ns;
+        #[cfg(all(feature = "shm", unix))]
+        if let Some(sh) = &self.shared {
+            let Some(bits) = sh
+                .table
+                .read_bits(sh.quota, Self::shared_hash(sh, key), now)
+            else {
+                return 1;
+            };
+            let mut w = Window::from(crate::store::shm::AdaptiveBits::unpack(bits, index));
+            w.roll(index, self.threshold, self.min_requests);
+            return if w.tightened { self.factor } else { 1 };
+        }
+        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
         self.store.read(fp, |w| {
             w.map_or(1, |w| {
                 let mut w = w.lock();
@@ -440,8 +502,30 @@ impl Adaptive {
 
     /// Records the outcome of a request of `key` at `now`.
     pub(crate) fn record(&self, key: &[u8], now: u64, denied: bool) {
-        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
         let index = now / self.window_ns;
+        #[cfg(all(feature = "shm", unix))]
+        if let Some(sh) = &self.shared {
+            use crate::store::shm::AdaptiveBits;
+            // A full table drops the count (the key's quota still decides).
+            let _ = sh
+                .table
+                .apply_bits(sh.quota, Self::shared_hash(sh, key), now, true, |bits| {
+                    let mut w = if bits == 0 {
+                        Window {
+                            index,
+                            ..Window::default()
+                        }
+                    } else {
+                        Window::from(AdaptiveBits::unpack(bits, index))
+                    };
+                    w.roll(index, self.threshold, self.min_requests);
+                    w.requests = w.requests.saturating_add(1);
+                    w.denials = w.denials.saturating_add(u64::from(denied));
+                    ((), Some(AdaptiveBits::from(w).pack()))
+                });
+            return;
+        }
+        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
         self.store.with(
             fp,
             now,
@@ -582,7 +666,7 @@ mod tests {
 
     #[test]
     fn adaptive_tightens_then_lifts() {
-        let a = Adaptive::new(0.5, Duration::from_secs(60), 10, 3, 1000);
+        let a = Adaptive::new(0.5, Duration::from_secs(60), 10, 3, 1000, None);
         assert_eq!(a.multiplier(b"k", 0), 1);
         for i in 0..20 {
             a.record(b"k", i, i % 4 != 0); // 75% denied

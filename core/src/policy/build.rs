@@ -380,6 +380,7 @@ impl Engine {
                     a.min_requests,
                     a.factor,
                     cfg.settings.max_keys,
+                    store.shared_adaptive(&r.name),
                 ))
             }
             None => None,

@@ -18,6 +18,11 @@ use crate::quota::Quota;
 const BAN_STRIKES: &str = "\0ban strikes";
 #[cfg(all(feature = "shm", unix))]
 const BANS: &str = "\0bans";
+/// The name of a rule's adaptive-tightening state in a shared table's plan.
+#[cfg(all(feature = "shm", unix))]
+fn adaptive_name(rule: &str) -> String {
+    format!("\0adaptive {rule}")
+}
 
 /// A limiter's name in errors.
 #[cfg(all(feature = "shm", unix))]
@@ -202,6 +207,23 @@ impl Store {
                 .u64(max_ns)
                 .u64(escalate.to_bits());
         }
+        // Adaptive tightening counts each key's windows in the table too.
+        for r in &policy.rules {
+            let Some(a) = &r.adaptive else { continue };
+            let Some(window) = crate::quota::parse_duration(&a.window) else {
+                continue; // the rule's own error
+            };
+            let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
+            let name = adaptive_name(&r.name);
+            firsts.insert(name.clone(), codecs.len());
+            codecs.push(Codec::Adaptive { window });
+            fingerprint = fingerprint
+                .bytes(name.as_bytes())
+                .u64(window)
+                .u64(a.threshold.to_bits())
+                .u64(a.min_requests)
+                .u64(a.factor);
+        }
         if codecs.is_empty() {
             return Err(err(
                 "kind",
@@ -239,6 +261,20 @@ impl Store {
                 table: table.clone(),
                 strikes_quota: *firsts.get(BAN_STRIKES)?,
                 ban_quota: *firsts.get(BANS)?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Where rule `rule`'s adaptive tightening keeps its counts when the rules
+    /// live in shared memory.
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(unused_variables))]
+    pub(super) fn shared_adaptive(&self, rule: &str) -> Option<super::ban::SharedAdaptive> {
+        match self {
+            #[cfg(all(feature = "shm", unix))]
+            Store::Shared { table, firsts } => Some(super::ban::SharedAdaptive {
+                table: table.clone(),
+                quota: *firsts.get(&adaptive_name(rule))?,
             }),
             _ => None,
         }

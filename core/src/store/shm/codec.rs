@@ -41,6 +41,56 @@ pub(crate) enum Codec {
     Ban {
         max_ns: u64,
     },
+    /// Adaptive tightening's counts of one key (`policy/ban.rs`) in windows of
+    /// `window` ns: see [`AdaptiveBits`]. Written with `apply_bits`.
+    Adaptive {
+        window: u64,
+    },
+}
+
+/// One key's adaptive-tightening window packed in 80 state bits: requests and
+/// denials in 22 bits each (saturating at 4,194,303 per window), the tightened
+/// flag, and the window index modulo 2^35 (read back as the index nearest now's:
+/// exact for state younger than 2^34 windows, 199 days of 1 ms windows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AdaptiveBits {
+    pub index: u64,
+    pub requests: u64,
+    pub denials: u64,
+    pub tightened: bool,
+}
+
+const ADAPTIVE_COUNT_BITS: u32 = 22;
+const ADAPTIVE_INDEX_SHIFT: u32 = 2 * ADAPTIVE_COUNT_BITS + 1;
+
+impl AdaptiveBits {
+    /// Most requests (or denials) a window counts.
+    pub(crate) const MAX_COUNT: u64 = (1 << ADAPTIVE_COUNT_BITS) - 1;
+
+    /// Unpacks state bits, reading the window index as the one nearest `current`.
+    pub(crate) fn unpack(bits: u128, current: u64) -> Self {
+        let c = ADAPTIVE_COUNT_BITS;
+        Self {
+            index: nearest(
+                bits >> ADAPTIVE_INDEX_SHIFT,
+                STATE_BITS - ADAPTIVE_INDEX_SHIFT,
+                current,
+            ),
+            requests: (bits & mask(c)) as u64,
+            denials: ((bits >> c) & mask(c)) as u64,
+            tightened: (bits >> (2 * c)) & 1 == 1,
+        }
+    }
+
+    /// The state bits (counts saturate at [`MAX_COUNT`](Self::MAX_COUNT)).
+    pub(crate) fn pack(&self) -> u128 {
+        let c = ADAPTIVE_COUNT_BITS;
+        let count = |n: u64| u128::from(n.min(Self::MAX_COUNT));
+        ((u128::from(self.index) & mask(STATE_BITS - ADAPTIVE_INDEX_SHIFT)) << ADAPTIVE_INDEX_SHIFT)
+            | (u128::from(self.tightened) << (2 * c))
+            | (count(self.denials) << c)
+            | count(self.requests)
+    }
 }
 
 /// A ban's state bits: (end, level).
@@ -131,7 +181,7 @@ impl Codec {
         let bits = bits & mask(STATE_BITS);
         match self {
             // The low 64 bits are the TAT (packed from a u64).
-            Self::Gcra | Self::Ban { .. } => QuotaState::Gcra(bits as u64),
+            Self::Gcra | Self::Ban { .. } | Self::Adaptive { .. } => QuotaState::Gcra(bits as u64),
             Self::Fixed {
                 window, count_bits, ..
             } => {
@@ -162,8 +212,8 @@ impl Codec {
     /// (one request of a unique-key flood) goes before a client that is near
     /// its limit.
     pub(super) fn score(&self, bits: u128, now: u64) -> u64 {
-        if let Self::Ban { .. } = self {
-            return ban_of(bits).0;
+        if let Self::Ban { .. } | Self::Adaptive { .. } = self {
+            return self.expiry(bits, now);
         }
         let spent = |start: u64, window: u64, count: u64, limit: u64| {
             let ahead = u128::from(count) * u128::from(window) / u128::from(limit.max(1));
@@ -189,6 +239,12 @@ impl Codec {
     pub(super) fn expiry(&self, bits: u128, now: u64) -> u64 {
         if let Self::Ban { max_ns } = self {
             return ban_of(bits).0.saturating_add(*max_ns);
+        }
+        if let Self::Adaptive { window } = self {
+            // A window decides the next one; after that it no longer matters.
+            let window = (*window).max(1);
+            let w = AdaptiveBits::unpack(bits, now / window);
+            return w.index.saturating_add(2).saturating_mul(window);
         }
         match (self, self.unpack(bits, now)) {
             (_, QuotaState::Gcra(tat)) => tat,
@@ -292,6 +348,54 @@ mod tests {
         assert!(Codec::new(&ok).is_ok());
         let huge = Quota::per_hour(1 << 40).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(Codec::new(&huge), Ok(Codec::Gcra));
+    }
+
+    #[test]
+    fn adaptive_bits_round_trip_and_saturate() {
+        let current = 1_800_000_000_000; // ms windows since 1970
+        for w in [
+            AdaptiveBits::default(),
+            AdaptiveBits {
+                index: current - 1,
+                requests: 17,
+                denials: 9,
+                tightened: true,
+            },
+            AdaptiveBits {
+                index: current,
+                requests: AdaptiveBits::MAX_COUNT,
+                denials: 0,
+                tightened: false,
+            },
+        ] {
+            let w = AdaptiveBits {
+                index: if w.index == 0 { current } else { w.index },
+                ..w
+            };
+            assert_eq!(AdaptiveBits::unpack(w.pack(), current), w);
+            assert!(w.pack() < 1u128 << STATE_BITS);
+        }
+        let over = AdaptiveBits {
+            index: current,
+            requests: u64::MAX,
+            denials: AdaptiveBits::MAX_COUNT + 5,
+            tightened: true,
+        };
+        let back = AdaptiveBits::unpack(over.pack(), current);
+        assert_eq!(
+            (back.requests, back.denials, back.tightened),
+            (AdaptiveBits::MAX_COUNT, AdaptiveBits::MAX_COUNT, true)
+        );
+        let codec = Codec::Adaptive { window: 1_000_000 };
+        let at = current * 1_000_000;
+        let bits = AdaptiveBits {
+            index: current,
+            requests: 1,
+            ..AdaptiveBits::default()
+        }
+        .pack();
+        assert_eq!(codec.expiry(bits, at), (current + 2) * 1_000_000);
+        assert_eq!(codec.score(bits, at), codec.expiry(bits, at));
     }
 
     #[test]

@@ -57,7 +57,7 @@ use std::sync::atomic::Ordering;
 use portable_atomic::AtomicU128;
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
-pub(crate) use codec::{Codec, ban_bits, ban_of};
+pub(crate) use codec::{AdaptiveBits, Codec, ban_bits, ban_of};
 use region::{Region, monotonic_ns};
 
 use crate::algorithm::Outcome;
