@@ -124,6 +124,10 @@ pub enum Error {
         /// What differs.
         problem: Box<str>,
     },
+    /// A verdict was settled a second time (`Engine::settle`): the first
+    /// settlement stands; nothing was refunded or charged again.
+    #[error("the verdict was already settled")]
+    AlreadySettled,
     /// A limiter option is out of range.
     #[error("invalid option {option}: {problem}")]
     InvalidOption {
@@ -272,6 +276,8 @@ pub enum ErrorKind {
     StoreUnavailable,
     /// [`Error::StoreMismatch`].
     StoreMismatch,
+    /// [`Error::AlreadySettled`].
+    AlreadySettled,
 }
 
 impl ErrorKind {
@@ -292,6 +298,7 @@ impl ErrorKind {
         Self::InvalidRequest,
         Self::StoreUnavailable,
         Self::StoreMismatch,
+        Self::AlreadySettled,
     ];
 
     /// The stable snake_case code (`cost_exceeds_burst`), reused as
@@ -318,6 +325,7 @@ impl ErrorKind {
             Self::InvalidRequest => "invalid_request",
             Self::StoreUnavailable => "store_unavailable",
             Self::StoreMismatch => "store_mismatch",
+            Self::AlreadySettled => "already_settled",
         }
     }
 }
@@ -353,6 +361,7 @@ impl Error {
             Self::InvalidRequest { .. } => ErrorKind::InvalidRequest,
             Self::StoreUnavailable { .. } => ErrorKind::StoreUnavailable,
             Self::StoreMismatch { .. } => ErrorKind::StoreMismatch,
+            Self::AlreadySettled => ErrorKind::AlreadySettled,
         }
     }
 
@@ -383,7 +392,7 @@ impl Error {
                 vec![("input", t(input)), ("problem", t(problem))]
             }
             Self::UnknownAlgorithm { name } => vec![("name", t(name))],
-            Self::EmptyKey | Self::NoQuotas => Vec::new(),
+            Self::EmptyKey | Self::NoQuotas | Self::AlreadySettled => Vec::new(),
             Self::KeyTooLong { len, max } => vec![("len", size(*len)), ("max", size(*max))],
             Self::CostExceedsBurst { cost, burst, quota } => {
                 vec![

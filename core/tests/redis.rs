@@ -1030,3 +1030,97 @@ fn policy_store_config_errors_are_clear() {
     assert!(e.to_string().contains(&port.to_string()), "{e}");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+/// Settlement on Redis: two instances, failed logins counted together,
+/// successes given back in one round trip each, the real cost charged; a rule
+/// with max_in_flight is refused on this store with a clear error.
+#[test]
+fn policy_settlement_on_redis_counts_failures_across_instances() {
+    use floodgate::policy::{Engine, Request, Settle};
+    let server = Server::start(&[]);
+    let text = format!(
+        r#"
+[store]
+kind = "redis"
+url = "{}"
+timeout_ms = 200
+
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+quotas = ["3/h"]
+key = "header:x-username"
+count = "failures"
+
+[[rule]]
+name = "gql"
+match = "POST /graphql"
+quotas = ["100/h"]
+key = "ip"
+cost = 10
+cost_from = "response"
+"#,
+        server.url()
+    );
+    let (a, b) = (
+        Engine::from_toml_str(&text).unwrap(),
+        Engine::from_toml_str(&text).unwrap(),
+    );
+    let ip = Some("203.0.113.9".parse().unwrap());
+    let h = [("x-username", "erin")];
+    let login = Request {
+        method: "POST",
+        path: "/auth/login",
+        client_ip: ip,
+        headers: &h,
+    };
+    // A parallel burst before any response: held to 3 across both instances.
+    let burst: Vec<_> = (0..10)
+        .map(|i| {
+            (if i % 2 == 0 { &a } else { &b })
+                .check_request(&login)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(burst.iter().filter(|v| v.allowed).count(), 3);
+    // Two succeed (given back), one fails (kept): two attempts left.
+    let ok = |s| Settle {
+        status: s,
+        cost: None,
+    };
+    let mut admitted = burst.iter().filter(|v| v.allowed);
+    a.settle(admitted.next().unwrap(), ok(200)).unwrap();
+    b.settle(admitted.next().unwrap(), ok(204)).unwrap();
+    a.settle(admitted.next().unwrap(), ok(401)).unwrap();
+    let left = (0..5)
+        .filter(|i| {
+            (if i % 2 == 0 { &b } else { &a })
+                .check_request(&login)
+                .unwrap()
+                .allowed
+        })
+        .count();
+    assert_eq!(left, 2);
+    // The real cost replaces the estimate.
+    let gql = Request {
+        method: "POST",
+        path: "/graphql",
+        client_ip: ip,
+        headers: &[],
+    };
+    let v = a.check_request(&gql).unwrap();
+    assert_eq!(v.remaining, 90);
+    a.settle(
+        &v,
+        Settle {
+            status: 200,
+            cost: Some(50),
+        },
+    )
+    .unwrap();
+    assert_eq!(b.check_request(&gql).unwrap().remaining, 50 - 10);
+    let e = Engine::from_toml_str(&text.replace("cost_from = \"response\"", "max_in_flight = 4"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+    assert!(e.to_string().contains("max_in_flight"), "{e}");
+}

@@ -15,6 +15,7 @@ use super::events::{Metrics, RuleCounters};
 use super::headers::{self, HeaderStyle};
 use super::identity::{KEY_BUF, KeyTemplate};
 use super::jwt::JwtVerifier;
+use super::lifecycle::{self, Count, InFlight, Lifecycle};
 use super::store::Store;
 use super::{Engine, FastSet, Limits, Lists, Rule, Tier, Unless, matcher, nanos, request};
 use crate::clock::{Clock, QuantaClock};
@@ -210,6 +211,7 @@ impl Engine {
             sink: arc_swap::ArcSwapOption::empty(),
             store,
             store_down: std::sync::atomic::AtomicBool::new(false),
+            id: engine_id(),
         })
     }
 
@@ -277,7 +279,17 @@ impl Engine {
                 None => r.name.clone(),
             };
             let limiter = store
-                .limiter(limiter, &name, r.fail_mode, cfg.settings.max_keys, KEY_BUF)
+                .limiter(
+                    limiter,
+                    &name,
+                    r.fail_mode,
+                    cfg.settings.max_keys,
+                    KEY_BUF,
+                    // Settlements give charges back: a denial cached in one
+                    // instance could outlive a refund made by another.
+                    r.count != config::CountConfig::All
+                        || r.cost_from == config::CostFrom::Response,
+                )
                 .map_err(|m| err(&p.key("fail_mode"), m))?;
             let n = limiter.quotas().len();
             let policy_values: Vec<String> = limiter
@@ -385,6 +397,7 @@ impl Engine {
             }
             None => None,
         };
+        let lifecycle = Self::build_lifecycle(r, p, cfg, store, source)?;
         Ok(Rule {
             name: r.name.as_str().into(),
             patterns: r.matches.to_vec(),
@@ -407,7 +420,86 @@ impl Engine {
             quota_text,
             adaptive,
             ban: r.ban,
+            lifecycle,
         })
+    }
+
+    /// A rule's `count`, `failure_status`, `cost_from`, `max_in_flight` and
+    /// `in_flight_ttl` (`None` when it has none of them).
+    fn build_lifecycle(
+        r: &RuleConfig,
+        p: &Path,
+        cfg: &PolicyConfig,
+        store: &Store,
+        source: &Source<'_>,
+    ) -> Result<Option<Lifecycle>> {
+        let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
+        let count = match r.count {
+            config::CountConfig::All => Count::All,
+            config::CountConfig::Failures => Count::Failures,
+            config::CountConfig::Successes => Count::Successes,
+        };
+        let failures = match &r.failure_status {
+            Some(text) => {
+                if count == Count::All {
+                    return Err(err(
+                        "failure_status",
+                        "applies only with count = \"failures\" or \"successes\"".into(),
+                    ));
+                }
+                lifecycle::parse_statuses(text).map_err(|m| err("failure_status", m))?
+            }
+            None => vec![(400, 599)],
+        };
+        let cost_from_response = r.cost_from == config::CostFrom::Response;
+        if r.in_flight_ttl.is_some() && r.max_in_flight.is_none() {
+            return Err(err(
+                "in_flight_ttl",
+                "applies only with max_in_flight".into(),
+            ));
+        }
+        let in_flight = match r.max_in_flight {
+            Some(max) => {
+                if !(1..=lifecycle::MAX_IN_FLIGHT).contains(&max) {
+                    return Err(err(
+                        "max_in_flight",
+                        format!("must be between 1 and {}", lifecycle::MAX_IN_FLIGHT),
+                    ));
+                }
+                let ttl_text = r.in_flight_ttl.as_deref().unwrap_or("60s");
+                let ttl = parse_duration(ttl_text)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        err("in_flight_ttl", format!("{ttl_text:?} is not a duration"))
+                    })?;
+                if r.shadow {
+                    return Err(err(
+                        "max_in_flight",
+                        "a shadow rule never denies, so it cannot hold places in flight".into(),
+                    ));
+                }
+                let shared = store
+                    .shared_in_flight(&r.name)
+                    .map_err(|m| err("max_in_flight", m))?;
+                Some(InFlight::new(max, ttl, cfg.settings.max_keys, shared))
+            }
+            None => None,
+        };
+        if count == Count::All && !cost_from_response && in_flight.is_none() {
+            return Ok(None);
+        }
+        if r.shadow {
+            return Err(err(
+                "count",
+                "a shadow rule is never settled: count and cost_from need an enforced rule".into(),
+            ));
+        }
+        Ok(Some(Lifecycle {
+            count,
+            failures,
+            cost_from_response,
+            in_flight,
+        }))
     }
 
     pub(super) fn build_lists(cfg: &PolicyConfig, source: &Source<'_>) -> Result<Lists> {
@@ -503,4 +595,11 @@ fn partition_seed(source: &Source<'_>) -> ahash::RandomState {
         *seed = h.finish();
     }
     ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3])
+}
+
+/// A number no other engine of this process has (settlements name their engine).
+fn engine_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    // Relaxed: only uniqueness matters.
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

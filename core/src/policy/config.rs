@@ -52,6 +52,30 @@ pub(crate) enum AppliesTo {
     Authenticated,
 }
 
+/// `count`: which settled requests keep their charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CountConfig {
+    /// Every admitted request (the charge is never given back).
+    #[default]
+    All,
+    /// Only requests whose response status is a failure (`failure_status`).
+    Failures,
+    /// Only requests whose response status is not a failure.
+    Successes,
+}
+
+/// `cost_from`: where a request's cost comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CostFrom {
+    /// The rule's `cost`, charged on arrival.
+    #[default]
+    Request,
+    /// Charged `cost` on arrival as an estimate, settled to the response's cost.
+    Response,
+}
+
 /// `missing_claim`: a verified token without the claim a rule's key needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -338,6 +362,20 @@ pub(crate) struct RuleConfig {
     /// What the rule answers while a Redis store cannot (`open`, `closed`, `local`);
     /// default `[store] fail_mode`.
     pub fail_mode: Option<FailModeConfig>,
+    /// Which settled requests keep their charge: `all` (default), `failures`, `successes`.
+    #[serde(default)]
+    pub count: CountConfig,
+    /// The statuses that are failures, as codes and ranges: `"400-599"` (default),
+    /// `"401,403,429"`, `"400-499,503"`.
+    pub failure_status: Option<String>,
+    /// `request` (default) or `response`: charge `cost` on arrival and settle to
+    /// the cost the response reports.
+    #[serde(default)]
+    pub cost_from: CostFrom,
+    /// Requests of one key in flight at once (admitted, not yet settled).
+    pub max_in_flight: Option<u64>,
+    /// When a request never settled stops holding its place (default `"60s"`).
+    pub in_flight_ttl: Option<String>,
 }
 
 /// Quotas chosen by a verified claim's value.

@@ -204,7 +204,32 @@ impl Engine {
                 ));
                 return Ok(());
             }
-            let tier = rule.limits.select(claims);
+            let (tier_index, tier) = rule.limits.select_indexed(claims);
+            // A place in flight first: a request that finds none is not charged.
+            let flight = match rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()) {
+                Some(f) => match f.acquire(key, now_ns) {
+                    Some(period) => {
+                        if let Some((_, c)) = self.metrics.rules.get(index) {
+                            bump(&c.in_flight_taken);
+                        }
+                        Some(period)
+                    }
+                    None => {
+                        self.refund(&charges, now, explicit);
+                        out.set(self.concurrency_limited(
+                            index,
+                            rule,
+                            f.max,
+                            key,
+                            ip,
+                            problem,
+                            claims.is_some(),
+                        ));
+                        return Ok(());
+                    }
+                },
+                None => None,
+            };
             let multiplier = rule
                 .adaptive
                 .as_ref()
@@ -213,13 +238,21 @@ impl Engine {
                 .cost
                 .saturating_mul(multiplier)
                 .min(tier.limiter.max_cost());
-            let checked = tier.limiter.check(key, cost, now, explicit)?;
+            let checked = match tier.limiter.check(key, cost, now, explicit) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.release_flight(rule, key, flight, now_ns);
+                    self.refund(&charges, now, explicit);
+                    return Err(e);
+                }
+            };
             self.note_store(&checked, rule);
             let d = checked.decision;
             if let Some(a) = &rule.adaptive {
                 a.record(key, now_ns, !d.allowed);
             }
             if !d.allowed {
+                self.release_flight(rule, key, flight, now_ns);
                 self.refund(&charges, now, explicit);
                 let policies = self.applying_policies(&charges, tier, index, &view, claims);
                 out.set(self.rate_limited(
@@ -240,9 +273,11 @@ impl Engine {
             charges.push(Charge {
                 rule: index,
                 tier,
+                tier_index,
                 key: buf.clone(),
                 cost,
                 decision: d,
+                flight,
             });
         }
         // 5. Shadow rules: counted as if enforced, never denying.
@@ -312,6 +347,7 @@ impl Engine {
             }
         }
         let (index, d, key) = (*index, *d, key.bytes());
+        let settlement = self.settlement(&charges);
         let rule = self.rules.get(index).map(|r| r.name.clone());
         let mut identity = out.string();
         identity.push_str(&String::from_utf8_lossy(key));
@@ -324,6 +360,7 @@ impl Engine {
             identity: Some(identity),
             token_problem: problem,
             authenticated: claims.is_some(),
+            settlement,
             ..Verdict::plain(true, 200, Reason::Allowed)
         });
         if let (true, Some(quota), Some(value)) = (
@@ -463,6 +500,22 @@ impl Engine {
     pub(super) fn refund(&self, charges: &[Charge<'_>], now: Duration, explicit: bool) {
         for c in charges {
             c.tier.limiter.refund(c.key.bytes(), c.cost, now, explicit);
+            if let Some(rule) = self.rules.get(c.rule) {
+                self.release_flight(rule, c.key.bytes(), c.flight, nanos(now));
+            }
+        }
+    }
+
+    /// Gives back the place in flight taken in period `flight`, if any.
+    pub(super) fn release_flight(&self, rule: &Rule, key: &[u8], flight: Option<u32>, now: u64) {
+        if let (Some(period), Some(f)) = (
+            flight,
+            rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()),
+        ) {
+            f.release(key, period, now);
+            if let Some((_, c)) = self.metrics.rules.iter().find(|(n, _)| *n == rule.name) {
+                bump(&c.in_flight_released);
+            }
         }
     }
 }

@@ -73,6 +73,11 @@ pub(crate) struct RuleCounters {
     pub denied: AtomicU64,
     pub shadow_denied: AtomicU64,
     pub banned: AtomicU64,
+    /// Denied by `max_in_flight`.
+    pub concurrency: AtomicU64,
+    /// Places in flight taken by this process, and given back.
+    pub in_flight_taken: AtomicU64,
+    pub in_flight_released: AtomicU64,
 }
 
 /// All counters. Relaxed increments: they are statistics, read without ordering needs.
@@ -88,6 +93,10 @@ pub(crate) struct Metrics {
     pub banned_clients: AtomicU64,
     pub no_rule: AtomicU64,
     pub store_fallbacks: AtomicU64,
+    /// Verdicts settled; charges given back and extra charges made by settlements.
+    pub settled: AtomicU64,
+    pub settle_refunds: AtomicU64,
+    pub settle_charges: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -114,12 +123,27 @@ impl Metrics {
                 ("denied", &c.denied),
                 ("shadow_denied", &c.shadow_denied),
                 ("banned", &c.banned),
+                ("concurrency", &c.concurrency),
             ] {
                 let _ = writeln!(
                     out,
                     "floodgate_requests_total{{rule=\"{}\",outcome=\"{outcome}\"}} {}",
                     escape(name),
                     get(counter)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP floodgate_in_flight Requests this process admitted on a rule with \
+             max_in_flight and has not settled.\n# TYPE floodgate_in_flight gauge\n",
+        );
+        for (name, c) in &self.rules {
+            let held = get(&c.in_flight_taken).saturating_sub(get(&c.in_flight_released));
+            if get(&c.in_flight_taken) > 0 {
+                let _ = writeln!(
+                    out,
+                    "floodgate_in_flight{{rule=\"{}\"}} {held}",
+                    escape(name)
                 );
             }
         }
@@ -164,6 +188,21 @@ impl Metrics {
                 "floodgate_store_fallbacks_total",
                 "Checks answered by a rule's fail mode because Redis could not answer.",
                 &self.store_fallbacks,
+            ),
+            (
+                "floodgate_settled_total",
+                "Verdicts settled after their response.",
+                &self.settled,
+            ),
+            (
+                "floodgate_settle_refunds_total",
+                "Charges given back by settlements (not counted, or cheaper than estimated).",
+                &self.settle_refunds,
+            ),
+            (
+                "floodgate_settle_charges_total",
+                "Extra charges made by settlements (dearer than estimated).",
+                &self.settle_charges,
             ),
         ] {
             let _ = writeln!(

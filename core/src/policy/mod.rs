@@ -47,6 +47,7 @@ mod events;
 mod headers;
 mod identity;
 mod jwt;
+mod lifecycle;
 mod matcher;
 mod output;
 mod path;
@@ -75,6 +76,7 @@ use store::{RuleLimiter, Store};
 pub use events::{Event, EventKind, EventSink};
 pub use headers::{HeaderStyle, RESPONSE_HEADERS};
 pub use jwt::{MAX_TOKEN_BYTES, TokenProblem};
+pub use lifecycle::{Settle, Settlement};
 pub use output::VerdictBuf;
 pub use request::OwnedRequest;
 pub use summary::{EventSummary, LogLevel, Summary};
@@ -204,6 +206,8 @@ pub enum Reason {
     DenyListed,
     /// 401: a verified identity is required.
     Unauthorized,
+    /// A rule's `max_in_flight` requests of the key are still running: 429.
+    Concurrency,
 }
 
 crate::codes::codes!(Reason {
@@ -214,6 +218,7 @@ crate::codes::codes!(Reason {
     Banned => "banned",
     DenyListed => "deny_listed",
     Unauthorized => "unauthorized",
+    Concurrency => "concurrency",
 });
 
 /// The answer for one request.
@@ -243,6 +248,10 @@ pub struct Verdict {
     pub token_problem: Option<TokenProblem>,
     /// The request carried a verified token.
     pub authenticated: bool,
+    /// What to settle once the response is known ([`Engine::settle`]): set on
+    /// an admitted request that a rule with `count`, `cost_from = "response"`
+    /// or `max_in_flight` charged.
+    pub settlement: Option<Settlement>,
 }
 
 impl Verdict {
@@ -291,6 +300,7 @@ impl Verdict {
             identity: None,
             token_problem: None,
             authenticated: false,
+            settlement: None,
         }
     }
 }
@@ -317,19 +327,35 @@ enum Limits {
 
 impl Limits {
     fn select(&self, claims: Option<&Claims>) -> &Tier {
+        self.select_indexed(claims).1
+    }
+
+    /// The tier for `claims` and its number for [`tier`](Self::tier): 0 for the
+    /// default (or only) one.
+    fn select_indexed(&self, claims: Option<&Claims>) -> (usize, &Tier) {
         match self {
-            Self::One(t) => t,
+            Self::One(t) => (0, t),
             Self::Tiers {
                 claim,
                 default,
                 others,
             } => {
                 let value = claims.and_then(|c| c.get(claim)).and_then(|v| v.as_str());
-                &value
-                    .and_then(|v| others.iter().find(|(name, _)| name == v))
-                    .unwrap_or(default)
-                    .1
+                value
+                    .and_then(|v| others.iter().position(|(name, _)| name == v))
+                    .and_then(|i| Some((i + 1, &others.get(i)?.1)))
+                    .unwrap_or((0, &default.1))
             }
+        }
+    }
+
+    /// Tier number `index` of [`select_indexed`](Self::select_indexed).
+    fn tier(&self, index: usize) -> Option<&Tier> {
+        match (self, index) {
+            (Self::One(t), 0) => Some(t),
+            (Self::One(_), _) => None,
+            (Self::Tiers { default, .. }, 0) => Some(&default.1),
+            (Self::Tiers { others, .. }, i) => others.get(i - 1).map(|(_, t)| t),
         }
     }
 }
@@ -353,6 +379,8 @@ struct Rule {
     quota_text: Vec<String>,
     adaptive: Option<Adaptive>,
     ban: bool,
+    /// `count`, `cost_from = "response"`, `max_in_flight`.
+    lifecycle: Option<lifecycle::Lifecycle>,
 }
 
 /// What `unless_header` tests.
@@ -408,6 +436,8 @@ pub struct Engine {
     /// Whether the last Redis answer came from the fail mode (for the
     /// store_fallback / store_recovered events, sent on each change).
     store_down: std::sync::atomic::AtomicBool,
+    /// Settlements name the engine that made them.
+    id: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -423,10 +453,14 @@ impl std::fmt::Debug for Engine {
 struct Charge<'e> {
     rule: usize,
     tier: &'e Tier,
+    /// The tier's number in the rule's limits.
+    tier_index: usize,
     /// A copy of the key (on the stack: `charges` is a `SmallVec`).
     key: identity::KeyBuf,
     cost: u64,
     decision: crate::Decision,
+    /// The period of the place taken in flight (`max_in_flight`).
+    flight: Option<u32>,
 }
 
 fn nanos(d: Duration) -> u64 {

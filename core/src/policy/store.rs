@@ -24,6 +24,12 @@ fn adaptive_name(rule: &str) -> String {
     format!("\0adaptive {rule}")
 }
 
+/// The name of a rule's in-flight counts in a shared table's plan.
+#[cfg(all(feature = "shm", unix))]
+fn in_flight_name(rule: &str) -> String {
+    format!("\0in_flight {rule}")
+}
+
 /// A limiter's name in errors.
 #[cfg(all(feature = "shm", unix))]
 fn plan_name(name: &str) -> String {
@@ -224,6 +230,20 @@ impl Store {
                 .u64(a.min_requests)
                 .u64(a.factor);
         }
+        // So do the places of rules with max_in_flight.
+        for r in &policy.rules {
+            let Some(max) = r.max_in_flight else { continue };
+            let Some(ttl) =
+                crate::quota::parse_duration(r.in_flight_ttl.as_deref().unwrap_or("60s"))
+            else {
+                continue; // the rule's own error
+            };
+            let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).max(1);
+            let name = in_flight_name(&r.name);
+            firsts.insert(name.clone(), codecs.len());
+            codecs.push(Codec::InFlight { ttl });
+            fingerprint = fingerprint.bytes(name.as_bytes()).u64(max).u64(ttl);
+        }
         if codecs.is_empty() {
             return Err(err(
                 "kind",
@@ -280,6 +300,31 @@ impl Store {
         }
     }
 
+    /// Where rule `rule`'s places in flight are counted: in memory (`None`), in
+    /// the shared-memory table, or an error for a store that cannot count them.
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(unused_variables))]
+    pub(super) fn shared_in_flight(
+        &self,
+        rule: &str,
+    ) -> std::result::Result<Option<super::lifecycle::SharedFlight>, String> {
+        match self {
+            Store::Memory => Ok(None),
+            #[cfg(all(feature = "shm", unix))]
+            Store::Shared { table, firsts } => Ok(Some(super::lifecycle::SharedFlight {
+                table: table.clone(),
+                quota: *firsts
+                    .get(&in_flight_name(rule))
+                    .ok_or("the rule's places are not in the shared-memory table")?,
+            })),
+            #[cfg(feature = "redis")]
+            Store::Redis { .. } => Err(
+                "is not available on [store] kind = \"redis\" yet: use the memory or \
+                 shared_memory store for rules with max_in_flight"
+                    .into(),
+            ),
+        }
+    }
+
     /// Now on the shared-memory table's clock (the same in every process), if
     /// the rules live in one.
     #[inline]
@@ -302,6 +347,7 @@ impl Store {
         fail_mode: Option<FailModeConfig>,
         max_keys: usize,
         max_key_bytes: usize,
+        settles: bool,
     ) -> std::result::Result<RuleLimiter, String> {
         match self {
             Store::Memory => {
@@ -340,7 +386,7 @@ impl Store {
                     .prefix(&format!("{}:{name}", cfg.prefix))
                     .fail_mode(mode)
                     .local_share(cfg.local_share)
-                    .deny_cache(cfg.deny_cache)
+                    .deny_cache(cfg.deny_cache && !settles)
                     .max_keys(max_keys)
                     .max_key_bytes(max_key_bytes);
                 if cfg.lease > 0 {

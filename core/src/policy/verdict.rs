@@ -123,6 +123,49 @@ impl Engine {
         v
     }
 
+    /// 429 for a request that found `max` requests of its key in flight on
+    /// `rule`. `Retry-After: 1`: how long a request runs is not known, so one
+    /// second is the documented guess.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn concurrency_limited(
+        &self,
+        index: usize,
+        rule: &Rule,
+        max: u64,
+        key: &[u8],
+        ip: Option<IpAddr>,
+        problem: Option<TokenProblem>,
+        authenticated: bool,
+    ) -> Verdict {
+        let retry = Duration::from_secs(1);
+        if let Some((_, c)) = self.metrics.rules.get(index) {
+            bump(&c.concurrency);
+        }
+        self.emit(|| {
+            self.event(
+                EventKind::Denied,
+                Some(&rule.name),
+                ip,
+                Some(key),
+                429,
+                retry,
+                problem,
+            )
+        });
+        let mut v = Verdict {
+            rule: Some(rule.name.clone()),
+            retry_after: retry,
+            limit: max,
+            remaining: 0,
+            identity: Some(String::from_utf8_lossy(key).into_owned()),
+            token_problem: problem,
+            authenticated,
+            ..Verdict::plain(false, 429, Reason::Concurrency)
+        };
+        v.headers.push(("Retry-After", "1".into()));
+        v
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rate_limited(
         &self,

@@ -385,6 +385,10 @@ impl RedisLimiter {
             return Ok(());
         }
         let at = At::new(now);
+        if self.deny_cache && self.lease == 0 {
+            // A cached denial no longer holds once units come back.
+            self.cache.remove(self.hasher.hash_one(key));
+        }
         if self.lease > 0 {
             let fp = self.hasher.hash_one(key);
             let done = self

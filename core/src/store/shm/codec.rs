@@ -46,6 +46,12 @@ pub(crate) enum Codec {
     Adaptive {
         window: u64,
     },
+    /// A key's requests in flight (`policy/lifecycle.rs`): a period index modulo
+    /// 2^32 and two counts in the low 64 bits, periods of `ttl` ns. Written with
+    /// `apply_bits`.
+    InFlight {
+        ttl: u64,
+    },
 }
 
 /// One key's adaptive-tightening window packed in 80 state bits: requests and
@@ -181,7 +187,9 @@ impl Codec {
         let bits = bits & mask(STATE_BITS);
         match self {
             // The low 64 bits are the TAT (packed from a u64).
-            Self::Gcra | Self::Ban { .. } | Self::Adaptive { .. } => QuotaState::Gcra(bits as u64),
+            Self::Gcra | Self::Ban { .. } | Self::Adaptive { .. } | Self::InFlight { .. } => {
+                QuotaState::Gcra(bits as u64)
+            }
             Self::Fixed {
                 window, count_bits, ..
             } => {
@@ -212,7 +220,7 @@ impl Codec {
     /// (one request of a unique-key flood) goes before a client that is near
     /// its limit.
     pub(super) fn score(&self, bits: u128, now: u64) -> u64 {
-        if let Self::Ban { .. } | Self::Adaptive { .. } = self {
+        if let Self::Ban { .. } | Self::Adaptive { .. } | Self::InFlight { .. } = self {
             return self.expiry(bits, now);
         }
         let spent = |start: u64, window: u64, count: u64, limit: u64| {
@@ -245,6 +253,12 @@ impl Codec {
             let window = (*window).max(1);
             let w = AdaptiveBits::unpack(bits, now / window);
             return w.index.saturating_add(2).saturating_mul(window);
+        }
+        if let Self::InFlight { ttl } = self {
+            // A place is released two periods after the one it was taken in.
+            let ttl = (*ttl).max(1);
+            let period = nearest(u128::from(bits as u64 >> 32), 32, now / ttl);
+            return period.saturating_add(2).saturating_mul(ttl);
         }
         match (self, self.unpack(bits, now)) {
             (_, QuotaState::Gcra(tat)) => tat,

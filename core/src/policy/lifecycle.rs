@@ -1,0 +1,539 @@
+//! The request lifecycle: what a rule does once the response is known, and
+//! requests in flight.
+//!
+//! **Settlement.** A request is charged on arrival, always (so 100 parallel
+//! login attempts sent before any response are held to the limit). A rule with
+//! `count = "failures"` (or `"successes"`) gives the charge back when the
+//! response's status says the request did not count; a rule with `cost_from =
+//! "response"` refunds the difference when the real cost is lower, and charges
+//! the rest when it is higher: as much as the key has left, so an extra charge
+//! that exceeds the quota empties the key and denies the *next* request (it
+//! never carries debt past an empty key, and never denies the request that
+//! already ran). A verdict never settled (a crashed handler) keeps its charge.
+//!
+//! The charges to settle travel with the verdict as a [`Settlement`] (one
+//! allocation per request, only when a matching rule has a lifecycle setting).
+//! Settling it twice is [`Error::AlreadySettled`](crate::Error::AlreadySettled):
+//! clones of a verdict share one settlement.
+//!
+//! **In flight.** A rule with `max_in_flight = N` holds a place per admitted
+//! request of a key until it is settled; the N+1th concurrent request is denied
+//! (429, reason `concurrency`, `Retry-After: 1`). A place never given back is
+//! released by the store between `in_flight_ttl` and twice that after it was
+//! taken: places are counted per period of `in_flight_ttl` (this period's and
+//! the previous one's), so a crashed worker cannot leak places for longer. The
+//! count lives in one 64-bit word per key (the period index modulo 2^32 and
+//! two 16-bit counts, so `max_in_flight <= 65535`), in memory or in the
+//! shared-memory table.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::store::memory::MemoryStore;
+
+/// Most requests of a key a rule may hold in flight.
+pub(crate) const MAX_IN_FLIGHT: u64 = 0xffff;
+
+/// Which settled requests keep their charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    All,
+    Failures,
+    Successes,
+}
+
+/// A rule's lifecycle settings (`None` on a rule that has none).
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    pub count: Count,
+    /// Inclusive ranges of failure statuses.
+    pub failures: Vec<(u16, u16)>,
+    pub cost_from_response: bool,
+    pub in_flight: Option<InFlight>,
+}
+
+impl Lifecycle {
+    /// Whether a request answered `status` keeps its charge.
+    pub(crate) fn counts(&self, status: u16) -> bool {
+        let failed = self
+            .failures
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status));
+        match self.count {
+            Count::All => true,
+            Count::Failures => failed,
+            Count::Successes => !failed,
+        }
+    }
+}
+
+/// Parses `failure_status`: codes and inclusive ranges, comma-separated.
+pub(crate) fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let status = |s: &str| -> Result<u16, String> {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("{:?} is not an HTTP status (100-599)", s.trim()))
+    };
+    let ranges = text
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (status(lo)?, status(hi)?);
+                if lo > hi {
+                    return Err(format!("{:?}: the range is empty", part.trim()));
+                }
+                Ok((lo, hi))
+            }
+            None => status(part).map(|c| (c, c)),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ranges)
+}
+
+/// One key's places in flight, packed in a word: the period index modulo 2^32
+/// (high half), the previous period's count and this period's (16 bits each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Flight {
+    pub period: u32,
+    pub prev: u16,
+    pub curr: u16,
+}
+
+impl Flight {
+    pub(crate) fn unpack(bits: u64) -> Self {
+        Self {
+            period: (bits >> 32) as u32,
+            prev: (bits >> 16) as u16,
+            curr: bits as u16,
+        }
+    }
+
+    pub(crate) fn pack(self) -> u64 {
+        (u64::from(self.period) << 32) | (u64::from(self.prev) << 16) | u64::from(self.curr)
+    }
+
+    /// The counts as of period `now` (modulo 2^32): places older than the
+    /// previous period are released.
+    fn roll(self, now: u32) -> Self {
+        match now.wrapping_sub(self.period) {
+            0 => self,
+            1 => Self {
+                period: now,
+                prev: self.curr,
+                curr: 0,
+            },
+            _ => Self {
+                period: now,
+                prev: 0,
+                curr: 0,
+            },
+        }
+    }
+
+    /// Places held at period `now`.
+    pub(crate) fn held(self, now: u32) -> u64 {
+        let f = self.roll(now);
+        u64::from(f.prev) + u64::from(f.curr)
+    }
+
+    /// Takes a place at period `now` if fewer than `max` are held: the new
+    /// state, or `None` when full.
+    pub(crate) fn acquire(self, now: u32, max: u64) -> Option<Self> {
+        let f = self.roll(now);
+        (u64::from(f.prev) + u64::from(f.curr) < max).then_some(Self {
+            curr: f.curr.saturating_add(1),
+            ..f
+        })
+    }
+
+    /// Gives back a place taken at period `taken`, as of period `now` (nothing
+    /// if the store already released it).
+    pub(crate) fn release(self, taken: u32, now: u32) -> Self {
+        let mut f = self.roll(now);
+        match now.wrapping_sub(taken) {
+            0 => f.curr = f.curr.saturating_sub(1),
+            1 => f.prev = f.prev.saturating_sub(1),
+            _ => {}
+        }
+        f
+    }
+}
+
+/// Where a rule's in-flight counts live in shared memory.
+#[cfg(all(feature = "shm", unix))]
+pub(crate) struct SharedFlight {
+    pub table: Arc<crate::store::shm::ShmTable>,
+    pub quota: usize,
+}
+
+#[cfg(not(all(feature = "shm", unix)))]
+pub(crate) enum SharedFlight {}
+
+/// `max_in_flight` of one rule.
+pub(crate) struct InFlight {
+    pub max: u64,
+    ttl_ns: u64,
+    store: MemoryStore<AtomicU64>,
+    hasher: ahash::RandomState,
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(dead_code))]
+    shared: Option<SharedFlight>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("max", &self.max)
+            .field("ttl_ns", &self.ttl_ns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InFlight {
+    pub(crate) fn new(
+        max: u64,
+        ttl: Duration,
+        max_keys: usize,
+        shared: Option<SharedFlight>,
+    ) -> Self {
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Self {
+            max,
+            ttl_ns,
+            store: MemoryStore::new(
+                if shared.is_some() { 1 } else { max_keys },
+                64,
+                ttl_ns.saturating_mul(2),
+            ),
+            hasher: ahash::RandomState::new(),
+            shared,
+        }
+    }
+
+    fn period(&self, now: u64) -> u32 {
+        // Modulo 2^32: only this period and the previous one are ever compared.
+        (now / self.ttl_ns) as u32
+    }
+
+    /// Runs `step` on the key's word (0 for a new key): the memory store's
+    /// compare-and-swap loop, or the shared table's.
+    fn update<R>(&self, key: &[u8], now: u64, mut step: impl FnMut(u64) -> (R, Option<u64>)) -> R
+    where
+        R: Default,
+    {
+        #[cfg(all(feature = "shm", unix))]
+        if let Some(sh) = &self.shared {
+            let h = sh.table.key_hash(5, key);
+            return sh
+                .table
+                .apply_bits(sh.quota, h, now, true, |bits| {
+                    let (r, next) = step(bits as u64);
+                    (r, next.map(u128::from))
+                })
+                // A table that cannot answer (corrupt, or full of live places):
+                // the caller's default (no place).
+                .unwrap_or_default();
+        }
+        let fp = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        self.store.with(
+            fp,
+            now,
+            || AtomicU64::new(0),
+            |cell| {
+                let mut current = cell.load(Ordering::Acquire);
+                loop {
+                    let (r, next) = step(current);
+                    let Some(next) = next else { return r };
+                    match cell.compare_exchange_weak(
+                        current,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return r,
+                        Err(seen) => current = seen,
+                    }
+                }
+            },
+        )
+    }
+
+    /// Takes a place for `key` at `now`: the period it was taken in (to give it
+    /// back), or `None` when `max` are held.
+    pub(crate) fn acquire(&self, key: &[u8], now: u64) -> Option<u32> {
+        let period = self.period(now);
+        self.update(key, now, |bits| {
+            match Flight::unpack(bits).acquire(period, self.max) {
+                Some(f) => (Some(period), Some(f.pack())),
+                None => (None, None),
+            }
+        })
+    }
+
+    /// Gives back a place taken in period `taken`.
+    pub(crate) fn release(&self, key: &[u8], taken: u32, now: u64) {
+        let period = self.period(now);
+        self.update(key, now, |bits| {
+            let f = Flight::unpack(bits);
+            let next = f.release(taken, period);
+            ((), (next != f).then(|| next.pack()))
+        });
+    }
+
+    /// Places `key` holds at `now`.
+    pub(crate) fn held(&self, key: &[u8], now: u64) -> u64 {
+        self.update(key, now, |bits| {
+            (Flight::unpack(bits).held(self.period(now)), None)
+        })
+    }
+}
+
+/// One charge a verdict may settle.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub rule: usize,
+    pub tier: usize,
+    pub key: Box<[u8]>,
+    pub cost: u64,
+    /// The period of the place this request holds in flight.
+    pub flight: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Ticket {
+    engine: u64,
+    settled: AtomicBool,
+    entries: SmallVec<[Entry; 2]>,
+}
+
+/// What an admitted request must settle once its response is known (see the
+/// module documentation). Clones share one settlement.
+#[derive(Debug, Clone)]
+pub struct Settlement(Arc<Ticket>);
+
+impl PartialEq for Settlement {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Settlement {
+    pub(crate) fn new(engine: u64, entries: SmallVec<[Entry; 2]>) -> Self {
+        Self(Arc::new(Ticket {
+            engine,
+            settled: AtomicBool::new(false),
+            entries,
+        }))
+    }
+
+    /// Whether it was settled.
+    pub fn is_settled(&self) -> bool {
+        self.0.settled.load(Ordering::Acquire)
+    }
+
+    /// The charges, if this is the first settlement and `engine` made them.
+    pub(crate) fn take(&self, engine: u64) -> crate::Result<&[Entry]> {
+        if self.0.engine != engine {
+            return Err(crate::Error::InvalidRequest {
+                field: "verdict",
+                problem: "was decided by another engine",
+            });
+        }
+        if self.0.settled.swap(true, Ordering::AcqRel) {
+            return Err(crate::Error::AlreadySettled);
+        }
+        Ok(&self.0.entries)
+    }
+}
+
+/// How a request ended, for [`Engine::settle`](super::Engine::settle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settle {
+    /// The response's HTTP status (100-599).
+    pub status: u16,
+    /// The request's real cost, for rules with `cost_from = "response"`
+    /// (`None`: the estimate stands).
+    pub cost: Option<u64>,
+}
+
+impl super::Engine {
+    /// The settlement of an admitted request's charges, if a rule needs one.
+    pub(super) fn settlement(&self, charges: &[super::Charge<'_>]) -> Option<Settlement> {
+        let mut entries: SmallVec<[Entry; 2]> = SmallVec::new();
+        for c in charges {
+            if self
+                .rules
+                .get(c.rule)
+                .is_some_and(|r| r.lifecycle.is_some())
+            {
+                entries.push(Entry {
+                    rule: c.rule,
+                    tier: c.tier_index,
+                    key: c.key.bytes().into(),
+                    cost: c.cost,
+                    flight: c.flight,
+                });
+            }
+        }
+        (!entries.is_empty()).then(|| Settlement::new(self.id, entries))
+    }
+
+    /// Settles an admitted request once its response is known: gives back the
+    /// charge of rules that do not count `outcome.status` (`count`), adjusts
+    /// rules with `cost_from = "response"` to `outcome.cost`, and frees the
+    /// request's places in flight. A verdict without a settlement (no such rule
+    /// matched, or it was denied) has nothing to settle: `Ok`.
+    ///
+    /// # Errors
+    /// [`Error::AlreadySettled`](crate::Error::AlreadySettled) the second time
+    /// (nothing is given back twice); [`Error::InvalidRequest`](crate::Error::InvalidRequest)
+    /// for a status outside 100-599 or a verdict of another engine.
+    pub fn settle(&self, verdict: &super::Verdict, outcome: Settle) -> crate::Result<()> {
+        self.settle_inner(verdict, outcome, self.now(), false)
+    }
+
+    /// [`settle`](Self::settle) at an explicit time (Unix time, as
+    /// [`check_request_at`](Self::check_request_at)), for replay and tests.
+    ///
+    /// # Errors
+    /// As [`settle`](Self::settle).
+    pub fn settle_at(
+        &self,
+        verdict: &super::Verdict,
+        outcome: Settle,
+        now: Duration,
+    ) -> crate::Result<()> {
+        self.settle_inner(verdict, outcome, now, true)
+    }
+
+    pub(super) fn settle_inner(
+        &self,
+        verdict: &super::Verdict,
+        outcome: Settle,
+        now: Duration,
+        explicit: bool,
+    ) -> crate::Result<()> {
+        if !(100..=599).contains(&outcome.status) {
+            return Err(crate::Error::InvalidRequest {
+                field: "status",
+                problem: "must be an HTTP status between 100 and 599",
+            });
+        }
+        let Some(settlement) = &verdict.settlement else {
+            return Ok(());
+        };
+        let entries = settlement.take(self.id)?;
+        let now_ns = super::nanos(now);
+        super::events::bump(&self.metrics.settled);
+        for e in entries {
+            let Some(rule) = self.rules.get(e.rule) else {
+                continue;
+            };
+            let Some(life) = &rule.lifecycle else {
+                continue;
+            };
+            let Some(tier) = rule.limits.tier(e.tier) else {
+                continue;
+            };
+            self.release_flight(rule, &e.key, e.flight, now_ns);
+            let limiter = &tier.limiter;
+            if !life.counts(outcome.status) {
+                limiter.refund(&e.key, e.cost, now, explicit);
+                super::events::bump(&self.metrics.settle_refunds);
+                continue;
+            }
+            let Some(real) = outcome.cost.filter(|_| life.cost_from_response) else {
+                continue;
+            };
+            if real < e.cost {
+                limiter.refund(&e.key, e.cost - real, now, explicit);
+                super::events::bump(&self.metrics.settle_refunds);
+            } else if real > e.cost {
+                // The rest, as much as the key has left: an overrun empties it (the
+                // next request is denied) but carries no debt beyond.
+                let extra = (real - e.cost).min(limiter.max_cost());
+                super::events::bump(&self.metrics.settle_charges);
+                let d = limiter.check(&e.key, extra, now, explicit)?.decision;
+                if !d.allowed && d.remaining > 0 {
+                    limiter.check(&e.key, d.remaining, now, explicit)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Places in flight held by `key` on rule `rule` now (0 for a rule without
+    /// `max_in_flight`), for metrics and tests.
+    pub fn in_flight(&self, rule: &str, key: &[u8]) -> u64 {
+        let now = super::nanos(self.now());
+        self.rules
+            .iter()
+            .find(|r| &*r.name == rule)
+            .and_then(|r| r.lifecycle.as_ref()?.in_flight.as_ref())
+            .map_or(0, |f| f.held(key, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_parse_as_codes_and_ranges() {
+        assert_eq!(parse_statuses("400-599"), Ok(vec![(400, 599)]));
+        assert_eq!(
+            parse_statuses("401, 403,429-430"),
+            Ok(vec![(401, 401), (403, 403), (429, 430)])
+        );
+        for bad in ["", "abc", "600", "99", "500-400", "400-", "4000"] {
+            assert!(parse_statuses(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn places_are_taken_released_and_expire() {
+        let mut f = Flight::default();
+        for _ in 0..3 {
+            f = f.acquire(10, 3).unwrap();
+        }
+        assert_eq!(f.acquire(10, 3), None, "full");
+        f = f.release(10, 10);
+        assert_eq!(f.held(10), 2);
+        f = f.acquire(10, 3).unwrap();
+        // The next period: places of period 10 still held.
+        assert_eq!(f.held(11), 3);
+        assert_eq!(f.acquire(11, 3), None);
+        f = f.release(10, 11);
+        assert_eq!(f.held(11), 2);
+        // Two periods on, every place of period 10 is released by the store.
+        assert_eq!(f.held(12), 0);
+        assert_eq!(
+            f.release(10, 12).held(12),
+            0,
+            "a late release frees nothing"
+        );
+        // Wraps with the period index.
+        let f = Flight::default().acquire(u32::MAX, 1).unwrap();
+        assert_eq!(f.held(0), 1);
+        assert_eq!(f.held(1), 0);
+        assert_eq!(Flight::unpack(f.pack()), f);
+    }
+
+    #[test]
+    fn in_flight_counts_per_key() {
+        let s = 1_000_000_000;
+        let inf = InFlight::new(2, Duration::from_secs(60), 100, None);
+        let a = inf.acquire(b"a", 0).unwrap();
+        assert!(inf.acquire(b"a", s).is_some());
+        assert_eq!(inf.acquire(b"a", 2 * s), None);
+        assert!(inf.acquire(b"b", 2 * s).is_some(), "keys apart");
+        inf.release(b"a", a, 3 * s);
+        assert_eq!(inf.held(b"a", 3 * s), 1);
+        assert!(inf.acquire(b"a", 4 * s).is_some());
+        assert_eq!(inf.held(b"a", 120 * s), 0, "released after two periods");
+    }
+}
