@@ -119,6 +119,8 @@ enum fg_result
   // A shared-memory table made for other quotas, another size or another
   // build, or corrupt (see `fg_last_error` for what differs).
   FG_RESULT_STORE_MISMATCH = 114,
+  // A settlement settled a second time: nothing was given back again.
+  FG_RESULT_ALREADY_SETTLED = 115,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -133,6 +135,9 @@ typedef uint32_t fg_result;
 // `fg_engine_free`. Every call that takes a `const fg_engine *` is safe to make
 // from any number of threads at once.
 typedef struct fg_engine fg_engine;
+
+// An admitted request's charges to settle (opaque; see `fg_verdict`).
+typedef struct fg_settlement fg_settlement;
 
 // A verdict buffer the caller owns (`fg_verdict_buf_new`): the engine decides
 // into it and the `fg_verdict` it fills points into it, valid until the next
@@ -287,7 +292,7 @@ typedef struct {
   // Bytes in `rule`, without the NUL.
   size_t rule_len;
   // Why: `allowed`, `no_rule`, `allow_listed`, `rate_limited`, `banned`,
-  // `deny_listed`, `unauthorized`. Static, NUL-terminated.
+  // `deny_listed`, `unauthorized`, `concurrency`. Static, NUL-terminated.
   const char *reason;
   // The deciding rule's key (may contain a user id; see above for lifetime;
   // empty if none).
@@ -302,6 +307,11 @@ typedef struct {
   const char *body;
   // Bytes in `body`, without the NUL.
   size_t body_len;
+  // What to settle once the response is known, when a matching rule has
+  // `count`, `cost_from = "response"` or `max_in_flight` (else NULL). The
+  // caller owns it: pass it to `fg_engine_settle` (which frees it), or free
+  // it unsettled with `fg_settlement_free` (the charge stays).
+  fg_settlement *settlement;
 } fg_verdict;
 
 // An event callback: called on the thread that made the request, so keep it
@@ -450,6 +460,33 @@ fg_verdict_buf *fg_verdict_buf_new(void);
 // # Safety
 // `buf` must come from `fg_verdict_buf_new` and not be used after.
 void fg_verdict_buf_free(fg_verdict_buf *buf);
+
+// Settles an admitted request once its response is known: `status` is the
+// response's HTTP status (100-599); `cost` the request's real cost for rules
+// with `cost_from = "response"`, or -1 to keep the estimate. Gives back the
+// charge of rules that do not count the status (`count = "failures"`...) and
+// frees the request's places in flight. Consumes `settlement` whatever the
+// result (NULL is `FG_RESULT_OK`: nothing to settle). `now_ns`: nanoseconds of
+// Unix time as in `fg_engine_check_request_at`, or 0 for the engine's clock.
+// `FG_RESULT_ALREADY_SETTLED` never happens through this call (each pointer is
+// settled once); `FG_RESULT_INVALID_REQUEST` for a status out of range or a
+// settlement of another engine.
+//
+// # Safety
+// `engine` must come from a constructor; `settlement` must come from a verdict
+// and not be used after.
+fg_result fg_engine_settle(const fg_engine *engine,
+                           fg_settlement *settlement,
+                           uint16_t status,
+                           int64_t cost,
+                           uint64_t now_ns);
+
+// Frees a settlement without settling it: its charges stay, and its places
+// in flight are released by the store after `in_flight_ttl` (NULL is ignored).
+//
+// # Safety
+// `settlement` must come from a verdict and not be used after.
+void fg_settlement_free(fg_settlement *settlement);
 
 // Decides one HTTP request with a policy engine (`FG_RESULT_WRONG_ENGINE_KIND`
 // on an engine from quotas). A denial is `FG_RESULT_OK` with

@@ -127,6 +127,10 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
   MHD_add_response_header(response, "Content-Type", "application/json");
   enum MHD_Result ret = MHD_queue_response(conn, status, response);
   MHD_destroy_response(response);
+  /* Settle once the response is known (here at once: the handler is this
+   * function). A server with slow handlers settles when the response completes
+   * (MHD_OPTION_NOTIFY_COMPLETED), so max_in_flight counts running requests. */
+  if (r == FG_RESULT_OK && v.settlement != NULL) fg_engine_settle(engine, v.settlement, (uint16_t)status, -1, 0);
   return ret;
 }
 

@@ -181,7 +181,7 @@ pub struct fg_verdict {
     /// Bytes in `rule`, without the NUL.
     pub rule_len: usize,
     /// Why: `allowed`, `no_rule`, `allow_listed`, `rate_limited`, `banned`,
-    /// `deny_listed`, `unauthorized`. Static, NUL-terminated.
+    /// `deny_listed`, `unauthorized`, `concurrency`. Static, NUL-terminated.
     pub reason: *const c_char,
     /// The deciding rule's key (may contain a user id; see above for lifetime;
     /// empty if none).
@@ -196,6 +196,17 @@ pub struct fg_verdict {
     pub body: *const c_char,
     /// Bytes in `body`, without the NUL.
     pub body_len: usize,
+    /// What to settle once the response is known, when a matching rule has
+    /// `count`, `cost_from = "response"` or `max_in_flight` (else NULL). The
+    /// caller owns it: pass it to `fg_engine_settle` (which frees it), or free
+    /// it unsettled with `fg_settlement_free` (the charge stays).
+    pub settlement: *mut fg_settlement,
+}
+
+/// An admitted request's charges to settle (opaque; see `fg_verdict`).
+#[derive(Debug)]
+pub struct fg_settlement {
+    _private: [u8; 0],
 }
 
 /// An event, passed to the event callback. Every pointer is valid only during
@@ -813,7 +824,72 @@ fn fill_verdict(buf: &mut String, v: &Verdict) -> fg_verdict {
         token_problem: v.token_problem.map_or(c"", |p| p.c_code()).as_ptr(),
         body: base.wrapping_add(body_at),
         body_len,
+        settlement: v
+            .settlement
+            .clone()
+            .map_or(std::ptr::null_mut(), |s| Box::into_raw(Box::new(s)).cast()),
     }
+}
+
+/// Settles an admitted request once its response is known: `status` is the
+/// response's HTTP status (100-599); `cost` the request's real cost for rules
+/// with `cost_from = "response"`, or -1 to keep the estimate. Gives back the
+/// charge of rules that do not count the status (`count = "failures"`...) and
+/// frees the request's places in flight. Consumes `settlement` whatever the
+/// result (NULL is `FG_RESULT_OK`: nothing to settle). `now_ns`: nanoseconds of
+/// Unix time as in `fg_engine_check_request_at`, or 0 for the engine's clock.
+/// `FG_RESULT_ALREADY_SETTLED` never happens through this call (each pointer is
+/// settled once); `FG_RESULT_INVALID_REQUEST` for a status out of range or a
+/// settlement of another engine.
+///
+/// # Safety
+/// `engine` must come from a constructor; `settlement` must come from a verdict
+/// and not be used after.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_settle(
+    engine: *const fg_engine,
+    settlement: *mut fg_settlement,
+    status: u16,
+    cost: i64,
+    now_ns: u64,
+) -> fg_result {
+    guard(|| {
+        let owned = (!settlement.is_null()).then(|| {
+            // SAFETY: a Box<Settlement> from fill_verdict, consumed once.
+            unsafe { Box::from_raw(settlement.cast::<fg_core::policy::Settlement>()) }
+        });
+        // SAFETY: `engine` comes from a constructor per the caller's contract.
+        let inner = unsafe { inner(engine) }?;
+        let Inner::Policy(policy) = inner else {
+            return Err(fg_result::WrongEngineKind);
+        };
+        let cost = match cost {
+            -1 => None,
+            c => Some(u64::try_from(c).map_err(|_| fg_result::InvalidArgument)?),
+        };
+        policy
+            .settle_settlement(
+                owned.as_deref(),
+                fg_core::policy::Settle { status, cost },
+                (now_ns != 0).then(|| Duration::from_nanos(now_ns)),
+            )
+            .map_err(|e| fail(&e))
+    })
+}
+
+/// Frees a settlement without settling it: its charges stay, and its places
+/// in flight are released by the store after `in_flight_ttl` (NULL is ignored).
+///
+/// # Safety
+/// `settlement` must come from a verdict and not be used after.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_settlement_free(settlement: *mut fg_settlement) {
+    guard_void(|| {
+        if !settlement.is_null() {
+            // SAFETY: a Box<Settlement> from fill_verdict, freed once.
+            drop(unsafe { Box::from_raw(settlement.cast::<fg_core::policy::Settlement>()) });
+        }
+    });
 }
 
 /// Decides one HTTP request with a policy engine (`FG_RESULT_WRONG_ENGINE_KIND`

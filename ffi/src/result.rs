@@ -61,6 +61,8 @@ pub enum fg_result {
     /// A shared-memory table made for other quotas, another size or another
     /// build, or corrupt (see `fg_last_error` for what differs).
     StoreMismatch = 114,
+    /// A settlement settled a second time: nothing was given back again.
+    AlreadySettled = 115,
 }
 
 impl fg_result {
@@ -82,6 +84,7 @@ impl fg_result {
             ErrorKind::InvalidRequest => Self::InvalidRequest,
             ErrorKind::StoreUnavailable => Self::StoreUnavailable,
             ErrorKind::StoreMismatch => Self::StoreMismatch,
+            ErrorKind::AlreadySettled => Self::AlreadySettled,
         }
     }
 
@@ -111,6 +114,7 @@ impl fg_result {
             Self::StoreMismatch => {
                 c"the shared-memory table was made for other quotas or is corrupt"
             }
+            Self::AlreadySettled => c"the verdict was already settled",
         }
     }
 
@@ -138,6 +142,7 @@ impl fg_result {
         Self::InvalidRequest,
         Self::StoreUnavailable,
         Self::StoreMismatch,
+        Self::AlreadySettled,
     ];
 }
 

@@ -495,6 +495,71 @@ static void test_shared_memory(void) {
   unlink(path);
 }
 
+/* Settlement: only failed logins count; a parallel burst is held to the limit;
+ * places in flight are capped and come back when settled. */
+static void test_settle(void) {
+  const char *policy =
+      "[[rule]]\nname = \"login\"\nmatch = \"POST /login\"\nkey = \"header:x-user\"\n"
+      "algorithm = \"fixed_window\"\nquotas = [\"3/h\"]\ncount = \"failures\"\n"
+      "[[rule]]\nname = \"export\"\nmatch = \"GET /export\"\nkey = \"ip\"\n"
+      "quotas = [\"100/s\"]\nmax_in_flight = 1\n";
+  const fg_engine *e = NULL;
+  EQ(fg_engine_from_str(policy, strlen(policy), FG_FORMAT_TOML, &e), FG_RESULT_OK);
+  const uint64_t now = 1800000000ull * 1000000000ull;
+  fg_header h[] = {{"x-user", 6, "mallory", 7}};
+  fg_request login = {"POST", 4, "/login", 6, "192.0.2.1", 9, h, 1};
+  fg_settlement *held[10];
+  int admitted = 0;
+  fg_verdict v;
+  for (int i = 0; i < 10; i++) {
+    EQ(fg_engine_check_request_at(e, &login, now, &v), FG_RESULT_OK);
+    held[i] = v.settlement;
+    if (v.allowed) {
+      admitted++;
+      CHECK(v.settlement != NULL);
+    } else {
+      CHECK(v.settlement == NULL);
+    }
+  }
+  EQ(admitted, 3);
+  /* One success (given back), two failures (kept). */
+  int n = 0;
+  for (int i = 0; i < 10; i++) {
+    if (held[i]) {
+      EQ(fg_engine_settle(e, held[i], n == 0 ? 200 : 401, -1, now), FG_RESULT_OK);
+      n++;
+    }
+  }
+  EQ(fg_engine_check_request_at(e, &login, now, &v), FG_RESULT_OK);
+  CHECK(v.allowed);
+  EQ(fg_engine_settle(e, v.settlement, 999, -1, now), FG_RESULT_INVALID_REQUEST);
+  EQ(fg_engine_check_request_at(e, &login, now, &v), FG_RESULT_OK);
+  CHECK(!v.allowed);
+  EQ(fg_engine_settle(e, NULL, 200, -1, now), FG_RESULT_OK);
+  /* In flight: one at a time. */
+  fg_request exp = {"GET", 3, "/export", 7, "192.0.2.1", 9, NULL, 0};
+  EQ(fg_engine_check_request_at(e, &exp, now, &v), FG_RESULT_OK);
+  CHECK(v.allowed);
+  fg_settlement *first = v.settlement;
+  EQ(fg_engine_check_request_at(e, &exp, now, &v), FG_RESULT_OK);
+  EQ(v.status, 429);
+  CHECK(strcmp(v.reason, "concurrency") == 0);
+  EQ(fg_engine_settle(e, first, 200, -1, now), FG_RESULT_OK);
+  EQ(fg_engine_check_request_at(e, &exp, now, &v), FG_RESULT_OK);
+  CHECK(v.allowed);
+  fg_settlement_free(v.settlement); /* never settled: the store releases it later */
+  fg_settlement_free(NULL);
+  EQ(fg_engine_check_request_at(e, &exp, now + 1000000000ull, &v), FG_RESULT_OK);
+  CHECK(!v.allowed);
+  EQ(fg_engine_check_request_at(e, &exp, now + 120000000000ull, &v), FG_RESULT_OK);
+  CHECK(v.allowed);
+  EQ(fg_engine_settle(e, v.settlement, 200, -5, now), FG_RESULT_INVALID_ARGUMENT);
+  const fg_engine *q = quota_engine();
+  EQ(fg_engine_settle(q, NULL, 200, -1, 0), FG_RESULT_WRONG_ENGINE_KIND);
+  fg_engine_free(q);
+  fg_engine_free(e);
+}
+
 int main(void) {
   const char *s = getenv("FG_TEST_SCALE");
   int scale = s ? atoi(s) : 1;
@@ -508,6 +573,7 @@ int main(void) {
   test_nulls();
   test_redis();
   test_shared_memory();
+  test_settle();
   test_threads(scale);
   if (failures) {
     fprintf(stderr, "%d of %d checks failed\n", failures, checks);

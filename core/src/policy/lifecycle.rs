@@ -393,7 +393,7 @@ impl super::Engine {
     /// (nothing is given back twice); [`Error::InvalidRequest`](crate::Error::InvalidRequest)
     /// for a status outside 100-599 or a verdict of another engine.
     pub fn settle(&self, verdict: &super::Verdict, outcome: Settle) -> crate::Result<()> {
-        self.settle_inner(verdict, outcome, self.now(), false)
+        self.settle_settlement(verdict.settlement.as_ref(), outcome, None)
     }
 
     /// [`settle`](Self::settle) at an explicit time (Unix time, as
@@ -407,15 +407,20 @@ impl super::Engine {
         outcome: Settle,
         now: Duration,
     ) -> crate::Result<()> {
-        self.settle_inner(verdict, outcome, now, true)
+        self.settle_settlement(verdict.settlement.as_ref(), outcome, Some(now))
     }
 
-    pub(super) fn settle_inner(
+    /// [`settle`](Self::settle) with the verdict's settlement alone (what a
+    /// front end keeps after it has read the verdict): `now` and whether it
+    /// is an explicit time (else a Redis store uses its own clock).
+    ///
+    /// # Errors
+    /// As [`settle`](Self::settle).
+    pub fn settle_settlement(
         &self,
-        verdict: &super::Verdict,
+        settlement: Option<&Settlement>,
         outcome: Settle,
-        now: Duration,
-        explicit: bool,
+        now: Option<Duration>,
     ) -> crate::Result<()> {
         if !(100..=599).contains(&outcome.status) {
             return Err(crate::Error::InvalidRequest {
@@ -423,9 +428,11 @@ impl super::Engine {
                 problem: "must be an HTTP status between 100 and 599",
             });
         }
-        let Some(settlement) = &verdict.settlement else {
+        let Some(settlement) = settlement else {
             return Ok(());
         };
+        let explicit = now.is_some();
+        let now = now.unwrap_or_else(|| self.now());
         let entries = settlement.take(self.id)?;
         let now_ns = super::nanos(now);
         super::events::bump(&self.metrics.settled);
