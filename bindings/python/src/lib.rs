@@ -33,6 +33,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidRequest => "InvalidRequestError",
         ErrorKind::StoreUnavailable => "StoreUnavailableError",
         ErrorKind::StoreMismatch => "StoreMismatchError",
+        ErrorKind::AlreadySettled => "AlreadySettledError",
     }
 }
 
@@ -440,7 +441,8 @@ struct PyVerdict {
     /// The deciding rule's key (may contain a user id).
     #[pyo3(get)]
     identity: Option<String>,
-    /// Why: allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized.
+    /// Why: allowed, no_rule, allow_listed, rate_limited, banned, deny_listed,
+    /// unauthorized, concurrency.
     #[pyo3(get)]
     reason: &'static str,
     /// The deciding quota's limit, and what is left of it.
@@ -461,6 +463,9 @@ struct PyVerdict {
     /// core so every front end sends the same one.
     #[pyo3(get)]
     body: Py<PyBytes>,
+    /// What `Engine.settle` gives back or charges (only for rules with `count`,
+    /// `cost_from = "response"` or `max_in_flight`).
+    settlement: Option<floodgate::policy::Settlement>,
 }
 
 #[pymethods]
@@ -478,6 +483,14 @@ impl PyVerdict {
 
     fn __bool__(&self) -> bool {
         self.allowed
+    }
+
+    /// Whether `Engine.settle` has something to do for this verdict (a rule
+    /// with `count`, `cost_from = "response"` or `max_in_flight` admitted it)
+    /// and it was not settled yet.
+    #[getter]
+    fn needs_settle(&self) -> bool {
+        self.settlement.as_ref().is_some_and(|s| !s.is_settled())
     }
 }
 
@@ -500,6 +513,7 @@ fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
         token_problem: v.token_problem.map(|p| p.code()),
         reset_after: secs(v.reset_after),
         body: PyBytes::new(py, v.body().as_bytes()).unbind(),
+        settlement: v.settlement,
     })
 }
 
@@ -682,6 +696,34 @@ impl PyEngine {
         let run = || self.inner.check_owned(&request, now);
         let v = if self.blocking { py.detach(run) } else { run() }.map_err(to_py)?;
         verdict(py, v)
+    }
+
+    /// Settles an admitted request once its response is known: gives back the
+    /// charge of rules that do not count `status` (`count = "failures"`...),
+    /// replaces the estimate by `cost` on rules with `cost_from = "response"`,
+    /// and frees the request's places in flight. Raises `AlreadySettledError`
+    /// the second time. A verdict with nothing to settle is a no-op.
+    #[pyo3(signature = (verdict, *, status, cost=None, now=None))]
+    fn settle(
+        &self,
+        py: Python<'_>,
+        verdict: &PyVerdict,
+        status: i64,
+        cost: Option<f64>,
+        now: Option<f64>,
+    ) -> PyResult<()> {
+        let Some(settlement) = &verdict.settlement else {
+            return Ok(());
+        };
+        let status = u16::try_from(status).unwrap_or(0);
+        let cost = cost
+            .map(floodgate::Error::cost_from_f64)
+            .transpose()
+            .map_err(to_py)?;
+        let now = now.map(|t| duration("now", t)).transpose()?;
+        let outcome = floodgate::policy::Settle { status, cost };
+        let run = || self.inner.settle_settlement(Some(settlement), outcome, now);
+        if self.blocking { py.detach(run) } else { run() }.map_err(to_py)
     }
 
     /// The counters, as Prometheus text.

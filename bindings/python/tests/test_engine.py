@@ -186,7 +186,8 @@ def test_verdict_exposes_every_core_field():
     from floodgate import _floodgate
 
     props = {name for name in dir(_floodgate.Verdict) if not name.startswith("_")}
-    assert props == set(_floodgate.VERDICT_FIELDS)
+    # needs_settle is the lifecycle handle (Engine.settle), not a field of the decision.
+    assert props - {"needs_settle"} == set(_floodgate.VERDICT_FIELDS)
     v = Engine.from_toml(POLICY).check_request(method="GET", path="/api/items", client_ip="203.0.113.1")
     assert v.body == b"" and v.reset_after >= 0.0
     assert _floodgate.BAD_REQUEST_BODY == b'{"error":"bad_request"}'

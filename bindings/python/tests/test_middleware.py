@@ -171,6 +171,49 @@ def test_django(tmp_path):
     )
 
 
+
+def test_django_settles_after_the_view(tmp_path):
+    """Only failed logins count; the view's Floodgate-Cost header is removed."""
+    pytest.importorskip("django")
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test")
+        django.setup()
+    from django.http import HttpResponse
+    from django.test import RequestFactory, override_settings
+
+    from floodgate.django import FloodgateMiddleware
+
+    def view(request):
+        r = HttpResponse(b"{}", status=int(request.headers["x-status"]))
+        r["Floodgate-Cost"] = "1"
+        return r
+
+    policy = {
+        "rule": [
+            {
+                "name": "login",
+                "match": "POST /auth/login",
+                "key": "ip",
+                "algorithm": "fixed_window",
+                "quotas": ["2/hour"],
+                "count": "failures",
+            }
+        ]
+    }
+    with override_settings(FLOODGATE={"policy": policy}):
+        mw = FloodgateMiddleware(view)
+    factory = RequestFactory(REMOTE_ADDR="203.0.113.99")
+    call = lambda status: mw(factory.post("/auth/login", headers={"x-status": str(status)}))  # noqa: E731
+    for _ in range(10):
+        r = call(200)
+        assert r.status_code == 200
+        assert "Floodgate-Cost" not in r.headers
+    assert [call(401).status_code for _ in range(3)] == [401, 401, 429]
+
+
 def _view(request):
     from django.http import JsonResponse
 

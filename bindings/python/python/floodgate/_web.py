@@ -144,3 +144,21 @@ def environ_keys(names: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
         key = name.upper().replace("-", "_")
         out.append((key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key, name))
     return tuple(out)
+
+
+#: The response header a handler sets to report its request's real cost, for
+#: rules with ``cost_from = "response"`` (e.g. ``Floodgate-Cost: 37`` for a
+#: GraphQL query's cost or an LLM call's tokens). The middleware reads it and
+#: removes it from the response, so clients never see it.
+COST_HEADER = "floodgate-cost"
+
+
+def parse_cost(value: Union[str, bytes, None]) -> Optional[float]:
+    """The cost a handler reported, or ``None`` (absent or not a whole number
+    of units: the estimate stands)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    value = value.strip()
+    return float(value) if value.isdigit() else None

@@ -10,17 +10,27 @@ The engine sees what Starlette acts on: the decoded path it routes
 from the one forwarding header the trusted proxy sets (``forwarded_header``,
 default ``X-Forwarded-For``). A request the engine cannot use (a method that is
 not an HTTP token) is answered 400.
+
+Settlement. When a rule with ``count``, ``cost_from = "response"`` or
+``max_in_flight`` admitted the request (``verdict.needs_settle``), the
+middleware settles it once the app is done: with the status of
+``http.response.start``, after the last body chunk (streaming responses
+included); 500 if the app raised before starting a response; 499 if the client
+went away first. A ``Floodgate-Cost`` response header gives the real cost and is
+removed from the response.
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Sequence, Tuple
+import asyncio
+import functools
+from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple
 
 from . import check_request_async
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import client_ip, networks, router_path, wanted_headers
-from .errors import InvalidRequestError
+from ._web import COST_HEADER, client_ip, networks, parse_cost, router_path, wanted_headers
+from .errors import FloodgateError, InvalidRequestError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -81,13 +91,58 @@ class FloodgateMiddleware:
             await _answer(send, verdict.status, verdict.body, extra)
             return
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and extra:
+        if not verdict.needs_settle:
+
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start" and extra:
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", []), *extra]
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers)
+            return
+        await self._run_and_settle(scope, receive, send, verdict, extra)
+
+    async def _run_and_settle(self, scope: Scope, receive: Receive, send: Send, verdict: Any, extra: list) -> None:
+        """Runs the app, then settles ``verdict`` with how the response ended."""
+        status = 0
+        cost: Optional[float] = None
+        cost_name = COST_HEADER.encode()
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status, cost
+            if message["type"] == "http.response.start":
                 message = dict(message)
-                message["headers"] = [*message.get("headers", []), *extra]
+                status = int(message["status"])
+                kept = []
+                for name, value in message.get("headers", []):
+                    if name.lower() == cost_name:
+                        cost = parse_cost(value)
+                    else:
+                        kept.append((name, value))
+                message["headers"] = [*kept, *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            # 499: the client went away before any response (nginx's code).
+            await self._settle(verdict, status or 499, cost)
+
+    async def _settle(self, verdict: Any, status: int, cost: Optional[float]) -> None:
+        try:
+            if self.engine.blocking:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(
+                    None, functools.partial(self.engine.settle, verdict, status=status, cost=cost)
+                )
+            else:
+                self.engine.settle(verdict, status=status, cost=cost)
+        except FloodgateError:
+            pass  # already settled by the app itself, or the store is down: the charge stands
 
 
 async def _answer(send: Send, status: int, body: bytes, extra: List[Tuple[bytes, bytes]]) -> None:

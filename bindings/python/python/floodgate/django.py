@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import client_ip, environ_keys, networks, router_path, wanted_headers
-from .errors import InvalidRequestError
+from ._web import COST_HEADER, client_ip, environ_keys, networks, parse_cost, router_path, wanted_headers
+from .errors import FloodgateError, InvalidRequestError
 
 
 class FloodgateMiddleware:
@@ -53,10 +53,38 @@ class FloodgateMiddleware:
             return HttpResponse(BAD_REQUEST_BODY, status=400, content_type="application/json")
         if not verdict.allowed:
             response = HttpResponse(verdict.body, status=verdict.status, content_type="application/json")
+        elif verdict.needs_settle:
+            response = self._run_and_settle(request, verdict)
         else:
             response = self.get_response(request)
         for name, value in verdict.headers:
             response[name] = value
+        return response
+
+    def _run_and_settle(self, request: Any, verdict: Any) -> Any:
+        """Runs the view and settles ``verdict``: with the response's status (500
+        if the view raised), once a streaming response has been sent in full.
+        A ``Floodgate-Cost`` response header gives the real cost and is removed."""
+
+        def settle(status: int, cost: Any = None) -> None:
+            try:
+                self.engine.settle(verdict, status=status, cost=cost)
+            except FloodgateError:
+                pass  # already settled by the view, or the store is down: the charge stands
+
+        try:
+            response = self.get_response(request)
+        except BaseException:
+            settle(500)
+            raise
+        cost = parse_cost(response.headers.get(COST_HEADER))
+        if COST_HEADER in response.headers:
+            del response.headers[COST_HEADER]
+        closers = getattr(response, "_resource_closers", None)
+        if getattr(response, "streaming", False) and isinstance(closers, list):
+            closers.append(lambda: settle(response.status_code, cost))
+        else:
+            settle(response.status_code, cost)
         return response
 
 

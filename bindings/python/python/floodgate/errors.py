@@ -109,6 +109,13 @@ class StoreMismatchError(FloodgateError, ValueError):
     code = "store_mismatch"
 
 
+class AlreadySettledError(FloodgateError, ValueError):
+    """``Engine.settle`` called a second time for one verdict: the first
+    settlement stands and nothing is given back twice."""
+
+    code = "already_settled"
+
+
 __all__ = [
     "FloodgateError",
     "InvalidQuotaError",
@@ -126,4 +133,5 @@ __all__ = [
     "InvalidRequestError",
     "StoreUnavailableError",
     "StoreMismatchError",
+    "AlreadySettledError",
 ]

@@ -10,6 +10,13 @@ headers with commas; a deny-listed API key anywhere in the joined value is
 refused), and the client address from the one forwarding header the trusted proxy
 sets (``forwarded_header``, default ``X-Forwarded-For``). A request the engine
 cannot use is answered 400.
+
+Settlement. When a rule with ``count``, ``cost_from = "response"`` or
+``max_in_flight`` admitted the request (``verdict.needs_settle``), the
+middleware settles it when the server closes the response iterable (after the
+last chunk, or when the client went away), with the status passed to
+``start_response``, or 500 if the app raised. A ``Floodgate-Cost`` response
+header gives the real cost and is removed from the response.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import client_ip, environ_keys, networks, router_path, wanted_headers
-from .errors import InvalidRequestError
+from ._web import COST_HEADER, client_ip, environ_keys, networks, parse_cost, router_path, wanted_headers
+from .errors import FloodgateError, InvalidRequestError
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
@@ -80,10 +87,65 @@ class FloodgateMiddleware:
             )
             return [body]
 
-        def start_with_headers(status: str, response_headers: list, exc_info: Optional[Any] = None) -> Any:
-            return start_response(status, [*response_headers, *extra], exc_info)
+        if not verdict.needs_settle:
 
-        return self.app(environ, start_with_headers)
+            def start_with_headers(status: str, response_headers: list, exc_info: Optional[Any] = None) -> Any:
+                return start_response(status, [*response_headers, *extra], exc_info)
+
+            return self.app(environ, start_with_headers)
+        return self._run_and_settle(environ, start_response, verdict, extra)
+
+    def _run_and_settle(
+        self, environ: dict, start_response: StartResponse, verdict: Any, extra: list
+    ) -> Iterable[bytes]:
+        seen = {"status": 0, "cost": None}
+
+        def start_and_watch(status: str, response_headers: list, exc_info: Optional[Any] = None) -> Any:
+            seen["status"] = int(status.split(" ", 1)[0])
+            kept = []
+            for name, value in response_headers:
+                if name.lower() == COST_HEADER:
+                    seen["cost"] = parse_cost(value)
+                else:
+                    kept.append((name, value))
+            return start_response(status, [*kept, *extra], exc_info)
+
+        def settle(status: int) -> None:
+            try:
+                self.engine.settle(verdict, status=status, cost=seen["cost"])
+            except FloodgateError:
+                pass  # already settled by the app, or the store is down: the charge stands
+
+        try:
+            body = self.app(environ, start_and_watch)
+        except BaseException:
+            settle(seen["status"] or 500)
+            raise
+        return _Settling(body, lambda: settle(seen["status"] or 499))
+
+
+class _Settling:
+    """The app's response iterable, settling the verdict when the server closes
+    it (PEP 3333: ``close()`` is called however the response ended)."""
+
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self._body = body
+        self._on_close = on_close
+        self._closed = False
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close()
 
 
 __all__ = ["FloodgateMiddleware"]
