@@ -23,7 +23,50 @@ function clientIp(ip) {
 }
 
 const { badRequestBody } = require('./index.js')
-const { checkParts } = require('./floodgate.js')
+const { checkParts, needsSettle } = require('./floodgate.js')
+
+/** The response header a handler sets to report its request's real cost (rules
+ * with `cost_from = "response"`); removed before the response is sent. A
+ * handler may set `req.floodgateCost` instead. */
+const COST_HEADER = 'floodgate-cost'
+
+/** A cost as a handler reported it, or undefined (the estimate stands). */
+function parseCost(v) {
+  if (v === undefined || v === null) return undefined
+  const n = Number(v)
+  return Number.isInteger(n) && n >= 0 ? n : undefined
+}
+
+/**
+ * Settles `v` when the response is done: with its status once sent in full
+ * (`finish`), or 499 if the connection closed first (`close`). Reads and removes
+ * the `Floodgate-Cost` header as the headers are written.
+ */
+function settleWhenDone(engine, req, res, v) {
+  let cost
+  const writeHead = res.writeHead
+  res.writeHead = function writeHeadAndWatch(...args) {
+    const c = this.getHeader(COST_HEADER)
+    if (c !== undefined) {
+      cost = parseCost(c)
+      this.removeHeader(COST_HEADER)
+    }
+    return writeHead.apply(this, args)
+  }
+  let done = false
+  const settle = () => {
+    if (done) return
+    done = true
+    const status = res.writableFinished ? res.statusCode : 499
+    try {
+      engine.settle(v, { status, cost: parseCost(req.floodgateCost) ?? cost })
+    } catch {
+      // already settled by the handler: the first settlement stands
+    }
+  }
+  res.once('finish', settle)
+  res.once('close', settle)
+}
 
 const BAD_REQUEST = badRequestBody()
 
@@ -84,8 +127,9 @@ function floodgate(engine, options = {}) {
     } catch (err) {
       return fail(res, next, err)
     }
+    if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
     answer(res, next, v)
   }
 }
 
-module.exports = { floodgate, clientIp, headerPicker, isBadRequest, setHeaders, BAD_REQUEST }
+module.exports = { floodgate, clientIp, headerPicker, isBadRequest, setHeaders, BAD_REQUEST, COST_HEADER, parseCost }

@@ -8,8 +8,11 @@
 // express.js), Node's header values and `request.ip` (X-Forwarded-For from the
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
 // answered 400.
-const { clientIp, headerPicker, isBadRequest, BAD_REQUEST } = require('./express.js')
-const { checkParts } = require('./floodgate.js')
+const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, parseCost } = require('./express.js')
+const { checkParts, needsSettle } = require('./floodgate.js')
+
+/** The verdict a request must settle (on the request object). */
+const PENDING = Symbol('floodgate.pending')
 
 function floodgatePlugin(fastify, opts, done) {
   const engine = opts.engine
@@ -53,7 +56,40 @@ function floodgatePlugin(fastify, opts, done) {
         if (!isBadRequest(err)) return next(err)
         return badRequest(reply)
       }
+      if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }
       if (!answer(reply, v)) next()
+    })
+    // Settlement (rules with count, cost_from = "response" or max_in_flight):
+    // the Floodgate-Cost header is read and removed as the reply is sent, and
+    // the verdict settled once the response is done (499 if the client left).
+    fastify.addHook('onSend', (request, reply, payload, next) => {
+      const p = request[PENDING]
+      if (p !== undefined) {
+        const c = reply.getHeader(COST_HEADER)
+        if (c !== undefined) {
+          p.cost = parseCost(c)
+          reply.removeHeader(COST_HEADER)
+        }
+      }
+      next()
+    })
+    const settle = (request, status) => {
+      const p = request[PENDING]
+      if (p === undefined) return
+      request[PENDING] = undefined
+      try {
+        engine.settle(p.v, { status, cost: parseCost(request.floodgateCost) ?? p.cost })
+      } catch {
+        // already settled by the handler: the first settlement stands
+      }
+    }
+    fastify.addHook('onResponse', (request, reply, next) => {
+      settle(request, reply.statusCode)
+      next()
+    })
+    fastify.addHook('onRequestAbort', (request, next) => {
+      settle(request, 499)
+      next()
     })
   }
   done()

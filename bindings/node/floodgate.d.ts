@@ -1,6 +1,6 @@
 // Types of the package's entry point, floodgate.js. Everything but `Limiter` is
 // napi-rs's generated typing of the native addon (index.d.ts), re-exported.
-import type { Decision, LimiterOptions } from './index'
+import type { Decision, LimiterOptions, Verdict } from './index'
 
 export {
   Engine,
@@ -13,6 +13,34 @@ export {
   RequestInit,
   Verdict,
 } from './index'
+
+/** How a request ended, for `engine.settle`. */
+export interface SettleOutcome {
+  /** The response's HTTP status (100-599). */
+  status: number
+  /** The real cost, for rules with `cost_from = "response"` (default: the estimate stands). */
+  cost?: number | null
+  /** Unix time in ms, for replays and tests. */
+  nowMs?: number | null
+}
+
+declare module './index' {
+  interface Engine {
+    /**
+     * Settles an admitted request once its response is known: gives back the
+     * charge of rules that do not count `status` (`count = "failures"`...),
+     * replaces the estimate by `cost` on rules with `cost_from = "response"`, and
+     * frees the request's places in flight. A verdict with nothing to settle is
+     * a no-op.
+     * @throws Error with `err.code` `ERR_FG_ALREADY_SETTLED` the second time,
+     * `ERR_FG_INVALID_REQUEST` for a status out of range, `ERR_FG_INVALID_COST`.
+     */
+    settle(verdict: Verdict, outcome: SettleOutcome): void
+  }
+}
+
+/** Whether `engine.settle(verdict, ...)` has something to settle. */
+export declare function needsSettle(verdict: Verdict): boolean
 
 /** An in-memory rate limiter: `new Limiter({ quota: '100/minute', burst: 20 })`. */
 export declare class Limiter {

@@ -8,7 +8,7 @@
 // cost about a microsecond, twenty times the check).
 const native = require('./index.js')
 
-const { limiterCheck, engineCheck } = native
+const { limiterCheck, engineCheck, engineSettlement, engineSettle } = native
 
 function decision(allowed, out) {
   return {
@@ -67,9 +67,12 @@ class Limiter {
 // numbers give. The same object the napi-rs method built, at a fraction of the
 // cost (benches/README.md).
 const [REASONS, TOKEN_PROBLEMS, RESPONSE_HEADERS] = native.verdictTables()
-const [ALLOWED, STATUS, RETRY, RESET, LIMIT, REMAINING, AUTH, REASON, TOKEN, RULE_LEN, ID_LEN, BODY_LEN, COUNT, HEADERS] =
-  Array.from({ length: 14 }, (_, i) => i)
+const [ALLOWED, STATUS, RETRY, RESET, LIMIT, REMAINING, AUTH, REASON, TOKEN, RULE_LEN, ID_LEN, BODY_LEN, COUNT, SETTLE, HEADERS] =
+  Array.from({ length: 15 }, (_, i) => i)
 const CHECK = Symbol('floodgate.check')
+const HANDLE = Symbol('floodgate.handle')
+/** Where a verdict keeps what `engine.settle` settles (not enumerable: not a field). */
+const SETTLEMENT = Symbol('floodgate.settlement')
 
 /** A header value as the engine takes it: arrays joined with ", " (as Node joins repeated headers). */
 function headerText(v) {
@@ -137,9 +140,14 @@ function verdictOf(text, o) {
 /** The engine's checker: `(method, path, clientIp, headers, lower, nowMs) => Verdict`, one argument per header the policy reads. */
 function checker(engine) {
   const [handle, out] = engine.handle()
+  Object.defineProperty(engine, HANDLE, { value: handle })
   const names = engine.requestHeaders
   const [a, b, c] = names
-  const v = (text) => verdictOf(text, out)
+  const v = (text) => {
+    const verdict = verdictOf(text, out)
+    if (out[SETTLE] === 1) Object.defineProperty(verdict, SETTLEMENT, { value: engineSettlement(handle) })
+    return verdict
+  }
   switch (names.length) {
     case 0:
       return (m, p, ip, h, lower, now) => v(engineCheck(handle, m, p, ip, now))
@@ -180,6 +188,30 @@ NativeEngine.prototype.checkRequest = function checkRequest(request) {
   return this[CHECK](request.method, request.path, request.clientIp, request.headers, false, request.nowMs)
 }
 
+/**
+ * Settles an admitted request once its response is known: gives back the
+ * charge of rules that do not count `status` (`count = "failures"`...), replaces
+ * the estimate by `cost` on rules with `cost_from = "response"`, and frees the
+ * request's places in flight. Throws `ERR_FG_ALREADY_SETTLED` the second time.
+ * A verdict with nothing to settle is a no-op.
+ */
+NativeEngine.prototype.settle = function settle(verdict, outcome) {
+  const s = verdict == null ? undefined : verdict[SETTLEMENT]
+  if (s === undefined) return
+  if (outcome == null || typeof outcome !== 'object') {
+    const err = new TypeError('settle needs { status, cost? }')
+    err.code = 'ERR_FG_INVALID_ARGUMENT'
+    throw err
+  }
+  this[CHECK] // the handle is made with the checker
+  engineSettle(this[HANDLE], s, outcome.status, outcome.cost, outcome.nowMs)
+}
+
+/** Whether `engine.settle(verdict, ...)` has something to settle. */
+function needsSettle(verdict) {
+  return verdict != null && verdict[SETTLEMENT] !== undefined
+}
+
 /** For the middleware: `headers` is Node's `req.headers` (lower-case names). */
 function checkParts(engine, method, path, clientIp, headers) {
   return engine[CHECK](method, path, clientIp, headers, true, undefined)
@@ -190,5 +222,6 @@ module.exports = {
   RedisLimiter: native.RedisLimiter,
   Engine: native.Engine,
   checkParts,
+  needsSettle,
   errorCodes: native.errorCodes,
 }

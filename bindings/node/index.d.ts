@@ -204,7 +204,10 @@ export interface Verdict {
   rule?: string
   /** The deciding rule's key (may contain a user id). */
   identity?: string
-  /** allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized. */
+  /**
+   * allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized,
+   * concurrency.
+   */
   reason: string
   limit: number
   remaining: number

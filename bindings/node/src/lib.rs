@@ -453,7 +453,8 @@ pub struct Verdict {
     pub rule: Option<String>,
     /// The deciding rule's key (may contain a user id).
     pub identity: Option<String>,
-    /// allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized.
+    /// allowed, no_rule, allow_listed, rate_limited, banned, deny_listed, unauthorized,
+    /// concurrency.
     pub reason: String,
     pub limit: f64,
     pub remaining: f64,

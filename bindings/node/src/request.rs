@@ -17,17 +17,25 @@
 //! limit, remaining, authenticated, reason (index into the core's
 //! `Reason::ALL`), tokenProblem (index into `TokenProblem::ALL`, -1 for none),
 //! then the UTF-16 lengths of rule and identity (-1 for none) and body, the
-//! header count, and per header its name (index into `RESPONSE_HEADERS`) and
+//! header count, whether the verdict has a settlement (then `engineSettlement`
+//! takes it), and per header its name (index into `RESPONSE_HEADERS`) and
 //! value length.
+//!
+//! Settlement (`Engine.settle`): `engineSettlement(handle)` wraps the last
+//! verdict's settlement in an external (tagged, freed by the GC when the
+//! verdict goes), which `floodgate.js` keeps on the verdict under a symbol;
+//! `engineSettle(handle, settlement, status, cost, nowMs)` settles it.
 #![allow(unsafe_code)] // Node-API calls: every block says why it is sound
 
 use std::cell::{Cell, RefCell};
 use std::ptr;
 use std::sync::Arc;
 
+use std::ffi::c_void;
+
 use floodgate::policy::{
-    Engine as CoreEngine, RESPONSE_HEADERS, Reason, Request, TokenProblem, VerdictBuf,
-    parse_client_ip,
+    Engine as CoreEngine, RESPONSE_HEADERS, Reason, Request, Settle, Settlement, TokenProblem,
+    VerdictBuf, parse_client_ip,
 };
 use napi::sys;
 
@@ -67,6 +75,8 @@ enum Slot {
     IdentityLen,
     BodyLen,
     HeaderCount,
+    /// 1 when the verdict has a settlement.
+    Settle,
     /// Then `(name, value length)` per header.
     Headers,
 }
@@ -85,7 +95,15 @@ struct Handle {
     verdict: RefCell<VerdictBuf>,
     /// The verdict's strings, back to back, for the one JS string returned.
     text: RefCell<String>,
+    /// The last verdict's settlement, until `engineSettlement` takes it.
+    pending: RefCell<Option<Settlement>>,
 }
+
+/// Marks settlement externals.
+const SETTLEMENT_TAG: sys::napi_type_tag = sys::napi_type_tag {
+    lower: 0x5e77_1e30_c0de_4a11,
+    upper: 0xf100_5e77_1e00_0001,
+};
 
 impl Numbers for Handle {
     fn out(&self) -> &[Cell<f64>] {
@@ -103,6 +121,7 @@ pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::
             arena: RefCell::new(Arena::default()),
             verdict: RefCell::new(VerdictBuf::new()),
             text: RefCell::new(String::with_capacity(256)),
+            pending: RefCell::new(None),
         },
         &TAG,
     )
@@ -110,7 +129,119 @@ pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::
 
 /// Adds `engineCheck(handle, method, path, clientIp, nowMs, ...headerValues)`.
 pub fn register(env: sys::napi_env, exports: sys::napi_value) -> napi::Result<()> {
-    export(env, exports, c"engineCheck", engine_check)
+    export(env, exports, c"engineCheck", engine_check)?;
+    export(env, exports, c"engineSettlement", engine_settlement)?;
+    export(env, exports, c"engineSettle", engine_settle)
+}
+
+unsafe extern "C" fn engine_settlement(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, "engineSettlement", || take_settlement(env, info))
+}
+
+unsafe extern "C" fn engine_settle(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, "engineSettle", || settle(env, info))
+}
+
+unsafe extern "C" fn drop_settlement(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    if !data.is_null() {
+        // SAFETY: `data` is the Box made in `take_settlement`, freed once here.
+        drop(unsafe { Box::from_raw(data.cast::<Settlement>()) });
+    }
+}
+
+/// `engineSettlement(handle)`: the last verdict's settlement as an external, or
+/// undefined.
+fn take_settlement(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Result<sys::napi_value, Thrown> {
+    let ([handle], _) = args::<1>(env, info)?;
+    // SAFETY: TAG marks engine `Handle`s only; `handle` is an argument of this call.
+    let h = unsafe { unwrap_handle::<Handle>(env, handle, &TAG, "engineSettlement")? };
+    let taken = h
+        .pending
+        .try_borrow_mut()
+        .map_err(|_| invalid("engineSettlement re-entered"))?
+        .take();
+    let Some(s) = taken else {
+        return undefined(env);
+    };
+    let mut result = ptr::null_mut();
+    let data = Box::into_raw(Box::new(s)).cast::<c_void>();
+    // SAFETY: on success the external owns `data` (freed by drop_settlement);
+    // on failure it was not made and the Box is taken back.
+    let status = unsafe {
+        sys::napi_create_external(
+            env,
+            data,
+            Some(drop_settlement),
+            ptr::null_mut(),
+            &mut result,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        // SAFETY: not owned by an external: still ours.
+        drop(unsafe { Box::from_raw(data.cast::<Settlement>()) });
+        return Err(invalid("could not create the settlement"));
+    }
+    // SAFETY: `result` was just created in this environment.
+    let status = unsafe { sys::napi_type_tag_object(env, result, &SETTLEMENT_TAG) };
+    ok(status, "the settlement's tag")?;
+    Ok(result)
+}
+
+fn undefined(env: sys::napi_env) -> Result<sys::napi_value, Thrown> {
+    let mut result = ptr::null_mut();
+    // SAFETY: `env` is the live environment of the current call.
+    let status = unsafe { sys::napi_get_undefined(env, &mut result) };
+    ok(status, "undefined")?;
+    Ok(result)
+}
+
+/// `engineSettle(handle, settlement, status, cost, nowMs)`; `cost` and `nowMs`
+/// may be undefined or null.
+fn settle(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_value, Thrown> {
+    let ([handle, settlement, status, cost, now], _) = args::<5>(env, info)?;
+    // SAFETY: TAG marks engine `Handle`s only; `handle` is an argument of this call.
+    let h = unsafe { unwrap_handle::<Handle>(env, handle, &TAG, "engineSettle")? };
+    let (mut data, mut tagged) = (ptr::null_mut(), false);
+    // SAFETY: fails with a status on anything but an external; then only reads its tag.
+    let is_settlement = unsafe {
+        sys::napi_get_value_external(env, settlement, &mut data) == sys::Status::napi_ok
+            && sys::napi_check_object_type_tag(env, settlement, &SETTLEMENT_TAG, &mut tagged)
+                == sys::Status::napi_ok
+    };
+    if !is_settlement || !tagged || data.is_null() {
+        return Err(invalid("settle needs a verdict from checkRequest"));
+    }
+    // SAFETY: only `take_settlement` tags externals with SETTLEMENT_TAG; their
+    // data is a live Box<Settlement> while the external is (an argument here).
+    let s = unsafe { &*data.cast::<Settlement>() };
+    let status = double(env, status, "status")?;
+    let status = if status.fract() == 0.0 && (0.0..=65535.0).contains(&status) {
+        status as u16
+    } else {
+        0 // refused by the core as out of range
+    };
+    let cost = if absent(type_of(env, cost)?) {
+        None
+    } else {
+        Some(floodgate::Error::cost_from_f64(double(env, cost, "cost")?)?)
+    };
+    let now = if absent(type_of(env, now)?) {
+        None
+    } else {
+        crate::time(Some(double(env, now, "nowMs")?))?
+    };
+    h.engine
+        .settle_settlement(Some(s), Settle { status, cost }, now)?;
+    undefined(env)
 }
 
 unsafe extern "C" fn engine_check(
@@ -347,6 +478,10 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
         count += 1;
     }
     set(Slot::HeaderCount as usize, count as f64);
+    set(Slot::Settle as usize, flag(v.settlement.is_some()));
+    *h.pending
+        .try_borrow_mut()
+        .map_err(|_| invalid("engineCheck re-entered"))? = v.settlement.clone();
     if v.allowed {
         set(Slot::BodyLen as usize, 0.0);
     } else {
