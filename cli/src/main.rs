@@ -37,7 +37,9 @@ enum Command {
         /// The policy file.
         #[arg(long)]
         config: std::path::PathBuf,
-        /// Lines like {"t_ms": 1250.5, "method": "POST", "path": "/auth/login", "ip": "203.0.113.7", "headers": {}}.
+        /// Lines like {"t_ms": 1250.5, "method": "POST", "path": "/auth/login", "ip": "203.0.113.7", "headers": {}},
+        /// optionally with the response: "status" (default 200), "cost" and "duration_ms"
+        /// (settled when it ends: `count`, `cost_from`, `max_in_flight`).
         #[arg(long)]
         trace: std::path::PathBuf,
         /// Unix time (s) of t_ms = 0; JWT exp/nbf are checked against it.

@@ -29,6 +29,11 @@ struct TraceLine {
     path: String,
     ip: Option<IpAddr>,
     headers: Vec<(String, String)>,
+    /// The response: its status (default 200), its real cost, and when it
+    /// ended (`duration_ms` after `t_ms`, default 0).
+    status: u16,
+    cost: Option<u64>,
+    duration_ms: f64,
 }
 
 fn parse_line(text: &str) -> Result<TraceLine, String> {
@@ -59,12 +64,34 @@ fn parse_line(text: &str) -> Result<TraceLine, String> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("headers must be an object".into()),
     };
+    let status = match v.get("status") {
+        None | Some(Value::Null) => 200,
+        Some(s) => s
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .filter(|s| (100..=599).contains(s))
+            .ok_or("status must be an HTTP status (100-599)")?,
+    };
+    let cost = match v.get("cost") {
+        None | Some(Value::Null) => None,
+        Some(c) => Some(c.as_u64().ok_or("cost must be a whole number >= 0")?),
+    };
+    let duration_ms = match v.get("duration_ms") {
+        None | Some(Value::Null) => 0.0,
+        Some(d) => d
+            .as_f64()
+            .filter(|d| d.is_finite() && *d >= 0.0)
+            .ok_or("duration_ms must be a number >= 0")?,
+    };
     Ok(TraceLine {
         t_ms,
         method: field("method").ok_or("method is missing")?,
         path: field("path").ok_or("path is missing")?,
         ip,
         headers,
+        status,
+        cost,
+        duration_ms,
     })
 }
 
@@ -96,7 +123,11 @@ fn verdict_json(t_ms: f64, v: &Verdict) -> Value {
 
 /// Replays a trace through the policy, one JSON line out per line in. The trace's
 /// clock drives the engine (`start_unix` + `t_ms`), and the seeds are fixed, so the
-/// output is the same on every run.
+/// output is the same on every run. An admitted request that a rule must settle
+/// (`count`, `cost_from`, `max_in_flight`) is settled when its response ends,
+/// `duration_ms` after it arrived, with the line's `status` (default 200) and
+/// `cost`: before any later line that arrives at or after that time, in order of
+/// end time (then of arrival).
 pub fn simulate(
     config: &Path,
     trace: &Path,
@@ -108,6 +139,7 @@ pub fn simulate(
         .with_fixed_seed(0x5EED);
     let file =
         std::fs::File::open(trace).map_err(|e| format!("cannot open {}: {e}", trace.display()))?;
+    let mut running: Vec<Running> = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| format!("{}: {e}", trace.display()))?;
         if line.trim().is_empty() {
@@ -125,11 +157,40 @@ pub fn simulate(
             client_ip: t.ip,
             headers: &headers,
         };
-        let now = Duration::from_secs(start_unix) + Duration::from_secs_f64(t.t_ms / 1000.0);
+        let at =
+            |t_ms: f64| Duration::from_secs(start_unix) + Duration::from_secs_f64(t_ms / 1000.0);
+        settle_due(&engine, &mut running, Some(t.t_ms), &at)?;
         let v = engine
-            .check_request_at(&req, now)
+            .check_request_at(&req, at(t.t_ms))
             .map_err(|e| format!("{}:{}: {e}", trace.display(), n + 1))?;
         writeln!(out, "{}", verdict_json(t.t_ms, &v)).map_err(|e| e.to_string())?;
+        if v.settlement.is_some() {
+            running.push((t.t_ms + t.duration_ms, n, t.status, t.cost, v));
+        }
+    }
+    let at = |t_ms: f64| Duration::from_secs(start_unix) + Duration::from_secs_f64(t_ms / 1000.0);
+    settle_due(&engine, &mut running, None, &at)
+}
+
+/// A request still running in a replay: (end, line, status, cost, verdict).
+type Running = (f64, usize, u16, Option<u64>, Verdict);
+
+/// Settles the requests of `running` that ended by `until` (all if `None`).
+fn settle_due(
+    engine: &Engine,
+    running: &mut Vec<Running>,
+    until: Option<f64>,
+    at: &impl Fn(f64) -> Duration,
+) -> Result<(), String> {
+    running.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let due = running
+        .iter()
+        .take_while(|r| until.is_none_or(|u| r.0 <= u))
+        .count();
+    for (end, _, status, cost, v) in running.drain(..due) {
+        engine
+            .settle_at(&v, floodgate::policy::Settle { status, cost }, at(end))
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -192,27 +192,41 @@ fn hmac_secret_from_the_environment() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
 }
 
-#[test]
-fn simulate_reproduces_the_committed_trace() {
+/// Replays `tests/traces/{name}.jsonl` through `config` and compares with the
+/// reviewed `{name}.expected.jsonl`.
+fn replay_matches(config: &str, name: &str, at_least: usize) {
     let out = floodgate(&[
         "simulate",
         "--config",
-        &root("examples/policy.toml"),
+        &root(config),
         "--trace",
-        &root("tests/traces/example.jsonl"),
+        &root(&format!("tests/traces/{name}.jsonl")),
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = std::fs::read_to_string(root("tests/traces/example.expected.jsonl")).unwrap();
+    let expected =
+        std::fs::read_to_string(root(&format!("tests/traces/{name}.expected.jsonl"))).unwrap();
     let got = String::from_utf8(out.stdout).unwrap();
     for (i, (g, e)) in got.lines().zip(expected.lines()).enumerate() {
-        assert_eq!(g, e, "line {}", i + 1);
+        assert_eq!(g, e, "{name} line {}", i + 1);
     }
     assert_eq!(got.lines().count(), expected.lines().count());
-    assert!(got.lines().count() >= 20);
+    assert!(got.lines().count() >= at_least);
+}
+
+#[test]
+fn simulate_reproduces_the_committed_trace() {
+    replay_matches("examples/policy.toml", "example", 20);
+}
+
+/// Settlement and concurrency replayed: failed logins only, a parallel burst,
+/// places in flight (settled, and crashed), the real cost.
+#[test]
+fn simulate_replays_settlement_and_concurrency() {
+    replay_matches("tests/policies/lifecycle.toml", "lifecycle", 28);
 }
 
 #[test]
