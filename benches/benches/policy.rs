@@ -230,5 +230,59 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
-criterion_group! { name = benches; config = config(); targets = requests }
+/// The request lifecycle: a check alone beside a check then its settlement,
+/// on the same rule except for `count = "failures"` (in memory, 10k clients,
+/// each request settled as a success: its charge given back), and with
+/// `max_in_flight` (a place taken, then freed).
+fn lifecycle(c: &mut Criterion) {
+    use floodgate::policy::Settle;
+    let mut group = c.benchmark_group("lifecycle");
+    let at = Duration::from_secs(NOW);
+    let clients = ips(10_000);
+    let rule = "[[rule]]\nname = \"login\"\nmatch = \"POST /login\"\nquotas = [\"1000000/s\"]\nkey = \"ip\"\n";
+    for (name, extra, settle) in [
+        ("check_alone", "", false),
+        (
+            "check_then_settle_failures_only",
+            "count = \"failures\"\n",
+            true,
+        ),
+        (
+            "check_then_settle_max_in_flight",
+            "max_in_flight = 100\n",
+            true,
+        ),
+    ] {
+        let e = engine(&format!("{rule}{extra}"));
+        let mut out = VerdictBuf::new();
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % clients.len();
+                let req = Request {
+                    method: "POST",
+                    path: "/login",
+                    client_ip: Some(clients[i]),
+                    headers: &[],
+                };
+                e.check_request_into(&req, Some(at), &mut out).unwrap();
+                if settle {
+                    e.settle_at(
+                        out.verdict(),
+                        Settle {
+                            status: 200,
+                            cost: None,
+                        },
+                        at,
+                    )
+                    .unwrap();
+                }
+                black_box(out.verdict().allowed)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! { name = benches; config = config(); targets = requests, lifecycle }
 criterion_main!(benches);

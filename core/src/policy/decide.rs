@@ -241,7 +241,7 @@ impl Engine {
             let checked = match tier.limiter.check(key, cost, now, explicit) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.release_flight(rule, key, flight, now_ns);
+                    self.release_flight(index, rule, key, flight, now_ns);
                     self.refund(&charges, now, explicit);
                     return Err(e);
                 }
@@ -252,7 +252,7 @@ impl Engine {
                 a.record(key, now_ns, !d.allowed);
             }
             if !d.allowed {
-                self.release_flight(rule, key, flight, now_ns);
+                self.release_flight(index, rule, key, flight, now_ns);
                 self.refund(&charges, now, explicit);
                 let policies = self.applying_policies(&charges, tier, index, &view, claims);
                 out.set(self.rate_limited(
@@ -501,19 +501,26 @@ impl Engine {
         for c in charges {
             c.tier.limiter.refund(c.key.bytes(), c.cost, now, explicit);
             if let Some(rule) = self.rules.get(c.rule) {
-                self.release_flight(rule, c.key.bytes(), c.flight, nanos(now));
+                self.release_flight(c.rule, rule, c.key.bytes(), c.flight, nanos(now));
             }
         }
     }
 
     /// Gives back the place in flight taken in period `flight`, if any.
-    pub(super) fn release_flight(&self, rule: &Rule, key: &[u8], flight: Option<u32>, now: u64) {
+    pub(super) fn release_flight(
+        &self,
+        index: usize,
+        rule: &Rule,
+        key: &[u8],
+        flight: Option<u32>,
+        now: u64,
+    ) {
         if let (Some(period), Some(f)) = (
             flight,
             rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()),
         ) {
             f.release(key, period, now);
-            if let Some((_, c)) = self.metrics.rules.iter().find(|(n, _)| *n == rule.name) {
+            if let Some((_, c)) = self.metrics.rules.get(index) {
                 bump(&c.in_flight_released);
             }
         }

@@ -293,14 +293,23 @@ impl InFlight {
 }
 
 /// One charge a verdict may settle.
-#[derive(Debug)]
 pub(crate) struct Entry {
     pub rule: usize,
     pub tier: usize,
-    pub key: Box<[u8]>,
+    /// The key, inline: the ticket is one allocation.
+    pub key: super::identity::KeyBuf,
     pub cost: u64,
     /// The period of the place this request holds in flight.
     pub flight: Option<u32>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("rule", &self.rule)
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -373,7 +382,7 @@ impl super::Engine {
                 entries.push(Entry {
                     rule: c.rule,
                     tier: c.tier_index,
-                    key: c.key.bytes().into(),
+                    key: c.key.clone(),
                     cost: c.cost,
                     flight: c.flight,
                 });
@@ -446,10 +455,10 @@ impl super::Engine {
             let Some(tier) = rule.limits.tier(e.tier) else {
                 continue;
             };
-            self.release_flight(rule, &e.key, e.flight, now_ns);
+            self.release_flight(e.rule, rule, e.key.bytes(), e.flight, now_ns);
             let limiter = &tier.limiter;
             if !life.counts(outcome.status) {
-                limiter.refund(&e.key, e.cost, now, explicit);
+                limiter.refund(e.key.bytes(), e.cost, now, explicit);
                 super::events::bump(&self.metrics.settle_refunds);
                 continue;
             }
@@ -457,16 +466,16 @@ impl super::Engine {
                 continue;
             };
             if real < e.cost {
-                limiter.refund(&e.key, e.cost - real, now, explicit);
+                limiter.refund(e.key.bytes(), e.cost - real, now, explicit);
                 super::events::bump(&self.metrics.settle_refunds);
             } else if real > e.cost {
                 // The rest, as much as the key has left: an overrun empties it (the
                 // next request is denied) but carries no debt beyond.
                 let extra = (real - e.cost).min(limiter.max_cost());
                 super::events::bump(&self.metrics.settle_charges);
-                let d = limiter.check(&e.key, extra, now, explicit)?.decision;
+                let d = limiter.check(e.key.bytes(), extra, now, explicit)?.decision;
                 if !d.allowed && d.remaining > 0 {
-                    limiter.check(&e.key, d.remaining, now, explicit)?;
+                    limiter.check(e.key.bytes(), d.remaining, now, explicit)?;
                 }
             }
         }
