@@ -10,14 +10,11 @@ import concurrent.futures
 import http.client
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 import floodgate
-from test_workers import _free_port, _stop, _table, _wait_for_workers
+from test_workers import _stop, _table, _wait_for_workers, start_server
 
 LOGIN_LIMIT = 5
 
@@ -133,18 +130,8 @@ app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml")
 
 def _serve(kind: str, tmp_path):
     table = _table()
-    (tmp_path / "policy.toml").write_text(POLICY.format(table=table, login=LOGIN_LIMIT))
-    (tmp_path / "app.py").write_text(textwrap.dedent(ASGI_APP if kind == "uvicorn" else WSGI_APP))
-    port = _free_port()
-    if kind == "uvicorn":
-        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "2", "--log-level", "warning"]
-    else:
-        cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w", "2",
-               "--threads", "8", "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    app = ASGI_APP if kind == "uvicorn" else WSGI_APP
+    proc, port = start_server(kind, app, POLICY.format(table=table, login=LOGIN_LIMIT), tmp_path, workers=2, threads=8)
     return proc, port, table
 
 

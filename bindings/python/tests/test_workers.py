@@ -96,19 +96,26 @@ def _table() -> str:
 
 def _serve(kind: str, store: str, tmp_path):
     table = _table()
-    (tmp_path / "policy.toml").write_text(policy(store, table))
-    (tmp_path / "app.py").write_text(textwrap.dedent(ASGI_APP if kind == "uvicorn" else WSGI_APP))
+    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, policy(store, table), tmp_path)
+    return proc, port, table
+
+
+def start_server(kind: str, app: str, policy_text: str, tmp_path, workers: int = 4, threads: int = 1):
+    """Starts ``app`` (ASGI under uvicorn, WSGI under gunicorn) with ``policy_text``
+    as ./policy.toml, on a free port: (process, port)."""
+    (tmp_path / "policy.toml").write_text(policy_text)
+    (tmp_path / "app.py").write_text(textwrap.dedent(app))
     port = _free_port()
     if kind == "uvicorn":
         cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "4", "--log-level", "warning"]
+               "--workers", str(workers), "--log-level", "warning"]
     else:
-        cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w", "4",
-               "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+               "--threads", str(threads), "--log-level", "warning"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    return proc, port, table
+    return proc, port
 
 
 def _wait_for_workers(proc, port: int) -> None:
