@@ -113,7 +113,10 @@ function floodgate(engine, options = {}) {
         headers: pick(req.headers),
       }
       engine.checkRequestAsync(request).then(
-        (v) => answer(res, next, v),
+        (v) => {
+          if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
+          answer(res, next, v)
+        },
         (err) => fail(res, next, err),
       )
     }

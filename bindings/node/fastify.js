@@ -42,6 +42,7 @@ function floodgatePlugin(fastify, opts, done) {
         if (!isBadRequest(err)) throw err
         return badRequest(reply)
       }
+      if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }
       if (answer(reply, v)) return reply
     })
   } else {
@@ -59,6 +60,8 @@ function floodgatePlugin(fastify, opts, done) {
       if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }
       if (!answer(reply, v)) next()
     })
+  }
+  if (engine.settles) {
     // Settlement (rules with count, cost_from = "response" or max_in_flight):
     // the Floodgate-Cost header is read and removed as the reply is sent, and
     // the verdict settled once the response is done (499 if the client left).

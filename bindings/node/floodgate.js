@@ -207,6 +207,16 @@ NativeEngine.prototype.settle = function settle(verdict, outcome) {
   engineSettle(this[HANDLE], s, outcome.status, outcome.cost, outcome.nowMs)
 }
 
+/**
+ * Decides a request on the libuv thread pool (use it with a Redis store); the
+ * verdict carries its settlement like `checkRequest`'s.
+ */
+NativeEngine.prototype.checkRequestAsync = async function checkRequestAsync(request) {
+  const [verdict, settlement] = await this.checkRequestAsyncSettled(request)
+  if (settlement !== undefined) Object.defineProperty(verdict, SETTLEMENT, { value: settlement })
+  return verdict
+}
+
 /** Whether `engine.settle(verdict, ...)` has something to settle. */
 function needsSettle(verdict) {
   return verdict != null && verdict[SETTLEMENT] !== undefined

@@ -25,10 +25,21 @@ export declare class Engine {
   /** Decides a request on the libuv thread pool: use it with a Redis store. */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
   /**
+   * `checkRequestAsync` as floodgate.js calls it: resolves `[verdict,
+   * settlement | undefined]`.
+   */
+  checkRequestAsyncSettled(request: RequestInit): Promise<[Verdict, unknown]>
+  /**
    * `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
    * `checkRequest` in floodgate.js calls. Both keep the engine alive.
    */
   handle(): [unknown, Float64Array]
+  /**
+   * Whether any rule settles after the response (`count`, `cost_from =
+   * "response"`, `max_in_flight`): the middleware hook the response's end
+   * only then.
+   */
+  get settles(): boolean
   /**
    * The request headers the policy reads, lower case (`x-api-key`,
    * `authorization`, ...): pass only these, the rest cannot change a verdict.

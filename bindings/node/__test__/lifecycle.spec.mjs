@@ -55,6 +55,8 @@ test('engine.settle gives back, charges and refuses a second settlement', () => 
   assert.throws(() => e.settle(w, { status: 200, cost: -1 }), { code: 'ERR_FG_INVALID_COST' })
   assert.throws(() => e.settle(w, null), { code: 'ERR_FG_INVALID_ARGUMENT' })
   e.settle({ allowed: true }, { status: 200 }) // nothing to settle: a no-op
+  assert.ok(e.settles)
+  assert.ok(!Engine.fromToml('[[rule]]\nname = "a"\nmatch = "/**"\nkey = "ip"\nquotas = ["1/s"]\n').settles)
   const other = Engine.fromToml(POLICY)
   assert.throws(() => other.settle(w, { status: 200 }), { code: 'ERR_FG_INVALID_REQUEST' })
   const gql = () => e.checkRequest({ method: 'POST', path: '/graphql', clientIp: '192.0.2.1', nowMs: NOW })
@@ -72,7 +74,7 @@ test('engine.settle gives back, charges and refuses a second settlement', () => 
   assert.ok(slow().allowed)
 })
 
-function apps() {
+function apps(async) {
   const express = require('express')
   const { floodgate } = require('../express.js')
   const Fastify = require('fastify')
@@ -80,7 +82,7 @@ function apps() {
   return {
     async express() {
       const app = express()
-      app.use(floodgate(Engine.fromToml(POLICY)))
+      app.use(floodgate(Engine.fromToml(POLICY), { async }))
       app.post('/login', async (req, res) => {
         await sleep(50)
         const ok = req.headers['x-password'] === 'right'
@@ -102,7 +104,7 @@ function apps() {
     },
     async fastify() {
       const app = Fastify()
-      await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
+      await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY), async })
       app.post('/login', async (request, reply) => {
         await sleep(50)
         const ok = request.headers['x-password'] === 'right'
@@ -123,9 +125,15 @@ function apps() {
   }
 }
 
-for (const kind of ['express', 'fastify']) {
-  test(`${kind}: only failed logins count, places in flight, the real cost, over HTTP`, async () => {
-    const { port, close } = await apps()[kind]()
+for (const [kind, async] of [
+  ['express', false],
+  ['fastify', false],
+  ['express', true],
+  ['fastify', true],
+]) {
+  const path = async ? 'checkRequestAsync (the Redis path)' : 'the raw path'
+  test(`${kind} on ${path}: only failed logins count, places in flight, the real cost, over HTTP`, async () => {
+    const { port, close } = await apps(async)[kind]()
     const base = `http://127.0.0.1:${port}`
     const call = async (method, path, headers = {}) => {
       const res = await fetch(base + path, { method, headers: { connection: 'close', ...headers } })
@@ -159,3 +167,46 @@ for (const kind of ['express', 'fastify']) {
     }
   })
 }
+
+test('checkRequestAsync verdicts settle like checkRequest ones', async () => {
+  const e = Engine.fromToml(POLICY)
+  const req = { method: 'POST', path: '/login', clientIp: '192.0.2.9', headers: { 'x-username': 'zoe' }, nowMs: NOW }
+  for (let i = 0; i < 10; i++) {
+    const v = await e.checkRequestAsync(req)
+    assert.ok(v.allowed && needsSettle(v))
+    e.settle(v, { status: 200, nowMs: NOW })
+    assert.throws(() => e.settle(v, { status: 200 }), { code: 'ERR_FG_ALREADY_SETTLED' })
+  }
+  const last = await e.checkRequestAsync(req)
+  assert.ok(!Object.keys(last).includes('settlement'), 'the settlement is not a field')
+})
+
+test('Express on a Redis engine: failed logins counted together, successes given back', { skip: !process.env.FG_TEST_REDIS_URL && 'FG_TEST_REDIS_URL not set' }, async () => {
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const prefix = `fg-node-life-${process.pid}-${Date.now()}`
+  const text = `[store]\nkind = "redis"\nurl = "${process.env.FG_TEST_REDIS_URL}"\nprefix = "${prefix}"\ntimeout_ms = 200\n` +
+    POLICY.split('[[rule]]\nname = "slow"')[0]
+  const engine = Engine.fromToml(text)
+  assert.ok(engine.mayBlock)
+  const app = express()
+  app.use(floodgate(engine))
+  app.post('/login', async (req, res) => {
+    await new Promise((r) => setTimeout(r, 50))
+    res.status(req.headers['x-password'] === 'right' ? 200 : 401).json({})
+  })
+  const server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s))
+  })
+  const base = `http://127.0.0.1:${server.address().port}`
+  const login = async (user, pw) =>
+    (await fetch(base + '/login', { method: 'POST', headers: { 'x-username': user, 'x-password': pw, connection: 'close' } })).status
+  try {
+    for (let i = 0; i < 10; i++) assert.equal(await login('ann', 'right'), 200)
+    const statuses = await Promise.all(Array.from({ length: 20 }, () => login('ben', 'guess')))
+    assert.equal(statuses.filter((s) => s === 401).length, LOGIN_LIMIT, String(statuses))
+    assert.equal(await login('ben', 'right'), 429)
+  } finally {
+    server.close()
+  }
+})

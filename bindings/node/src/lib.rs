@@ -548,6 +548,27 @@ impl Task for RequestTask {
     }
 }
 
+/// `checkRequestAsync` with the verdict's settlement (see [`request::SettledVerdict`]).
+pub struct SettledRequestTask {
+    engine: Arc<CoreEngine>,
+    request: Owned,
+}
+
+impl Task for SettledRequestTask {
+    type Output = floodgate::Result<CoreVerdict>;
+    type JsValue = request::SettledVerdict;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(decide(&self.engine, &self.request))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        output
+            .map(request::SettledVerdict)
+            .map_err(|e| Failure::from(e).into_js(&env))
+    }
+}
+
 /// An event, as the event callback receives it.
 #[napi(object)]
 #[derive(Clone)]
@@ -622,6 +643,20 @@ impl Engine {
         }))
     }
 
+    /// `checkRequestAsync` as floodgate.js calls it: resolves `[verdict,
+    /// settlement | undefined]`.
+    #[napi(ts_return_type = "Promise<[Verdict, unknown]>")]
+    pub fn check_request_async_settled(
+        &self,
+        env: Env,
+        request: RequestInit,
+    ) -> Result<AsyncTask<SettledRequestTask>> {
+        Ok(AsyncTask::new(SettledRequestTask {
+            engine: self.inner.clone(),
+            request: owned(&self.inner, request).map_err(|f| f.into_js(&env))?,
+        }))
+    }
+
     /// `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
     /// `checkRequest` in floodgate.js calls. Both keep the engine alive.
     #[napi(ts_return_type = "[unknown, Float64Array]")]
@@ -632,6 +667,14 @@ impl Engine {
         unsafe {
             Unknown::from_napi_value(env.raw(), raw)
         }
+    }
+
+    /// Whether any rule settles after the response (`count`, `cost_from =
+    /// "response"`, `max_in_flight`): the middleware hook the response's end
+    /// only then.
+    #[napi(getter)]
+    pub fn settles(&self) -> bool {
+        self.inner.settles()
     }
 
     /// The request headers the policy reads, lower case (`x-api-key`,

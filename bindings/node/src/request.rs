@@ -169,9 +169,17 @@ fn take_settlement(
         .try_borrow_mut()
         .map_err(|_| invalid("engineSettlement re-entered"))?
         .take();
-    let Some(s) = taken else {
-        return undefined(env);
-    };
+    match taken {
+        Some(s) => settlement_value(env, s),
+        None => undefined(env),
+    }
+}
+
+/// `s` as a tagged external (what `engineSettle` takes), freed by the GC.
+pub(crate) fn settlement_value(
+    env: sys::napi_env,
+    s: Settlement,
+) -> Result<sys::napi_value, Thrown> {
     let mut result = ptr::null_mut();
     let data = Box::into_raw(Box::new(s)).cast::<c_void>();
     // SAFETY: on success the external owns `data` (freed by drop_settlement);
@@ -196,7 +204,7 @@ fn take_settlement(
     Ok(result)
 }
 
-fn undefined(env: sys::napi_env) -> Result<sys::napi_value, Thrown> {
+pub(crate) fn undefined(env: sys::napi_env) -> Result<sys::napi_value, Thrown> {
     let mut result = ptr::null_mut();
     // SAFETY: `env` is the live environment of the current call.
     let status = unsafe { sys::napi_get_undefined(env, &mut result) };
@@ -511,4 +519,54 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     };
     ok(status, "the verdict's text")?;
     Ok(result)
+}
+
+/// A verdict and its settlement, resolved as `[verdict, settlement | undefined]`
+/// (`checkRequestAsync` in floodgate.js keeps the settlement on the verdict).
+pub struct SettledVerdict(pub floodgate::policy::Verdict);
+
+impl napi::bindgen_prelude::TypeName for SettledVerdict {
+    fn type_name() -> &'static str {
+        "[Verdict, unknown]"
+    }
+
+    fn value_type() -> napi::ValueType {
+        napi::ValueType::Object
+    }
+}
+
+impl napi::bindgen_prelude::ToNapiValue for SettledVerdict {
+    unsafe fn to_napi_value(
+        env: napi::sys::napi_env,
+        val: Self,
+    ) -> napi::Result<napi::sys::napi_value> {
+        let settlement = val.0.settlement.clone();
+        // SAFETY: `env` is the live environment napi-rs resolves the task in.
+        let verdict = unsafe {
+            <crate::Verdict as napi::bindgen_prelude::ToNapiValue>::to_napi_value(
+                env,
+                crate::Verdict::from(val.0),
+            )?
+        };
+        let second = match settlement {
+            Some(s) => settlement_value(env, s),
+            None => undefined(env),
+        }
+        .map_err(|f| napi::Error::from_reason(f.message()))?;
+        let mut pair = std::ptr::null_mut();
+        // SAFETY: as above; the array is made of two values of this environment.
+        let made = unsafe {
+            napi::sys::napi_create_array_with_length(env, 2, &mut pair)
+                == napi::sys::Status::napi_ok
+                && napi::sys::napi_set_element(env, pair, 0, verdict) == napi::sys::Status::napi_ok
+                && napi::sys::napi_set_element(env, pair, 1, second) == napi::sys::Status::napi_ok
+        };
+        if made {
+            Ok(pair)
+        } else {
+            Err(napi::Error::from_reason(
+                "could not create the verdict pair",
+            ))
+        }
+    }
 }

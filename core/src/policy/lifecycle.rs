@@ -482,6 +482,13 @@ impl super::Engine {
         Ok(())
     }
 
+    /// Whether any rule settles (`count`, `cost_from = "response"`,
+    /// `max_in_flight`): middleware that must hook the end of every response
+    /// for it (Fastify's `onResponse`) skip the hook otherwise.
+    pub fn settles(&self) -> bool {
+        self.rules.iter().any(|r| r.lifecycle.is_some())
+    }
+
     /// Places in flight held by `key` on rule `rule` now (0 for a rule without
     /// `max_in_flight`), for metrics and tests.
     pub fn in_flight(&self, rule: &str, key: &[u8]) -> u64 {
