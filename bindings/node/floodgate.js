@@ -211,10 +211,12 @@ NativeEngine.prototype.settle = function settle(verdict, outcome) {
  * Decides a request on the libuv thread pool (use it with a Redis store); the
  * verdict carries its settlement like `checkRequest`'s.
  */
-NativeEngine.prototype.checkRequestAsync = async function checkRequestAsync(request) {
-  const [verdict, settlement] = await this.checkRequestAsyncSettled(request)
-  if (settlement !== undefined) Object.defineProperty(verdict, SETTLEMENT, { value: settlement })
-  return verdict
+NativeEngine.prototype.checkRequestAsync = function checkRequestAsync(request) {
+  // Not `async`: a bad request throws synchronously, before the task starts.
+  return this.checkRequestAsyncSettled(request).then(([verdict, settlement]) => {
+    if (settlement !== undefined) Object.defineProperty(verdict, SETTLEMENT, { value: settlement })
+    return verdict
+  })
 }
 
 /** Whether `engine.settle(verdict, ...)` has something to settle. */
