@@ -1119,8 +1119,111 @@ cost_from = "response"
     )
     .unwrap();
     assert_eq!(b.check_request(&gql).unwrap().remaining, 50 - 10);
-    let e = Engine::from_toml_str(&text.replace("cost_from = \"response\"", "max_in_flight = 4"))
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-    assert!(e.to_string().contains("max_in_flight"), "{e}");
+}
+
+#[test]
+fn policy_max_in_flight_on_redis_is_shared_and_expires_in_the_store() {
+    use floodgate::policy::{Engine, Reason, Request, Settle};
+    let mut server = Server::start(&[]);
+    let text = |fail_mode: &str| {
+        format!(
+            r#"
+[store]
+kind = "redis"
+url = "{}"
+timeout_ms = 200
+fail_mode = "{fail_mode}"
+
+[[rule]]
+name = "export"
+match = "GET /export"
+quotas = ["1000/h"]
+key = "ip"
+max_in_flight = 2
+in_flight_ttl = "10s"
+"#,
+            server.url()
+        )
+    };
+    let (a, b) = (
+        Engine::from_toml_str(&text("local")).unwrap(),
+        Engine::from_toml_str(&text("local")).unwrap(),
+    );
+    let req = Request {
+        method: "GET",
+        path: "/export",
+        client_ip: Some("203.0.113.7".parse().unwrap()),
+        headers: &[],
+    };
+    let t0 = Duration::from_secs(1_900_000_000);
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let ok = Settle {
+        status: 200,
+        cost: None,
+    };
+    // One place taken by each instance: the third request, on either, is denied.
+    let first = a.check_request_at(&req, at(0)).unwrap();
+    let second = b.check_request_at(&req, at(0)).unwrap();
+    assert!(first.allowed && second.allowed);
+    for e in [&a, &b] {
+        let v = e.check_request_at(&req, at(1)).unwrap();
+        assert!(!v.allowed);
+        assert_eq!(v.reason, Reason::Concurrency);
+        assert_eq!(v.status, 429);
+    }
+    let places = || -> Vec<u64> {
+        let v = server.cmd(&["HMGET", "{fg:export:203.0.113.7}:f", "a", "b"]);
+        redis::from_redis_value::<Vec<Option<u64>>>(v)
+            .unwrap()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect()
+    };
+    assert_eq!(places(), [0, 2], "counted in Redis");
+    let ttl: i64 =
+        redis::from_redis_value(server.cmd(&["PTTL", "{fg:export:203.0.113.7}:f"])).unwrap();
+    assert!(
+        (19_000..=20_001).contains(&ttl),
+        "expires with its places: {ttl}"
+    );
+    // Settled on B, the place taken on A comes back for both.
+    b.settle_at(&first, ok, at(2)).unwrap_err(); // A's verdict: another engine
+    a.settle_at(&first, ok, at(2)).unwrap();
+    let third = b.check_request_at(&req, at(2)).unwrap();
+    assert!(third.allowed);
+    assert!(!a.check_request_at(&req, at(2)).unwrap().allowed);
+    // Never settled (a crashed worker): Redis releases them 1-2 TTLs later.
+    assert!(
+        !a.check_request_at(&req, at(12)).unwrap().allowed,
+        "second and third still held in the next period"
+    );
+    let late = a.check_request_at(&req, at(31)).unwrap();
+    assert!(late.allowed, "released by the store");
+    // A late settle of an expired place frees nothing it should not.
+    b.settle_at(&second, ok, at(31)).unwrap();
+    assert!(b.check_request_at(&req, at(31)).unwrap().allowed);
+    assert!(
+        !b.check_request_at(&req, at(31)).unwrap().allowed,
+        "two held again"
+    );
+    // Redis down: the rule's fail mode decides.
+    let (open, closed) = (
+        Engine::from_toml_str(&text("open")).unwrap(),
+        Engine::from_toml_str(&text("closed")).unwrap(),
+    );
+    server.stop();
+    assert!(
+        a.check_request_at(&req, at(40)).unwrap().allowed,
+        "local: counted here"
+    );
+    assert!(a.check_request_at(&req, at(40)).unwrap().allowed);
+    let v = a.check_request_at(&req, at(40)).unwrap();
+    assert_eq!(v.reason, Reason::Concurrency, "local count at 2");
+    for _ in 0..3 {
+        let v = open.check_request_at(&req, at(40)).unwrap();
+        assert!(v.allowed, "open: admitted without a place");
+        open.settle_at(&v, ok, at(40)).unwrap();
+    }
+    let v = closed.check_request_at(&req, at(40)).unwrap();
+    assert_eq!(v.reason, Reason::Concurrency, "closed: no place");
 }

@@ -181,32 +181,45 @@ test('checkRequestAsync verdicts settle like checkRequest ones', async () => {
   assert.ok(!Object.keys(last).includes('settlement'), 'the settlement is not a field')
 })
 
-test('Express on a Redis engine: failed logins counted together, successes given back', { skip: !process.env.FG_TEST_REDIS_URL && 'FG_TEST_REDIS_URL not set' }, async () => {
+test('Express on a Redis engine: failed logins counted together, places in flight shared by two instances', { skip: !process.env.FG_TEST_REDIS_URL && 'FG_TEST_REDIS_URL not set' }, async () => {
   const express = require('express')
   const { floodgate } = require('../express.js')
   const prefix = `fg-node-life-${process.pid}-${Date.now()}`
-  const text = `[store]\nkind = "redis"\nurl = "${process.env.FG_TEST_REDIS_URL}"\nprefix = "${prefix}"\ntimeout_ms = 200\n` +
-    POLICY.split('[[rule]]\nname = "slow"')[0]
-  const engine = Engine.fromToml(text)
-  assert.ok(engine.mayBlock)
-  const app = express()
-  app.use(floodgate(engine))
-  app.post('/login', async (req, res) => {
-    await new Promise((r) => setTimeout(r, 50))
-    res.status(req.headers['x-password'] === 'right' ? 200 : 401).json({})
-  })
-  const server = await new Promise((resolve) => {
-    const s = app.listen(0, '127.0.0.1', () => resolve(s))
-  })
-  const base = `http://127.0.0.1:${server.address().port}`
-  const login = async (user, pw) =>
-    (await fetch(base + '/login', { method: 'POST', headers: { 'x-username': user, 'x-password': pw, connection: 'close' } })).status
+  const text = `[store]\nkind = "redis"\nurl = "${process.env.FG_TEST_REDIS_URL}"\nprefix = "${prefix}"\ntimeout_ms = 200\n` + POLICY
+  // Two instances of one service (as on two machines): one engine each, one Redis.
+  const servers = []
+  for (let i = 0; i < 2; i++) {
+    const engine = Engine.fromToml(text)
+    assert.ok(engine.mayBlock)
+    const app = express()
+    app.use(floodgate(engine))
+    app.post('/login', async (req, res) => {
+      await new Promise((r) => setTimeout(r, 50))
+      res.status(req.headers['x-password'] === 'right' ? 200 : 401).json({})
+    })
+    app.get('/slow', async (req, res) => {
+      await new Promise((r) => setTimeout(r, 800))
+      res.json({ ok: true })
+    })
+    servers.push(await new Promise((resolve) => {
+      const s = app.listen(0, '127.0.0.1', () => resolve(s))
+    }))
+  }
+  const base = (i) => `http://127.0.0.1:${servers[i % 2].address().port}`
+  const login = async (i, user, pw) =>
+    (await fetch(base(i) + '/login', { method: 'POST', headers: { 'x-username': user, 'x-password': pw, connection: 'close' } })).status
+  const slow = async (i) => (await fetch(base(i) + '/slow', { headers: { connection: 'close' } })).status
   try {
-    for (let i = 0; i < 10; i++) assert.equal(await login('ann', 'right'), 200)
-    const statuses = await Promise.all(Array.from({ length: 20 }, () => login('ben', 'guess')))
+    for (let i = 0; i < 10; i++) assert.equal(await login(i, 'ann', 'right'), 200)
+    const statuses = await Promise.all(Array.from({ length: 20 }, (_, i) => login(i, 'ben', 'guess')))
     assert.equal(statuses.filter((s) => s === 401).length, LOGIN_LIMIT, String(statuses))
-    assert.equal(await login('ben', 'right'), 429)
+    assert.equal(await login(0, 'ben', 'right'), 429)
+    // Six slow requests at once over both instances: two places in Redis.
+    const held = await Promise.all(Array.from({ length: 6 }, (_, i) => slow(i)))
+    assert.deepEqual(held.sort(), [200, 200, 429, 429, 429, 429])
+    await new Promise((r) => setTimeout(r, 50)) // settled on 'finish'
+    assert.deepEqual(await Promise.all([slow(0), slow(1)]), [200, 200], 'places come back once settled')
   } finally {
-    server.close()
+    for (const s of servers) s.close()
   }
 })

@@ -478,10 +478,10 @@ impl Engine {
                         "a shadow rule never denies, so it cannot hold places in flight".into(),
                     ));
                 }
-                let shared = store
-                    .shared_in_flight(&r.name)
+                let backing = store
+                    .in_flight_backing(&r.name, r.fail_mode, max, ttl)
                     .map_err(|m| err("max_in_flight", m))?;
-                Some(InFlight::new(max, ttl, cfg.settings.max_keys, shared))
+                Some(InFlight::new(max, ttl, cfg.settings.max_keys, backing))
             }
             None => None,
         };

@@ -11,6 +11,7 @@ use super::events::{Event, EventKind, bump};
 use super::headers::{self, HeaderOut, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
 use super::jwt::{TokenCheck, TokenProblem};
+use super::lifecycle::Place;
 use super::{
     Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
     path, store,
@@ -207,12 +208,12 @@ impl Engine {
             let (tier_index, tier) = rule.limits.select_indexed(claims);
             // A place in flight first: a request that finds none is not charged.
             let flight = match rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()) {
-                Some(f) => match f.acquire(key, now_ns) {
-                    Some(period) => {
+                Some(f) => match f.acquire(key, now_ns, explicit.then_some(now)) {
+                    Some(place) => {
                         if let Some((_, c)) = self.metrics.rules.get(index) {
                             bump(&c.in_flight_taken);
                         }
-                        Some(period)
+                        Some(place)
                     }
                     None => {
                         self.refund(&charges, now, explicit);
@@ -241,7 +242,7 @@ impl Engine {
             let checked = match tier.limiter.check(key, cost, now, explicit) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.release_flight(index, rule, key, flight, now_ns);
+                    self.release_flight(index, rule, key, flight, now_ns, explicit);
                     self.refund(&charges, now, explicit);
                     return Err(e);
                 }
@@ -252,7 +253,7 @@ impl Engine {
                 a.record(key, now_ns, !d.allowed);
             }
             if !d.allowed {
-                self.release_flight(index, rule, key, flight, now_ns);
+                self.release_flight(index, rule, key, flight, now_ns, explicit);
                 self.refund(&charges, now, explicit);
                 let policies = self.applying_policies(&charges, tier, index, &view, claims);
                 out.set(self.rate_limited(
@@ -501,25 +502,27 @@ impl Engine {
         for c in charges {
             c.tier.limiter.refund(c.key.bytes(), c.cost, now, explicit);
             if let Some(rule) = self.rules.get(c.rule) {
-                self.release_flight(c.rule, rule, c.key.bytes(), c.flight, nanos(now));
+                self.release_flight(c.rule, rule, c.key.bytes(), c.flight, nanos(now), explicit);
             }
         }
     }
 
-    /// Gives back the place in flight taken in period `flight`, if any.
+    /// Gives back the place in flight `flight`, if any (`explicit`: `now` is
+    /// a replay's time, which Redis uses instead of its clock).
     pub(super) fn release_flight(
         &self,
         index: usize,
         rule: &Rule,
         key: &[u8],
-        flight: Option<u32>,
+        flight: Option<Place>,
         now: u64,
+        explicit: bool,
     ) {
-        if let (Some(period), Some(f)) = (
+        if let (Some(place), Some(f)) = (
             flight,
             rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()),
         ) {
-            f.release(key, period, now);
+            f.release(key, place, now, explicit.then(|| Duration::from_nanos(now)));
             if let Some((_, c)) = self.metrics.rules.get(index) {
                 bump(&c.in_flight_released);
             }

@@ -24,7 +24,12 @@
 //! the previous one's), so a crashed worker cannot leak places for longer. The
 //! count lives in one 64-bit word per key (the period index modulo 2^32 and
 //! two 16-bit counts, so `max_in_flight <= 65535`), in memory or in the
-//! shared-memory table.
+//! shared-memory table; on the Redis store, in a hash per key with the same
+//! arithmetic (`store/redis/in_flight.lua`), whose TTL releases forgotten places
+//! even when the instance that took them is gone. Redis costs one more round
+//! trip on arrival and one at settlement for such a rule; while Redis cannot
+//! answer, the rule's fail mode decides (open: admit without a place; closed:
+//! deny; local: count in this process).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -174,14 +179,37 @@ pub(crate) struct SharedFlight {
 #[cfg(not(all(feature = "shm", unix)))]
 pub(crate) enum SharedFlight {}
 
+/// Where a rule's places in flight are counted.
+pub(crate) enum Backing {
+    /// This process's memory (the `store` of [`InFlight`]).
+    Memory,
+    /// The shared-memory table.
+    #[cfg_attr(not(all(feature = "shm", unix)), allow(dead_code))]
+    Shared(SharedFlight),
+    /// Redis, and what to do while it cannot answer.
+    #[cfg(feature = "redis")]
+    Redis(Box<crate::store::redis::RedisInFlight>, crate::FailMode),
+}
+
+/// A place a request holds in flight: the period it was taken in, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In this process's memory or the shared-memory table (also Redis's
+    /// `local` fail mode).
+    Local(u32),
+    /// In Redis.
+    Remote(u32),
+    /// None: Redis could not answer and the rule fails open.
+    Unheld,
+}
+
 /// `max_in_flight` of one rule.
 pub(crate) struct InFlight {
     pub max: u64,
     ttl_ns: u64,
     store: MemoryStore<AtomicU64>,
     hasher: ahash::RandomState,
-    #[cfg_attr(not(all(feature = "shm", unix)), allow(dead_code))]
-    shared: Option<SharedFlight>,
+    backing: Backing,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -194,23 +222,22 @@ impl std::fmt::Debug for InFlight {
 }
 
 impl InFlight {
-    pub(crate) fn new(
-        max: u64,
-        ttl: Duration,
-        max_keys: usize,
-        shared: Option<SharedFlight>,
-    ) -> Self {
+    pub(crate) fn new(max: u64, ttl: Duration, max_keys: usize, backing: Backing) -> Self {
         let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).max(1);
         Self {
             max,
             ttl_ns,
             store: MemoryStore::new(
-                if shared.is_some() { 1 } else { max_keys },
+                if matches!(backing, Backing::Shared(_)) {
+                    1
+                } else {
+                    max_keys
+                },
                 64,
                 ttl_ns.saturating_mul(2),
             ),
             hasher: ahash::RandomState::new(),
-            shared,
+            backing,
         }
     }
 
@@ -226,7 +253,7 @@ impl InFlight {
         R: Default,
     {
         #[cfg(all(feature = "shm", unix))]
-        if let Some(sh) = &self.shared {
+        if let Backing::Shared(sh) = &self.backing {
             let h = sh.table.key_hash(5, key);
             return sh
                 .table
@@ -262,30 +289,72 @@ impl InFlight {
         )
     }
 
-    /// Takes a place for `key` at `now`: the period it was taken in (to give it
-    /// back), or `None` when `max` are held.
-    pub(crate) fn acquire(&self, key: &[u8], now: u64) -> Option<u32> {
+    fn acquire_local(&self, key: &[u8], now: u64) -> Option<Place> {
         let period = self.period(now);
         self.update(key, now, |bits| {
             match Flight::unpack(bits).acquire(period, self.max) {
-                Some(f) => (Some(period), Some(f.pack())),
+                Some(f) => (Some(Place::Local(period)), Some(f.pack())),
                 None => (None, None),
             }
         })
     }
 
-    /// Gives back a place taken in period `taken`.
-    pub(crate) fn release(&self, key: &[u8], taken: u32, now: u64) {
-        let period = self.period(now);
-        self.update(key, now, |bits| {
-            let f = Flight::unpack(bits);
-            let next = f.release(taken, period);
-            ((), (next != f).then(|| next.pack()))
-        });
+    /// Takes a place for `key` at `now` (ns; `explicit` is the Unix time a
+    /// replay gives, else Redis uses its own clock): where it was taken, to give
+    /// it back, or `None` when `max` are held.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn acquire(
+        &self,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> Option<Place> {
+        #[cfg(feature = "redis")]
+        if let Backing::Redis(r, fail_mode) = &self.backing {
+            return match r.acquire(key, explicit) {
+                Ok(taken) => taken.map(Place::Remote),
+                Err(_) => match fail_mode {
+                    crate::FailMode::Open => Some(Place::Unheld),
+                    crate::FailMode::Closed => None,
+                    _ => self.acquire_local(key, now),
+                },
+            };
+        }
+        self.acquire_local(key, now)
     }
 
-    /// Places `key` holds at `now`.
+    /// Gives back a place.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn release(&self, key: &[u8], place: Place, now: u64, explicit: Option<Duration>) {
+        match place {
+            Place::Local(taken) => {
+                let period = self.period(now);
+                self.update(key, now, |bits| {
+                    let f = Flight::unpack(bits);
+                    let next = f.release(taken, period);
+                    ((), (next != f).then(|| next.pack()))
+                });
+            }
+            Place::Remote(taken) => {
+                #[cfg(feature = "redis")]
+                if let Backing::Redis(r, _) = &self.backing {
+                    // Redis could not answer: the place expires with its period.
+                    let _ = r.release(key, taken, explicit);
+                }
+            }
+            Place::Unheld => {}
+        }
+    }
+
+    /// Places `key` holds at `now` (in Redis: on its clock, or this process's
+    /// count while Redis cannot answer).
     pub(crate) fn held(&self, key: &[u8], now: u64) -> u64 {
+        #[cfg(feature = "redis")]
+        if let Backing::Redis(r, _) = &self.backing
+            && let Ok(n) = r.held(key, None)
+        {
+            return n;
+        }
         self.update(key, now, |bits| {
             (Flight::unpack(bits).held(self.period(now)), None)
         })
@@ -299,8 +368,8 @@ pub(crate) struct Entry {
     /// The key, inline: the ticket is one allocation.
     pub key: super::identity::KeyBuf,
     pub cost: u64,
-    /// The period of the place this request holds in flight.
-    pub flight: Option<u32>,
+    /// The place this request holds in flight.
+    pub flight: Option<Place>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -455,7 +524,7 @@ impl super::Engine {
             let Some(tier) = rule.limits.tier(e.tier) else {
                 continue;
             };
-            self.release_flight(e.rule, rule, e.key.bytes(), e.flight, now_ns);
+            self.release_flight(e.rule, rule, e.key.bytes(), e.flight, now_ns, explicit);
             let limiter = &tier.limiter;
             if !life.counts(outcome.status) {
                 limiter.refund(e.key.bytes(), e.cost, now, explicit);
@@ -549,14 +618,14 @@ mod tests {
     #[test]
     fn in_flight_counts_per_key() {
         let s = 1_000_000_000;
-        let inf = InFlight::new(2, Duration::from_secs(60), 100, None);
-        let a = inf.acquire(b"a", 0).unwrap();
-        assert!(inf.acquire(b"a", s).is_some());
-        assert_eq!(inf.acquire(b"a", 2 * s), None);
-        assert!(inf.acquire(b"b", 2 * s).is_some(), "keys apart");
-        inf.release(b"a", a, 3 * s);
+        let inf = InFlight::new(2, Duration::from_secs(60), 100, Backing::Memory);
+        let a = inf.acquire(b"a", 0, None).unwrap();
+        assert!(inf.acquire(b"a", s, None).is_some());
+        assert_eq!(inf.acquire(b"a", 2 * s, None), None);
+        assert!(inf.acquire(b"b", 2 * s, None).is_some(), "keys apart");
+        inf.release(b"a", a, 3 * s, None);
         assert_eq!(inf.held(b"a", 3 * s), 1);
-        assert!(inf.acquire(b"a", 4 * s).is_some());
+        assert!(inf.acquire(b"a", 4 * s, None).is_some());
         assert_eq!(inf.held(b"a", 120 * s), 0, "released after two periods");
     }
 }

@@ -459,8 +459,8 @@ struct Charge<'e> {
     key: identity::KeyBuf,
     cost: u64,
     decision: crate::Decision,
-    /// The period of the place taken in flight (`max_in_flight`).
-    flight: Option<u32>,
+    /// The place taken in flight (`max_in_flight`).
+    flight: Option<lifecycle::Place>,
 }
 
 fn nanos(d: Duration) -> u64 {

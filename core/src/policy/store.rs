@@ -300,28 +300,42 @@ impl Store {
         }
     }
 
-    /// Where rule `rule`'s places in flight are counted: in memory (`None`), in
-    /// the shared-memory table, or an error for a store that cannot count them.
-    #[cfg_attr(not(all(feature = "shm", unix)), allow(unused_variables))]
-    pub(super) fn shared_in_flight(
+    /// Where rule `rule`'s places in flight are counted: in memory, in the
+    /// shared-memory table, or in Redis (under the rule's prefix, with its
+    /// fail mode).
+    #[cfg_attr(
+        not(any(feature = "redis", all(feature = "shm", unix))),
+        allow(unused_variables)
+    )]
+    pub(super) fn in_flight_backing(
         &self,
         rule: &str,
-    ) -> std::result::Result<Option<super::lifecycle::SharedFlight>, String> {
+        fail_mode: Option<FailModeConfig>,
+        max: u64,
+        ttl: Duration,
+    ) -> std::result::Result<super::lifecycle::Backing, String> {
+        use super::lifecycle::Backing;
         match self {
-            Store::Memory => Ok(None),
+            Store::Memory => Ok(Backing::Memory),
             #[cfg(all(feature = "shm", unix))]
-            Store::Shared { table, firsts } => Ok(Some(super::lifecycle::SharedFlight {
-                table: table.clone(),
-                quota: *firsts
-                    .get(&in_flight_name(rule))
-                    .ok_or("the rule's places are not in the shared-memory table")?,
-            })),
+            Store::Shared { table, firsts } => {
+                Ok(Backing::Shared(super::lifecycle::SharedFlight {
+                    table: table.clone(),
+                    quota: *firsts
+                        .get(&in_flight_name(rule))
+                        .ok_or("the rule's places are not in the shared-memory table")?,
+                }))
+            }
             #[cfg(feature = "redis")]
-            Store::Redis { .. } => Err(
-                "is not available on [store] kind = \"redis\" yet: use the memory or \
-                 shared_memory store for rules with max_in_flight"
-                    .into(),
-            ),
+            Store::Redis { store, cfg } => Ok(Backing::Redis(
+                Box::new(crate::store::redis::RedisInFlight::new(
+                    store.clone(),
+                    &format!("{}:{rule}", cfg.prefix),
+                    max,
+                    ttl,
+                )),
+                fail_mode_of(fail_mode.unwrap_or(cfg.fail_mode)),
+            )),
         }
     }
 
@@ -376,11 +390,7 @@ impl Store {
             }
             #[cfg(feature = "redis")]
             Store::Redis { store, cfg } => {
-                let mode = match fail_mode.unwrap_or(cfg.fail_mode) {
-                    FailModeConfig::Open => crate::FailMode::Open,
-                    FailModeConfig::Closed => crate::FailMode::Closed,
-                    FailModeConfig::Local => crate::FailMode::Local,
-                };
+                let mode = fail_mode_of(fail_mode.unwrap_or(cfg.fail_mode));
                 let mut b = store
                     .limiter()
                     .prefix(&format!("{}:{name}", cfg.prefix))
@@ -409,6 +419,15 @@ impl Store {
             Store::Redis { store, .. } => Some(store),
             _ => None,
         }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn fail_mode_of(mode: FailModeConfig) -> crate::FailMode {
+    match mode {
+        FailModeConfig::Open => crate::FailMode::Open,
+        FailModeConfig::Closed => crate::FailMode::Closed,
+        FailModeConfig::Local => crate::FailMode::Local,
     }
 }
 

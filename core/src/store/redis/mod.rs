@@ -32,19 +32,22 @@
 //! `breaker` (the circuit breaker, on an injected clock), `script` (the Lua
 //! protocol, typed: call modes, per-quota arguments, the reply parser),
 //! `limiter` (checks: validation, local answers, one call, the fail mode),
-//! `local` (the over-limit cache and leases of one key), `units` (µs as a type).
+//! `local` (the over-limit cache and leases of one key), `in_flight` (a rule's
+//! places in flight, `max_in_flight`, in their own script), `units` (µs as a type).
 //!
 //! [`check`]: RedisLimiter::check
 //! [`check_async`]: RedisLimiter::check_async
 
 mod breaker;
 mod connection;
+mod in_flight;
 mod limiter;
 mod local;
 mod script;
 mod units;
 
 pub use connection::{RedisStore, RedisStoreBuilder};
+pub(crate) use in_flight::RedisInFlight;
 pub use limiter::{RedisLimiter, RedisLimiterBuilder};
 
 use crate::error::{Error, Result};
