@@ -193,6 +193,7 @@ pub(crate) enum Backing {
 
 /// A place a request holds in flight: the period it was taken in, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Place {
     /// In this process's memory or the shared-memory table (also Redis's
     /// `local` fail mode).
@@ -209,6 +210,10 @@ pub(crate) struct InFlight {
     ttl_ns: u64,
     store: MemoryStore<AtomicU64>,
     hasher: ahash::RandomState,
+    #[cfg_attr(
+        not(any(feature = "redis", all(feature = "shm", unix))),
+        allow(dead_code)
+    )]
     backing: Backing,
 }
 
