@@ -151,8 +151,8 @@ typedef struct fg_verdict_buf fg_verdict_buf;
 // the callback; text is not NUL-terminated except `kind`.
 typedef struct {
   // What happened: `denied`, `shadow_denied`, `banned`, `token_invalid`,
-  // `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`
-  // (static, NUL-terminated).
+  // `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`,
+  // `concurrency_limited`, `settled` (static, NUL-terminated).
   const char *kind;
   // The rule involved (may be empty).
   const char *rule;

@@ -132,7 +132,7 @@ export declare const DECISION_FIELDS: number
 export interface EngineEvent {
   /**
    * denied, shadow_denied, banned, token_invalid, deny_listed, unauthorized,
-   * store_fallback, store_recovered.
+   * store_fallback, store_recovered, concurrency_limited, settled.
    */
   kind: string
   rule?: string

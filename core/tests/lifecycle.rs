@@ -241,6 +241,65 @@ fn requests_in_flight_are_capped_and_released() {
 }
 
 #[test]
+fn settlements_and_concurrency_denials_are_events() {
+    use floodgate::policy::{EventKind, LogLevel};
+    use std::sync::Mutex;
+    let e = Engine::from_toml_str(POLICY).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    e.set_event_sink(move |ev| {
+        sink.lock().unwrap().push((
+            ev.kind,
+            ev.rule.as_deref().map(String::from),
+            ev.status,
+            ev.key.clone(),
+        ));
+    });
+    // A success on the login rule: its charge comes back (an event); a failure
+    // keeps it (none).
+    e.settle_at(&attempt(&e, "ann", 0), status(200), at(0))
+        .unwrap();
+    e.settle_at(&attempt(&e, "ann", 0), status(401), at(0))
+        .unwrap();
+    // The estimate stands (none); the real cost differs (one).
+    let gql = |cost| {
+        let v = e
+            .check_request_at(&request("POST", "/graphql", &[]), at(0))
+            .unwrap();
+        e.settle_at(
+            &v,
+            Settle {
+                status: 200,
+                cost: Some(cost),
+            },
+            at(0),
+        )
+        .unwrap();
+    };
+    gql(10);
+    gql(3);
+    let export = || {
+        e.check_request_at(&request("GET", "/export", &[]), at(0))
+            .unwrap()
+    };
+    let _held = (export(), export());
+    assert_eq!(export().reason, Reason::Concurrency);
+    let seen = seen.lock().unwrap().clone();
+    let s = |k, r: &str, st, key: &str| (k, Some(r.to_string()), st, Some(key.to_string()));
+    assert_eq!(
+        seen,
+        [
+            s(EventKind::Settled, "login", 200, "ann"),
+            s(EventKind::Settled, "graphql", 200, "198.51.100.9"),
+            s(EventKind::ConcurrencyLimited, "export", 429, "198.51.100.9"),
+        ]
+    );
+    assert_eq!(EventKind::Settled.code(), "settled");
+    assert_eq!(EventKind::ConcurrencyLimited.code(), "concurrency_limited");
+    assert_eq!(EventKind::Settled.log_level(), LogLevel::Debug);
+}
+
+#[test]
 fn a_later_denial_releases_the_place() {
     let text = r#"
 [[rule]]

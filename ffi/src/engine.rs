@@ -215,8 +215,8 @@ pub struct fg_settlement {
 #[derive(Debug, Clone, Copy)]
 pub struct fg_event {
     /// What happened: `denied`, `shadow_denied`, `banned`, `token_invalid`,
-    /// `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`
-    /// (static, NUL-terminated).
+    /// `deny_listed`, `unauthorized`, `store_fallback`, `store_recovered`,
+    /// `concurrency_limited`, `settled` (static, NUL-terminated).
     pub kind: *const c_char,
     /// The rule involved (may be empty).
     pub rule: *const c_char,

@@ -574,7 +574,7 @@ impl Task for SettledRequestTask {
 #[derive(Clone)]
 pub struct EngineEvent {
     /// denied, shadow_denied, banned, token_invalid, deny_listed, unauthorized,
-    /// store_fallback, store_recovered.
+    /// store_fallback, store_recovered, concurrency_limited, settled.
     pub kind: String,
     pub rule: Option<String>,
     pub client_ip: Option<String>,

@@ -31,6 +31,12 @@ pub enum EventKind {
     StoreFallback,
     /// Redis answers again after a [`StoreFallback`](Self::StoreFallback).
     StoreRecovered,
+    /// A request was denied with 429 because its key had `max_in_flight`
+    /// requests running.
+    ConcurrencyLimited,
+    /// A settlement gave back or added to a rule's charge (`status` is the
+    /// response's; `count`, `cost_from = "response"`).
+    Settled,
 }
 
 crate::codes::codes!(EventKind {
@@ -42,6 +48,8 @@ crate::codes::codes!(EventKind {
     Unauthorized => "unauthorized",
     StoreFallback => "store_fallback",
     StoreRecovered => "store_recovered",
+    ConcurrencyLimited => "concurrency_limited",
+    Settled => "settled",
 });
 
 /// One event. Fields that do not apply are `None` or zero.

@@ -531,14 +531,29 @@ impl super::Engine {
             };
             self.release_flight(e.rule, rule, e.key.bytes(), e.flight, now_ns, explicit);
             let limiter = &tier.limiter;
+            let settled = || {
+                self.event(
+                    super::EventKind::Settled,
+                    Some(&rule.name),
+                    None,
+                    Some(e.key.bytes()),
+                    outcome.status,
+                    Duration::ZERO,
+                    None,
+                )
+            };
             if !life.counts(outcome.status) {
                 limiter.refund(e.key.bytes(), e.cost, now, explicit);
                 super::events::bump(&self.metrics.settle_refunds);
+                self.emit(settled);
                 continue;
             }
             let Some(real) = outcome.cost.filter(|_| life.cost_from_response) else {
                 continue;
             };
+            if real != e.cost {
+                self.emit(settled);
+            }
             if real < e.cost {
                 limiter.refund(e.key.bytes(), e.cost - real, now, explicit);
                 super::events::bump(&self.metrics.settle_refunds);

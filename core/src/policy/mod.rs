@@ -633,7 +633,7 @@ impl Engine {
         }
     }
 
-    fn emit(&self, event: impl FnOnce() -> Event) {
+    pub(super) fn emit(&self, event: impl FnOnce() -> Event) {
         if let Some(sink) = &*self.sink.load() {
             sink(&event());
         }

@@ -43,7 +43,9 @@ impl EventKind {
             | Self::Banned
             | Self::TokenInvalid
             | Self::DenyListed
-            | Self::Unauthorized => LogLevel::Debug,
+            | Self::Unauthorized
+            | Self::ConcurrencyLimited
+            | Self::Settled => LogLevel::Debug,
         }
     }
 

@@ -143,7 +143,7 @@ impl Engine {
         }
         self.emit(|| {
             self.event(
-                EventKind::Denied,
+                EventKind::ConcurrencyLimited,
                 Some(&rule.name),
                 ip,
                 Some(key),
