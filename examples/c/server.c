@@ -84,14 +84,22 @@ static void add_headers(struct MHD_Response *response, const fg_verdict *v) {
   }
 }
 
+/* One request's state, from its headers until its response is sent: what to
+ * settle then, and with which status. */
+typedef struct {
+  fg_settlement *settlement;
+  unsigned status;
+} request_state;
+
 static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size,
                               void **req_cls) {
   (void)cls, (void)version, (void)upload_data;
   if (*req_cls == NULL) { /* first call: headers only; decide on the second */
-    *req_cls = (void *)1;
-    return MHD_YES;
+    *req_cls = calloc(1, sizeof(request_state));
+    return *req_cls != NULL ? MHD_YES : MHD_NO;
   }
+  request_state *state = *req_cls;
   *upload_data_size = 0;
   int total = MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL);
   header_list list = {.headers = calloc(total > 0 ? (size_t)total : 1, sizeof(fg_header)), .count = 0,
@@ -127,11 +135,28 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
   MHD_add_response_header(response, "Content-Type", "application/json");
   enum MHD_Result ret = MHD_queue_response(conn, status, response);
   MHD_destroy_response(response);
-  /* Settle once the response is known (here at once: the handler is this
-   * function). A server with slow handlers settles when the response completes
-   * (MHD_OPTION_NOTIFY_COMPLETED), so max_in_flight counts running requests. */
-  if (r == FG_RESULT_OK && v.settlement != NULL) fg_engine_settle(engine, v.settlement, (uint16_t)status, -1, 0);
+  /* Settled in `completed`, once the response has been sent (or the client has
+   * gone): until then the request holds its place in flight (max_in_flight). */
+  if (r == FG_RESULT_OK && v.settlement != NULL) {
+    if (state->settlement != NULL) fg_settlement_free(state->settlement);
+    state->settlement = v.settlement;
+    state->status = status;
+  }
   return ret;
+}
+
+/* MHD_OPTION_NOTIFY_COMPLETED: the request is over. Settles it with the status
+ * sent, or 499 when the connection ended first (as nginx logs it). */
+static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, enum MHD_RequestTerminationCode toe) {
+  (void)cls, (void)conn;
+  request_state *state = *req_cls;
+  if (state == NULL) return;
+  if (state->settlement != NULL) {
+    uint16_t status = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? (uint16_t)state->status : 499;
+    fg_engine_settle(engine, state->settlement, status, -1, 0);
+  }
+  free(state);
+  *req_cls = NULL;
 }
 
 static volatile sig_atomic_t stop;
@@ -151,7 +176,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
-                                          (uint16_t)atoi(argv[2]), NULL, NULL, answer, NULL, MHD_OPTION_END);
+                                          (uint16_t)atoi(argv[2]), NULL, NULL, answer, NULL,
+                                          MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
   if (d == NULL) {
     fprintf(stderr, "cannot listen on port %s\n", argv[2]);
     fg_engine_free(engine);

@@ -42,6 +42,9 @@ expect "upper-case login path" "$(status -X POST "$URL/AUTH/LOGIN")" 429
 expect "doubled slashes" "$(status -X POST --path-as-is "$URL//auth//login/")" 429
 expect "HEAD counts under GET" "$(curl -s -o /dev/null -w '%{http_code}' -I "$URL/api/items")" 200
 expect "a method token with a dash" "$(status -X M-SEARCH "$URL/api/items")" 200
+# max_in_flight = 1: each export is settled when its response is sent, so
+# one after another all pass (unsettled, the second would be 429).
+for i in 1 2 3 4 5; do expect "export $i, one at a time" "$(status "$URL/export/report.csv")" 200; done
 # Logging: 200 more denials make no line each, only the summary at exit.
 for _ in $(seq 200); do curl -s -o /dev/null -X POST "$URL/auth/login"; done
 kill $PID; wait $PID 2>/dev/null || true
