@@ -23,7 +23,7 @@ function clientIp(ip) {
 }
 
 const { badRequestBody } = require('./index.js')
-const { checkParts, needsSettle } = require('./floodgate.js')
+const { checkParts, needsSettle, settleQuietly } = require('./floodgate.js')
 
 /** The response header a handler sets to report its request's real cost (rules
  * with `cost_from = "response"`); removed before the response is sent. A
@@ -58,11 +58,7 @@ function settleWhenDone(engine, req, res, v) {
     if (done) return
     done = true
     const status = res.writableFinished ? res.statusCode : 499
-    try {
-      engine.settle(v, { status, cost: parseCost(req.floodgateCost) ?? cost })
-    } catch {
-      // already settled by the handler: the first settlement stands
-    }
+    settleQuietly(engine, v, { status, cost: parseCost(req.floodgateCost) ?? cost })
   }
   res.once('finish', settle)
   res.once('close', settle)

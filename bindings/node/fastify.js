@@ -9,7 +9,7 @@
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
 // answered 400.
 const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, parseCost } = require('./express.js')
-const { checkParts, needsSettle } = require('./floodgate.js')
+const { checkParts, needsSettle, settleQuietly } = require('./floodgate.js')
 
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
@@ -80,11 +80,7 @@ function floodgatePlugin(fastify, opts, done) {
       const p = request[PENDING]
       if (p === undefined) return
       request[PENDING] = undefined
-      try {
-        engine.settle(p.v, { status, cost: parseCost(request.floodgateCost) ?? p.cost })
-      } catch {
-        // already settled by the handler: the first settlement stands
-      }
+      settleQuietly(engine, p.v, { status, cost: parseCost(request.floodgateCost) ?? p.cost })
     }
     fastify.addHook('onResponse', (request, reply, next) => {
       settle(request, reply.statusCode)

@@ -36,6 +36,12 @@ declare module './index' {
      * `ERR_FG_INVALID_REQUEST` for a status out of range, `ERR_FG_INVALID_COST`.
      */
     settle(verdict: Verdict, outcome: SettleOutcome): void
+    /**
+     * `settle` on the libuv thread pool, for engines whose settlement may wait
+     * on Redis (`mayBlock`): the event loop never waits. Rejects with
+     * `ERR_FG_ALREADY_SETTLED` the second time; bad arguments throw at once.
+     */
+    settleAsync(verdict: Verdict, outcome: SettleOutcome): Promise<void>
   }
 }
 

@@ -208,6 +208,23 @@ NativeEngine.prototype.settle = function settle(verdict, outcome) {
 }
 
 /**
+ * `settle` on the libuv thread pool: for engines whose settlement may wait on
+ * Redis (`engine.mayBlock`), so the event loop never does. Resolves once
+ * settled; rejects with `ERR_FG_ALREADY_SETTLED` the second time. Bad
+ * arguments throw synchronously, as in `settle`.
+ */
+NativeEngine.prototype.settleAsync = function settleAsync(verdict, outcome) {
+  const s = verdict == null ? undefined : verdict[SETTLEMENT]
+  if (s === undefined) return Promise.resolve()
+  if (outcome == null || typeof outcome !== 'object') {
+    const err = new TypeError('settleAsync needs { status, cost? }')
+    err.code = 'ERR_FG_INVALID_ARGUMENT'
+    throw err
+  }
+  return this.settleSettlementAsync(s, outcome.status, outcome.cost, outcome.nowMs)
+}
+
+/**
  * Decides a request on the libuv thread pool (use it with a Redis store); the
  * verdict carries its settlement like `checkRequest`'s.
  */
@@ -217,6 +234,20 @@ NativeEngine.prototype.checkRequestAsync = function checkRequestAsync(request) {
     if (settlement !== undefined) Object.defineProperty(verdict, SETTLEMENT, { value: settlement })
     return verdict
   })
+}
+
+/**
+ * What the middleware call once a response is done: `settle`, or `settleAsync`
+ * on an engine that may wait on Redis (the event loop never does). A verdict
+ * the handler already settled keeps that first settlement.
+ */
+function settleQuietly(engine, verdict, outcome) {
+  try {
+    if (engine.mayBlock) engine.settleAsync(verdict, outcome).catch(() => {})
+    else engine.settle(verdict, outcome)
+  } catch {
+    // already settled by the handler: the first settlement stands
+  }
 }
 
 /** Whether `engine.settle(verdict, ...)` has something to settle. */
@@ -235,5 +266,6 @@ module.exports = {
   Engine: native.Engine,
   checkParts,
   needsSettle,
+  settleQuietly,
   errorCodes: native.errorCodes,
 }

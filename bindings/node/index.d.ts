@@ -35,6 +35,13 @@ export declare class Engine {
    */
   handle(): [unknown, Float64Array]
   /**
+   * `settle` on the libuv thread pool, for engines whose settlement may
+   * wait on Redis (`mayBlock`), with the settlement floodgate.js keeps on a
+   * verdict (`engine.settleAsync(verdict, outcome)` calls it). Bad arguments
+   * throw at once; a second settlement rejects with `ERR_FG_ALREADY_SETTLED`.
+   */
+  settleSettlementAsync(settlement: unknown, status: number, cost?: number | null, nowMs?: number | null): Promise<unknown>
+  /**
    * Whether any rule settles after the response (`count`, `cost_from =
    * "response"`, `max_in_flight`): the middleware hook the response's end
    * only then.

@@ -181,6 +181,22 @@ test('checkRequestAsync verdicts settle like checkRequest ones', async () => {
   assert.ok(!Object.keys(last).includes('settlement'), 'the settlement is not a field')
 })
 
+test('settleAsync settles on the thread pool, once', async () => {
+  const e = Engine.fromToml(POLICY)
+  const login = () =>
+    e.checkRequest({ method: 'POST', path: '/login', clientIp: '192.0.2.3', headers: { 'x-username': 'kim' }, nowMs: NOW })
+  for (let i = 0; i < 10; i++) await e.settleAsync(login(), { status: 200, nowMs: NOW })
+  assert.equal(login().remaining, LOGIN_LIMIT - 1, 'ten successes given back')
+  const v = login()
+  const settled = [e.settleAsync(v, { status: 200, nowMs: NOW }), e.settleAsync(v, { status: 200, nowMs: NOW })]
+  const results = await Promise.allSettled(settled)
+  assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected'])
+  assert.equal(results.find((r) => r.status === 'rejected').reason.code, 'ERR_FG_ALREADY_SETTLED')
+  assert.throws(() => e.settleAsync(login(), { status: 'x' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  await assert.rejects(e.settleAsync(login(), { status: 1000 }), { code: 'ERR_FG_INVALID_REQUEST' })
+  await e.settleAsync({ allowed: true }, { status: 200 }) // nothing to settle
+})
+
 test('Express on a Redis engine: failed logins counted together, places in flight shared by two instances', { skip: !process.env.FG_TEST_REDIS_URL && 'FG_TEST_REDIS_URL not set' }, async () => {
   const express = require('express')
   const { floodgate } = require('../express.js')

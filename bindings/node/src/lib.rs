@@ -569,6 +569,29 @@ impl Task for SettledRequestTask {
     }
 }
 
+/// `settleAsync`: a settlement on the libuv thread pool.
+pub struct SettleTask {
+    engine: Arc<CoreEngine>,
+    settlement: floodgate::policy::Settlement,
+    outcome: floodgate::policy::Settle,
+    now: Option<std::time::Duration>,
+}
+
+impl Task for SettleTask {
+    type Output = floodgate::Result<()>;
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(self
+            .engine
+            .settle_settlement(Some(&self.settlement), self.outcome, self.now))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<()> {
+        output.map_err(|e| Failure::from(e).into_js(&env))
+    }
+}
+
 /// An event, as the event callback receives it.
 #[napi(object)]
 #[derive(Clone)]
@@ -667,6 +690,34 @@ impl Engine {
         unsafe {
             Unknown::from_napi_value(env.raw(), raw)
         }
+    }
+
+    /// `settle` on the libuv thread pool, for engines whose settlement may
+    /// wait on Redis (`mayBlock`), with the settlement floodgate.js keeps on a
+    /// verdict (`engine.settleAsync(verdict, outcome)` calls it). Bad arguments
+    /// throw at once; a second settlement rejects with `ERR_FG_ALREADY_SETTLED`.
+    #[napi(
+        js_name = "settleSettlementAsync",
+        ts_args_type = "settlement: unknown, status: number, cost?: number | null, nowMs?: number | null"
+    )]
+    pub fn settle_settlement_async(
+        &self,
+        env: Env,
+        settlement: Unknown<'_>,
+        status: Unknown<'_>,
+        cost: Unknown<'_>,
+        now_ms: Unknown<'_>,
+    ) -> Result<AsyncTask<SettleTask>> {
+        let settlement =
+            request::settlement_of(env.raw(), settlement.raw()).map_err(|f| f.into_js(&env))?;
+        let (outcome, now) = request::outcome_of(env.raw(), status.raw(), cost.raw(), now_ms.raw())
+            .map_err(|f| f.into_js(&env))?;
+        Ok(AsyncTask::new(SettleTask {
+            engine: self.inner.clone(),
+            settlement,
+            outcome,
+            now,
+        }))
     }
 
     /// Whether any rule settles after the response (`count`, `cost_from =

@@ -218,6 +218,18 @@ fn settle(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi
     let ([handle, settlement, status, cost, now], _) = args::<5>(env, info)?;
     // SAFETY: TAG marks engine `Handle`s only; `handle` is an argument of this call.
     let h = unsafe { unwrap_handle::<Handle>(env, handle, &TAG, "engineSettle")? };
+    let s = settlement_of(env, settlement)?;
+    let (outcome, now) = outcome_of(env, status, cost, now)?;
+    h.engine.settle_settlement(Some(&s), outcome, now)?;
+    undefined(env)
+}
+
+/// The settlement in an external `settlement_value` made (a clone: clones
+/// share one settled flag, so it is still settled once).
+pub(crate) fn settlement_of(
+    env: sys::napi_env,
+    settlement: sys::napi_value,
+) -> Result<Settlement, Thrown> {
     let (mut data, mut tagged) = (ptr::null_mut(), false);
     // SAFETY: fails with a status on anything but an external; then only reads its tag.
     let is_settlement = unsafe {
@@ -228,9 +240,20 @@ fn settle(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi
     if !is_settlement || !tagged || data.is_null() {
         return Err(invalid("settle needs a verdict from checkRequest"));
     }
-    // SAFETY: only `take_settlement` tags externals with SETTLEMENT_TAG; their
+    // SAFETY: only `settlement_value` tags externals with SETTLEMENT_TAG; their
     // data is a live Box<Settlement> while the external is (an argument here).
     let s = unsafe { &*data.cast::<Settlement>() };
+    Ok(s.clone())
+}
+
+/// `status`, `cost` and `nowMs` of a settlement (`cost` and `nowMs` may be
+/// undefined or null).
+pub(crate) fn outcome_of(
+    env: sys::napi_env,
+    status: sys::napi_value,
+    cost: sys::napi_value,
+    now: sys::napi_value,
+) -> Result<(Settle, Option<std::time::Duration>), Thrown> {
     let status = double(env, status, "status")?;
     let status = if status.fract() == 0.0 && (0.0..=65535.0).contains(&status) {
         status as u16
@@ -247,9 +270,7 @@ fn settle(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi
     } else {
         crate::time(Some(double(env, now, "nowMs")?))?
     };
-    h.engine
-        .settle_settlement(Some(s), Settle { status, cost }, now)?;
-    undefined(env)
+    Ok((Settle { status, cost }, now))
 }
 
 unsafe extern "C" fn engine_check(
