@@ -41,6 +41,8 @@ mod clock;
 mod codes;
 mod decision;
 mod error;
+#[cfg(any(feature = "policy", floodgate_loom))]
+mod flight;
 mod limiter;
 mod quota;
 mod state;
@@ -67,6 +69,21 @@ pub use store::redis::{
 #[doc(hidden)]
 pub mod loom_api {
     pub use loom::sync::atomic::AtomicU64;
+
+    /// Takes a place in flight (`max_in_flight`) at `period`; true if one was free.
+    pub fn flight_acquire(cell: &AtomicU64, period: u32, max: u64) -> bool {
+        crate::flight::acquire(cell, period, max)
+    }
+
+    /// Gives back a place taken at `taken`, as of period `now`.
+    pub fn flight_release(cell: &AtomicU64, taken: u32, now: u32) {
+        crate::flight::release(cell, taken, now);
+    }
+
+    /// Places held at `period`.
+    pub fn flight_held(cell: &AtomicU64, period: u32) -> u64 {
+        crate::flight::Flight::unpack(cell.load(loom::sync::atomic::Ordering::Acquire)).held(period)
+    }
 
     /// One fast-path GCRA check on `cell`; true if admitted.
     pub fn gcra_allowed(cell: &AtomicU64, quota: &crate::Quota, now: u64, cost: u64) -> bool {

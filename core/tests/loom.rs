@@ -1,11 +1,12 @@
-//! Loom model of the fast path's CAS state machine: two threads race on one key and
-//! never over-admit. Run with:
+//! Loom models of the per-key CAS state machines: two threads race on one key
+//! and never over-admit (GCRA), and never hold more places in flight than
+//! `max_in_flight` nor lose a place given back (`flight`). Run with:
 //! `RUSTFLAGS="--cfg floodgate_loom" cargo test -p floodgate --test loom --release`
 #![cfg(floodgate_loom)]
 #![allow(clippy::unwrap_used)]
 
 use floodgate::Quota;
-use floodgate::loom_api::{AtomicU64, gcra_allowed};
+use floodgate::loom_api::{AtomicU64, flight_acquire, flight_held, flight_release, gcra_allowed};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
@@ -61,5 +62,60 @@ fn costs_and_different_times() {
             outcome == (4, 400_000_000) || outcome == (2, 300_000_000),
             "{outcome:?}"
         );
+    });
+}
+
+/// Two threads each take a place, and give it back if they got one, while a
+/// third place is taken: at most `max` held at any time, and every place
+/// given back is free again at the end.
+#[test]
+fn places_in_flight_never_exceed_the_cap_nor_leak() {
+    loom::model(|| {
+        let cell = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (cell, peak) = (cell.clone(), peak.clone());
+                thread::spawn(move || {
+                    if flight_acquire(&cell, 7, 1) {
+                        let held = flight_held(&cell, 7) as usize;
+                        peak.fetch_max(held, Ordering::Relaxed);
+                        flight_release(&cell, 7, 7);
+                        true
+                    } else {
+                        false
+                    }
+                })
+            })
+            .collect();
+        let taken: usize = handles
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum();
+        assert!(taken >= 1, "one of the two always gets the place");
+        assert_eq!(peak.load(Ordering::Relaxed), 1, "never two at once");
+        assert_eq!(flight_held(&cell, 7), 0, "every place given back");
+    });
+}
+
+/// A place taken in the previous period is given back while another thread
+/// takes one in the new period: the release lands on the previous period's
+/// count, whatever the order.
+#[test]
+fn a_release_across_a_period_boundary_frees_the_right_count() {
+    loom::model(|| {
+        let cell = Arc::new(AtomicU64::new(0));
+        assert!(flight_acquire(&cell, 7, 2));
+        let releaser = {
+            let cell = cell.clone();
+            thread::spawn(move || flight_release(&cell, 7, 8))
+        };
+        let taker = {
+            let cell = cell.clone();
+            thread::spawn(move || flight_acquire(&cell, 8, 2))
+        };
+        releaser.join().unwrap();
+        assert!(taker.join().unwrap(), "two places: one was always free");
+        assert_eq!(flight_held(&cell, 8), 1, "only the new place is held");
     });
 }

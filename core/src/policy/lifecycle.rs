@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::flight::{self, Flight};
 use crate::store::memory::MemoryStore;
 
 /// Most requests of a key a rule may hold in flight.
@@ -98,75 +99,6 @@ pub(crate) fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(ranges)
-}
-
-/// One key's places in flight, packed in a word: the period index modulo 2^32
-/// (high half), the previous period's count and this period's (16 bits each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Flight {
-    pub period: u32,
-    pub prev: u16,
-    pub curr: u16,
-}
-
-impl Flight {
-    pub(crate) fn unpack(bits: u64) -> Self {
-        Self {
-            period: (bits >> 32) as u32,
-            prev: (bits >> 16) as u16,
-            curr: bits as u16,
-        }
-    }
-
-    pub(crate) fn pack(self) -> u64 {
-        (u64::from(self.period) << 32) | (u64::from(self.prev) << 16) | u64::from(self.curr)
-    }
-
-    /// The counts as of period `now` (modulo 2^32): places older than the
-    /// previous period are released.
-    fn roll(self, now: u32) -> Self {
-        match now.wrapping_sub(self.period) {
-            0 => self,
-            1 => Self {
-                period: now,
-                prev: self.curr,
-                curr: 0,
-            },
-            _ => Self {
-                period: now,
-                prev: 0,
-                curr: 0,
-            },
-        }
-    }
-
-    /// Places held at period `now`.
-    pub(crate) fn held(self, now: u32) -> u64 {
-        let f = self.roll(now);
-        u64::from(f.prev) + u64::from(f.curr)
-    }
-
-    /// Takes a place at period `now` if fewer than `max` are held: the new
-    /// state, or `None` when full.
-    pub(crate) fn acquire(self, now: u32, max: u64) -> Option<Self> {
-        let f = self.roll(now);
-        (u64::from(f.prev) + u64::from(f.curr) < max).then_some(Self {
-            curr: f.curr.saturating_add(1),
-            ..f
-        })
-    }
-
-    /// Gives back a place taken at period `taken`, as of period `now` (nothing
-    /// if the store already released it).
-    pub(crate) fn release(self, taken: u32, now: u32) -> Self {
-        let mut f = self.roll(now);
-        match now.wrapping_sub(taken) {
-            0 => f.curr = f.curr.saturating_sub(1),
-            1 => f.prev = f.prev.saturating_sub(1),
-            _ => {}
-        }
-        f
-    }
 }
 
 /// Where a rule's in-flight counts live in shared memory.
@@ -253,12 +185,13 @@ impl InFlight {
 
     /// Runs `step` on the key's word (0 for a new key): the memory store's
     /// compare-and-swap loop, or the shared table's.
-    fn update<R>(&self, key: &[u8], now: u64, mut step: impl FnMut(u64) -> (R, Option<u64>)) -> R
+    fn update<R>(&self, key: &[u8], now: u64, step: impl FnMut(u64) -> (R, Option<u64>)) -> R
     where
         R: Default,
     {
         #[cfg(all(feature = "shm", unix))]
         if let Backing::Shared(sh) = &self.backing {
+            let mut step = step;
             let h = sh.table.key_hash(5, key);
             return sh
                 .table
@@ -275,33 +208,14 @@ impl InFlight {
             fp,
             now,
             || AtomicU64::new(0),
-            |cell| {
-                let mut current = cell.load(Ordering::Acquire);
-                loop {
-                    let (r, next) = step(current);
-                    let Some(next) = next else { return r };
-                    match cell.compare_exchange_weak(
-                        current,
-                        next,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return r,
-                        Err(seen) => current = seen,
-                    }
-                }
-            },
+            |cell| flight::update(cell, step),
         )
     }
 
     fn acquire_local(&self, key: &[u8], now: u64) -> Option<Place> {
         let period = self.period(now);
-        self.update(key, now, |bits| {
-            match Flight::unpack(bits).acquire(period, self.max) {
-                Some(f) => (Some(Place::Local(period)), Some(f.pack())),
-                None => (None, None),
-            }
-        })
+        self.update(key, now, flight::acquire_step(period, self.max))
+            .then_some(Place::Local(period))
     }
 
     /// Takes a place for `key` at `now` (ns; `explicit` is the Unix time a
@@ -333,12 +247,7 @@ impl InFlight {
     pub(crate) fn release(&self, key: &[u8], place: Place, now: u64, explicit: Option<Duration>) {
         match place {
             Place::Local(taken) => {
-                let period = self.period(now);
-                self.update(key, now, |bits| {
-                    let f = Flight::unpack(bits);
-                    let next = f.release(taken, period);
-                    ((), (next != f).then(|| next.pack()))
-                });
+                self.update(key, now, flight::release_step(taken, self.period(now)));
             }
             Place::Remote(taken) => {
                 #[cfg(feature = "redis")]
@@ -604,35 +513,6 @@ mod tests {
         for bad in ["", "abc", "600", "99", "500-400", "400-", "4000"] {
             assert!(parse_statuses(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn places_are_taken_released_and_expire() {
-        let mut f = Flight::default();
-        for _ in 0..3 {
-            f = f.acquire(10, 3).unwrap();
-        }
-        assert_eq!(f.acquire(10, 3), None, "full");
-        f = f.release(10, 10);
-        assert_eq!(f.held(10), 2);
-        f = f.acquire(10, 3).unwrap();
-        // The next period: places of period 10 still held.
-        assert_eq!(f.held(11), 3);
-        assert_eq!(f.acquire(11, 3), None);
-        f = f.release(10, 11);
-        assert_eq!(f.held(11), 2);
-        // Two periods on, every place of period 10 is released by the store.
-        assert_eq!(f.held(12), 0);
-        assert_eq!(
-            f.release(10, 12).held(12),
-            0,
-            "a late release frees nothing"
-        );
-        // Wraps with the period index.
-        let f = Flight::default().acquire(u32::MAX, 1).unwrap();
-        assert_eq!(f.held(0), 1);
-        assert_eq!(f.held(1), 0);
-        assert_eq!(Flight::unpack(f.pack()), f);
     }
 
     #[test]
