@@ -427,7 +427,6 @@ impl super::Engine {
         let now = now.unwrap_or_else(|| self.now());
         let entries = settlement.take(self.id)?;
         let now_ns = super::nanos(now);
-        super::events::bump(&self.metrics.settled);
         for e in entries {
             let Some(rule) = self.rules.get(e.rule) else {
                 continue;
@@ -477,6 +476,9 @@ impl super::Engine {
                 }
             }
         }
+        // Counted once done: a front end that settles off the request's
+        // thread can wait for the count.
+        super::events::bump(&self.metrics.settled);
         Ok(())
     }
 

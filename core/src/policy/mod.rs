@@ -44,6 +44,7 @@ mod build;
 pub(crate) mod config;
 mod decide;
 mod events;
+mod forwarded;
 mod headers;
 mod identity;
 mod jwt;
@@ -74,6 +75,7 @@ use jwt::JwtVerifier;
 use store::{RuleLimiter, Store};
 
 pub use events::{Event, EventKind, EventSink};
+pub use forwarded::TrustedProxies;
 pub use headers::{HeaderStyle, RESPONSE_HEADERS};
 pub use jwt::{MAX_TOKEN_BYTES, TokenProblem};
 pub use lifecycle::{Settle, Settlement};

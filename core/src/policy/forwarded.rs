@@ -1,0 +1,232 @@
+//! The client's address behind trusted proxies, by the rules every front end
+//! follows (the Python middleware's `_web.py` is the same algorithm): the socket
+//! peer is the client, unless the peer is one of the trusted proxies. Then
+//! exactly one forwarding header is read, the one the proxy sets
+//! (`X-Forwarded-For` by default; `Forwarded` for RFC 7239 `for=`), never
+//! another: a proxy that only appends to `X-Forwarded-For` passes a client's own
+//! `Forwarded` header through untouched. Every copy of that header is read in
+//! order, the hops are walked from the right skipping trusted proxies, and the
+//! first untrusted hop is the client. A hop that names no address (`unknown`,
+//! an obfuscated `_node`, garbage a trusted proxy passed on) becomes a stable
+//! address of its own in the reserved `100::/8` block, derived from its text
+//! (BLAKE2b, 7 bytes, as in Python), so such clients are neither unlimited nor
+//! folded onto the proxy's address.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use blake2::Blake2bVar;
+use blake2::digest::{Update, VariableOutput};
+use ipnet::IpNet;
+
+use crate::error::{Error, Result};
+
+/// Which proxies to believe, and the header they write.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    /// Lower case.
+    header: String,
+}
+
+impl TrustedProxies {
+    /// Proxies at these addresses or networks (`"10.0.0.0/8"`, `"::1"`); an
+    /// empty list trusts none (the peer is always the client). The header is
+    /// `x-forwarded-for` until [`header`](Self::header) says otherwise.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for an entry that is no address or network.
+    pub fn new<I, S>(trusted: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nets = trusted
+            .into_iter()
+            .map(|t| {
+                let t = t.as_ref().trim();
+                t.parse::<IpNet>()
+                    .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| Error::InvalidOption {
+                        option: "trusted_proxies",
+                        problem: "each entry must be an IP address or network (10.0.0.0/8, ::1)",
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            nets,
+            header: "x-forwarded-for".into(),
+        })
+    }
+
+    /// The forwarding header the proxies set: `x-forwarded-for` (default),
+    /// `forwarded` (RFC 7239), or another such as `x-real-ip`.
+    #[must_use]
+    pub fn header(mut self, name: &str) -> Self {
+        self.header = name.trim().to_ascii_lowercase();
+        self
+    }
+
+    /// The forwarding header's name, lower case (a front end passes its
+    /// values to [`client_ip`](Self::client_ip)).
+    pub fn header_name(&self) -> &str {
+        &self.header
+    }
+
+    /// Whether any proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client of a request from `peer` whose forwarding header (the one
+    /// named by [`header_name`](Self::header_name)) had these values, in the
+    /// order received.
+    pub fn client_ip<'h>(&self, peer: IpAddr, values: impl IntoIterator<Item = &'h str>) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let forwarded = self.header == "forwarded";
+        let mut hops: Vec<&str> = Vec::new();
+        for value in values {
+            if forwarded {
+                for pair in value.split([',', ';']) {
+                    if let Some((k, v)) = pair.split_once('=')
+                        && k.trim().eq_ignore_ascii_case("for")
+                    {
+                        hops.push(v);
+                    }
+                }
+            } else {
+                hops.extend(value.split(','));
+            }
+        }
+        for hop in hops.iter().rev() {
+            match hop_ip(hop) {
+                Some(ip) if self.trusts(ip) => {}
+                Some(ip) => return ip,
+                None => return opaque(hop),
+            }
+        }
+        peer
+    }
+}
+
+/// An address as peers and forwarding headers write it: `203.0.113.7`,
+/// `203.0.113.7:443`, `[2001:db8::1]:443`, `fe80::1%eth0`, `::ffff:192.0.2.5`.
+fn hop_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_matches('"');
+    let text = if let Some(rest) = text.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else if text.matches(':').count() == 1 {
+        text.split(':').next().unwrap_or_default()
+    } else {
+        text
+    };
+    let text = text.split('%').next().unwrap_or_default();
+    text.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// A stable address in `100::/8` for a hop that names none.
+fn opaque(hop: &str) -> IpAddr {
+    let text = hop.trim().trim_matches('"').to_lowercase();
+    let mut digest = [0u8; 7];
+    if let Ok(mut h) = Blake2bVar::new(digest.len()) {
+        h.update(text.as_bytes());
+        let _ = h.finalize_variable(&mut digest);
+    }
+    let mut bytes = [0u8; 16];
+    bytes[0] = 1;
+    bytes[1..8].copy_from_slice(&digest);
+    IpAddr::V6(Ipv6Addr::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn the_peer_is_the_client_unless_it_is_trusted() {
+        let none = TrustedProxies::default();
+        assert_eq!(
+            none.client_ip(ip("203.0.113.7"), ["198.51.100.1"]),
+            ip("203.0.113.7")
+        );
+        let t = TrustedProxies::new(["10.0.0.0/8", "::1"]).ok();
+        let t = t.as_ref();
+        let client =
+            |peer: &str, values: &[&str]| t.map(|t| t.client_ip(ip(peer), values.iter().copied()));
+        // An untrusted peer's header is ignored: anyone can send one.
+        assert_eq!(client("203.0.113.7", &["1.2.3.4"]), Some(ip("203.0.113.7")));
+        // From the right, skipping trusted hops; every copy of the header, in order.
+        assert_eq!(
+            client("10.0.0.1", &["1.2.3.4, 198.51.100.9", "10.0.0.2"]),
+            Some(ip("198.51.100.9"))
+        );
+        assert_eq!(
+            client("::1", &["[2001:db8::1]:443"]),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            client("10.0.0.1", &["203.0.113.7:8080"]),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client("10.0.0.1", &["::ffff:192.0.2.5"]),
+            Some(ip("192.0.2.5"))
+        );
+        assert_eq!(
+            client("::ffff:10.0.0.1", &["192.0.2.5"]),
+            Some(ip("192.0.2.5"))
+        );
+        // Only trusted hops: the peer.
+        assert_eq!(client("10.0.0.1", &["10.1.1.1"]), Some(ip("10.0.0.1")));
+        assert_eq!(client("10.0.0.1", &[]), Some(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn forwarded_reads_for_and_nothing_else() {
+        let t = TrustedProxies::new(["10.0.0.0/8"]).map(|t| t.header("Forwarded"));
+        let t = t.as_ref().ok();
+        let got = t.map(|t| {
+            t.client_ip(
+                ip("10.0.0.1"),
+                ["for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\""],
+            )
+        });
+        assert_eq!(got, Some(ip("2001:db8:cafe::17")));
+        // X-Forwarded-For is not read when the proxy writes Forwarded.
+        assert_eq!(t.map(|t| t.header_name()), Some("forwarded"));
+    }
+
+    #[test]
+    fn a_hop_without_an_address_is_an_opaque_address_of_its_own() {
+        let t = TrustedProxies::new(["10.0.0.0/8"]).ok();
+        let t = t.as_ref();
+        let a = t.map(|t| t.client_ip(ip("10.0.0.1"), ["unknown"]));
+        let b = t.map(|t| t.client_ip(ip("10.0.0.1"), [" \"UNKNOWN\" "]));
+        let c = t.map(|t| t.client_ip(ip("10.0.0.1"), ["_hidden"]));
+        assert_eq!(a, b, "stable, case-insensitive");
+        assert_ne!(a, c);
+        // The same address the Python middleware derives:
+        // hashlib.blake2b(b"unknown", digest_size=7) = eb80afd1e2fe84.
+        assert_eq!(a, Some(ip("1eb:80af:d1e2:fe84::")));
+        assert!(matches!(a, Some(IpAddr::V6(v)) if v.octets()[0] == 1));
+    }
+
+    #[test]
+    fn bad_entries_are_refused() {
+        for bad in ["10.0.0.0/33", "example.com", ""] {
+            assert!(TrustedProxies::new([bad]).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The layer in a real axum server over HTTP: statuses, headers and bodies as a
+//! client sees them, trusted proxies, settlement (failed logins, places in
+//! flight, the real cost), attacks sent in parallel, and a Redis-backed engine
+//! on a single-threaded runtime.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use floodgate::policy::Engine;
+use floodgate_tower::{FloodgateCost, FloodgateLayer, TrustedProxies};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const POLICY: &str = r#"
+[lists]
+deny_api_keys = ["sk_revoked"]
+
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["5/hour"]
+count = "failures"
+
+[[rule]]
+name = "token"
+match = "POST /oauth/token"
+key = "header:x-client-id"
+quotas = ["10/min"]
+anonymous = "deny"
+
+[[rule]]
+name = "slow"
+match = "GET /slow"
+key = "ip"
+quotas = ["1000/s"]
+max_in_flight = 2
+
+[[rule]]
+name = "graphql"
+match = "POST /graphql"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["100/hour"]
+cost = 10
+cost_from = "response"
+
+[[rule]]
+name = "api"
+match = "/api/**"
+key = "ip"
+quotas = ["3/min"]
+"#;
+
+fn app() -> Router {
+    Router::new()
+        .route(
+            "/auth/login",
+            post(|headers: axum::http::HeaderMap| async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                if headers.get("x-password").is_some_and(|p| p == "right") {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNAUTHORIZED
+                }
+            }),
+        )
+        .route("/oauth/token", post(|| async { "token" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/graphql",
+            post(|uri: axum::http::Uri| async move {
+                let cost: u64 = uri
+                    .query()
+                    .and_then(|q| q.strip_prefix("cost="))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(10);
+                if uri.query().is_some_and(|q| q.contains("header")) {
+                    ([("floodgate-cost", "40")], "{}").into_response()
+                } else {
+                    let mut r = "{}".into_response();
+                    r.extensions_mut().insert(FloodgateCost(cost));
+                    r
+                }
+            }),
+        )
+        .route("/api/{*rest}", get(|| async { "items" }))
+}
+
+async fn serve(layer: FloodgateLayer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app().layer(layer);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+struct Reply {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+async fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn engine() -> Arc<Engine> {
+    Arc::new(Engine::from_toml_str(POLICY).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_and_headers_over_http() {
+    let addr = serve(FloodgateLayer::new(engine())).await;
+    for left in [2, 1, 0] {
+        let r = call(addr, "GET", "/api/items", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "items");
+        let rl = r.headers["ratelimit"].to_str().unwrap();
+        assert!(rl.contains(&format!("r={left}")), "{rl}");
+    }
+    let r = call(addr, "GET", "/api/items", &[]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert!(
+        r.body.starts_with("{\"error\":\"rate_limited\""),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("\"rule\":\"api\""));
+    // 403 for a revoked key, 401 without the identity a rule needs.
+    assert_eq!(
+        call(addr, "GET", "/api/x", &[("x-api-key", "sk_revoked")])
+            .await
+            .status,
+        403
+    );
+    let r = call(addr, "POST", "/oauth/token", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("unauthorized"), "{}", r.body);
+    let r = call(addr, "POST", "/oauth/token", &[("x-client-id", "app-1")]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "token"));
+    // No rule: no headers.
+    let r = call(addr, "GET", "/nothing", &[]).await;
+    assert_eq!(r.status, 404);
+    assert!(r.headers.get("ratelimit").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_decide_who_the_client_is() {
+    let trusted =
+        FloodgateLayer::new(engine()).trusted_proxies(TrustedProxies::new(["127.0.0.1"]).unwrap());
+    let addr = serve(trusted).await;
+    let from = |ip: &'static str| async move {
+        call(addr, "GET", "/api/items", &[("x-forwarded-for", ip)])
+            .await
+            .status
+    };
+    for _ in 0..3 {
+        assert_eq!(from("198.51.100.1").await, 200);
+    }
+    assert_eq!(from("198.51.100.1").await, 429);
+    assert_eq!(
+        from("198.51.100.2").await,
+        200,
+        "another client behind the proxy"
+    );
+    // Not trusted: the header is anyone's text, and the peer is the client.
+    let addr = serve(FloodgateLayer::new(engine())).await;
+    for (i, ip) in ["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]
+        .iter()
+        .enumerate()
+    {
+        let s = call(addr, "GET", "/api/items", &[("x-forwarded-for", ip)])
+            .await
+            .status;
+        assert_eq!(s, if i < 3 { 200 } else { 429 }, "{ip}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_failed_logins_places_in_flight_and_real_cost() {
+    let addr = serve(FloodgateLayer::new(engine())).await;
+    let login = |pw: &'static str| async move {
+        call(addr, "POST", "/auth/login", &[("x-password", pw)])
+            .await
+            .status
+    };
+    for _ in 0..20 {
+        assert_eq!(login("right").await, 200, "successes are given back");
+    }
+    // Credential stuffing: 30 guesses at once, each charged on arrival.
+    let guesses: Vec<_> = (0..30).map(|_| tokio::spawn(login("guess"))).collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 25);
+    assert_eq!(login("right").await, 429, "the failures used the quota up");
+    // Six slow requests at once: two places.
+    let slow: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { call(addr, "GET", "/slow", &[]).await }))
+        .collect();
+    let mut replies = Vec::new();
+    for s in slow {
+        replies.push(s.await.unwrap());
+    }
+    let mut codes: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 200, 429, 429, 429, 429]);
+    assert!(
+        replies
+            .iter()
+            .filter(|r| r.status == 429)
+            .all(|r| r.headers["retry-after"] == "1")
+    );
+    assert_eq!(
+        call(addr, "GET", "/slow", &[]).await.status,
+        200,
+        "places come back"
+    );
+    // The real cost, from an extension or the header (which never reaches the client).
+    let r = call(addr, "POST", "/graphql?cost=40", &[]).await;
+    assert!(r.headers["ratelimit"].to_str().unwrap().contains("r=90"));
+    let r = call(addr, "POST", "/graphql?header", &[]).await;
+    assert!(r.headers.get("floodgate-cost").is_none());
+    assert!(
+        r.headers["ratelimit"].to_str().unwrap().contains("r=50"),
+        "40 charged by the first: {:?}",
+        r.headers["ratelimit"]
+    );
+    let r = call(addr, "POST", "/graphql?cost=1", &[]).await;
+    assert!(
+        r.headers["ratelimit"].to_str().unwrap().contains("r=10"),
+        "40 by the second: {:?}",
+        r.headers["ratelimit"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_answers() {
+    let addr = serve(FloodgateLayer::new(engine())).await;
+    // 100 KB of headers: answered (or refused by hyper with 431), never a crash.
+    let big = "x".repeat(100_000);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = axum::http::Request::builder()
+        .uri(format!("http://{addr}/api/items"))
+        .header("x-junk", big.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let s = client.request(req).await.map(|r| r.status().as_u16());
+    assert!(matches!(s, Ok(200 | 429 | 431) | Err(_)), "{s:?}");
+    // Garbage in the path and non-UTF-8 header values: answered.
+    let r = call(addr, "GET", "/api/%ff%00%2e%2e/..%2f", &[]).await;
+    assert!([200, 429].contains(&r.status), "{}", r.status);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = axum::http::Request::builder()
+        .uri(format!("http://{addr}/api/items"))
+        .header(
+            "x-api-key",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let s = client.request(req).await.unwrap().status().as_u16();
+    assert!([200, 429].contains(&s), "{s}");
+    // The server still answers.
+    assert!([200, 429].contains(&call(addr, "GET", "/api/ok", &[]).await.status));
+}
+
+/// A redis-server on a free port, stopped on drop (skipped where none is installed).
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis(child, port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two services (as on two machines) on one Redis, each on a single-threaded
+/// runtime: checks and settlements go to the blocking pool, the runtime keeps
+/// serving, and the limits are exact across both.
+#[test]
+fn redis_engines_share_limits_without_blocking_the_runtime() {
+    let Some(redis) = Redis::start() else {
+        eprintln!("skipped: no redis-server");
+        return;
+    };
+    let text = format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}/\"\ntimeout_ms = 500\n{POLICY}",
+        redis.1
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let engines = [
+            Arc::new(Engine::from_toml_str(&text).unwrap()),
+            Arc::new(Engine::from_toml_str(&text).unwrap()),
+        ];
+        let a = serve(FloodgateLayer::new(engines[0].clone())).await;
+        let b = serve(FloodgateLayer::new(engines[1].clone())).await;
+        let statuses: Vec<u16> = {
+            let mut v = Vec::new();
+            for i in 0..5 {
+                let addr = if i % 2 == 0 { a } else { b };
+                v.push(call(addr, "GET", "/api/items", &[]).await.status);
+            }
+            v
+        };
+        assert_eq!(statuses, [200, 200, 200, 429, 429]);
+        // Failed logins across both, successes given back (settled on the pool).
+        for i in 0..6 {
+            let addr = if i % 2 == 0 { a } else { b };
+            let s = call(addr, "POST", "/auth/login", &[("x-password", "right")])
+                .await
+                .status;
+            assert_eq!(s, 200);
+        }
+        // The settlements run on the blocking pool as the bodies end: wait
+        // until all six have landed (counted by the engines).
+        let settled = |e: &Engine| {
+            e.metrics()
+                .lines()
+                .find_map(|l| l.strip_prefix("floodgate_settled_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        for _ in 0..500 {
+            if engines.iter().map(|e| settled(e)).sum::<u64>() == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(engines.iter().map(|e| settled(e)).sum::<u64>(), 6);
+        let guesses: Vec<_> = (0..12)
+            .map(|i| {
+                let addr = if i % 2 == 0 { a } else { b };
+                tokio::spawn(async move {
+                    call(addr, "POST", "/auth/login", &[("x-password", "guess")])
+                        .await
+                        .status
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for g in guesses {
+            statuses.push(g.await.unwrap());
+        }
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 401).count(),
+            5,
+            "{statuses:?}"
+        );
+    });
+}
