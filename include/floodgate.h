@@ -481,6 +481,17 @@ fg_result fg_engine_settle(const fg_engine *engine,
                            int64_t cost,
                            uint64_t now_ns);
 
+// Whether `engine`'s checks may wait on the network (a policy with rules on a
+// Redis store). A pre-forking server (nginx) may build an engine that does not
+// before it forks and share it with its workers (in memory, each worker then
+// counts apart; a shared-memory store's mapping is inherited, so they count
+// together); an engine that does holds connections and threads that do not
+// survive `fork`, so each worker builds its own. False for NULL.
+//
+// # Safety
+// `engine` must be NULL or come from a constructor.
+bool fg_engine_may_block(const fg_engine *engine);
+
 // Frees a settlement without settling it: its charges stay, and its places
 // in flight are released by the store after `in_flight_ttl` (NULL is ignored).
 //

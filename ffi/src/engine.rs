@@ -877,6 +877,28 @@ pub unsafe extern "C" fn fg_engine_settle(
     })
 }
 
+/// Whether `engine`'s checks may wait on the network (a policy with rules on a
+/// Redis store). A pre-forking server (nginx) may build an engine that does not
+/// before it forks and share it with its workers (in memory, each worker then
+/// counts apart; a shared-memory store's mapping is inherited, so they count
+/// together); an engine that does holds connections and threads that do not
+/// survive `fork`, so each worker builds its own. False for NULL.
+///
+/// # Safety
+/// `engine` must be NULL or come from a constructor.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_may_block(engine: *const fg_engine) -> bool {
+    let mut blocks = false;
+    guard_void(|| {
+        // SAFETY: `engine` is NULL (refused by `inner`) or comes from a
+        // constructor per the caller's contract.
+        if let Ok(Inner::Policy(policy)) = unsafe { inner(engine) } {
+            blocks = policy.may_block();
+        }
+    });
+    blocks
+}
+
 /// Frees a settlement without settling it: its charges stay, and its places
 /// in flight are released by the store after `in_flight_ttl` (NULL is ignored).
 ///

@@ -105,6 +105,8 @@ static void test_quota_engine(void) {
   EQ(fg_engine_check_request(e, &req, &v), FG_RESULT_WRONG_ENGINE_KIND);
   EQ(fg_engine_set_event_callback(e, NULL, NULL), FG_RESULT_WRONG_ENGINE_KIND);
   EQ(fg_engine_metrics(e, msg, sizeof msg, &len), FG_RESULT_WRONG_ENGINE_KIND);
+  EQ(fg_engine_may_block(e), false);
+  EQ(fg_engine_may_block(NULL), false);
   fg_engine_free(e);
 
   /* Invalid quotas and options. */
@@ -505,6 +507,7 @@ static void test_settle(void) {
       "quotas = [\"100/s\"]\nmax_in_flight = 1\n";
   const fg_engine *e = NULL;
   EQ(fg_engine_from_str(policy, strlen(policy), FG_FORMAT_TOML, &e), FG_RESULT_OK);
+  EQ(fg_engine_may_block(e), false); /* in memory: safe to build before fork */
   const uint64_t now = 1800000000ull * 1000000000ull;
   fg_header h[] = {{"x-user", 6, "mallory", 7}};
   fg_request login = {"POST", 4, "/login", 6, "192.0.2.1", 9, h, 1};
