@@ -1227,3 +1227,112 @@ in_flight_ttl = "10s"
     let v = closed.check_request_at(&req, at(40)).unwrap();
     assert_eq!(v.reason, Reason::Concurrency, "closed: no place");
 }
+
+/// The slowest of `calls` checks on each of `threads` threads.
+fn worst_call(l: &RedisLimiter, threads: usize, calls: usize) -> Duration {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..calls)
+                        .map(|i| {
+                            let started = Instant::now();
+                            l.check(format!("deadline-{t}-{i}"), 1).unwrap();
+                            let took = started.elapsed();
+                            if std::env::var_os("FG_TRACE_DEADLINES").is_some() {
+                                eprintln!("thread {t} call {i}: {took:?}");
+                            }
+                            took
+                        })
+                        .max()
+                        .unwrap_or_default()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+/// The configured timeout is a deadline for the whole call, whatever Redis
+/// does: a frozen process, a peer that accepts and never answers, a slow
+/// command holding the server, more callers than pooled connections. Each
+/// call answers (here by the fail mode) within the timeout plus a margin for
+/// a shared 2-core machine's scheduling; the worst call of each case is printed.
+#[test]
+fn the_timeout_is_a_deadline_for_every_call() {
+    let timeout = Duration::from_millis(20);
+    let bound = timeout + Duration::from_millis(15);
+    let limiter = |url: &str, check: bool| {
+        RedisLimiter::builder(url)
+            .quota(Quota::per_second(100_000).unwrap())
+            .timeouts(Some(timeout))
+            .pool_size(2)
+            .check_on_build(check)
+            .fail_mode(FailMode::Open)
+            .build()
+            .unwrap()
+    };
+    let mut server = Server::start(&["--enable-debug-command", "yes"]);
+
+    // Frozen (SIGSTOP): connected sockets stay open, nothing answers.
+    let l = limiter(&server.url(), true);
+    let pid = server.child.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let frozen = worst_call(&l, 4, 10);
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eprintln!("frozen process: worst call {frozen:?}");
+    assert!(frozen <= bound, "frozen: {frozen:?}");
+    assert!(l.fallbacks() > 0);
+
+    // A slow command (DEBUG SLEEP) holds the server; 4 callers share 2 connections.
+    let l = limiter(&server.url(), true);
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let _: redis::RedisResult<()> =
+            redis::cmd("DEBUG").arg("SLEEP").arg("0.3").query(&mut conn);
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let slow = worst_call(&l, 4, 10);
+    sleeper.join().unwrap();
+    eprintln!("DEBUG SLEEP, 4 callers on 2 connections: worst call {slow:?}");
+    assert!(slow <= bound, "slow server: {slow:?}");
+
+    // Healthy again: more callers than connections, every call within the timeout.
+    let l = limiter(&server.url(), true);
+    let busy = worst_call(&l, 8, 50);
+    eprintln!("8 callers on 2 connections: worst call {busy:?}");
+    assert!(busy <= bound, "pool: {busy:?}");
+    server.stop();
+
+    // A peer that accepts connections and never says a word.
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hole.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let l = limiter(&format!("redis://{addr}/"), false);
+    let silent = worst_call(&l, 4, 10);
+    eprintln!("a peer that never answers: worst call {silent:?}");
+    assert!(silent <= bound, "silent peer: {silent:?}");
+}

@@ -5,10 +5,10 @@
 //! [`Breaker`] per store.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
@@ -46,6 +46,8 @@ struct StoreInner {
     what: String,
     client: Client,
     pool: Box<[Mutex<Option<SyncConn>>]>,
+    /// Per slot: a connection is being made for it in the background.
+    connecting: Box<[AtomicBool]>,
     next: AtomicUsize,
     async_conn: Mutex<Option<AsyncConn>>,
     async_gate: tokio::sync::Mutex<()>,
@@ -190,6 +192,9 @@ impl RedisStoreBuilder {
                 pool: (0..self.pool_size.clamp(1, 256))
                     .map(|_| Mutex::new(None))
                     .collect(),
+                connecting: (0..self.pool_size.clamp(1, 256))
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
                 next: AtomicUsize::new(0),
                 async_conn: Mutex::new(None),
                 async_gate: tokio::sync::Mutex::new(()),
@@ -205,16 +210,30 @@ impl RedisStoreBuilder {
             }),
         };
         if self.check_on_build {
-            let script = redis::Script::new(script::SOURCE);
-            store
-                .with_conn(|conn| {
-                    redis::cmd("PING").query::<String>(conn.as_dyn())?;
-                    script.prepare_invoke().load(conn.as_dyn())
-                })
+            // Not a request: the first connection is made here, and checked.
+            let conn = store
+                .open()
                 .map_err(|e| unavailable(&store.inner.what, &e))?;
+            if let Some(slot) = store.inner.pool.first() {
+                *slot.lock() = Some(conn);
+            }
         }
+        // The rest of the pool is connected in the background as calls meet
+        // its empty slots.
         Ok(store)
     }
+}
+
+/// The time left until `deadline`, or a timeout error once it has passed.
+fn left(deadline: Instant) -> redis::RedisResult<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| timed_out("the call's deadline passed"))
+}
+
+fn timed_out(message: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
 }
 
 /// Whether an error means the connection can no longer be trusted.
@@ -276,36 +295,128 @@ impl RedisStore {
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<SyncConn> {
+    /// A new connection, checked (`PING`) and with the script loaded, so that a
+    /// call never pays a `NOSCRIPT` round trip after a reconnect. Never on a
+    /// request's path: at build, or in the background.
+    fn open(&self) -> redis::RedisResult<SyncConn> {
         let i = &self.inner;
-        match &i.client {
+        let mut conn = match &i.client {
             Client::Single(c) => {
                 let conn = c.get_connection_with_timeout(i.connect_timeout)?;
-                conn.set_read_timeout(Some(i.command_timeout))?;
-                conn.set_write_timeout(Some(i.command_timeout))?;
-                Ok(SyncConn::Single(conn))
+                conn.set_read_timeout(Some(i.command_timeout * 2))?;
+                conn.set_write_timeout(Some(i.command_timeout * 2))?;
+                SyncConn::Single(conn)
             }
-            Client::Cluster(c) => Ok(SyncConn::Cluster(Box::new(c.get_connection()?))),
+            Client::Cluster(c) => SyncConn::Cluster(Box::new(c.get_connection()?)),
+        };
+        redis::cmd("PING").query::<String>(conn.as_dyn())?;
+        redis::Script::new(script::SOURCE)
+            .prepare_invoke()
+            .load(conn.as_dyn())?;
+        Ok(conn)
+    }
+
+    /// Connects pool slot `n` on a thread of its own, unless it is connected or
+    /// being connected: a request never waits for a TCP connect (a frozen or
+    /// unreachable Redis can hold one for far longer than its timeout).
+    fn connect_in_background(&self, n: usize) {
+        let Some(flag) = self.inner.connecting.get(n) else {
+            return;
+        };
+        if flag.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("floodgate-redis-connect".into())
+            .spawn(move || {
+                let connected = store
+                    .inner
+                    .pool
+                    .get(n)
+                    .is_some_and(|slot| slot.lock().is_some());
+                if !connected
+                    && let Ok(conn) = store.open()
+                    && let Some(slot) = store.inner.pool.get(n)
+                {
+                    let mut slot = slot.lock();
+                    if slot.is_none() {
+                        *slot = Some(conn);
+                    }
+                }
+                if let Some(flag) = store.inner.connecting.get(n) {
+                    flag.store(false, Ordering::Release);
+                }
+            });
+        if spawned.is_err() {
+            flag.store(false, Ordering::Release);
         }
     }
 
-    /// Runs `f` on a pooled blocking connection, connecting as needed; a connection
-    /// that failed is dropped (a timed-out one may still deliver a late reply).
+    /// A pooled connection within the deadline: a free connected slot, else the
+    /// next slot as soon as it is free and connected; an error once the
+    /// deadline passes (more callers than connections, or none connected yet).
+    /// Empty slots met on the way are connected in the background.
+    fn slot(
+        &self,
+        deadline: Instant,
+    ) -> redis::RedisResult<(usize, MutexGuard<'_, Option<SyncConn>>)> {
+        let pool = &self.inner.pool;
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        let mut wait_on = n;
+        for k in 0..pool.len() {
+            let m = (n + k) % pool.len();
+            let Some(slot) = pool.get(m) else {
+                continue;
+            };
+            match slot.try_lock() {
+                Some(guard) if guard.is_some() => return Ok((m, guard)),
+                Some(_) => self.connect_in_background(m),
+                None => wait_on = m, // busy, so connected: worth waiting for
+            }
+        }
+        let guard = pool
+            .get(wait_on)
+            .and_then(|slot| slot.try_lock_until(deadline))
+            .ok_or_else(|| timed_out("every pooled connection stayed busy until the deadline"))?;
+        if guard.is_none() {
+            self.connect_in_background(wait_on);
+            return Err(timed_out("no connection yet: connecting in the background"));
+        }
+        Ok((wait_on, guard))
+    }
+
+    /// Runs `f` on a pooled blocking connection, connecting as needed, all within
+    /// the command timeout (a **deadline** for the whole call: waiting for a
+    /// pooled connection, connecting, writing and reading); a connection that
+    /// failed is dropped (a timed-out one may still deliver a late reply).
     pub(super) fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
-        let i = &self.inner;
-        let n = i.next.fetch_add(1, Ordering::Relaxed) % i.pool.len();
-        let slot = i.pool.get(n).ok_or_else(|| io_error("empty pool"))?;
-        let mut slot = slot.lock();
-        if slot.is_none() {
-            *slot = Some(self.connect()?);
-        }
+        let deadline = Instant::now() + self.inner.command_timeout;
+        self.with_conn_until(deadline, f)
+    }
+
+    fn with_conn_until<T>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let (n, mut slot) = self.slot(deadline)?;
         let conn = slot.as_mut().ok_or_else(|| io_error("no connection"))?;
+        if let SyncConn::Single(c) = conn {
+            // What is left of the deadline bounds every read and write of this call.
+            let left = left(deadline)?;
+            c.set_read_timeout(Some(left))?;
+            c.set_write_timeout(Some(left))?;
+        }
         let result = f(conn);
         if result.as_ref().err().is_some_and(is_broken) {
+            // Made again off the request path.
             *slot = None;
+            drop(slot);
+            self.connect_in_background(n);
         }
         result
     }

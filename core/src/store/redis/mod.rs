@@ -14,7 +14,9 @@
 //!   TTL, so nothing lingers.
 //! - Connections ([`RedisStore`]): a pool of blocking connections for [`check`]
 //!   and one multiplexed (pipelining) tokio connection for [`check_async`], to a
-//!   standalone server or a Cluster, with millisecond connect and command timeouts.
+//!   standalone server or a Cluster, with millisecond connect and command timeouts;
+//!   on the blocking path the command timeout is a deadline for the whole call
+//!   (pool wait, connect, write, read).
 //!   A broken connection is dropped and made again on next use. A **circuit
 //!   breaker** opens after consecutive failures: while open, checks are answered by
 //!   the fail mode without waiting for a timeout; a single probe is let through
