@@ -1336,3 +1336,151 @@ fn the_timeout_is_a_deadline_for_every_call() {
     eprintln!("a peer that never answers: worst call {silent:?}");
     assert!(silent <= bound, "silent peer: {silent:?}");
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// TLS with server verification and an ACL user, against a redis-server started
+/// with TLS only, on certificates this test makes (its own CA).
+#[test]
+fn tls_with_a_ca_file_and_an_acl_user() {
+    use floodgate::policy::{Engine, Request};
+    let dir = std::env::temp_dir().join(format!("fg-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = ["-newkey", "rsa:2048", "-nodes", "-days", "1"];
+    for ca in ["ca", "other-ca"] {
+        let (k, c, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN=floodgate test {ca}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(key);
+        args.extend(["-keyout", &k, "-out", &c, "-subj", &subj]);
+        openssl(&dir, &args);
+    }
+    let mut args = vec!["req"];
+    args.extend(key);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&dir, &args);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .current_dir(&dir)
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        // ACL: the default user off; one user with a password.
+        .args(["--user", "default", "off"])
+        .args(["--user", "floodgate", "on", ">s3cret", "~*", "&*", "+@all"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let policy = |url: &str, ca: &str| {
+        format!(
+            "[store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{}\"\ntimeout_ms = 500\nconnect_timeout_ms = 1000\nfail_mode = \"open\"\n\n\
+             [[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"3/h\"]\n",
+            dir.join(ca).display()
+        )
+    };
+    let good = format!("rediss://floodgate:s3cret@127.0.0.1:{port}/");
+    let e = Engine::from_toml_str(&policy(&good, "ca.crt")).unwrap();
+    let req = Request {
+        method: "GET",
+        path: "/api/x",
+        client_ip: Some("198.51.100.3".parse().unwrap()),
+        headers: &[],
+    };
+    let allowed: Vec<bool> = (0..5)
+        .map(|_| e.check_request(&req).unwrap().allowed)
+        .collect();
+    // fail_mode = "open" would admit all five: the limit held in Redis, over TLS.
+    assert_eq!(allowed, [true, true, true, false, false]);
+
+    // A server certificate from another CA, a wrong password, plain TCP to the
+    // TLS port: refused at start-up, without the password in the message.
+    for (url, ca) in [
+        (good.clone(), "other-ca.crt"),
+        (
+            format!("rediss://floodgate:wrong@127.0.0.1:{port}/"),
+            "ca.crt",
+        ),
+        (
+            format!("redis://floodgate:s3cret@127.0.0.1:{port}/"),
+            "ca.crt",
+        ),
+    ] {
+        let text = policy(&url, ca).replace("timeout_ms = 500", "timeout_ms = 300");
+        let err = Engine::from_toml_str(&text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::StoreUnavailable, "{url} {ca}: {err}");
+        let msg = err.to_string();
+        assert!(!msg.contains("s3cret") && !msg.contains("wrong"), "{msg}");
+    }
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}

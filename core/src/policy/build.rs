@@ -52,7 +52,7 @@ impl Engine {
             Some(j) => Some(JwtVerifier::from_config(j, &root.key("jwt"), dir, &source)?),
             None => None,
         };
-        let store = Store::build(&cfg, &root.key("store"), &source)?;
+        let store = Store::build(&cfg, &root.key("store"), &source, dir)?;
         let mut rules = Vec::with_capacity(cfg.rules.len());
         let mut names = HashSet::new();
         for (i, r) in cfg.rules.iter().enumerate() {

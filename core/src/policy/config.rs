@@ -165,8 +165,12 @@ pub(crate) struct StoreConfig {
     /// `shared_memory`: slots in the table (one per key and quota, 16 bytes each),
     /// shared by every rule; fixed when the file is created.
     pub max_keys: usize,
-    /// `redis://[:password@]host:port/db` of a standalone Redis.
+    /// `redis://[user:password@]host:port/db` of a standalone Redis, or
+    /// `rediss://...` for TLS (the server's certificate is verified).
     pub url: Option<String>,
+    /// With `rediss://`: the CA certificate (PEM) that signed the server's,
+    /// instead of the system's trust store; relative to the policy file.
+    pub ca_file: Option<PathBuf>,
     /// Node URLs of a Redis Cluster (instead of `url`).
     pub cluster: Vec<String>,
     /// Key prefix; each rule (and tier) adds its name.
@@ -207,6 +211,7 @@ impl Default for StoreConfig {
             lease_ttl_ms: 1000,
             deny_cache: true,
             check_on_start: true,
+            ca_file: None,
         }
     }
 }

@@ -73,7 +73,13 @@ pub(super) struct Checked {
 }
 
 impl Store {
-    pub(super) fn build(policy: &PolicyConfig, p: &Path, source: &Source<'_>) -> Result<Store> {
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) fn build(
+        policy: &PolicyConfig,
+        p: &Path,
+        source: &Source<'_>,
+        dir: &std::path::Path,
+    ) -> Result<Store> {
         let cfg = &policy.store;
         let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
         match cfg.kind {
@@ -106,6 +112,13 @@ impl Store {
                     return Err(err("timeout_ms", "timeouts must be at least 1 ms".into()));
                 }
                 let mut builder = builder.check_on_build(cfg.check_on_start);
+                if let Some(ca) = &cfg.ca_file {
+                    let file = dir.join(ca);
+                    let pem = std::fs::read(&file).map_err(|e| {
+                        err("ca_file", format!("cannot read {}: {e}", file.display()))
+                    })?;
+                    builder = builder.ca_pem(pem);
+                }
                 if let Some(ms) = cfg.connect_timeout_ms {
                     builder = builder.connect_timeout(Duration::from_millis(ms));
                 }

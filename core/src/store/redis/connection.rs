@@ -17,6 +17,8 @@ use super::limiter::{RedisLimiterBuilder, StoreSource};
 use super::units::Micros;
 use super::{io_error, script, unavailable};
 
+// Built once per store: the size difference (TLS settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Single(redis::Client),
     Cluster(Box<redis::cluster::ClusterClient>),
@@ -88,6 +90,7 @@ pub struct RedisStoreBuilder {
     breaker_cooldown: Duration,
     breaker_max_cooldown: Duration,
     check_on_build: bool,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisStoreBuilder {
@@ -103,7 +106,15 @@ impl RedisStoreBuilder {
             breaker_cooldown: Duration::from_millis(50),
             breaker_max_cooldown: Duration::from_millis(500),
             check_on_build: true,
+            ca_pem: None,
         }
+    }
+
+    /// For `rediss://` URLs: trust the CA certificate(s) in `pem` (instead of
+    /// the system's trust store) to verify the server's certificate.
+    pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
     }
 
     /// Connect timeout (default 5 ms).
@@ -171,18 +182,36 @@ impl RedisStoreBuilder {
                 problem: "give at least one redis:// URL",
             });
         }
-        let what = self.urls.join(",");
+        // Passwords never reach error messages or Debug output.
+        let what = self
+            .urls
+            .iter()
+            .map(|u| redacted(u))
+            .collect::<Vec<_>>()
+            .join(",");
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: self.ca_pem.clone(),
+        };
         let client = if self.cluster {
-            redis::cluster::ClusterClient::builder(self.urls.iter().map(String::as_str))
-                .connection_timeout(self.connect_timeout)
-                .response_timeout(self.command_timeout)
-                .retries(1)
-                .min_retry_wait(1)
-                .max_retry_wait(10)
-                .build()
-                .map(|c| Client::Cluster(Box::new(c)))
+            let mut b =
+                redis::cluster::ClusterClient::builder(self.urls.iter().map(String::as_str))
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.command_timeout)
+                    .retries(1)
+                    .min_retry_wait(1)
+                    .max_retry_wait(10);
+            if self.ca_pem.is_some() {
+                b = b.certs(certs());
+            }
+            b.build().map(|c| Client::Cluster(Box::new(c)))
         } else {
-            redis::Client::open(self.urls.first().map_or("", String::as_str)).map(Client::Single)
+            let url = self.urls.first().map_or("", String::as_str);
+            if self.ca_pem.is_some() {
+                redis::Client::build_with_tls(url, certs()).map(Client::Single)
+            } else {
+                redis::Client::open(url).map(Client::Single)
+            }
         }
         .map_err(|e| unavailable(&what, &e))?;
         let store = RedisStore {
@@ -221,6 +250,24 @@ impl RedisStoreBuilder {
         // The rest of the pool is connected in the background as calls meet
         // its empty slots.
         Ok(store)
+    }
+}
+
+/// `url` without its password (`rediss://user:***@host:port/`).
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = url.get(scheme + 3..at).unwrap_or_default();
+            let user = creds.split(':').next().unwrap_or_default();
+            let scheme_part = url.get(..scheme + 3).unwrap_or_default();
+            let rest = url.get(at..).unwrap_or_default();
+            if creds.contains(':') {
+                format!("{scheme_part}{user}:***{rest}")
+            } else {
+                format!("{scheme_part}***{rest}")
+            }
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -484,5 +531,28 @@ impl RedisStore {
             *self.inner.async_conn.lock() = None;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redacted("rediss://app:s3cret@db.example:6380/0"),
+            "rediss://app:***@db.example:6380/0"
+        );
+        assert_eq!(
+            redacted("redis://:s3cret@127.0.0.1/"),
+            "redis://:***@127.0.0.1/"
+        );
+        assert_eq!(redacted("redis://token@h/"), "redis://***@h/");
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(redacted("not a url"), "not a url");
     }
 }
