@@ -1484,3 +1484,159 @@ fn tls_with_a_ca_file_and_an_acl_user() {
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A redis-server (or sentinel) process, killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {port}");
+}
+
+/// Sentinel: 1 master, 1 replica, 3 sentinels on loopback. Checks go to the
+/// master the sentinels name; the master is killed; checks answer by the fail
+/// mode (closed here) and return to Redis once the replica is promoted, with
+/// the counts the replica had. The window is printed.
+#[test]
+fn sentinel_follows_a_failover() {
+    use floodgate::policy::{Engine, Request};
+    let dir = std::env::temp_dir().join(format!("fg-sentinel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = |args: &[String]| {
+        Proc(
+            Command::new("redis-server")
+                .current_dir(&dir)
+                .args(args)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let plain = [
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--bind",
+        "127.0.0.1",
+        "--repl-diskless-sync-delay",
+        "0",
+    ]
+    .map(String::from);
+    let (mp, rp) = (free_port(), free_port());
+    let mut master = server(&[&["--port".into(), mp.to_string()][..], &plain].concat());
+    wait_port(mp);
+    let _replica = server(
+        &[
+            &[
+                "--port".into(),
+                rp.to_string(),
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                mp.to_string(),
+            ][..],
+            &plain,
+        ]
+        .concat(),
+    );
+    wait_port(rp);
+    // The replica in sync before anything is counted.
+    let replica = redis::Client::open(format!("redis://127.0.0.1:{rp}/")).unwrap();
+    let mut rc = replica.get_connection().unwrap();
+    for _ in 0..250 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut rc)
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut sentinels = Vec::new();
+    let mut urls = Vec::new();
+    for n in 0..3 {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{n}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor fgmaster 127.0.0.1 {mp} 2\n\
+                 sentinel down-after-milliseconds fgmaster 400\nsentinel failover-timeout fgmaster 2000\n\
+                 sentinel parallel-syncs fgmaster 1\n"
+            ),
+        )
+        .unwrap();
+        sentinels.push(server(&[conf.display().to_string(), "--sentinel".into()]));
+        wait_port(port);
+        urls.push(format!("\"redis://127.0.0.1:{port}/\""));
+    }
+    let text = format!(
+        "[store]\nkind = \"redis\"\nsentinel = [{}]\nmaster_name = \"fgmaster\"\ntimeout_ms = 100\nconnect_timeout_ms = 200\nfail_mode = \"closed\"\ndeny_cache = false\n\n\
+         [[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"1000/h\"]\n",
+        urls.join(", ")
+    );
+    let e = Engine::from_toml_str(&text).unwrap();
+    let req = Request {
+        method: "GET",
+        path: "/api/x",
+        client_ip: Some("198.51.100.4".parse().unwrap()),
+        headers: &[],
+    };
+    for i in 0..10 {
+        let v = e.check_request(&req).unwrap();
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 1000 - 1 - i);
+    }
+    // The replica has the counts before the master goes.
+    let _: redis::Value = redis::cmd("WAIT")
+        .arg(1)
+        .arg(1000)
+        .query(
+            &mut redis::Client::open(format!("redis://127.0.0.1:{mp}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
+        .unwrap();
+    let killed = Instant::now();
+    let _ = master.0.kill();
+    let _ = master.0.wait();
+    // Closed fail mode: denied while no master answers; allowed again once one does.
+    let mut denied = 0;
+    let back = loop {
+        let v = e.check_request(&req).unwrap();
+        if v.allowed {
+            break v;
+        }
+        denied += 1;
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no failover after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let window = killed.elapsed();
+    eprintln!("failover: {denied} checks answered by the fail mode over {window:?}");
+    assert!(denied > 0, "the master was gone for a while");
+    // The promoted replica had the first 10: the count carries on from there.
+    assert_eq!(back.remaining, 1000 - 11, "counts kept across the failover");
+    // (A promotion closes the replica's client connections: a new one.)
+    let mut rc = replica.get_connection().unwrap();
+    let role: redis::Value = redis::cmd("ROLE").query(&mut rc).unwrap();
+    assert!(format!("{role:?}").contains("master"), "{role:?}");
+    drop(sentinels);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -173,6 +173,10 @@ pub(crate) struct StoreConfig {
     pub ca_file: Option<PathBuf>,
     /// Node URLs of a Redis Cluster (instead of `url`).
     pub cluster: Vec<String>,
+    /// Sentinel URLs (instead of `url`), with `master_name`.
+    pub sentinel: Vec<String>,
+    /// The master the sentinels monitor (`sentinel monitor <name> ...`).
+    pub master_name: Option<String>,
     /// Key prefix; each rule (and tier) adds its name.
     pub prefix: String,
     /// Connect and per-command timeouts; `None`: the Redis store's defaults.
@@ -212,6 +216,8 @@ impl Default for StoreConfig {
             deny_cache: true,
             check_on_start: true,
             ca_file: None,
+            sentinel: Vec::new(),
+            master_name: None,
         }
     }
 }

@@ -94,16 +94,35 @@ impl Store {
             )),
             #[cfg(feature = "redis")]
             StoreKind::Redis => {
-                let builder = match (&cfg.url, cfg.cluster.is_empty()) {
-                    (Some(url), true) => crate::RedisStore::builder(url),
-                    (None, false) => crate::RedisStore::cluster_builder(&cfg.cluster),
-                    (Some(_), false) => {
-                        return Err(err("cluster", "give url or cluster, not both".into()));
+                let given = [
+                    cfg.url.is_some(),
+                    !cfg.cluster.is_empty(),
+                    !cfg.sentinel.is_empty(),
+                ];
+                if given.iter().filter(|&&g| g).count() > 1 {
+                    return Err(err(
+                        "url",
+                        "give one of url, cluster = [...] or sentinel = [...]".into(),
+                    ));
+                }
+                if cfg.master_name.is_some() == cfg.sentinel.is_empty() {
+                    return Err(err(
+                        "master_name",
+                        "sentinel = [...] and master_name go together".into(),
+                    ));
+                }
+                let builder = match (&cfg.url, &cfg.master_name) {
+                    (Some(url), _) => crate::RedisStore::builder(url),
+                    (None, Some(master)) => {
+                        crate::RedisStore::sentinel_builder(&cfg.sentinel, master)
                     }
-                    (None, true) => {
+                    (None, None) if !cfg.cluster.is_empty() => {
+                        crate::RedisStore::cluster_builder(&cfg.cluster)
+                    }
+                    (None, None) => {
                         return Err(err(
                             "url",
-                            "kind = \"redis\" needs url = \"redis://host:port\" (or cluster = [...])"
+                            "kind = \"redis\" needs url = \"redis://host:port\" (or cluster = [...], or sentinel = [...] with master_name)"
                                 .into(),
                         ));
                     }

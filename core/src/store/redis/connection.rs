@@ -22,6 +22,9 @@ use super::{io_error, script, unavailable};
 enum Client {
     Single(redis::Client),
     Cluster(Box<redis::cluster::ClusterClient>),
+    /// The master that Sentinel names: asked again at every (background)
+    /// connect, so a failover is followed as soon as the sentinels agree.
+    Sentinel(Mutex<redis::sentinel::SentinelClient>),
 }
 
 pub(super) enum SyncConn {
@@ -83,6 +86,8 @@ impl std::fmt::Debug for RedisStore {
 pub struct RedisStoreBuilder {
     urls: Vec<String>,
     cluster: bool,
+    /// With Sentinel: the monitored master's name (`urls` are the sentinels).
+    master_name: Option<String>,
     connect_timeout: Duration,
     command_timeout: Duration,
     pool_size: usize,
@@ -99,6 +104,7 @@ impl RedisStoreBuilder {
         Self {
             urls,
             cluster,
+            master_name: None,
             connect_timeout: Duration::from_millis(5),
             command_timeout: Duration::from_millis(5),
             pool_size: cores * 2,
@@ -193,7 +199,15 @@ impl RedisStoreBuilder {
             client_tls: None,
             root_cert: self.ca_pem.clone(),
         };
-        let client = if self.cluster {
+        let client = if let Some(master) = &self.master_name {
+            redis::sentinel::SentinelClient::build(
+                self.urls.clone(),
+                master.clone(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map(|c| Client::Sentinel(Mutex::new(c)))
+        } else if self.cluster {
             let mut b =
                 redis::cluster::ClusterClient::builder(self.urls.iter().map(String::as_str))
                     .connection_timeout(self.connect_timeout)
@@ -299,6 +313,22 @@ impl RedisStore {
         RedisStoreBuilder::new(nodes.iter().map(|s| s.as_ref().to_string()).collect(), true)
     }
 
+    /// A store on the master that Redis Sentinel names `master_name`, given
+    /// the sentinels' URLs (`redis://host:26379`). Connections are made to the
+    /// master the sentinels report at the time; after a failover, broken
+    /// connections are made again (off the request path) to the new master.
+    pub fn sentinel_builder<S: AsRef<str>>(
+        sentinels: &[S],
+        master_name: &str,
+    ) -> RedisStoreBuilder {
+        let mut b = RedisStoreBuilder::new(
+            sentinels.iter().map(|s| s.as_ref().to_string()).collect(),
+            false,
+        );
+        b.master_name = Some(master_name.to_string());
+        b
+    }
+
     /// A limiter using these connections.
     pub fn limiter(&self) -> RedisLimiterBuilder {
         RedisLimiterBuilder::with_store(StoreSource::Shared(self.clone()))
@@ -355,6 +385,13 @@ impl RedisStore {
                 SyncConn::Single(conn)
             }
             Client::Cluster(c) => SyncConn::Cluster(Box::new(c.get_connection()?)),
+            Client::Sentinel(s) => {
+                let master = s.lock().get_client()?;
+                let conn = master.get_connection_with_timeout(i.connect_timeout)?;
+                conn.set_read_timeout(Some(i.command_timeout * 2))?;
+                conn.set_write_timeout(Some(i.command_timeout * 2))?;
+                SyncConn::Single(conn)
+            }
         };
         redis::cmd("PING").query::<String>(conn.as_dyn())?;
         redis::Script::new(script::SOURCE)
@@ -488,6 +525,24 @@ impl RedisStore {
                 )
             }
             Client::Cluster(c) => AsyncConn::Cluster(c.get_async_connection().await?),
+            Client::Sentinel(_) => {
+                // Asking the sentinels is a blocking call: off the runtime's workers.
+                let store = self.clone();
+                let master = tokio::task::spawn_blocking(move || match &store.inner.client {
+                    Client::Sentinel(s) => s.lock().get_client(),
+                    _ => Err(io_error("not a sentinel store")),
+                })
+                .await
+                .map_err(|_| io_error("the sentinel lookup did not complete"))??;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(i.connect_timeout))
+                    .set_response_timeout(Some(i.command_timeout));
+                AsyncConn::Single(
+                    master
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
         };
         *i.async_conn.lock() = Some(conn.clone());
         Ok(conn)
