@@ -751,6 +751,37 @@ impl PyEngine {
     }
 }
 
+/// Trusted proxies (`floodgate._web.networks`): the core's rules for the
+/// client address behind them, so every front end follows one algorithm.
+#[pyclass(name = "TrustedProxies", module = "floodgate._floodgate", frozen)]
+struct PyTrustedProxies(floodgate::policy::TrustedProxies);
+
+#[pymethods]
+impl PyTrustedProxies {
+    #[new]
+    fn new(trusted: Vec<String>) -> PyResult<Self> {
+        floodgate::policy::TrustedProxies::new(trusted)
+            .map(Self)
+            .map_err(to_py)
+    }
+
+    fn __bool__(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The client of a request from `peer` whose forwarding header `header`
+    /// had `values` (in order); `None` when `peer` is no address.
+    fn client_ip(&self, peer: &str, values: Vec<String>, header: &str) -> Option<String> {
+        let peer = floodgate::policy::parse_client_ip(peer).ok()?;
+        let forwarded = header.eq_ignore_ascii_case("forwarded");
+        Some(
+            self.0
+                .client_ip_from(peer, values.iter().map(String::as_str), forwarded)
+                .to_string(),
+        )
+    }
+}
+
 #[pymodule(gil_used = false)]
 fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aio::Inbox>()?;
@@ -760,6 +791,7 @@ fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRedisLimiter>()?;
     m.add_class::<PyVerdict>()?;
     m.add_class::<PyEngine>()?;
+    m.add_class::<PyTrustedProxies>()?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
     m.add(
         "VERDICT_FIELDS",

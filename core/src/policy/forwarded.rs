@@ -86,11 +86,22 @@ impl TrustedProxies {
     /// named by [`header_name`](Self::header_name)) had these values, in the
     /// order received.
     pub fn client_ip<'h>(&self, peer: IpAddr, values: impl IntoIterator<Item = &'h str>) -> IpAddr {
+        self.client_ip_from(peer, values, self.header == "forwarded")
+    }
+
+    /// [`client_ip`](Self::client_ip) with the header's syntax given: `for=`
+    /// pairs of RFC 7239 `Forwarded` (`forwarded`), or comma-separated
+    /// addresses. For front ends that name the header per call.
+    pub fn client_ip_from<'h>(
+        &self,
+        peer: IpAddr,
+        values: impl IntoIterator<Item = &'h str>,
+        forwarded: bool,
+    ) -> IpAddr {
         let peer = peer.to_canonical();
         if !self.trusts(peer) {
             return peer;
         }
-        let forwarded = self.header == "forwarded";
         let mut hops: Vec<&str> = Vec::new();
         for value in values {
             if forwarded {

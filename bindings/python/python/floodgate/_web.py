@@ -13,73 +13,29 @@ the right skipping trusted proxies, and the first untrusted hop is the client.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Optional, Sequence, Tuple
+
+from ._floodgate import TrustedProxies
 
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-
-
-def networks(trusted: Iterable[str]) -> List[Network]:
-    """Parses trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``).
-    IPv4 networks also match their IPv4-mapped IPv6 spelling (``::ffff:10.0.0.1``)."""
-    return [ipaddress.ip_network(t, strict=False) for t in trusted]
-
-
-def _canonical(addr: Address) -> Address:
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return addr.ipv4_mapped
-        if addr.scope_id is not None:
-            return ipaddress.IPv6Address(str(addr).split("%", 1)[0])
-    return addr
-
-
-def _ip(text: str) -> Optional[Address]:
-    """An address as peers and forwarding headers write it: ``203.0.113.7``,
-    ``203.0.113.7:443``, ``[2001:db8::1]:443``, ``fe80::1%eth0``,
-    ``::ffff:192.0.2.5``; ``None`` if it is none of these."""
-    text = text.strip().strip('"')
-    if text.startswith("["):  # [2001:db8::1]:443
-        text = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:  # 203.0.113.7:443
-        text = text.split(":", 1)[0]
-    try:
-        return _canonical(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if "%" in text:  # a zone id the ipaddress module refuses
-        try:
-            return _canonical(ipaddress.ip_address(text.split("%", 1)[0]))
-        except ValueError:
-            return None
-    return None
-
-
-def _opaque(hop: str) -> str:
-    """A hop that names no address (``for=unknown``, an obfuscated ``for=_node``, or
-    text a trusted proxy wrote): a stable address of its own in the reserved
-    ``100::/8`` block (never a real client), derived from the text, so such clients
-    are neither unlimited nor folded onto the proxy's address."""
-    digest = hashlib.blake2b(hop.strip().strip('"').lower().encode(), digest_size=7).digest()
-    return str(ipaddress.IPv6Address(b"\x01" + digest + bytes(8)))
-
-
-def _trusted(addr: Address, trusted: Sequence[Network]) -> bool:
-    return any(addr in n for n in trusted)
+def networks(trusted: Iterable[str]) -> TrustedProxies:
+    """Trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``), parsed
+    by the core. IPv4 networks also match their IPv4-mapped IPv6 spelling
+    (``::ffff:10.0.0.1``)."""
+    return TrustedProxies([str(t) for t in trusted])
 
 
 def client_ip(
     peer: Optional[str],
     headers: Sequence[Tuple[str, str]],
-    trusted: Sequence[Network],
+    trusted: TrustedProxies,
     forwarded_header: str = "x-forwarded-for",
 ) -> Optional[str]:
     """The client's address: the socket peer, unless the peer is a trusted proxy;
     then the first untrusted hop, from the right, of ``forwarded_header`` (see the
-    module docs). A header from an untrusted peer is ignored: anyone can send one."""
+    module docs; the walk is the core's ``TrustedProxies``, shared with the
+    Rust front ends). A header from an untrusted peer is ignored: anyone can
+    send one. ``None`` when the peer is no address."""
     if not peer:
         return None
     if not trusted and "%" not in peer:
@@ -87,31 +43,9 @@ def client_ip(
         # parses (and unmaps) it; only reject what is plainly not an address
         # (e.g. Starlette's TestClient peer "testclient").
         return peer if (peer[0].isdigit() or ":" in peer) else None
-    addr = _ip(peer)
-    if addr is None:
-        return None
-    if not _trusted(addr, trusted):
-        return str(addr)
     name = forwarded_header.lower()
-    chain: List[str] = []
-    for hname, value in headers:
-        if hname.lower() != name:
-            continue
-        if name == "forwarded":
-            for element in value.split(","):
-                for pair in element.split(";"):
-                    k, _, v = pair.strip().partition("=")
-                    if k.strip().lower() == "for":
-                        chain.append(v)
-        else:
-            chain.extend(value.split(","))
-    for hop in reversed(chain):
-        ip = _ip(hop)
-        if ip is None:
-            return _opaque(hop)
-        if not _trusted(ip, trusted):
-            return str(ip)
-    return str(addr)
+    values = [value for hname, value in headers if hname.lower() == name]
+    return trusted.client_ip(peer, values, name)
 
 
 def router_path(path: str, query: str = "") -> str:
