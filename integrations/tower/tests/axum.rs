@@ -145,6 +145,21 @@ async fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
     }
 }
 
+/// The results of spawned tasks, in order (all spawned before any is awaited:
+/// they run at once).
+async fn joined<T>(tasks: impl IntoIterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let tasks: Vec<_> = tasks.into_iter().collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
 fn engine() -> Arc<Engine> {
     Arc::new(Engine::from_toml_str(POLICY).unwrap())
 }
@@ -232,26 +247,14 @@ async fn settlement_failed_logins_places_in_flight_and_real_cost() {
         assert_eq!(login("right").await, 200, "successes are given back");
     }
     // Credential stuffing: 30 guesses at once, each charged on arrival.
-    let guesses: Vec<_> = (0..30).map(|_| tokio::spawn(login("guess"))).collect();
-    let mut statuses = Vec::new();
-    for g in guesses {
-        statuses.push(g.await.unwrap());
-    }
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 401).count(),
-        5,
-        "{statuses:?}"
-    );
-    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 25);
+    let statuses = joined((0..30).map(|_| tokio::spawn(login("guess")))).await;
+    assert_eq!(count(&statuses, 401), 5, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 25);
     assert_eq!(login("right").await, 429, "the failures used the quota up");
     // Six slow requests at once: two places.
-    let slow: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(async move { call(addr, "GET", "/slow", &[]).await }))
-        .collect();
-    let mut replies = Vec::new();
-    for s in slow {
-        replies.push(s.await.unwrap());
-    }
+    let replies =
+        joined((0..6).map(|_| tokio::spawn(async move { call(addr, "GET", "/slow", &[]).await })))
+            .await;
     let mut codes: Vec<u16> = replies.iter().map(|r| r.status).collect();
     codes.sort_unstable();
     assert_eq!(codes, [200, 200, 429, 429, 429, 429]);
@@ -405,7 +408,7 @@ fn redis_engines_share_limits_without_blocking_the_runtime() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(engines.iter().map(|e| settled(e)).sum::<u64>(), 6);
-        let guesses: Vec<_> = (0..12)
+        let guesses = (0..12)
             .map(|i| {
                 let addr = if i % 2 == 0 { a } else { b };
                 tokio::spawn(async move {
@@ -414,15 +417,8 @@ fn redis_engines_share_limits_without_blocking_the_runtime() {
                         .status
                 })
             })
-            .collect();
-        let mut statuses = Vec::new();
-        for g in guesses {
-            statuses.push(g.await.unwrap());
-        }
-        assert_eq!(
-            statuses.iter().filter(|&&s| s == 401).count(),
-            5,
-            "{statuses:?}"
-        );
+            .collect::<Vec<_>>();
+        let statuses = joined(guesses).await;
+        assert_eq!(count(&statuses, 401), 5, "{statuses:?}");
     });
 }
