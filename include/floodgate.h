@@ -481,8 +481,8 @@ fg_result fg_engine_settle(const fg_engine *engine,
                            int64_t cost,
                            uint64_t now_ns);
 
-// Whether `engine`'s checks may wait on the network (a policy with rules on a
-// Redis store). A pre-forking server (nginx) may build an engine that does not
+// Whether `engine`'s checks may wait on the network (an engine from
+// `fg_engine_new_redis`, or a policy with rules on a Redis store). A pre-forking server (nginx) may build an engine that does not
 // before it forks and share it with its workers (in memory, each worker then
 // counts apart; a shared-memory store's mapping is inherited, so they count
 // together); an engine that does holds connections and threads that do not

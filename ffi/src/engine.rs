@@ -877,8 +877,8 @@ pub unsafe extern "C" fn fg_engine_settle(
     })
 }
 
-/// Whether `engine`'s checks may wait on the network (a policy with rules on a
-/// Redis store). A pre-forking server (nginx) may build an engine that does not
+/// Whether `engine`'s checks may wait on the network (an engine from
+/// `fg_engine_new_redis`, or a policy with rules on a Redis store). A pre-forking server (nginx) may build an engine that does not
 /// before it forks and share it with its workers (in memory, each worker then
 /// counts apart; a shared-memory store's mapping is inherited, so they count
 /// together); an engine that does holds connections and threads that do not
@@ -892,9 +892,11 @@ pub unsafe extern "C" fn fg_engine_may_block(engine: *const fg_engine) -> bool {
     guard_void(|| {
         // SAFETY: `engine` is NULL (refused by `inner`) or comes from a
         // constructor per the caller's contract.
-        if let Ok(Inner::Policy(policy)) = unsafe { inner(engine) } {
-            blocks = policy.may_block();
-        }
+        blocks = match unsafe { inner(engine) } {
+            Ok(Inner::Policy(policy)) => policy.may_block(),
+            Ok(Inner::Redis(_)) => true,
+            Ok(Inner::Memory(_)) | Err(_) => false,
+        };
     });
     blocks
 }

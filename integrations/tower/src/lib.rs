@@ -61,6 +61,7 @@ use floodgate::policy::{
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
+use smallvec::SmallVec;
 
 /// The client's socket address, as a request extension (for servers that do
 /// not use axum's `ConnectInfo`).
@@ -101,17 +102,20 @@ thread_local! {
     static VERDICT: std::cell::RefCell<VerdictBuf> = std::cell::RefCell::new(VerdictBuf::new());
 }
 
+/// The verdict's response headers (up to 5), on the stack.
+type ResponseHeaders = SmallVec<[(HeaderName, HeaderValue); 5]>;
+
 /// What the layer does with a request, decided before the service runs.
 enum Decided {
     /// Call the service, add these headers, settle this after the response.
     Allow {
-        headers: Vec<(HeaderName, HeaderValue)>,
+        headers: ResponseHeaders,
         settlement: Option<Settlement>,
     },
     /// Answer with this, without calling the service.
     Answer {
         status: http::StatusCode,
-        headers: Vec<(HeaderName, HeaderValue)>,
+        headers: ResponseHeaders,
         body: String,
     },
 }
@@ -181,6 +185,14 @@ fn peer(ext: &http::Extensions) -> Option<IpAddr> {
         .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip))
 }
 
+/// The request target as sent: path and query string, undecoded (the engine
+/// decodes it as the router does).
+fn target<B>(req: &http::Request<B>) -> &str {
+    req.uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |p| p.as_str())
+}
+
 /// A header value as text, if it is UTF-8 (the engine reads text).
 fn text(v: &HeaderValue) -> Option<&str> {
     std::str::from_utf8(v.as_bytes()).ok()
@@ -200,19 +212,28 @@ impl Shared {
 
     /// Decides `req` on this thread, into the thread's verdict buffer.
     fn decide<B>(&self, req: &http::Request<B>) -> Decided {
+        let run = |buf: &mut VerdictBuf| match self.check_into(req, buf) {
+            Ok(()) => self.decided(buf.verdict()),
+            Err(_) => bad_request(),
+        };
         VERDICT.with(|buf| match buf.try_borrow_mut() {
-            Ok(mut buf) => match self.check_into(req, &mut buf) {
-                Ok(()) => self.decided(buf.verdict()),
-                Err(_) => bad_request(),
-            },
+            Ok(mut buf) => run(&mut buf),
             // Re-entered (a service deciding inside a settlement): a fresh buffer.
-            Err(_) => {
-                let mut buf = VerdictBuf::new();
-                match self.check_into(req, &mut buf) {
-                    Ok(()) => self.decided(buf.verdict()),
-                    Err(_) => bad_request(),
-                }
-            }
+            Err(_) => run(&mut VerdictBuf::new()),
+        })
+    }
+
+    /// The request headers the policy reads, as text (a value that is not
+    /// UTF-8 cannot match anything the engine reads).
+    fn wanted_headers<'r, B>(
+        &'r self,
+        req: &'r http::Request<B>,
+    ) -> impl Iterator<Item = (&'r str, &'r str)> + 'r {
+        self.wanted.iter().flat_map(move |name| {
+            req.headers()
+                .get_all(name)
+                .iter()
+                .filter_map(move |v| Some((name.as_str(), text(v)?)))
         })
     }
 
@@ -246,22 +267,12 @@ impl Shared {
     }
 
     fn check_into<B>(&self, req: &http::Request<B>, out: &mut VerdictBuf) -> floodgate::Result<()> {
-        let mut headers: Vec<(&str, &str)> = Vec::new();
-        for name in self.wanted.iter() {
-            for v in req.headers().get_all(name) {
-                if let Some(v) = text(v) {
-                    headers.push((name.as_str(), v));
-                }
-            }
-        }
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path(), |p| p.as_str());
+        // On the stack for the usual few (API key, Authorization).
+        let headers: SmallVec<[(&str, &str); 8]> = self.wanted_headers(req).collect();
         self.engine.check_request_into(
             &Request {
                 method: req.method().as_str(),
-                path,
+                path: target(req),
                 client_ip: self.client_ip(req),
                 headers: &headers,
             },
@@ -272,24 +283,15 @@ impl Shared {
 
     /// The request's parts, owned, for a check on the blocking pool.
     fn owned<B>(&self, req: &http::Request<B>) -> OwnedRequest {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path(), |p| p.as_str());
-        let mut owned = OwnedRequest {
+        OwnedRequest {
             method: req.method().as_str().to_owned(),
-            path: path.to_owned(),
+            path: target(req).to_owned(),
             client_ip: self.client_ip(req),
-            headers: Vec::new(),
-        };
-        for name in self.wanted.iter() {
-            for v in req.headers().get_all(name) {
-                if let Some(v) = text(v) {
-                    owned.header(name.as_str(), v);
-                }
-            }
+            headers: self
+                .wanted_headers(req)
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
         }
-        owned
     }
 }
 
@@ -297,7 +299,7 @@ impl Shared {
 fn bad_request() -> Decided {
     Decided::Answer {
         status: http::StatusCode::BAD_REQUEST,
-        headers: Vec::new(),
+        headers: ResponseHeaders::new(),
         body: denial_body(400, std::time::Duration::ZERO, None),
     }
 }
@@ -305,7 +307,7 @@ fn bad_request() -> Decided {
 /// An answer made here (a denial, a bad request), without the service.
 fn answer<B>(
     status: http::StatusCode,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: ResponseHeaders,
     body: String,
 ) -> http::Response<FloodgateBody<B>> {
     let mut res = http::Response::new(FloodgateBody::denied(body));
@@ -399,7 +401,7 @@ where
 /// settle once sent.
 fn finish<B: Body>(
     res: http::Response<B>,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: ResponseHeaders,
     settlement: Option<Settlement>,
     shared: &Arc<Shared>,
 ) -> http::Response<FloodgateBody<B>> {
@@ -439,7 +441,7 @@ pin_project_lite::pin_project! {
         Called {
             #[pin]
             fut: F,
-            headers: Option<Vec<(HeaderName, HeaderValue)>>,
+            headers: Option<ResponseHeaders>,
             settlement: Option<Settlement>,
             shared: Arc<Shared>,
         },

@@ -377,20 +377,20 @@ impl RedisStore {
     /// request's path: at build, or in the background.
     fn open(&self) -> redis::RedisResult<SyncConn> {
         let i = &self.inner;
+        // Each call sets its own socket timeouts (what is left of its
+        // deadline); these bound the set-up below.
+        let single = |c: &redis::Client| -> redis::RedisResult<SyncConn> {
+            let conn = c.get_connection_with_timeout(i.connect_timeout)?;
+            conn.set_read_timeout(Some(i.command_timeout * 2))?;
+            conn.set_write_timeout(Some(i.command_timeout * 2))?;
+            Ok(SyncConn::Single(conn))
+        };
         let mut conn = match &i.client {
-            Client::Single(c) => {
-                let conn = c.get_connection_with_timeout(i.connect_timeout)?;
-                conn.set_read_timeout(Some(i.command_timeout * 2))?;
-                conn.set_write_timeout(Some(i.command_timeout * 2))?;
-                SyncConn::Single(conn)
-            }
+            Client::Single(c) => single(c)?,
             Client::Cluster(c) => SyncConn::Cluster(Box::new(c.get_connection()?)),
             Client::Sentinel(s) => {
                 let master = s.lock().get_client()?;
-                let conn = master.get_connection_with_timeout(i.connect_timeout)?;
-                conn.set_read_timeout(Some(i.command_timeout * 2))?;
-                conn.set_write_timeout(Some(i.command_timeout * 2))?;
-                SyncConn::Single(conn)
+                single(&master)?
             }
         };
         redis::cmd("PING").query::<String>(conn.as_dyn())?;
@@ -470,23 +470,16 @@ impl RedisStore {
         Ok((wait_on, guard))
     }
 
-    /// Runs `f` on a pooled blocking connection, connecting as needed, all within
-    /// the command timeout (a **deadline** for the whole call: waiting for a
-    /// pooled connection, connecting, writing and reading); a connection that
-    /// failed is dropped (a timed-out one may still deliver a late reply).
+    /// Runs `f` on a pooled blocking connection within the command timeout, a
+    /// **deadline** for the whole call (waiting for a pooled connection,
+    /// writing and reading; a call never connects). A connection that failed
+    /// is dropped (a timed-out one may still deliver a late reply) and made
+    /// again in the background.
     pub(super) fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let deadline = Instant::now() + self.inner.command_timeout;
-        self.with_conn_until(deadline, f)
-    }
-
-    fn with_conn_until<T>(
-        &self,
-        deadline: Instant,
-        f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<T> {
         let (n, mut slot) = self.slot(deadline)?;
         let conn = slot.as_mut().ok_or_else(|| io_error("no connection"))?;
         if let SyncConn::Single(c) = conn {

@@ -53,15 +53,9 @@ impl RedisInFlight {
         if !self.store.breaker_allows() {
             return Err(super::io_error("circuit breaker open"));
         }
-        let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 5);
-        k.push(b'{');
-        k.extend_from_slice(&self.prefix);
-        k.push(b':');
-        k.extend_from_slice(key);
-        k.extend_from_slice(b"}:f");
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(k)
+            .key(super::tagged_key(&self.prefix, key, 'f'))
             .arg(now.map_or(-1, |t| Micros::floor(t).script_arg()))
             .arg(mode)
             .arg(self.ttl.0)

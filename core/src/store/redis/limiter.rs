@@ -430,14 +430,7 @@ impl RedisLimiter {
 
     /// `{prefix:key}:i`
     fn redis_key(&self, key: &[u8], i: usize) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 8);
-        k.push(b'{');
-        k.extend_from_slice(&self.prefix);
-        k.push(b':');
-        k.extend_from_slice(key);
-        k.extend_from_slice(b"}:");
-        k.extend_from_slice(i.to_string().as_bytes());
-        k
+        super::tagged_key(&self.prefix, key, i)
     }
 
     fn invocation(

@@ -103,6 +103,20 @@ pub(super) fn unavailable(what: &str, e: &redis::RedisError) -> Error {
     }
 }
 
+/// `{<prefix>:<key>}:<suffix>`: the hash tag puts every Redis key of one
+/// client (each quota's state, its places in flight) in one Cluster slot.
+pub(super) fn tagged_key(prefix: &[u8], key: &[u8], suffix: impl std::fmt::Display) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut k = Vec::with_capacity(prefix.len() + key.len() + 8);
+    k.push(b'{');
+    k.extend_from_slice(prefix);
+    k.push(b':');
+    k.extend_from_slice(key);
+    // Writing into a Vec cannot fail.
+    let _ = write!(k, "}}:{suffix}");
+    k
+}
+
 pub(super) fn io_error(message: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, message))
 }
