@@ -191,7 +191,10 @@ export interface RedisOptions {
   algorithm?: string
   /** `open`, `closed` or `local` (default). */
   failMode?: string
-  /** Connect and per-command timeout in ms (default 5). */
+  /**
+   * The deadline of a whole check in ms (default 50). Connecting (at
+   * construction, then in the background) has its own timeout, 1 s.
+   */
   timeoutMs?: number
   /** Key prefix (default `fg`). */
   prefix?: string

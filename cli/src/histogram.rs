@@ -6,6 +6,7 @@
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
+    max: u64,
 }
 
 const SUB_BITS: u32 = 4;
@@ -34,6 +35,7 @@ impl Default for Histogram {
         Self {
             counts: vec![0; 64 * SUB],
             total: 0,
+            max: 0,
         }
     }
 }
@@ -44,6 +46,7 @@ impl Histogram {
         if let Some(c) = self.counts.get_mut(bucket(ns)) {
             *c += 1;
             self.total += 1;
+            self.max = self.max.max(ns);
         }
     }
 
@@ -53,6 +56,12 @@ impl Histogram {
             *a += b;
         }
         self.total += other.total;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The largest value recorded, exactly (p100).
+    pub fn max(&self) -> u64 {
+        self.max
     }
 
     /// Values recorded.

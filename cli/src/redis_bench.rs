@@ -32,11 +32,37 @@ struct Phase {
     checks: u64,
     allowed: u64,
     elapsed: Duration,
+    /// Every call's latency.
+    latency: Histogram,
 }
 
 impl Phase {
     fn rate(&self) -> f64 {
         self.checks as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn latency_json(&self) -> serde_json::Value {
+        let h = &self.latency;
+        serde_json::json!({"p50_ns": h.quantile(0.5), "p99_ns": h.quantile(0.99), "p100_ns": h.max()})
+    }
+
+    /// `p50 102.4 us, p99 180.2 us, p100 1.3 ms`
+    fn latency_line(&self) -> String {
+        let h = &self.latency;
+        format!(
+            "p50 {}, p99 {}, p100 {}",
+            micros(h.quantile(0.5)),
+            micros(h.quantile(0.99)),
+            micros(h.max())
+        )
+    }
+}
+
+fn micros(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} us", ns as f64 / 1e3)
     }
 }
 
@@ -66,8 +92,8 @@ fn limiter(b: &RedisBench<'_>) -> Result<RedisLimiter, String> {
 fn sequential(
     d: Duration,
     mut f: impl FnMut(u64) -> Result<bool, String>,
-    hist: &mut Histogram,
 ) -> Result<Phase, String> {
+    let mut hist = Histogram::default();
     let start = Instant::now();
     let (mut checks, mut allowed) = (0u64, 0u64);
     while start.elapsed() < d {
@@ -82,6 +108,7 @@ fn sequential(
         checks,
         allowed,
         elapsed: start.elapsed(),
+        latency: hist,
     })
 }
 
@@ -101,25 +128,30 @@ where
                 (f.clone(), stop.clone(), checks.clone(), allowed.clone());
             tokio::spawn(async move {
                 let mut i = t as u64 * 7919;
+                let mut hist = Histogram::default();
                 while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
                     let ok = f(i).await?;
+                    hist.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
                     checks.fetch_add(1, Ordering::Relaxed);
                     allowed.fetch_add(u64::from(ok), Ordering::Relaxed);
                     i += 1;
                 }
-                Ok::<(), String>(())
+                Ok::<Histogram, String>(hist)
             })
         })
         .collect();
     tokio::time::sleep(d).await;
     stop.store(true, Ordering::Relaxed);
+    let mut latency = Histogram::default();
     for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
+        latency.merge(&t.await.map_err(|e| e.to_string())??);
     }
     Ok(Phase {
         checks: checks.load(Ordering::Relaxed),
         allowed: allowed.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
+        latency,
     })
 }
 
@@ -141,35 +173,25 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
     } else {
         Some(client.get_connection().map_err(|e| e.to_string())?)
     };
-    let mut incr_hist = Histogram::default();
     let incr_seq = match conn.as_mut() {
-        Some(c) => Some(sequential(
-            half / 2,
-            |i| {
-                redis::cmd("INCR")
-                    .arg(incr_key(i, &keys))
-                    .query::<i64>(c)
-                    .map(|_| true)
-                    .map_err(|e| e.to_string())
-            },
-            &mut incr_hist,
-        )?),
+        Some(c) => Some(sequential(half / 2, |i| {
+            redis::cmd("INCR")
+                .arg(incr_key(i, &keys))
+                .query::<i64>(c)
+                .map(|_| true)
+                .map_err(|e| e.to_string())
+        })?),
         None => None,
     };
-    let mut hist = Histogram::default();
     let trips0 = limiter.store().round_trips();
-    let seq = sequential(
-        if incr_seq.is_some() { half / 2 } else { half },
-        |i| {
-            #[allow(clippy::indexing_slicing)] // i % len < len
-            let key = &keys[(i % keys.len() as u64) as usize];
-            limiter
-                .check(key, b.cost)
-                .map(|d| d.allowed)
-                .map_err(|e| e.to_string())
-        },
-        &mut hist,
-    )?;
+    let seq = sequential(if incr_seq.is_some() { half / 2 } else { half }, |i| {
+        #[allow(clippy::indexing_slicing)] // i % len < len
+        let key = &keys[(i % keys.len() as u64) as usize];
+        limiter
+            .check(key, b.cost)
+            .map(|d| d.allowed)
+            .map_err(|e| e.to_string())
+    })?;
     let trips = limiter.store().round_trips() - trips0;
     // Concurrent: in_flight tasks on one multiplexed connection.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -224,14 +246,14 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
     let fallbacks = limiter.fallbacks();
     let per_check = trips as f64 / seq.checks.max(1) as f64;
     if b.json {
-        let phase = |p: &Phase| serde_json::json!({"checks": p.checks, "allowed": p.allowed, "checks_per_sec": p.rate()});
+        let phase = |p: &Phase| serde_json::json!({"checks": p.checks, "allowed": p.allowed, "checks_per_sec": p.rate(), "latency": p.latency_json()});
         return Ok(format!(
             "{}\n",
             serde_json::json!({
                 "store": b.url, "quotas": b.quotas.len(), "keys": b.keys, "in_flight": b.in_flight, "lease": b.lease,
                 "sequential": phase(&seq), "concurrent": phase(&conc),
                 "incr_sequential": incr_seq.as_ref().map(phase), "incr_concurrent": incr_conc.as_ref().map(phase),
-                "round_trips_per_check": per_check, "p50_ns": hist.quantile(0.5), "p99_ns": hist.quantile(0.99),
+                "round_trips_per_check": per_check,
                 "fallbacks": fallbacks,
             })
         ));
@@ -262,18 +284,23 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         group(seq.rate() as u64),
         ratio(&seq, &incr_seq)
     ));
-    out.push_str(&format!(
-        "    latency p50 {:.1} us, p99 {:.1} us; {:.3} round trips per check\n",
-        hist.quantile(0.5) as f64 / 1e3,
-        hist.quantile(0.99) as f64 / 1e3,
-        per_check
-    ));
+    let latency = |p: &Phase, base: &Option<Phase>| match base {
+        Some(b) => format!(
+            "    latency {} (raw INCR: {})\n",
+            p.latency_line(),
+            b.latency_line()
+        ),
+        None => format!("    latency {}\n", p.latency_line()),
+    };
+    out.push_str(&latency(&seq, &incr_seq));
+    out.push_str(&format!("    {per_check:.3} round trips per check\n"));
     out.push_str(&format!(
         "  concurrent ({} in flight, 1 multiplexed connection): {:>10}/s{}\n",
         b.in_flight,
         group(conc.rate() as u64),
         ratio(&conc, &incr_conc)
     ));
+    out.push_str(&latency(&conc, &incr_conc));
     out.push_str(&format!(
         "  allowed {} of {} checks; fallbacks {fallbacks}\n",
         group(seq.allowed + conc.allowed),

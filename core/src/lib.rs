@@ -60,8 +60,8 @@ pub use limiter::{Limiter, LimiterBuilder, MAX_QUOTAS};
 pub use quota::{Algorithm, Quota};
 #[cfg(feature = "redis")]
 pub use store::redis::{
-    DecisionSource, FailMode, RedisLimiter, RedisLimiterBuilder, RedisStore, RedisStoreBuilder,
-    background_runtime,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DecisionSource, FailMode, RedisLimiter,
+    RedisLimiterBuilder, RedisStore, RedisStoreBuilder, background_runtime,
 };
 
 /// Items for the loom model only (`--cfg floodgate_loom`); not a public API.

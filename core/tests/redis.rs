@@ -407,6 +407,53 @@ fn fail_modes_when_redis_goes_away_and_recovery() {
     );
 }
 
+/// The bound on what `local` admits: while Redis cannot answer, each instance
+/// answers from its own in-memory limiter of `max(1, floor(limit /
+/// local_share))`, so in one window a fleet of `n` instances admits at most
+/// `limit` (counted in Redis) plus `n × max(1, floor(limit / local_share))`. Checked exactly at the worst
+/// case: the limit spent in Redis, then Redis gone, every instance spending
+/// its whole local share (a window algorithm and GCRA alike).
+#[test]
+fn local_fallback_admits_at_most_the_documented_bound() {
+    for algorithm in [Algorithm::FixedWindow, Algorithm::Gcra] {
+        let mut server = Server::start(&[]);
+        let (limit, share, n) = (10u64, 3u64, 3usize);
+        let q = Quota::per_hour(limit)
+            .unwrap()
+            .with_algorithm(algorithm)
+            .unwrap();
+        let fleet: Vec<_> = (0..n)
+            .map(|_| {
+                builder(&server)
+                    .quota(q)
+                    .prefix(&format!("bound-{algorithm:?}"))
+                    .fail_mode(FailMode::Local)
+                    .local_share(share)
+                    .deny_cache(false)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let mut admitted = 0u64;
+        for i in 0..(2 * limit as usize) {
+            admitted += u64::from(fleet[i % n].check("k", 1).unwrap().allowed);
+        }
+        assert_eq!(admitted, limit, "{algorithm:?}: exact on Redis");
+        server.stop();
+        for _ in 0..(2 * limit) {
+            for l in &fleet {
+                admitted += u64::from(l.check("k", 1).unwrap().allowed);
+            }
+        }
+        let bound = limit + n as u64 * (limit / share).max(1);
+        assert_eq!(
+            admitted, bound,
+            "{algorithm:?}: limit + n x floor(limit / share)"
+        );
+        assert!(fleet.iter().all(|l| l.fallbacks() > 0));
+    }
+}
+
 #[test]
 fn a_slow_redis_trips_timeouts_not_hangs() {
     let server = Server::start(&[]);
@@ -456,6 +503,7 @@ fn bad_endpoints_fail_clearly_at_startup() {
     let url = format!("redis://127.0.0.1:{}/", silent.local_addr().unwrap().port());
     let err = RedisLimiter::builder(&url)
         .quota(q)
+        .connect_timeout(Duration::from_millis(200))
         .command_timeout(Duration::from_millis(50))
         .build()
         .unwrap_err();
@@ -1026,7 +1074,9 @@ fn policy_store_config_errors_are_clear() {
     }
     let port = free_port();
     let start = Instant::now();
-    let e = Engine::from_toml_str(&policy(&format!("redis://127.0.0.1:{port}/"))).unwrap_err();
+    let text = policy(&format!("redis://127.0.0.1:{port}/"))
+        .replace("[store]\n", "[store]\ncheck_on_start = true\n");
+    let e = Engine::from_toml_str(&text).unwrap_err();
     assert!(e.to_string().contains(&port.to_string()), "{e}");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
@@ -1257,24 +1307,61 @@ fn worst_call(l: &RedisLimiter, threads: usize, calls: usize) -> Duration {
     })
 }
 
+/// The slowest of `calls` async checks on each of `tasks` tokio tasks (2 workers).
+fn worst_async_call(l: &Arc<RedisLimiter>, tasks: usize, calls: usize) -> Duration {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let mut worst = Duration::ZERO;
+                    for i in 0..calls {
+                        let started = Instant::now();
+                        l.check_async(format!("async-deadline-{t}-{i}"), 1)
+                            .await
+                            .unwrap();
+                        worst = worst.max(started.elapsed());
+                    }
+                    worst
+                })
+            })
+            .collect();
+        let mut worst = Duration::ZERO;
+        for h in handles {
+            worst = worst.max(h.await.unwrap());
+        }
+        worst
+    })
+}
+
 /// The configured timeout is a deadline for the whole call, whatever Redis
 /// does: a frozen process, a peer that accepts and never answers, a slow
 /// command holding the server, more callers than pooled connections. Each
 /// call answers (here by the fail mode) within the timeout plus a margin for
 /// a shared 2-core machine's scheduling; the worst call of each case is printed.
+/// The async path (`check_async`, one multiplexed connection made on a task of
+/// its own) is held to the same deadline.
 #[test]
 fn the_timeout_is_a_deadline_for_every_call() {
     let timeout = Duration::from_millis(20);
     let bound = timeout + Duration::from_millis(15);
     let limiter = |url: &str, check: bool| {
-        RedisLimiter::builder(url)
-            .quota(Quota::per_second(100_000).unwrap())
-            .timeouts(Some(timeout))
-            .pool_size(2)
-            .check_on_build(check)
-            .fail_mode(FailMode::Open)
-            .build()
-            .unwrap()
+        Arc::new(
+            RedisLimiter::builder(url)
+                .quota(Quota::per_second(100_000).unwrap())
+                .timeouts(Some(timeout))
+                .connect_timeout(timeout)
+                .pool_size(2)
+                .check_on_build(check)
+                .fail_mode(FailMode::Open)
+                .build()
+                .unwrap(),
+        )
     };
     let mut server = Server::start(&["--enable-debug-command", "yes"]);
 
@@ -1289,6 +1376,9 @@ fn the_timeout_is_a_deadline_for_every_call() {
             .success()
     );
     let frozen = worst_call(&l, 4, 10);
+    // Async, on a new store: its multiplexed connection is made while Redis is
+    // frozen (the TCP connect succeeds, the handshake never answers).
+    let frozen_async = worst_async_call(&limiter(&server.url(), false), 16, 10);
     assert!(
         Command::new("kill")
             .args(["-CONT", &pid])
@@ -1296,8 +1386,9 @@ fn the_timeout_is_a_deadline_for_every_call() {
             .unwrap()
             .success()
     );
-    eprintln!("frozen process: worst call {frozen:?}");
+    eprintln!("frozen process: worst call {frozen:?}, async {frozen_async:?}");
     assert!(frozen <= bound, "frozen: {frozen:?}");
+    assert!(frozen_async <= bound, "frozen, async: {frozen_async:?}");
     assert!(l.fallbacks() > 0);
 
     // A slow command (DEBUG SLEEP) holds the server; 4 callers share 2 connections.
@@ -1311,9 +1402,11 @@ fn the_timeout_is_a_deadline_for_every_call() {
     });
     std::thread::sleep(Duration::from_millis(30));
     let slow = worst_call(&l, 4, 10);
+    let slow_async = worst_async_call(&l, 16, 10);
     sleeper.join().unwrap();
-    eprintln!("DEBUG SLEEP, 4 callers on 2 connections: worst call {slow:?}");
+    eprintln!("DEBUG SLEEP, 4 callers on 2 connections: worst call {slow:?}, async {slow_async:?}");
     assert!(slow <= bound, "slow server: {slow:?}");
+    assert!(slow_async <= bound, "slow server, async: {slow_async:?}");
 
     // Healthy again: more callers than connections, every call within the timeout.
     let l = limiter(&server.url(), true);
@@ -1333,8 +1426,63 @@ fn the_timeout_is_a_deadline_for_every_call() {
     });
     let l = limiter(&format!("redis://{addr}/"), false);
     let silent = worst_call(&l, 4, 10);
-    eprintln!("a peer that never answers: worst call {silent:?}");
+    let silent_async = worst_async_call(&l, 16, 10);
+    eprintln!("a peer that never answers: worst call {silent:?}, async {silent_async:?}");
     assert!(silent <= bound, "silent peer: {silent:?}");
+    assert!(
+        silent_async <= bound,
+        "silent peer, async: {silent_async:?}"
+    );
+}
+
+/// A policy's store starts without Redis by default (`check_on_start =
+/// false`): the engine builds, checks answer by the fail mode, and once a
+/// Redis listens on the address the background connects reach it and checks
+/// are exact again, with no restart.
+#[test]
+fn a_policy_starts_without_redis_and_connects_in_the_background() {
+    use floodgate::policy::{Engine, Request};
+    let req = Request {
+        method: "GET",
+        path: "/api/items",
+        client_ip: Some("192.0.2.1".parse().unwrap()),
+        headers: &[],
+    };
+    for _ in 0..5 {
+        let port = free_port();
+        let engine = Engine::from_toml_str(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\nfail_mode = \"closed\"\n\
+             [[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nquotas = [\"3/hour\"]\n"
+        ))
+        .expect("no Redis at start-up is not an error without check_on_start");
+        let v = engine.check_request(&req).unwrap();
+        assert!(!v.allowed, "closed while Redis is away");
+        let mut server = Server {
+            port,
+            child: None,
+            extra: Vec::new(),
+        };
+        if !server.spawn_checked() {
+            continue; // the port was taken meanwhile: another one
+        }
+        // Back on Redis within the breaker's longest cool-down (500 ms) and a
+        // background connect.
+        let started = Instant::now();
+        let mut admitted = 0;
+        while admitted == 0 && started.elapsed() < Duration::from_secs(5) {
+            admitted += u32::from(engine.check_request(&req).unwrap().allowed);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("on Redis {:?} after it started", started.elapsed());
+        assert_eq!(admitted, 1, "never reached the Redis that started");
+        for _ in 0..10 {
+            admitted += u32::from(engine.check_request(&req).unwrap().allowed);
+        }
+        assert_eq!(admitted, 3, "exact on Redis");
+        assert!(dbsize(&server) > 0);
+        return;
+    }
+    panic!("no free port for redis-server in 5 tries");
 }
 
 /// Runs openssl with `args` in `dir`.
@@ -1443,7 +1591,7 @@ fn tls_with_a_ca_file_and_an_acl_user() {
     let child = Kill(child);
     let policy = |url: &str, ca: &str| {
         format!(
-            "[store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{}\"\ntimeout_ms = 500\nconnect_timeout_ms = 1000\nfail_mode = \"open\"\n\n\
+            "[store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{}\"\ntimeout_ms = 500\nconnect_timeout_ms = 1000\nfail_mode = \"open\"\ncheck_on_start = true\n\n\
              [[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"3/h\"]\n",
             dir.join(ca).display()
         )

@@ -427,10 +427,11 @@ pub unsafe extern "C" fn fg_engine_new_shared(
 
 /// Creates a limiter whose state lives in Redis at `url`
 /// (`redis://[:password@]host:port/db`, NUL-terminated), shared by every process
-/// using the same Redis and quotas. Calls block for at most `timeout_ms`
-/// (connect and per command; 0 means 5 ms). While Redis cannot answer, checks
-/// follow `fail_mode` (`FG_FAIL_*`). Fails with `FG_RESULT_STORE_UNAVAILABLE` if
-/// Redis cannot be reached or refuses the credentials now.
+/// using the same Redis and quotas. A call blocks for at most `timeout_ms` (a
+/// deadline for the whole call; 0 means the default, 50 ms). While Redis
+/// cannot answer, checks follow `fail_mode` (`FG_FAIL_*`). Fails with
+/// `FG_RESULT_STORE_UNAVAILABLE` if Redis cannot be reached (within 1 s) or
+/// refuses the credentials now.
 ///
 /// # Safety
 /// `url` must be NUL-terminated; `quotas` must point to `count` `fg_quota`s;

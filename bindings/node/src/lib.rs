@@ -334,7 +334,8 @@ pub struct RedisOptions {
     pub algorithm: Option<String>,
     /// `open`, `closed` or `local` (default).
     pub fail_mode: Option<String>,
-    /// Connect and per-command timeout in ms (default 5).
+    /// The deadline of a whole check in ms (default 50). Connecting (at
+    /// construction, then in the background) has its own timeout, 1 s.
     pub timeout_ms: Option<u32>,
     /// Key prefix (default `fg`).
     pub prefix: Option<String>,

@@ -193,7 +193,9 @@ pub(crate) struct StoreConfig {
     pub lease_ttl_ms: u64,
     /// Answer keys Redis denied locally until their retry time.
     pub deny_cache: bool,
-    /// Fail at startup when Redis cannot be reached (default true).
+    /// Fail at startup when Redis cannot be reached (default false: a server's
+    /// workers start in the fail mode and connect in the background, so a Redis
+    /// briefly away never stops a process from starting).
     pub check_on_start: bool,
 }
 
@@ -214,7 +216,7 @@ impl Default for StoreConfig {
             lease: 0,
             lease_ttl_ms: 1000,
             deny_cache: true,
-            check_on_start: true,
+            check_on_start: false,
             ca_file: None,
             sentinel: Vec::new(),
             master_name: None,

@@ -1,7 +1,9 @@
 //! Connections to one Redis ([`RedisStore`]): a pool of blocking connections
 //! for synchronous checks and one multiplexed (pipelining) tokio connection for
-//! async ones, to a standalone server or a Cluster, with connect and command
-//! timeouts. A broken connection is dropped and made again on next use. One
+//! async ones, to a standalone server, a Cluster or the master Sentinel names.
+//! The command timeout is a deadline for a whole call; connections are made at
+//! build and then off the request path (a background thread for the pool, a
+//! spawned task for the async connection), never inside a call. One
 //! [`Breaker`] per store.
 
 use std::sync::Arc;
@@ -55,7 +57,10 @@ struct StoreInner {
     connecting: Box<[AtomicBool]>,
     next: AtomicUsize,
     async_conn: Mutex<Option<AsyncConn>>,
-    async_gate: tokio::sync::Mutex<()>,
+    /// The multiplexed connection is being made on a task of its own.
+    async_connecting: AtomicBool,
+    /// Woken when that task ends (connected or not).
+    async_ready: tokio::sync::Notify,
     connect_timeout: Duration,
     command_timeout: Duration,
     /// The breaker's clock: µs since this instant.
@@ -81,6 +86,24 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// The default connect timeout. Connections are made at build and on
+/// background threads, never on a request's path, so this bounds only how long
+/// a start-up (or a background reconnect) waits for a Redis that drops packets.
+/// Measured on a 2-core machine with 6 busy-looping processes (load 3): a TCP
+/// connect plus `PING` to loopback Redis took p50 0.12 ms, p99.9 5.5-7.8 ms,
+/// p100 15-21 ms; a TLS handshake adds a few ms more. 1 s leaves room for both.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default per-call deadline (a whole check: waiting for a pooled
+/// connection, writing, reading). Measured with `floodgate bench --store` on the
+/// same loaded machine (benches/README.md, "Redis deadlines under load"): one
+/// check at a time took p50 28-33 µs, p99 74-90 µs but p100 6-20 ms; 64 in
+/// flight on one connection, p99 12-14 ms and p100 20 ms. The old 5 ms default
+/// sent such checks to the fail mode; 50 ms keeps a loaded host out of it and
+/// still bounds what a frozen Redis costs a request (three such calls open the
+/// circuit breaker).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
+
 /// Options for a [`RedisStore`].
 #[derive(Debug, Clone)]
 pub struct RedisStoreBuilder {
@@ -105,8 +128,8 @@ impl RedisStoreBuilder {
             urls,
             cluster,
             master_name: None,
-            connect_timeout: Duration::from_millis(5),
-            command_timeout: Duration::from_millis(5),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
             pool_size: cores * 2,
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_millis(50),
@@ -123,13 +146,14 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connect timeout (default 5 ms).
+    /// Connect timeout (default [`DEFAULT_CONNECT_TIMEOUT`], 1 s): never on a
+    /// request's path.
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
         self
     }
 
-    /// Per-command timeout (default 5 ms).
+    /// The deadline of a whole call (default [`DEFAULT_COMMAND_TIMEOUT`], 50 ms).
     pub fn command_timeout(mut self, t: Duration) -> Self {
         self.command_timeout = t;
         self
@@ -164,6 +188,9 @@ impl RedisStoreBuilder {
 
     /// Whether `build` must reach Redis (default true): a wrong URL, password or
     /// port is then an error at startup instead of a fail-mode answer later.
+    /// With `false`, `build` still tries to connect once (at most the connect
+    /// timeout); if Redis cannot be reached, the store starts in the fail mode
+    /// and connects in the background.
     pub fn check_on_build(mut self, yes: bool) -> Self {
         self.check_on_build = yes;
         self
@@ -240,7 +267,8 @@ impl RedisStoreBuilder {
                     .collect(),
                 next: AtomicUsize::new(0),
                 async_conn: Mutex::new(None),
-                async_gate: tokio::sync::Mutex::new(()),
+                async_connecting: AtomicBool::new(false),
+                async_ready: tokio::sync::Notify::new(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
                 base: Instant::now(),
@@ -252,14 +280,16 @@ impl RedisStoreBuilder {
                 round_trips: AtomicU64::new(0),
             }),
         };
-        if self.check_on_build {
-            // Not a request: the first connection is made here, and checked.
-            let conn = store
-                .open()
-                .map_err(|e| unavailable(&store.inner.what, &e))?;
-            if let Some(slot) = store.inner.pool.first() {
-                *slot.lock() = Some(conn);
+        // Not a request: the first connection is made here, and checked.
+        match store.open() {
+            Ok(conn) => {
+                if let Some(slot) = store.inner.pool.first() {
+                    *slot.lock() = Some(conn);
+                }
             }
+            Err(e) if self.check_on_build => return Err(unavailable(&store.inner.what, &e)),
+            // Started in the fail mode: connected in the background.
+            Err(_) => store.connect_in_background(0),
         }
         // The rest of the pool is connected in the background as calls meet
         // its empty slots.
@@ -498,25 +528,47 @@ impl RedisStore {
         result
     }
 
+    /// The multiplexed connection. It is made on a task of its own (never
+    /// inside a call's deadline, which would cancel it half made and start
+    /// again at the next call); a call waits for it within its deadline.
     async fn async_conn(&self) -> redis::RedisResult<AsyncConn> {
         let i = &self.inner;
+        // Created before the check, so the task's wake-up cannot be missed.
+        let ready = i.async_ready.notified();
         if let Some(c) = i.async_conn.lock().clone() {
             return Ok(c);
         }
-        let _gate = i.async_gate.lock().await;
-        if let Some(c) = i.async_conn.lock().clone() {
-            return Ok(c);
+        if !i.async_connecting.swap(true, Ordering::AcqRel) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                i.async_connecting.store(false, Ordering::Release);
+                return Err(io_error("check_async needs a tokio runtime"));
+            };
+            let store = self.clone();
+            runtime.spawn(async move {
+                if let Ok(conn) = store.connect_async().await {
+                    *store.inner.async_conn.lock() = Some(conn);
+                }
+                store.inner.async_connecting.store(false, Ordering::Release);
+                store.inner.async_ready.notify_waiters();
+            });
         }
-        let conn = match &i.client {
-            Client::Single(c) => {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(i.connect_timeout))
-                    .set_response_timeout(Some(i.command_timeout));
-                AsyncConn::Single(
-                    c.get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                )
-            }
+        ready.await;
+        i.async_conn
+            .lock()
+            .clone()
+            .ok_or_else(|| io_error("could not connect to Redis (tried again at the next call)"))
+    }
+
+    async fn connect_async(&self) -> redis::RedisResult<AsyncConn> {
+        let i = &self.inner;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(i.connect_timeout))
+            .set_response_timeout(Some(i.command_timeout));
+        Ok(match &i.client {
+            Client::Single(c) => AsyncConn::Single(
+                c.get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            ),
             Client::Cluster(c) => AsyncConn::Cluster(c.get_async_connection().await?),
             Client::Sentinel(_) => {
                 // Asking the sentinels is a blocking call: off the runtime's workers.
@@ -527,18 +579,13 @@ impl RedisStore {
                 })
                 .await
                 .map_err(|_| io_error("the sentinel lookup did not complete"))??;
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(i.connect_timeout))
-                    .set_response_timeout(Some(i.command_timeout));
                 AsyncConn::Single(
                     master
                         .get_multiplexed_async_connection_with_config(&config)
                         .await?,
                 )
             }
-        };
-        *i.async_conn.lock() = Some(conn.clone());
-        Ok(conn)
+        })
     }
 
     /// Deletes `keys` (one slot's worth) in one round trip.
@@ -560,22 +607,28 @@ impl RedisStore {
         self.with_conn(|conn| invocation.invoke::<Vec<i64>>(conn.as_dyn()))
     }
 
+    /// One script call within the command timeout, a **deadline** for the
+    /// whole call (waiting for the connection, sending, the reply).
     pub(super) async fn run_async(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> redis::RedisResult<Vec<i64>> {
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
-        let conn = self.async_conn().await;
-        let result = match conn {
-            Ok(AsyncConn::Single(mut c)) => invocation.invoke_async(&mut c).await,
-            Ok(AsyncConn::Cluster(mut c)) => invocation.invoke_async(&mut c).await,
-            Err(e) => Err(e),
+        let call = async {
+            match self.async_conn().await? {
+                AsyncConn::Single(mut c) => invocation.invoke_async(&mut c).await,
+                AsyncConn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+            }
         };
+        let result = tokio::time::timeout(self.inner.command_timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("the call's deadline passed")));
         if let Err(e) = &result
             && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+            && !e.is_timeout()
         {
-            // The multiplexed connection is gone: make a new one on next use. (A
-            // timeout alone leaves it usable: replies are matched in order.)
+            // The multiplexed connection is gone: made again at the next call.
+            // (A timeout alone leaves it usable: replies are matched in order.)
             *self.inner.async_conn.lock() = None;
         }
         result

@@ -103,21 +103,26 @@ impl RedisLimiterBuilder {
         self
     }
 
-    /// Connect timeout (default 5 ms). Ignored with a shared [`RedisStore`].
+    /// Connect timeout (default [`DEFAULT_CONNECT_TIMEOUT`](super::DEFAULT_CONNECT_TIMEOUT),
+    /// 1 s; connects are never on a request's path). Ignored with a shared [`RedisStore`].
     pub fn connect_timeout(self, t: Duration) -> Self {
         self.own(|b| b.connect_timeout(t))
     }
 
-    /// Per-command timeout (default 5 ms). Ignored with a shared [`RedisStore`].
+    /// The deadline of a whole check (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`](super::DEFAULT_COMMAND_TIMEOUT), 50 ms).
+    /// Ignored with a shared [`RedisStore`].
     pub fn command_timeout(self, t: Duration) -> Self {
         self.own(|b| b.command_timeout(t))
     }
 
-    /// Both timeouts, if given; `None` keeps the defaults. For front ends whose
-    /// callers may leave the option out, so that none of them copies a default.
+    /// The per-check deadline, if given; `None` keeps the default. For front
+    /// ends whose callers may leave the option out, so that none of them copies
+    /// a default. The connect timeout keeps its default: connects are never on
+    /// a check's path, and a short one fails start-ups on a loaded host.
     pub fn timeouts(self, t: Option<Duration>) -> Self {
         match t {
-            Some(t) => self.connect_timeout(t).command_timeout(t),
+            Some(t) => self.command_timeout(t),
             None => self,
         }
     }

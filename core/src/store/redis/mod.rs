@@ -48,7 +48,9 @@ mod local;
 mod script;
 mod units;
 
-pub use connection::{RedisStore, RedisStoreBuilder};
+pub use connection::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, RedisStore, RedisStoreBuilder,
+};
 pub(crate) use in_flight::RedisInFlight;
 pub use limiter::{RedisLimiter, RedisLimiterBuilder};
 
