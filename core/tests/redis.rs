@@ -1830,3 +1830,155 @@ fn sentinel_follows_a_failover() {
     drop(sentinels);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `Engine::check_request_async`: the same decision procedure as
+/// `check_request` (written once, against its store calls), so the same
+/// verdicts for the same requests on a policy with a login rule, an API rule,
+/// a place-in-flight rule and a denial that refunds an earlier charge; and it
+/// never holds the thread while Redis answers: on a one-thread runtime, a
+/// ticker task keeps running while checks wait on a Redis held by `DEBUG
+/// SLEEP`.
+#[test]
+fn async_engine_decides_as_the_blocking_one_without_holding_the_thread() {
+    use floodgate::policy::{Engine, Request};
+    let server = Server::start(&[]);
+    let text = |prefix: &str| {
+        format!(
+            r#"
+[store]
+kind = "redis"
+url = "{}"
+prefix = "{prefix}"
+timeout_ms = 2000
+fail_mode = "closed"
+
+[[rule]]
+name = "login"
+match = "POST /auth/login"
+quotas = ["3/min"]
+key = "ip"
+
+[[rule]]
+name = "api"
+match = "/api/**"
+quotas = ["5/min"]
+key = "ip"
+
+[[rule]]
+name = "writes"
+match = "POST /api/**"
+quotas = ["2/min"]
+key = "ip"
+max_in_flight = 10
+"#,
+            server.url()
+        )
+    };
+    let (blocking, non_blocking) = (
+        Engine::from_toml_str(&text("sync")).unwrap(),
+        Arc::new(Engine::from_toml_str(&text("async")).unwrap()),
+    );
+    let ip = Some("203.0.113.9".parse().unwrap());
+    let requests: Vec<(&str, &str)> = [
+        ("POST", "/auth/login"),
+        ("POST", "/api/a"),
+        ("POST", "/api/b"),
+        ("POST", "/api/c"), // "writes" denies: "api"'s charge is refunded
+        ("GET", "/api/d"),
+        ("GET", "/api/e"),
+        ("GET", "/api/f"),
+        ("GET", "/api/g"),
+        ("POST", "/auth/login"),
+        ("POST", "/auth/login"),
+        ("POST", "/auth/login"),
+    ]
+    .to_vec();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (method, path) in &requests {
+        let req = Request {
+            method,
+            path,
+            client_ip: ip,
+            headers: &[],
+        };
+        let want = blocking.check_request(&req).unwrap();
+        let e = non_blocking.clone();
+        let (m, p) = (method.to_string(), path.to_string());
+        // Spawned: the future is Send, as a server's task needs.
+        let got = rt
+            .block_on(rt.spawn(async move {
+                let req = Request {
+                    method: &m,
+                    path: &p,
+                    client_ip: ip,
+                    headers: &[],
+                };
+                e.check_request_async(&req).await
+            }))
+            .unwrap()
+            .unwrap();
+        let summary = |v: &floodgate::policy::Verdict| {
+            (
+                v.allowed,
+                v.status,
+                v.reason,
+                v.rule.clone(),
+                v.limit,
+                v.remaining,
+            )
+        };
+        assert_eq!(summary(&got), summary(&want), "{method} {path}");
+    }
+
+    // Never holding the thread: checks wait on a sleeping Redis while a ticker
+    // on the same (only) thread keeps ticking.
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let _: redis::RedisResult<()> =
+            redis::cmd("DEBUG").arg("SLEEP").arg("0.3").query(&mut conn);
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let ticks = Arc::new(AtomicU64::new(0));
+    let (ticked_during, admitted) = rt.block_on(async {
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let checks: Vec<_> = (0..8)
+            .map(|i| {
+                let e = non_blocking.clone();
+                tokio::spawn(async move {
+                    let ip = Some(format!("198.51.100.{i}").parse().unwrap());
+                    let req = Request {
+                        method: "GET",
+                        path: "/api/x",
+                        client_ip: ip,
+                        headers: &[],
+                    };
+                    e.check_request_async(&req).await.unwrap().allowed
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for c in checks {
+            admitted += u32::from(c.await.unwrap());
+        }
+        let during = ticks.load(Ordering::Relaxed);
+        ticker.abort();
+        (during, admitted)
+    });
+    sleeper.join().unwrap();
+    assert_eq!(admitted, 8, "answered by Redis once it woke (deadline 2 s)");
+    assert!(
+        ticked_during >= 10,
+        "the thread was held: {ticked_during} ticks of 5 ms while Redis slept 250 ms"
+    );
+}

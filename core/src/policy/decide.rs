@@ -10,6 +10,7 @@ use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
 use super::headers::{self, HeaderOut, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
+use super::io;
 use super::jwt::{TokenCheck, TokenProblem};
 use super::lifecycle::Place;
 use super::{
@@ -56,11 +57,32 @@ impl Engine {
         }
     }
 
-    /// Decides `req` into `out` (cleared first). Allocates nothing on an
-    /// allowed request once `out` has grown (see [`VerdictBuf`]); denials build
-    /// their verdict, and events their strings.
+    /// Decides `req` into `out` (cleared first), blocking on Redis if a rule is
+    /// there. Allocates nothing on an allowed request once `out` has grown (see
+    /// [`VerdictBuf`]); denials build their verdict, and events their strings.
     pub(super) fn decide(
         &self,
+        req: &Request<'_>,
+        now: Duration,
+        explicit: bool,
+        out: &mut VerdictBuf,
+    ) -> Result<()> {
+        io::complete(self.decide_with(&io::Blocking, req, now, explicit, out)).unwrap_or_else(
+            || {
+                Err(Error::StoreUnavailable {
+                    store: "engine",
+                    message: "a blocking check waited (a bug: please report it)".into(),
+                })
+            },
+        )
+    }
+
+    /// The one decision procedure, its store calls made through `io`:
+    /// [`io::Blocking`] for every synchronous check, [`io::NonBlocking`] for
+    /// `check_request_async`.
+    pub(super) async fn decide_with<I: io::Io>(
+        &self,
+        io: &I,
         req: &Request<'_>,
         now: Duration,
         explicit: bool,
@@ -170,7 +192,7 @@ impl Engine {
                 if claims.is_some_and(|c| !rule.key.claims_usable(c)) {
                     // A verified token without the claim the key needs: never
                     // unlimited (`missing_claim = "ip"` keys it by address instead).
-                    self.refund(&charges, now, explicit);
+                    self.refund_with(io, &charges, now, explicit).await;
                     out.set(self.unauthorized(
                         ip,
                         Some(&rule.name),
@@ -179,7 +201,7 @@ impl Engine {
                     return Ok(());
                 }
                 if rule.deny_anonymous {
-                    self.refund(&charges, now, explicit);
+                    self.refund_with(io, &charges, now, explicit).await;
                     out.set(self.unauthorized(ip, Some(&rule.name), problem));
                     return Ok(());
                 }
@@ -192,7 +214,7 @@ impl Engine {
                 .filter(|_| scope != BanScope::Client) // checked in step 2
                 .and_then(|b| b.banned(scope, key, now_ns))
             {
-                self.refund(&charges, now, explicit);
+                self.refund_with(io, &charges, now, explicit).await;
                 if let Some((_, c)) = self.metrics.rules.get(index) {
                     bump(&c.banned);
                 }
@@ -208,7 +230,7 @@ impl Engine {
             let (tier_index, tier) = rule.limits.select_indexed(claims);
             // A place in flight first: a request that finds none is not charged.
             let flight = match rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()) {
-                Some(f) => match f.acquire(key, now_ns, explicit.then_some(now)) {
+                Some(f) => match io.acquire(f, key, now_ns, explicit.then_some(now)).await {
                     Some(place) => {
                         if let Some((_, c)) = self.metrics.rules.get(index) {
                             bump(&c.in_flight_taken);
@@ -216,7 +238,7 @@ impl Engine {
                         Some(place)
                     }
                     None => {
-                        self.refund(&charges, now, explicit);
+                        self.refund_with(io, &charges, now, explicit).await;
                         out.set(self.concurrency_limited(
                             index,
                             rule,
@@ -239,11 +261,12 @@ impl Engine {
                 .cost
                 .saturating_mul(multiplier)
                 .min(tier.limiter.max_cost());
-            let checked = match tier.limiter.check(key, cost, now, explicit) {
+            let checked = match io.check(&tier.limiter, key, cost, now, explicit).await {
                 Ok(c) => c,
                 Err(e) => {
-                    self.release_flight(index, rule, key, flight, now_ns, explicit);
-                    self.refund(&charges, now, explicit);
+                    self.release_flight_with(io, index, rule, key, flight, now_ns, explicit)
+                        .await;
+                    self.refund_with(io, &charges, now, explicit).await;
                     return Err(e);
                 }
             };
@@ -253,8 +276,9 @@ impl Engine {
                 a.record(key, now_ns, !d.allowed);
             }
             if !d.allowed {
-                self.release_flight(index, rule, key, flight, now_ns, explicit);
-                self.refund(&charges, now, explicit);
+                self.release_flight_with(io, index, rule, key, flight, now_ns, explicit)
+                    .await;
+                self.refund_with(io, &charges, now, explicit).await;
                 let policies = self.applying_policies(&charges, tier, index, &view, claims);
                 out.set(self.rate_limited(
                     index,
@@ -289,11 +313,8 @@ impl Engine {
             let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
                 continue;
             };
-            let checked = rule
-                .limits
-                .select(claims)
-                .limiter
-                .check(key, rule.cost, now, explicit)?;
+            let limiter = &rule.limits.select(claims).limiter;
+            let checked = io.check(limiter, key, rule.cost, now, explicit).await?;
             self.note_store(&checked, rule);
             let d = checked.decision;
             if let Some((_, c)) = self.metrics.rules.get(index) {
@@ -498,19 +519,52 @@ impl Engine {
         )
     }
 
-    pub(super) fn refund(&self, charges: &[Charge<'_>], now: Duration, explicit: bool) {
+    /// Gives back what `charges` took (units and places in flight).
+    async fn refund_with<I: io::Io>(
+        &self,
+        io: &I,
+        charges: &[Charge<'_>],
+        now: Duration,
+        explicit: bool,
+    ) {
         for c in charges {
-            c.tier.limiter.refund(c.key.bytes(), c.cost, now, explicit);
+            io.refund(&c.tier.limiter, c.key.bytes(), c.cost, now, explicit)
+                .await;
             if let Some(rule) = self.rules.get(c.rule) {
-                self.release_flight(c.rule, rule, c.key.bytes(), c.flight, nanos(now), explicit);
+                let (key, now_ns) = (c.key.bytes(), nanos(now));
+                self.release_flight_with(io, c.rule, rule, key, c.flight, now_ns, explicit)
+                    .await;
             }
         }
     }
 
     /// Gives back the place in flight `flight`, if any (`explicit`: `now` is
-    /// a replay's time, which Redis uses instead of its clock).
+    /// a replay's time, which Redis uses instead of its clock). Blocking.
     pub(super) fn release_flight(
         &self,
+        index: usize,
+        rule: &Rule,
+        key: &[u8],
+        flight: Option<Place>,
+        now: u64,
+        explicit: bool,
+    ) {
+        // Every Blocking call is ready when made: this completes here.
+        let _ = io::complete(self.release_flight_with(
+            &io::Blocking,
+            index,
+            rule,
+            key,
+            flight,
+            now,
+            explicit,
+        ));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn release_flight_with<I: io::Io>(
+        &self,
+        io: &I,
         index: usize,
         rule: &Rule,
         key: &[u8],
@@ -522,7 +576,8 @@ impl Engine {
             flight,
             rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()),
         ) {
-            f.release(key, place, now, explicit.then(|| Duration::from_nanos(now)));
+            let at = explicit.then(|| Duration::from_nanos(now));
+            io.release(f, key, place, now, at).await;
             if let Some((_, c)) = self.metrics.rules.get(index) {
                 bump(&c.in_flight_released);
             }

@@ -230,16 +230,45 @@ impl InFlight {
     ) -> Option<Place> {
         #[cfg(feature = "redis")]
         if let Backing::Redis(r, fail_mode) = &self.backing {
-            return match r.acquire(key, explicit) {
-                Ok(taken) => taken.map(Place::Remote),
-                Err(_) => match fail_mode {
-                    crate::FailMode::Open => Some(Place::Unheld),
-                    crate::FailMode::Closed => None,
-                    _ => self.acquire_local(key, now),
-                },
-            };
+            return self.remote(r.acquire(key, explicit), *fail_mode, key, now);
         }
         self.acquire_local(key, now)
+    }
+
+    /// [`acquire`](Self::acquire) for async callers: a Redis round trip on the
+    /// multiplexed tokio connection.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) async fn acquire_async(
+        &self,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> Option<Place> {
+        #[cfg(feature = "redis")]
+        if let Backing::Redis(r, fail_mode) = &self.backing {
+            let taken = r.acquire_async(key, explicit).await;
+            return self.remote(taken, *fail_mode, key, now);
+        }
+        self.acquire_local(key, now)
+    }
+
+    /// A place Redis gave (or not), or the fail mode's answer when it could not.
+    #[cfg(feature = "redis")]
+    fn remote(
+        &self,
+        taken: redis::RedisResult<Option<u32>>,
+        fail_mode: crate::FailMode,
+        key: &[u8],
+        now: u64,
+    ) -> Option<Place> {
+        match taken {
+            Ok(taken) => taken.map(Place::Remote),
+            Err(_) => match fail_mode {
+                crate::FailMode::Open => Some(Place::Unheld),
+                crate::FailMode::Closed => None,
+                _ => self.acquire_local(key, now),
+            },
+        }
     }
 
     /// Gives back a place.
@@ -258,6 +287,23 @@ impl InFlight {
             }
             Place::Unheld => {}
         }
+    }
+
+    /// [`release`](Self::release) for async callers.
+    pub(crate) async fn release_async(
+        &self,
+        key: &[u8],
+        place: Place,
+        now: u64,
+        explicit: Option<Duration>,
+    ) {
+        #[cfg(feature = "redis")]
+        if let (Place::Remote(taken), Backing::Redis(r, _)) = (place, &self.backing) {
+            // Redis could not answer: the place expires with its period.
+            let _ = r.release_async(key, taken, explicit).await;
+            return;
+        }
+        self.release(key, place, now, explicit);
     }
 
     /// Places `key` holds at `now` (in Redis: on its clock, or this process's

@@ -47,6 +47,7 @@ mod events;
 mod forwarded;
 mod headers;
 mod identity;
+mod io;
 mod jwt;
 mod lifecycle;
 mod matcher;
@@ -649,6 +650,24 @@ impl Engine {
     pub fn check_request_at(&self, req: &Request<'_>, now: Duration) -> Result<Verdict> {
         let mut out = VerdictBuf::new();
         self.decide(req, now, true, &mut out)?;
+        Ok(out.into_verdict())
+    }
+
+    /// Decides a request now without holding a thread while Redis answers: a
+    /// rule on a Redis store makes its round trips (places in flight, charges,
+    /// refunds) on the store's multiplexed tokio connection, pipelined with
+    /// every other task's, each within the store's deadline. The same decision
+    /// procedure as [`check_request`](Engine::check_request), so the same
+    /// verdict; on memory and shared memory it is ready at once. Await it on a
+    /// tokio runtime with time enabled when a rule is on Redis (the Python and
+    /// Node bindings use [`background_runtime`](crate::background_runtime)).
+    ///
+    /// # Errors
+    /// As [`Engine::check_request`].
+    pub async fn check_request_async(&self, req: &Request<'_>) -> Result<Verdict> {
+        let mut out = VerdictBuf::new();
+        self.decide_with(&io::NonBlocking, req, self.now(), false, &mut out)
+            .await?;
         Ok(out.into_verdict())
     }
 

@@ -110,6 +110,27 @@ impl Engine {
             None => self.check_request(req),
         })
     }
+
+    /// Decides an [`OwnedRequest`] now, as
+    /// [`check_request_async`](Engine::check_request_async): for a front end
+    /// that hands the request to a tokio task.
+    ///
+    /// # Errors
+    /// As [`check_request`](Engine::check_request).
+    pub async fn check_owned_async(&self, request: &OwnedRequest) -> Result<Verdict> {
+        let headers: smallvec::SmallVec<[(&str, &str); STACK_HEADERS]> = request
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let req = Request {
+            method: &request.method,
+            path: &request.path,
+            client_ip: request.client_ip,
+            headers: &headers,
+        };
+        self.check_request_async(&req).await
+    }
 }
 
 /// The header names a policy reads, lower case, each once, in a stable order.

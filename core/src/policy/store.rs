@@ -489,6 +489,41 @@ impl RuleLimiter {
         }
     }
 
+    /// [`check`](Self::check) for async callers: a Redis round trip on the
+    /// multiplexed tokio connection (memory answers at once).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) async fn check_async(
+        &self,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> Result<Checked> {
+        #[cfg(feature = "redis")]
+        if let RuleLimiter::Redis(l) = self {
+            let (decision, source) = l
+                .check_source_async(key, cost, explicit.then_some(now))
+                .await?;
+            return Ok(Checked {
+                decision,
+                fallback: source == crate::DecisionSource::Fallback,
+                remote: true,
+            });
+        }
+        self.check(key, cost, now, explicit)
+    }
+
+    /// [`refund`](Self::refund) for async callers.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) async fn refund_async(&self, key: &[u8], cost: u64, now: Duration, explicit: bool) {
+        #[cfg(feature = "redis")]
+        if let RuleLimiter::Redis(l) = self {
+            let _ = l.refund_async(key, cost, explicit.then_some(now)).await;
+            return;
+        }
+        self.refund(key, cost, now, explicit);
+    }
+
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(super) fn refund(&self, key: &[u8], cost: u64, now: Duration, explicit: bool) {
         match self {

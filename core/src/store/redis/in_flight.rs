@@ -43,13 +43,15 @@ impl RedisInFlight {
         }
     }
 
-    fn call(
+    /// The script call for `key` (`mode`: `a`cquire, `r`elease, `h`eld), or an
+    /// error while the breaker is open.
+    fn invocation(
         &self,
         key: &[u8],
         mode: &str,
         arg: u64,
         now: Option<Duration>,
-    ) -> redis::RedisResult<(i64, u64)> {
+    ) -> redis::RedisResult<redis::ScriptInvocation<'_>> {
         if !self.store.breaker_allows() {
             return Err(super::io_error("circuit breaker open"));
         }
@@ -60,7 +62,12 @@ impl RedisInFlight {
             .arg(mode)
             .arg(self.ttl.0)
             .arg(arg);
-        let reply = self.store.run_sync(&invocation).and_then(|r| match r[..] {
+        Ok(invocation)
+    }
+
+    /// `(taken, held)` from the script's reply, the breaker told how it went.
+    fn reply(&self, reply: redis::RedisResult<Vec<i64>>) -> redis::RedisResult<(i64, u64)> {
+        let reply = reply.and_then(|r| match r[..] {
             [taken, held] => Ok((taken, u64::try_from(held).unwrap_or(0))),
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -70,6 +77,28 @@ impl RedisInFlight {
         });
         self.store.record(&reply);
         reply
+    }
+
+    fn call(
+        &self,
+        key: &[u8],
+        mode: &str,
+        arg: u64,
+        now: Option<Duration>,
+    ) -> redis::RedisResult<(i64, u64)> {
+        let invocation = self.invocation(key, mode, arg, now)?;
+        self.reply(self.store.run_sync(&invocation))
+    }
+
+    async fn call_async(
+        &self,
+        key: &[u8],
+        mode: &str,
+        arg: u64,
+        now: Option<Duration>,
+    ) -> redis::RedisResult<(i64, u64)> {
+        let invocation = self.invocation(key, mode, arg, now)?;
+        self.reply(self.store.run_async(&invocation).await)
     }
 
     /// Takes a place for `key`: the period it was taken in (to give it back),
@@ -83,12 +112,40 @@ impl RedisInFlight {
         Ok(u32::try_from(taken).ok())
     }
 
+    /// [`acquire`](Self::acquire) on the multiplexed tokio connection.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_async(
+        &self,
+        key: &[u8],
+        now: Option<Duration>,
+    ) -> redis::RedisResult<Option<u32>> {
+        let (taken, _) = self.call_async(key, "a", self.max, now).await?;
+        Ok(u32::try_from(taken).ok())
+    }
+
     /// Gives back a place taken in period `taken`.
     ///
     /// # Errors
     /// Redis could not answer: the place is released when its period ends.
     pub fn release(&self, key: &[u8], taken: u32, now: Option<Duration>) -> redis::RedisResult<()> {
         self.call(key, "r", u64::from(taken), now).map(|_| ())
+    }
+
+    /// [`release`](Self::release) on the multiplexed tokio connection.
+    ///
+    /// # Errors
+    /// As [`release`](Self::release).
+    pub async fn release_async(
+        &self,
+        key: &[u8],
+        taken: u32,
+        now: Option<Duration>,
+    ) -> redis::RedisResult<()> {
+        self.call_async(key, "r", u64::from(taken), now)
+            .await
+            .map(|_| ())
     }
 
     /// Places `key` holds.

@@ -385,9 +385,42 @@ impl RedisLimiter {
     /// # Errors
     /// [`Error::EmptyKey`], [`Error::KeyTooLong`], or [`Error::StoreUnavailable`].
     pub fn refund(&self, key: &[u8], cost: u64, now: Option<Duration>) -> Result<()> {
+        match self.refund_call(key, cost, now)? {
+            Some(invocation) => self
+                .store
+                .run_sync(&invocation)
+                .map(|_| ())
+                .map_err(|e| unavailable(self.store.what(), &e)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`refund`](Self::refund) on the multiplexed tokio connection.
+    ///
+    /// # Errors
+    /// As [`refund`](Self::refund).
+    pub async fn refund_async(&self, key: &[u8], cost: u64, now: Option<Duration>) -> Result<()> {
+        match self.refund_call(key, cost, now)? {
+            Some(invocation) => self
+                .store
+                .run_async(&invocation)
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable(self.store.what(), &e)),
+            None => Ok(()),
+        }
+    }
+
+    /// What a refund sends to Redis, or `None` when it is done locally.
+    fn refund_call(
+        &self,
+        key: &[u8],
+        cost: u64,
+        now: Option<Duration>,
+    ) -> Result<Option<redis::ScriptInvocation<'_>>> {
         self.local.validate(key, cost)?;
         if cost == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let at = At::new(now);
         if self.deny_cache && self.lease == 0 {
@@ -400,14 +433,10 @@ impl RedisLimiter {
                 .cache
                 .read(fp, |e| e.is_some_and(|e| e.lock().refund(cost, at.local)));
             if done {
-                return Ok(());
+                return Ok(None);
             }
         }
-        let invocation = self.invocation(key, cost, Mode::Refund, at.script());
-        self.store
-            .run_sync(&invocation)
-            .map(|_| ())
-            .map_err(|e| unavailable(self.store.what(), &e))
+        Ok(Some(self.invocation(key, cost, Mode::Refund, at.script())))
     }
 
     /// Forgets `key` in Redis and in this instance's local state.

@@ -1,0 +1,171 @@
+//! How the request path reaches its stores. [`Blocking`]: every synchronous
+//! check (memory and shared memory never wait; Redis holds the calling thread
+//! for at most its deadline). [`NonBlocking`]: `Engine::check_request_async`,
+//! whose Redis round trips go over the multiplexed tokio connection and never
+//! hold an executor thread. The decision procedure (`Engine::decide_with`) is
+//! written once, against [`Io`], so the two paths cannot drift; the blocking
+//! one drives it on the caller's thread with [`complete`] (every future it
+//! awaits is ready at once: no runtime, no allocation).
+
+use std::future::{Future, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use super::lifecycle::{InFlight, Place};
+use super::store::{Checked, RuleLimiter};
+use crate::error::Result;
+
+/// The store calls a decision makes.
+pub(super) trait Io: Sync {
+    /// Charges `cost` to `key` under `limiter`.
+    fn check(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> impl Future<Output = Result<Checked>> + Send;
+
+    /// Gives back `cost` (best effort).
+    fn refund(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Takes a place in flight.
+    fn acquire(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> impl Future<Output = Option<Place>> + Send;
+
+    /// Gives a place back.
+    fn release(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        place: Place,
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Synchronous calls on the caller's thread: each future is ready when made.
+pub(super) struct Blocking;
+
+impl Io for Blocking {
+    fn check(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> impl Future<Output = Result<Checked>> + Send {
+        ready(limiter.check(key, cost, now, explicit))
+    }
+
+    fn refund(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> impl Future<Output = ()> + Send {
+        limiter.refund(key, cost, now, explicit);
+        ready(())
+    }
+
+    fn acquire(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> impl Future<Output = Option<Place>> + Send {
+        ready(flight.acquire(key, now, explicit))
+    }
+
+    fn release(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        place: Place,
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> impl Future<Output = ()> + Send {
+        flight.release(key, place, now, explicit);
+        ready(())
+    }
+}
+
+/// Async calls: Redis round trips on the multiplexed tokio connection.
+pub(super) struct NonBlocking;
+
+impl Io for NonBlocking {
+    fn check(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> impl Future<Output = Result<Checked>> + Send {
+        limiter.check_async(key, cost, now, explicit)
+    }
+
+    fn refund(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> impl Future<Output = ()> + Send {
+        limiter.refund_async(key, cost, now, explicit)
+    }
+
+    fn acquire(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> impl Future<Output = Option<Place>> + Send {
+        flight.acquire_async(key, now, explicit)
+    }
+
+    fn release(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        place: Place,
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> impl Future<Output = ()> + Send {
+        flight.release_async(key, place, now, explicit)
+    }
+}
+
+/// The output of a future that never waits (one written against [`Blocking`]),
+/// run on this thread; `None` if it did wait (it cannot: every [`Blocking`]
+/// call is ready when made).
+pub(super) fn complete<T>(future: impl Future<Output = T>) -> Option<T> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
