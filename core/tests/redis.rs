@@ -1933,6 +1933,29 @@ max_in_flight = 10
         assert_eq!(summary(&got), summary(&want), "{method} {path}");
     }
 
+    // Settled without a thread either: the place in flight comes back in Redis.
+    let held = rt.block_on(async {
+        let req = Request {
+            method: "POST",
+            path: "/api/settle",
+            client_ip: Some("198.51.100.77".parse().unwrap()),
+            headers: &[],
+        };
+        let v = non_blocking.check_request_async(&req).await.unwrap();
+        assert!(v.allowed);
+        let before = non_blocking.in_flight("writes", b"198.51.100.77");
+        let outcome = floodgate::policy::Settle {
+            status: 200,
+            cost: None,
+        };
+        non_blocking
+            .settle_settlement_async(v.settlement.as_ref(), outcome)
+            .await
+            .unwrap();
+        (before, non_blocking.in_flight("writes", b"198.51.100.77"))
+    });
+    assert_eq!(held, (1, 0), "a place taken, then given back");
+
     // Never holding the thread: checks wait on a sleeping Redis while a ticker
     // on the same (only) thread keeps ticking.
     let url = server.url();

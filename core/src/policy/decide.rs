@@ -539,30 +539,9 @@ impl Engine {
     }
 
     /// Gives back the place in flight `flight`, if any (`explicit`: `now` is
-    /// a replay's time, which Redis uses instead of its clock). Blocking.
-    pub(super) fn release_flight(
-        &self,
-        index: usize,
-        rule: &Rule,
-        key: &[u8],
-        flight: Option<Place>,
-        now: u64,
-        explicit: bool,
-    ) {
-        // Every Blocking call is ready when made: this completes here.
-        let _ = io::complete(self.release_flight_with(
-            &io::Blocking,
-            index,
-            rule,
-            key,
-            flight,
-            now,
-            explicit,
-        ));
-    }
-
+    /// a replay's time, which Redis uses instead of its clock).
     #[allow(clippy::too_many_arguments)]
-    async fn release_flight_with<I: io::Io>(
+    pub(super) async fn release_flight_with<I: io::Io>(
         &self,
         io: &I,
         index: usize,

@@ -460,6 +460,37 @@ impl super::Engine {
         outcome: Settle,
         now: Option<Duration>,
     ) -> crate::Result<()> {
+        let settle = self.settle_with(&super::io::Blocking, settlement, outcome, now);
+        super::io::complete(settle).unwrap_or_else(|| {
+            Err(crate::Error::StoreUnavailable {
+                store: "engine",
+                message: "a blocking settlement waited (a bug: please report it)".into(),
+            })
+        })
+    }
+
+    /// [`settle_settlement`](Self::settle_settlement) now, without holding a
+    /// thread while Redis answers (as
+    /// [`check_request_async`](Self::check_request_async)).
+    ///
+    /// # Errors
+    /// As [`settle`](Self::settle).
+    pub async fn settle_settlement_async(
+        &self,
+        settlement: Option<&Settlement>,
+        outcome: Settle,
+    ) -> crate::Result<()> {
+        self.settle_with(&super::io::NonBlocking, settlement, outcome, None)
+            .await
+    }
+
+    async fn settle_with<I: super::io::Io>(
+        &self,
+        io: &I,
+        settlement: Option<&Settlement>,
+        outcome: Settle,
+        now: Option<Duration>,
+    ) -> crate::Result<()> {
         if !(100..=599).contains(&outcome.status) {
             return Err(crate::Error::InvalidRequest {
                 field: "status",
@@ -483,7 +514,9 @@ impl super::Engine {
             let Some(tier) = rule.limits.tier(e.tier) else {
                 continue;
             };
-            self.release_flight(e.rule, rule, e.key.bytes(), e.flight, now_ns, explicit);
+            let key = e.key.bytes();
+            self.release_flight_with(io, e.rule, rule, key, e.flight, now_ns, explicit)
+                .await;
             let limiter = &tier.limiter;
             let settled = || {
                 self.event(
@@ -497,7 +530,7 @@ impl super::Engine {
                 )
             };
             if !life.counts(outcome.status) {
-                limiter.refund(e.key.bytes(), e.cost, now, explicit);
+                io.refund(limiter, key, e.cost, now, explicit).await;
                 super::events::bump(&self.metrics.settle_refunds);
                 self.emit(settled);
                 continue;
@@ -509,16 +542,16 @@ impl super::Engine {
                 self.emit(settled);
             }
             if real < e.cost {
-                limiter.refund(e.key.bytes(), e.cost - real, now, explicit);
+                io.refund(limiter, key, e.cost - real, now, explicit).await;
                 super::events::bump(&self.metrics.settle_refunds);
             } else if real > e.cost {
                 // The rest, as much as the key has left: an overrun empties it (the
                 // next request is denied) but carries no debt beyond.
                 let extra = (real - e.cost).min(limiter.max_cost());
                 super::events::bump(&self.metrics.settle_charges);
-                let d = limiter.check(e.key.bytes(), extra, now, explicit)?.decision;
+                let d = io.check(limiter, key, extra, now, explicit).await?.decision;
                 if !d.allowed && d.remaining > 0 {
-                    limiter.check(e.key.bytes(), d.remaining, now, explicit)?;
+                    io.check(limiter, key, d.remaining, now, explicit).await?;
                 }
             }
         }
