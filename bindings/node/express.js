@@ -6,7 +6,8 @@
 //   app.use(floodgate(Engine.fromFile('policy.toml')))
 // Answers 429/403/401 with a JSON body and the verdict's headers; sets the
 // rate-limit headers on allowed responses. With a Redis store
-// (`engine.mayBlock`) the check runs on the libuv thread pool by itself;
+// (`engine.mayBlock`) the check runs on the core's async engine by itself (no
+// thread waits for Redis);
 // { async: true | false } overrides that.
 //
 // What the engine sees is what Express acts on: the request target as Express

@@ -208,8 +208,8 @@ NativeEngine.prototype.settle = function settle(verdict, outcome) {
 }
 
 /**
- * `settle` on the libuv thread pool: for engines whose settlement may wait on
- * Redis (`engine.mayBlock`), so the event loop never does. Resolves once
+ * `settle` on the core's async engine: for engines whose settlement may wait
+ * on Redis (`engine.mayBlock`), so neither the event loop nor a thread does. Resolves once
  * settled; rejects with `ERR_FG_ALREADY_SETTLED` the second time. Bad
  * arguments throw synchronously, as in `settle`.
  */
@@ -225,8 +225,10 @@ NativeEngine.prototype.settleAsync = function settleAsync(verdict, outcome) {
 }
 
 /**
- * Decides a request on the libuv thread pool (use it with a Redis store); the
- * verdict carries its settlement like `checkRequest`'s.
+ * Decides a request without holding a thread while Redis answers (the core's
+ * async engine, on a tokio worker, round trips pipelined on one multiplexed
+ * connection): use it with a Redis store. The verdict carries its settlement
+ * like `checkRequest`'s.
  */
 NativeEngine.prototype.checkRequestAsync = function checkRequestAsync(request) {
   // Not `async`: a bad request throws synchronously, before the task starts.

@@ -22,7 +22,11 @@ export declare class Engine {
   static fromObject(policy: any): Engine
   /** Decides a request synchronously (in-memory engines: well under a µs of work). */
   checkRequest(request: RequestInit): Verdict
-  /** Decides a request on the libuv thread pool: use it with a Redis store. */
+  /**
+   * Decides a request without holding a thread while Redis answers (the
+   * core's async engine: round trips on one multiplexed connection, on a
+   * tokio worker): use it with a Redis store.
+   */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
   /**
    * `checkRequestAsync` as floodgate.js calls it: resolves `[verdict,
@@ -35,12 +39,14 @@ export declare class Engine {
    */
   handle(): [unknown, Float64Array]
   /**
-   * `settle` on the libuv thread pool, for engines whose settlement may
-   * wait on Redis (`mayBlock`), with the settlement floodgate.js keeps on a
-   * verdict (`engine.settleAsync(verdict, outcome)` calls it). Bad arguments
-   * throw at once; a second settlement rejects with `ERR_FG_ALREADY_SETTLED`.
+   * `settle` without holding a thread while Redis answers (the core's async
+   * settlement on the background runtime), for engines whose settlement
+   * may wait on Redis (`mayBlock`), with the settlement floodgate.js keeps
+   * on a verdict (`engine.settleAsync(verdict, outcome)` calls it). Bad
+   * arguments throw at once; a second settlement rejects with
+   * `ERR_FG_ALREADY_SETTLED`.
    */
-  settleSettlementAsync(settlement: unknown, status: number, cost?: number | null, nowMs?: number | null): Promise<unknown>
+  settleSettlementAsync(settlement: unknown, status: number, cost?: number | null, nowMs?: number | null): unknown
   /**
    * Whether any rule settles after the response (`count`, `cost_from =
    * "response"`, `max_in_flight`): the middleware hook the response's end

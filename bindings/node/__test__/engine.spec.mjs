@@ -68,6 +68,36 @@ test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' },
   assert.throws(() => e.checkRequestAsync({ method: 'GET', path: '/', clientIp: 'nope' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'client_ip' })
 })
 
+test('checkRequestAsync holds no thread while Redis stalls: the libuv pool stays free for fs', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
+  // The core's async engine: round trips on a tokio worker's multiplexed
+  // connection. (On the libuv pool, 8 checks waiting on a stalled Redis held
+  // all 4 of its threads, and fs, dns.lookup, zlib and crypto waited too.)
+  const { spawn } = require('node:child_process')
+  const fs = require('node:fs/promises')
+  const port = new URL(redisUrl).port
+  const prefix = `node-stall-${process.pid}-${Date.now()}`
+  const e = Engine.fromToml(`[store]\nkind = "redis"\nurl = "${redisUrl}"\ntimeout_ms = 3000\nprefix = "${prefix}"\n` + POLICY)
+  const want = e.checkRequest({ method: 'POST', path: '/auth/login', clientIp: '192.0.2.10' })
+  const got = await e.checkRequestAsync({ method: 'POST', path: '/auth/login', clientIp: '192.0.2.11' })
+  assert.deepEqual([got.allowed, got.rule, got.limit, got.remaining], [want.allowed, want.rule, want.limit, want.remaining])
+  // CLIENT PAUSE: Redis answers no other client for 600 ms (DEBUG SLEEP needs
+  // enable-debug-command, which the CI's server does not have).
+  const pause = spawn('redis-cli', ['-p', port, 'CLIENT', 'PAUSE', '600', 'ALL'])
+  const paused = new Promise((r) => pause.on('exit', r))
+  await new Promise((r) => setTimeout(r, 100))
+  const checks = Array.from({ length: 8 }, (_, i) => e.checkRequestAsync({ method: 'GET', path: '/api/x', clientIp: `198.51.100.${i}` }))
+  const t0 = performance.now()
+  await Promise.all(Array.from({ length: 4 }, () => fs.readFile(new URL(import.meta.url))))
+  const fsMs = performance.now() - t0
+  const t1 = performance.now()
+  const verdicts = await Promise.all(checks)
+  const checksMs = performance.now() - t1
+  assert.equal(await paused, 0)
+  assert.ok(checksMs > 200, `the checks did wait for the paused Redis (${checksMs.toFixed(0)} ms)`)
+  assert.ok(fsMs < 300, `fs waited ${fsMs.toFixed(0)} ms behind checks stalled on Redis`)
+  assert.equal(verdicts.filter((v) => v.allowed).length, 8, 'answered by Redis once it woke')
+})
+
 test('Promise API when Redis goes down: fail modes answer, nothing hangs', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
   // An own redis-server, stopped halfway (the shared one stays up for the rest).
   const { execFileSync } = require('node:child_process')

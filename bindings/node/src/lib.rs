@@ -22,6 +22,41 @@ mod fast;
 mod promise;
 mod request;
 
+use promise::Done;
+
+/// A promise that `go` settles through its [`promise::Reply`] (see `promise.rs`).
+fn promised<'env>(
+    env: &'env Env,
+    go: impl FnOnce(&'static tokio::runtime::Runtime, bool, promise::Reply),
+) -> Result<Unknown<'env>> {
+    let p = promise::start(env.raw(), go).map_err(|m| napi::Error::from_reason(m.to_string()))?;
+    // SAFETY: `p` is a promise just created in this environment.
+    #[allow(unsafe_code)]
+    unsafe {
+        Unknown::from_napi_value(env.raw(), p)
+    }
+}
+
+/// Decides `request` on the background runtime and settles the promise with
+/// `wrap` of the verdict: with the core's async engine (no thread waits for
+/// Redis), or, for a replay at an explicit time, on a blocking thread.
+fn decide_async<'env>(
+    env: &'env Env,
+    engine: Arc<CoreEngine>,
+    request: Owned,
+    wrap: fn(floodgate::Result<CoreVerdict>) -> Done,
+) -> Result<Unknown<'env>> {
+    promised(env, move |rt, _, reply| {
+        if request.now.is_some() {
+            rt.spawn_blocking(move || reply.send(wrap(decide(&engine, &request))));
+        } else {
+            rt.spawn(
+                async move { reply.send(wrap(engine.check_owned_async(&request.request).await)) },
+            );
+        }
+    })
+}
+
 /// `ERR_FG_<CODE>` for a core error, the same stable code as Rust's
 /// `ErrorKind::code()` and C's `FG_RESULT_<CODE>`.
 fn code_of(kind: ErrorKind) -> String {
@@ -360,25 +395,26 @@ impl RedisLimiter {
     /// worker over one multiplexed connection, so concurrent checks are
     /// pipelined and the event loop never waits.
     #[napi(ts_return_type = "Promise<Decision>")]
-    pub fn check_async(
+    pub fn check_async<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         key: Either<String, Buffer>,
         cost: Option<f64>,
-    ) -> Result<Unknown<'_>> {
-        let cost = self::cost(cost).map_err(|f| f.into_js(&env))?;
-        let p = promise::check(
-            env.raw(),
-            self.inner.clone(),
-            key_bytes(&key).to_vec(),
-            cost,
-        )
-        .map_err(|m| napi::Error::from_reason(m.to_string()))?;
-        // SAFETY: `p` is a promise just created in this environment.
-        #[allow(unsafe_code)]
-        unsafe {
-            Unknown::from_napi_value(env.raw(), p)
-        }
+    ) -> Result<Unknown<'env>> {
+        let cost = self::cost(cost).map_err(|f| f.into_js(env))?;
+        let (limiter, key) = (self.inner.clone(), key_bytes(&key).to_vec());
+        promised(env, |rt, alone, reply| {
+            if alone {
+                // Nothing else in flight: a blocking round trip on a pooled
+                // connection answers sooner than the multiplexed connection's
+                // task hand-offs.
+                rt.spawn_blocking(move || reply.send(Done::Decision(limiter.check(&key, cost))));
+            } else {
+                rt.spawn(async move {
+                    reply.send(Done::Decision(limiter.check_async(&key, cost).await))
+                });
+            }
+        })
     }
 
     /// Checks answered by the fail mode so far.
@@ -529,70 +565,6 @@ fn decide(engine: &CoreEngine, r: &Owned) -> floodgate::Result<CoreVerdict> {
     engine.check_owned(&r.request, r.now)
 }
 
-pub struct RequestTask {
-    engine: Arc<CoreEngine>,
-    request: Owned,
-}
-
-impl Task for RequestTask {
-    type Output = floodgate::Result<CoreVerdict>;
-    type JsValue = Verdict;
-
-    fn compute(&mut self) -> Result<Self::Output> {
-        Ok(decide(&self.engine, &self.request))
-    }
-
-    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<Self::JsValue> {
-        output
-            .map(Verdict::from)
-            .map_err(|e| Failure::from(e).into_js(&env))
-    }
-}
-
-/// `checkRequestAsync` with the verdict's settlement (see [`request::SettledVerdict`]).
-pub struct SettledRequestTask {
-    engine: Arc<CoreEngine>,
-    request: Owned,
-}
-
-impl Task for SettledRequestTask {
-    type Output = floodgate::Result<CoreVerdict>;
-    type JsValue = request::SettledVerdict;
-
-    fn compute(&mut self) -> Result<Self::Output> {
-        Ok(decide(&self.engine, &self.request))
-    }
-
-    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<Self::JsValue> {
-        output
-            .map(request::SettledVerdict)
-            .map_err(|e| Failure::from(e).into_js(&env))
-    }
-}
-
-/// `settleAsync`: a settlement on the libuv thread pool.
-pub struct SettleTask {
-    engine: Arc<CoreEngine>,
-    settlement: floodgate::policy::Settlement,
-    outcome: floodgate::policy::Settle,
-    now: Option<std::time::Duration>,
-}
-
-impl Task for SettleTask {
-    type Output = floodgate::Result<()>;
-    type JsValue = ();
-
-    fn compute(&mut self) -> Result<Self::Output> {
-        Ok(self
-            .engine
-            .settle_settlement(Some(&self.settlement), self.outcome, self.now))
-    }
-
-    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<()> {
-        output.map_err(|e| Failure::from(e).into_js(&env))
-    }
-}
-
 /// An event, as the event callback receives it.
 #[napi(object)]
 #[derive(Clone)]
@@ -654,31 +626,29 @@ impl Engine {
             .map_err(|e| Failure::from(e).into_js(&env))
     }
 
-    /// Decides a request on the libuv thread pool: use it with a Redis store.
+    /// Decides a request without holding a thread while Redis answers (the
+    /// core's async engine: round trips on one multiplexed connection, on a
+    /// tokio worker): use it with a Redis store.
     #[napi(ts_return_type = "Promise<Verdict>")]
-    pub fn check_request_async(
+    pub fn check_request_async<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         request: RequestInit,
-    ) -> Result<AsyncTask<RequestTask>> {
-        Ok(AsyncTask::new(RequestTask {
-            engine: self.inner.clone(),
-            request: owned(&self.inner, request).map_err(|f| f.into_js(&env))?,
-        }))
+    ) -> Result<Unknown<'env>> {
+        let request = owned(&self.inner, request).map_err(|f| f.into_js(env))?;
+        decide_async(env, self.inner.clone(), request, Done::Verdict)
     }
 
     /// `checkRequestAsync` as floodgate.js calls it: resolves `[verdict,
     /// settlement | undefined]`.
     #[napi(ts_return_type = "Promise<[Verdict, unknown]>")]
-    pub fn check_request_async_settled(
+    pub fn check_request_async_settled<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         request: RequestInit,
-    ) -> Result<AsyncTask<SettledRequestTask>> {
-        Ok(AsyncTask::new(SettledRequestTask {
-            engine: self.inner.clone(),
-            request: owned(&self.inner, request).map_err(|f| f.into_js(&env))?,
-        }))
+    ) -> Result<Unknown<'env>> {
+        let request = owned(&self.inner, request).map_err(|f| f.into_js(env))?;
+        decide_async(env, self.inner.clone(), request, Done::SettledVerdict)
     }
 
     /// `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
@@ -693,32 +663,44 @@ impl Engine {
         }
     }
 
-    /// `settle` on the libuv thread pool, for engines whose settlement may
-    /// wait on Redis (`mayBlock`), with the settlement floodgate.js keeps on a
-    /// verdict (`engine.settleAsync(verdict, outcome)` calls it). Bad arguments
-    /// throw at once; a second settlement rejects with `ERR_FG_ALREADY_SETTLED`.
+    /// `settle` without holding a thread while Redis answers (the core's async
+    /// settlement on the background runtime), for engines whose settlement
+    /// may wait on Redis (`mayBlock`), with the settlement floodgate.js keeps
+    /// on a verdict (`engine.settleAsync(verdict, outcome)` calls it). Bad
+    /// arguments throw at once; a second settlement rejects with
+    /// `ERR_FG_ALREADY_SETTLED`.
     #[napi(
         js_name = "settleSettlementAsync",
         ts_args_type = "settlement: unknown, status: number, cost?: number | null, nowMs?: number | null"
     )]
-    pub fn settle_settlement_async(
+    pub fn settle_settlement_async<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         settlement: Unknown<'_>,
         status: Unknown<'_>,
         cost: Unknown<'_>,
         now_ms: Unknown<'_>,
-    ) -> Result<AsyncTask<SettleTask>> {
+    ) -> Result<Unknown<'env>> {
         let settlement =
-            request::settlement_of(env.raw(), settlement.raw()).map_err(|f| f.into_js(&env))?;
+            request::settlement_of(env.raw(), settlement.raw()).map_err(|f| f.into_js(env))?;
         let (outcome, now) = request::outcome_of(env.raw(), status.raw(), cost.raw(), now_ms.raw())
-            .map_err(|f| f.into_js(&env))?;
-        Ok(AsyncTask::new(SettleTask {
-            engine: self.inner.clone(),
-            settlement,
-            outcome,
-            now,
-        }))
+            .map_err(|f| f.into_js(env))?;
+        let engine = self.inner.clone();
+        promised(env, move |rt, _, reply| {
+            if now.is_some() {
+                rt.spawn_blocking(move || {
+                    let settled = engine.settle_settlement(Some(&settlement), outcome, now);
+                    reply.send(Done::Settled(settled))
+                });
+            } else {
+                rt.spawn(async move {
+                    let settled = engine
+                        .settle_settlement_async(Some(&settlement), outcome)
+                        .await;
+                    reply.send(Done::Settled(settled))
+                });
+            }
+        })
     }
 
     /// Whether any rule settles after the response (`count`, `cost_from =

@@ -1,5 +1,6 @@
-//! `RedisLimiter.checkAsync`: a Promise settled from a tokio runtime through
-//! one Node-API threadsafe function per JS thread.
+//! `RedisLimiter.checkAsync`, `Engine.checkRequestAsync` and
+//! `Engine.settleSettlementAsync`: a Promise settled from a tokio runtime
+//! through one Node-API threadsafe function per JS thread.
 //!
 //! napi-rs's `spawn_future` creates a threadsafe function (a libuv handle) for
 //! every promise, which made a sequential check over Redis slower than
@@ -14,12 +15,14 @@ use std::ffi::c_void;
 use std::ptr;
 use std::sync::Arc;
 
-use floodgate::{Decision as CoreDecision, RedisLimiter as CoreRedis};
+use floodgate::Decision as CoreDecision;
+use floodgate::policy::Verdict as CoreVerdict;
 use napi::bindgen_prelude::ToNapiValue;
 use napi::{JsValue, sys};
 use parking_lot::Mutex;
 
-use crate::{Decision, Failure};
+use crate::request::SettledVerdict;
+use crate::{Decision, Failure, Verdict};
 
 /// The threadsafe function of one JS thread, as an address; `None` once Node
 /// finalized it. Tokio tasks call it under this lock, so a call never races
@@ -35,21 +38,63 @@ thread_local! {
     static CHANNEL: std::cell::RefCell<Option<Channel>> = const { std::cell::RefCell::new(None) };
 }
 
+/// What a promise resolves to, converted on the JS thread.
+pub enum Done {
+    Decision(floodgate::Result<CoreDecision>),
+    Verdict(floodgate::Result<CoreVerdict>),
+    /// `[verdict, settlement | undefined]` (see [`crate::request::SettledVerdict`]).
+    SettledVerdict(floodgate::Result<CoreVerdict>),
+    Settled(floodgate::Result<()>),
+}
+
 struct Completion {
     deferred: usize,
-    result: floodgate::Result<CoreDecision>,
+    result: Done,
+}
+
+/// Settles one promise, from any thread (a tokio task, a blocking thread).
+pub struct Reply {
+    deferred: usize,
+    gate: Gate,
+}
+
+impl Reply {
+    pub fn send(self, result: Done) {
+        let data = Box::into_raw(Box::new(Completion {
+            deferred: self.deferred,
+            result,
+        }));
+        let guard = self.gate.lock();
+        let sent = guard.is_some_and(|tsfn| {
+            // SAFETY: `tsfn` is alive: the finalizer takes the gate's lock, which
+            // is held here, before Node frees it.
+            status_ok(unsafe {
+                sys::napi_call_threadsafe_function(
+                    tsfn as sys::napi_threadsafe_function,
+                    data.cast(),
+                    sys::ThreadsafeFunctionCallMode::nonblocking,
+                )
+            })
+        });
+        if !sent {
+            // Node is shutting down this thread: nobody awaits the promise.
+            // SAFETY: `data` was not handed over, so it is still ours.
+            drop(unsafe { Box::from_raw(data) });
+        }
+    }
 }
 
 fn status_ok(s: sys::napi_status) -> bool {
     s == sys::Status::napi_ok
 }
 
-/// Starts a check of `key` on Redis and returns its promise.
-pub fn check(
+/// Makes a promise and hands its [`Reply`] to `go`, with the background
+/// runtime and whether nothing else is in flight on this thread (then a
+/// blocking round trip on a pooled connection can answer sooner than the
+/// multiplexed connection's task hand-offs). Returns the promise.
+pub fn start(
     env: sys::napi_env,
-    limiter: Arc<CoreRedis>,
-    key: Vec<u8>,
-    cost: u64,
+    go: impl FnOnce(&'static tokio::runtime::Runtime, bool, Reply),
 ) -> Result<sys::napi_value, &'static str> {
     let rt = floodgate::background_runtime().map_err(|_| "could not start the Redis runtime")?;
     let (gate, alone) = CHANNEL.with(|c| -> Result<(Gate, bool), &'static str> {
@@ -78,34 +123,14 @@ pub fn check(
         done(env);
         return Err("could not create a promise");
     }
-    let deferred = deferred as usize;
-    let send = move |result| {
-        let data = Box::into_raw(Box::new(Completion { deferred, result }));
-        let guard = gate.lock();
-        let sent = guard.is_some_and(|tsfn| {
-            // SAFETY: `tsfn` is alive: the finalizer takes the gate's lock, which
-            // is held here, before Node frees it.
-            status_ok(unsafe {
-                sys::napi_call_threadsafe_function(
-                    tsfn as sys::napi_threadsafe_function,
-                    data.cast(),
-                    sys::ThreadsafeFunctionCallMode::nonblocking,
-                )
-            })
-        });
-        if !sent {
-            // Node is shutting down this thread: nobody awaits the promise.
-            // SAFETY: `data` was not handed over, so it is still ours.
-            drop(unsafe { Box::from_raw(data) });
-        }
-    };
-    if alone {
-        // Nothing else in flight: a blocking round trip on a pooled connection
-        // answers sooner than the multiplexed connection's task hand-offs.
-        rt.spawn_blocking(move || send(limiter.check(&key, cost)));
-    } else {
-        rt.spawn(async move { send(limiter.check_async(&key, cost).await) });
-    }
+    go(
+        rt,
+        alone,
+        Reply {
+            deferred: deferred as usize,
+            gate,
+        },
+    );
     Ok(promise)
 }
 
@@ -131,7 +156,7 @@ fn done(env: sys::napi_env) {
 fn open(env: sys::napi_env) -> Result<Gate, &'static str> {
     let gate: Gate = Arc::new(Mutex::new(None));
     let mut name = ptr::null_mut();
-    let label = "floodgate.checkAsync";
+    let label = "floodgate.async";
     let mut tsfn = ptr::null_mut();
     let finalize_data = Arc::into_raw(Arc::clone(&gate)).cast_mut().cast::<c_void>();
     // SAFETY: `env` is live; `label` is valid UTF-8 of the given length. On
@@ -200,15 +225,21 @@ unsafe extern "C" fn settle(
         // SAFETY: on the JS thread with a live `env`; `deferred` is settled
         // exactly once, here.
         unsafe {
-            match c.result {
-                Ok(d) => match Decision::to_napi_value(env, Decision::from(d)) {
-                    Ok(v) => sys::napi_resolve_deferred(env, deferred, v),
-                    Err(_) => reject(
-                        env,
-                        deferred,
-                        Failure::Internal("could not convert the decision".into()),
-                    ),
-                },
+            let value = match c.result {
+                Done::Decision(r) => r.map(|d| Decision::to_napi_value(env, Decision::from(d))),
+                Done::Verdict(r) => r.map(|v| Verdict::to_napi_value(env, Verdict::from(v))),
+                Done::SettledVerdict(r) => {
+                    r.map(|v| SettledVerdict::to_napi_value(env, SettledVerdict(v)))
+                }
+                Done::Settled(r) => r.map(|()| <()>::to_napi_value(env, ())),
+            };
+            match value {
+                Ok(Ok(v)) => sys::napi_resolve_deferred(env, deferred, v),
+                Ok(Err(_)) => reject(
+                    env,
+                    deferred,
+                    Failure::Internal("could not convert the result".into()),
+                ),
                 Err(e) => reject(env, deferred, Failure::Core(e)),
             }
         };

@@ -1,4 +1,5 @@
-//! The Rust half of `RedisLimiter.check_async` (the Python half is `_aio.py`).
+//! The Rust half of `RedisLimiter.check_async`, `Engine.check_request_async`
+//! and `Engine.settle_async` (the Python half is `_aio.py`).
 //!
 //! Checks run on one tokio worker, which also drives the multiplexed Redis
 //! connection. A finished check goes into its event loop's `Inbox`, and the
@@ -12,17 +13,26 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use floodgate::Decision;
+use floodgate::policy::Verdict;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::{PyDecision, to_py};
+use crate::{PyDecision, to_py, verdict};
+
+/// A finished call, converted to Python on the loop's thread.
+#[derive(Debug)]
+pub enum Done {
+    Decision(floodgate::Result<Decision>),
+    Verdict(floodgate::Result<Verdict>),
+    Settled(floodgate::Result<()>),
+}
 
 /// Finished checks of one event loop, waiting for its thread.
 #[derive(Debug)]
 #[pyclass(frozen, module = "floodgate._floodgate", name = "_Inbox")]
 pub struct Inbox {
-    done: Mutex<Vec<(u64, floodgate::Result<Decision>)>>,
+    done: Mutex<Vec<(u64, Done)>>,
     /// Set when a byte is in the pipe and not yet drained.
     armed: AtomicBool,
     reader: Mutex<PipeReader>,
@@ -32,7 +42,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Called by the tokio worker: queue the result, wake the loop if needed.
-    pub fn push(&self, id: u64, result: floodgate::Result<Decision>) {
+    pub fn push(&self, id: u64, result: Done) {
         self.done.lock().push((id, result));
         if !self.armed.swap(true, Ordering::AcqRel) {
             // A closed loop no longer reads: nothing to wake, nothing to do.
@@ -61,7 +71,8 @@ impl Inbox {
         self.fd
     }
 
-    /// Every finished check as `(id, Decision, None)` or `(id, None, exception)`.
+    /// Every finished call as `(id, result, None)` (a `Decision`, a `Verdict`
+    /// or `None` for a settlement) or `(id, None, exception)`.
     /// Called when the pipe is readable, so the read does not block.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut buf = [0u8; 64];
@@ -70,8 +81,19 @@ impl Inbox {
         let done = std::mem::take(&mut *self.done.lock());
         let out = PyList::empty(py);
         for (id, result) in done {
-            match result {
-                Ok(d) => out.append((id, PyDecision::from(d), py.None()))?,
+            let ok = match result {
+                Done::Decision(r) => {
+                    r.map(|d| PyDecision::from(d).into_pyobject(py).map(Bound::into_any))
+                }
+                Done::Verdict(r) => r.map(|v| {
+                    verdict(py, v)
+                        .and_then(|v| v.into_pyobject(py))
+                        .map(Bound::into_any)
+                }),
+                Done::Settled(r) => r.map(|()| Ok(py.None().into_bound(py))),
+            };
+            match ok {
+                Ok(value) => out.append((id, value?, py.None()))?,
                 Err(e) => out.append((id, py.None(), to_py(e).into_value(py)))?,
             }
         }

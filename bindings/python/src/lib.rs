@@ -309,6 +309,28 @@ impl PyLimiter {
     }
 }
 
+/// Runs `call` on the core's background tokio runtime and returns an asyncio
+/// future of the running loop that its result settles (through the loop's
+/// inbox, `_aio.py`: no tokio thread takes the GIL).
+fn on_loop<'py>(
+    py: Python<'py>,
+    call: impl std::future::Future<Output = aio::Done> + Send + 'static,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = floodgate::background_runtime().map_err(to_py)?;
+    // `_aio.register`, looked up once rather than imported per call.
+    static REGISTER: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let (future, id, inbox): (Bound<'py, PyAny>, u64, Bound<'py, aio::Inbox>) = REGISTER
+        .import(py, "floodgate._aio", "register")?
+        .call0()?
+        .extract()?;
+    let inbox = inbox.unbind();
+    rt.spawn(async move {
+        let done = call.await;
+        inbox.get().push(id, done);
+    });
+    Ok(future)
+}
+
 /// A rate limiter on Redis, shared by every process using the same Redis:
 /// `RedisLimiter("redis://127.0.0.1:6379/", "100/minute", fail_mode="local")`.
 #[pyclass(frozen, module = "floodgate", name = "RedisLimiter")]
@@ -391,20 +413,10 @@ impl PyRedisLimiter {
             Some(c) => self::cost(c)?,
             None => 1,
         };
-        let rt = floodgate::background_runtime().map_err(to_py)?;
-        // `_aio.register`, looked up once rather than imported per call.
-        static REGISTER: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
-        let (future, id, inbox): (Bound<'py, PyAny>, u64, Bound<'py, aio::Inbox>) = REGISTER
-            .import(py, "floodgate._aio", "register")?
-            .call0()?
-            .extract()?;
-        let inbox = inbox.unbind();
         let limiter = Arc::clone(&self.inner);
-        rt.spawn(async move {
-            let result = limiter.check_async(&key, c).await;
-            inbox.get().push(id, result);
-        });
-        Ok(future)
+        on_loop(py, async move {
+            aio::Done::Decision(limiter.check_async(&key, c).await)
+        })
     }
 
     /// Forgets `key` in Redis.
@@ -521,7 +533,7 @@ fn verdict(py: Python<'_>, v: Verdict) -> PyResult<PyVerdict> {
 /// `Engine.from_dict({...})`.
 #[pyclass(frozen, module = "floodgate", name = "Engine")]
 struct PyEngine {
-    inner: Engine,
+    inner: Arc<Engine>,
     /// `Engine::may_block()`: a rule on Redis (the GIL is released for checks).
     blocking: bool,
 }
@@ -621,7 +633,50 @@ impl PyEngine {
     fn wrap(py: Python<'_>, inner: Engine) -> Self {
         forward_events(py, &inner);
         let blocking = inner.may_block();
-        PyEngine { inner, blocking }
+        PyEngine {
+            inner: Arc::new(inner),
+            blocking,
+        }
+    }
+
+    /// The request as the core takes it: only the headers the policy reads
+    /// are converted to Rust strings.
+    fn owned_request(
+        &self,
+        method: &str,
+        path: &str,
+        client_ip: Option<&str>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<OwnedRequest> {
+        let mut request = OwnedRequest::new(method, path, client_ip).map_err(to_py)?;
+        let mut add = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
+            let name = k.cast::<PyString>()?.to_cow()?;
+            if self.inner.reads_header(&name) {
+                request.header(name.into_owned(), v.extract::<String>()?);
+            }
+            Ok(())
+        };
+        match headers {
+            None => {}
+            Some(h) => {
+                if let Ok(d) = h.cast::<PyDict>() {
+                    for (k, v) in d.iter() {
+                        add(&k, &v)?;
+                    }
+                } else {
+                    let pairs = if h.hasattr("items")? {
+                        h.call_method0("items")?.try_iter()?
+                    } else {
+                        h.try_iter()?
+                    };
+                    for kv in pairs {
+                        let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = kv?.extract()?;
+                        add(&k, &v)?;
+                    }
+                }
+            }
+        }
+        Ok(request)
     }
 }
 
@@ -663,35 +718,7 @@ impl PyEngine {
         headers: Option<&Bound<'_, PyAny>>,
         now: Option<f64>,
     ) -> PyResult<PyVerdict> {
-        let mut request = OwnedRequest::new(method, path, client_ip).map_err(to_py)?;
-        // Only the headers the policy reads are converted to Rust strings.
-        let mut add = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
-            let name = k.cast::<PyString>()?.to_cow()?;
-            if self.inner.reads_header(&name) {
-                request.header(name.into_owned(), v.extract::<String>()?);
-            }
-            Ok(())
-        };
-        match headers {
-            None => {}
-            Some(h) => {
-                if let Ok(d) = h.cast::<PyDict>() {
-                    for (k, v) in d.iter() {
-                        add(&k, &v)?;
-                    }
-                } else {
-                    let pairs = if h.hasattr("items")? {
-                        h.call_method0("items")?.try_iter()?
-                    } else {
-                        h.try_iter()?
-                    };
-                    for kv in pairs {
-                        let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = kv?.extract()?;
-                        add(&k, &v)?;
-                    }
-                }
-            }
-        }
+        let request = self.owned_request(method, path, client_ip, headers)?;
         let now = now.map(|t| duration("now", t)).transpose()?;
         let run = || self.inner.check_owned(&request, now);
         let v = if self.blocking { py.detach(run) } else { run() }.map_err(to_py)?;
@@ -726,6 +753,54 @@ impl PyEngine {
         if self.blocking { py.detach(run) } else { run() }.map_err(to_py)
     }
 
+    /// `await engine.check_request_async(...)`: the request decided without
+    /// holding a thread while Redis answers. The round trips run on a tokio
+    /// worker over one multiplexed connection (pipelined with every other
+    /// pending check), and the verdict comes back through the running loop's
+    /// own reader; an in-memory engine answers as fast as `check_request`.
+    #[pyo3(signature = (*, method, path, client_ip=None, headers=None))]
+    fn check_request_async<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        path: &str,
+        client_ip: Option<&str>,
+        headers: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = self.owned_request(method, path, client_ip, headers)?;
+        let engine = Arc::clone(&self.inner);
+        on_loop(py, async move {
+            aio::Done::Verdict(engine.check_owned_async(&request).await)
+        })
+    }
+
+    /// `await engine.settle_async(verdict, status=..., cost=...)`: `settle`
+    /// without holding a thread while Redis answers.
+    #[pyo3(signature = (verdict, *, status, cost=None))]
+    fn settle_async<'py>(
+        &self,
+        py: Python<'py>,
+        verdict: &PyVerdict,
+        status: i64,
+        cost: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let settlement = verdict.settlement.clone();
+        let status = u16::try_from(status).unwrap_or(0);
+        let cost = cost
+            .map(floodgate::Error::cost_from_f64)
+            .transpose()
+            .map_err(to_py)?;
+        let engine = Arc::clone(&self.inner);
+        on_loop(py, async move {
+            let outcome = floodgate::policy::Settle { status, cost };
+            aio::Done::Settled(
+                engine
+                    .settle_settlement_async(settlement.as_ref(), outcome)
+                    .await,
+            )
+        })
+    }
+
     /// The counters, as Prometheus text.
     fn metrics(&self) -> String {
         self.inner.metrics()
@@ -743,8 +818,8 @@ impl PyEngine {
         self.inner.request_headers().to_vec()
     }
 
-    /// Whether checks may block on Redis (then `check_request_async` runs them in
-    /// a thread pool).
+    /// Whether checks may wait on Redis (then the middleware use
+    /// `check_request_async`, which holds no thread while it waits).
     #[getter]
     fn blocking(&self) -> bool {
         self.blocking

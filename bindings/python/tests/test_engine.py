@@ -1,5 +1,6 @@
 import pathlib
 import asyncio
+import concurrent.futures
 import logging
 
 import pytest
@@ -94,6 +95,50 @@ def test_async_check_request_in_memory_and_on_redis(redis_url):
     v1, results = asyncio.run(main())
     assert v1.allowed
     assert sum(r.allowed for r in results) == 2  # shared limit on Redis: exactly 2
+
+
+def test_native_async_engine_matches_the_blocking_one_and_uses_no_thread_pool(redis_url):
+    """`engine.check_request_async` / `settle_async` on Redis: the core's async
+    engine (round trips on the tokio worker's multiplexed connection), so the
+    same verdicts as `check_request`, and no thread pool: the loop's default
+    executor refuses work for the whole run."""
+    import os
+    import time
+
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    text = lambda prefix: (  # noqa: E731
+        f'[store]\nkind = "redis"\nurl = "{redis_url}"\ntimeout_ms = 500\nprefix = "{prefix}"\n' + POLICY
+    )
+    blocking, native = Engine.from_toml(text(f"pys-{stamp}")), Engine.from_toml(text(f"pya-{stamp}"))
+    requests = [
+        dict(method="POST", path="/auth/login", client_ip="192.0.2.7"),
+        dict(method="POST", path="/auth/login", client_ip="192.0.2.7"),
+        dict(method="POST", path="/auth/login", client_ip="192.0.2.7"),
+        dict(method="POST", path="/oauth/token", headers={"X-Client-Id": "c1"}),
+        dict(method="POST", path="/oauth/token"),
+        dict(method="GET", path="/", headers=[("x-api-key", "sk_revoked")]),
+    ]
+    want = [blocking.check_request(**r) for r in requests]
+
+    class NoPool(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            raise AssertionError("a thread pool was used")
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(NoPool())
+        got = [await floodgate.check_request_async(native, **r) for r in requests]
+        many = await asyncio.gather(
+            *[native.check_request_async(method="POST", path="/auth/login", client_ip="192.0.2.8") for _ in range(6)]
+        )
+        await native.settle_async(got[0], status=200)
+        return got, many
+
+    got, many = asyncio.run(main())
+    summary = lambda v: (v.allowed, v.status, v.reason, v.rule, v.limit, v.remaining)  # noqa: E731
+    assert [summary(v) for v in got] == [summary(v) for v in want]
+    assert sum(v.allowed for v in many) == 2  # exact on Redis across concurrent tasks
+    with pytest.raises(floodgate.InvalidRequestError):
+        asyncio.run(native.check_request_async(method="GET", path="/", client_ip="not-an-ip"))
 
 
 def test_redis_limiter_async(redis_url):

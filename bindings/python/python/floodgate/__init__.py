@@ -37,14 +37,18 @@ async def check_request_async(
     """``engine.check_request`` that never blocks the event loop.
 
     An in-memory engine answers inline (well under a microsecond). An engine on
-    Redis (``engine.blocking``) runs the check in the default thread pool, with the
-    GIL released during the round trip.
+    Redis (``engine.blocking``) decides with ``engine.check_request_async``: the
+    round trips run on a tokio worker over one multiplexed connection, and no
+    thread waits for them. (A replay with ``now`` runs in the default thread
+    pool: it is for tests and simulations, not for serving.)
     """
+    if not engine.blocking:
+        return engine.check_request(method=method, path=path, client_ip=client_ip, headers=headers, now=now)
+    if now is None:
+        return await engine.check_request_async(method=method, path=path, client_ip=client_ip, headers=headers)
     call = functools.partial(
         engine.check_request, method=method, path=path, client_ip=client_ip, headers=headers, now=now
     )
-    if not engine.blocking:
-        return call()
     return await asyncio.get_running_loop().run_in_executor(None, call)
 
 

@@ -22,8 +22,6 @@ removed from the response.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple
 
 from . import check_request_async
@@ -134,11 +132,8 @@ class FloodgateMiddleware:
 
     async def _settle(self, verdict: Any, status: int, cost: Optional[float]) -> None:
         try:
-            if self.engine.blocking:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(
-                    None, functools.partial(self.engine.settle, verdict, status=status, cost=cost)
-                )
+            if self.engine.blocking:  # Redis: no thread waits for the round trips
+                await self.engine.settle_async(verdict, status=status, cost=cost)
             else:
                 self.engine.settle(verdict, status=status, cost=cost)
         except FloodgateError:
