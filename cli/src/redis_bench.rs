@@ -66,6 +66,22 @@ fn micros(ns: u64) -> String {
     }
 }
 
+/// The server's time in scripts so far (`INFO commandstats`: `EVALSHA` and
+/// `EVAL` µs), to report what a check costs Redis itself.
+fn script_usec(conn: &mut redis::Connection) -> Option<u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).ok()?;
+    Some(
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split(',')
+                    .find_map(|f| f.strip_prefix("usec="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .sum(),
+    )
+}
+
 fn limiter(b: &RedisBench<'_>) -> Result<RedisLimiter, String> {
     let urls: Vec<&str> = b.url.split(',').collect();
     let mut builder = if urls.len() > 1 {
@@ -184,6 +200,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         None => None,
     };
     let trips0 = limiter.store().round_trips();
+    let usec0 = conn.as_mut().and_then(script_usec);
     let seq = sequential(if incr_seq.is_some() { half / 2 } else { half }, |i| {
         #[allow(clippy::indexing_slicing)] // i % len < len
         let key = &keys[(i % keys.len() as u64) as usize];
@@ -193,6 +210,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
             .map_err(|e| e.to_string())
     })?;
     let trips = limiter.store().round_trips() - trips0;
+    let usec1 = conn.as_mut().and_then(script_usec);
     // Concurrent: in_flight tasks on one multiplexed connection.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -243,7 +261,19 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         .await?;
         Ok::<_, String>((incr_conc, conc))
     })?;
+    let usec2 = conn.as_mut().and_then(script_usec);
+    // Redis's own time per check, from its counters (standalone only).
+    let server_us = |a: Option<u64>, b: Option<u64>, checks: u64| match (a, b) {
+        (Some(a), Some(b)) if checks > 0 => Some(b.saturating_sub(a) as f64 / checks as f64),
+        _ => None,
+    };
+    let (seq_server, conc_server) = (
+        server_us(usec0, usec1, seq.checks),
+        server_us(usec1, usec2, conc.checks),
+    );
     let fallbacks = limiter.fallbacks();
+    let merged = limiter.store().merged_calls();
+    let merged_calls: u64 = merged.iter().sum();
     let per_check = trips as f64 / seq.checks.max(1) as f64;
     if b.json {
         let phase = |p: &Phase| serde_json::json!({"checks": p.checks, "allowed": p.allowed, "checks_per_sec": p.rate(), "latency": p.latency_json()});
@@ -254,6 +284,8 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
                 "sequential": phase(&seq), "concurrent": phase(&conc),
                 "incr_sequential": incr_seq.as_ref().map(phase), "incr_concurrent": incr_conc.as_ref().map(phase),
                 "round_trips_per_check": per_check,
+                "server_us_per_check": {"sequential": seq_server, "concurrent": conc_server},
+                "merged_calls_by_size": {"1": merged[0], "2-3": merged[1], "4-7": merged[2], "8-15": merged[3], "16-31": merged[4], "32-63": merged[5], "64": merged[6]},
                 "fallbacks": fallbacks,
             })
         ));
@@ -293,7 +325,15 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         None => format!("    latency {}\n", p.latency_line()),
     };
     out.push_str(&latency(&seq, &incr_seq));
-    out.push_str(&format!("    {per_check:.3} round trips per check\n"));
+    let server = |us: Option<f64>| {
+        us.map_or(String::new(), |us| {
+            format!("; Redis's time per check {us:.1} us")
+        })
+    };
+    out.push_str(&format!(
+        "    {per_check:.3} round trips per check{}\n",
+        server(seq_server)
+    ));
     out.push_str(&format!(
         "  concurrent ({} in flight, 1 multiplexed connection): {:>10}/s{}\n",
         b.in_flight,
@@ -301,6 +341,25 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         ratio(&conc, &incr_conc)
     ));
     out.push_str(&latency(&conc, &incr_conc));
+    if merged_calls > 0 {
+        let share = |n: u64| 100.0 * n as f64 / merged_calls as f64;
+        out.push_str(&format!(
+            "    merged calls: {} for {} checks ({:.1} per call{}); by size 1: {:.0}%, 2-3: {:.0}%, 4-7: {:.0}%, 8-15: {:.0}%, 16-31: {:.0}%, 32-63: {:.0}%, 64: {:.0}%\n",
+            group(merged_calls),
+            group(conc.checks),
+            conc.checks as f64 / merged_calls as f64,
+            server(conc_server),
+            share(merged[0]),
+            share(merged[1]),
+            share(merged[2]),
+            share(merged[3]),
+            share(merged[4]),
+            share(merged[5]),
+            share(merged[6]),
+        ));
+    } else if let Some(us) = conc_server {
+        out.push_str(&format!("    Redis's time per check {us:.1} us\n"));
+    }
     out.push_str(&format!(
         "  allowed {} of {} checks; fallbacks {fallbacks}\n",
         group(seq.allowed + conc.allowed),

@@ -2005,3 +2005,112 @@ max_in_flight = 10
         "the thread was held: {ticked_during} ticks of 5 ms while Redis slept 250 ms"
     );
 }
+
+/// Merged calls: concurrent async checks travel together (one script call
+/// for many checks, decided in order on the server, each all-or-nothing over
+/// its quotas). Two limiters with different quotas and algorithms share one
+/// store and its calls; a hot key sees every earlier check of the same call
+/// (each admitted check has its own `remaining`); both stay exact; and when
+/// Redis goes away every merged check answers by the fail mode in time.
+#[test]
+fn merged_calls_decide_in_order_exactly_and_fail_over() {
+    let mut server = Server::start(&[]);
+    let store = floodgate::RedisStore::builder(&server.url())
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gcra = Arc::new(
+        store
+            .limiter()
+            .quota(Quota::per_hour(40).unwrap())
+            .prefix("merged-g")
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap(),
+    );
+    let windows = Arc::new(
+        store
+            .limiter()
+            .quota(
+                Quota::per_minute(25)
+                    .unwrap()
+                    .with_algorithm(Algorithm::SlidingWindow)
+                    .unwrap(),
+            )
+            .quota(
+                Quota::per_hour(30)
+                    .unwrap()
+                    .with_algorithm(Algorithm::FixedWindow)
+                    .unwrap(),
+            )
+            .prefix("merged-w")
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = |n: usize| {
+        let (g, w) = (gcra.clone(), windows.clone());
+        rt.block_on(async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let (g, w) = (g.clone(), w.clone());
+                    tokio::spawn(async move {
+                        if i % 2 == 0 {
+                            (0, g.check_async("hot", 1).await.unwrap())
+                        } else {
+                            (1, w.check_async("hot", 1).await.unwrap())
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+    };
+    let decisions = run(200);
+    let admitted = |which: usize| -> Vec<u64> {
+        let mut r: Vec<u64> = decisions
+            .iter()
+            .filter(|(w, d)| *w == which && d.allowed)
+            .map(|(_, d)| d.remaining)
+            .collect();
+        r.sort_unstable();
+        r
+    };
+    assert_eq!(
+        admitted(0),
+        (0..40).collect::<Vec<_>>(),
+        "GCRA: 40, each its own remaining"
+    );
+    assert_eq!(
+        admitted(1),
+        (0..25).collect::<Vec<_>>(),
+        "windows: the tighter 25"
+    );
+    assert_eq!(gcra.fallbacks() + windows.fallbacks(), 0);
+    let sizes = store.merged_calls();
+    assert!(
+        sizes.iter().skip(1).sum::<u64>() > 0,
+        "no call carried more than one check: {sizes:?}"
+    );
+    // Redis gone: every merged check answers (closed) within its deadline.
+    server.stop();
+    let started = Instant::now();
+    let decisions = run(64);
+    assert!(decisions.iter().all(|(_, d)| !d.allowed));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -49,6 +49,11 @@ enum AsyncConn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+type Replier = tokio::sync::oneshot::Sender<redis::RedisResult<Vec<i64>>>;
+
+/// Merged calls on their way at once, per store.
+const MERGED_IN_FLIGHT: usize = 2;
+
 struct StoreInner {
     what: String,
     client: Client,
@@ -61,6 +66,15 @@ struct StoreInner {
     async_connecting: AtomicBool,
     /// Woken when that task ends (connected or not).
     async_ready: tokio::sync::Notify,
+    /// Checks waiting for a merged call, each with where its reply goes.
+    queue: Mutex<Vec<(script::Merged, Replier)>>,
+    /// A task is gathering merged calls.
+    merging: AtomicBool,
+    /// Merged calls on their way at once (two: the server decides one while
+    /// the client reads the other's replies and gathers the next).
+    sends: Arc<tokio::sync::Semaphore>,
+    /// Merged calls sent, by size: 1, 2-3, 4-7, ..., 32-63, 64.
+    merged: [AtomicU64; 7],
     connect_timeout: Duration,
     command_timeout: Duration,
     /// The breaker's clock: µs since this instant.
@@ -269,6 +283,10 @@ impl RedisStoreBuilder {
                 async_conn: Mutex::new(None),
                 async_connecting: AtomicBool::new(false),
                 async_ready: tokio::sync::Notify::new(),
+                queue: Mutex::new(Vec::new()),
+                merging: AtomicBool::new(false),
+                sends: Arc::new(tokio::sync::Semaphore::new(MERGED_IN_FLIGHT)),
+                merged: Default::default(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
                 base: Instant::now(),
@@ -586,6 +604,112 @@ impl RedisStore {
                 )
             }
         })
+    }
+
+    /// Whether async checks on the server's clock are merged into one call
+    /// (standalone Redis and Sentinel; a Cluster's checks go to many nodes).
+    pub(super) fn merges(&self) -> bool {
+        !matches!(self.inner.client, Client::Cluster(_))
+    }
+
+    /// Merged calls sent so far, by number of checks carried: `[1, 2-3, 4-7,
+    /// 8-15, 16-31, 32-63, 64]`.
+    pub fn merged_calls(&self) -> [u64; 7] {
+        self.inner
+            .merged
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// One check, sent with the other tasks' checks that are waiting: **merged
+    /// calls**. While one call is on its way, checks queue; when it returns, the
+    /// next call carries all of them (up to [`script::MERGE_MAX`]), decided in
+    /// order on the server, each all-or-nothing. Uncontended, a check goes at
+    /// once, alone; under load, one round trip serves many. The command
+    /// timeout is this check's deadline, queueing included.
+    pub(super) async fn run_merged(&self, check: script::Merged) -> redis::RedisResult<Vec<i64>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.queue.lock().push((check, tx));
+        if !self.inner.merging.swap(true, Ordering::AcqRel) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                self.inner.merging.store(false, Ordering::Release);
+                return Err(io_error("check_async needs a tokio runtime"));
+            };
+            // A task of its own: a caller that gives up cannot strand the queue.
+            let store = self.clone();
+            runtime.spawn(async move { store.send_merged().await });
+        }
+        match tokio::time::timeout(self.inner.command_timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(io_error("the merged call was dropped")),
+            Err(_) => Err(timed_out("the call's deadline passed")),
+        }
+    }
+
+    /// Gathers the queue into merged calls until it is empty, with at most
+    /// [`MERGED_IN_FLIGHT`] calls on their way: while they are, checks queue
+    /// and the next call carries them all.
+    async fn send_merged(&self) {
+        loop {
+            let Ok(permit) = Arc::clone(&self.inner.sends).acquire_owned().await else {
+                return; // never closed
+            };
+            let batch: Vec<(script::Merged, Replier)> = {
+                let mut queue = self.inner.queue.lock();
+                let n = queue.len().min(script::MERGE_MAX);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                drop(permit);
+                self.inner.merging.store(false, Ordering::Release);
+                // A check queued between the drain and the store above found the
+                // flag set and left: take it on, unless another task did.
+                if self.inner.queue.lock().is_empty()
+                    || self.inner.merging.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            let store = self.clone();
+            tokio::spawn(async move {
+                store.send_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// One merged call: each check's reply (or the call's error) to its caller.
+    async fn send_batch(&self, batch: Vec<(script::Merged, Replier)>) {
+        let size = batch.len();
+        let bucket = (usize::BITS - size.leading_zeros()).saturating_sub(1) as usize;
+        if let Some(c) = self.inner.merged.get(bucket.min(6)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let invocation = script::merged(script::limiter(), batch.iter().map(|(c, _)| c));
+        match self.run_async(&invocation).await {
+            Ok(values) if values.len() == 6 * size => {
+                for ((_, tx), r) in batch.into_iter().zip(values.chunks(6)) {
+                    let _ = tx.send(Ok(r.to_vec()));
+                }
+            }
+            Ok(_) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "unexpected merged reply",
+                    ))));
+                }
+            }
+            Err(e) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(redis::RedisError::from((
+                        e.kind(),
+                        "the merged call failed",
+                    ))));
+                }
+            }
+        }
     }
 
     /// Deletes `keys` (one slot's worth) in one round trip.

@@ -11,6 +11,14 @@
 -- Returns {deciding quota (1-based), allowed (0/1), remaining, retry_after µs,
 --          reset_after µs, units charged}.
 --
+-- Merged calls (several checks, one round trip; standalone Redis only, the
+-- keys need not share a slot): ARGV[2] = 'B', ARGV[3] = the number of checks,
+-- then per check: its number of keys k, cost, mode, lease size and 3 values
+-- per quota; KEYS are every check's keys in order. Checks are decided one
+-- after the other in that order (two of one hot key see each other), each
+-- all-or-nothing over its quotas; TIME is read once. Returns the six values
+-- of every check, in order.
+--
 -- Kept lean on purpose: EVALSHA's fixed cost dominates on a fast server, so there
 -- are no per-call tables beyond the state array and no closures per quota.
 
@@ -19,57 +27,15 @@ if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local cost = tonumber(ARGV[2])
-local mode = ARGV[3]
-local n = #KEYS
 local floor, max = math.floor, math.max
-
--- Fast path: one GCRA quota, check and charge (the common case), with no tables
--- or closures built. Same arithmetic as gcra below.
-if n == 1 and mode == 'c' and ARGV[5] == 'g' then
-  local t = tonumber(ARGV[7])
-  local cap = tonumber(ARGV[6]) * t
-  local base = max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-  local used = base + cost * t - now
-  if used <= cap then
-    redis.call('SET', KEYS[1], base + cost * t, 'PX', floor((used + 999) / 1000) + 1)
-    return { 1, 1, floor((cap - used) / t), 0, used, cost }
-  end
-  return { 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0 }
-end
+-- The check being decided: its first key is KEYS[ko + 1], its arguments start
+-- after ARGV[p] (p = 1 for a single call: ARGV[1] is the time), n keys.
+local ko, p, n, cost, mode = 0, 1, #KEYS, 0, 'c'
+-- Per-quota state of the check being decided: s1, s2, s3 (meaning depends on
+-- the algorithm). Reused by every check of a merged call (only 1..n is read).
+local alg, lim, per, s1, s2, s3 = {}, {}, {}, {}, {}, {}
 
 local function ceil_div(a, b) return floor((a + b - 1) / b) end
-
--- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).
-local alg, lim, per, s1, s2, s3 = {}, {}, {}, {}, {}, {}
-for i = 1, n do
-  local b = 2 + i * 3
-  local a, key = ARGV[b], KEYS[i]
-  alg[i], lim[i], per[i] = a, tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local w = per[i]
-  if a == 'g' then
-    s1[i] = tonumber(redis.call('GET', key) or '0')
-  elseif a == 'f' then
-    local st = redis.call('HMGET', key, 'w', 'n')
-    local idx = floor(now / w)
-    local sw, cnt = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
-    if sw < idx or cnt == 0 then sw, cnt = idx, 0 end -- a later stored window (clock back) is kept
-    s1[i], s2[i] = sw, cnt
-  elseif a == 'c' then
-    local st = redis.call('HMGET', key, 'w', 'p', 'c')
-    local sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
-    local idx = floor(max(now, sw * w) / w)
-    if idx == sw + 1 then prev, curr = curr, 0 elseif idx > sw + 1 then prev, curr = 0, 0 end
-    s1[i], s2[i], s3[i] = idx, prev, curr
-  else
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
-    s1[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    local total = 0
-    local e = s1[i]
-    for j = 1, #e, 2 do total = total + tonumber(string.match(e[j], ':(%d+)$')) end
-    s2[i] = total
-  end
-end
 
 -- Decides c units on quota i: allowed, remaining, retry_after, reset_after.
 local function decide(i, c)
@@ -146,7 +112,7 @@ end
 
 local function charge(c)
   for i = 1, n do
-    local a, key, w = alg[i], KEYS[i], per[i]
+    local a, key, w = alg[i], KEYS[ko + i], per[i]
     if a == 'g' then
       local new = max(s1[i], now) + c * w
       redis.call('SET', key, new, 'PX', ceil_div(new - now, 1000) + 1)
@@ -165,50 +131,115 @@ local function charge(c)
   end
 end
 
-if mode == 'c' then
-  local i, ok, rem, retry, reset = decide_all(cost)
-  if ok then charge(cost) end
-  return { i, ok and 1 or 0, rem, retry, reset, ok and cost or 0 }
-elseif mode == 'l' then
-  -- As many units as every quota has left now, up to the lease size, at least cost.
-  local _, _, left = decide_all(0)
-  local want = math.min(tonumber(ARGV[4]), left)
-  if want < cost then want = cost end
-  local i, ok, rem, retry, reset = decide_all(want)
-  if ok then charge(want) end
-  return { i, ok and 1 or 0, rem, retry, reset, ok and want or 0 }
-elseif mode == 'r' then
+-- Decides and charges the check at (ko, p, n).
+local function one()
+  cost = tonumber(ARGV[p + 1])
+  mode = ARGV[p + 2]
+  -- Fast path: one GCRA quota, check and charge (the common case), with no tables
+  -- or closures built. Same arithmetic as gcra below.
+  if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then
+    local t = tonumber(ARGV[p + 6])
+    local cap = tonumber(ARGV[p + 5]) * t
+    local base = max(tonumber(redis.call('GET', KEYS[ko + 1]) or '0'), now)
+    local used = base + cost * t - now
+    if used <= cap then
+      redis.call('SET', KEYS[ko + 1], base + cost * t, 'PX', floor((used + 999) / 1000) + 1)
+      return { 1, 1, floor((cap - used) / t), 0, used, cost }
+    end
+    return { 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0 }
+  end
+
+
+  -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).
   for i = 1, n do
-    local a, key, w = alg[i], KEYS[i], per[i]
+    local b = p + 1 + i * 3
+    local a, key = ARGV[b], KEYS[ko + i]
+    alg[i], lim[i], per[i] = a, tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+    local w = per[i]
     if a == 'g' then
-      if s1[i] > 0 then
-        local tat = max(s1[i] - cost * w, 0)
-        if tat > now then redis.call('SET', key, tat, 'PX', ceil_div(tat - now, 1000) + 1)
-        else redis.call('DEL', key) end
-      end
+      s1[i] = tonumber(redis.call('GET', key) or '0')
     elseif a == 'f' then
-      if s2[i] > 0 and s1[i] == floor(now / w) then redis.call('HSET', key, 'n', max(s2[i] - cost, 0)) end
+      local st = redis.call('HMGET', key, 'w', 'n')
+      local idx = floor(now / w)
+      local sw, cnt = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
+      if sw < idx or cnt == 0 then sw, cnt = idx, 0 end -- a later stored window (clock back) is kept
+      s1[i], s2[i] = sw, cnt
     elseif a == 'c' then
-      if s3[i] > 0 and s1[i] == floor(now / w) then redis.call('HSET', key, 'c', max(s3[i] - cost, 0)) end
+      local st = redis.call('HMGET', key, 'w', 'p', 'c')
+      local sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
+      local idx = floor(max(now, sw * w) / w)
+      if idx == sw + 1 then prev, curr = curr, 0 elseif idx > sw + 1 then prev, curr = 0, 0 end
+      s1[i], s2[i], s3[i] = idx, prev, curr
     else
-      local left, e = cost, s1[i]
-      local j = #e - 1
-      while left > 0 and j >= 1 do
-        local member = e[j]
-        local units = tonumber(string.match(member, ':(%d+)$'))
-        local take = math.min(units, left)
-        redis.call('ZREM', key, member)
-        if units > take then
-          redis.call('ZADD', key, tonumber(e[j + 1]), string.match(member, '^(%d+):') .. ':' .. (units - take))
-        end
-        left = left - take
-        j = j - 2
-      end
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
+      s1[i] = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      local total = 0
+      local e = s1[i]
+      for j = 1, #e, 2 do total = total + tonumber(string.match(e[j], ':(%d+)$')) end
+      s2[i] = total
     end
   end
-  return { 1, 1, 0, 0, 0, 0 }
+
+  if mode == 'c' then
+    local i, ok, rem, retry, reset = decide_all(cost)
+    if ok then charge(cost) end
+    return { i, ok and 1 or 0, rem, retry, reset, ok and cost or 0 }
+  elseif mode == 'l' then
+    -- As many units as every quota has left now, up to the lease size, at least cost.
+    local _, _, left = decide_all(0)
+    local want = math.min(tonumber(ARGV[p + 3]), left)
+    if want < cost then want = cost end
+    local i, ok, rem, retry, reset = decide_all(want)
+    if ok then charge(want) end
+    return { i, ok and 1 or 0, rem, retry, reset, ok and want or 0 }
+  elseif mode == 'r' then
+    for i = 1, n do
+      local a, key, w = alg[i], KEYS[ko + i], per[i]
+      if a == 'g' then
+        if s1[i] > 0 then
+          local tat = max(s1[i] - cost * w, 0)
+          if tat > now then redis.call('SET', key, tat, 'PX', ceil_div(tat - now, 1000) + 1)
+          else redis.call('DEL', key) end
+        end
+      elseif a == 'f' then
+        if s2[i] > 0 and s1[i] == floor(now / w) then redis.call('HSET', key, 'n', max(s2[i] - cost, 0)) end
+      elseif a == 'c' then
+        if s3[i] > 0 and s1[i] == floor(now / w) then redis.call('HSET', key, 'c', max(s3[i] - cost, 0)) end
+      else
+        local left, e = cost, s1[i]
+        local j = #e - 1
+        while left > 0 and j >= 1 do
+          local member = e[j]
+          local units = tonumber(string.match(member, ':(%d+)$'))
+          local take = math.min(units, left)
+          redis.call('ZREM', key, member)
+          if units > take then
+            redis.call('ZADD', key, tonumber(e[j + 1]), string.match(member, '^(%d+):') .. ':' .. (units - take))
+          end
+          left = left - take
+          j = j - 2
+        end
+      end
+    end
+    return { 1, 1, 0, 0, 0, 0 }
+  end
+  -- Peek: allowed and retry for one unit, remaining and reset as they stand.
+  local i, ok, _, retry = decide_all(1)
+  local _, _, rem, _, reset = decide_all(0)
+  return { i, ok and 1 or 0, rem, retry, reset, 0 }
 end
--- Peek: allowed and retry for one unit, remaining and reset as they stand.
-local i, ok, _, retry = decide_all(1)
-local _, _, rem, _, reset = decide_all(0)
-return { i, ok and 1 or 0, rem, retry, reset, 0 }
+
+if ARGV[2] == 'B' then
+  local out, m = {}, 0
+  p = 4
+  for _ = 1, tonumber(ARGV[3]) do
+    n = tonumber(ARGV[p])
+    local r = one()
+    for x = 1, 6 do out[m + x] = r[x] end
+    m = m + 6
+    ko = ko + n
+    p = p + 4 + 3 * n
+  end
+  return out
+end
+return one()

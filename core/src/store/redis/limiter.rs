@@ -14,7 +14,7 @@ use crate::store::memory::MemoryStore;
 
 use super::connection::{RedisStore, RedisStoreBuilder};
 use super::local::{Answer, Local};
-use super::script::{self, Call, Mode, QuotaArgs, Reply};
+use super::script::{self, Call, Merged, Mode, QuotaArgs, Reply};
 use super::units::Micros;
 use super::{DecisionSource, FailMode, unavailable};
 
@@ -43,8 +43,7 @@ pub struct RedisLimiterBuilder {
 pub struct RedisLimiter {
     store: RedisStore,
     quotas: Box<[Quota]>,
-    args: Box<[QuotaArgs]>,
-    script: redis::Script,
+    args: std::sync::Arc<[QuotaArgs]>,
     prefix: Vec<u8>,
     fail_mode: FailMode,
     local: Limiter,
@@ -229,7 +228,6 @@ impl RedisLimiterBuilder {
             store,
             quotas: self.quotas.into_boxed_slice(),
             args,
-            script: redis::Script::new(script::SOURCE),
             prefix: self.prefix.into_bytes(),
             fail_mode: self.fail_mode,
             local,
@@ -255,10 +253,11 @@ fn share(q: &Quota, n: u64) -> Result<Quota> {
         .with_algorithm(q.algorithm())
 }
 
-/// What a check does after local answers: go to Redis with this invocation.
-enum Step<'a> {
+/// What a check does after local answers: go to Redis in this mode (the key's
+/// fingerprint for the local layers).
+enum Step {
     Done(Decision, DecisionSource),
-    Call(redis::ScriptInvocation<'a>, u64),
+    Call(Mode, u64),
 }
 
 impl RedisLimiter {
@@ -340,7 +339,8 @@ impl RedisLimiter {
         let at = At::new(now);
         match self.prepare(key, cost, at)? {
             Step::Done(d, s) => Ok((d, s)),
-            Step::Call(invocation, fp) => {
+            Step::Call(mode, fp) => {
+                let invocation = self.invocation(key, cost, mode, at.script());
                 let reply = self.store.run_sync(&invocation);
                 self.finish(key, cost, at, fp, reply)
             }
@@ -372,8 +372,22 @@ impl RedisLimiter {
         let at = At::new(now);
         match self.prepare(key, cost, at)? {
             Step::Done(d, s) => Ok((d, s)),
-            Step::Call(invocation, fp) => {
-                let reply = self.store.run_async(&invocation).await;
+            Step::Call(mode, fp) => {
+                let reply = match at.script() {
+                    // On the server's clock: merged with other tasks' checks
+                    // into one call (standalone Redis; see `run_merged`).
+                    None if self.store.merges() => {
+                        let keys = (0..self.quotas.len())
+                            .map(|i| self.redis_key(key, i))
+                            .collect();
+                        let check = Merged::new(keys, cost, mode, self.lease, self.args.clone());
+                        self.store.run_merged(check).await
+                    }
+                    _ => {
+                        let invocation = self.invocation(key, cost, mode, at.script());
+                        self.store.run_async(&invocation).await
+                    }
+                };
                 self.finish(key, cost, at, fp, reply)
             }
         }
@@ -474,7 +488,7 @@ impl RedisLimiter {
         mode: Mode,
         now: Option<Micros>,
     ) -> redis::ScriptInvocation<'_> {
-        let mut invocation = self.script.prepare_invoke();
+        let mut invocation = script::limiter().prepare_invoke();
         for i in 0..self.quotas.len() {
             invocation.key(self.redis_key(key, i));
         }
@@ -491,7 +505,7 @@ impl RedisLimiter {
 
     /// Validation, local answers (over-limit cache, lease, open breaker), or the
     /// invocation to send.
-    fn prepare(&self, key: &[u8], cost: u64, at: At) -> Result<Step<'_>> {
+    fn prepare(&self, key: &[u8], cost: u64, at: At) -> Result<Step> {
         self.local.validate(key, cost)?;
         let fp = self.hasher.hash_one(key);
         if cost > 0 && (self.deny_cache || self.lease > 0) {
@@ -515,10 +529,7 @@ impl RedisLimiter {
         } else {
             Mode::Check
         };
-        Ok(Step::Call(
-            self.invocation(key, cost, mode, at.script()),
-            fp,
-        ))
+        Ok(Step::Call(mode, fp))
     }
 
     fn limit(&self, quota: usize) -> u64 {

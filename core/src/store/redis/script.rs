@@ -11,6 +11,13 @@ use super::units::Micros;
 /// The script's source: loaded once per server and called by SHA.
 pub(super) const SOURCE: &str = include_str!("limiter.lua");
 
+/// The script, hashed once per process.
+pub(super) fn limiter() -> &'static redis::Script {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(SOURCE));
+    &SCRIPT
+}
+
 /// What a call does (`ARGV[3]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -83,6 +90,65 @@ impl Call<'_> {
             invocation.arg(q.algorithm).arg(q.limit).arg(q.period.0);
         }
     }
+}
+
+/// One check of a merged call, owned: it waits in the store's queue until a
+/// call carries it (`ARGV[2] = 'B'` in the script's header).
+#[derive(Debug, Clone)]
+pub(super) struct Merged {
+    keys: Vec<Vec<u8>>,
+    cost: u64,
+    mode: Mode,
+    lease: u64,
+    quotas: std::sync::Arc<[QuotaArgs]>,
+}
+
+impl Merged {
+    /// A check of `cost` on `keys` (one per quota of `quotas`), on the
+    /// server's clock.
+    pub(super) fn new(
+        keys: Vec<Vec<u8>>,
+        cost: u64,
+        mode: Mode,
+        lease: u64,
+        quotas: std::sync::Arc<[QuotaArgs]>,
+    ) -> Self {
+        Self {
+            keys,
+            cost: cost.max(1),
+            mode,
+            lease,
+            quotas,
+        }
+    }
+}
+
+/// Most checks one merged call carries.
+pub(super) const MERGE_MAX: usize = 64;
+
+/// The invocation deciding `checks` in one call, in order, on the server's clock.
+pub(super) fn merged<'a, 'b>(
+    script: &'a redis::Script,
+    checks: impl Iterator<Item = &'b Merged> + Clone,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for c in checks.clone() {
+        for k in &c.keys {
+            invocation.key(k.as_slice());
+        }
+    }
+    invocation.arg(-1).arg("B").arg(checks.clone().count());
+    for c in checks {
+        invocation
+            .arg(c.keys.len())
+            .arg(c.cost)
+            .arg(c.mode.arg())
+            .arg(c.lease);
+        for q in c.quotas.iter() {
+            invocation.arg(q.algorithm).arg(q.limit).arg(q.period.0);
+        }
+    }
+    invocation
 }
 
 /// The script's reply: `{quota (1-based), allowed, remaining, retry_after µs,
