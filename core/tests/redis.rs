@@ -1609,6 +1609,24 @@ fn tls_with_a_ca_file_and_an_acl_user() {
         .collect();
     // fail_mode = "open" would admit all five: the limit held in Redis, over TLS.
     assert_eq!(allowed, [true, true, true, false, false]);
+    // The async engine's multiplexed connection over TLS too (merged calls):
+    // the same key is already at its limit, a fresh one gets 3.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fresh = Request {
+        client_ip: Some("198.51.100.4".parse().unwrap()),
+        ..req
+    };
+    let allowed: Vec<bool> = rt.block_on(async {
+        let mut out = vec![e.check_request_async(&req).await.unwrap().allowed];
+        for _ in 0..4 {
+            out.push(e.check_request_async(&fresh).await.unwrap().allowed);
+        }
+        out
+    });
+    assert_eq!(allowed, [false, true, true, true, false], "async, over TLS");
 
     // A server certificate from another CA, a wrong password, plain TCP to the
     // TLS port: refused at start-up, without the password in the message.
@@ -1823,6 +1841,14 @@ fn sentinel_follows_a_failover() {
         assert!(v.allowed);
         assert_eq!(v.remaining, back.remaining - i, "exact after the failover");
     }
+    // The async engine finds the new master through the sentinels as well.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let v = rt.block_on(e.check_request_async(&req)).unwrap();
+    assert!(v.allowed);
+    assert_eq!(v.remaining, back.remaining - 6, "async, on the new master");
     // (A promotion closes the replica's client connections: a new one.)
     let mut rc = replica.get_connection().unwrap();
     let role: redis::Value = redis::cmd("ROLE").query(&mut rc).unwrap();
