@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path as FsPath;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -17,14 +18,23 @@ use super::identity::{KEY_BUF, KeyTemplate};
 use super::jwt::JwtVerifier;
 use super::lifecycle::{self, Count, InFlight, Lifecycle};
 use super::store::Store;
-use super::{Engine, FastSet, Limits, Lists, Rule, Tier, Unless, matcher, nanos, request};
+use super::{FastSet, Limits, Lists, Policy, Rule, Tier, Unless, matcher, nanos, request};
 use crate::clock::{Clock, QuantaClock};
 use crate::error::Result;
 use crate::limiter::Limiter;
 use crate::quota::{Algorithm, Quota, parse_duration};
 
-impl Engine {
-    pub(super) fn build(source: Source<'_>, dir: &FsPath) -> Result<Self> {
+impl Policy {
+    /// Compiles a policy. With `previous` (a reload), what is unchanged is
+    /// shared with it instead of made anew: the store (connections, shared
+    /// table) when `[store]` and `max_keys` are the same, the limiters and places
+    /// in flight of rules whose limiting is the same ([`same_limiting`]), the
+    /// bans when `[ban]` is the same, the event sink and the key seed.
+    pub(super) fn build(
+        source: Source<'_>,
+        dir: &FsPath,
+        previous: Option<&Policy>,
+    ) -> Result<Self> {
         let cfg: PolicyConfig = source.parse()?;
         let root = Path::default();
         let err = |path: &Path, msg: String| source.error(path, msg);
@@ -52,7 +62,13 @@ impl Engine {
             Some(j) => Some(JwtVerifier::from_config(j, &root.key("jwt"), dir, &source)?),
             None => None,
         };
-        let store = Store::build(&cfg, &root.key("store"), &source, dir)?;
+        let kept = previous.filter(|p| {
+            p.config.store == cfg.store && p.config.settings.max_keys == cfg.settings.max_keys
+        });
+        let store = match kept {
+            Some(p) => Arc::clone(&p.store),
+            None => Arc::new(Store::build(&cfg, &root.key("store"), &source, dir)?),
+        };
         let mut rules = Vec::with_capacity(cfg.rules.len());
         let mut names = HashSet::new();
         for (i, r) in cfg.rules.iter().enumerate() {
@@ -81,6 +97,21 @@ impl Engine {
                     ));
                 }
             }
+            let old = kept.and_then(|p| p.rules.iter().find(|o| *o.name == *r.name));
+            if kept.is_some()
+                && store.is_shared()
+                && !old.is_some_and(|o| same_table_layout(&o.config, r))
+            {
+                // The shared table's layout (each limiter's place) is fixed when
+                // the first process makes it, and every worker maps it.
+                return Err(err(
+                    &path,
+                    "on the shared-memory store a reload cannot add a rule or change a rule's \
+                     key, quotas, tiers, adaptive or max_in_flight: restart the workers \
+                     (matches, lists, [jwt] and the other settings can change)"
+                        .into(),
+                ));
+            }
             rules.push(Self::build_rule(
                 r,
                 &path,
@@ -89,6 +120,7 @@ impl Engine {
                 jwt.is_some(),
                 &store,
                 &source,
+                old,
             )?);
         }
         let lists = Self::build_lists(&cfg, &source)?;
@@ -111,7 +143,11 @@ impl Engine {
             }
             None => None,
         };
+        let kept_bans = kept
+            .filter(|p| p.config.ban == cfg.ban)
+            .and_then(|p| p.bans.clone());
         let bans = match &cfg.ban {
+            Some(_) if kept_bans.is_some() => kept_bans,
             Some(b) => {
                 let p = root.key("ban");
                 let dur = |field: &'static str, text: &str| {
@@ -146,7 +182,7 @@ impl Engine {
                     return Err(err(&p.key("status"), "must be 403 or 429".into()));
                 }
                 let client_scope = b.scope == config::BanScopeConfig::Client;
-                Some(
+                Some(Arc::new(
                     Bans::new(
                         BanSetup {
                             after: b.after,
@@ -161,7 +197,7 @@ impl Engine {
                         store.shared_bans(),
                     )
                     .map_err(|e| err(&p, e.to_string()))?,
-                )
+                ))
             }
             None => None,
         };
@@ -189,7 +225,7 @@ impl Engine {
                     unless.into_iter().chain(r.key.header_names())
                 })),
         );
-        Ok(Engine {
+        Ok(Policy {
             request_headers,
             rules: rules.into_boxed_slice(),
             jwt,
@@ -203,18 +239,27 @@ impl Engine {
             case_sensitive_paths: s.case_sensitive_paths,
             deny_status: s.deny_status,
             warnings,
-            key_seed: ahash::RandomState::new(),
+            // Long keys are kept as seeded hashes: the same seed keeps them the same.
+            key_seed: previous.map_or_else(ahash::RandomState::new, |p| p.key_seed.clone()),
             pk_seed: partition_seed(&source),
             unix_origin_ns: unix_now.saturating_sub(clock.now_ns()),
             clock,
             metrics,
-            sink: arc_swap::ArcSwapOption::empty(),
+            sink: previous.map_or_else(
+                || Arc::new(arc_swap::ArcSwapOption::empty()),
+                |p| Arc::clone(&p.sink),
+            ),
             store,
             store_down: std::sync::atomic::AtomicBool::new(false),
             id: engine_id(),
+            config: cfg,
         })
     }
 
+    /// One rule; `previous`: the rule of the same name in the policy a reload
+    /// replaces (on the same store), whose limiters and places in flight are
+    /// shared when its limiting is unchanged.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn build_rule(
         r: &RuleConfig,
         p: &Path,
@@ -223,7 +268,9 @@ impl Engine {
         has_jwt: bool,
         store: &Store,
         source: &Source<'_>,
+        previous: Option<&Rule>,
     ) -> Result<Rule> {
+        let reuse = previous.filter(|o| same_limiting(&o.config, r));
         let err = |path: &Path, msg: String| source.error(path, msg);
         let algorithm = match &r.algorithm {
             Some(a) => a
@@ -278,19 +325,26 @@ impl Engine {
                 Some(t) => format!("{}:{t}", r.name),
                 None => r.name.clone(),
             };
-            let limiter = store
-                .limiter(
-                    limiter,
-                    &name,
-                    r.fail_mode,
-                    cfg.settings.max_keys,
-                    KEY_BUF,
-                    // Settlements give charges back: a denial cached in one
-                    // instance could outlive a refund made by another.
-                    r.count != config::CountConfig::All
-                        || r.cost_from == config::CostFrom::Response,
-                )
-                .map_err(|m| err(&p.key("fail_mode"), m))?;
+            let kept = reuse.and_then(|o| o.limits.tier_named(tier));
+            let limiter = match kept {
+                // The same quotas on the same store: the same counters.
+                Some(t) => Arc::clone(&t.limiter),
+                None => Arc::new(
+                    store
+                        .limiter(
+                            limiter,
+                            &name,
+                            r.fail_mode,
+                            cfg.settings.max_keys,
+                            KEY_BUF,
+                            // Settlements give charges back: a denial cached in one
+                            // instance could outlive a refund made by another.
+                            r.count != config::CountConfig::All
+                                || r.cost_from == config::CostFrom::Response,
+                        )
+                        .map_err(|m| err(&p.key("fail_mode"), m))?,
+                ),
+            };
             let n = limiter.quotas().len();
             let policy_values: Vec<String> = limiter
                 .quotas()
@@ -397,7 +451,10 @@ impl Engine {
             }
             None => None,
         };
-        let lifecycle = Self::build_lifecycle(r, p, cfg, store, source)?;
+        let kept_flight = previous
+            .filter(|o| same_in_flight(&o.config, r))
+            .and_then(|o| o.lifecycle.as_ref()?.in_flight.clone());
+        let lifecycle = Self::build_lifecycle(r, p, cfg, store, source, kept_flight)?;
         Ok(Rule {
             name: r.name.as_str().into(),
             patterns: r.matches.to_vec(),
@@ -421,6 +478,7 @@ impl Engine {
             adaptive,
             ban: r.ban,
             lifecycle,
+            config: r.clone(),
         })
     }
 
@@ -432,6 +490,7 @@ impl Engine {
         cfg: &PolicyConfig,
         store: &Store,
         source: &Source<'_>,
+        kept: Option<Arc<InFlight>>,
     ) -> Result<Option<Lifecycle>> {
         let err = |field: &'static str, msg: String| source.error(&p.key(field), msg);
         let count = match r.count {
@@ -478,10 +537,21 @@ impl Engine {
                         "a shadow rule never denies, so it cannot hold places in flight".into(),
                     ));
                 }
-                let backing = store
-                    .in_flight_backing(&r.name, r.fail_mode, max, ttl)
-                    .map_err(|m| err("max_in_flight", m))?;
-                Some(InFlight::new(max, ttl, cfg.settings.max_keys, backing))
+                match kept {
+                    // The same limit on the same store: the places held stay held.
+                    Some(f) => Some(f),
+                    None => {
+                        let backing = store
+                            .in_flight_backing(&r.name, r.fail_mode, max, ttl)
+                            .map_err(|m| err("max_in_flight", m))?;
+                        Some(Arc::new(InFlight::new(
+                            max,
+                            ttl,
+                            cfg.settings.max_keys,
+                            backing,
+                        )))
+                    }
+                }
             }
             None => None,
         };
@@ -582,6 +652,33 @@ fn warnings(cfg: &PolicyConfig, rules: &[Rule], api_keys_verified: bool) -> Vec<
 /// policy reports the same `pk` for the same client, and a client cannot map
 /// `pk` values between deployments with different policies. (`pk` only labels a
 /// partition; it is not a secret, and never holds the key itself.)
+/// Whether a rule's counters carry over a reload exactly: the same name, key
+/// and quotas, and the same algorithm, tiers, fail mode and settlement (which
+/// decide how its limiter is made).
+pub(super) fn same_limiting(a: &RuleConfig, b: &RuleConfig) -> bool {
+    a.name == b.name
+        && a.key == b.key
+        && a.quotas == b.quotas
+        && a.algorithm == b.algorithm
+        && a.tiers == b.tiers
+        && a.fail_mode == b.fail_mode
+        && a.count == b.count
+        && a.cost_from == b.cost_from
+}
+
+/// Whether a rule's places in flight carry over a reload.
+fn same_in_flight(a: &RuleConfig, b: &RuleConfig) -> bool {
+    a.name == b.name
+        && a.max_in_flight == b.max_in_flight
+        && a.in_flight_ttl == b.in_flight_ttl
+        && a.fail_mode == b.fail_mode
+}
+
+/// Whether a rule keeps its places in a shared-memory table.
+fn same_table_layout(a: &RuleConfig, b: &RuleConfig) -> bool {
+    same_limiting(a, b) && same_in_flight(a, b) && a.adaptive == b.adaptive
+}
+
 fn partition_seed(source: &Source<'_>) -> ahash::RandomState {
     use std::hash::{Hash, Hasher};
     let text = match source {

@@ -13,7 +13,7 @@ use super::headers::HeaderStyle;
 use crate::error::{Error, Result};
 
 /// One value or a list of them (`match = "GET /a"` or `match = ["GET /a", "/b"]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum OneOrMany {
     One(String),
@@ -137,7 +137,7 @@ pub(crate) enum FailModeConfig {
 }
 
 /// The whole policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicyConfig {
     #[serde(default)]
@@ -155,7 +155,7 @@ pub(crate) struct PolicyConfig {
 }
 
 /// `[store]`: where the rules' counters live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct StoreConfig {
     /// `memory` (default), `shared_memory` or `redis`.
@@ -225,7 +225,7 @@ impl Default for StoreConfig {
 }
 
 /// Engine-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Settings {
     /// `draft-10` (default), `draft-6`, `legacy` or `none`.
@@ -275,7 +275,7 @@ fn default_verify_limit() -> Option<String> {
 }
 
 /// `[jwt]`: how bearer tokens are verified.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JwtConfig {
     /// Allowed algorithms (`HS256`, `RS256`, `ES256`, `EdDSA`...). `none` never is.
@@ -313,7 +313,7 @@ pub(crate) struct JwtConfig {
 }
 
 /// One public key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JwtKeyConfig {
     pub kid: Option<String>,
@@ -332,7 +332,7 @@ fn yes() -> bool {
 }
 
 /// `[[rule]]`: which requests, which quotas, keyed by what.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RuleConfig {
     pub name: String,
@@ -392,7 +392,7 @@ pub(crate) struct RuleConfig {
 }
 
 /// Quotas chosen by a verified claim's value.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TiersConfig {
     pub claim: String,
@@ -411,7 +411,7 @@ fn default_window() -> String {
 }
 
 /// Tightening for keys that keep getting denied.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdaptiveConfig {
     /// Denied share of a window's requests above which the key is tightened (0..1).
@@ -426,7 +426,7 @@ pub(crate) struct AdaptiveConfig {
 }
 
 /// `[lists]`: always allowed or always denied clients.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ListsConfig {
     pub allow_ips: Vec<String>,
@@ -445,7 +445,7 @@ fn default_ban_status() -> u16 {
 }
 
 /// `[ban]`: after `after` denials within `within`, block the key for `duration`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BanConfig {
     pub after: u64,

@@ -14,12 +14,12 @@ use super::io;
 use super::jwt::{TokenCheck, TokenProblem};
 use super::lifecycle::Place;
 use super::{
-    Charge, Engine, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
+    Charge, Policy, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
     path, store,
 };
 use crate::error::{Error, Result};
 
-impl Engine {
+impl Policy {
     /// Sends store_fallback / store_recovered events when Redis answers change.
     pub(super) fn note_store(&self, checked: &store::Checked, rule: &Rule) {
         if !checked.remote {

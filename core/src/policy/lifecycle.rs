@@ -58,7 +58,7 @@ pub(crate) struct Lifecycle {
     /// Inclusive ranges of failure statuses.
     pub failures: Vec<(u16, u16)>,
     pub cost_from_response: bool,
-    pub in_flight: Option<InFlight>,
+    pub in_flight: Option<Arc<InFlight>>,
 }
 
 impl Lifecycle {
@@ -368,6 +368,11 @@ impl Settlement {
         }))
     }
 
+    /// The policy that made it.
+    pub(crate) fn engine_id(&self) -> u64 {
+        self.0.engine
+    }
+
     /// Whether it was settled.
     pub fn is_settled(&self) -> bool {
         self.0.settled.load(Ordering::Acquire)
@@ -398,7 +403,7 @@ pub struct Settle {
     pub cost: Option<u64>,
 }
 
-impl super::Engine {
+impl super::Policy {
     /// The settlement of an admitted request's charges, if a rule needs one.
     pub(super) fn settlement(&self, charges: &[super::Charge<'_>]) -> Option<Settlement> {
         let mut entries: SmallVec<[Entry; 2]> = SmallVec::new();
@@ -418,34 +423,6 @@ impl super::Engine {
             }
         }
         (!entries.is_empty()).then(|| Settlement::new(self.id, entries))
-    }
-
-    /// Settles an admitted request once its response is known: gives back the
-    /// charge of rules that do not count `outcome.status` (`count`), adjusts
-    /// rules with `cost_from = "response"` to `outcome.cost`, and frees the
-    /// request's places in flight. A verdict without a settlement (no such rule
-    /// matched, or it was denied) has nothing to settle: `Ok`.
-    ///
-    /// # Errors
-    /// [`Error::AlreadySettled`](crate::Error::AlreadySettled) the second time
-    /// (nothing is given back twice); [`Error::InvalidRequest`](crate::Error::InvalidRequest)
-    /// for a status outside 100-599 or a verdict of another engine.
-    pub fn settle(&self, verdict: &super::Verdict, outcome: Settle) -> crate::Result<()> {
-        self.settle_settlement(verdict.settlement.as_ref(), outcome, None)
-    }
-
-    /// [`settle`](Self::settle) at an explicit time (Unix time, as
-    /// [`check_request_at`](Self::check_request_at)), for replay and tests.
-    ///
-    /// # Errors
-    /// As [`settle`](Self::settle).
-    pub fn settle_at(
-        &self,
-        verdict: &super::Verdict,
-        outcome: Settle,
-        now: Duration,
-    ) -> crate::Result<()> {
-        self.settle_settlement(verdict.settlement.as_ref(), outcome, Some(now))
     }
 
     /// [`settle`](Self::settle) with the verdict's settlement alone (what a

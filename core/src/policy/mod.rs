@@ -43,6 +43,7 @@ mod ban;
 mod build;
 pub(crate) mod config;
 mod decide;
+mod engine;
 mod events;
 mod forwarded;
 mod headers;
@@ -75,6 +76,7 @@ use identity::{Claims, KeyTemplate};
 use jwt::JwtVerifier;
 use store::{RuleLimiter, Store};
 
+pub use engine::{Engine, Reload};
 pub use events::{Event, EventKind, EventSink};
 pub use forwarded::TrustedProxies;
 pub use headers::{HeaderStyle, RESPONSE_HEADERS};
@@ -310,7 +312,8 @@ impl Verdict {
 
 /// One limiter of a rule, with its quotas' `RateLimit-Policy` items precomputed.
 struct Tier {
-    limiter: RuleLimiter,
+    /// Shared with the policy a reload replaced when the rule's limiting is unchanged.
+    limiter: Arc<RuleLimiter>,
     /// One item per quota (empty for header styles without a policy header).
     policy_values: Vec<String>,
     /// All of them, as a list value.
@@ -352,6 +355,23 @@ impl Limits {
         }
     }
 
+    /// The tier named `name` (`None`: the only one).
+    fn tier_named(&self, name: Option<&str>) -> Option<&Tier> {
+        match (self, name) {
+            (Self::One(t), None) => Some(t),
+            (
+                Self::Tiers {
+                    default, others, ..
+                },
+                Some(n),
+            ) => std::iter::once(default)
+                .chain(others)
+                .find(|(tier, _)| tier == n)
+                .map(|(_, t)| t),
+            _ => None,
+        }
+    }
+
     /// Tier number `index` of [`select_indexed`](Self::select_indexed).
     fn tier(&self, index: usize) -> Option<&Tier> {
         match (self, index) {
@@ -384,6 +404,8 @@ struct Rule {
     ban: bool,
     /// `count`, `cost_from = "response"`, `max_in_flight`.
     lifecycle: Option<lifecycle::Lifecycle>,
+    /// As written, to tell at a reload what changed.
+    config: config::RuleConfig,
 }
 
 /// What `unless_header` tests.
@@ -406,14 +428,16 @@ struct Lists {
     deny_subjects: FastSet,
 }
 
-/// The policy engine: `Send + Sync`, shared by every thread, called once per request.
-pub struct Engine {
+/// One compiled policy: what [`Engine`] decides with until a reload replaces
+/// it. Rules whose limiting is unchanged share their limiters (and places in
+/// flight) with the policy they replaced.
+pub(crate) struct Policy {
     rules: Box<[Rule]>,
     /// The request headers the policy reads, lower case.
     request_headers: Vec<String>,
     jwt: Option<JwtVerifier>,
     lists: Lists,
-    bans: Option<Bans>,
+    bans: Option<Arc<Bans>>,
     style: HeaderStyle,
     ipv6_prefix: u8,
     api_key_header: String,
@@ -433,19 +457,21 @@ pub struct Engine {
     metrics: Metrics,
     /// Read on every event without a lock or a reference-count update
     /// (arc-swap), so a flood of denials does not contend on it.
-    sink: arc_swap::ArcSwapOption<EventSink>,
+    sink: Arc<arc_swap::ArcSwapOption<EventSink>>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    store: Store,
+    store: Arc<Store>,
     /// Whether the last Redis answer came from the fail mode (for the
     /// store_fallback / store_recovered events, sent on each change).
     store_down: std::sync::atomic::AtomicBool,
-    /// Settlements name the engine that made them.
+    /// Settlements name the policy that made them.
     id: u64,
+    /// As written, to tell at a reload what changed.
+    config: config::PolicyConfig,
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
+        f.debug_struct("Policy")
             .field("rules", &self.rules.len())
             .field("jwt", &self.jwt)
             .finish_non_exhaustive()
@@ -470,47 +496,43 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Engine {
-    /// An engine from a TOML policy. Relative key files are read from the current directory.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the field and line of the first problem.
-    pub fn from_toml_str(text: &str) -> Result<Self> {
-        Self::build(Source::Toml(text), FsPath::new("."))
-    }
+/// Where a policy comes from: the text an engine was made from, or its file
+/// (read again by [`Engine::reload`]).
+#[derive(Debug, Clone)]
+enum Spec {
+    Toml(String),
+    Json(String),
+    Path(PathBuf),
+}
 
-    /// An engine from the same policy as JSON (what the bindings pass for a dict).
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the field of the first problem.
-    pub fn from_json_str(text: &str) -> Result<Self> {
-        Self::build(Source::Json(text), FsPath::new("."))
-    }
-
-    /// An engine from a policy file: JSON if it ends in `.json`, TOML otherwise.
-    /// Relative key files are read from the policy file's directory.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] if the file cannot be read or is invalid.
-    pub fn from_path(path: impl AsRef<FsPath>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidConfig {
-            location: path.display().to_string().into(),
-            line: None,
-            message: format!("cannot read the policy file: {e}").into(),
-        })?;
-        let dir = path
-            .parent()
-            .map_or_else(|| PathBuf::from("."), FsPath::to_path_buf);
-        let source = if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        {
-            Source::Json(&text)
-        } else {
-            Source::Toml(&text)
-        };
-        Self::build(source, &dir)
+impl Policy {
+    /// Compiles `spec`; with `previous` (a reload) sharing what is unchanged.
+    /// Relative key files are read from the policy file's directory (the
+    /// current one for text).
+    fn compile(spec: &Spec, previous: Option<&Policy>) -> Result<Self> {
+        match spec {
+            Spec::Toml(text) => Self::build(Source::Toml(text), FsPath::new("."), previous),
+            Spec::Json(text) => Self::build(Source::Json(text), FsPath::new("."), previous),
+            Spec::Path(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidConfig {
+                    location: path.display().to_string().into(),
+                    line: None,
+                    message: format!("cannot read the policy file: {e}").into(),
+                })?;
+                let dir = path
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), FsPath::to_path_buf);
+                let source = if path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+                {
+                    Source::Json(&text)
+                } else {
+                    Source::Toml(&text)
+                };
+                Self::build(source, &dir, previous)
+            }
+        }
     }
 
     /// Registers the function that receives [`Event`]s (replacing any earlier one).
@@ -676,7 +698,7 @@ impl Engine {
     /// asyncio use their async paths). In memory, a check never blocks.
     pub fn may_block(&self) -> bool {
         #[cfg(feature = "redis")]
-        if matches!(self.store, store::Store::Redis { .. }) {
+        if matches!(*self.store, store::Store::Redis { .. }) {
             return true;
         }
         false

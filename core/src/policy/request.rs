@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{Engine, Request, Verdict, parse_client_ip};
+use super::{Policy, Request, Verdict, parse_client_ip};
 use crate::error::Result;
 
 /// Headers decided without a heap allocation for the borrowed view.
@@ -83,22 +83,7 @@ impl OwnedRequest {
     }
 }
 
-impl Engine {
-    /// The request headers this policy reads, lower case: the API-key header,
-    /// the token's header, `unless_header`s and `header:` key parts. A front end
-    /// passes only these (the rest cannot change a verdict), so it converts a
-    /// few strings per request instead of every header.
-    pub fn request_headers(&self) -> &[String] {
-        &self.request_headers
-    }
-
-    /// Whether the policy reads header `name` (any case).
-    pub fn reads_header(&self, name: &str) -> bool {
-        self.request_headers
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
-    }
-
+impl Policy {
     /// Decides an [`OwnedRequest`] now, or at `now` (Unix time) as
     /// [`check_request_at`](Engine::check_request_at).
     ///

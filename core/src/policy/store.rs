@@ -56,6 +56,17 @@ pub(super) enum Store {
     },
 }
 
+impl Store {
+    /// Whether this is the shared-memory table (whose layout a reload keeps).
+    pub(super) fn is_shared(&self) -> bool {
+        #[cfg(all(feature = "shm", unix))]
+        if matches!(self, Store::Shared { .. }) {
+            return true;
+        }
+        false
+    }
+}
+
 /// One limiter of a rule (or tier).
 pub(super) enum RuleLimiter {
     Memory(Limiter),

@@ -9,9 +9,9 @@ use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
 use super::headers::{self, HeaderOut, Report};
 use super::jwt::TokenProblem;
-use super::{Engine, Reason, Rule, Tier, Verdict};
+use super::{Policy, Reason, Rule, Tier, Verdict};
 
-impl Engine {
+impl Policy {
     /// The verdict for an allow-listed (`allowed`) or deny-listed request.
     pub(super) fn list_verdict(
         &self,
