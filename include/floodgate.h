@@ -482,6 +482,21 @@ fg_result fg_engine_settle(const fg_engine *engine,
                            int64_t cost,
                            uint64_t now_ns);
 
+// Changes a policy engine's policy without a restart: `path` (NUL-terminated)
+// is read and compiled, or, with `path` NULL, the file the engine was made
+// from is read again. On any error the running policy stays (a typo never
+// opens the gates) and `fg_last_error` names the problem:
+// `FG_RESULT_INVALID_CONFIG` for an invalid policy or one the engine cannot
+// switch to while running (see the README, "Changing the policy without a
+// restart"). Rules whose name, key and quotas are unchanged keep their
+// counters; requests deciding meanwhile see the old policy or the new one.
+// Safe to call from any thread while others decide (nginx: on `SIGHUP`
+// nginx starts new workers anyway; a long-lived C server calls this).
+//
+// # Safety
+// `engine` must come from a constructor; `path` must be NULL or NUL-terminated.
+fg_result fg_engine_reload(const fg_engine *engine, const char *path);
+
 // Whether `engine`'s checks may wait on the network (an engine from
 // `fg_engine_new_redis`, or a policy with rules on a Redis store). A pre-forking server (nginx) may build an engine that does not
 // before it forks and share it with its workers (in memory, each worker then

@@ -878,6 +878,40 @@ pub unsafe extern "C" fn fg_engine_settle(
     })
 }
 
+/// Changes a policy engine's policy without a restart: `path` (NUL-terminated)
+/// is read and compiled, or, with `path` NULL, the file the engine was made
+/// from is read again. On any error the running policy stays (a typo never
+/// opens the gates) and `fg_last_error` names the problem:
+/// `FG_RESULT_INVALID_CONFIG` for an invalid policy or one the engine cannot
+/// switch to while running (see the README, "Changing the policy without a
+/// restart"). Rules whose name, key and quotas are unchanged keep their
+/// counters; requests deciding meanwhile see the old policy or the new one.
+/// Safe to call from any thread while others decide (nginx: on `SIGHUP`
+/// nginx starts new workers anyway; a long-lived C server calls this).
+///
+/// # Safety
+/// `engine` must come from a constructor; `path` must be NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_reload(
+    engine: *const fg_engine,
+    path: *const c_char,
+) -> fg_result {
+    guard(|| {
+        // SAFETY: `engine` comes from a constructor per the caller's contract.
+        let inner = unsafe { inner(engine) }?;
+        let Inner::Policy(policy) = inner else {
+            return Err(fg_result::WrongEngineKind);
+        };
+        if path.is_null() {
+            policy.reload().map(|_| ()).map_err(|e| fail(&e))
+        } else {
+            // SAFETY: `path` is NUL-terminated per this function's contract.
+            let path = unsafe { try_cstr(path) }?;
+            policy.reload_with(path).map(|_| ()).map_err(|e| fail(&e))
+        }
+    })
+}
+
 /// Whether `engine`'s checks may wait on the network (an engine from
 /// `fg_engine_new_redis`, or a policy with rules on a Redis store). A pre-forking server (nginx) may build an engine that does not
 /// before it forks and share it with its workers (in memory, each worker then

@@ -262,6 +262,33 @@ static void test_policy_engine(void) {
   fputs(POLICY, f);
   fclose(f);
   EQ(fg_engine_from_file(path, &e), FG_RESULT_OK);
+  // Reload: the same file again, another file, a broken one (refused, the
+  // running policy stays), and a quota engine (not a policy).
+  fg_request one = {"GET", 3, "/one", 4, "192.0.2.9", 9, NULL, 0};
+  fg_verdict rv;
+  EQ(fg_engine_check_request(e, &one, &rv), FG_RESULT_OK);
+  CHECK(rv.allowed && strcmp(rv.reason, "no_rule") == 0);
+  EQ(fg_engine_reload(e, NULL), FG_RESULT_OK);
+  char path2[] = "/tmp/fg-policy-XXXXXX";
+  int fd2 = mkstemp(path2);
+  CHECK(fd2 >= 0);
+  FILE *f2 = fdopen(fd2, "w");
+  fputs(POLICY, f2);
+  fputs("\n[[rule]]\nname = \"one\"\nmatch = \"/one\"\nquotas = [\"1/h\"]\n", f2);
+  fclose(f2);
+  EQ(fg_engine_reload(e, path2), FG_RESULT_OK);
+  EQ(fg_engine_check_request(e, &one, &rv), FG_RESULT_OK);
+  CHECK(rv.allowed && strcmp(rv.reason, "allowed") == 0);
+  EQ(fg_engine_check_request(e, &one, &rv), FG_RESULT_OK);
+  CHECK(!rv.allowed && rv.status == 429);
+  f2 = fopen(path2, "w");
+  fputs("[[rule]]\nname = \"one\"\nmatch = \"/one\"\nquotas = [\"many\"]\n", f2);
+  fclose(f2);
+  EQ(fg_engine_reload(e, NULL), FG_RESULT_INVALID_CONFIG);
+  EQ(fg_engine_check_request(e, &one, &rv), FG_RESULT_OK);
+  CHECK(!rv.allowed && rv.status == 429); /* the running policy and its counter stay */
+  EQ(fg_engine_reload(NULL, NULL), FG_RESULT_NULL_PARAMETER);
+  remove(path2);
   fg_engine_free(e);
   remove(path);
   EQ(fg_engine_from_file("/nonexistent/policy.toml", &e), FG_RESULT_INVALID_CONFIG);
