@@ -48,6 +48,17 @@ export declare class Engine {
    */
   settleSettlementAsync(settlement: unknown, status: number, cost?: number | null, nowMs?: number | null): unknown
   /**
+   * Changes the policy without a restart: the file at `path`, or (no
+   * argument) the file the engine was made from, read again. The new
+   * policy is compiled and checked first; on any error the running one
+   * stays and the error (`ERR_FG_INVALID_CONFIG`) says why. Rules with
+   * unchanged limiting keep their counters. Wire it to `SIGHUP`:
+   * `process.on('SIGHUP', () => engine.reload())`.
+   */
+  reload(path?: string | undefined | null): ReloadReport
+  /** `reload` from TOML text. */
+  reloadToml(text: string): ReloadReport
+  /**
    * Whether any rule settles after the response (`count`, `cost_from =
    * "response"`, `max_in_flight`): the middleware hook the response's end
    * only then.
@@ -204,6 +215,16 @@ export interface RedisOptions {
   timeoutMs?: number
   /** Key prefix (default `fg`). */
   prefix?: string
+}
+
+/** What a reload did to each rule, by name. */
+export interface ReloadReport {
+  /** Unchanged limiting: counters kept exactly. */
+  kept: Array<string>
+  /** Key, quotas, algorithm, tiers, fail mode or settlement changed: counters afresh. */
+  reset: Array<string>
+  added: Array<string>
+  removed: Array<string>
 }
 
 /** A request to decide. */

@@ -586,6 +586,28 @@ pub struct EngineEvent {
     pub level: String,
 }
 
+/// What a reload did to each rule, by name.
+#[napi(object)]
+pub struct ReloadReport {
+    /// Unchanged limiting: counters kept exactly.
+    pub kept: Vec<String>,
+    /// Key, quotas, algorithm, tiers, fail mode or settlement changed: counters afresh.
+    pub reset: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl From<floodgate::policy::Reload> for ReloadReport {
+    fn from(r: floodgate::policy::Reload) -> Self {
+        Self {
+            kept: r.kept,
+            reset: r.reset,
+            added: r.added,
+            removed: r.removed,
+        }
+    }
+}
+
 /// A policy engine: `Engine.fromFile(path)`, `Engine.fromToml(text)`,
 /// `Engine.fromObject({ rule: [...] })`.
 #[napi]
@@ -701,6 +723,31 @@ impl Engine {
                 });
             }
         })
+    }
+
+    /// Changes the policy without a restart: the file at `path`, or (no
+    /// argument) the file the engine was made from, read again. The new
+    /// policy is compiled and checked first; on any error the running one
+    /// stays and the error (`ERR_FG_INVALID_CONFIG`) says why. Rules with
+    /// unchanged limiting keep their counters. Wire it to `SIGHUP`:
+    /// `process.on('SIGHUP', () => engine.reload())`.
+    #[napi]
+    pub fn reload(&self, env: Env, path: Option<String>) -> Result<ReloadReport> {
+        match path {
+            Some(p) => self.inner.reload_with(p),
+            None => self.inner.reload(),
+        }
+        .map(ReloadReport::from)
+        .map_err(|e| Failure::from(e).into_js(&env))
+    }
+
+    /// `reload` from TOML text.
+    #[napi]
+    pub fn reload_toml(&self, env: Env, text: String) -> Result<ReloadReport> {
+        self.inner
+            .reload_toml_str(&text)
+            .map(ReloadReport::from)
+            .map_err(|e| Failure::from(e).into_js(&env))
     }
 
     /// Whether any rule settles after the response (`count`, `cost_from =

@@ -801,6 +801,38 @@ impl PyEngine {
         })
     }
 
+    /// Changes the policy without a restart: `path` (or, with neither
+    /// argument, the file the engine was made from, read again) or `toml`
+    /// text. The new policy is compiled and checked first; on any error the
+    /// running policy stays and `InvalidConfigError` says why. Returns what
+    /// happened to each rule: `{"kept": [...], "reset": [...], "added": [...],
+    /// "removed": [...]}` (kept rules keep their counters exactly).
+    #[pyo3(signature = (path=None, *, toml=None))]
+    fn reload<'py>(
+        &self,
+        py: Python<'py>,
+        path: Option<std::path::PathBuf>,
+        toml: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let report = py
+            .detach(|| match (path, toml) {
+                (Some(p), None) => self.inner.reload_with(p),
+                (None, Some(t)) => self.inner.reload_toml_str(t),
+                (None, None) => self.inner.reload(),
+                (Some(_), Some(_)) => Err(floodgate::Error::InvalidOption {
+                    option: "reload",
+                    problem: "give a path or toml text, not both",
+                }),
+            })
+            .map_err(to_py)?;
+        let out = PyDict::new(py);
+        out.set_item("kept", report.kept)?;
+        out.set_item("reset", report.reset)?;
+        out.set_item("added", report.added)?;
+        out.set_item("removed", report.removed)?;
+        Ok(out)
+    }
+
     /// The counters, as Prometheus text.
     fn metrics(&self) -> String {
         self.inner.metrics()

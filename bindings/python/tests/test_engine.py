@@ -254,3 +254,30 @@ def test_pk_is_the_same_in_every_worker_process():
         for _ in range(2)
     }
     assert len(pks) == 1 and pks != {""}, pks
+
+
+def test_reload_keeps_counters_and_refuses_a_bad_policy(tmp_path):
+    """`engine.reload(...)`: counters of unchanged rules kept, a typo refused
+    with the running policy kept; a SIGHUP handler is one line."""
+    import signal
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    e = Engine.from_file(policy)
+    for _ in range(2):
+        assert e.check_request(method="POST", path="/auth/login", client_ip="192.0.2.50", now=T).allowed
+    policy.write_text(POLICY.replace('quotas = ["100/min"]', 'quotas = ["200/min"]'))
+    report = e.reload()
+    assert "login" in report["kept"] and report["reset"] == ["api"]
+    assert not e.check_request(method="POST", path="/auth/login", client_ip="192.0.2.50", now=T).allowed
+    with pytest.raises(floodgate.InvalidConfigError, match="line"):
+        e.reload(toml=POLICY.replace('quotas = ["2/min"]', 'quotas = ["two/min"]'))
+    assert not e.check_request(method="POST", path="/auth/login", client_ip="192.0.2.50", now=T).allowed
+    # On SIGHUP, as a server would wire it.
+    previous = signal.signal(signal.SIGHUP, lambda *_: e.reload())
+    try:
+        policy.write_text(POLICY + '\n[[rule]]\nname = "extra"\nmatch = "/extra"\nquotas = ["1/min"]\n')
+        signal.raise_signal(signal.SIGHUP)
+        assert "extra" in e.describe()
+    finally:
+        signal.signal(signal.SIGHUP, previous)

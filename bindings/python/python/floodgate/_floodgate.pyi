@@ -1,5 +1,5 @@
 from os import PathLike
-from typing import Any, Awaitable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, final
+from typing import Any, Awaitable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, final
 
 __version__: str
 VERDICT_FIELDS: List[str]
@@ -138,6 +138,9 @@ class Engine:
         headers: Optional[_Headers] = None,
     ) -> Awaitable[Verdict]: ...
     def settle_async(self, verdict: Verdict, *, status: int, cost: Optional[float] = None) -> Awaitable[None]: ...
+    def reload(
+        self, path: Optional[Union[str, "PathLike[str]"]] = None, *, toml: Optional[str] = None
+    ) -> Dict[str, List[str]]: ...
     def metrics(self) -> str: ...
     def describe(self) -> str: ...
     @property
