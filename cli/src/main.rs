@@ -31,6 +31,11 @@ enum Command {
     CheckConfig {
         /// The policy file (TOML, or JSON if it ends in .json).
         file: std::path::PathBuf,
+        /// Also check FILE as a reload of this running policy: print which rules
+        /// keep their counters, start afresh, are added and removed (exit 1 if
+        /// the engine would refuse the reload).
+        #[arg(long, value_name = "OLD")]
+        against: Option<std::path::PathBuf>,
     },
     /// Replay a JSON-lines trace of requests through a policy; print one JSON line per request.
     Simulate {
@@ -234,7 +239,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench(args),
-        Command::CheckConfig { file } => policy::check_config(&file).map(|text| print!("{text}")),
+        Command::CheckConfig { file, against } => {
+            policy::check_config(&file, against.as_deref()).map(|text| print!("{text}"))
+        }
         Command::Simulate {
             config,
             trace,

@@ -13,11 +13,22 @@ use crate::bench::{group, run_workload};
 /// Loads and validates a policy; prints the effective rules, then warnings about
 /// what is valid but probably not meant (requests that no rule limits, a `/*`
 /// that limits one segment, an unverified API key as an identity).
-pub fn check_config(path: &Path) -> Result<String, String> {
+///
+/// With `against` (the running policy), also what a reload from it to `path`
+/// would do: the rules whose counters are kept, reset, added and removed, or
+/// why the engine would refuse it.
+pub fn check_config(path: &Path, against: Option<&Path>) -> Result<String, String> {
     let engine = Engine::from_path(path).map_err(|e| e.to_string())?;
     let mut out = format!("{}: ok\n\n{}", path.display(), engine.describe());
     for w in engine.warnings() {
         out.push_str(&format!("warning: {w}\n"));
+    }
+    if let Some(old) = against {
+        let running = Engine::from_path(old).map_err(|e| format!("{}: {e}", old.display()))?;
+        let report = running
+            .reload_with(path)
+            .map_err(|e| format!("a reload from {} would be refused: {e}", old.display()))?;
+        out.push_str(&format!("\nas a reload of {}:\n{report}\n", old.display()));
     }
     Ok(out)
 }

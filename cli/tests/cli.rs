@@ -298,3 +298,34 @@ fn bench_store_with_an_unreachable_redis_fails_clearly() {
     );
     assert!(start.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn check_config_against_the_running_policy_prints_what_a_reload_keeps() {
+    let dir = std::env::temp_dir().join(format!("floodgate-cli-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = root("examples/policy.toml");
+    let text = std::fs::read_to_string(&old).unwrap();
+    // The example's key files are relative to it: the new file sits beside it.
+    let new =
+        std::path::Path::new(&old).with_file_name(format!(".reload-{}.toml", std::process::id()));
+    let changed = text.replacen("name = \"token\"", "name = \"oauth-token\"", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&new, &changed).unwrap();
+    let out = floodgate(&["check-config", "--against", &old, new.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("as a reload of"), "{stdout}");
+    assert!(stdout.contains("added: oauth-token"), "{stdout}");
+    assert!(stdout.contains("removed: token"), "{stdout}");
+    assert!(stdout.contains("kept: login-ip"), "{stdout}");
+    // A reload the engine would refuse: exit 1, and why.
+    std::fs::write(&new, changed.replacen("[[rule]]", "[[rule]]\nbogus = 1", 1)).unwrap();
+    let out = floodgate(&["check-config", "--against", &old, new.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let _ = std::fs::remove_file(&new);
+    let _ = std::fs::remove_dir_all(&dir);
+}
