@@ -14,8 +14,8 @@ use crate::error::Result;
 const STACK_HEADERS: usize = 16;
 
 /// A request with owned parts. Build it with [`OwnedRequest::new`], add the
-/// headers the engine reads ([`Engine::request_headers`]; others are ignored
-/// anyway), and decide it with [`Engine::check_owned`].
+/// headers the engine reads ([`Engine::request_headers`](super::Engine::request_headers); others are ignored
+/// anyway), and decide it with [`Engine::check_owned`](super::Engine::check_owned).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnedRequest {
     /// HTTP method.
