@@ -136,6 +136,19 @@ impl Drop for Server {
     }
 }
 
+/// A tokio runtime with time and I/O: on this thread alone (`workers` 0), or
+/// with that many worker threads.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut b = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.enable_all().build().unwrap()
+}
+
 fn builder(server: &Server) -> floodgate::RedisLimiterBuilder {
     RedisLimiter::builder(&server.url())
         .connect_timeout(Duration::from_millis(50))
@@ -666,10 +679,7 @@ fn cluster_with_keys_spread_over_slots() {
         assert!(dbsize(n) > 0, "keys spread over every node's slots");
     }
     // The async API on the cluster shares the same state.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(0);
     rt.block_on(async {
         assert!(!l.check_async("user-1", 1).await.unwrap().allowed);
         assert!(l.check_async("async-user", 1).await.unwrap().allowed);
@@ -795,11 +805,7 @@ fn async_checks_pipeline_on_one_connection_and_admit_exactly() {
             .build()
             .unwrap(),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let admitted = rt.block_on(async {
         let tasks: Vec<_> = (0..400)
             .map(|_| {
@@ -1309,11 +1315,7 @@ fn worst_call(l: &RedisLimiter, threads: usize, calls: usize) -> Duration {
 
 /// The slowest of `calls` async checks on each of `tasks` tokio tasks (2 workers).
 fn worst_async_call(l: &Arc<RedisLimiter>, tasks: usize, calls: usize) -> Duration {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     rt.block_on(async {
         let handles: Vec<_> = (0..tasks)
             .map(|t| {
@@ -1611,10 +1613,7 @@ fn tls_with_a_ca_file_and_an_acl_user() {
     assert_eq!(allowed, [true, true, true, false, false]);
     // The async engine's multiplexed connection over TLS too (merged calls):
     // the same key is already at its limit, a fresh one gets 3.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(0);
     let fresh = Request {
         client_ip: Some("198.51.100.4".parse().unwrap()),
         ..req
@@ -1842,10 +1841,7 @@ fn sentinel_follows_a_failover() {
         assert_eq!(v.remaining, back.remaining - i, "exact after the failover");
     }
     // The async engine finds the new master through the sentinels as well.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(0);
     let v = rt.block_on(e.check_request_async(&req)).unwrap();
     assert!(v.allowed);
     assert_eq!(v.remaining, back.remaining - 6, "async, on the new master");
@@ -1919,10 +1915,7 @@ max_in_flight = 10
         ("POST", "/auth/login"),
     ]
     .to_vec();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(0);
     for (method, path) in &requests {
         let req = Request {
             method,
@@ -2076,11 +2069,7 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
             .build()
             .unwrap(),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime(2);
     let run = |n: usize| {
         let (g, w) = (gcra.clone(), windows.clone());
         rt.block_on(async move {

@@ -535,12 +535,12 @@ impl Policy {
         }
     }
 
-    /// Registers the function that receives [`Event`]s (replacing any earlier one).
+    /// See [`Engine::set_event_sink`].
     pub fn set_event_sink(&self, sink: impl Fn(&Event) + Send + Sync + 'static) {
         self.sink.store(Some(Arc::new(Arc::new(sink))));
     }
 
-    /// Counters in the Prometheus text exposition format.
+    /// See [`Engine::metrics`].
     pub fn metrics(&self) -> String {
         let mut out = self.metrics.render();
         if let Some(b) = &self.bans {
@@ -576,7 +576,7 @@ impl Policy {
         out
     }
 
-    /// The effective rules, one block per rule, for `floodgate check-config`.
+    /// See [`Engine::describe`].
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for r in self.rules.iter() {
@@ -618,7 +618,7 @@ impl Policy {
         out
     }
 
-    /// Now, as Unix time.
+    /// See [`Engine::now`].
     pub fn now(&self) -> Duration {
         // On shared memory every process reads the table's clock.
         if let Some(ns) = self.store.shared_now() {
@@ -627,22 +627,17 @@ impl Policy {
         Duration::from_nanos(self.unix_origin_ns.saturating_add(self.clock.now_ns()))
     }
 
-    /// Decides a request now.
+    /// See [`Engine::check_request`].
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for an empty or non-alphabetic method. A denial is
-    /// not an error.
+    /// As [`Engine::check_request`].
     pub fn check_request(&self, req: &Request<'_>) -> Result<Verdict> {
         let mut out = VerdictBuf::new();
         self.decide(req, self.now(), false, &mut out)?;
         Ok(out.into_verdict())
     }
 
-    /// Decides a request into `out`, reusing its strings: with one buffer kept
-    /// per thread or handle, an allowed request allocates nothing (the common
-    /// paths: anonymous per IP, API key, a cached token). `now` as
-    /// [`check_request_at`](Engine::check_request_at), or the engine's clock.
-    /// On an error, `out` holds an empty allowed verdict with reason `no_rule`.
+    /// See [`Engine::check_request_into`].
     ///
     /// # Errors
     /// As [`Engine::check_request`].
@@ -664,8 +659,7 @@ impl Policy {
         }
     }
 
-    /// Decides a request at `now` (Unix time: JWT `exp`/`nbf` are checked against it).
-    /// Rules on a Redis store are then also decided at `now`, not the server's clock.
+    /// See [`Engine::check_request_at`].
     ///
     /// # Errors
     /// As [`Engine::check_request`].
@@ -675,14 +669,7 @@ impl Policy {
         Ok(out.into_verdict())
     }
 
-    /// Decides a request now without holding a thread while Redis answers: a
-    /// rule on a Redis store makes its round trips (places in flight, charges,
-    /// refunds) on the store's multiplexed tokio connection, pipelined with
-    /// every other task's, each within the store's deadline. The same decision
-    /// procedure as [`check_request`](Engine::check_request), so the same
-    /// verdict; on memory and shared memory it is ready at once. Await it on a
-    /// tokio runtime with time enabled when a rule is on Redis (the Python and
-    /// Node bindings use [`background_runtime`](crate::background_runtime)).
+    /// See [`Engine::check_request_async`].
     ///
     /// # Errors
     /// As [`Engine::check_request`].
@@ -693,9 +680,7 @@ impl Policy {
         Ok(out.into_verdict())
     }
 
-    /// Whether a check may wait on the network (a rule on a Redis store): front
-    /// ends then run checks off the event loop (Python releases the GIL, Node and
-    /// asyncio use their async paths). In memory, a check never blocks.
+    /// See [`Engine::may_block`].
     pub fn may_block(&self) -> bool {
         #[cfg(feature = "redis")]
         if matches!(*self.store, store::Store::Redis { .. }) {
@@ -704,17 +689,12 @@ impl Policy {
         false
     }
 
-    /// Warnings about the policy, for `floodgate check-config`: things that are
-    /// valid but probably not meant (a request that no rule limits, a `/*` that
-    /// limits one path segment).
+    /// See [`Engine::warnings`].
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
-    /// Replaces the engine's random seeds (for key hashing and the `pk` partition
-    /// keys in headers) with ones derived from `seed`, so replays print the same
-    /// headers every time. For `floodgate simulate` and tests: predictable seeds
-    /// make `pk` values guessable, so do not use it in production.
+    /// See [`Engine::with_fixed_seed`].
     #[must_use]
     pub fn with_fixed_seed(mut self, seed: u64) -> Self {
         self.key_seed = ahash::RandomState::with_seeds(seed, seed ^ 1, seed ^ 2, seed ^ 3);
