@@ -78,6 +78,17 @@ pub struct Workload {
     pub latency: Histogram,
 }
 
+impl Workload {
+    /// Adds another run's counts, time and latencies.
+    pub fn add(&mut self, other: &Workload) {
+        self.allowed += other.allowed;
+        self.denied += other.denied;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latency.merge(&other.latency);
+    }
+}
+
 /// Runs `check(thread, key_index)` on `threads` threads for `duration`, picking key
 /// indexes uniformly from `0..keys`; `check` returns `Some(allowed)` or `None` on
 /// error. `status` prints the progress line's last column.

@@ -91,6 +91,10 @@ struct BenchArgs {
     /// With --config: a request header, "name: value" (repeatable).
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// With --config: also run with the policy reloaded (`Engine::reload`) every
+    /// this many milliseconds, and compare latency with and without, in the same run.
+    #[arg(long, value_name = "MS")]
+    reload_every: Option<f64>,
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
@@ -142,6 +146,10 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             threads,
             duration: Duration::from_secs_f64(args.duration),
             progress: !args.quiet,
+            reload_every: args
+                .reload_every
+                .filter(|ms| ms.is_finite() && *ms > 0.0)
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         })?;
         print!("{report}");
         return Ok(());

@@ -206,6 +206,86 @@ fn settle_due(
     Ok(())
 }
 
+/// `bench --config --reload-every MS`: the same workload without reloads and
+/// with `Engine::reload` every `every` on another thread, in alternating
+/// quarters of the duration after a warm-up (every client's key made first):
+/// latency quantiles side by side, and what a reload took.
+fn reload_pause(
+    b: &PolicyBench<'_>,
+    engine: &Engine,
+    every: Duration,
+    check: impl Fn(usize) -> Option<bool> + Sync,
+) -> Result<String, String> {
+    use crate::bench::Workload;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let quarter = b.duration / 4;
+    let clients = b.clients.max(1);
+    let _warm = run_workload(b.threads, clients, quarter, false, &check, String::new);
+    let mut took = crate::histogram::Histogram::default();
+    let (mut calm, mut during) = (Workload::default(), Workload::default());
+    for _ in 0..2 {
+        calm.add(&run_workload(
+            b.threads,
+            clients,
+            quarter,
+            false,
+            &check,
+            String::new,
+        ));
+        let stop = AtomicBool::new(false);
+        let (w, failed) = std::thread::scope(|s| {
+            let reloader = s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    if let Err(e) = engine.reload() {
+                        return Some(e.to_string());
+                    }
+                    took.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                    std::thread::sleep(every);
+                }
+                None
+            });
+            let w = run_workload(b.threads, clients, quarter, false, &check, String::new);
+            stop.store(true, Ordering::Relaxed);
+            (w, reloader.join())
+        });
+        match failed {
+            Ok(None) => {}
+            Ok(Some(e)) => return Err(format!("a reload failed: {e}")),
+            Err(_) => return Err("the reloading thread panicked".into()),
+        }
+        during.add(&w);
+    }
+    let row = |name: &str, w: &Workload| {
+        let checks = w.allowed + w.denied + w.errors;
+        format!(
+            "  {name:<16} {:>12} {:>10} {:>10} {:>10}\n",
+            group((checks as f64 / w.elapsed.as_secs_f64().max(1e-9)) as u64),
+            w.latency.quantile(0.5),
+            w.latency.quantile(0.99),
+            w.latency.quantile(0.999),
+        )
+    };
+    Ok(format!(
+        "floodgate bench --config {} --reload-every {} ms: {} thread(s), {:.1} s each, alternating\n\n  {:<16} {:>12} {:>10} {:>10} {:>10}\n{}{}\n  {} reloads, each p50 {:.1} us, max {:.1} us (compiled beside the running policy, then swapped)\n  p99.9 with reloads / without: {:.2}x\n",
+        b.config.display(),
+        every.as_secs_f64() * 1000.0,
+        b.threads,
+        (quarter * 2).as_secs_f64(),
+        "",
+        "requests/s",
+        "p50 ns",
+        "p99 ns",
+        "p99.9 ns",
+        row("without reloads", &calm),
+        row("with reloads", &during),
+        group(took.len()),
+        took.quantile(0.5) as f64 / 1e3,
+        took.max() as f64 / 1e3,
+        during.latency.quantile(0.999) as f64 / calm.latency.quantile(0.999).max(1) as f64,
+    ))
+}
+
 /// What `bench --config` sends.
 pub struct PolicyBench<'a> {
     pub config: &'a Path,
@@ -216,6 +296,8 @@ pub struct PolicyBench<'a> {
     pub threads: usize,
     pub duration: Duration,
     pub progress: bool,
+    /// Also run with the policy reloaded this often (same run, half the duration each).
+    pub reload_every: Option<Duration>,
 }
 
 /// Benchmarks `check_request` on generated requests from `clients` client IPs.
@@ -230,20 +312,24 @@ pub fn bench(b: &PolicyBench<'_>) -> Result<String, String> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let check = |i: usize| {
+        let req = Request {
+            method: b.method,
+            path: b.path,
+            client_ip: ips.get(i).copied(),
+            headers: &headers,
+        };
+        engine.check_request(&req).ok().map(|v| v.allowed)
+    };
+    if let Some(every) = b.reload_every {
+        return reload_pause(b, &engine, every, check);
+    }
     let w = run_workload(
         b.threads,
         ips.len(),
         b.duration,
         b.progress,
-        |i| {
-            let req = Request {
-                method: b.method,
-                path: b.path,
-                client_ip: ips.get(i).copied(),
-                headers: &headers,
-            };
-            engine.check_request(&req).ok().map(|v| v.allowed)
-        },
+        check,
         String::new,
     );
     let checks = w.allowed + w.denied + w.errors;

@@ -329,3 +329,35 @@ fn check_config_against_the_running_policy_prints_what_a_reload_keeps() {
     let _ = std::fs::remove_file(&new);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_compares_latency_with_and_without_reloads() {
+    let out = floodgate(&[
+        "bench",
+        "--config",
+        &root("benches/http/policy.toml"),
+        "--reload-every",
+        "5",
+        "--duration",
+        "0.8",
+        "--threads",
+        "1",
+        "--quiet",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("without reloads") && text.contains("with reloads"),
+        "{text}"
+    );
+    let reloads: u64 = text
+        .split_whitespace()
+        .zip(text.split_whitespace().skip(1))
+        .find_map(|(n, w)| (w == "reloads,").then(|| n.replace(',', "").parse().ok())?)
+        .unwrap_or(0);
+    assert!(reloads > 0, "{text}");
+}
