@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Benchmark the embedded in-memory limiter (or, with --config, a policy) on a generated workload.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Validate a policy file and print its effective rules (exit 1 on error).
     CheckConfig {
         /// The policy file (TOML, or JSON if it ends in .json).
@@ -246,7 +246,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(*args),
         Command::CheckConfig { file, against } => {
             policy::check_config(&file, against.as_deref()).map(|text| print!("{text}"))
         }
