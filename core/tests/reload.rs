@@ -167,6 +167,14 @@ fn unchanged_rules_keep_their_counters_changed_ones_start_afresh() {
             .unwrap()
             .allowed
     );
+    // The counters carry on across the reload (Prometheus sees no reset).
+    let metrics = e.metrics();
+    let allowed = metrics
+        .lines()
+        .find(|l| l.contains("rule=\"api\"") && l.contains("outcome=\"allowed\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(allowed, Some(5 + 10), "{metrics}");
     // old: gone; search: new.
     assert_eq!(
         e.check_request_at(&req("GET", "/old/x", ip), at(33))

@@ -236,6 +236,9 @@ impl Engine {
             return Err(refuse("has a Redis store"));
         }
         let report = Reload::between(&old, &new);
+        // Just before the swap: the counts the old policy makes meanwhile are
+        // the few of a pointer store's time.
+        new.metrics.continue_from(&old.metrics);
         self.current.store(Arc::new(new));
         *self.spec.lock() = spec;
         let mut recent = self.recent.lock();
@@ -269,8 +272,8 @@ impl Engine {
         self.current.load().set_event_sink(sink);
     }
 
-    /// Counters in the Prometheus text exposition format (a reload starts
-    /// them again, as a restart would: Prometheus reads that as a reset).
+    /// Counters in the Prometheus text exposition format. A reload carries
+    /// them on (a rule's counters by its name).
     pub fn metrics(&self) -> String {
         self.current.load().metrics()
     }

@@ -118,7 +118,52 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+impl RuleCounters {
+    fn each(&self) -> [&AtomicU64; 7] {
+        [
+            &self.allowed,
+            &self.denied,
+            &self.shadow_denied,
+            &self.banned,
+            &self.concurrency,
+            &self.in_flight_taken,
+            &self.in_flight_released,
+        ]
+    }
+}
+
 impl Metrics {
+    fn globals(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.jwt_invalid.iter().chain([
+            &self.deny_listed,
+            &self.allow_listed,
+            &self.unauthorized,
+            &self.bans_started,
+            &self.banned_clients,
+            &self.no_rule,
+            &self.store_fallbacks,
+            &self.settled,
+            &self.settle_refunds,
+            &self.settle_charges,
+        ])
+    }
+
+    /// Starts these (a reloaded policy's, not yet deciding) counters where
+    /// `old`'s are, so that a reload does not reset what Prometheus reads:
+    /// every engine-wide counter, and each rule's under the same name.
+    pub(crate) fn continue_from(&self, old: &Metrics) {
+        for (new, old) in self.globals().zip(old.globals()) {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (name, counters) in &self.rules {
+            if let Some((_, before)) = old.rules.iter().find(|(n, _)| n == name) {
+                for (new, old) in counters.each().into_iter().zip(before.each()) {
+                    new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// The Prometheus text exposition of every counter.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
