@@ -1284,6 +1284,15 @@ in_flight_ttl = "10s"
     assert_eq!(v.reason, Reason::Concurrency, "closed: no place");
 }
 
+/// Holds the server at `url` with `DEBUG SLEEP secs` from another thread.
+fn hold_server(url: String, secs: &'static str) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut conn);
+    })
+}
+
 /// The slowest of `calls` checks on each of `threads` threads.
 fn worst_call(l: &RedisLimiter, threads: usize, calls: usize) -> Duration {
     std::thread::scope(|s| {
@@ -1396,15 +1405,12 @@ fn the_timeout_is_a_deadline_for_every_call() {
     // A slow command (DEBUG SLEEP) holds the server; 4 callers share 2 connections.
     let l = limiter(&server.url(), true);
     let url = server.url();
-    let sleeper = std::thread::spawn(move || {
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let _: redis::RedisResult<()> =
-            redis::cmd("DEBUG").arg("SLEEP").arg("0.3").query(&mut conn);
-    });
+    let sleeper = hold_server(url, "0.3");
     std::thread::sleep(Duration::from_millis(30));
+    // Async first, on a store of its own: its breaker is not opened yet by the
+    // blocking calls, so its calls meet the deadline itself.
+    let slow_async = worst_async_call(&limiter(&server.url(), false), 16, 10);
     let slow = worst_call(&l, 4, 10);
-    let slow_async = worst_async_call(&l, 16, 10);
     sleeper.join().unwrap();
     eprintln!("DEBUG SLEEP, 4 callers on 2 connections: worst call {slow:?}, async {slow_async:?}");
     assert!(slow <= bound, "slow server: {slow:?}");
@@ -1978,12 +1984,7 @@ max_in_flight = 10
     // Never holding the thread: checks wait on a sleeping Redis while a ticker
     // on the same (only) thread keeps ticking.
     let url = server.url();
-    let sleeper = std::thread::spawn(move || {
-        let client = redis::Client::open(url).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let _: redis::RedisResult<()> =
-            redis::cmd("DEBUG").arg("SLEEP").arg("0.3").query(&mut conn);
-    });
+    let sleeper = hold_server(url, "0.3");
     std::thread::sleep(Duration::from_millis(50));
     let ticks = Arc::new(AtomicU64::new(0));
     let (ticked_during, admitted) = rt.block_on(async {

@@ -70,8 +70,9 @@ test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' },
 
 test('checkRequestAsync holds no thread while Redis stalls: the libuv pool stays free for fs', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
   // The core's async engine: round trips on a tokio worker's multiplexed
-  // connection. (On the libuv pool, 8 checks waiting on a stalled Redis held
-  // all 4 of its threads, and fs, dns.lookup, zlib and crypto waited too.)
+  // connection. (On the libuv pool, 4 threads by default, 8 checks waiting on
+  // a stalled Redis would occupy all of them, and fs, dns.lookup, zlib and
+  // crypto would wait too.)
   const { spawn } = require('node:child_process')
   const fs = require('node:fs/promises')
   const port = new URL(redisUrl).port

@@ -471,6 +471,18 @@ fn fail_mode_of(mode: FailModeConfig) -> crate::FailMode {
     }
 }
 
+#[cfg(feature = "redis")]
+impl Checked {
+    /// A Redis limiter's answer.
+    fn remote((decision, source): (crate::Decision, crate::DecisionSource)) -> Self {
+        Checked {
+            decision,
+            fallback: source == crate::DecisionSource::Fallback,
+            remote: true,
+        }
+    }
+}
+
 impl RuleLimiter {
     /// Checks at `now` (Unix time); a Redis limiter uses the server's clock unless
     /// `explicit` (a replay).
@@ -489,14 +501,9 @@ impl RuleLimiter {
                 remote: false,
             }),
             #[cfg(feature = "redis")]
-            RuleLimiter::Redis(l) => {
-                let (decision, source) = l.check_source(key, cost, explicit.then_some(now))?;
-                Ok(Checked {
-                    decision,
-                    fallback: source == crate::DecisionSource::Fallback,
-                    remote: true,
-                })
-            }
+            RuleLimiter::Redis(l) => l
+                .check_source(key, cost, explicit.then_some(now))
+                .map(Checked::remote),
         }
     }
 
@@ -512,14 +519,10 @@ impl RuleLimiter {
     ) -> Result<Checked> {
         #[cfg(feature = "redis")]
         if let RuleLimiter::Redis(l) = self {
-            let (decision, source) = l
+            return l
                 .check_source_async(key, cost, explicit.then_some(now))
-                .await?;
-            return Ok(Checked {
-                decision,
-                fallback: source == crate::DecisionSource::Fallback,
-                remote: true,
-            });
+                .await
+                .map(Checked::remote);
         }
         self.check(key, cost, now, explicit)
     }
