@@ -249,3 +249,101 @@ def test_fork_after_creating_keeps_one_table():
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+def _redis_policy(url: str) -> str:
+    return textwrap.dedent(
+        f"""
+        [store]
+        kind = "redis"
+        url = "{url}"
+        prefix = "fg-workers-{uuid.uuid4().hex}"
+        timeout_ms = 500
+        fail_mode = "closed"
+
+        [[rule]]
+        name = "api"
+        match = "/api/**"
+        key = "ip"
+        quotas = ["{LIMIT}/hour"]
+        """
+    )
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_one_quota_across_four_workers_on_redis(kind, redis_url, tmp_path):
+    """Four workers on one Redis: exactly the quota. Under uvicorn the ASGI
+    middleware decides with the core's async engine (`check_request_async`:
+    merged calls on a tokio worker, no thread pool); under gunicorn the WSGI
+    middleware blocks with the GIL released."""
+    pytest.importorskip(kind)
+    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url), tmp_path)
+    try:
+        _wait_for_workers(proc, port)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: _hit(port), range(2 * LIMIT)))
+    finally:
+        _stop(proc)
+    ok = [pid for status, pid in results if status == 200]
+    assert {status for status, _ in results} <= {200, 429}
+    assert len(set(ok)) >= 2, "the requests reached one worker; the test needs several"
+    assert len(ok) == LIMIT, f"{len(ok)} admitted by {len(set(ok))} workers on Redis"
+
+
+RELOADING_APP = """
+import os, threading, time
+from fastapi import FastAPI
+from floodgate import Engine
+from floodgate.asgi import FloodgateMiddleware
+
+engine = Engine.from_file("policy.toml")
+app = FastAPI()
+
+
+@app.get("/api/items")
+async def items():
+    return {"pid": os.getpid()}
+
+
+def watch(path="policy.toml", every=0.1):  # the README's file watcher
+    seen = os.stat(path).st_mtime_ns
+    while True:
+        time.sleep(every)
+        m = os.stat(path).st_mtime_ns
+        if m != seen:
+            seen = m
+            try:
+                engine.reload()
+            except Exception:
+                pass
+
+
+threading.Thread(target=watch, daemon=True).start()
+app.add_middleware(FloodgateMiddleware, engine=engine)
+"""
+
+
+def test_reload_on_a_file_change_through_a_running_server(tmp_path):
+    """uvicorn serving with the README's file watcher: a broken policy file
+    changes nothing (the running policy and its count stay); a new quota
+    applies over HTTP once the file changes (a changed quota starts afresh)."""
+    pytest.importorskip("uvicorn")
+    text = "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nquotas = [\"5/hour\"]\n"
+    proc, port = start_server("uvicorn", RELOADING_APP, text, tmp_path, workers=1)
+    try:
+        _wait_for_workers(proc, port)
+        assert [_hit(port)[0] for _ in range(6)] == [200] * 5 + [429]
+        # A typo: refused by the engine, the running policy (and its count) stays.
+        time.sleep(0.05)
+        (tmp_path / "policy.toml").write_text(text.replace("5/hour", "five/hour"))
+        time.sleep(0.5)
+        assert _hit(port)[0] == 429
+        # A new quota: the rule starts afresh under it.
+        (tmp_path / "policy.toml").write_text(text.replace("5/hour", "8/hour"))
+        deadline = time.monotonic() + 5
+        while _hit(port)[0] == 429 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        statuses = [_hit(port)[0] for _ in range(8)]
+        assert statuses == [200] * 7 + [429], statuses  # one of the 8 went to the probe above
+    finally:
+        _stop(proc)
