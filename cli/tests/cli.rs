@@ -195,13 +195,15 @@ fn hmac_secret_from_the_environment() {
 /// Replays `tests/traces/{name}.jsonl` through `config` and compares with the
 /// reviewed `{name}.expected.jsonl`.
 fn replay_matches(config: &str, name: &str, at_least: usize) {
-    let out = floodgate(&[
-        "simulate",
-        "--config",
-        &root(config),
-        "--trace",
-        &root(&format!("tests/traces/{name}.jsonl")),
-    ]);
+    replay_from(config, name, at_least, &[]);
+}
+
+/// [`replay_matches`] with more arguments for `floodgate simulate`.
+fn replay_from(config: &str, name: &str, at_least: usize, more: &[&str]) {
+    let (config, trace) = (root(config), root(&format!("tests/traces/{name}.jsonl")));
+    let mut args = vec!["simulate", "--config", &config, "--trace", &trace];
+    args.extend_from_slice(more);
+    let out = floodgate(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -227,6 +229,18 @@ fn simulate_reproduces_the_committed_trace() {
 #[test]
 fn simulate_replays_settlement_and_concurrency() {
     replay_matches("tests/policies/lifecycle.toml", "lifecycle", 28);
+}
+
+/// Calendar quotas replayed across a month's end (UTC) and a day's end in
+/// Paris, from 2026-01-31T22:00:00Z.
+#[test]
+fn simulate_crosses_calendar_boundaries() {
+    replay_from(
+        "tests/policies/calendar.toml",
+        "calendar",
+        13,
+        &["--start-unix", "1769896800"],
+    );
 }
 
 #[test]

@@ -194,7 +194,7 @@ pub enum ParseProblem {
     MissingSlash,
     /// A count that is not a whole number in range.
     BadNumber,
-    /// A period unit other than ms, s, m, h, d (or their long forms).
+    /// A period unit other than ms, s, m, h, d, w (or their long forms).
     UnknownUnit,
     /// Text after the quota that is not `burst <n>`.
     TrailingInput,
@@ -206,7 +206,10 @@ impl fmt::Display for ParseProblem {
             Self::Empty => "it is empty",
             Self::MissingSlash => "expected <count>/<period>, e.g. \"100/s\" or \"1000/hour\"",
             Self::BadNumber => "expected a whole number",
-            Self::UnknownUnit => "unknown unit (use ms, s, m, h, d or second, minute, hour, day)",
+            Self::UnknownUnit => {
+                "unknown unit (use ms, s, m, h, d, w or second, minute, hour, day, week; \
+                 months by the calendar need calendar = true on the rule)"
+            }
             Self::TrailingInput => {
                 "unexpected text after the quota (only \"burst <n>\" may follow)"
             }

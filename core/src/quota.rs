@@ -101,6 +101,63 @@ pub struct Quota {
     /// GCRA emission interval: ceil(period / rate), so the admitted rate is never
     /// above the configured one (it is below by at most 1 ns per token).
     interval_ns: u64,
+    /// A calendar quota (`policy/calendar.rs`): a fixed window of the unit's
+    /// longest length, decided in calendar time.
+    calendar: Option<CalendarUnit>,
+}
+
+/// The unit of a calendar quota (`"10000/month"` on a rule with `calendar = true`).
+#[cfg_attr(not(feature = "policy"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum CalendarUnit {
+    Day,
+    Week,
+    Month,
+}
+
+const HOUR_NS: u64 = 3_600_000_000_000;
+const DAY_NS: u64 = 24 * HOUR_NS;
+
+#[cfg_attr(not(feature = "policy"), allow(dead_code))]
+impl CalendarUnit {
+    /// Reads `"day"`, `"week"`, `"month"` (and `d`, `w`, `mo`, plurals).
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim().to_ascii_lowercase().as_str() {
+            "d" | "day" | "days" => Self::Day,
+            "w" | "week" | "weeks" => Self::Week,
+            "mo" | "month" | "months" => Self::Month,
+            _ => return None,
+        })
+    }
+
+    /// The longest a window of the unit lasts, in ns (a day of 25 hours when a
+    /// DST change moves clocks back; a week of 169 hours; a month of 31 days
+    /// and an hour): the window length the stores count in.
+    pub(crate) const fn span_ns(self) -> u64 {
+        match self {
+            Self::Day => 25 * HOUR_NS,
+            Self::Week => 7 * DAY_NS + HOUR_NS,
+            Self::Month => 31 * DAY_NS + HOUR_NS,
+        }
+    }
+
+    /// The window's nominal length in seconds, for `RateLimit-Policy`'s `w`
+    /// (a month is given as 30 days).
+    pub(crate) const fn nominal_secs(self) -> u64 {
+        match self {
+            Self::Day => 86_400,
+            Self::Week => 604_800,
+            Self::Month => 2_592_000,
+        }
+    }
+
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
 }
 
 impl Quota {
@@ -244,7 +301,23 @@ impl Quota {
             period_ns,
             burst,
             interval_ns,
+            calendar: None,
         })
+    }
+
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))]
+    /// A calendar quota: at most `limit` per calendar `unit`, a fixed window of
+    /// the unit's longest length in calendar time (`policy/calendar.rs`).
+    pub(crate) fn calendar(limit: u64, unit: CalendarUnit) -> Result<Self> {
+        let mut q = Self::validated(Algorithm::FixedWindow, limit, unit.span_ns(), limit)?;
+        q.calendar = Some(unit);
+        Ok(q)
+    }
+
+    /// The calendar unit of a calendar quota.
+    #[cfg_attr(not(any(feature = "policy", feature = "shm")), allow(dead_code))]
+    pub(crate) const fn calendar_unit(&self) -> Option<CalendarUnit> {
+        self.calendar
     }
 
     /// The algorithm.
@@ -294,6 +367,10 @@ impl Quota {
             Algorithm::Gcra => self.burst.saturating_mul(self.interval_ns),
             // The previous window still weighs during the current one.
             Algorithm::SlidingWindow => self.period_ns.saturating_mul(2),
+            // Keys of a calendar rule are decided at calendar times up to a
+            // window apart (their months begin on different days): a key
+            // matters until every other key's time is two windows past its own.
+            Algorithm::FixedWindow if self.calendar.is_some() => self.period_ns.saturating_mul(3),
             Algorithm::SlidingLog | Algorithm::FixedWindow => self.period_ns,
         }
     }
@@ -311,6 +388,9 @@ impl fmt::Display for Quota {
             (1_000_000, "ms"),
         ];
         write!(f, "{}/", self.rate)?;
+        if let Some(unit) = self.calendar {
+            return write!(f, "{} (calendar)", unit.name());
+        }
         match UNITS
             .iter()
             .find(|(ns, _)| self.period_ns.is_multiple_of(*ns))
@@ -335,6 +415,7 @@ fn unit_ns(unit: &str) -> Option<u64> {
         "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000_000,
         "h" | "hr" | "hour" | "hours" => 3_600_000_000_000,
         "d" | "day" | "days" => 86_400_000_000_000,
+        "w" | "week" | "weeks" => 604_800_000_000_000,
         _ => return None,
     })
 }

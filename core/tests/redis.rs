@@ -2130,3 +2130,108 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
         started.elapsed()
     );
 }
+
+/// A calendar quota on Redis: two app instances count one month together
+/// (also through the async engine), the month ends on the 1st whatever the
+/// time of the check, and the denial's Retry-After points there; settled
+/// refunds reach the window they were charged in.
+#[test]
+fn calendar_month_on_redis_is_shared_and_ends_on_the_first() {
+    use floodgate::policy::{Engine, Request, Settle};
+    let server = Server::start(&[]);
+    let text = format!(
+        r#"
+[store]
+kind = "redis"
+url = "{}"
+timeout_ms = 200
+
+[[rule]]
+name = "plan"
+match = "/api/**"
+key = "ip"
+quotas = ["4/month"]
+calendar = true
+count = "failures"
+"#,
+        server.url()
+    );
+    let (a, b) = (
+        Engine::from_toml_str(&text).unwrap(),
+        Engine::from_toml_str(&text).unwrap(),
+    );
+    let req = Request {
+        method: "GET",
+        path: "/api/items",
+        client_ip: Some("203.0.113.44".parse().unwrap()),
+        headers: &[],
+    };
+    // 2026-01-31T23:59:00Z and the next midnight.
+    let (before, midnight) = (
+        Duration::from_secs(1_769_903_940),
+        Duration::from_secs(1_769_904_000),
+    );
+    let first = a.check_request_at(&req, before).unwrap();
+    assert!(first.allowed);
+    assert_eq!(first.reset_after, Duration::from_secs(60));
+    // A success is given back: it does not count.
+    a.settle_at(
+        &first,
+        Settle {
+            status: 200,
+            cost: None,
+        },
+        before,
+    )
+    .unwrap();
+    for (i, e) in [&b, &a, &b, &a].into_iter().enumerate() {
+        let v = e.check_request_at(&req, before).unwrap();
+        assert!(v.allowed, "request {i}");
+        e.settle_at(
+            &v,
+            Settle {
+                status: 500,
+                cost: None,
+            },
+            before,
+        )
+        .unwrap();
+    }
+    let denied = b.check_request_at(&req, before).unwrap();
+    assert!(
+        !denied.allowed,
+        "4 failures used the month up across both instances"
+    );
+    assert_eq!(denied.retry_after, Duration::from_secs(60));
+    assert!(
+        !a.check_request_at(&req, midnight - Duration::from_millis(1))
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        a.check_request_at(&req, midnight).unwrap().allowed,
+        "February"
+    );
+
+    // Now, through the async engine (Python's and Node's Redis path) and the
+    // blocking one: one count; the denial waits for the next month's 1st.
+    let rt = runtime(1);
+    let owned =
+        floodgate::policy::OwnedRequest::new("GET", "/api/items", Some("203.0.113.45")).unwrap();
+    let direct = Request {
+        client_ip: Some("203.0.113.45".parse().unwrap()),
+        ..req
+    };
+    for i in 0..4 {
+        let v = if i % 2 == 0 {
+            rt.block_on(a.check_owned_async(&owned)).unwrap()
+        } else {
+            b.check_request(&direct).unwrap()
+        };
+        assert!(v.allowed, "request {i} now");
+    }
+    let denied = rt.block_on(b.check_owned_async(&owned)).unwrap();
+    assert!(!denied.allowed);
+    assert!(denied.retry_after > Duration::ZERO);
+    assert!(denied.retry_after <= Duration::from_secs(31 * 86_400));
+}

@@ -211,3 +211,21 @@ test('reload keeps counters, refuses a bad policy, and answers SIGHUP', async ()
   assert.equal(e.checkRequest({ method: 'GET', path: '/extra', clientIp: '192.0.2.61', nowMs: T }).rule, 'extra')
   fs.rmSync(dir, { recursive: true })
 })
+
+test('calendar quotas: a month ends on the first, Retry-After points there', async () => {
+  const { readFileSync } = await import('node:fs')
+  const policy = readFileSync(new URL('../../../tests/policies/calendar.toml', import.meta.url), 'utf8')
+  const e = Engine.fromToml(policy)
+  const jan31 = 1_769_903_940_000 // 2026-01-31T23:59:00Z
+  const get = (path, clientIp, nowMs) => e.checkRequest({ method: 'GET', path, clientIp, nowMs })
+  for (let i = 0; i < 3; i++) assert.equal(get('/api/items', '198.51.100.7', jan31).allowed, true)
+  const v = get('/api/items', '198.51.100.7', jan31)
+  assert.equal(v.status, 429)
+  assert.equal(v.retryAfterMs, 60_000)
+  assert.equal(v.headers['Retry-After'], '60')
+  assert.match(v.headers['RateLimit-Policy'], /;w=2592000$/)
+  assert.equal(get('/api/items', '198.51.100.7', jan31 + 60_000).allowed, true)
+  // Paris: at 23:59 UTC it is already February 1st; the day ends at 23:00 UTC.
+  for (let i = 0; i < 2; i++) assert.equal(get('/export', '203.0.113.9', jan31).allowed, true)
+  assert.equal(get('/export', '203.0.113.9', jan31).retryAfterMs, (23 * 3600 + 60) * 1000)
+})

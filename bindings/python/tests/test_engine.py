@@ -281,3 +281,24 @@ def test_reload_keeps_counters_and_refuses_a_bad_policy(tmp_path):
         assert "extra" in e.describe()
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_calendar_month_ends_on_the_first_and_retry_after_points_there():
+    """tests/policies/calendar.toml: 3 a calendar month per client (UTC), 2 exports
+    a calendar day in Paris; a client denied at 23:59 on January 31st is told
+    60 s, and is admitted at midnight."""
+    policy = (pathlib.Path(__file__).resolve().parents[3] / "tests" / "policies" / "calendar.toml").read_text()
+    e = Engine.from_toml(policy)
+    jan31 = 1_769_903_940.0  # 2026-01-31T23:59:00Z
+    for _ in range(3):
+        assert e.check_request(method="GET", path="/api/items", client_ip="198.51.100.7", now=jan31).allowed
+    v = e.check_request(method="GET", path="/api/items", client_ip="198.51.100.7", now=jan31)
+    assert v.status == 429 and v.retry_after == pytest.approx(60.0)
+    assert dict(v.headers)["Retry-After"] == "60"
+    assert dict(v.headers)["RateLimit-Policy"].endswith(";w=2592000")
+    assert e.check_request(method="GET", path="/api/items", client_ip="198.51.100.7", now=jan31 + 60).allowed
+    # Paris: midnight was 23:00 UTC, so at 23:59 UTC it is already February 1st.
+    for _ in range(2):
+        assert e.check_request(method="GET", path="/export", client_ip="203.0.113.9", now=jan31).allowed
+    v = e.check_request(method="GET", path="/export", client_ip="203.0.113.9", now=jan31)
+    assert v.status == 429 and v.retry_after == pytest.approx(23 * 3600 + 60)

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use super::ban::{Adaptive, BanSetup, Bans};
+use super::calendar::Calendar;
 use super::config::{self, Path, PolicyConfig, RuleConfig, Source};
 use super::events::{Metrics, RuleCounters};
 use super::headers::{self, HeaderStyle};
@@ -297,6 +298,7 @@ impl Policy {
                 "uses claims, but there is no [jwt] section to verify tokens".into(),
             ));
         }
+        let calendar = Calendar::of_rule(r, has_jwt).map_err(|(field, m)| err(&p.key(field), m))?;
         let build = |quotas: &[String], at: &Path, tier: Option<&str>| -> Result<Tier> {
             if quotas.is_empty() {
                 return Err(err(
@@ -308,10 +310,14 @@ impl Policy {
                 .max_keys(cfg.settings.max_keys)
                 .max_key_bytes(KEY_BUF);
             for (i, q) in quotas.iter().enumerate() {
-                let quota = q
-                    .parse::<Quota>()
-                    .and_then(|quota| quota.with_algorithm(algorithm))
-                    .map_err(|e| err(&at.index(i), e.to_string()))?;
+                let quota = match &calendar {
+                    Some(c) => c.quota(q),
+                    None => q
+                        .parse::<Quota>()
+                        .and_then(|quota| quota.with_algorithm(algorithm))
+                        .map_err(|e| e.to_string()),
+                }
+                .map_err(|m| err(&at.index(i), m))?;
                 if r.cost > quota.limit() {
                     return Err(err(
                         &p.key("cost"),
@@ -478,6 +484,7 @@ impl Policy {
             adaptive,
             ban: r.ban,
             lifecycle,
+            calendar,
             config: r.clone(),
         })
     }
@@ -664,6 +671,9 @@ pub(super) fn same_limiting(a: &RuleConfig, b: &RuleConfig) -> bool {
         && a.fail_mode == b.fail_mode
         && a.count == b.count
         && a.cost_from == b.cost_from
+        && a.calendar == b.calendar
+        && a.time_zone == b.time_zone
+        && a.anchor_claim == b.anchor_claim
 }
 
 /// Whether a rule's places in flight carry over a reload.

@@ -389,6 +389,16 @@ pub(crate) struct RuleConfig {
     pub max_in_flight: Option<u64>,
     /// When a request never settled stops holding its place (default `"60s"`).
     pub in_flight_ttl: Option<String>,
+    /// Count the quotas (`"10000/month"`, `"500/week"`, `"100/day"`) in
+    /// calendar windows: from local midnight, Monday or the month's first day
+    /// (or the key's anchor day), instead of rolling ones.
+    #[serde(default)]
+    pub calendar: bool,
+    /// The IANA time zone of a calendar rule's days (default `"UTC"`).
+    pub time_zone: Option<String>,
+    /// A verified claim giving each key's day of the month (1-31) its months
+    /// begin on (a monthly calendar rule; default: the 1st).
+    pub anchor_claim: Option<String>,
 }
 
 /// Quotas chosen by a verified claim's value.

@@ -10,13 +10,13 @@ use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
 use super::headers::{self, HeaderOut, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
-use super::io;
 use super::jwt::{TokenCheck, TokenProblem};
 use super::lifecycle::Place;
 use super::{
     Charge, Policy, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
     path, store,
 };
+use super::{calendar, io};
 use crate::error::{Error, Result};
 
 impl Policy {
@@ -261,8 +261,12 @@ impl Policy {
                 .cost
                 .saturating_mul(multiplier)
                 .min(tier.limiter.max_cost());
-            let checked = match io.check(&tier.limiter, key, cost, now, explicit).await {
-                Ok(c) => c,
+            // A calendar rule decides in calendar time (on Redis too: the
+            // window is the app's, the count the store's).
+            let calendar = rule.calendar.as_ref().map(|c| c.at_for(now, claims));
+            let (at, at_explicit) = calendar.map_or((now, explicit), |(at, _)| (at, true));
+            let checked = match io.check(&tier.limiter, key, cost, at, at_explicit).await {
+                Ok(c) => calendar::with_real_times(c, calendar),
                 Err(e) => {
                     self.release_flight_with(io, index, rule, key, flight, now_ns, explicit)
                         .await;
@@ -303,6 +307,7 @@ impl Policy {
                 cost,
                 decision: d,
                 flight,
+                at: calendar.map(|(at, _)| at),
             });
         }
         // 5. Shadow rules: counted as if enforced, never denying.
@@ -314,7 +319,10 @@ impl Policy {
                 continue;
             };
             let limiter = &rule.limits.select(claims).limiter;
-            let checked = io.check(limiter, key, rule.cost, now, explicit).await?;
+            let calendar = rule.calendar.as_ref().map(|c| c.at_for(now, claims));
+            let (at, at_explicit) = calendar.map_or((now, explicit), |(at, _)| (at, true));
+            let checked = io.check(limiter, key, rule.cost, at, at_explicit).await?;
+            let checked = calendar::with_real_times(checked, calendar);
             self.note_store(&checked, rule);
             let d = checked.decision;
             if let Some((_, c)) = self.metrics.rules.get(index) {
@@ -528,7 +536,8 @@ impl Policy {
         explicit: bool,
     ) {
         for c in charges {
-            io.refund(&c.tier.limiter, c.key.bytes(), c.cost, now, explicit)
+            let (at, at_explicit) = c.at.map_or((now, explicit), |at| (at, true));
+            io.refund(&c.tier.limiter, c.key.bytes(), c.cost, at, at_explicit)
                 .await;
             if let Some(rule) = self.rules.get(c.rule) {
                 let (key, now_ns) = (c.key.bytes(), nanos(now));

@@ -69,6 +69,9 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
 
 /// The window `w` a quota advertises, in whole seconds (at least 1).
 pub(crate) fn window_secs(q: &Quota) -> u64 {
+    if let Some(unit) = q.calendar_unit() {
+        return unit.nominal_secs();
+    }
     let w = match q.algorithm() {
         Algorithm::Gcra => q
             .interval()

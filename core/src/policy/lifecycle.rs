@@ -330,6 +330,9 @@ pub(crate) struct Entry {
     pub cost: u64,
     /// The place this request holds in flight.
     pub flight: Option<Place>,
+    /// The calendar time it was charged at (a calendar rule settles in it:
+    /// a refund reaches the window it was charged in, or none).
+    pub at: Option<Duration>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -419,6 +422,7 @@ impl super::Policy {
                     key: c.key.clone(),
                     cost: c.cost,
                     flight: c.flight,
+                    at: c.at,
                 });
             }
         }
@@ -495,6 +499,7 @@ impl super::Policy {
             self.release_flight_with(io, e.rule, rule, key, e.flight, now_ns, explicit)
                 .await;
             let limiter = &tier.limiter;
+            let (now, explicit) = e.at.map_or((now, explicit), |at| (at, true));
             let settled = || {
                 self.event(
                     super::EventKind::Settled,

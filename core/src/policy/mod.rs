@@ -41,6 +41,7 @@
 
 mod ban;
 mod build;
+mod calendar;
 pub(crate) mod config;
 mod decide;
 mod engine;
@@ -404,6 +405,8 @@ struct Rule {
     ban: bool,
     /// `count`, `cost_from = "response"`, `max_in_flight`.
     lifecycle: Option<lifecycle::Lifecycle>,
+    /// `calendar = true`: the limiter decides in calendar time.
+    calendar: Option<calendar::Calendar>,
     /// As written, to tell at a reload what changed.
     config: config::RuleConfig,
 }
@@ -490,6 +493,8 @@ struct Charge<'e> {
     decision: crate::Decision,
     /// The place taken in flight (`max_in_flight`).
     flight: Option<lifecycle::Place>,
+    /// The calendar time it was charged at (a calendar rule).
+    at: Option<Duration>,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -581,7 +586,7 @@ impl Policy {
         let mut out = String::new();
         for r in self.rules.iter() {
             out.push_str(&format!(
-                "rule {:?}\n  match: {}{}\n  key: {}\n  quotas: {}\n  cost: {}{}{}{}\n",
+                "rule {:?}\n  match: {}{}\n  key: {}\n  quotas: {}{}\n  cost: {}{}{}{}\n",
                 &*r.name,
                 r.patterns.join(", "),
                 match r.applies_to {
@@ -591,6 +596,9 @@ impl Policy {
                 },
                 r.key_text,
                 r.quota_text.join("; "),
+                r.calendar
+                    .as_ref()
+                    .map_or_else(String::new, |c| format!(" ({c})")),
                 r.cost,
                 if r.shadow {
                     "\n  shadow: yes (never denies)"

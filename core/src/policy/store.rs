@@ -199,13 +199,16 @@ impl Store {
                 .as_deref()
                 .and_then(|a| a.parse::<crate::Algorithm>().ok())
                 .unwrap_or(crate::Algorithm::Gcra);
+            let calendar = super::calendar::Calendar::of_rule(r, true).ok().flatten();
             let parse = |qs: &[String]| -> Vec<crate::Quota> {
                 qs.iter()
-                    .filter_map(|q| {
-                        q.parse::<crate::Quota>()
+                    .filter_map(|q| match &calendar {
+                        Some(c) => c.quota(q).ok(),
+                        None => q
+                            .parse::<crate::Quota>()
                             .ok()?
                             .with_algorithm(algorithm)
-                            .ok()
+                            .ok(),
                     })
                     .collect()
             };

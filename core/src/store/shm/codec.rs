@@ -29,6 +29,9 @@ pub(crate) enum Codec {
         window: u64,
         count_bits: u32,
         limit: u64,
+        /// Windows a past window's slot is kept: 1 for a calendar quota, whose
+        /// keys are decided at times up to a window apart (`Quota::calendar`).
+        grace: u64,
     },
     Counter {
         window: u64,
@@ -126,6 +129,7 @@ impl Codec {
                     window,
                     count_bits,
                     limit,
+                    grace: u64::from(quota.calendar_unit().is_some()),
                 },
                 1,
             ),
@@ -262,8 +266,8 @@ impl Codec {
         }
         match (self, self.unpack(bits, now)) {
             (_, QuotaState::Gcra(tat)) => tat,
-            (Self::Fixed { window, .. }, QuotaState::Fixed(s)) => {
-                s.window.saturating_add(1).saturating_mul(*window)
+            (Self::Fixed { window, grace, .. }, QuotaState::Fixed(s)) => {
+                s.window.saturating_add(1 + grace).saturating_mul(*window)
             }
             (Self::Counter { window, .. }, QuotaState::Counter(s)) => {
                 s.window.saturating_add(2).saturating_mul(*window)

@@ -113,10 +113,16 @@ impl Fnv {
     }
     /// Adds a quota's algorithm and numbers.
     pub(crate) fn quota(self, q: &Quota) -> Self {
-        self.bytes(q.algorithm().name().as_bytes())
+        let f = self
+            .bytes(q.algorithm().name().as_bytes())
             .u64(q.limit())
             .u64(q.period_ns())
-            .u64(q.burst())
+            .u64(q.burst());
+        // Only calendar quotas add bytes: other tables keep their fingerprint.
+        match q.calendar_unit() {
+            Some(unit) => f.bytes(b"calendar").bytes(unit.name().as_bytes()),
+            None => f,
+        }
     }
     pub(crate) fn finish(self) -> u64 {
         self.0
