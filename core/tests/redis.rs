@@ -2235,3 +2235,58 @@ count = "failures"
     assert!(denied.retry_after > Duration::ZERO);
     assert!(denied.retry_after <= Duration::from_secs(31 * 86_400));
 }
+
+/// A policy changed under running counters (a restart with another policy, or
+/// a reload): each quota's keys carry a tag of its numbers, so changed quotas
+/// start afresh instead of reading state kept in another format (GCRA's TAT
+/// under a fixed window's HMGET: WRONGTYPE, every check in the fail mode) or
+/// under another window length (a 1-minute window's index read as an hourly
+/// one: a count stuck for 60 hours).
+#[test]
+fn changed_quotas_on_redis_start_on_keys_of_their_own() {
+    use floodgate::policy::{Engine, Request};
+    let server = Server::start(&[]);
+    let policy = |quota: &str, algorithm: &str| {
+        format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\nfail_mode = \"closed\"\n\n\
+             [[rule]]\nname = \"api\"\nmatch = \"/**\"\nkey = \"ip\"\n\
+             quotas = [\"{quota}\"]\nalgorithm = \"{algorithm}\"\n",
+            server.url()
+        )
+    };
+    let req = Request {
+        method: "GET",
+        path: "/x",
+        client_ip: Some("203.0.113.77".parse().unwrap()),
+        headers: &[],
+    };
+    let minute = Engine::from_toml_str(&policy("2/m", "fixed_window")).unwrap();
+    let codes: Vec<bool> = (0..3)
+        .map(|_| minute.check_request(&req).unwrap().allowed)
+        .collect();
+    assert_eq!(codes, [true, true, false]);
+    let hour = Engine::from_toml_str(&policy("2/h", "fixed_window")).unwrap();
+    hour.reload_toml_str(&policy("2/h", "fixed_window"))
+        .unwrap();
+    assert!(
+        hour.check_request(&req).unwrap().allowed,
+        "a new quota, a new count"
+    );
+    assert!(hour.check_request(&req).unwrap().allowed);
+    let denied = hour.check_request(&req).unwrap();
+    assert!(!denied.allowed);
+    assert!(
+        denied.retry_after <= Duration::from_secs(3600),
+        "{denied:?}"
+    );
+    let gcra = Engine::from_toml_str(&policy("2/m", "gcra")).unwrap();
+    let v = gcra.check_request(&req).unwrap();
+    assert!(
+        v.allowed,
+        "GCRA on keys of its own, not the window's hash: {v:?}"
+    );
+    // The same policy again (another instance): the same keys, one count.
+    assert!(!minute.check_request(&req).unwrap().allowed);
+    let again = Engine::from_toml_str(&policy("2/m", "fixed_window")).unwrap();
+    assert!(!again.check_request(&req).unwrap().allowed);
+}

@@ -44,6 +44,11 @@ pub struct RedisLimiter {
     store: RedisStore,
     quotas: Box<[Quota]>,
     args: std::sync::Arc<[QuotaArgs]>,
+    /// Per quota, a tag of its algorithm and numbers in its key's name: a
+    /// quota changed (a reload, a restart with another policy) starts on keys
+    /// of its own, never reads state kept under other numbers or in another
+    /// algorithm's format.
+    tags: Box<[u32]>,
     prefix: Vec<u8>,
     fail_mode: FailMode,
     local: Limiter,
@@ -224,10 +229,12 @@ impl RedisLimiterBuilder {
         let shards = (std::thread::available_parallelism().map_or(1, usize::from) * 4)
             .next_power_of_two()
             .min(self.max_keys.max(1).next_power_of_two());
+        let tags = self.quotas.iter().map(quota_tag).collect();
         Ok(RedisLimiter {
             store,
             quotas: self.quotas.into_boxed_slice(),
             args,
+            tags,
             prefix: self.prefix.into_bytes(),
             fail_mode: self.fail_mode,
             local,
@@ -476,9 +483,10 @@ impl RedisLimiter {
             .map_err(|e| unavailable(self.store.what(), &e))
     }
 
-    /// `{prefix:key}:i`
+    /// `{prefix:key}:i.tag` (`tag`: eight hex digits of the quota).
     fn redis_key(&self, key: &[u8], i: usize) -> Vec<u8> {
-        super::tagged_key(&self.prefix, key, i)
+        let tag = self.tags.get(i).copied().unwrap_or(0);
+        super::tagged_key(&self.prefix, key, format_args!("{i}.{tag:08x}"))
     }
 
     fn invocation(
@@ -668,4 +676,19 @@ fn source_of(answer: Answer) -> DecisionSource {
         Answer::Denied { .. } => DecisionSource::CachedDenial,
         Answer::Leased { .. } => DecisionSource::Lease,
     }
+}
+
+/// The tag of a quota in its keys' names: FNV-1a over its algorithm and numbers.
+fn quota_tag(q: &Quota) -> u32 {
+    let calendar = q.calendar_unit().map_or("", |u| u.name());
+    let text = format!(
+        "{}/{}/{}/{}/{calendar}",
+        q.algorithm().name(),
+        q.limit(),
+        q.period().as_nanos(),
+        q.burst()
+    );
+    text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
