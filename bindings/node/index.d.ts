@@ -221,7 +221,12 @@ export interface RedisOptions {
 export interface ReloadReport {
   /** Unchanged limiting: counters kept exactly. */
   kept: Array<string>
-  /** Key, quotas, algorithm, tiers, fail mode or settlement changed: counters afresh. */
+  /**
+   * Quotas changed, not the key, in memory: each key's state carried over
+   * to the new quotas.
+   */
+  carried: Array<string>
+  /** Key or calendar changed, or quotas on Redis or shared memory: counters afresh. */
   reset: Array<string>
   added: Array<string>
   removed: Array<string>

@@ -15,7 +15,8 @@ use crate::bench::{group, run_workload};
 /// that limits one segment, an unverified API key as an identity).
 ///
 /// With `against` (the running policy), also what a reload from it to `path`
-/// would do: the rules whose counters are kept, reset, added and removed, or
+/// would do: the rules whose counters are kept, carried over to new quotas,
+/// reset, added and removed, or
 /// why the engine would refuse it.
 pub fn check_config(path: &Path, against: Option<&Path>) -> Result<String, String> {
     let engine = Engine::from_path(path).map_err(|e| e.to_string())?;

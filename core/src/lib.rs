@@ -36,6 +36,8 @@
 #![deny(missing_docs)]
 
 mod algorithm;
+#[cfg(feature = "policy")]
+mod carry;
 mod clock;
 #[cfg(feature = "policy")]
 mod codes;

@@ -589,6 +589,89 @@ impl<C: Clock> Limiter<C> {
         self.max_cost.0
     }
 
+    /// Starts this limiter (new, not yet used) with every key `old` holds,
+    /// each key's state carried over to this limiter's quotas by the rules of
+    /// `carry.rs` (a policy reload that changed a rule's quotas, not its key):
+    /// quota `i` takes over `old`'s quota `i`, quotas beyond `old`'s start
+    /// empty. Both must keep keys in this process (else nothing is carried:
+    /// false). `now`: ns on the time base both are checked on. Keys `old`
+    /// charges meanwhile (it is still serving) keep what they had when read.
+    #[cfg(feature = "policy")]
+    pub(crate) fn carry_from(&mut self, old: &Limiter<C>, now: u64) -> bool {
+        let own_states = |states: &[QuotaState]| -> Vec<QuotaState> {
+            self.params()
+                .iter()
+                .enumerate()
+                .map(|(i, to)| {
+                    match (
+                        states.get(i),
+                        old.params().get(i),
+                        old.quotas.get(i),
+                        self.quotas.get(i),
+                    ) {
+                        (Some(s), Some(from), Some(fq), Some(tq)) => {
+                            crate::carry::carried((fq, from), s, (tq, to), now)
+                        }
+                        _ => to.fresh(),
+                    }
+                })
+                .collect()
+        };
+        let mut read: Vec<(u64, Vec<QuotaState>)> = Vec::new();
+        match &old.backend {
+            Backend::Gcra { store, .. } => store.for_each(|fp, cell| {
+                let tat = cell.load(crate::sync::Ordering::Relaxed);
+                read.push((fp, own_states(&[QuotaState::Gcra(tat)])));
+            }),
+            Backend::General { store, .. } => {
+                store.for_each(|fp, states| read.push((fp, own_states(&states.lock()))));
+            }
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Backend::Shared { .. } => return false,
+        }
+        // The same fingerprints: this limiter hashes keys as `old` did.
+        self.hasher = old.hasher.clone();
+        for (fp, states) in read {
+            let fresh = states
+                .iter()
+                .zip(self.params().iter())
+                .all(|(s, p)| *s == p.fresh());
+            if fresh {
+                continue;
+            }
+            match &self.backend {
+                Backend::Gcra { store, .. } => {
+                    let tat = match states.first() {
+                        Some(QuotaState::Gcra(tat)) => *tat,
+                        _ => 0,
+                    };
+                    store.with(fp, now, || AtomicU64::new(tat), |_| ());
+                }
+                Backend::General { store, .. } => {
+                    let mut states = Some(states.into_boxed_slice());
+                    store.with(
+                        fp,
+                        now,
+                        || parking_lot::Mutex::new(states.take().unwrap_or_default()),
+                        |_| (),
+                    );
+                }
+                #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+                Backend::Shared { .. } => return false,
+            }
+        }
+        true
+    }
+
+    /// Each quota's parameters (built on demand for the one-GCRA backend).
+    #[cfg(feature = "policy")]
+    fn params(&self) -> Vec<Params> {
+        match &self.backend {
+            Backend::General { params, .. } => params.to_vec(),
+            _ => self.quotas.iter().map(Params::new).collect(),
+        }
+    }
+
     fn fingerprint(&self, key: &[u8]) -> Result<u64> {
         self.validate(key, 0)?;
         Ok(self.hasher.hash_one(key))

@@ -1,5 +1,6 @@
 //! Changing the policy without a restart (`Engine::reload*`): counters of
-//! unchanged rules kept exactly, changed rules afresh, a bad policy refused
+//! unchanged rules kept exactly, changed quotas carried over (or afresh when
+//! the key changed), a bad policy refused
 //! with the running one kept, settlements of earlier verdicts, bans and places
 //! in flight carried over, and reloads under load that never over-admit.
 #![cfg(feature = "policy")]
@@ -55,7 +56,7 @@ match = "/old/**"
 quotas = ["1/h"]
 "#;
 
-// login: a new pattern, the same limiting (kept); api: a new quota (reset);
+// login: a new pattern, the same limiting (kept); api: a new quota (carried);
 // export: unchanged; old: gone; search: new.
 const AFTER: &str = r#"
 [[rule]]
@@ -86,7 +87,7 @@ quotas = ["2/h"]
 "#;
 
 #[test]
-fn unchanged_rules_keep_their_counters_changed_ones_start_afresh() {
+fn unchanged_rules_keep_their_counters_changed_quotas_carry_them_over() {
     let e = Engine::from_toml_str(BEFORE).unwrap();
     let ip = "203.0.113.7";
     for t in 0..3 {
@@ -119,7 +120,8 @@ fn unchanged_rules_keep_their_counters_changed_ones_start_afresh() {
         report,
         Reload {
             kept: vec!["login".into(), "export".into()],
-            reset: vec!["api".into()],
+            carried: vec!["api".into()],
+            reset: vec![],
             added: vec!["search".into()],
             removed: vec!["old".into()],
         }
@@ -137,7 +139,7 @@ fn unchanged_rules_keep_their_counters_changed_ones_start_afresh() {
         Reason::RateLimited,
         "the new pattern shares the counter"
     );
-    // api: a fresh counter under the new quota.
+    // api: its count (5, the same hourly window) judged against the new 10.
     let admitted = (0..12)
         .filter(|&t| {
             e.check_request_at(&req("GET", "/api/x", ip), at(8 + t))
@@ -145,7 +147,7 @@ fn unchanged_rules_keep_their_counters_changed_ones_start_afresh() {
                 .allowed
         })
         .count();
-    assert_eq!(admitted, 10);
+    assert_eq!(admitted, 5);
     // export: the place taken before the reload is still held...
     let v = e
         .check_request_at(&req("GET", "/export", ip), at(30))
@@ -174,7 +176,7 @@ fn unchanged_rules_keep_their_counters_changed_ones_start_afresh() {
         .find(|l| l.contains("rule=\"api\"") && l.contains("outcome=\"allowed\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<u64>().ok());
-    assert_eq!(allowed, Some(5 + 10), "{metrics}");
+    assert_eq!(allowed, Some(5 + 5), "{metrics}");
     // old: gone; search: new.
     assert_eq!(
         e.check_request_at(&req("GET", "/old/x", ip), at(33))
@@ -277,9 +279,9 @@ fn bans_and_the_event_sink_carry_over() {
             .reason,
         Reason::Banned
     );
-    // Even with the rule's quota changed (its counter afresh), the ban holds.
+    // Even with the rule's quota changed (its counter carried over), the ban holds.
     let report = e.reload_toml_str(&with_ban("2/h")).unwrap();
-    assert_eq!(report.reset, ["login"]);
+    assert_eq!(report.carried, ["login"]);
     assert_eq!(
         e.check_request_at(&req("POST", "/auth/login", ip), at(3))
             .unwrap()
@@ -413,4 +415,65 @@ fn shared_memory_reloads_keep_the_table() {
     assert!(err.to_string().contains("restart the workers"), "{err}");
     assert!(a.describe().contains("old"));
     let _ = std::fs::remove_file(&path);
+}
+
+/// A changed quota carries each key's state over, on the engine's clock:
+/// GCRA keeps the used fraction of its burst, a window the units used,
+/// judged against the new limit; a changed key starts afresh.
+#[test]
+fn changed_quotas_carry_each_key_over() {
+    let policy = |quota: &str, algorithm: &str, key: &str| {
+        format!(
+            "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"{key}\"\n\
+             quotas = [\"{quota}\"]\nalgorithm = \"{algorithm}\"\n"
+        )
+    };
+    let get = |e: &Engine, ip: &str| e.check_request(&req("GET", "/api/x", ip)).unwrap();
+    // GCRA: half of 10 spent is half of 100, and of 10 again.
+    let e = Engine::from_toml_str(&policy("10/h", "gcra", "ip")).unwrap();
+    for _ in 0..5 {
+        assert!(get(&e, "198.51.100.1").allowed);
+    }
+    let report = e.reload_toml_str(&policy("100/h", "gcra", "ip")).unwrap();
+    assert_eq!(report.carried, ["api"]);
+    assert_eq!(
+        get(&e, "198.51.100.1").remaining,
+        49,
+        "50 used of 100, then one more"
+    );
+    assert_eq!(
+        get(&e, "198.51.100.2").remaining,
+        99,
+        "an unseen key is fresh"
+    );
+    e.reload_toml_str(&policy("10/h", "gcra", "ip")).unwrap();
+    assert_eq!(
+        get(&e, "198.51.100.1").remaining,
+        3,
+        "51 of 100 is 5 of 10, then one more"
+    );
+    // A window keeps its count: 7 used is over a new limit of 5, and leaves
+    // 13 of 20.
+    let w = Engine::from_toml_str(&policy("10/h", "fixed_window", "ip")).unwrap();
+    for _ in 0..7 {
+        assert!(get(&w, "198.51.100.3").allowed);
+    }
+    w.reload_toml_str(&policy("5/h", "fixed_window", "ip"))
+        .unwrap();
+    assert!(!get(&w, "198.51.100.3").allowed, "7 used of a new 5");
+    w.reload_toml_str(&policy("20/h", "sliding_window", "ip"))
+        .unwrap();
+    assert_eq!(
+        get(&w, "198.51.100.3").remaining,
+        12,
+        "7 used of 20, then one more"
+    );
+    // Another key: nothing to carry.
+    let report = w
+        .reload_toml_str(&policy("20/h", "sliding_window", "route"))
+        .unwrap();
+    assert_eq!(
+        (report.carried.len(), report.reset.as_slice()),
+        (0, &["api".to_string()][..])
+    );
 }

@@ -591,7 +591,10 @@ pub struct EngineEvent {
 pub struct ReloadReport {
     /// Unchanged limiting: counters kept exactly.
     pub kept: Vec<String>,
-    /// Key, quotas, algorithm, tiers, fail mode or settlement changed: counters afresh.
+    /// Quotas changed, not the key, in memory: each key's state carried over
+    /// to the new quotas.
+    pub carried: Vec<String>,
+    /// Key or calendar changed, or quotas on Redis or shared memory: counters afresh.
     pub reset: Vec<String>,
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -601,6 +604,7 @@ impl From<floodgate::policy::Reload> for ReloadReport {
     fn from(r: floodgate::policy::Reload) -> Self {
         Self {
             kept: r.kept,
+            carried: r.carried,
             reset: r.reset,
             added: r.added,
             removed: r.removed,

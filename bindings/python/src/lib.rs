@@ -827,6 +827,7 @@ impl PyEngine {
             .map_err(to_py)?;
         let out = PyDict::new(py);
         out.set_item("kept", report.kept)?;
+        out.set_item("carried", report.carried)?;
         out.set_item("reset", report.reset)?;
         out.set_item("added", report.added)?;
         out.set_item("removed", report.removed)?;

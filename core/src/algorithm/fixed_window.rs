@@ -27,6 +27,23 @@ impl FixedWindow {
         }
     }
 
+    /// The window's length in ns.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) const fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// Units counted in the window of `now` (a later stored window, after the
+    /// clock went back, still counts), whatever the limit.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) fn used(&self, state: FixedState, now: u64) -> u64 {
+        if state.window >= now / self.window {
+            state.count
+        } else {
+            0
+        }
+    }
+
     /// Gives back `cost` units if the state is still in the window of `now`.
     pub(crate) fn refund(&self, state: &mut FixedState, now: u64, cost: u64) {
         if state.window == now / self.window {

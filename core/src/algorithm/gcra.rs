@@ -26,6 +26,12 @@ impl Gcra {
         }
     }
 
+    /// burst × T in ns: how far ahead of now a full bucket's TAT may be.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) const fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// The TAT after giving back `cost` units charged earlier.
     #[inline]
     pub(crate) fn refund(&self, tat: u64, cost: u64) -> u64 {

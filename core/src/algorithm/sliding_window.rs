@@ -35,6 +35,12 @@ impl SlidingCounter {
         }
     }
 
+    /// The window's length in ns.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) const fn window(&self) -> u64 {
+        self.window
+    }
+
     /// `ceil(count * (W - off) / W)`: the previous window's share at offset `off`.
     fn weighted(&self, count: u64, off: u64) -> u64 {
         let left = self.window - off.min(self.window);
@@ -79,6 +85,14 @@ impl SlidingCounter {
         }
         let fit = u128::from(room) * u128::from(self.window) / u128::from(prev);
         self.window - u64::try_from(fit).unwrap_or(self.window).min(self.window)
+    }
+
+    /// The sliding window's estimate at `now`, whatever the limit.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) fn used(&self, state: CounterState, now: u64) -> u64 {
+        let (s, at) = self.roll(state, now);
+        let off = at - s.window.saturating_mul(self.window);
+        self.weighted(s.prev, off).saturating_add(s.curr)
     }
 
     /// Gives back `cost` units charged in the window of `now` (if still current).
@@ -161,6 +175,21 @@ pub(crate) struct LogState {
     total: u64,
 }
 
+impl LogState {
+    /// One entry of `cost` units at `at`.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) fn single(at: u64, cost: u64) -> Self {
+        let mut entries = VecDeque::with_capacity(1);
+        if cost > 0 {
+            entries.push_back((at, cost));
+        }
+        Self {
+            entries,
+            total: cost,
+        }
+    }
+}
+
 /// Sliding log: a request of cost `n` fits iff the costs logged in `(now - W, now]`
 /// plus `n` are at most `limit`. Exact; O(limit) memory per key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +204,20 @@ impl SlidingLog {
             limit: quota.limit(),
             window: quota.period_ns(),
         }
+    }
+
+    /// The window's length in ns.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) const fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// Units logged in the window ending at `now`, whatever the limit.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry.rs
+    pub(crate) fn used(&self, state: &LogState, now: u64) -> u64 {
+        let mut s = state.clone();
+        self.prune(&mut s, now);
+        s.total
     }
 
     /// Drops entries that left the window. They can never count again, so doing

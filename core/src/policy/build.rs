@@ -70,6 +70,9 @@ impl Policy {
             Some(p) => Arc::clone(&p.store),
             None => Arc::new(Store::build(&cfg, &root.key("store"), &source, dir)?),
         };
+        // The time rules whose quotas changed carry their counters over at:
+        // the running policy's (its counters' time base).
+        let carry_now = kept.map_or(0, |p| nanos(p.now()));
         let mut rules = Vec::with_capacity(cfg.rules.len());
         let mut names = HashSet::new();
         for (i, r) in cfg.rules.iter().enumerate() {
@@ -121,7 +124,7 @@ impl Policy {
                 jwt.is_some(),
                 &store,
                 &source,
-                old,
+                old.map(|o| (o, carry_now)),
             )?);
         }
         let lists = Self::build_lists(&cfg, &source)?;
@@ -259,7 +262,8 @@ impl Policy {
 
     /// One rule; `previous`: the rule of the same name in the policy a reload
     /// replaces (on the same store), whose limiters and places in flight are
-    /// shared when its limiting is unchanged.
+    /// shared when its limiting is unchanged, and whose counters are carried
+    /// over (at the time given with it) when only its quotas changed.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn build_rule(
         r: &RuleConfig,
@@ -269,9 +273,11 @@ impl Policy {
         has_jwt: bool,
         store: &Store,
         source: &Source<'_>,
-        previous: Option<&Rule>,
+        previous: Option<(&Rule, u64)>,
     ) -> Result<Rule> {
+        let (previous, carry_now) = previous.map_or((None, 0), |(o, t)| (Some(o), t));
         let reuse = previous.filter(|o| same_limiting(&o.config, r));
+        let carry = previous.filter(|o| carries_over(&o.config, r, store.in_process()));
         let err = |path: &Path, msg: String| source.error(path, msg);
         let algorithm = match &r.algorithm {
             Some(a) => a
@@ -326,12 +332,17 @@ impl Policy {
                 }
                 builder = builder.quota(quota);
             }
-            let limiter = builder.build().map_err(|e| err(at, e.to_string()))?;
+            let mut limiter = builder.build().map_err(|e| err(at, e.to_string()))?;
             let name = match tier {
                 Some(t) => format!("{}:{t}", r.name),
                 None => r.name.clone(),
             };
             let kept = reuse.and_then(|o| o.limits.tier_named(tier));
+            if let Some(old) = carry.and_then(|o| o.limits.tier_named(tier))
+                && let super::store::RuleLimiter::Memory(old) = &*old.limiter
+            {
+                limiter.carry_from(old, carry_now);
+            }
             let limiter = match kept {
                 // The same quotas on the same store: the same counters.
                 Some(t) => Arc::clone(&t.limiter),
@@ -671,6 +682,21 @@ pub(super) fn same_limiting(a: &RuleConfig, b: &RuleConfig) -> bool {
         && a.fail_mode == b.fail_mode
         && a.count == b.count
         && a.cost_from == b.cost_from
+        && a.calendar == b.calendar
+        && a.time_zone == b.time_zone
+        && a.anchor_claim == b.anchor_claim
+}
+
+/// Whether a rule whose limiting changed carries its counters over a reload
+/// (`carry.rs`): the same name and key, keys kept in this process, and the
+/// same calendar (calendar time is its counters' time base). On Redis a
+/// changed quota starts on keys of its own; on shared memory the table's
+/// layout cannot change.
+pub(super) fn carries_over(a: &RuleConfig, b: &RuleConfig, in_process: bool) -> bool {
+    in_process
+        && !same_limiting(a, b)
+        && a.name == b.name
+        && a.key == b.key
         && a.calendar == b.calendar
         && a.time_zone == b.time_zone
         && a.anchor_claim == b.anchor_claim

@@ -57,8 +57,13 @@ impl std::fmt::Debug for Engine {
 pub struct Reload {
     /// Rules whose limiting is unchanged: their counters are kept exactly.
     pub kept: Vec<String>,
-    /// Rules whose key, quotas, algorithm, tiers, fail mode or settlement
-    /// changed: they start with fresh counters.
+    /// Rules whose quotas (algorithm, tiers, fail mode or settlement) changed
+    /// but not their key, on the in-memory store: each key's state is carried
+    /// over to the new quotas (GCRA keeps the used fraction of its burst, a
+    /// window the units used, judged against the new limit).
+    pub carried: Vec<String>,
+    /// Rules that start with fresh counters: their key or calendar changed, or
+    /// their quotas changed on Redis (new keys) or shared memory.
     pub reset: Vec<String>,
     /// New rules.
     pub added: Vec<String>,
@@ -78,8 +83,9 @@ impl std::fmt::Display for Reload {
         };
         write!(
             f,
-            "kept: {}\nreset: {}\nadded: {}\nremoved: {}",
+            "kept: {}\ncarried over: {}\nreset: {}\nadded: {}\nremoved: {}",
             list(&self.kept),
+            list(&self.carried),
             list(&self.reset),
             list(&self.added),
             list(&self.removed)
@@ -95,6 +101,15 @@ impl Reload {
             match old.rules.iter().find(|o| o.name == rule.name) {
                 Some(o) if super::build::same_limiting(&o.config, &rule.config) => {
                     r.kept.push(rule.name.to_string());
+                }
+                Some(o)
+                    if super::build::carries_over(
+                        &o.config,
+                        &rule.config,
+                        new.store.in_process(),
+                    ) =>
+                {
+                    r.carried.push(rule.name.to_string());
                 }
                 Some(_) => r.reset.push(rule.name.to_string()),
                 None => r.added.push(rule.name.to_string()),

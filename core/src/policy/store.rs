@@ -455,6 +455,11 @@ impl Store {
         }
     }
 
+    /// Whether keys live in this process's memory (not shared memory, not Redis).
+    pub(super) fn in_process(&self) -> bool {
+        matches!(self, Store::Memory)
+    }
+
     /// The Redis connections, for metrics.
     #[cfg(feature = "redis")]
     pub(super) fn redis(&self) -> Option<&crate::RedisStore> {

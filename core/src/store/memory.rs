@@ -238,6 +238,19 @@ impl<V> MemoryStore<V> {
         self.evicted.load(StdOrdering::Relaxed)
     }
 
+    /// Calls `f` with every key held and its value, one shard at a time (each
+    /// under its read lock: other shards stay free). Keys changed meanwhile in
+    /// shards already visited are seen as they were.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // a policy reload's carry-over
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, &V)) {
+        for shard in self.shards.iter() {
+            let g = read(shard);
+            for (fp, v) in g.young.iter().chain(g.old.iter()) {
+                f(*fp, v);
+            }
+        }
+    }
+
     /// Forgets every key.
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
