@@ -2290,3 +2290,54 @@ fn changed_quotas_on_redis_start_on_keys_of_their_own() {
     let again = Engine::from_toml_str(&policy("2/m", "fixed_window")).unwrap();
     assert!(!again.check_request(&req).unwrap().allowed);
 }
+
+/// A calendar rule on Redis picks its window on the server's clock: the
+/// script reads `TIME` and adds the offset of the window `TIME` falls in
+/// (before, during or after the caller's window). Checked on the script
+/// itself, with windows placed around the server's time so that each branch
+/// is the one taken, and offsets that tell them apart.
+#[test]
+fn calendar_time_is_worked_out_on_the_server_s_clock() {
+    let server = Server::start(&[]);
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let script = redis::Script::new(include_str!("../src/store/redis/limiter.lua"));
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+    let t = secs * 1_000_000 + micros;
+    let w: u64 = 1_000_000_000; // a 1000 s window, in µs
+    let far = t + 10 * w;
+    // (start, end, next_end) placing TIME before, in or after the window, and
+    // the offset the branch adds: the reset is then W - ((TIME + offset) mod W).
+    let cases = [
+        ("before", (far, far + w, far + 2 * w), w / 2),
+        ("during", (0, far, far + w), w / 4),
+        ("after", (0, 1, far), 3 * w / 4),
+    ];
+    for (i, (branch, (start, end, next_end), offset)) in cases.into_iter().enumerate() {
+        let (before, during, after) = match branch {
+            "before" => (offset, 0, 0),
+            "during" => (0, offset, 0),
+            _ => (0, 0, offset),
+        };
+        let clock = format!("k {start} {end} {next_end} {before} {during} {after}");
+        let reply: Vec<i64> = script
+            .key(format!("{{calendar-clock-{i}}}:0"))
+            .arg(clock)
+            .arg(1)
+            .arg("c")
+            .arg(0)
+            .arg("f")
+            .arg(1)
+            .arg(w)
+            .invoke(&mut conn)
+            .unwrap();
+        let reset = u64::try_from(reply[4]).unwrap();
+        let want = w - (t + offset) % w;
+        assert!(
+            reset.abs_diff(want) < 5_000_000,
+            "{branch}: reset {reset} µs, want about {want} (calendar time = TIME + {offset})"
+        );
+    }
+}

@@ -12,7 +12,10 @@
 //! The rule's limiter is a plain fixed window of length `W` at that time, so
 //! every store (memory, shared memory, Redis) counts calendar windows exactly
 //! with the code it already has; the times a decision reports (Retry-After,
-//! reset) are mapped back to the real end of the window.
+//! reset) are mapped back to the real end of the window. On Redis the window
+//! is picked on the server's clock: calendar time is Unix time plus an offset
+//! per window, and the script is given the windows around the caller's now
+//! with their offsets ([`Calendar::clock`]) and adds the one `TIME` falls in.
 //!
 //! Calendar time runs ahead of Unix time (`k·W` grows faster than the real
 //! starts), so a store that judges a calendar key's expiry on Unix time (the
@@ -177,8 +180,36 @@ impl Calendar {
 
     /// `now` in calendar time for a request with `claims` (for the charges of
     /// its key), and the real time left in the window.
-    pub(crate) fn at_for(&self, now: Duration, claims: Option<&Claims>) -> (Duration, Duration) {
-        self.at(now, self.anchor(claims))
+    pub(crate) fn at_for(&self, now: Duration, claims: Option<&Claims>) -> CalendarAt {
+        let anchor = self.anchor(claims);
+        let (at, until_end) = self.at(now, anchor);
+        CalendarAt {
+            at,
+            until_end,
+            now,
+            anchor,
+        }
+    }
+
+    /// The windows around `at.now` for a Redis store to work its calendar time
+    /// out from its own clock (`store/redis/script.rs`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn clock(&self, at: &CalendarAt) -> crate::store::redis::CalendarClock {
+        let span = self.unit.span_ns();
+        let now = super::nanos(at.now);
+        let during = self.window(now, at.anchor);
+        let before = self.window(during.start.saturating_sub(1), at.anchor);
+        let after = self.window(during.end, at.anchor);
+        // Calendar time = Unix time + the window's offset (index × W - start).
+        let offset = |w: Window| w.index.saturating_mul(span).saturating_sub(w.start) / 1000;
+        crate::store::redis::CalendarClock {
+            start: during.start / 1000,
+            end: during.end / 1000,
+            next_end: after.end / 1000,
+            before: offset(before),
+            during: offset(during),
+            after: offset(after),
+        }
     }
 
     /// The day of the month a key's months begin on: the anchor claim's value
@@ -255,22 +286,33 @@ impl Calendar {
     }
 }
 
-/// A calendar rule's answer (`calendar`: its calendar time and the real time
-/// left in the window) with the times it reports, up to the window's end in
-/// calendar time, replaced by the real time left: Retry-After and the reset
+/// A calendar rule's check time: `now`, the key's anchor, and what they give.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CalendarAt {
+    /// Calendar time.
+    pub at: Duration,
+    /// Real time left in the window.
+    pub until_end: Duration,
+    // Read by `clock` (a Redis store).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    now: Duration,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    anchor: u8,
+}
+
+/// A calendar rule's answer with the times it reports, up to the window's end
+/// in calendar time, replaced by the real time left: Retry-After and the reset
 /// point at the window's real end.
 pub(crate) fn with_real_times(
     mut checked: super::store::Checked,
-    calendar: Option<(Duration, Duration)>,
+    at: CalendarAt,
 ) -> super::store::Checked {
-    if let Some((_, until_end)) = calendar {
-        let d = &mut checked.decision;
-        if !d.retry_after.is_zero() {
-            d.retry_after = until_end;
-        }
-        if !d.reset_after.is_zero() {
-            d.reset_after = until_end;
-        }
+    let d = &mut checked.decision;
+    if !d.retry_after.is_zero() {
+        d.retry_after = at.until_end;
+    }
+    if !d.reset_after.is_zero() {
+        d.reset_after = at.until_end;
     }
     checked
 }
@@ -491,6 +533,45 @@ mod tests {
                 assert!(v > t, "calendar time runs ahead of Unix time");
                 last = Some((v, w.index));
                 t += 7 * HOUR_NS;
+            }
+        }
+    }
+
+    /// The windows a Redis store is given give, by the script's rule, the
+    /// calendar time this host works out: on the caller's clock, and on a
+    /// server clock on either side of a boundary.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn the_server_s_calendar_time_matches_the_caller_s() {
+        let script = |k: &crate::store::redis::CalendarClock, s: u64| {
+            if s < k.start {
+                s + k.before
+            } else if s < k.end {
+                s + k.during
+            } else {
+                s.min(k.next_end - 1) + k.after
+            }
+        };
+        for (unit, zone) in [
+            (Unit::Month, "UTC"),
+            (Unit::Day, "Europe/Paris"),
+            (Unit::Week, "Asia/Tokyo"),
+        ] {
+            let c = cal(unit, zone);
+            let now = at("2025-10-26T12:34:56Z");
+            let here = c.at_for(Duration::from_nanos(now), None);
+            let k = c.clock(&here);
+            let us = |t: u64| t / 1000;
+            assert_eq!(script(&k, us(now)), us(super::super::nanos(here.at)));
+            // A server a little behind the window's start, or past its end,
+            // lands in the neighbouring window's calendar time.
+            for s in [k.start - 1, k.start, k.end - 1, k.end, k.end + 1_000_000] {
+                let (v, _) = c.at(Duration::from_micros(s), 1);
+                assert_eq!(
+                    script(&k, s),
+                    us(super::super::nanos(v)),
+                    "{unit:?} server at {s}"
+                );
             }
         }
     }

@@ -12,6 +12,7 @@ use super::headers::{self, HeaderOut, Report};
 use super::identity::{Claims, KeyBuf, KeyInput, KeyTemplate, canonical_ip, mask_ip, present};
 use super::jwt::{TokenCheck, TokenProblem};
 use super::lifecycle::Place;
+use super::store::{Checked, RuleLimiter};
 use super::{
     Charge, Policy, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
     path, store,
@@ -261,12 +262,11 @@ impl Policy {
                 .cost
                 .saturating_mul(multiplier)
                 .min(tier.limiter.max_cost());
-            // A calendar rule decides in calendar time (on Redis too: the
-            // window is the app's, the count the store's).
-            let calendar = rule.calendar.as_ref().map(|c| c.at_for(now, claims));
-            let (at, at_explicit) = calendar.map_or((now, explicit), |(at, _)| (at, true));
-            let checked = match io.check(&tier.limiter, key, cost, at, at_explicit).await {
-                Ok(c) => calendar::with_real_times(c, calendar),
+            let checked = self
+                .charge_on(io, rule, &tier.limiter, key, cost, (now, explicit), claims)
+                .await;
+            let (checked, at) = match checked {
+                Ok(c) => c,
                 Err(e) => {
                     self.release_flight_with(io, index, rule, key, flight, now_ns, explicit)
                         .await;
@@ -307,7 +307,7 @@ impl Policy {
                 cost,
                 decision: d,
                 flight,
-                at: calendar.map(|(at, _)| at),
+                at,
             });
         }
         // 5. Shadow rules: counted as if enforced, never denying.
@@ -319,10 +319,9 @@ impl Policy {
                 continue;
             };
             let limiter = &rule.limits.select(claims).limiter;
-            let calendar = rule.calendar.as_ref().map(|c| c.at_for(now, claims));
-            let (at, at_explicit) = calendar.map_or((now, explicit), |(at, _)| (at, true));
-            let checked = io.check(limiter, key, rule.cost, at, at_explicit).await?;
-            let checked = calendar::with_real_times(checked, calendar);
+            let (checked, _) = self
+                .charge_on(io, rule, limiter, key, rule.cost, (now, explicit), claims)
+                .await?;
             self.note_store(&checked, rule);
             let d = checked.decision;
             if let Some((_, c)) = self.metrics.rules.get(index) {
@@ -528,6 +527,33 @@ impl Policy {
     }
 
     /// Gives back what `charges` took (units and places in flight).
+    /// Charges `cost` to `key` on `limiter`, one of `rule`'s. A calendar rule
+    /// decides in calendar time (a Redis store works its own out from its
+    /// clock, unless the time is `explicit`) and its answer's times are made
+    /// real; the calendar time is returned for refunds.
+    #[allow(clippy::too_many_arguments)]
+    async fn charge_on<I: io::Io>(
+        &self,
+        io: &I,
+        rule: &Rule,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        (now, explicit): (Duration, bool),
+        claims: Option<&Claims>,
+    ) -> Result<(Checked, Option<Duration>)> {
+        let Some(calendar) = &rule.calendar else {
+            return Ok((io.check(limiter, key, cost, now, explicit).await?, None));
+        };
+        let at = calendar.at_for(now, claims);
+        let checked = if explicit {
+            io.check(limiter, key, cost, at.at, true).await?
+        } else {
+            io.check_calendar(limiter, key, cost, calendar, at).await?
+        };
+        Ok((calendar::with_real_times(checked, at), Some(at.at)))
+    }
+
     async fn refund_with<I: io::Io>(
         &self,
         io: &I,

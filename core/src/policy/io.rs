@@ -12,6 +12,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use super::calendar::{Calendar, CalendarAt};
 use super::lifecycle::{InFlight, Place};
 use super::store::{Checked, RuleLimiter};
 use crate::error::Result;
@@ -26,6 +27,18 @@ pub(super) trait Io: Sync {
         cost: u64,
         now: Duration,
         explicit: bool,
+    ) -> impl Future<Output = Result<Checked>> + Send;
+
+    /// Charges `cost` to `key` under a calendar rule's `limiter` at `at`
+    /// (`Engine::check_request`'s time: Redis works its calendar time out
+    /// from its own clock).
+    fn check_calendar(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        calendar: &Calendar,
+        at: CalendarAt,
     ) -> impl Future<Output = Result<Checked>> + Send;
 
     /// Gives back `cost` (best effort).
@@ -71,6 +84,17 @@ impl Io for Blocking {
         explicit: bool,
     ) -> impl Future<Output = Result<Checked>> + Send {
         ready(limiter.check(key, cost, now, explicit))
+    }
+
+    fn check_calendar(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        calendar: &Calendar,
+        at: CalendarAt,
+    ) -> impl Future<Output = Result<Checked>> + Send {
+        ready(limiter.check_calendar(key, cost, calendar, at))
     }
 
     fn refund(
@@ -121,6 +145,17 @@ impl Io for NonBlocking {
         explicit: bool,
     ) -> impl Future<Output = Result<Checked>> + Send {
         limiter.check_async(key, cost, now, explicit)
+    }
+
+    fn check_calendar(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        calendar: &Calendar,
+        at: CalendarAt,
+    ) -> impl Future<Output = Result<Checked>> + Send {
+        limiter.check_calendar_async(key, cost, calendar, at)
     }
 
     fn refund(

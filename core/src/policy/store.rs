@@ -535,6 +535,44 @@ impl RuleLimiter {
         self.check(key, cost, now, explicit)
     }
 
+    /// A calendar rule's charge at `at` (memory: its calendar time; Redis:
+    /// worked out from the server's clock with the windows around `at`).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) fn check_calendar(
+        &self,
+        key: &[u8],
+        cost: u64,
+        calendar: &super::calendar::Calendar,
+        at: super::calendar::CalendarAt,
+    ) -> Result<Checked> {
+        #[cfg(feature = "redis")]
+        if let RuleLimiter::Redis(l) = self {
+            return l
+                .check_calendar(key, cost, at.at, calendar.clock(&at))
+                .map(Checked::remote);
+        }
+        self.check(key, cost, at.at, true)
+    }
+
+    /// [`check_calendar`](Self::check_calendar) for async callers.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(super) async fn check_calendar_async(
+        &self,
+        key: &[u8],
+        cost: u64,
+        calendar: &super::calendar::Calendar,
+        at: super::calendar::CalendarAt,
+    ) -> Result<Checked> {
+        #[cfg(feature = "redis")]
+        if let RuleLimiter::Redis(l) = self {
+            return l
+                .check_calendar_async(key, cost, at.at, calendar.clock(&at))
+                .await
+                .map(Checked::remote);
+        }
+        self.check(key, cost, at.at, true)
+    }
+
     /// [`refund`](Self::refund) for async callers.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(super) async fn refund_async(&self, key: &[u8], cost: u64, now: Duration, explicit: bool) {

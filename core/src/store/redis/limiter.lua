@@ -1,7 +1,8 @@
 -- Floodgate: every quota of one request, decided and charged atomically.
 -- Time is integer microseconds (Lua numbers are doubles: exact below 2^53).
 -- KEYS[i]    state key of quota i (all share one hash tag: one slot, one node)
--- ARGV[1]    now in µs, or -1 to use the server's TIME
+-- ARGV[1]    now in µs, or -1 to use the server's TIME, or a calendar rule's
+--            windows "k start end next_end before during after" (see below)
 -- ARGV[2]    cost (>= 1)
 -- ARGV[3]    mode: c = check and charge, p = peek (nothing written),
 --            l = lease (charge up to ARGV[4] units, at least the cost), r = refund
@@ -23,7 +24,17 @@
 -- are no per-call tables beyond the state array and no closures per quota.
 
 local now = tonumber(ARGV[1])
-if now < 0 then
+if now == nil then
+  -- A calendar rule: "k start end next_end before during after" (µs). Calendar
+  -- time is the server's TIME plus the offset of the window it falls in.
+  local t = redis.call('TIME')
+  local s = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local f = {}
+  for x in string.gmatch(ARGV[1], '%d+') do f[#f + 1] = tonumber(x) end
+  if s < f[1] then now = s + f[4]
+  elseif s < f[2] then now = s + f[5]
+  else now = math.min(s, f[3] - 1) + f[6] end
+elseif now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end

@@ -14,7 +14,7 @@ use crate::store::memory::MemoryStore;
 
 use super::connection::{RedisStore, RedisStoreBuilder};
 use super::local::{Answer, Local};
-use super::script::{self, Call, Merged, Mode, QuotaArgs, Reply};
+use super::script::{self, CalendarClock, Call, Merged, Mode, Now, QuotaArgs, Reply};
 use super::units::Micros;
 use super::{DecisionSource, FailMode, unavailable};
 
@@ -343,7 +343,34 @@ impl RedisLimiter {
         cost: u64,
         now: Option<Duration>,
     ) -> Result<(Decision, DecisionSource)> {
-        let at = At::new(now);
+        self.check_with(key, cost, At::new(now))
+    }
+
+    /// A calendar rule's check (`policy/calendar.rs`): `at` is its calendar
+    /// time here, and Redis works its own out from `TIME` and `clock`.
+    pub(crate) fn check_calendar(
+        &self,
+        key: &[u8],
+        cost: u64,
+        at: Duration,
+        clock: CalendarClock,
+    ) -> Result<(Decision, DecisionSource)> {
+        self.check_with(key, cost, At::calendar(at, clock))
+    }
+
+    /// [`check_calendar`](Self::check_calendar) on the multiplexed connection.
+    pub(crate) async fn check_calendar_async(
+        &self,
+        key: &[u8],
+        cost: u64,
+        at: Duration,
+        clock: CalendarClock,
+    ) -> Result<(Decision, DecisionSource)> {
+        self.check_at_async(key, cost, At::calendar(at, clock))
+            .await
+    }
+
+    fn check_with(&self, key: &[u8], cost: u64, at: At) -> Result<(Decision, DecisionSource)> {
         match self.prepare(key, cost, at)? {
             Step::Done(d, s) => Ok((d, s)),
             Step::Call(mode, fp) => {
@@ -376,14 +403,22 @@ impl RedisLimiter {
         cost: u64,
         now: Option<Duration>,
     ) -> Result<(Decision, DecisionSource)> {
-        let at = At::new(now);
+        self.check_at_async(key, cost, At::new(now)).await
+    }
+
+    async fn check_at_async(
+        &self,
+        key: &[u8],
+        cost: u64,
+        at: At,
+    ) -> Result<(Decision, DecisionSource)> {
         match self.prepare(key, cost, at)? {
             Step::Done(d, s) => Ok((d, s)),
             Step::Call(mode, fp) => {
                 let reply = match at.script() {
                     // On the server's clock: merged with other tasks' checks
                     // into one call (standalone Redis; see `run_merged`).
-                    None if self.store.merges() => {
+                    Now::Server if self.store.merges() => {
                         let keys = (0..self.quotas.len())
                             .map(|i| self.redis_key(key, i))
                             .collect();
@@ -494,7 +529,7 @@ impl RedisLimiter {
         key: &[u8],
         cost: u64,
         mode: Mode,
-        now: Option<Micros>,
+        now: Now,
     ) -> redis::ScriptInvocation<'_> {
         let mut invocation = script::limiter().prepare_invoke();
         for i in 0..self.quotas.len() {
@@ -654,7 +689,9 @@ impl RedisLimiter {
 #[derive(Debug, Clone, Copy)]
 struct At {
     explicit: Option<Duration>,
+    /// The time local answers (cache, lease) are judged at.
     local: Micros,
+    calendar: Option<CalendarClock>,
 }
 
 impl At {
@@ -662,12 +699,27 @@ impl At {
         Self {
             explicit: now,
             local: now.map_or_else(Micros::unix_now, Micros::floor),
+            calendar: None,
         }
     }
 
-    /// The script's `now`: the explicit time, or `None` for the server's clock.
-    fn script(self) -> Option<Micros> {
-        self.explicit.map(Micros::floor)
+    /// A calendar rule's check: `at` its calendar time on this host's clock,
+    /// the script working it out from the server's clock with `clock`.
+    fn calendar(at: Duration, clock: CalendarClock) -> Self {
+        Self {
+            explicit: None,
+            local: Micros::floor(at),
+            calendar: Some(clock),
+        }
+    }
+
+    /// The script's `now`.
+    fn script(self) -> Now {
+        match (self.calendar, self.explicit) {
+            (Some(c), _) => Now::Calendar(c),
+            (None, Some(t)) => Now::At(Micros::floor(t)),
+            (None, None) => Now::Server,
+        }
     }
 }
 

@@ -53,6 +53,7 @@ pub use connection::{
 };
 pub(crate) use in_flight::RedisInFlight;
 pub use limiter::{RedisLimiter, RedisLimiterBuilder};
+pub(crate) use script::CalendarClock;
 
 use crate::error::{Error, Result};
 

@@ -67,11 +67,48 @@ impl QuotaArgs {
     }
 }
 
+/// The time a call decides at (`ARGV[1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Now {
+    /// The server's `TIME`.
+    Server,
+    /// An explicit time (a replay's, or a calendar rule's calendar time).
+    At(Micros),
+    /// A calendar rule's calendar time, worked out from the server's `TIME`.
+    Calendar(CalendarClock),
+}
+
+/// A calendar rule's windows around the caller's now, so the script picks the
+/// window on the server's clock: in µs of Unix time, the current window's
+/// start and end and the next one's end, and per window (previous, current,
+/// next) the offset from Unix time to calendar time (`policy/calendar.rs`).
+/// The script reads `TIME` and adds the offset of the window it falls in: a
+/// server clock up to a window away from the caller's still picks right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CalendarClock {
+    pub start: u64,
+    pub end: u64,
+    pub next_end: u64,
+    pub before: u64,
+    pub during: u64,
+    pub after: u64,
+}
+
+impl CalendarClock {
+    /// `ARGV[1]`: `"k start end next_end before during after"`.
+    fn arg(&self) -> String {
+        format!(
+            "k {} {} {} {} {} {}",
+            self.start, self.end, self.next_end, self.before, self.during, self.after
+        )
+    }
+}
+
 /// Everything but the keys of one call.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Call<'a> {
-    /// An explicit Unix time, or `None` for the server's `TIME`.
-    pub(super) now: Option<Micros>,
+    /// When the call decides.
+    pub(super) now: Now,
     pub(super) cost: u64,
     pub(super) mode: Mode,
     pub(super) lease: u64,
@@ -81,8 +118,12 @@ pub(super) struct Call<'a> {
 impl Call<'_> {
     /// Appends the call's arguments (`ARGV`) to `invocation`, whose keys are set.
     pub(super) fn args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        match self.now {
+            Now::Server => invocation.arg(-1),
+            Now::At(m) => invocation.arg(m.script_arg()),
+            Now::Calendar(c) => invocation.arg(c.arg()),
+        };
         invocation
-            .arg(self.now.map_or(-1, Micros::script_arg))
             .arg(self.cost.max(1))
             .arg(self.mode.arg())
             .arg(self.lease);
