@@ -284,5 +284,48 @@ fn lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! { name = benches; config = config(); targets = requests, lifecycle }
+/// Calendar quotas: a fixed window of a day beside the same limit per
+/// calendar day in UTC, and per calendar month in Paris (in memory, 10k
+/// clients). What a calendar rule adds is working out the window of now in
+/// its zone (`jiff`) on each check.
+fn calendar(c: &mut Criterion) {
+    let mut group = c.benchmark_group("calendar");
+    let at = Duration::from_secs(NOW);
+    let clients = ips(10_000);
+    let rule = "[[rule]]\nname = \"plan\"\nmatch = \"/api/**\"\nkey = \"ip\"\n";
+    for (name, extra) in [
+        (
+            "fixed_window_day",
+            "quotas = [\"1000000000/day\"]\nalgorithm = \"fixed_window\"\n",
+        ),
+        (
+            "calendar_day_utc",
+            "quotas = [\"1000000000/day\"]\ncalendar = true\n",
+        ),
+        (
+            "calendar_month_paris",
+            "quotas = [\"1000000000/month\"]\ncalendar = true\ntime_zone = \"Europe/Paris\"\n",
+        ),
+    ] {
+        let e = engine(&format!("{rule}{extra}"));
+        let mut out = VerdictBuf::new();
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % clients.len();
+                let req = Request {
+                    method: "GET",
+                    path: "/api/items",
+                    client_ip: Some(clients[i]),
+                    headers: &[],
+                };
+                e.check_request_into(&req, Some(at), &mut out).unwrap();
+                black_box(out.verdict().allowed)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! { name = benches; config = config(); targets = requests, lifecycle, calendar }
 criterion_main!(benches);

@@ -25,6 +25,7 @@
 
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde_json::Value;
@@ -74,12 +75,17 @@ impl std::fmt::Display for Calendar {
 }
 
 /// A rule's calendar: unit, zone and where a key's month begins.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Calendar {
     unit: Unit,
     zone: TimeZone,
     /// A verified claim giving each key's day of the month (1-31).
     anchor_claim: Option<String>,
+    /// The last window worked out, per anchor (index 1-31; 0 unused): a check
+    /// inside it reads it (one `arc-swap` load) instead of asking the zone
+    /// three times (measured: 1.6x a fixed window in Paris without it). A new
+    /// window is stored once, at the boundary.
+    last: [ArcSwapOption<Window>; 32],
 }
 
 impl Calendar {
@@ -98,6 +104,7 @@ impl Calendar {
             unit,
             zone,
             anchor_claim,
+            last: std::array::from_fn(|_| ArcSwapOption::empty()),
         })
     }
 
@@ -228,11 +235,27 @@ impl Calendar {
             .unwrap_or(1)
     }
 
+    /// [`window`](Self::window), from the last one worked out when `now` is
+    /// in it.
+    fn window_cached(&self, now: u64, anchor: u8) -> Window {
+        let Some(slot) = self.last.get(usize::from(anchor)) else {
+            return self.window(now, anchor);
+        };
+        if let Some(w) = &*slot.load()
+            && (w.start..w.end).contains(&now)
+        {
+            return **w;
+        }
+        let w = self.window(now, anchor);
+        slot.store(Some(std::sync::Arc::new(w)));
+        w
+    }
+
     /// The calendar window holding `now` (Unix ns) for a key anchored on `anchor`.
     pub(crate) fn window(&self, now: u64, anchor: u8) -> Window {
         let ts = jiff::Timestamp::from_nanosecond(i128::from(now))
             .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let today = ts.to_zoned(self.zone.clone()).date();
+        let today = self.zone.to_datetime(ts).date();
         let (first, next, index) = match self.unit {
             Unit::Day => (today, add_days(today, 1), day_number(today) + 1),
             Unit::Week => {
@@ -266,7 +289,7 @@ impl Calendar {
     /// `now` in calendar time, and the real time left until the window ends.
     pub(crate) fn at(&self, now: Duration, anchor: u8) -> (Duration, Duration) {
         let now_ns = super::nanos(now);
-        let w = self.window(now_ns, anchor);
+        let w = self.window_cached(now_ns, anchor);
         let span = self.unit.span_ns();
         let offset = now_ns.saturating_sub(w.start).min(span - 1);
         let at = w.index.saturating_mul(span).saturating_add(offset);
@@ -279,9 +302,11 @@ impl Calendar {
     /// The first instant of `date` in the zone (Unix ns): local midnight, or
     /// the first instant after it when a DST change skips midnight.
     fn midnight(&self, date: Date) -> u64 {
-        date.to_zoned(self.zone.clone())
+        self.zone
+            .to_ambiguous_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+            .compatible()
             .ok()
-            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
+            .and_then(|t| u64::try_from(t.as_nanosecond()).ok())
             .unwrap_or(0)
     }
 }
