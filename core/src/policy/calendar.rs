@@ -204,7 +204,7 @@ impl Calendar {
     pub(crate) fn clock(&self, at: &CalendarAt) -> crate::store::redis::CalendarClock {
         let span = self.unit.span_ns();
         let now = super::nanos(at.now);
-        let during = self.window(now, at.anchor);
+        let during = self.window_cached(now, at.anchor);
         let before = self.window(during.start.saturating_sub(1), at.anchor);
         let after = self.window(during.end, at.anchor);
         // Calendar time = Unix time + the window's offset (index × W - start).

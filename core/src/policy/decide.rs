@@ -526,7 +526,6 @@ impl Policy {
         )
     }
 
-    /// Gives back what `charges` took (units and places in flight).
     /// Charges `cost` to `key` on `limiter`, one of `rule`'s. A calendar rule
     /// decides in calendar time (a Redis store works its own out from its
     /// clock, unless the time is `explicit`) and its answer's times are made
@@ -554,6 +553,7 @@ impl Policy {
         Ok((calendar::with_real_times(checked, at), Some(at.at)))
     }
 
+    /// Gives back what `charges` took (units and places in flight).
     async fn refund_with<I: io::Io>(
         &self,
         io: &I,
