@@ -351,3 +351,37 @@ def test_reload_on_a_file_change_through_a_running_server(tmp_path):
         assert statuses == [200] * 2 + [429] * 6, statuses  # the third 200 was the probe above
     finally:
         _stop(proc)
+
+
+def test_calendar_day_across_four_workers_over_http(tmp_path):
+    """A calendar quota through uvicorn with 4 workers on the shared-memory
+    store: exactly the day's quota admitted across the workers, and the 429's
+    Retry-After is the time left until midnight UTC."""
+    pytest.importorskip("uvicorn")
+    table = _table()
+    text = (
+        f'[store]\nkind = "shared_memory"\npath = "{table}"\nmax_keys = 1000\n\n'
+        '[[rule]]\nname = "plan"\nmatch = "/api/**"\nkey = "ip"\n'
+        'quotas = ["20/day"]\ncalendar = true\n'
+    )
+    proc, port = start_server("uvicorn", ASGI_APP, text, tmp_path, workers=4)
+    try:
+        _wait_for_workers(proc, port)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: _hit(port), range(40)))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/items", headers={"Connection": "close"})
+        r = conn.getresponse()
+        r.read()
+        retry_after = int(r.getheader("Retry-After"))
+        conn.close()
+    finally:
+        _stop(proc)
+        if os.path.exists(table):
+            os.unlink(table)
+    ok = [pid for status, pid in results if status == 200]
+    assert len(ok) == 20, f"{len(ok)} admitted by {len(set(ok))} workers"
+    assert len(set(ok)) >= 2, "the requests reached one worker; the test needs several"
+    now = time.time()
+    until_midnight = 86_400 - now % 86_400
+    assert r.status == 429 and abs(retry_after - until_midnight) <= 5, (retry_after, until_midnight)
