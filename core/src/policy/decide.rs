@@ -14,8 +14,8 @@ use super::jwt::{TokenCheck, TokenProblem};
 use super::lifecycle::Place;
 use super::store::{Checked, RuleLimiter};
 use super::{
-    Charge, Policy, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View, matcher, nanos,
-    path, store,
+    Charge, Charges, Policy, Reason, Request, Rule, Tier, Unless, Verdict, VerdictBuf, View,
+    matcher, nanos, path, store,
 };
 use super::{calendar, io};
 use crate::error::{Error, Result};
@@ -68,14 +68,13 @@ impl Policy {
         explicit: bool,
         out: &mut VerdictBuf,
     ) -> Result<()> {
-        io::complete(self.decide_with(&io::Blocking, req, now, explicit, out)).unwrap_or_else(
-            || {
-                Err(Error::StoreUnavailable {
-                    store: "engine",
-                    message: "a blocking check waited (a bug: please report it)".into(),
-                })
-            },
-        )
+        let decision = std::pin::pin!(self.decide_with(&io::Blocking, req, now, explicit, out));
+        io::complete(decision).unwrap_or_else(|| {
+            Err(Error::StoreUnavailable {
+                store: "engine",
+                message: "a blocking check waited (a bug: please report it)".into(),
+            })
+        })
     }
 
     /// The one decision procedure, its store calls made through `io`:
@@ -179,7 +178,7 @@ impl Policy {
         }
         // 4. Rules.
         // On the stack for up to 4 matching rules (a policy's usual depth).
-        let mut charges: SmallVec<[Charge<'_>; 4]> = SmallVec::new();
+        let mut charges = Charges::default();
         let mut shadows: SmallVec<[usize; 4]> = SmallVec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             if !self.applies(rule, &view, claims.is_some()) {
@@ -299,16 +298,19 @@ impl Policy {
                 ));
                 return Ok(());
             }
-            charges.push(Charge {
-                rule: index,
-                tier,
-                tier_index,
-                key: buf.clone(),
-                cost,
-                decision: d,
-                flight,
-                at,
-            });
+            charges.push(
+                Charge {
+                    rule: index,
+                    tier,
+                    tier_index,
+                    key: (0, 0),
+                    cost,
+                    decision: d,
+                    flight,
+                    at,
+                },
+                key,
+            );
         }
         // 5. Shadow rules: counted as if enforced, never denying.
         for index in shadows {
@@ -354,13 +356,14 @@ impl Policy {
                 Some(b) if b.decision.remaining <= c.decision.remaining => Some(b),
                 _ => Some(c),
             });
-        let Some(Charge {
-            rule: index,
-            tier,
-            key,
-            decision: d,
-            ..
-        }) = deciding
+        let Some(
+            deciding_charge @ Charge {
+                rule: index,
+                tier,
+                decision: d,
+                ..
+            },
+        ) = deciding
         else {
             bump(&self.metrics.no_rule);
             out.set(Verdict {
@@ -375,23 +378,26 @@ impl Policy {
                 bump(&counters.allowed);
             }
         }
-        let (index, d, key) = (*index, *d, key.bytes());
+        let (index, d, key) = (*index, *d, charges.key(deciding_charge));
         let settlement = self.settlement(&charges);
         let rule = self.rules.get(index).map(|r| r.name.clone());
         let mut identity = out.string();
-        identity.push_str(&String::from_utf8_lossy(key));
+        match std::str::from_utf8(key) {
+            Ok(text) => identity.push_str(text),
+            Err(_) => identity.push_str(&String::from_utf8_lossy(key)),
+        }
         let has_rule = rule.is_some();
-        out.set(Verdict {
-            rule,
-            limit: d.limit,
-            remaining: d.remaining,
-            reset_after: d.reset_after,
-            identity: Some(identity),
-            token_problem: problem,
-            authenticated: claims.is_some(),
-            settlement,
-            ..Verdict::plain(true, 200, Reason::Allowed)
-        });
+        // `out` was cleared above and nothing has been set: fill it in place.
+        let v = out.verdict_mut();
+        v.reason = Reason::Allowed;
+        v.rule = rule;
+        v.limit = d.limit;
+        v.remaining = d.remaining;
+        v.reset_after = d.reset_after;
+        v.identity = Some(identity);
+        v.token_problem = problem;
+        v.authenticated = claims.is_some();
+        v.settlement = settlement;
         if let (true, Some(quota), Some(value)) = (
             has_rule,
             tier.limiter.quotas().get(d.quota),
@@ -497,7 +503,7 @@ impl Policy {
     /// the later ones it would have met), as an allowed request lists them.
     fn applying_policies(
         &self,
-        charged: &[Charge<'_>],
+        charged: &Charges<'_>,
         denying: &Tier,
         index: usize,
         view: &View<'_>,
@@ -557,16 +563,16 @@ impl Policy {
     async fn refund_with<I: io::Io>(
         &self,
         io: &I,
-        charges: &[Charge<'_>],
+        charges: &Charges<'_>,
         now: Duration,
         explicit: bool,
     ) {
         for c in charges {
             let (at, at_explicit) = c.at.map_or((now, explicit), |at| (at, true));
-            io.refund(&c.tier.limiter, c.key.bytes(), c.cost, at, at_explicit)
+            io.refund(&c.tier.limiter, charges.key(c), c.cost, at, at_explicit)
                 .await;
             if let Some(rule) = self.rules.get(c.rule) {
-                let (key, now_ns) = (c.key.bytes(), nanos(now));
+                let (key, now_ns) = (charges.key(c), nanos(now));
                 self.release_flight_with(io, c.rule, rule, key, c.flight, now_ns, explicit)
                     .await;
             }

@@ -11,6 +11,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use serde_json::Value;
+use smallvec::SmallVec;
 
 /// Claims of a verified token.
 pub(crate) type Claims = serde_json::Map<String, Value>;
@@ -213,28 +214,32 @@ pub(crate) fn mask_ip(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 pub(crate) const KEY_BUF: usize = 256;
 
 /// A key being built in a stack buffer. Bytes past the buffer are only counted; a
-/// key that overflowed is rebuilt through a hasher (a second, rare pass).
-#[derive(Clone)]
+/// key that overflowed is rebuilt through a hasher (a second, rare pass). The
+/// buffer is a `SmallVec` that never spills (a push that would not fit is only
+/// counted): unlike an array it is not zeroed when made, and a copy copies the
+/// key's bytes, not the whole buffer.
+#[derive(Clone, Default)]
 pub(crate) struct KeyBuf {
-    buf: [u8; KEY_BUF],
-    len: usize,
+    buf: SmallVec<[u8; KEY_BUF]>,
     total: usize,
 }
 
 impl KeyBuf {
     /// The key last built.
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or_default()
+        &self.buf
     }
-}
 
-impl Default for KeyBuf {
-    fn default() -> Self {
-        Self {
-            buf: [0; KEY_BUF],
-            len: 0,
-            total: 0,
-        }
+    /// A copy of `key` (at most [`KEY_BUF`] bytes are kept: keys are built no longer).
+    pub(crate) fn copy_of(key: &[u8]) -> Self {
+        let mut k = Self::default();
+        k.push(key.get(..KEY_BUF).unwrap_or(key));
+        k
+    }
+
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.total = 0;
     }
 }
 
@@ -245,9 +250,8 @@ trait Sink {
 
 impl Sink for KeyBuf {
     fn push(&mut self, bytes: &[u8]) {
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-            self.len += bytes.len();
+        if self.buf.len() + bytes.len() <= KEY_BUF {
+            self.buf.extend_from_slice(bytes);
         }
         self.total += bytes.len();
     }
@@ -281,18 +285,16 @@ impl KeyTemplate {
         seed: &S,
         buf: &'b mut KeyBuf,
     ) -> Option<&'b [u8]> {
-        buf.len = 0;
-        buf.total = 0;
+        buf.reset();
         self.write_parts(input, buf)?;
         if buf.total > KEY_BUF {
             let mut hasher = HashSink(seed.build_hasher());
             self.write_parts(input, &mut hasher)?;
             let h = hasher.0.finish();
-            buf.len = 0;
-            buf.total = 0;
+            buf.reset();
             let _ = write!(FmtSink(buf), "h:{h:016x}");
         }
-        buf.buf.get(..buf.len)
+        Some(buf.bytes())
     }
 
     fn write_parts<S: Sink>(&self, input: &KeyInput<'_>, key: &mut S) -> Option<()> {

@@ -408,7 +408,7 @@ pub struct Settle {
 
 impl super::Policy {
     /// The settlement of an admitted request's charges, if a rule needs one.
-    pub(super) fn settlement(&self, charges: &[super::Charge<'_>]) -> Option<Settlement> {
+    pub(super) fn settlement(&self, charges: &super::Charges<'_>) -> Option<Settlement> {
         let mut entries: SmallVec<[Entry; 2]> = SmallVec::new();
         for c in charges {
             if self
@@ -419,7 +419,7 @@ impl super::Policy {
                 entries.push(Entry {
                     rule: c.rule,
                     tier: c.tier_index,
-                    key: c.key.clone(),
+                    key: super::identity::KeyBuf::copy_of(charges.key(c)),
                     cost: c.cost,
                     flight: c.flight,
                     at: c.at,
@@ -441,7 +441,8 @@ impl super::Policy {
         outcome: Settle,
         now: Option<Duration>,
     ) -> crate::Result<()> {
-        let settle = self.settle_with(&super::io::Blocking, settlement, outcome, now);
+        let settle =
+            std::pin::pin!(self.settle_with(&super::io::Blocking, settlement, outcome, now));
         super::io::complete(settle).unwrap_or_else(|| {
             Err(crate::Error::StoreUnavailable {
                 store: "engine",

@@ -487,14 +487,50 @@ struct Charge<'e> {
     tier: &'e Tier,
     /// The tier's number in the rule's limits.
     tier_index: usize,
-    /// A copy of the key (on the stack: `charges` is a `SmallVec`).
-    key: identity::KeyBuf,
+    /// Where its key is in [`Charges::keys`].
+    key: (usize, usize),
     cost: u64,
     decision: crate::Decision,
     /// The place taken in flight (`max_in_flight`).
     flight: Option<lifecycle::Place>,
     /// The calendar time it was charged at (a calendar rule).
     at: Option<Duration>,
+}
+
+/// The charges a decision has taken, their keys side by side in one buffer on
+/// the stack (a copy of each key's bytes: the key buffer is rebuilt per rule).
+#[derive(Default)]
+struct Charges<'e> {
+    list: smallvec::SmallVec<[Charge<'e>; 4]>,
+    keys: smallvec::SmallVec<[u8; identity::KEY_BUF]>,
+}
+
+impl<'e> Charges<'e> {
+    fn push(&mut self, mut charge: Charge<'e>, key: &[u8]) {
+        let start = self.keys.len();
+        self.keys.extend_from_slice(key);
+        charge.key = (start, self.keys.len());
+        self.list.push(charge);
+    }
+
+    /// The key `charge` was charged to.
+    fn key(&self, charge: &Charge<'_>) -> &[u8] {
+        self.keys
+            .get(charge.key.0..charge.key.1)
+            .unwrap_or_default()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Charge<'e>> {
+        self.list.iter()
+    }
+}
+
+impl<'a, 'e> IntoIterator for &'a Charges<'e> {
+    type Item = &'a Charge<'e>;
+    type IntoIter = std::slice::Iter<'a, Charge<'e>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 fn nanos(d: Duration) -> u64 {

@@ -77,6 +77,12 @@ impl VerdictBuf {
         self.verdict = Verdict { headers, ..v };
     }
 
+    /// The verdict, to fill in place after [`clear`](Self::clear) (an allowed
+    /// request: `allowed`, `status` 200 and no headers yet, as cleared).
+    pub(super) fn verdict_mut(&mut self) -> &mut Verdict {
+        &mut self.verdict
+    }
+
     /// An empty string, reused if one is spare.
     pub(super) fn string(&mut self) -> String {
         self.spare.pop().unwrap_or_default()
