@@ -24,7 +24,7 @@ function clientIp(ip) {
 }
 
 const { badRequestBody } = require('./index.js')
-const { checkParts, needsSettle, settleQuietly } = require('./floodgate.js')
+const { rawChecker, plain, setResponseHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
 
 /** The response header a handler sets to report its request's real cost (rules
  * with `cost_from = "response"`); removed before the response is sent. A
@@ -119,14 +119,23 @@ function floodgate(engine, options = {}) {
     }
   }
   // In memory: the raw path (floodgate.js), reading the policy's headers
-  // straight from req.headers. The core unmaps ::ffff: addresses itself.
+  // straight from req.headers; an allowed request with nothing to settle gets
+  // its headers from the verdict's text, no Verdict built. The core unmaps
+  // ::ffff: addresses itself.
+  const raw = rawChecker(engine)
+  const o = raw.out
   return function floodgateMiddleware(req, res, next) {
-    let v
+    let text
     try {
-      v = checkParts(engine, req.method, req.originalUrl || req.url, req.ip, req.headers)
+      text = raw.check(req.method, req.originalUrl || req.url, req.ip, req.headers)
     } catch (err) {
       return fail(res, next, err)
     }
+    if (plain(raw)) {
+      setResponseHeaders(res, o, text)
+      return next()
+    }
+    const v = raw.verdict(text)
     if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
     answer(res, next, v)
   }

@@ -9,7 +9,7 @@
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
 // answered 400.
 const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, parseCost } = require('./express.js')
-const { checkParts, needsSettle, settleQuietly } = require('./floodgate.js')
+const { rawChecker, plain, setReplyHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
 
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
@@ -48,15 +48,24 @@ function floodgatePlugin(fastify, opts, done) {
   } else {
     // In memory: a callback hook (an async one costs a promise per request) on
     // the raw path (floodgate.js), reading the policy's headers straight from
-    // request.headers. A hook that answers does not call `next`.
+    // request.headers. An allowed request with nothing to settle needs only its
+    // headers, set from the verdict's text without building a Verdict. A hook
+    // that answers does not call `next`.
+    const raw = rawChecker(engine)
+    const o = raw.out
     fastify.addHook('onRequest', (request, reply, next) => {
-      let v
+      let text
       try {
-        v = checkParts(engine, request.method, request.url, request.ip, request.headers)
+        text = raw.check(request.method, request.url, request.ip, request.headers)
       } catch (err) {
         if (!isBadRequest(err)) return next(err)
         return badRequest(reply)
       }
+      if (plain(raw)) {
+        setReplyHeaders(reply, o, text)
+        return next()
+      }
+      const v = raw.verdict(text)
       if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }
       if (!answer(reply, v)) next()
     })

@@ -137,32 +137,56 @@ function verdictOf(text, o) {
   }
 }
 
-/** The engine's checker: `(method, path, clientIp, headers, lower, nowMs) => Verdict`, one argument per header the policy reads. */
-function checker(engine) {
+/** Where the middleware path (`rawChecker`) of an engine is kept. */
+const RAW = Symbol('floodgate.raw')
+
+/**
+ * The engine's raw checker: `{ check, out, verdict }`. `check(method, path,
+ * clientIp, headers, lower, nowMs)` decides (one argument per header the policy
+ * reads) and returns the verdict's text, its numbers left in `out`;
+ * `verdict(text)` builds the Verdict of that check (with its settlement).
+ */
+function rawOf(engine) {
+  let raw = engine[RAW]
+  if (raw !== undefined) return raw
   const [handle, out] = engine.handle()
   Object.defineProperty(engine, HANDLE, { value: handle })
   const names = engine.requestHeaders
   const [a, b, c] = names
-  const v = (text) => {
-    const verdict = verdictOf(text, out)
-    if (out[SETTLE] === 1) Object.defineProperty(verdict, SETTLEMENT, { value: engineSettlement(handle) })
-    return verdict
-  }
+  let check
   switch (names.length) {
     case 0:
-      return (m, p, ip, h, lower, now) => v(engineCheck(handle, m, p, ip, now))
+      check = (m, p, ip, h, lower, now) => engineCheck(handle, m, p, ip, now)
+      break
     case 1:
-      return (m, p, ip, h, lower, now) => v(engineCheck(handle, m, p, ip, now, headerOf(h, a, lower)))
+      check = (m, p, ip, h, lower, now) => engineCheck(handle, m, p, ip, now, headerOf(h, a, lower))
+      break
     case 2:
-      return (m, p, ip, h, lower, now) =>
-        v(engineCheck(handle, m, p, ip, now, headerOf(h, a, lower), headerOf(h, b, lower)))
+      check = (m, p, ip, h, lower, now) =>
+        engineCheck(handle, m, p, ip, now, headerOf(h, a, lower), headerOf(h, b, lower))
+      break
     case 3:
-      return (m, p, ip, h, lower, now) =>
-        v(engineCheck(handle, m, p, ip, now, headerOf(h, a, lower), headerOf(h, b, lower), headerOf(h, c, lower)))
+      check = (m, p, ip, h, lower, now) =>
+        engineCheck(handle, m, p, ip, now, headerOf(h, a, lower), headerOf(h, b, lower), headerOf(h, c, lower))
+      break
     default:
-      return (m, p, ip, h, lower, now) =>
-        v(engineCheck(handle, m, p, ip, now, ...names.map((name) => headerOf(h, name, lower))))
+      check = (m, p, ip, h, lower, now) =>
+        engineCheck(handle, m, p, ip, now, ...names.map((name) => headerOf(h, name, lower)))
   }
+  const verdict = (text) => {
+    const v = verdictOf(text, out)
+    if (out[SETTLE] === 1) Object.defineProperty(v, SETTLEMENT, { value: engineSettlement(handle) })
+    return v
+  }
+  raw = { check, out, verdict }
+  Object.defineProperty(engine, RAW, { value: raw })
+  return raw
+}
+
+/** The engine's checker: `(method, path, clientIp, headers, lower, nowMs) => Verdict`. */
+function checker(engine) {
+  const { check, verdict } = rawOf(engine)
+  return (m, p, ip, h, lower, now) => verdict(check(m, p, ip, h, lower, now))
 }
 
 const NativeEngine = native.Engine
@@ -262,11 +286,65 @@ function checkParts(engine, method, path, clientIp, headers) {
   return engine[CHECK](method, path, clientIp, headers, true, undefined)
 }
 
+// The middleware's path (express.js, fastify.js): most requests are allowed
+// with nothing to settle, and all the middleware does with those is set the
+// rate-limit headers. `rawChecker` decides without building a Verdict object;
+// `plain(raw)` says whether that is all there is to do, and `setReplyHeaders` /
+// `setResponseHeaders` copy the headers from the verdict's text, one call each.
+// Anything else (a denial, a verdict to settle) takes `raw.verdict(text)`.
+
+const LOWER_HEADERS = RESPONSE_HEADERS.map((n) => n.toLowerCase())
+
+/** `{ check(method, path, clientIp, headers) => text, out, verdict(text) }`; `headers` is Node's `req.headers`. */
+function rawChecker(engine) {
+  const raw = rawOf(engine)
+  const check = raw.check
+  return {
+    check: (m, p, ip, h) => check(m, p, ip, h, true, undefined),
+    out: raw.out,
+    verdict: raw.verdict,
+  }
+}
+
+/** Whether the last check of `raw` allowed its request with nothing to settle. */
+function plain(raw) {
+  return raw.out[ALLOWED] === 1 && raw.out[SETTLE] === 0
+}
+
+/** Where the headers start in a verdict's text (after the rule and identity). */
+function headersAt(o) {
+  return Math.max(0, o[RULE_LEN]) + Math.max(0, o[ID_LEN])
+}
+
+/** Sets the last verdict's headers on a Fastify reply (`reply.header`, lower-case names). */
+function setReplyHeaders(reply, o, text) {
+  let at = headersAt(o)
+  for (let i = 0, slot = HEADERS, count = o[COUNT]; i < count; i++, slot += 2) {
+    const n = o[slot + 1]
+    reply.header(LOWER_HEADERS[o[slot]], text.slice(at, at + n))
+    at += n
+  }
+}
+
+/** Sets the last verdict's headers on a Node response (`res.setHeader`). */
+function setResponseHeaders(res, o, text) {
+  let at = headersAt(o)
+  for (let i = 0, slot = HEADERS, count = o[COUNT]; i < count; i++, slot += 2) {
+    const n = o[slot + 1]
+    res.setHeader(RESPONSE_HEADERS[o[slot]], text.slice(at, at + n))
+    at += n
+  }
+}
+
 module.exports = {
   Limiter,
   RedisLimiter: native.RedisLimiter,
   Engine: native.Engine,
   checkParts,
+  rawChecker,
+  plain,
+  setReplyHeaders,
+  setResponseHeaders,
   needsSettle,
   settleQuietly,
   errorCodes: native.errorCodes,
