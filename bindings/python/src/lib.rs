@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 mod aio;
+mod middleware;
 
 /// The exception class name for a core error kind (defined in
 /// `floodgate/errors.py`, where the ValueError / ConnectionError bases are set).
@@ -723,6 +724,33 @@ impl PyEngine {
         let run = || self.inner.check_owned(&request, now);
         let v = if self.blocking { py.detach(run) } else { run() }.map_err(to_py)?;
         verdict(py, v)
+    }
+
+    /// The middlewares' check (`floodgate.asgi`, `.wsgi`, `.django`; not API):
+    /// the response headers to add, as a list of pairs (`(bytes, bytes)` with
+    /// lower-case names when `asgi`, else `(str, str)`), when the request is
+    /// allowed with nothing to settle; otherwise the `Verdict`. `headers`: a
+    /// list of `(name, value)` pairs, str or bytes.
+    #[pyo3(signature = (method, path, client_ip, headers, asgi))]
+    fn _check_middleware<'py>(
+        &self,
+        py: Python<'py>,
+        method: &str,
+        path: &str,
+        client_ip: Option<&str>,
+        headers: &Bound<'py, PyAny>,
+        asgi: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        middleware::check(
+            py,
+            &self.inner,
+            self.blocking,
+            method,
+            path,
+            client_ip,
+            headers,
+            asgi,
+        )
     }
 
     /// Settles an admitted request once its response is known: gives back the

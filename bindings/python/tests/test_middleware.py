@@ -339,3 +339,39 @@ def test_wsgi_keys_the_path_werkzeug_routes():
     app(environ, start)
     v = engine.check_request(method="GET", path="/%C3%A9", client_ip="203.0.113.1")
     assert v.identity == "/é" and v.remaining == 7, v
+
+
+KEYED = """
+[[rule]]
+name = "keyed"
+match = "/api/**"
+key = "header:x-api-key"
+quotas = ["3/minute"]
+"""
+
+
+def test_the_middleware_check_reads_what_check_request_reads():
+    """`Engine._check_middleware` (the path every middleware takes in memory)
+    decides as `check_request` does: the same headers read (the first copy of a
+    repeated one, bytes as Latin-1), the same headers returned, shaped for the
+    server; a denial comes back as the Verdict."""
+    raw = [(b"host", b"x"), (b"x-api-key", b"k\xe9y"), (b"x-api-key", b"other")]
+    text = [("host", "x"), ("x-api-key", "k\xe9y"), ("x-api-key", "other")]
+    a, b = Engine.from_toml(KEYED), Engine.from_toml(KEYED)
+    for i in range(3):
+        got = a._check_middleware("GET", "/api/x", "203.0.113.1", raw, True)
+        want = b.check_request(method="GET", path="/api/x", client_ip="203.0.113.1", headers=text)
+        assert type(got) is list and want.allowed and want.remaining == 2 - i
+        assert got == [(n.lower().encode(), v.encode()) for n, v in want.headers]
+    denied = a._check_middleware("GET", "/api/x", "203.0.113.1", raw, True)
+    assert not denied.allowed and denied.status == 429 and denied.identity == "k\xe9y"
+    # Another key (the second copy is not read) and the WSGI shape: (str, str).
+    other = a._check_middleware("GET", "/api/x", None, [("X-Api-Key", "other")], False)
+    assert other == [(n, v) for n, v in b.check_request(method="GET", path="/api/x", headers=[("x-api-key", "other")]).headers]
+    assert all(type(n) is str and type(v) is str for n, v in other)
+    with pytest.raises(TypeError):
+        a._check_middleware("GET", "/api/x", None, [(b"x-api-key", 7)], True)
+    from floodgate.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError):
+        a._check_middleware("GET", "/api/x", "not an address", [], True)

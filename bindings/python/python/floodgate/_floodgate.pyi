@@ -121,6 +121,14 @@ class Engine:
         headers: Optional[_Headers] = None,
         now: Optional[float] = None,
     ) -> Verdict: ...
+    def _check_middleware(
+        self,
+        method: str,
+        path: str,
+        client_ip: Optional[str],
+        headers: Sequence[Tuple[Union[str, bytes], Union[str, bytes]]],
+        asgi: bool,
+    ) -> Union[List[Tuple[Any, Any]], Verdict]: ...
     def settle(
         self,
         verdict: Verdict,

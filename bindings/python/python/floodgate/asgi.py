@@ -60,29 +60,38 @@ class FloodgateMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        wanted = self._wanted
-        headers: List[Tuple[str, str]] = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in wanted
-        ]
         client = scope.get("client")
-        ip = client_ip(client[0] if client else None, headers, self.trusted, self.forwarded_header)
+        peer = client[0] if client else None
         # The path Starlette routes: decoded, below the mount point.
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
         target = router_path(path, scope.get("query_string", b"").decode("latin-1"))
-        # The header list, not a dict: the engine reads the first copy of a
-        # repeated header, as Starlette does.
+        engine = self.engine
+        headers: List[Tuple[str, str]] = []
+        if self.trusted or engine.blocking:
+            # The forwarding header (for a trusted proxy's peer) and, for the
+            # async check, the headers the policy reads, decoded.
+            wanted = self._wanted
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in wanted]
+        ip = client_ip(peer, headers, self.trusted, self.forwarded_header)
         try:
-            if self.engine.blocking:  # a Redis store: off the event loop
+            if engine.blocking:  # a Redis store: off the event loop
                 verdict = await check_request_async(
-                    self.engine, method=scope["method"], path=target, client_ip=ip, headers=headers
+                    engine, method=scope["method"], path=target, client_ip=ip, headers=headers
                 )
-            else:  # in memory: well under a microsecond of work, inline
-                verdict = self.engine.check_request(method=scope["method"], path=target, client_ip=ip, headers=headers)
+            else:
+                # In memory, inline (about a microsecond): the engine reads the
+                # headers it needs from the header list itself (the first copy
+                # of a repeated header, as Starlette does) and, for a request
+                # allowed with nothing to settle, returns only the headers to add.
+                verdict = engine._check_middleware(scope["method"], target, ip, scope["headers"], True)
         except InvalidRequestError:
             await _answer(send, 400, BAD_REQUEST_BODY, [])
+            return
+        if type(verdict) is list:
+            await self.app(scope, receive, _adding(send, verdict) if verdict else send)
             return
         extra = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in verdict.headers]
         if not verdict.allowed:
@@ -90,14 +99,7 @@ class FloodgateMiddleware:
             return
 
         if not verdict.needs_settle:
-
-            async def send_with_headers(message: Message) -> None:
-                if message["type"] == "http.response.start" and extra:
-                    message = dict(message)
-                    message["headers"] = [*message.get("headers", []), *extra]
-                await send(message)
-
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, _adding(send, extra) if extra else send)
             return
         await self._run_and_settle(scope, receive, send, verdict, extra)
 
@@ -138,6 +140,18 @@ class FloodgateMiddleware:
                 self.engine.settle(verdict, status=status, cost=cost)
         except FloodgateError:
             pass  # already settled by the app itself, or the store is down: the charge stands
+
+
+def _adding(send: Send, extra: List[Tuple[bytes, bytes]]) -> Send:
+    """``send``, adding ``extra`` to the response's headers."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), *extra]
+        await send(message)
+
+    return send_with_headers
 
 
 async def _answer(send: Send, status: int, body: bytes, extra: List[Tuple[bytes, bytes]]) -> None:

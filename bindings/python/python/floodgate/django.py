@@ -48,16 +48,22 @@ class FloodgateMiddleware:
         ip = client_ip(request.META.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
         path = router_path(request.path_info or "/", request.META.get("QUERY_STRING", ""))
         try:
-            verdict = self.engine.check_request(method=request.method, path=path, client_ip=ip, headers=headers)
+            # The headers to add (a request allowed with nothing to settle), or the Verdict.
+            verdict = self.engine._check_middleware(request.method, path, ip, headers, False)
         except InvalidRequestError:
             return HttpResponse(BAD_REQUEST_BODY, status=400, content_type="application/json")
-        if not verdict.allowed:
-            response = HttpResponse(verdict.body, status=verdict.status, content_type="application/json")
-        elif verdict.needs_settle:
-            response = self._run_and_settle(request, verdict)
-        else:
+        if type(verdict) is list:
             response = self.get_response(request)
-        for name, value in verdict.headers:
+            extra = verdict
+        else:
+            if not verdict.allowed:
+                response = HttpResponse(verdict.body, status=verdict.status, content_type="application/json")
+            elif verdict.needs_settle:
+                response = self._run_and_settle(request, verdict)
+            else:
+                response = self.get_response(request)
+            extra = verdict.headers
+        for name, value in extra:
             response[name] = value
         return response
 

@@ -44,6 +44,15 @@ def _headers(environ: dict, keys: Sequence[Tuple[str, str]]) -> List[Tuple[str, 
     return out
 
 
+def _adding(start_response: StartResponse, extra: List[Tuple[str, str]]) -> StartResponse:
+    """``start_response``, adding ``extra`` to the response's headers."""
+
+    def start_with_headers(status: str, response_headers: list, exc_info: Optional[Any] = None) -> Any:
+        return start_response(status, [*response_headers, *extra], exc_info)
+
+    return start_with_headers
+
+
 class FloodgateMiddleware:
     """Decides every request with ``engine`` before the app sees it."""
 
@@ -59,9 +68,12 @@ class FloodgateMiddleware:
         self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
         self._keys = environ_keys(wanted_headers(engine, forwarded_header))
+        self._read_headers = bool(engine.request_headers) or bool(self.trusted)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        headers = _headers(environ, self._keys)
+        # The headers the policy reads and, for a trusted proxy's peer, the
+        # forwarding header: none to read in the common case.
+        headers = _headers(environ, self._keys) if self._read_headers else []
         ip = client_ip(environ.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
         raw = environ.get("PATH_INFO", "") or "/"
         if not raw.isascii():
@@ -69,15 +81,16 @@ class FloodgateMiddleware:
             raw = raw.encode("latin-1").decode("utf-8", "replace")
         path = router_path(raw, environ.get("QUERY_STRING", ""))
         try:
-            verdict = self.engine.check_request(
-                method=environ.get("REQUEST_METHOD", "GET"), path=path, client_ip=ip, headers=headers
-            )
+            # The headers to add (a request allowed with nothing to settle), or the Verdict.
+            verdict = self.engine._check_middleware(environ.get("REQUEST_METHOD", "GET"), path, ip, headers, False)
         except InvalidRequestError:
             start_response(
                 _STATUS[400],
                 [("Content-Type", "application/json"), ("Content-Length", str(len(BAD_REQUEST_BODY)))],
             )
             return [BAD_REQUEST_BODY]
+        if type(verdict) is list:
+            return self.app(environ, _adding(start_response, verdict) if verdict else start_response)
         extra = list(verdict.headers)
         if not verdict.allowed:
             body = verdict.body
@@ -86,13 +99,8 @@ class FloodgateMiddleware:
                 [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra],
             )
             return [body]
-
         if not verdict.needs_settle:
-
-            def start_with_headers(status: str, response_headers: list, exc_info: Optional[Any] = None) -> Any:
-                return start_response(status, [*response_headers, *extra], exc_info)
-
-            return self.app(environ, start_with_headers)
+            return self.app(environ, _adding(start_response, extra))
         return self._run_and_settle(environ, start_response, verdict, extra)
 
     def _run_and_settle(
