@@ -24,7 +24,7 @@ function clientIp(ip) {
 }
 
 const { badRequestBody } = require('./index.js')
-const { rawChecker, plain, setResponseHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
+const { rawChecker, plain, denied, denial, setResponseHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
 
 /** The response header a handler sets to report its request's real cost (rules
  * with `cost_from = "response"`); removed before the response is sent. A
@@ -134,6 +134,11 @@ function floodgate(engine, options = {}) {
     if (plain(raw)) {
       setResponseHeaders(res, o, text)
       return next()
+    }
+    if (denied(raw)) {
+      setResponseHeaders(res, o, text)
+      const [status, body] = denial(raw, text)
+      return res.status(status).type('application/json').send(body)
     }
     const v = raw.verdict(text)
     if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)

@@ -9,7 +9,7 @@
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
 // answered 400.
 const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, parseCost } = require('./express.js')
-const { rawChecker, plain, setReplyHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
+const { rawChecker, plain, denied, denial, setReplyHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
 
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
@@ -64,6 +64,11 @@ function floodgatePlugin(fastify, opts, done) {
       if (plain(raw)) {
         setReplyHeaders(reply, o, text)
         return next()
+      }
+      if (denied(raw)) {
+        setReplyHeaders(reply, o, text)
+        const [status, body] = denial(raw, text)
+        return reply.code(status).type('application/json').send(body)
       }
       const v = raw.verdict(text)
       if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }

@@ -291,7 +291,8 @@ function checkParts(engine, method, path, clientIp, headers) {
 // rate-limit headers. `rawChecker` decides without building a Verdict object;
 // `plain(raw)` says whether that is all there is to do, and `setReplyHeaders` /
 // `setResponseHeaders` copy the headers from the verdict's text, one call each.
-// Anything else (a denial, a verdict to settle) takes `raw.verdict(text)`.
+// A denial's status and body come from `denial(raw, text)`; a verdict to settle
+// takes `raw.verdict(text)`.
 
 const LOWER_HEADERS = RESPONSE_HEADERS.map((n) => n.toLowerCase())
 
@@ -309,6 +310,17 @@ function rawChecker(engine) {
 /** Whether the last check of `raw` allowed its request with nothing to settle. */
 function plain(raw) {
   return raw.out[ALLOWED] === 1 && raw.out[SETTLE] === 0
+}
+
+/** Whether the last check of `raw` denied its request (a denial has nothing to settle). */
+function denied(raw) {
+  return raw.out[ALLOWED] === 0
+}
+
+/** The last check of `raw` denied its request: `[status, body]` (its headers: `setReplyHeaders`...). */
+function denial(raw, text) {
+  const o = raw.out
+  return [o[STATUS], text.slice(text.length - o[BODY_LEN])]
 }
 
 /** Where the headers start in a verdict's text (after the rule and identity). */
@@ -343,6 +355,8 @@ module.exports = {
   checkParts,
   rawChecker,
   plain,
+  denied,
+  denial,
   setReplyHeaders,
   setResponseHeaders,
   needsSettle,
