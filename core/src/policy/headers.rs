@@ -180,9 +180,16 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut HeaderOut<'_>
                 value.push_str(";t=");
                 value.push_str(n.format(t));
                 if let Some(pk) = r.partition {
+                    // 8 bytes are 12 base64 characters. Into a stack buffer:
+                    // `encode_string` zeroes a 1 KiB chunk buffer per call.
+                    let mut b64 = [0u8; 12];
+                    let n = base64::engine::general_purpose::STANDARD
+                        .encode_slice(pk.to_be_bytes(), &mut b64)
+                        .unwrap_or(0);
                     value.push_str(";pk=:");
-                    base64::engine::general_purpose::STANDARD
-                        .encode_string(pk.to_be_bytes(), value);
+                    value.push_str(
+                        std::str::from_utf8(b64.get(..n).unwrap_or_default()).unwrap_or_default(),
+                    );
                     value.push(':');
                 }
             });

@@ -409,13 +409,19 @@ pub struct Settle {
 impl super::Policy {
     /// The settlement of an admitted request's charges, if a rule needs one.
     pub(super) fn settlement(&self, charges: &super::Charges<'_>) -> Option<Settlement> {
-        let mut entries: SmallVec<[Entry; 2]> = SmallVec::new();
-        for c in charges {
-            if self
-                .rules
+        let settles = |c: &super::Charge<'_>| {
+            self.rules
                 .get(c.rule)
                 .is_some_and(|r| r.lifecycle.is_some())
-            {
+        };
+        // Most requests have nothing to settle: say so before making room for
+        // entries (a key buffer each, hundreds of bytes on the stack).
+        if !charges.iter().any(settles) {
+            return None;
+        }
+        let mut entries: SmallVec<[Entry; 2]> = SmallVec::new();
+        for c in charges {
+            if settles(c) {
                 entries.push(Entry {
                     rule: c.rule,
                     tier: c.tier_index,
