@@ -281,11 +281,6 @@ function needsSettle(verdict) {
   return verdict != null && verdict[SETTLEMENT] !== undefined
 }
 
-/** For the middleware: `headers` is Node's `req.headers` (lower-case names). */
-function checkParts(engine, method, path, clientIp, headers) {
-  return engine[CHECK](method, path, clientIp, headers, true, undefined)
-}
-
 // The middleware's path (express.js, fastify.js): most requests are allowed
 // with nothing to settle, and all the middleware does with those is set the
 // rate-limit headers. `rawChecker` decides without building a Verdict object;
@@ -352,7 +347,6 @@ module.exports = {
   Limiter,
   RedisLimiter: native.RedisLimiter,
   Engine: native.Engine,
-  checkParts,
   rawChecker,
   plain,
   denied,
