@@ -154,6 +154,10 @@ fn json_string(out: &mut String, s: &str) {
 /// # Ok::<(), floodgate::Error>(())
 /// ```
 pub fn parse_client_ip(text: &str) -> Result<IpAddr> {
+    // The common case: a bare address, as sockets report it.
+    if let Ok(ip) = text.parse() {
+        return Ok(ip);
+    }
     let t = text.trim();
     let t = t
         .strip_prefix('[')
