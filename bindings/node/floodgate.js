@@ -323,6 +323,9 @@ function headersAt(o) {
   return Math.max(0, o[RULE_LEN]) + Math.max(0, o[ID_LEN])
 }
 
+// Two setters rather than one taking a callback: each call site stays
+// monomorphic, and no closure is made per request.
+
 /** Sets the last verdict's headers on a Fastify reply (`reply.header`, lower-case names). */
 function setReplyHeaders(reply, o, text) {
   let at = headersAt(o)
