@@ -275,6 +275,26 @@ impl<S: Sink> fmt::Write for FmtSink<'_, S> {
     }
 }
 
+/// The decimal text of every IPv4 octet, left-aligned, and its length.
+// Evaluated at compile time: an index out of range would fail the build.
+#[allow(clippy::indexing_slicing)]
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut t = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        let o = i as u8;
+        t[i] = if o >= 100 {
+            ([b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10], 3)
+        } else if o >= 10 {
+            ([b'0' + o / 10, b'0' + o % 10, 0], 2)
+        } else {
+            ([b'0' + o, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
 impl KeyTemplate {
     /// Builds the key into `buf` (reused across rules) and returns it, or `None` if a
     /// part is missing (no IP, header or verified claim). A key longer than the
@@ -303,31 +323,20 @@ impl KeyTemplate {
                 Part::Literal(s) => key.push(s.as_bytes()),
                 Part::Ip => match input.ip? {
                     IpAddr::V4(v4) => {
-                        // Dotted decimal without the fmt machinery (the common case).
+                        // Dotted decimal from a table, without the fmt machinery
+                        // (the common case).
                         let mut text = [0u8; 15];
                         let mut n = 0;
                         for (i, octet) in v4.octets().into_iter().enumerate() {
-                            if i > 0 {
-                                if let Some(b) = text.get_mut(n) {
-                                    *b = b'.';
-                                }
-                                n += 1;
+                            let (digits, len) =
+                                OCTETS.get(usize::from(octet)).copied().unwrap_or_default();
+                            let dot = usize::from(i > 0);
+                            if let Some(slot) = text.get_mut(n..n + dot + 3) {
+                                let (d, rest) = slot.split_at_mut(dot);
+                                d.fill(b'.');
+                                rest.copy_from_slice(&digits);
                             }
-                            let digits =
-                                [octet / 100, octet / 10 % 10, octet % 10].map(|d| b'0' + d);
-                            let skip = if octet >= 100 {
-                                0
-                            } else if octet >= 10 {
-                                1
-                            } else {
-                                2
-                            };
-                            for d in digits.get(skip..).unwrap_or_default() {
-                                if let Some(b) = text.get_mut(n) {
-                                    *b = *d;
-                                }
-                                n += 1;
-                            }
+                            n += dot + usize::from(len);
                         }
                         key.push(text.get(..n).unwrap_or_default());
                     }
@@ -410,6 +419,28 @@ mod tests {
         assert_eq!(key("claim:sub", &i), None);
         assert_eq!(key("claim:sub", &input(&headers, None)), None);
         assert_eq!(key("header:authorization", &i), None);
+    }
+
+    #[test]
+    fn ipv4_keys_are_dotted_decimal() {
+        let seed = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let t = KeyTemplate::parse("ip", "x-api-key").unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = KeyBuf::default();
+        for o in 0..=255u8 {
+            for v4 in [
+                std::net::Ipv4Addr::new(o, 0, 255, 9),
+                std::net::Ipv4Addr::new(100, o, 10, 99),
+                std::net::Ipv4Addr::new(1, 22, o, 255),
+                std::net::Ipv4Addr::new(255, 255, 255, o),
+            ] {
+                let i = KeyInput {
+                    ip: Some(IpAddr::V4(v4)),
+                    ..input(&[], None)
+                };
+                let k = t.build(&i, &seed, &mut buf).map(|k| k.to_vec());
+                assert_eq!(k.as_deref(), Some(v4.to_string().as_bytes()), "{v4}");
+            }
+        }
     }
 
     #[test]

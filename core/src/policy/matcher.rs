@@ -136,7 +136,24 @@ pub(crate) type Segments<'a> = smallvec::SmallVec<[&'a str; 8]>;
 
 /// Splits a normalised path into its segments.
 pub(crate) fn segments(path: &str) -> Segments<'_> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
+    // By bytes: `split('/')` goes through the general pattern searcher, several
+    // times the cost for a short path.
+    let mut out = Segments::new();
+    let mut start = 0;
+    for (i, &b) in path.as_bytes().iter().enumerate() {
+        if b == b'/' {
+            if i > start
+                && let Some(segment) = path.get(start..i)
+            {
+                out.push(segment);
+            }
+            start = i + 1;
+        }
+    }
+    if let Some(last) = path.get(start..).filter(|s| !s.is_empty()) {
+        out.push(last);
+    }
+    out
 }
 
 /// Any of several patterns.
@@ -158,6 +175,25 @@ mod tests {
         parse(pattern, true)
             .unwrap_or_else(|e| panic!("{e}"))
             .matches(method, &crate::policy::path::normalize(path, true))
+    }
+
+    #[test]
+    fn segments_are_the_non_empty_pieces_between_slashes() {
+        for p in [
+            "",
+            "/",
+            "//",
+            "/a",
+            "a",
+            "/api/items",
+            "/a//b/",
+            "a/b",
+            "/é/ü//x",
+            "///a///",
+        ] {
+            let want: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+            assert_eq!(segments(p).to_vec(), want, "{p:?}");
+        }
     }
 
     #[test]

@@ -51,20 +51,47 @@ impl VerdictBuf {
     /// Clears the verdict for the next decision, keeping its strings and the
     /// header vector's capacity.
     pub(super) fn clear(&mut self) {
-        let v = &mut self.verdict;
-        let identity = v.identity.take();
-        let headers = v.headers.drain(..).map(|(_, s)| s);
-        for mut s in identity.into_iter().chain(headers) {
-            if self.spare.len() < SPARE {
-                s.clear();
-                self.spare.push(s);
-            }
-        }
-        let headers = std::mem::take(&mut v.headers);
-        *v = Verdict {
+        // Field by field (every field named: a new one must be cleared here),
+        // keeping the strings for reuse, instead of building a whole verdict.
+        let Verdict {
+            allowed,
+            status,
+            reason,
+            retry_after,
             headers,
-            ..Verdict::plain(true, 200, Reason::NoRule)
+            rule,
+            limit,
+            remaining,
+            reset_after,
+            identity,
+            token_problem,
+            authenticated,
+            settlement,
+        } = &mut self.verdict;
+        let spare = &mut self.spare;
+        let mut keep = |mut s: String| {
+            if spare.len() < SPARE {
+                s.clear();
+                spare.push(s);
+            }
         };
+        if let Some(s) = identity.take() {
+            keep(s);
+        }
+        for (_, s) in headers.drain(..) {
+            keep(s);
+        }
+        *allowed = true;
+        *status = 200;
+        *reason = Reason::NoRule;
+        *retry_after = std::time::Duration::ZERO;
+        *rule = None;
+        *limit = 0;
+        *remaining = 0;
+        *reset_after = std::time::Duration::ZERO;
+        *token_problem = None;
+        *authenticated = false;
+        *settlement = None;
     }
 
     /// Replaces the verdict with `v`, keeping this buffer's header vector (and
@@ -91,5 +118,35 @@ impl VerdictBuf {
     /// The verdict's header list and the spare strings, for rendering headers.
     pub(super) fn headers(&mut self) -> (&mut Vec<(&'static str, String)>, &mut Vec<String>) {
         (&mut self.verdict.headers, &mut self.spare)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::policy::TokenProblem;
+
+    #[test]
+    fn clear_leaves_the_plain_verdict_and_keeps_the_strings() {
+        let mut buf = VerdictBuf::new();
+        buf.set(Verdict {
+            retry_after: Duration::from_secs(3),
+            headers: vec![("RateLimit", "x".into()), ("Retry-After", "3".into())],
+            rule: Some(Arc::from("login")),
+            limit: 5,
+            remaining: 0,
+            reset_after: Duration::from_secs(9),
+            identity: Some("203.0.113.7".into()),
+            token_problem: Some(TokenProblem::Expired),
+            authenticated: true,
+            ..Verdict::plain(false, 429, Reason::RateLimited)
+        });
+        buf.clear();
+        assert_eq!(buf.verdict(), &Verdict::plain(true, 200, Reason::NoRule));
+        assert_eq!(buf.spare.len(), 3, "the identity and both header values");
+        assert!(buf.spare.iter().all(String::is_empty));
     }
 }
