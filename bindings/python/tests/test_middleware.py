@@ -375,3 +375,34 @@ def test_the_middleware_check_reads_what_check_request_reads():
 
     with pytest.raises(InvalidRequestError):
         a._check_middleware("GET", "/api/x", "not an address", [], True)
+
+
+def test_a_logging_handler_that_checks_again_gets_its_own_buffer():
+    """With DEBUG logging, a denial is logged from inside the check; a handler
+    that decides another request on the same thread (the middleware path keeps
+    one buffer per thread) gets an answer of its own, and the outer check still
+    returns its denial."""
+    import logging
+
+    seen = []
+    engine = None
+
+    class Rechecking(logging.Handler):
+        def emit(self, record):
+            if getattr(record, "floodgate_event", None) == "denied":
+                seen.append(engine._check_middleware("GET", "/api/x", "203.0.113.9", [(b"x-api-key", b"inner")], True))
+
+    log = logging.getLogger("floodgate")
+    handler, level = Rechecking(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        engine = Engine.from_toml(KEYED)
+        for _ in range(3):
+            assert type(engine._check_middleware("GET", "/api/x", None, [(b"x-api-key", b"outer")], True)) is list
+        outer = engine._check_middleware("GET", "/api/x", None, [(b"x-api-key", b"outer")], True)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert not outer.allowed and outer.identity == "outer"
+    assert len(seen) == 1 and type(seen[0]) is list and seen[0], seen
