@@ -6,7 +6,9 @@ middleware and the peer middleware users would pick instead (@fastify/rate-limit
 express-rate-limit, slowapi, flask-limiter), with a limit so generous nothing is
 denied. wrk loads each server in turn; the variants alternate within each round
 (the machine is shared and noisy) and the medians over the rounds are reported
-with their ratio to no limiter and the microseconds each limiter adds.
+with their ratio to no limiter, and the server's CPU time per request (from
+/proc, the server process and its workers): what each limiter adds, less
+disturbed by wrk sharing the cores than throughput is.
 
     python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
@@ -67,13 +69,35 @@ def start(framework, mode, port, python, extra_env=None, stderr=subprocess.PIPE,
 TIGHT_ENV = {"FG_BENCH_POLICY": str(HERE / "deny.toml"), "FG_BENCH_PEER_LIMIT": "1/minute", "FG_BENCH_PEER_MAX": "1"}
 
 
-def wrk(port, duration, connections, denials_ok=False):
+def wrk(port, duration, connections, denials_ok=False, requests=False):
+    """Requests per second (and, with `requests`, how many were answered)."""
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/items"],
                          capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx and not denials_ok:
         raise SystemExit(f"{non2xx.group(1)} responses were not 2xx:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    if requests:
+        return rps, int(re.search(r"(\d+) requests in", out).group(1))
+    return rps
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` and its descendants (gunicorn's
+    workers), from /proc: what the server spent, whatever wrk took on the
+    other core. Steadier than throughput on a shared 2-core host."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in pathlib.Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def logging_cost(a):
@@ -120,6 +144,7 @@ def main():
         return logging_cost(a)
     frameworks = a.only.split(",")
     results = {(f, v): [] for f in frameworks for v in VARIANTS}
+    cpu = {(f, v): [] for f in frameworks for v in VARIANTS}
     for r in range(a.rounds):
         for f in frameworks:
             order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
@@ -128,19 +153,25 @@ def main():
                 proc = start(f, v, port, a.python, TIGHT_ENV if a.tight else None)
                 try:
                     wrk(port, 1, a.connections, denials_ok=a.tight)  # warm-up (JIT, caches, connections)
-                    rps = wrk(port, a.duration, a.connections, denials_ok=a.tight)
+                    before = cpu_seconds(proc.pid)
+                    rps, n = wrk(port, a.duration, a.connections, denials_ok=a.tight, requests=True)
+                    us = (cpu_seconds(proc.pid) - before) / max(n, 1) * 1e6
                 finally:
                     proc.terminate()
                     proc.wait(timeout=10)
                 results[(f, v)].append(rps)
-                print(f"round {r + 1}: {f:8} {v:10} {rps:10.0f} req/s", file=sys.stderr)
-    print(f"| server | no limiter | Floodgate | peer | Floodgate µs/req | peer µs/req |")
-    print(f"|---|---|---|---|---|---|")
+                cpu[(f, v)].append(us)
+                print(f"round {r + 1}: {f:8} {v:10} {rps:10.0f} req/s {us:8.1f} µs CPU/req", file=sys.stderr)
+    # Throughput (what clients see) and the server's CPU time per request (what
+    # each limiter costs, less disturbed by wrk sharing the machine).
+    print("| server | no limiter | Floodgate | peer | server CPU µs/req: none | Floodgate | peer |")
+    print("|---|---|---|---|---|---|---|")
     for f in frameworks:
         none, fg, peer = (statistics.median(results[(f, v)]) for v in VARIANTS)
-        cost = lambda x: (1 / x - 1 / none) * 1e6
+        c_none, c_fg, c_peer = (statistics.median(cpu[(f, v)]) for v in VARIANTS)
         print(f"| {f} | {none / 1000:.1f}k | {fg / 1000:.1f}k ({fg / none:.2f}x) | "
-              f"{PEERS[f]} {peer / 1000:.1f}k ({peer / none:.2f}x) | {cost(fg):.1f} | {cost(peer):.1f} |")
+              f"{PEERS[f]} {peer / 1000:.1f}k ({peer / none:.2f}x) | {c_none:.1f} | "
+              f"{c_fg:.1f} ({c_fg - c_none:+.1f}) | {c_peer:.1f} ({c_peer - c_none:+.1f}) |")
 
 
 if __name__ == "__main__":
