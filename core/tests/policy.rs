@@ -988,3 +988,55 @@ fn json_and_toml_policies_behave_the_same() {
         );
     }
 }
+
+#[test]
+fn an_ip_rule_after_a_header_rule_keys_by_the_address() {
+    // The address key is built once per request and reused by every rule keyed
+    // by "ip" alone; a rule keyed otherwise in between must not leave its key
+    // in the place of the address.
+    let e = engine(
+        r#"
+[ban]
+after = 100
+within = "10m"
+duration = "1m"
+scope = "client"
+
+[[rule]]
+name = "by-ip"
+match = "/**"
+key = "ip"
+quotas = ["1000/min"]
+
+[[rule]]
+name = "by-header"
+match = "/**"
+key = "header:x-k"
+quotas = ["1000/min"]
+
+[[rule]]
+name = "by-ip-again"
+match = "/**"
+key = "ip"
+quotas = ["2/min"]
+"#,
+    );
+    let check = |k: &str| {
+        let headers = [("x-k", k)];
+        e.check_request_at(
+            &Request {
+                method: "GET",
+                path: "/x",
+                client_ip: ip("203.0.113.5"),
+                headers: &headers,
+            },
+            at(0),
+        )
+        .unwrap_or_else(|err| panic!("{err}"))
+    };
+    assert!(check("one").allowed && check("two").allowed);
+    let third = check("three");
+    assert!(!third.allowed, "{third:?}");
+    assert_eq!(third.rule.as_deref(), Some("by-ip-again"));
+    assert_eq!(third.identity.as_deref(), Some("203.0.113.5"));
+}

@@ -124,14 +124,19 @@ impl Policy {
             return Ok(());
         }
         let mut buf = KeyBuf::default();
+        // Whether `buf` holds the address key (`key = "ip"`): the client key
+        // and every rule keyed by the address alone share it, built once.
+        let mut ip_in_buf = false;
         // 2. A client-wide ban holds whatever rule the request meets.
         if let Some(bans) = self.bans.as_ref().filter(|b| b.client_scope)
             && let Some(key) = self.build_key(&self.client_key, &view, None, "", &mut buf)
-            && let Some(left) = bans.banned(BanScope::Client, key, now_ns)
         {
-            bump(&self.metrics.banned_clients);
-            out.set(self.banned_verdict(None, key, left, None, false));
-            return Ok(());
+            ip_in_buf = true;
+            if let Some(left) = bans.banned(BanScope::Client, key, now_ns) {
+                bump(&self.metrics.banned_clients);
+                out.set(self.banned_verdict(None, key, left, None, false));
+                return Ok(());
+            }
         }
         // 3. The token: verified claims, or anonymous.
         let token = self
@@ -188,7 +193,8 @@ impl Policy {
                 shadows.push(index);
                 continue;
             }
-            let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
+            let Some(key) = self.rule_key_reusing(rule, &view, claims, &mut buf, &mut ip_in_buf)
+            else {
                 if claims.is_some_and(|c| !rule.key.claims_usable(c)) {
                     // A verified token without the claim the key needs: never
                     // unlimited (`missing_claim = "ip"` keys it by address instead).
@@ -317,7 +323,8 @@ impl Policy {
             let Some(rule) = self.rules.get(index) else {
                 continue;
             };
-            let Some(key) = self.rule_key(rule, &view, claims, &mut buf) else {
+            let Some(key) = self.rule_key_reusing(rule, &view, claims, &mut buf, &mut ip_in_buf)
+            else {
                 continue;
             };
             let limiter = &rule.limits.select(claims).limiter;
@@ -471,11 +478,43 @@ impl Policy {
         claims: Option<&Claims>,
         buf: &'b mut KeyBuf,
     ) -> Option<&'b [u8]> {
-        let template = match claims {
+        self.build_key(
+            self.rule_template(rule, claims),
+            view,
+            claims,
+            &rule.name,
+            buf,
+        )
+    }
+
+    /// The template `rule` keys a request by: its own, or the client key for a
+    /// verified token without the claim it needs (`missing_claim = "ip"`).
+    fn rule_template<'p>(&'p self, rule: &'p Rule, claims: Option<&Claims>) -> &'p KeyTemplate {
+        match claims {
             Some(c) if rule.missing_claim_ip && !rule.key.claims_usable(c) => &self.client_key,
             _ => &rule.key,
-        };
-        self.build_key(template, view, claims, &rule.name, buf)
+        }
+    }
+
+    /// [`rule_key`](Self::rule_key), reusing `buf` when it already holds the
+    /// address key and the rule keys by the address alone (`ip_in_buf`, kept
+    /// up to date here): a policy's IP rules and the client key build it once.
+    fn rule_key_reusing<'b>(
+        &self,
+        rule: &Rule,
+        view: &View<'_>,
+        claims: Option<&Claims>,
+        buf: &'b mut KeyBuf,
+        ip_in_buf: &mut bool,
+    ) -> Option<&'b [u8]> {
+        let template = self.rule_template(rule, claims);
+        if *ip_in_buf && template.is_ip() {
+            let held: &'b KeyBuf = buf;
+            return Some(held.bytes());
+        }
+        let key = self.build_key(template, view, claims, &rule.name, buf);
+        *ip_in_buf = key.is_some() && template.is_ip();
+        key
     }
 
     pub(super) fn build_key<'b>(

@@ -152,6 +152,12 @@ impl KeyTemplate {
             parts: vec![Part::Ip],
         }
     }
+
+    /// Whether this is the address alone (`key = "ip"`, the client key): every
+    /// such template builds the same key for a request.
+    pub(crate) fn is_ip(&self) -> bool {
+        matches!(self.parts.as_slice(), [Part::Ip])
+    }
 }
 
 /// What a key is built from.
