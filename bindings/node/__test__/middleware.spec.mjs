@@ -43,6 +43,26 @@ test('express, over real HTTP, with trust proxy', async () => {
   }
 })
 
+test('fastify plugin, over real HTTP', async () => {
+  // The plugin's raw path (headers and denials set from the verdict's text)
+  // through Node's HTTP server, as clients see it.
+  const Fastify = require('fastify')
+  const app = Fastify({ trustProxy: '127.0.0.1' })
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
+  app.all('/*', async () => ({ ok: true }))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `http://127.0.0.1:${app.server.address().port}`
+  try {
+    await scenario(async (method, path, headers = {}) => {
+      const res = await fetch(base + path, { method, headers: { 'x-forwarded-for': '203.0.113.82', ...headers } })
+      const text = await res.text()
+      return { status: res.status, header: (n) => res.headers.get(n), json: text.startsWith('{') ? JSON.parse(text) : null }
+    })
+  } finally {
+    await app.close()
+  }
+})
+
 test('fastify plugin, with inject', async () => {
   const Fastify = require('fastify')
   const app = Fastify({ trustProxy: true })

@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::ffi::c_void;
 
 use floodgate::policy::{
-    Engine as CoreEngine, RESPONSE_HEADERS, Reason, Request, Settle, Settlement, TokenProblem,
-    VerdictBuf, parse_client_ip,
+    Engine as CoreEngine, Reason, Request, Settle, Settlement, TokenProblem, VerdictBuf,
+    parse_client_ip, response_header_index,
 };
 use napi::sys;
 
@@ -496,7 +496,7 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     piece(Slot::IdentityLen as usize, v.identity.as_deref());
     let mut count = 0;
     for (name, value) in v.headers.iter().take(MAX_HEADERS) {
-        let Some(i) = RESPONSE_HEADERS.iter().position(|n| n == name) else {
+        let Some(i) = response_header_index(name) else {
             return Err(Failure::Internal(format!(
                 "header {name} is not in RESPONSE_HEADERS"
             )));

@@ -14,7 +14,9 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use floodgate::policy::{Engine, RESPONSE_HEADERS, Request, VerdictBuf, parse_client_ip};
+use floodgate::policy::{
+    Engine, RESPONSE_HEADERS, Request, VerdictBuf, parse_client_ip, response_header_index,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
@@ -125,14 +127,11 @@ pub(crate) fn check<'py>(
         let names = names(py);
         let list = PyList::empty(py);
         for (name, value) in &v.headers {
-            let i = RESPONSE_HEADERS
-                .iter()
-                .position(|n| n == name)
-                .ok_or_else(|| {
-                    pyo3::exceptions::PyRuntimeError::new_err(format!(
-                        "header {name} is not in RESPONSE_HEADERS"
-                    ))
-                })?;
+            let i = response_header_index(name).ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err(format!(
+                    "header {name} is not in RESPONSE_HEADERS"
+                ))
+            })?;
             let pair = if asgi {
                 let n = names.asgi.get(i).map(|n| n.bind(py).clone().into_any());
                 (n, PyBytes::new(py, value.as_bytes()).into_any())

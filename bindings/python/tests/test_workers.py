@@ -385,3 +385,41 @@ def test_calendar_day_across_four_workers_over_http(tmp_path):
     now = time.time()
     until_midnight = 86_400 - now % 86_400
     assert r.status == 429 and abs(retry_after - until_midnight) <= 5, (retry_after, until_midnight)
+
+
+def test_asgi_keys_by_the_first_copy_of_a_raw_header_over_http(tmp_path):
+    """The ASGI middleware hands uvicorn's header list to the engine as sent:
+    a key header repeated (the first copy counts, as Starlette reads it) and
+    not ASCII (read as Latin-1) keys the same client request after request."""
+    pytest.importorskip("uvicorn")
+    text = textwrap.dedent(
+        """
+        [[rule]]
+        name = "keyed"
+        match = "/api/**"
+        key = "header:x-api-key"
+        quotas = ["2/hour"]
+        """
+    )
+    proc, port = start_server("uvicorn", ASGI_APP, text, tmp_path, workers=1)
+    try:
+        _wait_for_workers(proc, port)
+
+        def get(first: bytes, second: bytes) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.putrequest("GET", "/api/items")
+            conn.putheader("X-Api-Key", first)
+            conn.putheader("X-Api-Key", second)
+            conn.endheaders()
+            r = conn.getresponse()
+            r.read()
+            headers = {k.lower(): v for k, v in r.getheaders()}
+            conn.close()
+            return r.status, headers
+
+        statuses = [get(b"k\xe9y", f"other-{i}".encode())[0] for i in range(3)]
+        assert statuses == [200, 200, 429], statuses
+        status, headers = get(b"another", b"k\xe9y")
+        assert status == 200 and headers["ratelimit"].startswith('"keyed";r=1;'), headers
+    finally:
+        _stop(proc)

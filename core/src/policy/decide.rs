@@ -131,7 +131,7 @@ impl Policy {
         if let Some(bans) = self.bans.as_ref().filter(|b| b.client_scope)
             && let Some(key) = self.build_key(&self.client_key, &view, None, "", &mut buf)
         {
-            ip_in_buf = true;
+            ip_in_buf = self.client_key.is_ip();
             if let Some(left) = bans.banned(BanScope::Client, key, now_ns) {
                 bump(&self.metrics.banned_clients);
                 out.set(self.banned_verdict(None, key, left, None, false));
@@ -389,10 +389,7 @@ impl Policy {
         let settlement = self.settlement(&charges);
         let rule = self.rules.get(index).map(|r| r.name.clone());
         let mut identity = out.string();
-        match std::str::from_utf8(key) {
-            Ok(text) => identity.push_str(text),
-            Err(_) => identity.push_str(&String::from_utf8_lossy(key)),
-        }
+        identity.push_str(&String::from_utf8_lossy(key)); // borrowed when UTF-8
         let has_rule = rule.is_some();
         // `out` was cleared above and nothing has been set: fill it in place.
         let v = out.verdict_mut();

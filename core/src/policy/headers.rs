@@ -36,6 +36,12 @@ pub const RESPONSE_HEADERS: [&str; 10] = [
     "WWW-Authenticate",
 ];
 
+/// The position of a verdict's header name in [`RESPONSE_HEADERS`] (`None`
+/// only for a name that is not one of them, which a verdict never carries).
+pub fn response_header_index(name: &str) -> Option<usize> {
+    RESPONSE_HEADERS.iter().position(|n| *n == name)
+}
+
 /// Which header set to emit (`settings.headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum HeaderStyle {

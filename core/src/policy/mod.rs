@@ -80,7 +80,7 @@ use store::{RuleLimiter, Store};
 pub use engine::{Engine, Reload};
 pub use events::{Event, EventKind, EventSink};
 pub use forwarded::TrustedProxies;
-pub use headers::{HeaderStyle, RESPONSE_HEADERS};
+pub use headers::{HeaderStyle, RESPONSE_HEADERS, response_header_index};
 pub use jwt::{MAX_TOKEN_BYTES, TokenProblem};
 pub use lifecycle::{Settle, Settlement};
 pub use output::VerdictBuf;
@@ -501,8 +501,10 @@ struct Charge<'e> {
     at: Option<Duration>,
 }
 
-/// The charges a decision has taken, their keys side by side in one buffer on
-/// the stack (a copy of each key's bytes: the key buffer is rebuilt per rule).
+/// The charges a decision has taken, their keys side by side in one buffer (a
+/// copy of each key's bytes: the key buffer is rebuilt per rule). Both live on
+/// the stack up to 4 charges and 256 bytes of keys, the usual request; past
+/// that they move to the heap.
 #[derive(Default)]
 struct Charges<'e> {
     list: smallvec::SmallVec<[Charge<'e>; 4]>,
