@@ -111,8 +111,7 @@ impl Params {
 
     /// Decides, and charges `state` if allowed: one evaluation (what `decide`
     /// then `charge` compute twice). Returns whether the state changed. (The
-    /// shared-memory store's per-quota charge.)
-    #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+    /// shared-memory store's per-quota charge, and a one-quota key's.)
     pub(crate) fn check(&self, state: &mut QuotaState, now: u64, cost: u64) -> (Outcome, bool) {
         match (self, state) {
             (Self::Gcra(p), QuotaState::Gcra(tat)) => {
@@ -209,6 +208,10 @@ pub(crate) fn check_all(
     now: u64,
     cost: u64,
 ) -> (Outcome, usize) {
+    // One quota (the usual window rule): decide and charge in one evaluation.
+    if let ([p], [s]) = (params, &mut *states) {
+        return (p.check(s, now, cost).0, 0);
+    }
     let decided = pick(
         params
             .iter()

@@ -123,20 +123,15 @@ impl Policy {
             out.set(self.list_verdict(ip, allowed, false));
             return Ok(());
         }
-        let mut buf = KeyBuf::default();
-        // Whether `buf` holds the address key (`key = "ip"`): the client key
-        // and every rule keyed by the address alone share it, built once.
-        let mut ip_in_buf = false;
+        let mut keys = RequestKeys::default();
         // 2. A client-wide ban holds whatever rule the request meets.
         if let Some(bans) = self.bans.as_ref().filter(|b| b.client_scope)
-            && let Some(key) = self.build_key(&self.client_key, &view, None, "", &mut buf)
+            && let Some(key) = self.key_for(&self.client_key, &view, None, "", &mut keys)
+            && let Some(left) = bans.banned(BanScope::Client, key, now_ns)
         {
-            ip_in_buf = self.client_key.is_ip();
-            if let Some(left) = bans.banned(BanScope::Client, key, now_ns) {
-                bump(&self.metrics.banned_clients);
-                out.set(self.banned_verdict(None, key, left, None, false));
-                return Ok(());
-            }
+            bump(&self.metrics.banned_clients);
+            out.set(self.banned_verdict(None, key, left, None, false));
+            return Ok(());
         }
         // 3. The token: verified claims, or anonymous.
         let token = self
@@ -193,8 +188,13 @@ impl Policy {
                 shadows.push(index);
                 continue;
             }
-            let Some(key) = self.rule_key_reusing(rule, &view, claims, &mut buf, &mut ip_in_buf)
-            else {
+            let Some(key) = self.key_for(
+                self.rule_template(rule, claims),
+                &view,
+                claims,
+                &rule.name,
+                &mut keys,
+            ) else {
                 if claims.is_some_and(|c| !rule.key.claims_usable(c)) {
                     // A verified token without the claim the key needs: never
                     // unlimited (`missing_claim = "ip"` keys it by address instead).
@@ -323,8 +323,13 @@ impl Policy {
             let Some(rule) = self.rules.get(index) else {
                 continue;
             };
-            let Some(key) = self.rule_key_reusing(rule, &view, claims, &mut buf, &mut ip_in_buf)
-            else {
+            let Some(key) = self.key_for(
+                self.rule_template(rule, claims),
+                &view,
+                claims,
+                &rule.name,
+                &mut keys,
+            ) else {
                 continue;
             };
             let limiter = &rule.limits.select(claims).limiter;
@@ -493,25 +498,31 @@ impl Policy {
         }
     }
 
-    /// [`rule_key`](Self::rule_key), reusing `buf` when it already holds the
-    /// address key and the rule keys by the address alone (`ip_in_buf`, kept
-    /// up to date here): a policy's IP rules and the client key build it once.
-    fn rule_key_reusing<'b>(
+    /// The key `template` builds for this request, in `keys`: the address
+    /// key (`key = "ip"`) is built once per request and shared by the client
+    /// key and every rule keyed by the address alone; any other key is built
+    /// in the other buffer, so a rule whose key is missing (no API key, say)
+    /// never costs the address key a rebuild.
+    fn key_for<'b>(
         &self,
-        rule: &Rule,
+        template: &KeyTemplate,
         view: &View<'_>,
         claims: Option<&Claims>,
-        buf: &'b mut KeyBuf,
-        ip_in_buf: &mut bool,
+        route: &str,
+        keys: &'b mut RequestKeys,
     ) -> Option<&'b [u8]> {
-        let template = self.rule_template(rule, claims);
-        if *ip_in_buf && template.is_ip() {
-            let held: &'b KeyBuf = buf;
-            return Some(held.bytes());
+        if !template.is_ip() {
+            return self.build_key(template, view, claims, route, &mut keys.other);
         }
-        let key = self.build_key(template, view, claims, &rule.name, buf);
-        *ip_in_buf = key.is_some() && template.is_ip();
-        key
+        if keys.ip.is_none() {
+            let built = self
+                .build_key(template, view, claims, route, &mut keys.ip_buf)
+                .is_some();
+            keys.ip = Some(built);
+        }
+        keys.ip
+            .is_some_and(|built| built)
+            .then(|| keys.ip_buf.bytes())
     }
 
     pub(super) fn build_key<'b>(
@@ -639,6 +650,18 @@ impl Policy {
             }
         }
     }
+}
+
+/// The key buffers of one request (see [`Policy::key_for`]).
+#[derive(Default)]
+struct RequestKeys {
+    /// The address key, once built.
+    ip_buf: KeyBuf,
+    /// Whether the address key was built (`Some(true)`), is missing (no
+    /// client address: `Some(false)`), or was not needed yet.
+    ip: Option<bool>,
+    /// Any other key: the last one built.
+    other: KeyBuf,
 }
 
 /// An HTTP method is a token (RFC 9110 5.6.2): `GET`, `M-SEARCH`, `VERSION-CONTROL`.
