@@ -104,6 +104,10 @@ pub(crate) struct Bans {
     /// Whether IP-keyed rules ban the client on every rule.
     pub(crate) client_scope: bool,
     dropped: AtomicU64,
+    /// The latest end of any ban this table has recorded (ns): at or after it
+    /// no key is banned, and a check skips the hash and the shard's lock (the
+    /// usual case, when nobody is banned).
+    latest_end: AtomicU64,
 }
 
 impl std::fmt::Debug for Bans {
@@ -200,6 +204,7 @@ impl Bans {
             status: s.status,
             client_scope: s.client_scope,
             dropped: AtomicU64::new(0),
+            latest_end: AtomicU64::new(0),
         })
     }
 
@@ -233,6 +238,12 @@ impl Bans {
                 .read_bits(sh.ban_quota, h, now)
                 .map_or(0, |b| crate::store::shm::ban_of(b).0);
             return (until > now).then(|| Duration::from_nanos(until - now));
+        }
+        // Relaxed: a check concurrent with a ban may miss it either way; one
+        // that happens after the ban (same thread, or synchronised with it)
+        // sees this store by coherence.
+        if now >= self.latest_end.load(Ordering::Relaxed) {
+            return None;
         }
         let fp = self.fingerprint(scope, key);
         let until = self
@@ -272,6 +283,9 @@ impl Bans {
             .map_or(0, |e| if e.forget_at > now { e.level } else { 0 });
         let length = self.length(level);
         let until = now.saturating_add(length);
+        // Before the entry: the fast "nobody banned" answer never outlives it.
+        // Relaxed: see `banned`.
+        self.latest_end.fetch_max(until, Ordering::Relaxed);
         let entry = BanEntry {
             fp,
             until,
@@ -581,6 +595,11 @@ mod tests {
             Some(Duration::from_secs(20)),
             "second ban is twice as long"
         );
+        // After every ban had ended (the quick "nobody is banned" answer at 12 s),
+        // a new one is seen at once, and not once it is over.
+        assert_eq!(bans.banned(R, b"k", 16 * S), Some(Duration::from_secs(19)));
+        assert_eq!(bans.banned(R, b"other", 16 * S), None);
+        assert_eq!(bans.banned(R, b"k", 35 * S), None);
         for t in 40..42 {
             bans.strike(R, b"k", t * S);
         }

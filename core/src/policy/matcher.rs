@@ -209,6 +209,19 @@ mod tests {
     }
 
     #[test]
+    fn methods_by_name_in_any_case() {
+        let p = "GET,PROPFIND /x";
+        for yes in ["GET", "get", "HEAD", "head", "PROPFIND", "propfind"] {
+            assert!(m(p, yes, "/x"), "{yes}");
+        }
+        for no in ["POST", "put", "TRACE", "M-SEARCH", "PROPPATCH", "GETX"] {
+            assert!(!m(p, no, "/x"), "{no}");
+        }
+        assert!(m("/x", "M-SEARCH", "/x"));
+        assert!(!m("PROPFIND /x", "GET", "/x"));
+    }
+
+    #[test]
     fn wildcards() {
         assert!(m("/api/**", "GET", "/api"));
         assert!(m("/api/**", "GET", "/api/v1/users/7"));
