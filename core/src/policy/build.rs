@@ -363,17 +363,24 @@ impl Policy {
                 ),
             };
             let n = limiter.quotas().len();
+            let names: Vec<String> = (0..n)
+                .map(|i| headers::policy_name(&r.name, i, n))
+                .collect();
             let policy_values: Vec<String> = limiter
                 .quotas()
                 .iter()
-                .enumerate()
-                .map(|(i, q)| headers::policy_value(style, &headers::policy_name(&r.name, i, n), q))
+                .zip(&names)
+                .map(|(q, name)| headers::policy_value(style, name, q))
                 .collect();
             let policy_list = headers::policy_list(policy_values.iter().map(String::as_str));
+            let rate_prefixes = names
+                .iter()
+                .map(|name| headers::rate_prefix(style, name))
+                .collect();
             Ok(Tier {
                 limiter,
-                policy_values,
                 policy_list,
+                rate_prefixes,
             })
         };
         let (limits, quota_text) = match (&r.tiers, r.quotas.is_empty()) {

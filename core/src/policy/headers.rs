@@ -124,14 +124,23 @@ pub(crate) fn policy_value(style: HeaderStyle, policy: &str, quota: &Quota) -> S
     }
 }
 
+/// The start of a draft-10 `RateLimit` item for `policy` (`"name";r=`),
+/// computed once at load; empty for other styles.
+pub(crate) fn rate_prefix(style: HeaderStyle, policy: &str) -> String {
+    match style {
+        HeaderStyle::Draft10 => format!("\"{}\";r=", sf_escape(policy)),
+        HeaderStyle::Draft6 | HeaderStyle::Legacy | HeaderStyle::None => String::new(),
+    }
+}
+
 /// What the headers report.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Report<'a> {
     /// The `RateLimit-Policy` value: the lists of every rule that applies to
     /// the request (joined with `, `), the same whether it is allowed or denied.
     pub policy_list: &'a [&'a str],
-    /// `policy_value()` of the deciding quota, precomputed.
-    pub policy_value: &'a str,
+    /// `rate_prefix()` of the deciding quota, precomputed.
+    pub rate_prefix: &'a str,
     pub quota: &'a Quota,
     pub remaining: u64,
     pub reset_after: Duration,
@@ -172,14 +181,8 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut HeaderOut<'_>
         HeaderStyle::Draft10 => {
             out.add("RateLimit-Policy", policies);
             out.add("RateLimit", |value| {
-                // The policy value starts with the quoted name: reuse it.
-                let end = r.policy_value.bytes().position(|b| b == b';');
-                let name = end
-                    .and_then(|i| r.policy_value.get(..i))
-                    .unwrap_or(r.policy_value);
                 let mut n = itoa::Buffer::new();
-                value.push_str(name);
-                value.push_str(";r=");
+                value.push_str(r.rate_prefix);
                 value.push_str(n.format(r.remaining));
                 value.push_str(";t=");
                 value.push_str(n.format(t));
@@ -268,12 +271,13 @@ mod tests {
 
     fn headers(style: HeaderStyle, name: &str, r: &Report<'_>) -> Vec<(&'static str, String)> {
         let value = policy_value(style, name, r.quota);
+        let prefix = rate_prefix(style, name);
         let (mut out, mut spare) = (Vec::new(), Vec::new());
         render(
             style,
             &Report {
                 policy_list: &[&value],
-                policy_value: &value,
+                rate_prefix: &prefix,
                 ..*r
             },
             &mut HeaderOut {
@@ -292,7 +296,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let r = Report {
             policy_list: &[],
-            policy_value: "",
+            rate_prefix: "",
             quota: &quota,
             remaining: 50,
             reset_after: Duration::from_secs(30),
@@ -321,7 +325,7 @@ mod tests {
         let quota = q("10/s burst 20"); // refill of the whole burst: 2 s
         let r = Report {
             policy_list: &[],
-            policy_value: "",
+            rate_prefix: "",
             quota: &quota,
             remaining: 0,
             reset_after: Duration::from_millis(1500),
@@ -359,7 +363,7 @@ mod tests {
         ] {
             let r = Report {
                 policy_list: &[],
-                policy_value: "",
+                rate_prefix: "",
                 quota: &quota,
                 remaining: 0,
                 reset_after: Duration::from_secs(1),
@@ -401,7 +405,7 @@ mod tests {
         let (mut out, mut spare) = (Vec::new(), vec![String::from("reused")]);
         let r = Report {
             policy_list: &[&list],
-            policy_value: &items[1],
+            rate_prefix: &rate_prefix(HeaderStyle::Draft10, &policy_name("api", 1, 2)),
             quota: &b,
             remaining: 7,
             reset_after: Duration::from_secs(5),

@@ -319,10 +319,12 @@ impl Verdict {
 struct Tier {
     /// Shared with the policy a reload replaced when the rule's limiting is unchanged.
     limiter: Arc<RuleLimiter>,
-    /// One item per quota (empty for header styles without a policy header).
-    policy_values: Vec<String>,
-    /// All of them, as a list value.
+    /// The `RateLimit-Policy` items of its quotas, as a list value (empty for
+    /// header styles without a policy header).
     policy_list: String,
+    /// Per quota, the start of its `RateLimit` item (see
+    /// [`headers::rate_prefix`]).
+    rate_prefixes: Vec<String>,
 }
 
 /// A rule's limiter(s): one, or one per tier (the default tier kept apart, so a

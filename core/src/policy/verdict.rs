@@ -233,11 +233,11 @@ impl Policy {
         };
         if let (Some(quota), Some(value)) = (
             tier.limiter.quotas().get(d.quota),
-            tier.policy_values.get(d.quota),
+            tier.rate_prefixes.get(d.quota),
         ) {
             let report = Report {
                 policy_list: &[policies],
-                policy_value: value,
+                rate_prefix: value,
                 quota,
                 remaining: d.remaining,
                 reset_after: d.reset_after,
