@@ -281,21 +281,24 @@ impl<S: Sink> fmt::Write for FmtSink<'_, S> {
     }
 }
 
-/// The decimal text of every IPv4 octet, left-aligned, and its length.
+/// The decimal text of every IPv4 octet followed by a `.`, as the four bytes
+/// of a little-endian word (unused bytes zero), and its length with the dot:
+/// an address is four word stores.
 // Evaluated at compile time: an index out of range would fail the build.
 #[allow(clippy::indexing_slicing)]
-const OCTETS: [([u8; 3], u8); 256] = {
-    let mut t = [([0u8; 3], 0u8); 256];
+const OCTETS: [(u32, u8); 256] = {
+    let mut t = [(0u32, 0u8); 256];
     let mut i = 0;
     while i < 256 {
         let o = i as u8;
-        t[i] = if o >= 100 {
-            ([b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10], 3)
+        let (bytes, len) = if o >= 100 {
+            ([b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10, b'.'], 4)
         } else if o >= 10 {
-            ([b'0' + o / 10, b'0' + o % 10, 0], 2)
+            ([b'0' + o / 10, b'0' + o % 10, b'.', 0], 3)
         } else {
-            ([b'0' + o, 0, 0], 1)
+            ([b'0' + o, b'.', 0, 0], 2)
         };
+        t[i] = (u32::from_le_bytes(bytes), len);
         i += 1;
     }
     t
@@ -331,20 +334,20 @@ impl KeyTemplate {
                     IpAddr::V4(v4) => {
                         // Dotted decimal from a table, without the fmt machinery
                         // (the common case).
-                        let mut text = [0u8; 15];
+                        // Each octet's word at the end of the text so far
+                        // (at most 12 bytes before the last: 16 fit them all).
+                        let mut text = [0u8; 16];
                         let mut n = 0;
-                        for (i, octet) in v4.octets().into_iter().enumerate() {
-                            let (digits, len) =
+                        for octet in v4.octets() {
+                            let (word, len) =
                                 OCTETS.get(usize::from(octet)).copied().unwrap_or_default();
-                            let dot = usize::from(i > 0);
-                            if let Some(slot) = text.get_mut(n..n + dot + 3) {
-                                let (d, rest) = slot.split_at_mut(dot);
-                                d.fill(b'.');
-                                rest.copy_from_slice(&digits);
+                            if let Some(slot) = text.get_mut(n..n + 4) {
+                                slot.copy_from_slice(&word.to_le_bytes());
                             }
-                            n += dot + usize::from(len);
+                            n += usize::from(len);
                         }
-                        key.push(text.get(..n).unwrap_or_default());
+                        // Without the last octet's dot.
+                        key.push(text.get(..n.saturating_sub(1)).unwrap_or_default());
                     }
                     v6 => {
                         let _ = write!(FmtSink(key), "{v6}");

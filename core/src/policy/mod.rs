@@ -514,6 +514,9 @@ struct Charges<'e> {
 }
 
 impl<'e> Charges<'e> {
+    // Inlined: the charge is then written into the list in place (not built
+    // and copied twice by memcpy).
+    #[inline]
     fn push(&mut self, mut charge: Charge<'e>, key: &[u8]) {
         let start = self.keys.len();
         self.keys.extend_from_slice(key);
