@@ -172,6 +172,16 @@ fn threads(c: &mut Criterion) {
                 })
             })
         });
+        let own: Vec<Limiter> = (0..threads)
+            .map(|_| floodgate_limiter(Algorithm::Gcra))
+            .collect();
+        group.bench_function(format!("floodgate_own_limiter_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, |t, i| {
+                    black_box(own[t].check(pick(t, i, threads), 1).is_ok());
+                })
+            })
+        });
         group.bench_function(format!("governor_distinct_{threads}t"), |b| {
             b.iter_custom(|iters| {
                 parallel(threads, iters, |t, i| {

@@ -392,7 +392,7 @@ impl Policy {
         }
         let (index, d, key) = (*index, *d, charges.key(deciding_charge));
         let settlement = self.settlement(&charges);
-        let rule = self.rules.get(index).map(|r| r.name.clone());
+        let rule = self.rules.get(index).map(|r| out.rule_name(&r.name));
         let mut identity = out.string();
         // Keys are built from text, so UTF-8 but for a bug: `from_utf8` costs
         // two thirds of `from_utf8_lossy` on a short key (100 vs 145 instructions).

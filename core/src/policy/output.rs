@@ -10,6 +10,8 @@
 //! request allocates nothing (tested with a counting allocator in
 //! `core/tests/alloc.rs`).
 
+use std::sync::Arc;
+
 use super::{Reason, Verdict};
 
 /// Strings kept for reuse at most (a verdict has up to 5 headers and an identity).
@@ -21,6 +23,8 @@ const SPARE: usize = 8;
 pub struct VerdictBuf {
     verdict: Verdict,
     spare: Vec<String>,
+    /// The last verdict's rule name, kept by `clear` for [`rule_name`](Self::rule_name).
+    last_rule: Option<Arc<str>>,
 }
 
 impl Default for VerdictBuf {
@@ -35,6 +39,7 @@ impl VerdictBuf {
         Self {
             verdict: Verdict::plain(true, 200, Reason::NoRule),
             spare: Vec::with_capacity(SPARE),
+            last_rule: None,
         }
     }
 
@@ -85,7 +90,9 @@ impl VerdictBuf {
         *status = 200;
         *reason = Reason::NoRule;
         *retry_after = std::time::Duration::ZERO;
-        *rule = None;
+        if let Some(r) = rule.take() {
+            self.last_rule = Some(r);
+        }
         *limit = 0;
         *remaining = 0;
         *reset_after = std::time::Duration::ZERO;
@@ -108,6 +115,17 @@ impl VerdictBuf {
     /// request: `allowed`, `status` 200 and no headers yet, as cleared).
     pub(super) fn verdict_mut(&mut self) -> &mut Verdict {
         &mut self.verdict
+    }
+
+    /// `name` for the verdict's `rule`: the last verdict's when it is the same
+    /// rule, so that the usual request touches no reference count (one that
+    /// every thread's requests on the rule would share, passing its cache
+    /// line between cores).
+    pub(super) fn rule_name(&mut self, name: &Arc<str>) -> Arc<str> {
+        match self.last_rule.take() {
+            Some(held) if Arc::ptr_eq(&held, name) => held,
+            _ => Arc::clone(name),
+        }
     }
 
     /// An empty string, reused if one is spare.
@@ -148,5 +166,26 @@ mod tests {
         assert_eq!(buf.verdict(), &Verdict::plain(true, 200, Reason::NoRule));
         assert_eq!(buf.spare.len(), 3, "the identity and both header values");
         assert!(buf.spare.iter().all(String::is_empty));
+    }
+
+    #[test]
+    fn the_same_rule_name_is_reused_without_a_new_reference() {
+        let (login, api): (Arc<str>, Arc<str>) = (Arc::from("login"), Arc::from("api"));
+        let mut buf = VerdictBuf::new();
+        buf.set(Verdict {
+            rule: Some(Arc::clone(&login)),
+            ..Verdict::plain(true, 200, Reason::Allowed)
+        });
+        buf.clear();
+        assert_eq!(buf.verdict().rule, None);
+        assert_eq!(Arc::strong_count(&login), 2, "kept by the buffer");
+        let again = buf.rule_name(&login);
+        assert!(Arc::ptr_eq(&again, &login));
+        assert_eq!(Arc::strong_count(&login), 2, "moved back out, not cloned");
+        buf.verdict_mut().rule = Some(again);
+        buf.clear();
+        let other = buf.rule_name(&api);
+        assert!(Arc::ptr_eq(&other, &api));
+        assert_eq!(Arc::strong_count(&login), 1, "the other name was let go");
     }
 }
