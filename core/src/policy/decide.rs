@@ -188,13 +188,7 @@ impl Policy {
                 shadows.push(index);
                 continue;
             }
-            let Some(key) = self.key_for(
-                self.rule_template(rule, claims),
-                &view,
-                claims,
-                &rule.name,
-                &mut keys,
-            ) else {
+            let Some(key) = self.rule_key(rule, &view, claims, &mut keys) else {
                 if claims.is_some_and(|c| !rule.key.claims_usable(c)) {
                     // A verified token without the claim the key needs: never
                     // unlimited (`missing_claim = "ip"` keys it by address instead).
@@ -323,13 +317,7 @@ impl Policy {
             let Some(rule) = self.rules.get(index) else {
                 continue;
             };
-            let Some(key) = self.key_for(
-                self.rule_template(rule, claims),
-                &view,
-                claims,
-                &rule.name,
-                &mut keys,
-            ) else {
+            let Some(key) = self.rule_key(rule, &view, claims, &mut keys) else {
                 continue;
             };
             let limiter = &rule.limits.select(claims).limiter;
@@ -475,22 +463,23 @@ impl Policy {
             && rule.matcher.matches(view.method, view.segments)
     }
 
-    /// The rule's key for this request, built in `buf`; `None` if an identity it
-    /// needs (IP, header, verified claim) is missing. A verified token without the
-    /// key's claim is keyed by address on rules with `missing_claim = "ip"`.
-    pub(super) fn rule_key<'b>(
+    /// The rule's key for this request, built in `keys` (see
+    /// [`key_for`](Self::key_for)); `None` if an identity it needs (IP, header,
+    /// verified claim) is missing. A verified token without the key's claim is
+    /// keyed by address on rules with `missing_claim = "ip"`.
+    fn rule_key<'b>(
         &self,
         rule: &Rule,
         view: &View<'_>,
         claims: Option<&Claims>,
-        buf: &'b mut KeyBuf,
+        keys: &'b mut RequestKeys,
     ) -> Option<&'b [u8]> {
-        self.build_key(
+        self.key_for(
             self.rule_template(rule, claims),
             view,
             claims,
             &rule.name,
-            buf,
+            keys,
         )
     }
 
@@ -564,7 +553,7 @@ impl Policy {
         if !self.style.has_policy_header() {
             return String::new();
         }
-        let mut buf = KeyBuf::default();
+        let mut keys = RequestKeys::default();
         let later = self
             .rules
             .iter()
@@ -572,7 +561,7 @@ impl Policy {
             .filter(|r| {
                 !r.shadow
                     && self.applies(r, view, claims.is_some())
-                    && self.rule_key(r, view, claims, &mut buf).is_some()
+                    && self.rule_key(r, view, claims, &mut keys).is_some()
             })
             .map(|r| r.limits.select(claims).policy_list.as_str());
         headers::policy_list(
