@@ -16,6 +16,15 @@ def test_client_ip_trusts_only_configured_proxies():
     assert client_ip("testclient", [], trusted) is None
 
 
+def test_no_trusted_proxy_is_none_and_the_peer_is_the_client():
+    assert networks([]) is None
+    xff = [("X-Forwarded-For", "198.51.100.7")]
+    assert client_ip("203.0.113.1", xff, None) == "203.0.113.1"  # the header is ignored
+    assert client_ip("fe80::1%eth0", [], None) == "fe80::1"  # a zone is cut, as with proxies
+    assert client_ip("testclient", [], None) is None
+    assert client_ip(None, [], None) is None
+
+
 def test_only_the_configured_forwarding_header_is_read():
     trusted = networks(["10.0.0.0/8"])
     both = [("Forwarded", "for=203.0.113.99"), ("X-Forwarded-For", "198.51.100.7")]

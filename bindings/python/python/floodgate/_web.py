@@ -18,17 +18,24 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 from ._floodgate import TrustedProxies
 
 
-def networks(trusted: Iterable[str]) -> TrustedProxies:
+def networks(trusted: Iterable[str]) -> Optional[TrustedProxies]:
     """Trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``), parsed
     by the core. IPv4 networks also match their IPv4-mapped IPv6 spelling
-    (``::ffff:10.0.0.1``)."""
-    return TrustedProxies([str(t) for t in trusted])
+    (``::ffff:10.0.0.1``). ``None`` for none: the middleware then tests a plain
+    ``None`` per request (the truth of a ``TrustedProxies`` is a call into the
+    extension)."""
+    parsed = TrustedProxies([str(t) for t in trusted])
+    return parsed if parsed else None
+
+
+# The walk for a scoped peer address when no proxy is trusted.
+_NO_PROXIES = TrustedProxies([])
 
 
 def client_ip(
     peer: Optional[str],
     headers: Sequence[Tuple[str, str]],
-    trusted: TrustedProxies,
+    trusted: Optional[TrustedProxies],
     forwarded_header: str = "x-forwarded-for",
 ) -> Optional[str]:
     """The client's address: the socket peer, unless the peer is a trusted proxy;
@@ -45,7 +52,7 @@ def client_ip(
         return peer if (peer[0].isdigit() or ":" in peer) else None
     name = forwarded_header.lower()
     values = [value for hname, value in headers if hname.lower() == name]
-    return trusted.client_ip(peer, values, name)
+    return (trusted or _NO_PROXIES).client_ip(peer, values, name)
 
 
 def router_path(path: str, query: str = "") -> str:
