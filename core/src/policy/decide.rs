@@ -101,13 +101,22 @@ impl Policy {
         // normalise it, and the API key if the request has a valid one.
         let ip = req.client_ip.map(canonical_ip);
         let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
-        let path = path::normalize(req.path, !self.case_sensitive_paths);
+        // The path's segments come with it when it is already normal (borrowed).
+        let mut split = matcher::Segments::new();
+        let path = path::normalize_split(req.path, !self.case_sensitive_paths, &mut split);
+        let resplit;
+        let segments: &[&str] = match &path {
+            std::borrow::Cow::Borrowed(_) => &split,
+            std::borrow::Cow::Owned(p) => {
+                resplit = matcher::segments(p);
+                &resplit
+            }
+        };
         let sent_key = present(req.headers, &self.api_key_header);
-        let segments = matcher::segments(&path);
         let view = View {
             method: req.method,
             path: &path,
-            segments: &segments,
+            segments,
             masked,
             headers: req.headers,
             api_key: self.api_key(sent_key),

@@ -24,9 +24,12 @@
 
 use std::borrow::Cow;
 
-/// Whether `path` is already what [`normalize`] would return. One pass over the
-/// bytes (the common path of every request).
-fn is_normal(path: &str, case_insensitive: bool) -> bool {
+use super::matcher::Segments;
+
+/// Whether `path` is already what [`normalize`] would return, its segments
+/// pushed to `segments` on the way (cleared by the caller when it is not). One
+/// pass over the bytes (the common path of every request) for both.
+fn split_if_normal<'a>(path: &'a str, case_insensitive: bool, segments: &mut Segments<'a>) -> bool {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return false;
@@ -34,27 +37,36 @@ fn is_normal(path: &str, case_insensitive: bool) -> bool {
     if bytes.len() > 1 && bytes.last() == Some(&b'/') {
         return false;
     }
-    // Bytes since the last `/`, and whether they are all dots.
-    let (mut segment, mut dots) = (0usize, true);
-    for &b in bytes.get(1..).unwrap_or_default() {
+    // Where the segment being read starts, and whether it is all dots so far.
+    let (mut start, mut dots) = (1usize, true);
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
         match b {
             b'%' | b'?' | b'#' => return false,
             b'/' => {
                 // An empty (`//`), `.` or `..` segment before this `/`.
-                if dots && segment <= 2 {
+                if dots && i - start <= 2 {
                     return false;
                 }
-                (segment, dots) = (0, true);
+                if let Some(segment) = path.get(start..i) {
+                    segments.push(segment);
+                }
+                (start, dots) = (i + 1, true);
                 continue;
             }
             b'A'..=b'Z' if case_insensitive => return false,
             _ => {}
         }
-        segment += 1;
         dots &= b == b'.';
     }
-    // The last segment: `.` or `..` at the end.
-    !(dots && (1..=2).contains(&segment))
+    // The last segment: `.` or `..` at the end; empty only for `/`.
+    let last = bytes.len() - start;
+    if dots && (1..=2).contains(&last) {
+        return false;
+    }
+    if let Some(segment) = path.get(start..).filter(|s| !s.is_empty()) {
+        segments.push(segment);
+    }
+    true
 }
 
 /// Cuts an absolute-form target (`scheme://authority/path`) to its path.
@@ -87,17 +99,30 @@ fn percent_decode(text: &str) -> Cow<'_, str> {
 
 /// The normalised path of a request target (see the module docs).
 pub(crate) fn normalize(target: &str, case_insensitive: bool) -> Cow<'_, str> {
-    if is_normal(target, case_insensitive) {
+    normalize_split(target, case_insensitive, &mut Segments::new())
+}
+
+/// [`normalize`], and when the path comes back borrowed (already normal: the
+/// usual request) its [`segments`](super::matcher::segments) in `segments`,
+/// found in the same pass; `segments` is left empty when it comes back owned.
+pub(crate) fn normalize_split<'a>(
+    target: &'a str,
+    case_insensitive: bool,
+    segments: &mut Segments<'a>,
+) -> Cow<'a, str> {
+    if split_if_normal(target, case_insensitive, segments) {
         return Cow::Borrowed(target);
     }
+    segments.clear();
     let target = strip_absolute_form(target);
     let end = target.find(['?', '#']).unwrap_or(target.len());
     let raw = target.get(..end).unwrap_or_default();
     // The common case with a query (`/items?page=2`): the path before it is
     // already normal, and borrowed.
-    if is_normal(raw, case_insensitive) {
+    if split_if_normal(raw, case_insensitive, segments) {
         return Cow::Borrowed(raw);
     }
+    segments.clear();
     let decoded = percent_decode(raw);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
@@ -203,7 +228,21 @@ mod tests {
             "/.well-known/x",
         ] {
             let normal = normalize(p, true);
-            assert_eq!(is_normal(p, true), normal == p, "{p:?} -> {normal:?}");
+            let mut split = Segments::new();
+            let is_normal = split_if_normal(p, true, &mut split);
+            assert_eq!(is_normal, normal == p, "{p:?} -> {normal:?}");
+            if is_normal {
+                let want = crate::policy::matcher::segments(p);
+                assert_eq!(split, want, "{p:?}");
+            }
+            let mut split = Segments::new();
+            let both = normalize_split(p, true, &mut split);
+            assert_eq!(both, normal, "{p:?}");
+            if let Cow::Borrowed(b) = both {
+                assert_eq!(split, crate::policy::matcher::segments(b), "{p:?}");
+            } else {
+                assert!(split.is_empty(), "{p:?}");
+            }
         }
     }
 
