@@ -229,8 +229,10 @@ impl Policy {
                     unless.into_iter().chain(r.key.header_names())
                 })),
         );
+        let settles = rules.iter().any(|r| r.lifecycle.is_some());
         Ok(Policy {
             request_headers,
+            settles,
             rules: rules.into_boxed_slice(),
             jwt,
             lists,

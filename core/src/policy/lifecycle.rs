@@ -407,8 +407,18 @@ pub struct Settle {
 }
 
 impl super::Policy {
-    /// The settlement of an admitted request's charges, if a rule needs one.
+    /// The settlement of an admitted request's charges, if a rule needs one
+    /// (inlined: the usual policy has no rule that settles).
+    #[inline]
     pub(super) fn settlement(&self, charges: &super::Charges<'_>) -> Option<Settlement> {
+        if self.settles {
+            self.settlement_entries(charges)
+        } else {
+            None
+        }
+    }
+
+    fn settlement_entries(&self, charges: &super::Charges<'_>) -> Option<Settlement> {
         let settles = |c: &super::Charge<'_>| {
             self.rules
                 .get(c.rule)
@@ -554,7 +564,7 @@ impl super::Policy {
     /// `max_in_flight`): middleware that must hook the end of every response
     /// for it (Fastify's `onResponse`) skip the hook otherwise.
     pub fn settles(&self) -> bool {
-        self.rules.iter().any(|r| r.lifecycle.is_some())
+        self.settles
     }
 
     /// Places in flight held by `key` on rule `rule` now (0 for a rule without

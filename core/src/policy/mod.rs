@@ -452,6 +452,9 @@ pub(crate) struct Policy {
     api_key_header: String,
     /// Valid API keys (`api_keys_file`); `None`: any non-empty key is a key.
     valid_api_keys: Option<FastSet>,
+    /// Whether any rule settles (see [`Policy::settles`]): the usual policy
+    /// skips looking for settlement entries on every request.
+    settles: bool,
     /// The key of client-wide bans: the masked address.
     client_key: KeyTemplate,
     case_sensitive_paths: bool,
