@@ -423,3 +423,19 @@ def test_asgi_keys_by_the_first_copy_of_a_raw_header_over_http(tmp_path):
         assert status == 200 and headers["ratelimit"].startswith('"keyed";r=1;'), headers
     finally:
         _stop(proc)
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_an_in_memory_ban_holds_over_http(kind, tmp_path):
+    """One worker, the in-process store: the client gets its quota, then the
+    STRIKES - 1 denials before the ban, then the ban's 403 on every request
+    (the ban check answers "nobody banned" without a lookup until the first
+    ban is recorded, then must find it)."""
+    pytest.importorskip(kind)
+    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, policy("memory", ""), tmp_path, workers=1)
+    try:
+        _wait_for_workers(proc, port)
+        statuses = [_hit(port)[0] for _ in range(LIMIT + STRIKES + 20)]
+    finally:
+        _stop(proc)
+    assert statuses == [200] * LIMIT + [429] * (STRIKES - 1) + [403] * 21, statuses

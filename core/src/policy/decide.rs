@@ -528,7 +528,7 @@ impl Policy {
             .then(|| keys.ip_buf.bytes())
     }
 
-    pub(super) fn build_key<'b>(
+    fn build_key<'b>(
         &self,
         template: &KeyTemplate,
         view: &View<'_>,

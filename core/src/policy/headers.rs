@@ -213,8 +213,9 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut HeaderOut<'_>
 
 /// `v`'s 8 big-endian bytes in standard padded base64 (RFC 4648): 12
 /// characters, the `pk` of every draft-10 `RateLimit` header. By hand: the
-/// crate's general encoder plus re-validating its output as UTF-8 was a third
-/// of `render` (callgrind, 2026-12-05); the test checks it against the crate.
+/// crate's general encoder plus re-validating its output as UTF-8 were about
+/// 330 of `render`'s 735 instructions (callgrind, 2026-12-05); the test checks
+/// it against the crate.
 fn push_base64_u64(out: &mut String, v: u64) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     // 64 bits and 2 zero bits of padding are eleven 6-bit digits, then one `=`.

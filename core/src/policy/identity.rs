@@ -333,9 +333,8 @@ impl KeyTemplate {
                 Part::Ip => match input.ip? {
                     IpAddr::V4(v4) => {
                         // Dotted decimal from a table, without the fmt machinery
-                        // (the common case).
-                        // Each octet's word at the end of the text so far
-                        // (at most 12 bytes before the last: 16 fit them all).
+                        // (the common case): each octet's word at the end of the
+                        // text so far (at most 12 bytes before the last: 16 fit).
                         let mut text = [0u8; 16];
                         let mut n = 0;
                         for octet in v4.octets() {

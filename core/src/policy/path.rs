@@ -124,18 +124,18 @@ pub(crate) fn normalize_split<'a>(
     }
     segments.clear();
     let decoded = percent_decode(raw);
-    let mut segments: Vec<&str> = Vec::new();
+    let mut kept: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
-                segments.pop();
+                kept.pop();
             }
-            s => segments.push(s),
+            s => kept.push(s),
         }
     }
     let mut out = String::with_capacity(decoded.len() + 1);
-    for s in &segments {
+    for s in &kept {
         out.push('/');
         out.push_str(s);
     }
