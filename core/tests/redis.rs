@@ -2030,7 +2030,8 @@ max_in_flight = 10
 /// for many checks, decided in order on the server, each all-or-nothing over
 /// its quotas). Two limiters with different quotas and algorithms share one
 /// store and its calls; a hot key sees every earlier check of the same call
-/// (each admitted check has its own `remaining`); both stay exact; and when
+/// (each admitted check has its own `remaining`); each check's cost travels
+/// with it (the shape, sent once per call, does not carry it); both stay exact; and when
 /// Redis goes away every merged check answers by the fail mode in time.
 #[test]
 fn merged_calls_decide_in_order_exactly_and_fail_over() {
@@ -2081,7 +2082,7 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
                         if i % 2 == 0 {
                             (0, g.check_async("hot", 1).await.unwrap())
                         } else {
-                            (1, w.check_async("hot", 1).await.unwrap())
+                            (1, w.check_async("hot", 5).await.unwrap())
                         }
                     })
                 })
@@ -2110,8 +2111,8 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
     );
     assert_eq!(
         admitted(1),
-        (0..25).collect::<Vec<_>>(),
-        "windows: the tighter 25"
+        [0, 5, 10, 15, 20],
+        "windows: the tighter 25, in checks of cost 5"
     );
     assert_eq!(gcra.fallbacks() + windows.fallbacks(), 0);
     let sizes = store.merged_calls();

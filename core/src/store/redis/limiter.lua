@@ -14,8 +14,10 @@
 --
 -- Merged calls (several checks, one round trip; standalone Redis only, the
 -- keys need not share a slot): ARGV[2] = 'B', ARGV[3] = the number of checks,
--- then per check: its number of keys k, cost, mode, lease size and 3 values
--- per quota; KEYS are every check's keys in order. Checks are decided one
+-- ARGV[4] = the number of shapes; then per shape (what the checks of one
+-- limiter share): its number of keys k, mode, lease size and 3 values per
+-- quota; then per check: its shape (1-based) and its cost. KEYS are every
+-- check's keys in order. Checks are decided one
 -- after the other in that order (two of one hot key see each other), each
 -- all-or-nothing over its quotas; TIME is read once. Returns the six values
 -- of every check, in order.
@@ -41,6 +43,7 @@ end
 local floor, max = math.floor, math.max
 -- The check being decided: its first key is KEYS[ko + 1], its arguments start
 -- after ARGV[p] (p = 1 for a single call: ARGV[1] is the time), n keys.
+-- (In a merged call ARGV[p + 1] is the shape's k, and the cost is an argument.)
 local ko, p, n, cost, mode = 0, 1, #KEYS, 0, 'c'
 -- Per-quota state of the check being decided: s1, s2, s3 (meaning depends on
 -- the algorithm). Reused by every check of a merged call (only 1..n is read).
@@ -142,10 +145,10 @@ local function charge(c)
   end
 end
 
--- The common check: one GCRA quota, check and charge, at (ko, p). Returns the
+-- The common check: one GCRA quota, check and charge c, at (ko, p). Returns the
 -- six values of the reply (no table, no closure).
-local function gcra_one()
-  local key, c, t = KEYS[ko + 1], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 6])
+local function gcra_one(c)
+  local key, t = KEYS[ko + 1], tonumber(ARGV[p + 6])
   local cap = tonumber(ARGV[p + 5]) * t
   local base = max(tonumber(redis.call('GET', key) or '0'), now)
   local used = base + c * t - now
@@ -156,13 +159,13 @@ local function gcra_one()
   return 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0
 end
 
--- Decides and charges the check at (ko, p, n).
-local function one()
-  cost = tonumber(ARGV[p + 1])
+-- Decides and charges the check at (ko, p, n), of cost c.
+local function one(c)
+  cost = c
   mode = ARGV[p + 2]
   -- Fast path: one GCRA quota, check and charge (the common case), with no tables
   -- or closures built. Same arithmetic as gcra below.
-  if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then return { gcra_one() } end
+  if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then return { gcra_one(cost) } end
 
   -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).
   for i = 1, n do
@@ -244,22 +247,28 @@ local function one()
 end
 
 if ARGV[2] == 'B' then
+  -- Where each shape's arguments start (as p) and its number of keys.
+  local at, ks, q = {}, {}, 5
+  for x = 1, tonumber(ARGV[4]) do
+    local k = tonumber(ARGV[q])
+    at[x], ks[x] = q - 1, k
+    q = q + 3 + 3 * k
+  end
   local out, m = {}, 0
-  p = 4
   for _ = 1, tonumber(ARGV[3]) do
-    n = tonumber(ARGV[p])
+    local x, c = tonumber(ARGV[q]), tonumber(ARGV[q + 1])
+    p, n = at[x], ks[x]
     if n == 1 and ARGV[p + 2] == 'c' and ARGV[p + 4] == 'g' then
-      -- Written in place, no table per check (Redis's time per check in a
-      -- call of 24 one-GCRA checks: 3.60-3.68 -> 3.43-3.54 us).
-      out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] = gcra_one()
+      -- Written in place, no table per check.
+      out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] = gcra_one(c)
     else
-      local r = one()
-      for x = 1, 6 do out[m + x] = r[x] end
+      local r = one(c)
+      for y = 1, 6 do out[m + y] = r[y] end
     end
     m = m + 6
     ko = ko + n
-    p = p + 4 + 3 * n
+    q = q + 2
   end
   return out
 end
-return one()
+return one(tonumber(ARGV[2]))
