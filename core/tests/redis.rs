@@ -2026,6 +2026,87 @@ max_in_flight = 10
     );
 }
 
+/// A window quota's key gets its TTL when it is made or moves to a new window,
+/// not at every charge (`HSET` keeps a TTL): one `PEXPIRE` per key per window,
+/// and the key still lives to its window's end (fixed) or the next one's
+/// (sliding).
+#[test]
+fn window_keys_get_their_ttl_once_per_window() {
+    let server = Server::start(&[]);
+    let l = builder(&server)
+        .quota(
+            Quota::per_hour(100)
+                .unwrap()
+                .with_algorithm(Algorithm::FixedWindow)
+                .unwrap(),
+        )
+        .quota(
+            Quota::per_hour(100)
+                .unwrap()
+                .with_algorithm(Algorithm::SlidingWindow)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let pexpires = || {
+        let stats = match server.cmd(&["INFO", "commandstats"]) {
+            redis::Value::VerbatimString { text, .. } => text,
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_pexpire:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    // 1,700,000,000 s is 800 s into its hour.
+    let t = Duration::from_secs(1_700_000_000);
+    for i in 0..10 {
+        assert!(
+            l.check_at("k", 1, t + Duration::from_secs(i * 60))
+                .unwrap()
+                .allowed
+        );
+    }
+    assert_eq!(
+        pexpires(),
+        2,
+        "one per key, at its first charge in the hour"
+    );
+    let keys = match server.cmd(&["KEYS", "*"]) {
+        redis::Value::Array(k) => k,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(keys.len(), 2);
+    for k in keys {
+        let redis::Value::BulkString(k) = k else {
+            panic!()
+        };
+        let ttl = match server.cmd(&["PTTL", &String::from_utf8(k).unwrap()]) {
+            redis::Value::Int(ms) => ms,
+            other => panic!("{other:?}"),
+        };
+        // Fixed: to the hour's end (2,800 s after the first charge); sliding:
+        // two windows from the first charge. Either way past the hour's end.
+        assert!((2_800_000 - 5_000..=7_200_001).contains(&ttl), "{ttl}");
+    }
+    // Denied checks write nothing; the next hour's first charge sets both again.
+    assert!(
+        !l.check_at("k", 95, t + Duration::from_secs(700))
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(pexpires(), 2);
+    assert!(
+        l.check_at("k", 1, t + Duration::from_secs(2_900))
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(pexpires(), 4, "a new window, a new TTL");
+}
+
 /// Merged calls: concurrent async checks travel together (one script call
 /// for many checks, decided in order on the server, each all-or-nothing over
 /// its quotas). Two limiters with different quotas and algorithms share one

@@ -47,7 +47,10 @@ local floor, max = math.floor, math.max
 local ko, p, n, cost, mode = 0, 1, #KEYS, 0, 'c'
 -- Per-quota state of the check being decided: s1, s2, s3 (meaning depends on
 -- the algorithm). Reused by every check of a merged call (only 1..n is read).
-local alg, lim, per, s1, s2, s3 = {}, {}, {}, {}, {}, {}
+-- ttl[i]: whether a charge on a window quota must set its key's TTL (the key
+-- is new or moves to a new window; a key written for its window already lives
+-- to that window's end, and HSET keeps a TTL).
+local alg, lim, per, s1, s2, s3, ttl = {}, {}, {}, {}, {}, {}, {}
 
 local function ceil_div(a, b) return floor((a + b - 1) / b) end
 
@@ -132,10 +135,10 @@ local function charge(c)
       redis.call('SET', key, new, 'PX', ceil_div(new - now, 1000) + 1)
     elseif a == 'f' then
       redis.call('HSET', key, 'w', s1[i], 'n', s2[i] + c)
-      redis.call('PEXPIRE', key, ceil_div(max((s1[i] + 1) * w - now, 0), 1000) + 1)
+      if ttl[i] then redis.call('PEXPIRE', key, ceil_div(max((s1[i] + 1) * w - now, 0), 1000) + 1) end
     elseif a == 'c' then
       redis.call('HSET', key, 'w', s1[i], 'p', s2[i], 'c', s3[i] + c)
-      redis.call('PEXPIRE', key, ceil_div(2 * w, 1000) + 1)
+      if ttl[i] then redis.call('PEXPIRE', key, ceil_div(2 * w, 1000) + 1) end
     else
       local seq = redis.call('INCR', key .. ':seq')
       redis.call('ZADD', key, now, seq .. ':' .. c)
@@ -179,12 +182,14 @@ local function one(c)
       local st = redis.call('HMGET', key, 'w', 'n')
       local idx = floor(now / w)
       local sw, cnt = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
-      if sw < idx or cnt == 0 then sw, cnt = idx, 0 end -- a later stored window (clock back) is kept
+      ttl[i] = sw < idx or cnt == 0
+      if ttl[i] then sw, cnt = idx, 0 end -- a later stored window (clock back) is kept
       s1[i], s2[i] = sw, cnt
     elseif a == 'c' then
       local st = redis.call('HMGET', key, 'w', 'p', 'c')
       local sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
       local idx = floor(max(now, sw * w) / w)
+      ttl[i] = idx ~= sw
       if idx == sw + 1 then prev, curr = curr, 0 elseif idx > sw + 1 then prev, curr = 0, 0 end
       s1[i], s2[i], s3[i] = idx, prev, curr
     else
