@@ -251,7 +251,7 @@ def test_fork_after_creating_keeps_one_table():
             os.unlink(path)
 
 
-def _redis_policy(url: str) -> str:
+def _redis_policy(url: str, algorithm: str = "gcra") -> str:
     return textwrap.dedent(
         f"""
         [store]
@@ -265,19 +265,24 @@ def _redis_policy(url: str) -> str:
         name = "api"
         match = "/api/**"
         key = "ip"
+        algorithm = "{algorithm}"
         quotas = ["{LIMIT}/hour"]
         """
     )
 
 
+@pytest.mark.parametrize("algorithm", ["gcra", "sliding_window"])
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
-def test_one_quota_across_four_workers_on_redis(kind, redis_url, tmp_path):
+def test_one_quota_across_four_workers_on_redis(kind, algorithm, redis_url, tmp_path):
     """Four workers on one Redis: exactly the quota. Under uvicorn the ASGI
     middleware decides with the core's async engine (`check_request_async`:
     merged calls on a tokio worker, no thread pool); under gunicorn the WSGI
-    middleware blocks with the GIL released."""
+    middleware blocks with the GIL released. A sliding window's key gets its
+    TTL once per window: it must still be there for every later request."""
     pytest.importorskip(kind)
-    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url), tmp_path)
+    proc, port = start_server(
+        kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url, algorithm), tmp_path
+    )
     try:
         _wait_for_workers(proc, port)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
