@@ -128,6 +128,41 @@ impl Server {
         }
         cmd.query(&mut conn).unwrap()
     }
+
+    /// `INFO commandstats` as text.
+    fn commandstats(&self) -> String {
+        match self.cmd(&["INFO", "commandstats"]) {
+            redis::Value::VerbatimString { text, .. } => text,
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every key and its TTL in ms (`PTTL`).
+    fn keys_and_ttls(&self) -> Vec<(String, i64)> {
+        let redis::Value::Array(keys) = self.cmd(&["KEYS", "*"]) else {
+            panic!("KEYS did not answer an array")
+        };
+        keys.into_iter()
+            .map(|k| {
+                let redis::Value::BulkString(k) = k else {
+                    panic!("{k:?}")
+                };
+                let k = String::from_utf8(k).unwrap();
+                match self.cmd(&["PTTL", &k]) {
+                    redis::Value::Int(ms) => (k, ms),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `n` per hour on `algorithm`.
+fn per_hour(n: u64, algorithm: Algorithm) -> Quota {
+    Quota::per_hour(n)
+        .and_then(|q| q.with_algorithm(algorithm))
+        .unwrap()
 }
 
 impl Drop for Server {
@@ -286,18 +321,8 @@ fn several_quotas_cost_one_round_trip_and_keys_expire() {
                 .with_algorithm(Algorithm::SlidingLog)
                 .unwrap(),
         )
-        .quota(
-            Quota::per_hour(100)
-                .unwrap()
-                .with_algorithm(Algorithm::FixedWindow)
-                .unwrap(),
-        )
-        .quota(
-            Quota::per_hour(100)
-                .unwrap()
-                .with_algorithm(Algorithm::SlidingWindow)
-                .unwrap(),
-        )
+        .quota(per_hour(100, Algorithm::FixedWindow))
+        .quota(per_hour(100, Algorithm::SlidingWindow))
         .build()
         .unwrap();
     server.cmd(&["CONFIG", "RESETSTAT"]);
@@ -315,11 +340,7 @@ fn several_quotas_cost_one_round_trip_and_keys_expire() {
         !d.allowed && d.quota == 1,
         "the minute log (3) binds: {d:?}"
     );
-    let stats = match server.cmd(&["INFO", "commandstats"]) {
-        redis::Value::VerbatimString { text, .. } => text,
-        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-        other => panic!("{other:?}"),
-    };
+    let stats = server.commandstats();
     let evalsha = stats
         .lines()
         .find(|l| l.starts_with("cmdstat_evalsha:"))
@@ -329,17 +350,10 @@ fn several_quotas_cost_one_round_trip_and_keys_expire() {
         "one call per check, 4 quotas each: {stats}"
     );
     // Every key the script wrote has a TTL.
-    let keys = match server.cmd(&["KEYS", "*"]) {
-        redis::Value::Array(k) => k,
-        other => panic!("{other:?}"),
-    };
+    let keys = server.keys_and_ttls();
     assert!(keys.len() >= 4);
-    for k in keys {
-        let redis::Value::BulkString(k) = k else {
-            panic!()
-        };
-        let ttl = server.cmd(&["PTTL", &String::from_utf8(k).unwrap()]);
-        assert!(matches!(ttl, redis::Value::Int(ms) if ms > 0), "{ttl:?}");
+    for (k, ttl) in keys {
+        assert!(ttl > 0, "{k}: {ttl}");
     }
 }
 
@@ -2034,27 +2048,13 @@ max_in_flight = 10
 fn window_keys_get_their_ttl_once_per_window() {
     let server = Server::start(&[]);
     let l = builder(&server)
-        .quota(
-            Quota::per_hour(100)
-                .unwrap()
-                .with_algorithm(Algorithm::FixedWindow)
-                .unwrap(),
-        )
-        .quota(
-            Quota::per_hour(100)
-                .unwrap()
-                .with_algorithm(Algorithm::SlidingWindow)
-                .unwrap(),
-        )
+        .quota(per_hour(100, Algorithm::FixedWindow))
+        .quota(per_hour(100, Algorithm::SlidingWindow))
         .build()
         .unwrap();
     let pexpires = || {
-        let stats = match server.cmd(&["INFO", "commandstats"]) {
-            redis::Value::VerbatimString { text, .. } => text,
-            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-            other => panic!("{other:?}"),
-        };
-        stats
+        server
+            .commandstats()
             .lines()
             .find_map(|l| l.strip_prefix("cmdstat_pexpire:calls="))
             .and_then(|rest| rest.split(',').next())
@@ -2075,22 +2075,12 @@ fn window_keys_get_their_ttl_once_per_window() {
         2,
         "one per key, at its first charge in the hour"
     );
-    let keys = match server.cmd(&["KEYS", "*"]) {
-        redis::Value::Array(k) => k,
-        other => panic!("{other:?}"),
-    };
+    let keys = server.keys_and_ttls();
     assert_eq!(keys.len(), 2);
-    for k in keys {
-        let redis::Value::BulkString(k) = k else {
-            panic!()
-        };
-        let ttl = match server.cmd(&["PTTL", &String::from_utf8(k).unwrap()]) {
-            redis::Value::Int(ms) => ms,
-            other => panic!("{other:?}"),
-        };
+    for (k, ttl) in keys {
         // Fixed: to the hour's end (2,800 s after the first charge); sliding:
         // two windows from the first charge. Either way past the hour's end.
-        assert!((2_800_000 - 5_000..=7_200_001).contains(&ttl), "{ttl}");
+        assert!((2_800_000 - 5_000..=7_200_001).contains(&ttl), "{k}: {ttl}");
     }
     // Denied checks write nothing; the next hour's first charge sets both again.
     assert!(
