@@ -68,18 +68,46 @@ fn micros(ns: u64) -> String {
 
 /// The server's time in scripts so far (`INFO commandstats`: `EVALSHA` and
 /// `EVAL` µs), to report what a check costs Redis itself.
-fn script_usec(conn: &mut redis::Connection) -> Option<u64> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).ok()?;
-    Some(
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split(',')
-                    .find_map(|f| f.strip_prefix("usec="))
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-            .sum(),
-    )
+/// What Redis has spent so far: in scripts (`INFO commandstats`, `EVALSHA` and
+/// `EVAL`) and in all (`INFO cpu`, user + system), in µs.
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    scripts: u64,
+    cpu: u64,
+}
+
+fn spent(conn: &mut redis::Connection) -> Option<Spent> {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(conn).ok()?;
+    let scripts = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(',')
+                .find_map(|f| f.strip_prefix("usec="))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum();
+    let cpu: String = redis::cmd("INFO").arg("cpu").query(conn).ok()?;
+    let seconds = |field: &str| {
+        cpu.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let cpu = seconds("used_cpu_user:")? + seconds("used_cpu_sys:")?;
+    Some(Spent {
+        scripts,
+        cpu: (cpu * 1e6) as u64,
+    })
+}
+
+/// Redis's time per check between two readings: (in scripts, CPU in all).
+fn per_check(a: Option<Spent>, b: Option<Spent>, checks: u64) -> Option<(f64, f64)> {
+    let (a, b) = (a?, b?);
+    let n = checks.max(1) as f64;
+    Some((
+        b.scripts.saturating_sub(a.scripts) as f64 / n,
+        b.cpu.saturating_sub(a.cpu) as f64 / n,
+    ))
 }
 
 fn limiter(b: &RedisBench<'_>) -> Result<RedisLimiter, String> {
@@ -200,7 +228,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         None => None,
     };
     let trips0 = limiter.store().round_trips();
-    let usec0 = conn.as_mut().and_then(script_usec);
+    let spent0 = conn.as_mut().and_then(spent);
     let seq = sequential(if incr_seq.is_some() { half / 2 } else { half }, |i| {
         #[allow(clippy::indexing_slicing)] // i % len < len
         let key = &keys[(i % keys.len() as u64) as usize];
@@ -210,14 +238,14 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
             .map_err(|e| e.to_string())
     })?;
     let trips = limiter.store().round_trips() - trips0;
-    let usec1 = conn.as_mut().and_then(script_usec);
+    let spent1 = conn.as_mut().and_then(spent);
     // Concurrent: in_flight tasks on one multiplexed connection.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let (incr_conc, conc) = rt.block_on(async {
+    let (incr_conc, spent2, conc) = rt.block_on(async {
         let incr_conc = if cluster {
             None
         } else {
@@ -242,6 +270,8 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
                 .await?,
             )
         };
+        // After the INCR phase, so that its CPU is not the checks'.
+        let spent2 = conn.as_mut().and_then(spent);
         let (l, k, cost) = (limiter.clone(), keys.clone(), b.cost);
         let conc = concurrent(
             if incr_conc.is_some() { half / 2 } else { half },
@@ -259,17 +289,13 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
             },
         )
         .await?;
-        Ok::<_, String>((incr_conc, conc))
+        Ok::<_, String>((incr_conc, spent2, conc))
     })?;
-    let usec2 = conn.as_mut().and_then(script_usec);
+    let spent3 = conn.as_mut().and_then(spent);
     // Redis's own time per check, from its counters (standalone only).
-    let server_us = |a: Option<u64>, b: Option<u64>, checks: u64| match (a, b) {
-        (Some(a), Some(b)) if checks > 0 => Some(b.saturating_sub(a) as f64 / checks as f64),
-        _ => None,
-    };
     let (seq_server, conc_server) = (
-        server_us(usec0, usec1, seq.checks),
-        server_us(usec1, usec2, conc.checks),
+        per_check(spent0, spent1, seq.checks),
+        per_check(spent2, spent3, conc.checks),
     );
     let fallbacks = limiter.fallbacks();
     let merged = limiter.store().merged_calls();
@@ -284,7 +310,8 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
                 "sequential": phase(&seq), "concurrent": phase(&conc),
                 "incr_sequential": incr_seq.as_ref().map(phase), "incr_concurrent": incr_conc.as_ref().map(phase),
                 "round_trips_per_check": per_check,
-                "server_us_per_check": {"sequential": seq_server, "concurrent": conc_server},
+                "server_us_per_check": {"sequential": seq_server.map(|s| s.0), "concurrent": conc_server.map(|s| s.0)},
+                "server_cpu_us_per_check": {"sequential": seq_server.map(|s| s.1), "concurrent": conc_server.map(|s| s.1)},
                 "merged_calls_by_size": {"1": merged[0], "2-3": merged[1], "4-7": merged[2], "8-15": merged[3], "16-31": merged[4], "32-63": merged[5], "64": merged[6]},
                 "fallbacks": fallbacks,
             })
@@ -325,9 +352,9 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         None => format!("    latency {}\n", p.latency_line()),
     };
     out.push_str(&latency(&seq, &incr_seq));
-    let server = |us: Option<f64>| {
-        us.map_or(String::new(), |us| {
-            format!("; Redis's time per check {us:.1} us")
+    let server = |us: Option<(f64, f64)>| {
+        us.map_or(String::new(), |(scripts, cpu)| {
+            format!("; Redis per check: {scripts:.1} us in scripts, {cpu:.1} us of CPU in all")
         })
     };
     out.push_str(&format!(
@@ -357,8 +384,11 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
             share(merged[5]),
             share(merged[6]),
         ));
-    } else if let Some(us) = conc_server {
-        out.push_str(&format!("    Redis's time per check {us:.1} us\n"));
+    } else if conc_server.is_some() {
+        out.push_str(&format!(
+            "    {}\n",
+            server(conc_server).trim_start_matches("; ")
+        ));
     }
     out.push_str(&format!(
         "  allowed {} of {} checks; fallbacks {fallbacks}\n",
