@@ -17,10 +17,9 @@
 -- ARGV[4] = the number of shapes; then per shape (what the checks of one
 -- limiter share): its number of keys k, mode, lease size and 3 values per
 -- quota; then per check: its shape (1-based) and its cost. KEYS are every
--- check's keys in order. Checks are decided one
--- after the other in that order (two of one hot key see each other), each
--- all-or-nothing over its quotas; TIME is read once. Returns the six values
--- of every check, in order.
+-- check's keys in order. Checks are decided one after the other in that order
+-- (two of one hot key see each other), each all-or-nothing over its quotas;
+-- TIME is read once. Returns the six values of every check, in order.
 --
 -- Kept lean on purpose: EVALSHA's fixed cost dominates on a fast server, so there
 -- are no per-call tables beyond the state array and no closures per quota.
@@ -166,8 +165,8 @@ end
 local function one(c)
   cost = c
   mode = ARGV[p + 2]
-  -- Fast path: one GCRA quota, check and charge (the common case), with no tables
-  -- or closures built. Same arithmetic as gcra below.
+  -- Fast path: one GCRA quota, check and charge (the common case): no state
+  -- tables or closures, only the reply's. Same arithmetic as decide's 'g'.
   if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then return { gcra_one(cost) } end
 
   -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).

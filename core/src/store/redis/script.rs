@@ -162,12 +162,7 @@ impl Merged {
             quotas,
         }
     }
-}
 
-/// Most checks one merged call carries.
-pub(super) const MERGE_MAX: usize = 64;
-
-impl Merged {
     /// Whether `self` and `other` share their shape: the arguments a merged
     /// call sends once for all the checks of one limiter.
     fn same_shape(&self, other: &Self) -> bool {
@@ -177,6 +172,9 @@ impl Merged {
             && (std::sync::Arc::ptr_eq(&self.quotas, &other.quotas) || self.quotas == other.quotas)
     }
 }
+
+/// Most checks one merged call carries.
+pub(super) const MERGE_MAX: usize = 64;
 
 /// The invocation deciding `checks` in one call, in order, on the server's
 /// clock. Each shape (a limiter's quotas, mode and lease) is sent once; a
