@@ -130,6 +130,34 @@ for (const [name, start] of [['express', express], ['fastify', fastify]]) {
   })
 }
 
+// Express's req.ip is read without proxy-addr when the peer is not a trusted
+// proxy (express.js requestIp): X-Forwarded-For from an untrusted peer must
+// still be ignored, with trust proxy off (the default) or naming other hosts.
+for (const trust of [undefined, '10.0.0.0/8']) {
+  test(`express, trust proxy ${trust ?? 'off'}: a rotating X-Forwarded-For from an untrusted peer is ignored`, async () => {
+    const expressApp = require('express')
+    const { floodgate } = require('../express.js')
+    const app = expressApp()
+    if (trust !== undefined) app.set('trust proxy', trust)
+    app.use(floodgate(Engine.fromToml(POLICY)))
+    app.post('/auth/login', (req, res) => res.json({ ip: req.ip }))
+    const server = await new Promise((resolve) => {
+      const s = app.listen(0, '127.0.0.1', () => resolve(s))
+    })
+    try {
+      const statuses = []
+      for (let i = 0; i < 10; i++) {
+        const r = await raw(server.address().port, 'POST', '/auth/login', [['X-Forwarded-For', freshClient()]])
+        statuses.push(r.status)
+        if (r.status === 200) assert.match(r.text, /"ip":"(::ffff:)?127\.0\.0\.1"/)
+      }
+      assert.equal(statuses.filter((s) => s === 200).length, 3, `${statuses}`)
+    } finally {
+      await new Promise((r) => server.close(r))
+    }
+  })
+}
+
 test('a dual-stack peer (::ffff:127.0.0.1) is a trusted IPv4 proxy', async () => {
   const Fastify = require('fastify')
   const app = Fastify({ trustProxy: '127.0.0.1' })
