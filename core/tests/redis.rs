@@ -2185,6 +2185,16 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
         [0, 5, 10, 15, 20],
         "windows: the tighter 25, in checks of cost 5"
     );
+    // GCRA denials come back in the compact form: retry within one interval
+    // (90 s at 40/hour), reset by the full burst.
+    for (_, d) in decisions.iter().filter(|(w, d)| *w == 0 && !d.allowed) {
+        assert_eq!(d.remaining, 0, "{d:?}");
+        assert!(
+            d.retry_after > Duration::ZERO && d.retry_after <= Duration::from_secs(90),
+            "{d:?}"
+        );
+        assert!(d.reset_after > Duration::from_secs(3500), "{d:?}");
+    }
     assert_eq!(gcra.fallbacks() + windows.fallbacks(), 0);
     let sizes = store.merged_calls();
     assert!(

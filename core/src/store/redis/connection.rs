@@ -695,13 +695,17 @@ impl RedisStore {
             c.fetch_add(1, Ordering::Relaxed);
         }
         let invocation = script::merged(script::limiter(), batch.iter().map(|(c, _)| c));
-        match self.run_async(&invocation).await {
-            Ok(values) if values.len() == 6 * size => {
-                for ((_, tx), r) in batch.into_iter().zip(values.chunks(6)) {
-                    let _ = tx.send(Ok(r.to_vec()));
+        let replies = self
+            .run_async(&invocation)
+            .await
+            .map(|values| script::split_merged(&values, batch.iter().map(|(c, _)| c)));
+        match replies {
+            Ok(Some(replies)) => {
+                for ((_, tx), r) in batch.into_iter().zip(replies) {
+                    let _ = tx.send(Ok(r));
                 }
             }
-            Ok(_) => {
+            Ok(None) => {
                 for (_, tx) in batch {
                     let _ = tx.send(Err(redis::RedisError::from((
                         redis::ErrorKind::Parse,

@@ -19,7 +19,8 @@
 -- quota; then per check: its shape (1-based) and its cost. KEYS are every
 -- check's keys in order. Checks are decided one after the other in that order
 -- (two of one hot key see each other), each all-or-nothing over its quotas;
--- TIME is read once. Returns the six values of every check, in order.
+-- TIME is read once. Returns every check's reply, in order: its six values,
+-- or for a one-GCRA check a compact form (see the loop below).
 --
 -- Kept lean on purpose: EVALSHA's fixed cost dominates on a fast server, so there
 -- are no per-call tables beyond the state array and no closures per quota.
@@ -263,13 +264,21 @@ if ARGV[2] == 'B' then
     local x, c = tonumber(ARGV[q]), tonumber(ARGV[q + 1])
     p, n = at[x], ks[x]
     if n == 1 and ARGV[p + 2] == 'c' and ARGV[p + 4] == 'g' then
-      -- Written in place, no table per check.
-      out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] = gcra_one(c)
+      -- Compact, written in place: 0, remaining, reset when allowed (the cost
+      -- charged); -1, remaining, retry, reset when denied.
+      local _, ok, rem, retry, reset = gcra_one(c)
+      if ok == 1 then
+        out[m + 1], out[m + 2], out[m + 3] = 0, rem, reset
+        m = m + 3
+      else
+        out[m + 1], out[m + 2], out[m + 3], out[m + 4] = -1, rem, retry, reset
+        m = m + 4
+      end
     else
       local r = one(c)
       for y = 1, 6 do out[m + y] = r[y] end
+      m = m + 6
     end
-    m = m + 6
     ko = ko + n
     q = q + 2
   end

@@ -218,6 +218,34 @@ pub(super) fn merged<'a, 'b>(
     invocation
 }
 
+/// Splits a merged call's reply into each check's six values (as a single
+/// call returns them). A check's reply is its six values (the deciding quota
+/// first, 1 or more), or for a one-GCRA check a compact form: `0, remaining,
+/// reset` when allowed (its cost charged), `-1, remaining, retry, reset` when
+/// denied: half or two thirds of the values for Redis to encode and us to
+/// parse. `None` when the reply does not match the checks.
+pub(super) fn split_merged<'b>(
+    values: &[i64],
+    checks: impl Iterator<Item = &'b Merged>,
+) -> Option<Vec<Vec<i64>>> {
+    let mut out = Vec::new();
+    let mut rest = values;
+    for c in checks {
+        let (reply, tail) = match rest {
+            [0, rem, reset, tail @ ..] => (
+                vec![1, 1, *rem, 0, *reset, i64::try_from(c.cost).ok()?],
+                tail,
+            ),
+            [-1, rem, retry, reset, tail @ ..] => (vec![1, 0, *rem, *retry, *reset, 0], tail),
+            [q, a, r, t, e, g, tail @ ..] if *q >= 1 => (vec![*q, *a, *r, *t, *e, *g], tail),
+            _ => return None,
+        };
+        out.push(reply);
+        rest = tail;
+    }
+    rest.is_empty().then_some(out)
+}
+
 /// The script's reply: `{quota (1-based), allowed, remaining, retry_after µs,
 /// reset_after µs, units charged}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +331,31 @@ mod tests {
         assert_eq!(c.map(|q| q.algorithm), Some("c"));
         let l = per_minute(Algorithm::SlidingLog).ok();
         assert_eq!(l.map(|q| q.algorithm), Some("l"));
+    }
+
+    #[test]
+    fn merged_replies_split_in_both_forms_or_not_at_all() {
+        let quotas: std::sync::Arc<[QuotaArgs]> = std::sync::Arc::from(vec![]);
+        let check = |cost| Merged::new(vec![b"k".to_vec()], cost, Mode::Check, 0, quotas.clone());
+        let checks = [check(3), check(1), check(1)];
+        // Allowed (compact), denied (compact), a full six-value reply.
+        let values = [0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1];
+        assert_eq!(
+            split_merged(&values, checks.iter()),
+            Some(vec![
+                vec![1, 1, 7, 0, 900, 3],
+                vec![1, 0, 0, 150, 400, 0],
+                vec![2, 1, 4, 0, 60, 1],
+            ])
+        );
+        for bad in [
+            &values[..values.len() - 1],                             // short
+            &[0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1, 9][..], // long
+            &[-2, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1],       // unknown form
+            &[0, 7, 900, -1, 0, 150, 400, 0, 1, 4, 0, 60, 1],        // quota 0
+        ] {
+            assert_eq!(split_merged(bad, checks.iter()), None, "{bad:?}");
+        }
     }
 
     #[test]
