@@ -66,8 +66,6 @@ fn micros(ns: u64) -> String {
     }
 }
 
-/// The server's time in scripts so far (`INFO commandstats`: `EVALSHA` and
-/// `EVAL` µs), to report what a check costs Redis itself.
 /// What Redis has spent so far: in scripts (`INFO commandstats`, `EVALSHA` and
 /// `EVAL`) and in all (`INFO cpu`, user + system), in µs.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +99,7 @@ fn spent(conn: &mut redis::Connection) -> Option<Spent> {
 }
 
 /// Redis's time per check between two readings: (in scripts, CPU in all).
-fn per_check(a: Option<Spent>, b: Option<Spent>, checks: u64) -> Option<(f64, f64)> {
+fn server_per_check(a: Option<Spent>, b: Option<Spent>, checks: u64) -> Option<(f64, f64)> {
     let (a, b) = (a?, b?);
     let n = checks.max(1) as f64;
     Some((
@@ -294,8 +292,8 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
     let spent3 = conn.as_mut().and_then(spent);
     // Redis's own time per check, from its counters (standalone only).
     let (seq_server, conc_server) = (
-        per_check(spent0, spent1, seq.checks),
-        per_check(spent2, spent3, conc.checks),
+        server_per_check(spent0, spent1, seq.checks),
+        server_per_check(spent2, spent3, conc.checks),
     );
     let fallbacks = limiter.fallbacks();
     let merged = limiter.store().merged_calls();

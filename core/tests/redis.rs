@@ -158,13 +158,6 @@ impl Server {
     }
 }
 
-/// `n` per hour on `algorithm`.
-fn per_hour(n: u64, algorithm: Algorithm) -> Quota {
-    Quota::per_hour(n)
-        .and_then(|q| q.with_algorithm(algorithm))
-        .unwrap()
-}
-
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
@@ -188,6 +181,13 @@ fn builder(server: &Server) -> floodgate::RedisLimiterBuilder {
     RedisLimiter::builder(&server.url())
         .connect_timeout(Duration::from_millis(50))
         .command_timeout(Duration::from_millis(50))
+}
+
+/// `n` per hour on `algorithm`.
+fn per_hour(n: u64, algorithm: Algorithm) -> Quota {
+    Quota::per_hour(n)
+        .and_then(|q| q.with_algorithm(algorithm))
+        .unwrap()
 }
 
 #[test]

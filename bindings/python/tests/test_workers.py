@@ -251,7 +251,7 @@ def test_fork_after_creating_keeps_one_table():
             os.unlink(path)
 
 
-def _redis_policy(url: str, algorithm: str = "gcra") -> str:
+def _redis_policy(url: str, algorithm: str = "gcra", extra: str = "") -> str:
     return textwrap.dedent(
         f"""
         [store]
@@ -268,20 +268,35 @@ def _redis_policy(url: str, algorithm: str = "gcra") -> str:
         algorithm = "{algorithm}"
         quotas = ["{LIMIT}/hour"]
         """
-    )
+    ) + textwrap.dedent(extra)
 
 
-@pytest.mark.parametrize("algorithm", ["gcra", "sliding_window"])
+# A second rule charged by every request, with a looser sliding window: two
+# limiters' checks (two shapes) share the merged calls.
+_EVERYTHING = f"""
+[[rule]]
+name = "everything"
+match = "/**"
+key = "ip"
+algorithm = "sliding_window"
+quotas = ["{10 * LIMIT}/hour"]
+"""
+
+
+@pytest.mark.parametrize(
+    "algorithm,extra", [("gcra", ""), ("sliding_window", ""), ("gcra", _EVERYTHING)], ids=["gcra", "sliding", "two-rules"]
+)
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
-def test_one_quota_across_four_workers_on_redis(kind, algorithm, redis_url, tmp_path):
+def test_one_quota_across_four_workers_on_redis(kind, algorithm, extra, redis_url, tmp_path):
     """Four workers on one Redis: exactly the quota. Under uvicorn the ASGI
     middleware decides with the core's async engine (`check_request_async`:
     merged calls on a tokio worker, no thread pool); under gunicorn the WSGI
-    middleware blocks with the GIL released. A sliding window's key gets its
-    TTL once per window: it must still be there for every later request."""
+    middleware blocks with the GIL released. The sliding window runs the
+    script's window path (its key's TTL set once per window) the same way;
+    with a second, looser rule on every request, the tighter still binds."""
     pytest.importorskip(kind)
     proc, port = start_server(
-        kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url, algorithm), tmp_path
+        kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url, algorithm, extra), tmp_path
     )
     try:
         _wait_for_workers(proc, port)
