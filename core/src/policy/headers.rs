@@ -77,9 +77,14 @@ pub(crate) fn window_secs(q: &Quota) -> u64 {
         return unit.nominal_secs();
     }
     let w = match q.algorithm() {
-        Algorithm::Gcra => q
-            .interval()
-            .saturating_mul(u32::try_from(q.burst()).unwrap_or(u32::MAX)),
+        // The time a full burst takes to refill: period x burst / rate, exactly.
+        // (Not burst x interval: the interval is rounded up to whole
+        // nanoseconds, so 99/min came out as 60.000000093 s, advertised w=61.)
+        Algorithm::Gcra => {
+            let ns = (u128::from(q.period_ns()) * u128::from(q.burst()))
+                .div_ceil(u128::from(q.rate().max(1)));
+            Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+        }
         _ => q.period(),
     };
     ceil_secs(w).max(1)
@@ -247,6 +252,21 @@ fn sf_escape(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gcra_window_is_its_burst_refill_time_in_whole_seconds() {
+        for (text, w) in [
+            ("99/min", 60),
+            ("3/s", 1),
+            ("7/h", 3600),
+            ("600/min burst 100", 10),
+            ("1000/day burst 7", 605),
+            ("1/s burst 1000000", 1_000_000),
+        ] {
+            let q: Quota = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(window_secs(&q), w, "{text}");
+        }
+    }
 
     #[test]
     fn the_partition_key_is_standard_base64() {
