@@ -483,6 +483,37 @@ fn login(e: &Engine, from: &str, t: Duration) -> Verdict {
 }
 
 #[test]
+fn five_charged_rules_are_all_listed_and_an_ipv6_client_is_keyed_by_its_network() {
+    // More charged rules than the request path keeps on the stack (4): the
+    // policy list is still every rule's, in rule order. Keyed by "ip", an IPv6
+    // client is its /64 (the settings' default prefix), written as text.
+    let rules: String = (1..=5)
+        .map(|i| format!("[[rule]]\nname = \"r{i}\"\nmatch = \"/**\"\nquotas = [\"{}/min\"]\nkey = \"ip\"\n\n", 100 - i))
+        .collect();
+    let e = engine(&rules);
+    let v = e
+        .check_request_at(
+            &Request {
+                method: "GET",
+                path: "/items",
+                client_ip: ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+                headers: &[],
+            },
+            at(0),
+        )
+        .unwrap();
+    let policy = v.headers.iter().find(|(n, _)| *n == "RateLimit-Policy");
+    assert_eq!(
+        policy.map(|(_, v)| v.as_str()),
+        Some(
+            "\"r1\";q=99;w=60, \"r2\";q=98;w=60, \"r3\";q=97;w=60, \"r4\";q=96;w=60, \"r5\";q=95;w=60"
+        )
+    );
+    assert_eq!(v.rule.as_deref(), Some("r5"), "the fewest left decides");
+    assert_eq!(v.identity.as_deref(), Some("2001:db8:1:2::"));
+}
+
+#[test]
 fn ratelimit_policy_lists_every_applying_quota_and_ratelimit_the_deciding_one() {
     // Two rules meet the login route: a per-IP rule with two quotas and a
     // catch-all. Every response, allowed or denied, lists the same four items
