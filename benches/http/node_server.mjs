@@ -1,6 +1,8 @@
-// node node_server.mjs <express|fastify> <none|floodgate|peer> <port>
+// node node_server.mjs <express|fastify> <none|floor|floodgate|peer> <port>
 // The same handler ({"ok":true}) behind no limiter, Floodgate's middleware or
-// the peer middleware, each at 1,000,000 requests per minute per IP.
+// the peer middleware, each at 1,000,000 requests per minute per IP; or
+// behind the floor: a middleware that only sets two constant rate-limit
+// headers (what any limiter setting them pays, before deciding anything).
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -14,6 +16,9 @@ const floodgateEngine = () => {
 }
 // The peers' limit per minute: generous, or 1 when the bench floods (--tight).
 const peerLimit = Number(process.env.FG_BENCH_PEER_MAX || 1_000_000)
+// The floor's headers: what Floodgate sends for policy.toml (draft-10).
+const FLOOR_POLICY = '"everything";q=1000000;w=60'
+const FLOOR_RATE = '"everything";r=999999;t=60;pk=:AAAAAAAAAAA=:'
 
 if (framework === 'express') {
   const express = require('express')
@@ -21,6 +26,12 @@ if (framework === 'express') {
   if (mode === 'floodgate') {
     const { floodgate } = require(join(here, '../../bindings/node/express.js'))
     app.use(floodgate(floodgateEngine()))
+  } else if (mode === 'floor') {
+    app.use((req, res, next) => {
+      res.setHeader('RateLimit-Policy', FLOOR_POLICY)
+      res.setHeader('RateLimit', FLOOR_RATE)
+      next()
+    })
   } else if (mode === 'peer') {
     const { rateLimit } = require('express-rate-limit')
     app.use(rateLimit({ windowMs: 60_000, limit: peerLimit, standardHeaders: 'draft-8', legacyHeaders: false }))
@@ -31,6 +42,12 @@ if (framework === 'express') {
   const fastify = require('fastify')({ logger: false })
   if (mode === 'floodgate') {
     await fastify.register(require(join(here, '../../bindings/node/fastify.js')), { engine: floodgateEngine() })
+  } else if (mode === 'floor') {
+    fastify.addHook('onRequest', (request, reply, next) => {
+      reply.header('ratelimit-policy', FLOOR_POLICY)
+      reply.header('ratelimit', FLOOR_RATE)
+      next()
+    })
   } else if (mode === 'peer') {
     await fastify.register(require('@fastify/rate-limit'), { max: peerLimit, timeWindow: 60_000 })
   }

@@ -1,6 +1,7 @@
 """FastAPI and Flask apps for benches/http/run.py, chosen by FG_BENCH_MODE:
 none, floodgate (Floodgate's middleware) or peer (slowapi / flask-limiter), each
-at 1,000,000 requests per minute per IP. Served by uvicorn (`py_apps:fastapi_app`)
+at 1,000,000 requests per minute per IP, or floor (a middleware that only adds
+two constant rate-limit headers: what any limiter setting them pays). Served by uvicorn (`py_apps:fastapi_app`)
 and gunicorn (`py_apps:flask_app`)."""
 import os
 import pathlib
@@ -18,6 +19,40 @@ if os.environ.get("FG_BENCH_LOG") in ("each", "info"):
 
     level = logging.DEBUG if os.environ["FG_BENCH_LOG"] == "each" else logging.INFO
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s %(message)s")
+# The floor's headers: what Floodgate sends for policy.toml (draft-10).
+FLOOR = (("RateLimit-Policy", '"everything";q=1000000;w=60'), ("RateLimit", '"everything";r=999999;t=60;pk=:AAAAAAAAAAA=:'))
+FLOOR_ASGI = [(n.lower().encode(), v.encode()) for n, v in FLOOR]
+
+
+class _FloorAsgi:
+    """A pure ASGI middleware adding the floor's headers (the shape of Floodgate's)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *FLOOR_ASGI]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _FloorWsgi:
+    """A WSGI middleware adding the floor's headers."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        def start_with_headers(status, headers, exc_info=None):
+            return start_response(status, [*headers, *FLOOR], exc_info)
+
+        return self.app(environ, start_with_headers)
 
 
 def _fastapi():
@@ -29,6 +64,8 @@ def _fastapi():
         from floodgate.asgi import FloodgateMiddleware
 
         app.add_middleware(FloodgateMiddleware, engine=Engine.from_file(str(POLICY)))
+    elif MODE == "floor":
+        app.add_middleware(_FloorAsgi)
     elif MODE == "peer":
         from slowapi import Limiter
         from slowapi.middleware import SlowAPIMiddleware
@@ -53,6 +90,8 @@ def _flask():
         from floodgate.wsgi import FloodgateMiddleware
 
         app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file(str(POLICY)))
+    elif MODE == "floor":
+        app.wsgi_app = _FloorWsgi(app.wsgi_app)
     elif MODE == "peer":
         from flask_limiter import Limiter
         from flask_limiter.util import get_remote_address

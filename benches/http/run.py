@@ -13,6 +13,7 @@ disturbed by wrk sharing the cores than throughput is.
     python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
     python3 benches/http/run.py --tight   # a flood nearly all denied (1/min per IP) vs no limiter
+    python3 benches/http/run.py --floor   # also the floor: a middleware setting two constant headers
 
 Needs: wrk (apt), `npm install` in benches/http, the Node addon built
 (`cd bindings/node && npm run build:release`), and a Python with floodgate and
@@ -139,15 +140,20 @@ def main():
     ap.add_argument("--logging", action="store_true")
     ap.add_argument("--tight", action="store_true",
                     help="limiters at 1 request per minute per IP: nearly every request is denied")
+    ap.add_argument("--floor", action="store_true",
+                    help="also the floor: a middleware that only sets two constant rate-limit headers "
+                         "(what any limiter setting them pays before it decides anything)")
     a = ap.parse_args()
     if a.logging:
         return logging_cost(a)
     frameworks = a.only.split(",")
-    results = {(f, v): [] for f in frameworks for v in VARIANTS}
-    cpu = {(f, v): [] for f in frameworks for v in VARIANTS}
+    variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
+    results = {(f, v): [] for f in frameworks for v in variants}
+    cpu = {(f, v): [] for f in frameworks for v in variants}
     for r in range(a.rounds):
         for f in frameworks:
-            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            k = r % len(variants)
+            order = variants[k:] + variants[:k]
             for v in order:
                 port = free_port()
                 proc = start(f, v, port, a.python, TIGHT_ENV if a.tight else None)
@@ -164,15 +170,18 @@ def main():
                 print(f"round {r + 1}: {f:8} {v:10} {rps:10.0f} req/s {us:8.1f} µs CPU/req", file=sys.stderr)
     # Throughput (what clients see) and the server's CPU time per request (what
     # each limiter costs, less disturbed by wrk sharing the machine).
-    print("| server | no limiter | Floodgate | peer | server CPU µs/req: none | Floodgate | peer |")
-    print("|---|---|---|---|---|---|---|")
+    shown = [v for v in variants if v != "none"]
+    names = {"floor": "floor", "floodgate": "Floodgate", "peer": "peer"}
+    print("| server | no limiter | " + " | ".join(names[v] for v in shown)
+          + " | server CPU µs/req: none | " + " | ".join(names[v] for v in shown) + " |")
+    print("|---|---|" + "---|" * (2 * len(shown) + 1))
     for f in frameworks:
-        none, fg, peer = (statistics.median(results[(f, v)]) for v in VARIANTS)
-        c_none, c_fg, c_peer = (statistics.median(cpu[(f, v)]) for v in VARIANTS)
-        print(f"| {f} | {none / 1000:.1f}k | {fg / 1000:.1f}k ({fg / none:.2f}x) | "
-              f"{PEERS[f]} {peer / 1000:.1f}k ({peer / none:.2f}x) | {c_none:.1f} | "
-              f"{c_fg:.1f} ({c_fg - c_none:+.1f}) | {c_peer:.1f} ({c_peer - c_none:+.1f}) |")
-
+        rate = {v: statistics.median(results[(f, v)]) for v in variants}
+        us = {v: statistics.median(cpu[(f, v)]) for v in variants}
+        none = rate["none"]
+        cells = [f"{PEERS[f] + ' ' if v == 'peer' else ''}{rate[v] / 1000:.1f}k ({rate[v] / none:.2f}x)" for v in shown]
+        cpus = [f"{us[v]:.1f} ({us[v] - us['none']:+.1f})" for v in shown]
+        print(f"| {f} | {none / 1000:.1f}k | " + " | ".join(cells) + f" | {us['none']:.1f} | " + " | ".join(cpus) + " |")
 
 if __name__ == "__main__":
     main()
