@@ -486,7 +486,8 @@ fn login(e: &Engine, from: &str, t: Duration) -> Verdict {
 fn five_charged_rules_are_all_listed_and_an_ipv6_client_is_keyed_by_its_network() {
     // More charged rules than the request path keeps on the stack (4): the
     // policy list is still every rule's, in rule order. Keyed by "ip", an IPv6
-    // client is its /64 (the settings' default prefix), written as text.
+    // client is its /64 (the settings' default prefix), written as text. Each
+    // GCRA quota's window is its whole minute (99/min once read w=61).
     let rules: String = (1..=5)
         .map(|i| format!("[[rule]]\nname = \"r{i}\"\nmatch = \"/**\"\nquotas = [\"{}/min\"]\nkey = \"ip\"\n\n", 100 - i))
         .collect();

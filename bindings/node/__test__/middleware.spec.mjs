@@ -63,6 +63,24 @@ test('fastify plugin, over real HTTP', async () => {
   }
 })
 
+test('a GCRA quota advertises its whole window over real HTTP (99/min is w=60)', async () => {
+  // The emission interval is rounded up to whole nanoseconds; the window a
+  // client is told must not be (it read w=61 for 99/min).
+  const Fastify = require('fastify')
+  const app = Fastify()
+  const policy = '[[rule]]\nname = "odd"\nmatch = "/**"\nquotas = ["99/min", "600/min burst 100"]\nkey = "ip"\n'
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+  app.get('/x', async () => ({ ok: true }))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  try {
+    const res = await fetch(`http://127.0.0.1:${app.server.address().port}/x`)
+    assert.equal(res.status, 200)
+    assert.equal(res.headers.get('ratelimit-policy'), '"odd.1";q=99;w=60, "odd.2";q=100;w=10')
+  } finally {
+    await app.close()
+  }
+})
+
 test('fastify plugin, with inject', async () => {
   const Fastify = require('fastify')
   const app = Fastify({ trustProxy: true })
