@@ -1,8 +1,8 @@
 """FastAPI and Flask apps for benches/http/run.py, chosen by FG_BENCH_MODE:
 none, floodgate (Floodgate's middleware) or peer (slowapi / flask-limiter), each
 at 1,000,000 requests per minute per IP, or floor (a middleware that only adds
-two constant rate-limit headers: what any limiter setting them pays). Served by uvicorn (`py_apps:fastapi_app`)
-and gunicorn (`py_apps:flask_app`)."""
+two constant rate-limit headers: what any limiter setting them pays). Served
+by uvicorn (`py_apps:fastapi_app`) and gunicorn (`py_apps:flask_app`)."""
 import os
 import pathlib
 
@@ -19,6 +19,7 @@ if os.environ.get("FG_BENCH_LOG") in ("each", "info"):
 
     level = logging.DEBUG if os.environ["FG_BENCH_LOG"] == "each" else logging.INFO
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s %(message)s")
+
 # The floor's headers: what Floodgate sends for policy.toml (draft-10).
 FLOOR = (("RateLimit-Policy", '"everything";q=1000000;w=60'), ("RateLimit", '"everything";r=999999;t=60;pk=:AAAAAAAAAAA=:'))
 FLOOR_ASGI = [(n.lower().encode(), v.encode()) for n, v in FLOOR]
