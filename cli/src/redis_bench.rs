@@ -350,11 +350,11 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         None => format!("    latency {}\n", p.latency_line()),
     };
     out.push_str(&latency(&seq, &incr_seq));
-    let server = |us: Option<(f64, f64)>| {
-        us.map_or(String::new(), |(scripts, cpu)| {
-            format!("; Redis per check: {scripts:.1} us in scripts, {cpu:.1} us of CPU in all")
-        })
+    let server_line = |(scripts, cpu): (f64, f64)| {
+        format!("Redis per check: {scripts:.1} us in scripts, {cpu:.1} us of CPU in all")
     };
+    let server =
+        |us: Option<(f64, f64)>| us.map_or(String::new(), |us| format!("; {}", server_line(us)));
     out.push_str(&format!(
         "    {per_check:.3} round trips per check{}\n",
         server(seq_server)
@@ -382,11 +382,8 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
             share(merged[5]),
             share(merged[6]),
         ));
-    } else if conc_server.is_some() {
-        out.push_str(&format!(
-            "    {}\n",
-            server(conc_server).trim_start_matches("; ")
-        ));
+    } else if let Some(us) = conc_server {
+        out.push_str(&format!("    {}\n", server_line(us)));
     }
     out.push_str(&format!(
         "  allowed {} of {} checks; fallbacks {fallbacks}\n",

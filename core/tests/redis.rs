@@ -138,6 +138,17 @@ impl Server {
         }
     }
 
+    /// How many times `command` (lower case) ran since the last
+    /// `CONFIG RESETSTAT` (`INFO commandstats`; 0 when it never did).
+    fn calls(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:calls=");
+        self.commandstats()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// Every key and its TTL in ms (`PTTL`).
     fn keys_and_ttls(&self) -> Vec<(String, i64)> {
         let redis::Value::Array(keys) = self.cmd(&["KEYS", "*"]) else {
@@ -340,14 +351,11 @@ fn several_quotas_cost_one_round_trip_and_keys_expire() {
         !d.allowed && d.quota == 1,
         "the minute log (3) binds: {d:?}"
     );
-    let stats = server.commandstats();
-    let evalsha = stats
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .unwrap();
-    assert!(
-        evalsha.starts_with("cmdstat_evalsha:calls=4,"),
-        "one call per check, 4 quotas each: {stats}"
+    assert_eq!(
+        server.calls("evalsha"),
+        4,
+        "one call per check, 4 quotas each: {}",
+        server.commandstats()
     );
     // Every key the script wrote has a TTL.
     let keys = server.keys_and_ttls();
@@ -2052,14 +2060,7 @@ fn window_keys_get_their_ttl_once_per_window() {
         .quota(per_hour(100, Algorithm::SlidingWindow))
         .build()
         .unwrap();
-    let pexpires = || {
-        server
-            .commandstats()
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_pexpire:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
+    let pexpires = || server.calls("pexpire");
     server.cmd(&["CONFIG", "RESETSTAT"]);
     // 1,700,000,000 s is 800 s into its hour.
     let t = Duration::from_secs(1_700_000_000);
