@@ -92,3 +92,31 @@ test('fastify plugin, with inject', async () => {
   })
   await app.close()
 })
+
+test('a policy reading twelve headers keys on the last of them over real HTTP', async () => {
+  // More header values than engineCheck reads on the stack (8): each rule is
+  // keyed by its own header, one quota per key; the last rule's header decides.
+  const rules = Array.from(
+    { length: 12 },
+    (_, i) => `[[rule]]\nname = "h${i}"\nmatch = "/**"\nkey = "header:x-h${i}"\nquotas = ["${i === 11 ? 1 : 100}/min"]\n`,
+  ).join('\n')
+  const Fastify = require('fastify')
+  const app = Fastify()
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(rules) })
+  app.get('/*', async () => ({ ok: true }))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `http://127.0.0.1:${app.server.address().port}`
+  const get = (last, skip) => {
+    const headers = {}
+    for (let i = 0; i < 12; i++) if (i !== skip) headers[`x-h${i}`] = i === 11 ? last : `v${i}`
+    return fetch(base + '/items', { headers }).then(async (r) => ({ status: r.status, rule: (await r.json()).rule }))
+  }
+  try {
+    assert.equal((await get('alice', 3)).status, 200)
+    assert.deepEqual(await get('alice', 5), { status: 429, rule: 'h11' })
+    assert.equal((await get('bob', -1)).status, 200)
+    assert.equal((await get('bob', 0)).status, 429)
+  } finally {
+    await app.close()
+  }
+})
