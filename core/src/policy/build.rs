@@ -230,9 +230,12 @@ impl Policy {
                 })),
         );
         let settles = rules.iter().any(|r| r.lifecycle.is_some());
+        let matchers: Vec<&matcher::Matcher> = rules.iter().map(|r| &r.matcher).collect();
+        let routes = matcher::RouteIndex::new(&matchers);
         Ok(Policy {
             request_headers,
             settles,
+            routes,
             rules: rules.into_boxed_slice(),
             jwt,
             lists,

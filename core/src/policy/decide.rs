@@ -189,8 +189,12 @@ impl Policy {
         // On the stack for up to 4 matching rules (a policy's usual depth).
         let mut charges = Charges::default();
         let mut shadows: SmallVec<[usize; 4]> = SmallVec::new();
-        for (index, rule) in self.rules.iter().enumerate() {
-            if !self.applies(rule, &view, claims.is_some()) {
+        for &candidate in self.routes.candidates(segments) {
+            let index = candidate.rule;
+            let Some(rule) = self.rules.get(index) else {
+                continue;
+            };
+            if !self.applies(rule, candidate.certain, &view, claims.is_some()) {
                 continue;
             }
             if rule.shadow {
@@ -478,13 +482,21 @@ impl Policy {
         }
     }
 
-    pub(super) fn applies(&self, rule: &Rule, view: &View<'_>, authenticated: bool) -> bool {
+    /// Whether `rule` applies to the request (`routed`: its route is known
+    /// to match, see [`matcher::RouteIndex`]).
+    pub(super) fn applies(
+        &self,
+        rule: &Rule,
+        routed: bool,
+        view: &View<'_>,
+        authenticated: bool,
+    ) -> bool {
         rule.applies_to.is_none_or(|a| a == authenticated)
             && rule.unless.as_ref().is_none_or(|u| match u {
                 Unless::ApiKey => view.api_key.is_none(),
                 Unless::Header(name) => present(view.headers, name).is_none(),
             })
-            && rule.matcher.matches(view.method, view.segments)
+            && (routed || rule.matcher.matches(view.method, view.segments))
     }
 
     /// The rule's key for this request, built in `keys` (see
@@ -579,15 +591,17 @@ impl Policy {
         }
         let mut keys = RequestKeys::default();
         let later = self
-            .rules
+            .routes
+            .candidates(view.segments)
             .iter()
-            .skip(index.saturating_add(1))
-            .filter(|r| {
+            .filter(|c| c.rule > index)
+            .filter_map(|c| Some((self.rules.get(c.rule)?, c.certain)))
+            .filter(|&(r, routed)| {
                 !r.shadow
-                    && self.applies(r, view, claims.is_some())
+                    && self.applies(r, routed, view, claims.is_some())
                     && self.rule_key(r, view, claims, &mut keys).is_some()
             })
-            .map(|r| r.limits.select(claims).policy_list.as_str());
+            .map(|(r, _)| r.limits.select(claims).policy_list.as_str());
         headers::policy_list(
             charged
                 .iter()

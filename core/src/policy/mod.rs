@@ -442,6 +442,8 @@ struct Lists {
 /// flight) with the policy they replaced.
 pub(crate) struct Policy {
     rules: Box<[Rule]>,
+    /// Which rules a request can meet, by its path's first segment.
+    routes: matcher::RouteIndex,
     /// The request headers the policy reads, lower case.
     request_headers: Vec<String>,
     jwt: Option<JwtVerifier>,
