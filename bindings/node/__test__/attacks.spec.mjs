@@ -87,6 +87,27 @@ for (const [name, start] of [['express', express], ['fastify', fastify]]) {
     }
   })
 
+  test(`${name}: a rule under a wildcard first segment holds on every tenant and spelling`, async () => {
+    // `GET /{tenant}/reports/**`: no route serves these (404), but the limit
+    // holds before routing, on every tenant's path and spelling as one quota.
+    const server = await start()
+    try {
+      const xff = freshClient()
+      const targets = ['/acme/reports/q1', '/ACME/Reports/q1', '/globex/reports/x/y', '//initech//reports', '/acme/reports%2Fq3']
+      const statuses = []
+      for (const target of [...targets, ...targets]) statuses.push((await raw(server.port, 'GET', target, [['X-Forwarded-For', xff]])).status)
+      assert.equal(statuses.filter((s) => s === 429).length, statuses.length - 3, `${statuses}`)
+      // Paths no rule names are not limited, the root included.
+      for (const target of ['/acme/other', '/', '/reports']) {
+        const other = []
+        for (let i = 0; i < 5; i++) other.push((await raw(server.port, 'GET', target, [['X-Forwarded-For', xff]])).status)
+        assert.ok(!other.includes(429), `${target}: ${other}`)
+      }
+    } finally {
+      await server.close()
+    }
+  })
+
   test(`${name}: a spoofed Forwarded header is ignored`, async () => {
     const server = await start()
     try {

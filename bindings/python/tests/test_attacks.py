@@ -173,6 +173,20 @@ def test_no_spelling_reaches_the_handler_past_its_limit(server, method, target):
         assert statuses.count(429) == len(statuses) - handled, statuses
 
 
+def test_a_rule_under_a_wildcard_first_segment_holds_on_every_tenant_and_spelling(server):
+    # `GET /{tenant}/reports/**`: no route serves these (404), but the limit
+    # holds before routing, on every tenant's path and spelling as one quota.
+    _, port = server
+    xff = fresh_client()
+    targets = ["/acme/reports/q1", "/ACME/Reports/q1", "/globex/reports/x/y", "//initech//reports", "/acme/reports%2Fq3"] * 2
+    statuses = [raw(port, "GET", t, [("X-Forwarded-For", xff)])[0] for t in targets]
+    assert statuses.count(429) == len(targets) - 3, statuses
+    # Paths no rule names are not limited, the root included.
+    for target in ["/acme/other", "/", "/reports"]:
+        statuses = [raw(port, "GET", target, [("X-Forwarded-For", xff)])[0] for _ in range(5)]
+        assert 429 not in statuses, (target, statuses)
+
+
 def test_a_spoofed_forwarded_header_is_ignored(server):
     _, port = server
     xff = fresh_client()
