@@ -26,6 +26,35 @@ use std::borrow::Cow;
 
 use super::matcher::Segments;
 
+/// What a byte is to [`split_if_normal`]: most are nothing to it.
+const ORDINARY: u8 = 0;
+const SLASH: u8 = 1;
+const DOT: u8 = 2;
+const UPPER: u8 = 3;
+/// `%`, `?`, `#`: the path needs the slow way.
+const STOP: u8 = 4;
+
+/// Every byte's class, one load per byte instead of a chain of compares
+/// (callgrind: `split_if_normal` of `/api/items` 254 -> 198 instructions).
+static CLASS: [u8; 256] = {
+    let mut table = [ORDINARY; 256];
+    let mut b = 0;
+    while b < 256 {
+        #[allow(clippy::indexing_slicing)] // b < 256, at compile time
+        {
+            table[b] = match b as u8 {
+                b'/' => SLASH,
+                b'.' => DOT,
+                b'A'..=b'Z' => UPPER,
+                b'%' | b'?' | b'#' => STOP,
+                _ => ORDINARY,
+            };
+        }
+        b += 1;
+    }
+    table
+};
+
 /// Whether `path` is already what [`normalize`] would return, its segments
 /// pushed to `segments` on the way (cleared by the caller when it is not). One
 /// pass over the bytes (the common path of every request) for both.
@@ -40,9 +69,10 @@ fn split_if_normal<'a>(path: &'a str, case_insensitive: bool, segments: &mut Seg
     // Where the segment being read starts, and whether it is all dots so far.
     let (mut start, mut dots) = (1usize, true);
     for (i, &b) in bytes.iter().enumerate().skip(1) {
-        match b {
-            b'%' | b'?' | b'#' => return false,
-            b'/' => {
+        match CLASS.get(usize::from(b)).copied().unwrap_or(STOP) {
+            ORDINARY => dots = false,
+            DOT => {}
+            SLASH => {
                 // An empty (`//`), `.` or `..` segment before this `/`.
                 if dots && i - start <= 2 {
                     return false;
@@ -51,12 +81,10 @@ fn split_if_normal<'a>(path: &'a str, case_insensitive: bool, segments: &mut Seg
                     segments.push(segment);
                 }
                 (start, dots) = (i + 1, true);
-                continue;
             }
-            b'A'..=b'Z' if case_insensitive => return false,
-            _ => {}
+            UPPER if !case_insensitive => dots = false,
+            _ => return false,
         }
-        dots &= b == b'.';
     }
     // The last segment: `.` or `..` at the end; empty only for `/`.
     let last = bytes.len() - start;
@@ -123,6 +151,13 @@ pub(crate) fn normalize_split<'a>(
         return Cow::Borrowed(raw);
     }
     segments.clear();
+    Cow::Owned(rebuild(raw, case_insensitive))
+}
+
+/// The normal form of a path without its query, rebuilt: decoded once, its
+/// segments resolved, lower-cased if `case_insensitive`. The slow way, and
+/// the reference the one-pass check is tested against.
+fn rebuild(raw: &str, case_insensitive: bool) -> String {
     let decoded = percent_decode(raw);
     let mut kept: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
@@ -145,7 +180,7 @@ pub(crate) fn normalize_split<'a>(
     if case_insensitive {
         out.make_ascii_lowercase();
     }
-    Cow::Owned(out)
+    out
 }
 
 #[cfg(test)]
@@ -242,6 +277,36 @@ mod tests {
                 assert_eq!(split, crate::policy::matcher::segments(b), "{p:?}");
             } else {
                 assert!(split.is_empty(), "{p:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass check agrees with the slow way on any spelling, in
+        /// both case modes, and splits what it takes as `segments` does.
+        #[test]
+        fn the_fast_check_agrees_with_the_slow_way(
+            chars in proptest::collection::vec(
+                proptest::sample::select(vec!['/', '/', '.', 'a', 'A', 'z', '%', '2', 'F', '?', '#', 'é', '-']),
+                0..12,
+            ),
+            case_insensitive in proptest::bool::ANY,
+        ) {
+            let p: String = chars.into_iter().collect();
+            // The slow way alone (`normalize` itself tries the fast check first).
+            let normal = match p.find(['?', '#']) {
+                Some(end) => rebuild(p.get(..end).unwrap_or_default(), case_insensitive),
+                None => rebuild(&p, case_insensitive),
+            };
+            let mut split = Segments::new();
+            let is_normal = split_if_normal(&p, case_insensitive, &mut split);
+            // It never takes a path that is not normal; it sends every path
+            // with `%`, `?` or `#` the slow way (`/%` is normal, but rare).
+            if is_normal {
+                proptest::prop_assert_eq!(&normal, &p);
+                proptest::prop_assert_eq!(split, crate::policy::matcher::segments(&p));
+            } else if !p.contains(['%', '?', '#']) {
+                proptest::prop_assert_ne!(&normal, &p);
             }
         }
     }
