@@ -753,6 +753,27 @@ impl PyEngine {
         )
     }
 
+    /// The WSGI middleware's reader (`floodgate.wsgi`): `keys` are the
+    /// (environ key, header name) pairs to read, `trusted` the proxies whose
+    /// `forwarded_header` names the client.
+    #[pyo3(signature = (keys, trusted, forwarded_header))]
+    fn _wsgi_reader(
+        &self,
+        py: Python<'_>,
+        keys: Vec<(String, String)>,
+        trusted: Option<PyRef<'_, PyTrustedProxies>>,
+        forwarded_header: &str,
+    ) -> middleware::WsgiReader {
+        middleware::WsgiReader::new(
+            py,
+            Arc::clone(&self.inner),
+            self.blocking,
+            keys,
+            trusted.map(|t| t.0.clone()),
+            forwarded_header,
+        )
+    }
+
     /// Settles an admitted request once its response is known: gives back the
     /// charge of rules that do not count `status` (`count = "failures"`...),
     /// replaces the estimate by `cost` on rules with `cost_from = "response"`,
@@ -928,6 +949,7 @@ fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVerdict>()?;
     m.add_class::<PyEngine>()?;
     m.add_class::<PyTrustedProxies>()?;
+    m.add_class::<middleware::WsgiReader>()?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
     m.add(
         "VERDICT_FIELDS",

@@ -350,6 +350,59 @@ def test_wsgi_keys_the_path_werkzeug_routes():
     assert v.identity == "/é" and v.remaining == 7, v
 
 
+def test_the_wsgi_reader_reads_the_environ_as_the_python_did():
+    """The WSGI middleware reads the request from the environ in the extension
+    (`WsgiReader`): the client address (the peer, a trusted proxy's
+    X-Forwarded-For hop, no client for a peer that is no address, 400 for a
+    malformed one), the path Werkzeug routes, escapes kept, and a string
+    past Latin-1 (not a WSGI string) routed as it is rather than crashing."""
+    from floodgate.wsgi import FloodgateMiddleware
+
+    policy = '[[rule]]\nname = "ip"\nmatch = "/**"\nkey = "ip"\nquotas = ["1/min"]\n' \
+        '[[rule]]\nname = "path"\nmatch = "/**"\nkey = "path"\nquotas = ["100/min"]\n'
+
+    def run(app, **environ):
+        got = {}
+
+        def start(status, hs, exc_info=None):
+            got["status"] = int(status.split(" ", 1)[0])
+
+        app({"REQUEST_METHOD": "GET", "PATH_INFO": "/x", **environ}, start)
+        return got["status"]
+
+    ok = lambda environ, start: start("200 OK", []) or [b""]  # noqa: E731
+    engine = Engine.from_toml(policy)
+    app = FloodgateMiddleware(ok, engine, trusted_proxies=["10.0.0.0/8"])
+    # A trusted proxy's hop is the client: one request each, then 429.
+    for client in ["198.51.100.7", "198.51.100.8"]:
+        xff = {"REMOTE_ADDR": "10.0.0.2", "HTTP_X_FORWARDED_FOR": f"203.0.113.99, {client}, 10.0.0.3"}
+        assert [run(app, **xff), run(app, **xff)] == [200, 429], client
+    # An untrusted peer's X-Forwarded-For is ignored: the peer is the client.
+    spoof = {"REMOTE_ADDR": "192.0.2.1", "HTTP_X_FORWARDED_FOR": "198.51.100.50"}
+    assert [run(app, **spoof), run(app, **{**spoof, "HTTP_X_FORWARDED_FOR": "198.51.100.51"})] == [200, 429]
+    # A zoned peer is its address; a peer that is no address is no client (the
+    # per-IP rule cannot key it: not limited by it); a malformed one is a 400.
+    assert [run(app, REMOTE_ADDR="fe80::1%eth0"), run(app, REMOTE_ADDR="fe80::1")] == [200, 429]
+    assert [run(app, REMOTE_ADDR="testclient") for _ in range(3)] == [200, 200, 200]
+    plain = Engine.from_toml(policy)
+    papp = FloodgateMiddleware(ok, plain)
+    assert run(papp, REMOTE_ADDR="1.2.3") == 400
+    # (Behind trusted proxies a peer that is no address is no client, as the
+    # proxy walk has always answered.)
+    assert run(app, REMOTE_ADDR="1.2.3") == 200
+    # Paths: Latin-1 bytes read as UTF-8, `?` from a decoded %3F kept in the
+    # path (not a query), and a character past Latin-1 routed as it is.
+    for path_info, engine_path in [
+        ("/\u00c3\u00a9", "/%C3%A9"),
+        ("/a?b", "/a%3Fb"),
+        ("/\u20ac", "/%E2%82%AC"),
+        ("", "/"),
+    ]:
+        assert run(papp, PATH_INFO=path_info) == 200, path_info
+        v = plain.check_request(method="GET", path=engine_path)
+        assert v.rule == "path" and v.remaining == 98, (path_info, v)
+
+
 KEYED = """
 [[rule]]
 name = "keyed"

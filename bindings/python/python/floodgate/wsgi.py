@@ -25,23 +25,13 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, client_ip, environ_keys, networks, parse_cost, router_path, wanted_headers
+from ._web import COST_HEADER, environ_keys, networks, parse_cost, wanted_headers
 from .errors import FloodgateError, InvalidRequestError
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 
 _STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 429: "429 Too Many Requests"}
-
-
-def _headers(environ: dict, keys: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
-    """The headers among ``keys`` (environ key, header name) that the request has."""
-    out = []
-    for key, name in keys:
-        value = environ.get(key)
-        if value:
-            out.append((name, value))
-    return out
 
 
 def _adding(start_response: StartResponse, extra: List[Tuple[str, str]]) -> StartResponse:
@@ -67,22 +57,19 @@ class FloodgateMiddleware:
         self.engine = engine
         self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
-        self._keys = environ_keys(wanted_headers(engine, forwarded_header))
-        self._read_headers = bool(engine.request_headers) or bool(self.trusted)
-
-    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         # The headers the policy reads and, for a trusted proxy's peer, the
         # forwarding header: none to read in the common case.
-        headers = _headers(environ, self._keys) if self._read_headers else []
-        ip = client_ip(environ.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
-        raw = environ.get("PATH_INFO", "") or "/"
-        if not raw.isascii():
-            # PEP 3333: the path's bytes as latin-1; Werkzeug routes their UTF-8.
-            raw = raw.encode("latin-1").decode("utf-8", "replace")
-        path = router_path(raw, environ.get("QUERY_STRING", ""))
+        read_headers = bool(engine.request_headers) or bool(self.trusted)
+        keys = environ_keys(wanted_headers(engine, forwarded_header)) if read_headers else ()
+        # Reads the method, PATH_INFO (its Latin-1 bytes as UTF-8, as Werkzeug
+        # routes it), REMOTE_ADDR and those headers from the environ in one
+        # call into the extension, then decides.
+        self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         try:
             # The headers to add (a request allowed with nothing to settle), or the Verdict.
-            verdict = self.engine._check_middleware(environ.get("REQUEST_METHOD", "GET"), path, ip, headers, False)
+            verdict = self._reader.check(environ)
         except InvalidRequestError:
             start_response(
                 _STATUS[400],
