@@ -210,12 +210,19 @@ impl WsgiReader {
     }
 }
 
+/// `%`, `?` and `#` in a decoded path, escaped so that the engine decodes
+/// nothing twice and a `%3F` the client sent stays in the path.
+const ROUTER_PATH: &percent_encoding::AsciiSet = &percent_encoding::AsciiSet::EMPTY
+    .add(b'%')
+    .add(b'?')
+    .add(b'#');
+
 /// A WSGI path as the app routes it, as a target the engine reads back to
 /// exactly that path. PEP 3333 gives the path's bytes as Latin-1 characters;
 /// Werkzeug routes their UTF-8 (invalid sequences replaced), so that is the
-/// path. `%`, `?` and `#` are escaped so the engine decodes nothing twice and
-/// keeps a `%3F` the client sent in the path. (The query string is not
-/// passed: the engine drops a target's query before matching and keying.)
+/// path; then `ROUTER_PATH` is escaped (and any non-ASCII byte, which the
+/// engine decodes back to the same text). The query string is not passed:
+/// the engine drops a target's query before matching and keying.
 fn wsgi_path(raw: &str) -> Cow<'_, str> {
     let decoded: Cow<'_, str> = if raw.is_ascii() {
         Cow::Borrowed(raw)
@@ -230,24 +237,13 @@ fn wsgi_path(raw: &str) -> Cow<'_, str> {
             None => Cow::Borrowed(raw),
         }
     };
-    let decoded = if decoded.is_empty() {
-        Cow::Borrowed("/")
-    } else {
-        decoded
-    };
-    if !decoded.contains(['%', '?', '#']) {
-        return decoded;
+    match decoded {
+        Cow::Borrowed("") => Cow::Borrowed("/"),
+        Cow::Borrowed(d) => percent_encoding::utf8_percent_encode(d, ROUTER_PATH).into(),
+        Cow::Owned(d) => percent_encoding::utf8_percent_encode(&d, ROUTER_PATH)
+            .to_string()
+            .into(),
     }
-    let mut out = String::with_capacity(decoded.len() + 8);
-    for c in decoded.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '?' => out.push_str("%3F"),
-            '#' => out.push_str("%23"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
 }
 
 #[pymethods]
@@ -275,23 +271,17 @@ impl WsgiReader {
         let path = wsgi_path(&raw_path);
         // The headers among `keys` the request has (WSGI servers join
         // repeated headers with commas: one value each).
-        let mut values: Vec<Bound<'py, PyAny>> = Vec::new();
-        let mut names: Vec<&str> = Vec::new();
+        let mut found: Vec<(&str, Bound<'py, PyAny>)> = Vec::new();
         for (key, name) in &self.keys {
             if let Some(v) = get(key)?.filter(|v| v.is_truthy().unwrap_or(false)) {
-                values.push(v);
-                names.push(name);
+                found.push((name, v));
             }
         }
-        let mut texts: Vec<Cow<'_, str>> = Vec::with_capacity(values.len());
-        for v in &values {
-            texts.push(text(v, "a header value")?);
-        }
-        let headers: Vec<(&str, &str)> = names
+        let texts = found
             .iter()
-            .copied()
-            .zip(texts.iter().map(|t| &**t))
-            .collect();
+            .map(|(name, v)| Ok((*name, text(v, "a header value")?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let headers: Vec<(&str, &str)> = texts.iter().map(|(n, v)| (*n, &**v)).collect();
         let peer_obj = get(&self.remote_addr)?;
         let peer = match &peer_obj {
             Some(p) if !p.is_none() => Some(text(p, "REMOTE_ADDR")?),

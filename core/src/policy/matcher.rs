@@ -217,16 +217,9 @@ impl Pattern {
             ([Segment::Rest, ..], _) => Meets::Maybe, // refused by `parse`
             ([], None) => all(true),
             ([], Some(_)) | (_, None) => Meets::Never,
-            ([Segment::One | Segment::Literal(_), rest @ ..], Some(f)) => {
-                let named = match self.segments.first() {
-                    Some(Segment::Literal(lit)) => f == Some(lit.as_str()),
-                    _ => true,
-                };
-                if named {
-                    all(matches!(rest, [Segment::Rest]))
-                } else {
-                    Meets::Never
-                }
+            ([Segment::Literal(lit), ..], Some(f)) if f != Some(lit.as_str()) => Meets::Never,
+            ([Segment::One | Segment::Literal(_), rest @ ..], Some(_)) => {
+                all(matches!(rest, [Segment::Rest]))
             }
         }
     }

@@ -294,10 +294,7 @@ mod tests {
         ) {
             let p: String = chars.into_iter().collect();
             // The slow way alone (`normalize` itself tries the fast check first).
-            let normal = match p.find(['?', '#']) {
-                Some(end) => rebuild(p.get(..end).unwrap_or_default(), case_insensitive),
-                None => rebuild(&p, case_insensitive),
-            };
+            let normal = rebuild(p.split(['?', '#']).next().unwrap_or_default(), case_insensitive);
             let mut split = Segments::new();
             let is_normal = split_if_normal(&p, case_insensitive, &mut split);
             // It never takes a path that is not normal; it sends every path
