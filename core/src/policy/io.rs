@@ -2,10 +2,12 @@
 //! check (memory and shared memory never wait; Redis holds the calling thread
 //! for at most its deadline). [`NonBlocking`]: `Engine::check_request_async`,
 //! whose Redis round trips go over the multiplexed tokio connection and never
-//! hold an executor thread. The decision procedure (`Engine::decide_with`) is
-//! written once, against [`Io`], so the two paths cannot drift; the blocking
-//! one drives it on the caller's thread with [`complete`] (every future it
-//! awaits is ready at once: no runtime, no allocation).
+//! hold an executor thread. The decision procedure is written once
+//! (`procedure!` in decide.rs) and expanded twice, so the two paths cannot
+//! drift: plain against [`Now`] ([`Blocking`]), `async` against [`Io`]
+//! ([`NonBlocking`]). Settling a verdict is written once as `async` and
+//! driven on the caller's thread with [`complete`] when blocking (every
+//! future it awaits is ready at once: no runtime, no allocation).
 
 use std::future::{Future, ready};
 use std::pin::Pin;
@@ -71,9 +73,107 @@ pub(super) trait Io: Sync {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// Synchronous calls on the caller's thread: each future is ready when made.
+/// The store calls of a synchronous decision: [`Io`]'s, answered when made.
+pub(super) trait Now {
+    /// [`Io::check`], answered.
+    fn check(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> Result<Checked>;
+
+    /// [`Io::check_calendar`], answered.
+    fn check_calendar(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        calendar: &Calendar,
+        at: CalendarAt,
+    ) -> Result<Checked>;
+
+    /// [`Io::refund`], done.
+    fn refund(&self, limiter: &RuleLimiter, key: &[u8], cost: u64, now: Duration, explicit: bool);
+
+    /// [`Io::acquire`], answered.
+    fn acquire(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> Option<Place>;
+
+    /// [`Io::release`], done.
+    fn release(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        place: Place,
+        now: u64,
+        explicit: Option<Duration>,
+    );
+}
+
+/// Synchronous calls on the caller's thread (Redis holds it for at most its
+/// deadline).
 pub(super) struct Blocking;
 
+impl Now for Blocking {
+    fn check(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        now: Duration,
+        explicit: bool,
+    ) -> Result<Checked> {
+        limiter.check(key, cost, now, explicit)
+    }
+
+    fn check_calendar(
+        &self,
+        limiter: &RuleLimiter,
+        key: &[u8],
+        cost: u64,
+        calendar: &Calendar,
+        at: CalendarAt,
+    ) -> Result<Checked> {
+        limiter.check_calendar(key, cost, calendar, at)
+    }
+
+    fn refund(&self, limiter: &RuleLimiter, key: &[u8], cost: u64, now: Duration, explicit: bool) {
+        limiter.refund(key, cost, now, explicit)
+    }
+
+    fn acquire(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        now: u64,
+        explicit: Option<Duration>,
+    ) -> Option<Place> {
+        flight.acquire(key, now, explicit)
+    }
+
+    fn release(
+        &self,
+        flight: &InFlight,
+        key: &[u8],
+        place: Place,
+        now: u64,
+        explicit: Option<Duration>,
+    ) {
+        flight.release(key, place, now, explicit)
+    }
+}
+
+/// The same calls as futures ready when made, for procedures written only
+/// once as `async` (settling a verdict: `Engine::settle`), driven by
+/// [`complete`].
 impl Io for Blocking {
     fn check(
         &self,
@@ -83,7 +183,7 @@ impl Io for Blocking {
         now: Duration,
         explicit: bool,
     ) -> impl Future<Output = Result<Checked>> + Send {
-        ready(limiter.check(key, cost, now, explicit))
+        ready(Now::check(self, limiter, key, cost, now, explicit))
     }
 
     fn check_calendar(
@@ -94,7 +194,7 @@ impl Io for Blocking {
         calendar: &Calendar,
         at: CalendarAt,
     ) -> impl Future<Output = Result<Checked>> + Send {
-        ready(limiter.check_calendar(key, cost, calendar, at))
+        ready(Now::check_calendar(self, limiter, key, cost, calendar, at))
     }
 
     fn refund(
@@ -105,7 +205,7 @@ impl Io for Blocking {
         now: Duration,
         explicit: bool,
     ) -> impl Future<Output = ()> + Send {
-        limiter.refund(key, cost, now, explicit);
+        Now::refund(self, limiter, key, cost, now, explicit);
         ready(())
     }
 
@@ -116,7 +216,7 @@ impl Io for Blocking {
         now: u64,
         explicit: Option<Duration>,
     ) -> impl Future<Output = Option<Place>> + Send {
-        ready(flight.acquire(key, now, explicit))
+        ready(Now::acquire(self, flight, key, now, explicit))
     }
 
     fn release(
@@ -127,7 +227,7 @@ impl Io for Blocking {
         now: u64,
         explicit: Option<Duration>,
     ) -> impl Future<Output = ()> + Send {
-        flight.release(key, place, now, explicit);
+        Now::release(self, flight, key, place, now, explicit);
         ready(())
     }
 }
