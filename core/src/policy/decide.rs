@@ -241,7 +241,10 @@ impl Policy {
 /// policy 3,933 -> 3,522 instructions per check, per-IP rule 2,599 -> 2,349).
 /// rustfmt leaves a macro's body as written: keep it formatted by hand.
 macro_rules! procedure {
-    ($($async:ident)?, $($wait:ident)?, $Io:path, $decide:ident, $charge_on:ident, $refund:ident, $release:ident) => {
+    (
+        $($async:ident)?, $($wait:ident)?, $Io:path,
+        $decide:ident, $charge_on:ident, $refund:ident, $release:ident
+    ) => {
         impl Policy {
             /// The one decision procedure, its store calls made through `io`.
             pub(super) $($async)? fn $decide<I: $Io>(
@@ -407,7 +410,10 @@ macro_rules! procedure {
                     let (tier_index, tier) = rule.limits.select_indexed(claims);
                     // A place in flight first: a request that finds none is not charged.
                     let flight = match rule.lifecycle.as_ref().and_then(|l| l.in_flight.as_ref()) {
-                        Some(f) => match io.acquire(f, key, now_ns, explicit.then_some(now))$(.$wait)? {
+                        Some(f) => match io
+                            .acquire(f, key, now_ns, explicit.then_some(now))
+                            $(.$wait)?
+                        {
                             Some(place) => {
                                 if let Some((_, c)) = self.metrics.rules.get(index) {
                                     bump(&c.in_flight_taken);
@@ -447,7 +453,8 @@ macro_rules! procedure {
                             $(.$wait)?
                             .map(|c| (c, None)),
                         Some(_) => {
-                            self.$charge_on(io, rule, &tier.limiter, key, cost, (now, explicit), claims)
+                            let (limiter, at) = (&tier.limiter, (now, explicit));
+                            self.$charge_on(io, rule, limiter, key, cost, at, claims)
                                 $(.$wait)?
                         }
                     };
