@@ -101,6 +101,27 @@ fn requests(c: &mut Criterion) {
         });
     }
 
+    // A flood: the same addresses at 1 request per minute each, so after each
+    // address's first request every check is a denial (a 429 with its
+    // headers, `Retry-After` among them), decided into a reused buffer.
+    let tight =
+        engine("[[rule]]\nname = \"tight\"\nmatch = \"/**\"\nquotas = [\"1/min\"]\nkey = \"ip\"\n");
+    let mut out = VerdictBuf::new();
+    let mut i = 0;
+    group.bench_function("denied_per_ip_10k_ips_into", |b| {
+        b.iter(|| {
+            i = (i + 1) % clients.len();
+            let req = Request {
+                method: "GET",
+                path: "/api/items",
+                client_ip: Some(clients[i]),
+                headers: &[],
+            };
+            tight.check_request_into(&req, Some(at), &mut out).unwrap();
+            black_box(out.verdict().allowed)
+        })
+    });
+
     // The example policy (examples/policy.toml: lists, bans, a JWT section and
     // seven rules), an anonymous client: its `anonymous` and `everything` rules
     // both charge. Fresh verdicts, then a reused buffer. The clock moves 1 ms

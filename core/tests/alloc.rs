@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use floodgate::policy::{Engine, Request, VerdictBuf};
+use floodgate::policy::{Engine, Reason, Request, VerdictBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 
@@ -238,4 +238,48 @@ fn a_reused_buffer_gives_the_verdicts_fresh_ones_give() {
     }
     // The flood was denied, then banned: both kinds of verdict went through the buffer.
     assert!(!out.verdict().allowed);
+}
+
+/// Allocations of 20 requests of a flood from one address, 10 ms apart, once
+/// 40 of them have grown `out` and every answer is a `reason` denial from the
+/// `anonymous` rule (30/min).
+fn flood_allocations(engine: &Engine, reason: Reason) -> usize {
+    let req = Request {
+        method: "GET",
+        path: "/api/items",
+        client_ip: "203.0.113.10".parse().ok(),
+        headers: &[],
+    };
+    let mut out = VerdictBuf::new();
+    let at = |i: u64| Some(Duration::from_secs(NOW) + Duration::from_millis(10 * i));
+    for i in 0..40 {
+        engine.check_request_into(&req, at(i), &mut out).unwrap();
+    }
+    assert_eq!(out.verdict().reason, reason, "{:?}", out.verdict());
+    allocations(|| {
+        for i in 40..60 {
+            engine.check_request_into(&req, at(i), &mut out).unwrap();
+            let v = out.verdict();
+            assert!(v.reason == reason && v.status == 429, "{v:?}");
+            assert_eq!(v.rule.as_deref(), Some("anonymous"));
+            assert!(v.headers.iter().any(|(name, _)| *name == "Retry-After"));
+        }
+    })
+}
+
+#[test]
+fn a_flood_s_denials_allocate_nothing() {
+    // A denial is what a flood gets over and over: decided into a reused
+    // buffer, its verdict (rule, identity, headers with `Retry-After`) reuses
+    // the last one's strings. Without bans, 429s; with them, after the fifth
+    // 429 the ban's answers (its start, which records the ban, is before the
+    // counted requests).
+    let no_bans = POLICY.replace(
+        "[ban]\nafter = 5\nwithin = \"10m\"\nduration = \"15m\"\n",
+        "",
+    );
+    assert!(!no_bans.contains("[ban]"));
+    let no_bans = Engine::from_toml_str(&no_bans).unwrap();
+    assert_eq!(flood_allocations(&no_bans, Reason::RateLimited), 0);
+    assert_eq!(flood_allocations(&engine(), Reason::Banned), 0);
 }

@@ -212,8 +212,13 @@ pub(crate) fn render(style: HeaderStyle, r: &Report<'_>, out: &mut HeaderOut<'_>
         HeaderStyle::None => {}
     }
     if let Some(retry) = r.retry_after {
-        out.number("Retry-After", ceil_secs(retry).max(1));
+        retry_after(out, retry);
     }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+pub(crate) fn retry_after(out: &mut HeaderOut<'_>, retry: Duration) {
+    out.number("Retry-After", ceil_secs(retry).max(1));
 }
 
 /// `v`'s 8 big-endian bytes in standard padded base64 (RFC 4648): 12

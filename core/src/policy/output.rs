@@ -133,6 +133,18 @@ impl VerdictBuf {
         self.spare.pop().unwrap_or_default()
     }
 
+    /// `key` as the verdict's identity, in a reused string. Keys are built
+    /// from text, so UTF-8 but for a bug: `from_utf8` costs two thirds of
+    /// `from_utf8_lossy` on a short key (100 vs 145 instructions).
+    pub(super) fn identity(&mut self, key: &[u8]) -> String {
+        let mut identity = self.string();
+        match std::str::from_utf8(key) {
+            Ok(text) => identity.push_str(text),
+            Err(_) => identity.push_str(&String::from_utf8_lossy(key)),
+        }
+        identity
+    }
+
     /// The verdict's header list and the spare strings, for rendering headers.
     pub(super) fn headers(&mut self) -> (&mut Vec<(&'static str, String)>, &mut Vec<String>) {
         (&mut self.verdict.headers, &mut self.spare)

@@ -9,7 +9,7 @@ use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
 use super::headers::{self, HeaderOut, Report};
 use super::jwt::TokenProblem;
-use super::{Policy, Reason, Rule, Tier, Verdict};
+use super::{Policy, Reason, Rule, Tier, Verdict, VerdictBuf};
 
 impl Policy {
     /// The verdict for an allow-listed (`allowed`) or deny-listed request.
@@ -101,26 +101,32 @@ impl Policy {
         v
     }
 
+    /// A banned key's answer (the ban's status, `Retry-After` its time left),
+    /// written into `out` as the decision cleared it, with the last verdict's
+    /// strings (see [`rate_limited`](Self::rate_limited)).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn banned_verdict(
         &self,
+        out: &mut VerdictBuf,
         rule: Option<&Arc<str>>,
         key: &[u8],
         left: Duration,
         problem: Option<TokenProblem>,
         authenticated: bool,
-    ) -> Verdict {
-        let status = self.bans.as_ref().map_or(429, |b| b.status);
-        let mut v = Verdict {
-            rule: rule.cloned(),
-            retry_after: left,
-            identity: Some(String::from_utf8_lossy(key).into_owned()),
-            token_problem: problem,
-            authenticated,
-            ..Verdict::plain(false, status, Reason::Banned)
-        };
-        v.headers
-            .push(("Retry-After", headers::ceil_secs(left).max(1).to_string()));
-        v
+    ) {
+        let name = rule.map(|r| out.rule_name(r));
+        let identity = out.identity(key);
+        let v = out.verdict_mut();
+        v.allowed = false;
+        v.status = self.bans.as_ref().map_or(429, |b| b.status);
+        v.reason = Reason::Banned;
+        v.rule = name;
+        v.retry_after = left;
+        v.identity = Some(identity);
+        v.token_problem = problem;
+        v.authenticated = authenticated;
+        let (headers, spare) = out.headers();
+        headers::retry_after(&mut HeaderOut { headers, spare }, left);
     }
 
     /// 429 for a request that found `max` requests of its key in flight on
@@ -166,21 +172,27 @@ impl Policy {
         v
     }
 
+    /// A 429 (or the ban's status, when this denial starts a ban) for `key`
+    /// on `rule`, written into `out` as the decision cleared it: its strings
+    /// are the last verdict's, so a flood's denials allocate nothing once
+    /// `out` has grown (`core/tests/alloc.rs`). `policies`: the
+    /// `RateLimit-Policy` items of every rule the request meets.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rate_limited(
         &self,
+        out: &mut VerdictBuf,
         index: usize,
         rule: &Rule,
         scope: BanScope,
         tier: &Tier,
-        policies: &str,
+        policies: &[&str],
         key: &[u8],
         d: crate::Decision,
         ip: Option<IpAddr>,
         now_ns: u64,
         problem: Option<TokenProblem>,
         authenticated: bool,
-    ) -> Verdict {
+    ) {
         if let Some((_, c)) = self.metrics.rules.get(index) {
             bump(&c.denied);
         }
@@ -220,23 +232,26 @@ impl Policy {
             status = self.bans.as_ref().map_or(429, |b| b.status);
             reason = Reason::Banned;
         }
-        let mut v = Verdict {
-            rule: Some(rule.name.clone()),
-            retry_after: retry,
-            limit: d.limit,
-            remaining: d.remaining,
-            reset_after: d.reset_after,
-            identity: Some(String::from_utf8_lossy(key).into_owned()),
-            token_problem: problem,
-            authenticated,
-            ..Verdict::plain(false, status, reason)
-        };
+        let name = out.rule_name(&rule.name);
+        let identity = out.identity(key);
+        let v = out.verdict_mut();
+        v.allowed = false;
+        v.status = status;
+        v.reason = reason;
+        v.rule = Some(name);
+        v.retry_after = retry;
+        v.limit = d.limit;
+        v.remaining = d.remaining;
+        v.reset_after = d.reset_after;
+        v.identity = Some(identity);
+        v.token_problem = problem;
+        v.authenticated = authenticated;
         if let (Some(quota), Some(value)) = (
             tier.limiter.quotas().get(d.quota),
             tier.rate_prefixes.get(d.quota),
         ) {
             let report = Report {
-                policy_list: &[policies],
+                policy_list: policies,
                 rate_prefix: value,
                 quota,
                 remaining: d.remaining,
@@ -244,15 +259,8 @@ impl Policy {
                 retry_after: Some(retry),
                 partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
             };
-            headers::render(
-                self.style,
-                &report,
-                &mut HeaderOut {
-                    headers: &mut v.headers,
-                    spare: &mut Vec::new(),
-                },
-            );
+            let (headers, spare) = out.headers();
+            headers::render(self.style, &report, &mut HeaderOut { headers, spare });
         }
-        v
     }
 }
