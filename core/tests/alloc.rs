@@ -8,9 +8,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use floodgate::policy::{Engine, Reason, Request, VerdictBuf};
+use floodgate::policy::{Engine, EventKind, EventSummary, Reason, Request, VerdictBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 
@@ -279,7 +281,21 @@ fn a_flood_s_denials_allocate_nothing() {
         "",
     );
     assert!(!no_bans.contains("[ban]"));
-    let no_bans = Engine::from_toml_str(&no_bans).unwrap();
+    let policy = no_bans;
+    let no_bans = Engine::from_toml_str(&policy).unwrap();
     assert_eq!(flood_allocations(&no_bans, Reason::RateLimited), 0);
     assert_eq!(flood_allocations(&engine(), Reason::Banned), 0);
+    // With the listener the bindings register by default: every 429 an
+    // event, counted into the interval's summary (its first, in the warm-up,
+    // makes the summary's entry).
+    let summarised = Engine::from_toml_str(&policy).unwrap();
+    let summary = EventSummary::new(Duration::from_secs(3600));
+    let denied = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&denied);
+    summarised.set_event_sink(move |e| {
+        seen.fetch_add(usize::from(e.kind == EventKind::Denied), Ordering::Relaxed);
+        let _ = summary.record(e);
+    });
+    assert_eq!(flood_allocations(&summarised, Reason::RateLimited), 0);
+    assert!(denied.load(Ordering::Relaxed) >= 20);
 }

@@ -252,7 +252,7 @@ fn settlements_and_concurrency_denials_are_events() {
             ev.kind,
             ev.rule.as_deref().map(String::from),
             ev.status,
-            ev.key.clone(),
+            ev.key.as_deref().map(String::from),
         ));
     });
     // A success on the login rule: its charge comes back (an event); a failure

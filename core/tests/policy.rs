@@ -830,7 +830,7 @@ fn events_and_metrics() {
     let e = engine(JWT_POLICY);
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    e.set_event_sink(move |ev| sink.lock().unwrap().push(ev.clone()));
+    e.set_event_sink(move |ev| sink.lock().unwrap().push(ev.clone().into_owned()));
     with_token(&e, "not.a.token", at(0));
     for _ in 0..6 {
         e.check_request_at(&get(&[]), at(0)).unwrap();

@@ -813,7 +813,7 @@ impl Engine {
                 kind: e.kind.code().to_string(),
                 rule: e.rule.as_deref().map(str::to_string),
                 client_ip: e.client_ip.map(|ip| ip.to_string()),
-                key: e.key.clone(),
+                key: e.key.as_deref().map(str::to_string),
                 status: u32::from(e.status),
                 retry_after_ms: ms(e.retry_after),
                 token_problem: e.token_problem.map(|p| p.code().to_string()),

@@ -48,7 +48,7 @@ impl Policy {
             };
             self.emit(|| Event {
                 kind,
-                rule: Some(rule.name.clone()),
+                rule: Some(std::borrow::Cow::Borrowed(&rule.name)),
                 client_ip: None,
                 key: None,
                 status: 0,
@@ -529,14 +529,12 @@ macro_rules! procedure {
                         });
                     }
                     if !d.allowed {
-                        let key_text = String::from_utf8_lossy(key).into_owned();
-                        self.emit(|| Event {
-                            key: Some(key_text),
-                            ..self.event(
+                        self.emit(|| {
+                            self.event(
                                 EventKind::ShadowDenied,
                                 Some(&rule.name),
                                 ip,
-                                None,
+                                Some(key),
                                 0,
                                 d.retry_after,
                                 None,

@@ -283,7 +283,7 @@ impl Engine {
 
     /// Registers the function that receives [`Event`]s (replacing any earlier
     /// one; it carries over reloads).
-    pub fn set_event_sink(&self, sink: impl Fn(&Event) + Send + Sync + 'static) {
+    pub fn set_event_sink(&self, sink: impl Fn(&Event<'_>) + Send + Sync + 'static) {
         self.current.load().set_event_sink(sink);
     }
 

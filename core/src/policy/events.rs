@@ -1,6 +1,7 @@
 //! Structured events (delivered to a sink the host registers, e.g. its logger) and
 //! counters rendered in the Prometheus text exposition format.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -54,17 +55,19 @@ crate::codes::codes!(EventKind {
     Settled => "settled",
 });
 
-/// One event. Fields that do not apply are `None` or zero.
+/// One event. Fields that do not apply are `None` or zero. Its text borrows
+/// from the request and the policy (a flood's denials build no strings for
+/// a sink that only counts them); [`into_owned`](Self::into_owned) keeps one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+pub struct Event<'a> {
     /// What happened.
     pub kind: EventKind,
     /// The rule involved.
-    pub rule: Option<Arc<str>>,
+    pub rule: Option<Cow<'a, str>>,
     /// The client's address, as the host passed it.
     pub client_ip: Option<IpAddr>,
     /// The rule's key (it may contain a user id: log it accordingly).
-    pub key: Option<String>,
+    pub key: Option<Cow<'a, str>>,
     /// The status answered (0 for a shadow denial, which is answered 200).
     pub status: u16,
     /// How long the client must wait (429 and bans).
@@ -73,8 +76,19 @@ pub struct Event {
     pub token_problem: Option<TokenProblem>,
 }
 
+impl Event<'_> {
+    /// The event with its own copies of its text, to keep past the sink's call.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            rule: self.rule.map(|r| Cow::Owned(r.into_owned())),
+            key: self.key.map(|k| Cow::Owned(k.into_owned())),
+            ..self
+        }
+    }
+}
+
 /// A function that receives events, on the request's thread: keep it quick.
-pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+pub type EventSink = Arc<dyn Fn(&Event<'_>) + Send + Sync>;
 
 /// Stripes of a [`Counter`]: threads past this many share them.
 const STRIPES: usize = 8;

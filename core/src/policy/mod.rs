@@ -593,7 +593,7 @@ impl Policy {
     }
 
     /// See [`Engine::set_event_sink`].
-    pub fn set_event_sink(&self, sink: impl Fn(&Event) + Send + Sync + 'static) {
+    pub fn set_event_sink(&self, sink: impl Fn(&Event<'_>) + Send + Sync + 'static) {
         self.sink.store(Some(Arc::new(Arc::new(sink))));
     }
 
@@ -713,7 +713,7 @@ impl Policy {
         }
     }
 
-    pub(super) fn emit(&self, event: impl FnOnce() -> Event) {
+    pub(super) fn emit<'e>(&self, event: impl FnOnce() -> Event<'e>) {
         if let Some(sink) = &*self.sink.load() {
             sink(&event());
         }

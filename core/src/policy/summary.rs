@@ -137,13 +137,13 @@ impl EventSummary {
 
     /// Counts `event` (state changes are not counted: log them as they come)
     /// and returns the previous interval's summary if it has ended.
-    pub fn record(&self, event: &Event) -> Option<Summary> {
+    pub fn record(&self, event: &Event<'_>) -> Option<Summary> {
         self.record_at(event, self.origin.elapsed())
     }
 
     /// [`record`](Self::record) at `now`, a time since this summary was made
     /// (for tests and replays).
-    pub fn record_at(&self, event: &Event, now: Duration) -> Option<Summary> {
+    pub fn record_at(&self, event: &Event<'_>, now: Duration) -> Option<Summary> {
         let mut s = self.state.lock();
         let done = if now.saturating_sub(s.start) >= self.interval && !s.counts.is_empty() {
             let interval = now.saturating_sub(s.start);
@@ -161,10 +161,12 @@ impl EventSummary {
             match s
                 .counts
                 .iter_mut()
-                .find(|(k, r, _)| *k == event.kind && *r == event.rule)
+                .find(|(k, r, _)| *k == event.kind && r.as_deref() == event.rule.as_deref())
             {
                 Some((_, _, n)) => *n = n.saturating_add(1),
-                None => s.counts.push((event.kind, event.rule.clone(), 1)),
+                None => s
+                    .counts
+                    .push((event.kind, event.rule.as_deref().map(Arc::from), 1)),
             }
         }
         done
@@ -175,7 +177,7 @@ impl EventSummary {
 mod tests {
     use super::*;
 
-    fn event(kind: EventKind, rule: &str) -> Event {
+    fn event(kind: EventKind, rule: &str) -> Event<'_> {
         Event {
             kind,
             rule: Some(rule.into()),

@@ -46,21 +46,21 @@ impl Policy {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn event(
+    pub(super) fn event<'e>(
         &self,
         kind: EventKind,
-        rule: Option<&Arc<str>>,
+        rule: Option<&'e Arc<str>>,
         ip: Option<IpAddr>,
-        key: Option<&[u8]>,
+        key: Option<&'e [u8]>,
         status: u16,
         retry_after: Duration,
         token_problem: Option<TokenProblem>,
-    ) -> Event {
+    ) -> Event<'e> {
         Event {
             kind,
-            rule: rule.cloned(),
+            rule: rule.map(|r| std::borrow::Cow::Borrowed(&**r)),
             client_ip: ip,
-            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: key.map(String::from_utf8_lossy),
             status,
             retry_after,
             token_problem,
