@@ -285,7 +285,7 @@ fn a_flood_s_denials_allocate_nothing() {
     let no_bans = Engine::from_toml_str(&policy).unwrap();
     assert_eq!(flood_allocations(&no_bans, Reason::RateLimited), 0);
     assert_eq!(flood_allocations(&engine(), Reason::Banned), 0);
-    // With the listener the bindings register by default: every 429 an
+    // With the listener the Python package registers by default: every 429 an
     // event, counted into the interval's summary (its first, in the warm-up,
     // makes the summary's entry).
     let summarised = Engine::from_toml_str(&policy).unwrap();
