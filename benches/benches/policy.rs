@@ -5,7 +5,8 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use floodgate::Limiter;
 use floodgate::policy::{Engine, Request, VerdictBuf};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -16,6 +17,32 @@ const NOW: u64 = 1_700_000_000;
 
 fn engine(policy: &str) -> Engine {
     Engine::from_toml_str(&policy.replace("KEYS", KEYS)).unwrap()
+}
+
+/// Benches `engine` deciding `GET /api/items` from each of `clients` in
+/// turn, at `at`, into one reused buffer.
+fn per_client_into(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    engine: &Engine,
+    clients: &[IpAddr],
+    at: Duration,
+) {
+    let mut out = VerdictBuf::new();
+    let mut i = 0;
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % clients.len();
+            let req = Request {
+                method: "GET",
+                path: "/api/items",
+                client_ip: Some(clients[i]),
+                headers: &[],
+            };
+            engine.check_request_into(&req, Some(at), &mut out).unwrap();
+            black_box(out.verdict().allowed)
+        })
+    });
 }
 
 fn ips(n: u32) -> Vec<IpAddr> {
@@ -106,21 +133,13 @@ fn requests(c: &mut Criterion) {
     // headers, `Retry-After` among them), decided into a reused buffer.
     let tight =
         engine("[[rule]]\nname = \"tight\"\nmatch = \"/**\"\nquotas = [\"1/min\"]\nkey = \"ip\"\n");
-    let mut out = VerdictBuf::new();
-    let mut i = 0;
-    group.bench_function("denied_per_ip_10k_ips_into", |b| {
-        b.iter(|| {
-            i = (i + 1) % clients.len();
-            let req = Request {
-                method: "GET",
-                path: "/api/items",
-                client_ip: Some(clients[i]),
-                headers: &[],
-            };
-            tight.check_request_into(&req, Some(at), &mut out).unwrap();
-            black_box(out.verdict().allowed)
-        })
-    });
+    per_client_into(
+        &mut group,
+        "denied_per_ip_10k_ips_into",
+        &tight,
+        &clients,
+        at,
+    );
 
     // The example policy (examples/policy.toml: lists, bans, a JWT section and
     // seven rules), an anonymous client: its `anonymous` and `everything` rules
@@ -329,21 +348,7 @@ fn calendar(c: &mut Criterion) {
         ),
     ] {
         let e = engine(&format!("{rule}{extra}"));
-        let mut out = VerdictBuf::new();
-        let mut i = 0;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                i = (i + 1) % clients.len();
-                let req = Request {
-                    method: "GET",
-                    path: "/api/items",
-                    client_ip: Some(clients[i]),
-                    headers: &[],
-                };
-                e.check_request_into(&req, Some(at), &mut out).unwrap();
-                black_box(out.verdict().allowed)
-            })
-        });
+        per_client_into(&mut group, name, &e, &clients, at);
     }
     group.finish();
 }

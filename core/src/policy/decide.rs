@@ -573,19 +573,11 @@ macro_rules! procedure {
                 }
                 let (index, d, key) = (*index, *d, charges.key(deciding_charge));
                 let settlement = self.settlement(&charges);
-                let rule = self.rules.get(index).map(|r| out.rule_name(&r.name));
-                let identity = out.identity(key);
-                let has_rule = rule.is_some();
+                let name = self.rules.get(index).map(|r| &r.name);
+                let has_rule = name.is_some();
                 // `out` was cleared above and nothing has been set: fill it in place.
-                let v = out.verdict_mut();
+                let v = out.decided(name, &d, key, problem, claims.is_some());
                 v.reason = Reason::Allowed;
-                v.rule = rule;
-                v.limit = d.limit;
-                v.remaining = d.remaining;
-                v.reset_after = d.reset_after;
-                v.identity = Some(identity);
-                v.token_problem = problem;
-                v.authenticated = claims.is_some();
                 v.settlement = settlement;
                 if let (true, Some(quota), Some(value)) = (
                     has_rule,

@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use super::{Reason, Verdict};
+use super::{Reason, TokenProblem, Verdict};
+use crate::Decision;
 
 /// Strings kept for reuse at most (a verdict has up to 5 headers and an identity).
 const SPARE: usize = 8;
@@ -143,6 +144,31 @@ impl VerdictBuf {
             Err(_) => identity.push_str(&String::from_utf8_lossy(key)),
         }
         identity
+    }
+
+    /// Fills the cleared verdict with a rule's decision `d` on `key`: the
+    /// rule's `name` (see [`rule_name`](Self::rule_name)), `d`'s numbers, `key`
+    /// as the identity, the token's state. The caller sets the rest (allowed,
+    /// status, reason...).
+    pub(super) fn decided(
+        &mut self,
+        name: Option<&Arc<str>>,
+        d: &Decision,
+        key: &[u8],
+        token_problem: Option<TokenProblem>,
+        authenticated: bool,
+    ) -> &mut Verdict {
+        let rule = name.map(|n| self.rule_name(n));
+        let identity = self.identity(key);
+        let v = &mut self.verdict;
+        v.rule = rule;
+        v.limit = d.limit;
+        v.remaining = d.remaining;
+        v.reset_after = d.reset_after;
+        v.identity = Some(identity);
+        v.token_problem = token_problem;
+        v.authenticated = authenticated;
+        v
     }
 
     /// The verdict's header list and the spare strings, for rendering headers.

@@ -232,20 +232,11 @@ impl Policy {
             status = self.bans.as_ref().map_or(429, |b| b.status);
             reason = Reason::Banned;
         }
-        let name = out.rule_name(&rule.name);
-        let identity = out.identity(key);
-        let v = out.verdict_mut();
+        let v = out.decided(Some(&rule.name), &d, key, problem, authenticated);
         v.allowed = false;
         v.status = status;
         v.reason = reason;
-        v.rule = Some(name);
         v.retry_after = retry;
-        v.limit = d.limit;
-        v.remaining = d.remaining;
-        v.reset_after = d.reset_after;
-        v.identity = Some(identity);
-        v.token_problem = problem;
-        v.authenticated = authenticated;
         if let (Some(quota), Some(value)) = (
             tier.limiter.quotas().get(d.quota),
             tier.rate_prefixes.get(d.quota),
