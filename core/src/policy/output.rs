@@ -150,6 +150,7 @@ impl VerdictBuf {
     /// rule's `name` (see [`rule_name`](Self::rule_name)), `d`'s numbers, `key`
     /// as the identity, the token's state. The caller sets the rest (allowed,
     /// status, reason...).
+    #[inline]
     pub(super) fn decided(
         &mut self,
         name: Option<&Arc<str>>,
