@@ -314,7 +314,9 @@ impl Engine {
 
     /// Decides a request into `out`, reusing its strings: with one buffer kept
     /// per thread or handle, an allowed request allocates nothing (the common
-    /// paths: anonymous per IP, API key, a cached token). `now` as
+    /// paths: anonymous per IP, API key, a cached token), nor does a flood's
+    /// denial (a 429, a ban's answer, their event to a sink that only counts
+    /// it). `now` as
     /// [`check_request_at`](Engine::check_request_at), or the engine's clock.
     /// On an error, `out` holds an empty allowed verdict with reason `no_rule`.
     ///

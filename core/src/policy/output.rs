@@ -7,8 +7,8 @@
 //! buffer) keeps one `VerdictBuf` instead, and
 //! [`Engine::check_request_into`](super::Engine::check_request_into) reuses its
 //! strings and vectors: once they have grown to the policy's sizes, an allowed
-//! request allocates nothing (tested with a counting allocator in
-//! `core/tests/alloc.rs`).
+//! request allocates nothing, nor does a 429 or a ban's answer (tested with a
+//! counting allocator in `core/tests/alloc.rs`).
 
 use std::sync::Arc;
 
