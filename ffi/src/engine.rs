@@ -803,8 +803,10 @@ fn fill_verdict(buf: &mut String, v: &Verdict) -> fg_verdict {
     };
     let (rule_at, rule_len) = text(v.rule.as_deref().unwrap_or(""));
     let (identity_at, identity_len) = text(v.identity.as_deref().unwrap_or(""));
-    let body = v.body();
-    let (body_at, body_len) = text(&body);
+    let body_at = buf.len();
+    v.body_into(buf);
+    let body_len = buf.len() - body_at;
+    buf.push('\0');
     let base = buf.as_ptr().cast::<c_char>();
     fg_verdict {
         allowed: v.allowed,

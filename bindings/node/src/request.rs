@@ -531,11 +531,13 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     *h.pending
         .try_borrow_mut()
         .map_err(|_| invalid("engineCheck re-entered"))? = v.settlement.clone();
-    if v.allowed {
-        set(Slot::BodyLen as usize, 0.0);
-    } else {
-        piece(Slot::BodyLen as usize, Some(&v.body()));
-    }
+    // The body straight into the text (no string of its own per denial).
+    let start = text.len();
+    v.body_into(&mut text);
+    set(
+        Slot::BodyLen as usize,
+        js_len(text.get(start..).unwrap_or_default()),
+    );
 
     let mut result = ptr::null_mut();
     // ASCII (the usual verdict) is the same bytes in Latin-1, which V8 copies

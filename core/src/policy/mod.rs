@@ -91,10 +91,16 @@ pub use summary::{EventSummary, LogLevel, Summary};
 /// `{"error":"bad_request"}`, for a request the engine cannot use. For front ends
 /// that hold a verdict's parts rather than a [`Verdict`] (the C ABI).
 pub fn denial_body(status: u16, retry_after: Duration, rule: Option<&str>) -> String {
-    // Written directly (one allocation), keys in the order serde_json's sorted
-    // map gave them before; the rule name escaped as a JSON string. Tested
-    // against serde_json below.
     let mut out = String::with_capacity(64 + rule.map_or(0, str::len));
+    denial_body_into(&mut out, status, retry_after, rule);
+    out
+}
+
+/// [`denial_body`] appended to `out` (see [`Verdict::body_into`]).
+fn denial_body_into(out: &mut String, status: u16, retry_after: Duration, rule: Option<&str>) {
+    // Written directly, keys in the order serde_json's sorted map gave them
+    // before; the rule name escaped as a JSON string. Tested against
+    // serde_json below.
     let rule_field = |out: &mut String| {
         out.push_str(",\"rule\":");
         match rule {
@@ -106,17 +112,16 @@ pub fn denial_body(status: u16, retry_after: Duration, rule: Option<&str>) -> St
         429 => {
             out.push_str("{\"error\":\"rate_limited\",\"retry_after\":");
             out.push_str(itoa::Buffer::new().format(headers::ceil_secs(retry_after).max(1)));
-            rule_field(&mut out);
+            rule_field(out);
         }
         401 => {
             out.push_str("{\"error\":\"unauthorized\"");
-            rule_field(&mut out);
+            rule_field(out);
         }
         400 => out.push_str("{\"error\":\"bad_request\""),
         _ => out.push_str("{\"error\":\"forbidden\""),
     }
     out.push('}');
-    out
 }
 
 /// Appends `s` as a JSON string (quotes, `\\`, `"` and control characters escaped).
@@ -290,10 +295,16 @@ impl Verdict {
     /// 429 (`retry_after` in whole seconds, rounded up), `{"error":"unauthorized",
     /// "rule":...}` for a 401, `{"error":"forbidden"}` for a 403 or 404.
     pub fn body(&self) -> String {
-        if self.allowed {
-            return String::new();
+        let mut out = String::new();
+        self.body_into(&mut out);
+        out
+    }
+
+    /// [`body`](Self::body) appended to `out`: nothing for an allowed verdict.
+    pub fn body_into(&self, out: &mut String) {
+        if !self.allowed {
+            denial_body_into(out, self.status, self.retry_after, self.rule.as_deref());
         }
-        denial_body(self.status, self.retry_after, self.rule.as_deref())
     }
 
     fn plain(allowed: bool, status: u16, reason: Reason) -> Self {
