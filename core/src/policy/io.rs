@@ -294,8 +294,8 @@ impl Io for NonBlocking {
 /// The output of a future that never waits (one written against [`Blocking`]),
 /// run on this thread; `None` if it did wait (it cannot: every [`Blocking`]
 /// call is ready when made). The caller pins the future where it made it
-/// (`pin!`): a decision's future is 2,256 bytes (`size_of_val`, one rule),
-/// and passing it by value cost a copy per request.
+/// (`pin!`): passing a large future by value costs a copy per call (a
+/// decision's was 2,256 bytes, `size_of_val`, when decisions ran this way).
 pub(super) fn complete<T>(future: Pin<&mut impl Future<Output = T>>) -> Option<T> {
     match future.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Some(v),
