@@ -9,6 +9,7 @@ export {
   Decision,
   EngineEvent,
   LimiterOptions,
+  LogLine,
   RedisOptions,
   RequestInit,
   Verdict,

@@ -190,6 +190,19 @@ function checker(engine) {
 }
 
 const NativeEngine = native.Engine
+
+/** A line of the core's default logging policy, on the console (`logSummaries`). */
+function toConsole(l) {
+  if (l.level === 'warning') console.warn(l.line)
+  else console.info(l.line)
+}
+
+// Every engine made from now on in this JS environment logs by the core's
+// policy (a Redis fallback and recovery as they happen, one summary line per
+// 10 s, never a line per denial), as the Python package does, until `onEvent`
+// or `logSummaries` replaces it. The console is looked up per line.
+native.setDefaultLog(toConsole)
+
 Object.defineProperty(NativeEngine.prototype, CHECK, {
   get() {
     const check = checker(this)

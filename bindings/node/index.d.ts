@@ -74,7 +74,7 @@ export declare class Engine {
    * middleware then use `checkRequestAsync` by themselves.
    */
   get mayBlock(): boolean
-  /** Events dropped because the `onEvent` queue was full. */
+  /** Events (or `logSummaries` lines) dropped because their queue was full. */
   get droppedEvents(): number
   /** Prometheus text of the counters. */
   metrics(): string
@@ -85,6 +85,17 @@ export declare class Engine {
    * counted in `droppedEvents`, so memory stays bounded.
    */
   onEvent(callback: (event: EngineEvent) => void): void
+  /**
+   * The core's default logging policy, as the Python package's: a Redis
+   * fallback (`warning`) and its recovery (`info`) as they happen, and one
+   * summary line per interval (10 s unless `intervalMs`, at least 1,000)
+   * counting denials, bans and refused tokens per rule (`warning` when it
+   * counts bans, else `info`), never a line per request. Summaries
+   * piggyback on events (a quiet engine writes nothing). The package calls
+   * it on every engine it makes, with `console`; `onEvent` replaces it, and
+   * so does a later call (to send the lines to another logger).
+   */
+  logSummaries(callback: (line: LogLine) => void, intervalMs?: number | null): void
 }
 
 /**
@@ -198,6 +209,19 @@ export interface LimiterOptions {
   sharedMemory?: string
 }
 
+/** A line of the core's default logging policy (`Engine.logSummaries`). */
+export interface LogLine {
+  /** `warning` (a summary that counts bans, a Redis fallback) or `info`. */
+  level: string
+  /** `summary`, `store_fallback` or `store_recovered`. */
+  kind: string
+  /**
+   * `floodgate: last 10 s: denied 1200 (login 1200)`,
+   * `floodgate: store_fallback (rule api)`.
+   */
+  line: string
+}
+
 /** Options of a `RedisLimiter`. */
 export interface RedisOptions {
   /** `redis://[:password@]host:port/db`. */
@@ -243,6 +267,14 @@ export interface RequestInit {
   /** Unix time in ms replacing the clock (replays and tests). */
   nowMs?: number
 }
+
+/**
+ * Sets the function that every engine made from now on in this JS
+ * environment sends the core's default log lines to (see
+ * `Engine.logSummaries`); `null`: none. floodgate.js sets one that writes
+ * to the console.
+ */
+export declare function setDefaultLog(callback: ((line: LogLine) => void) | null): void
 
 /** The answer to a request. */
 export interface Verdict {

@@ -51,6 +51,61 @@ test('events reach the callback without blocking', async () => {
   assert.equal(denied[0].level, 'debug', 'per-request events are debug: log counts, not lines')
 })
 
+/** Runs `body` with console.warn and console.info captured: the lines written. */
+async function consoleLines(body) {
+  const lines = []
+  const { warn, info } = console
+  console.warn = (line) => lines.push(['warn', line])
+  console.info = (line) => lines.push(['info', line])
+  try {
+    await body()
+    // Lines reach the JS thread through a queue: let it run.
+    await new Promise((r) => setTimeout(r, 100))
+  } finally {
+    console.warn = warn
+    console.info = info
+  }
+  return lines
+}
+
+// A Redis store nobody answers on (port 1 refuses at once): the first check
+// falls back to the local limiter, a state change.
+const DOWN = '[store]\nkind = "redis"\nurl = "redis://127.0.0.1:1/"\ntimeout_ms = 50\nfail_mode = "local"\n'
+const LOGIN = { method: 'POST', path: '/auth/login', clientIp: '198.51.100.1' }
+
+test('by default an engine logs a Redis fallback as it happens, never a line per denial', async () => {
+  const lines = await consoleLines(async () => {
+    const memory = Engine.fromToml(POLICY)
+    for (let i = 0; i < 200; i++) memory.checkRequest({ ...LOGIN, nowMs: T })
+    assert.equal(memory.checkRequest({ ...LOGIN, nowMs: T }).status, 429)
+    const down = Engine.fromToml(DOWN + POLICY)
+    for (let i = 0; i < 3; i++) assert.equal((await down.checkRequestAsync(LOGIN)).allowed, i < 2)
+  })
+  // 199 denials (a summary comes with the first event 10 s on), one state change.
+  assert.deepEqual(lines, [['warn', 'floodgate: store_fallback (rule login)']])
+})
+
+test('onEvent and logSummaries replace the default lines', async () => {
+  const mine = []
+  const lines = await consoleLines(async () => {
+    const quiet = Engine.fromToml(DOWN + POLICY)
+    const events = []
+    quiet.onEvent((e) => events.push(e.kind))
+    await quiet.checkRequestAsync(LOGIN)
+    const elsewhere = Engine.fromToml(DOWN + POLICY)
+    elsewhere.logSummaries((l) => mine.push(l), 60_000)
+    await elsewhere.checkRequestAsync(LOGIN)
+    await new Promise((r) => setTimeout(r, 100))
+    assert.deepEqual(events, ['store_fallback'])
+  })
+  assert.deepEqual(lines, [])
+  assert.deepEqual(mine, [{ level: 'warning', kind: 'store_fallback', line: 'floodgate: store_fallback (rule login)' }])
+  const e = Engine.fromToml(POLICY)
+  for (const bad of [0, 999, NaN, Infinity, -5]) {
+    assert.throws(() => e.logSummaries(() => {}, bad), { code: 'ERR_FG_INVALID_ARGUMENT' }, String(bad))
+  }
+})
+
 const redisUrl = process.env.FG_TEST_REDIS_URL
 test('Promise API on Redis', { skip: !redisUrl && 'FG_TEST_REDIS_URL not set' }, async () => {
   const prefix = `node-${process.pid}-${Date.now()}`

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate::policy::{
-    Engine as CoreEngine, Event, LogLevel, OwnedRequest, Verdict as CoreVerdict,
+    Engine as CoreEngine, Event, EventSummary, LogLevel, OwnedRequest, Verdict as CoreVerdict,
 };
 use floodgate::{
     Algorithm, Decision as CoreDecision, ErrorKind, FailMode, Limiter as CoreLimiter, Quota,
@@ -453,13 +453,49 @@ impl RedisLimiter {
 
 impl Engine {
     fn made(env: &Env, engine: floodgate::Result<CoreEngine>) -> Result<Self> {
-        match engine {
-            Ok(e) => Ok(Engine {
-                inner: Arc::new(e),
-                dropped_events: Arc::default(),
-            }),
-            Err(e) => Err(Failure::from(e).into_js(env)),
+        let engine = Engine {
+            inner: Arc::new(engine.map_err(|e| Failure::from(e).into_js(env))?),
+            dropped_events: Arc::default(),
+        };
+        // The default log lines (see `setDefaultLog`), if this environment
+        // has a function for them.
+        if let Some(DefaultLog(Some(f))) = env.get_instance_data::<DefaultLog>()? {
+            let callback = f
+                .borrow_back(env)?
+                .build_threadsafe_function::<LogLine>()
+                .weak::<true>()
+                .max_queue_size::<LOG_QUEUE>()
+                .build()?;
+            engine.log_to(callback, Duration::from_secs(SUMMARY_SECS));
         }
+        Ok(engine)
+    }
+
+    /// Installs the core's default logging policy (see `logSummaries`).
+    fn log_to(&self, callback: LogCallback, interval: Duration) {
+        let summary = EventSummary::new(interval);
+        let dropped = self.dropped_events.clone();
+        let send = move |level: LogLevel, kind: &str, line: String| {
+            let line = LogLine {
+                level: level_name(level).to_string(),
+                kind: kind.to_string(),
+                line,
+            };
+            if callback.call(line, ThreadsafeFunctionCallMode::NonBlocking) != Status::Ok {
+                // Relaxed: a statistics counter.
+                dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        self.inner.set_event_sink(move |e: &Event| {
+            if let Some(s) = summary.record(e) {
+                send(s.level(), "summary", s.to_string());
+            }
+            if e.kind.is_state_change() {
+                let rule = e.rule.as_deref().unwrap_or("-");
+                let line = format!("floodgate: {} (rule {rule})", e.kind.code());
+                send(e.kind.log_level(), e.kind.code(), line);
+            }
+        });
     }
 }
 
@@ -584,6 +620,50 @@ pub struct EngineEvent {
     /// fallback), `info` (its recovery) or `debug` (per-request events: log
     /// those as counts, not one line each, under a flood).
     pub level: String,
+}
+
+/// A line of the core's default logging policy (`Engine.logSummaries`).
+#[napi(object)]
+pub struct LogLine {
+    /// `warning` (a summary that counts bans, a Redis fallback) or `info`.
+    pub level: String,
+    /// `summary`, `store_fallback` or `store_recovered`.
+    pub kind: String,
+    /// `floodgate: last 10 s: denied 1200 (login 1200)`,
+    /// `floodgate: store_fallback (rule api)`.
+    pub line: String,
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warning => "warning",
+    }
+}
+
+/// Lines queued for the JS thread at most (see `Engine.logSummaries`): a
+/// summary per interval and the rare state changes never fill it.
+const LOG_QUEUE: usize = 64;
+
+/// Seconds between summary lines by default (as the Python package's).
+const SUMMARY_SECS: u64 = 10;
+
+/// Where an engine's default log lines go (on the JS thread).
+type LogCallback = ThreadsafeFunction<LogLine, (), LogLine, Status, false, true, LOG_QUEUE>;
+
+/// The function every engine made in a JS environment (the main thread, a
+/// worker) sends its default log lines to: `setDefaultLog`.
+struct DefaultLog(Option<FunctionRef<LogLine, ()>>);
+
+/// Sets the function that every engine made from now on in this JS
+/// environment sends the core's default log lines to (see
+/// `Engine.logSummaries`); `null`: none. floodgate.js sets one that writes
+/// to the console.
+#[napi(ts_args_type = "callback: ((line: LogLine) => void) | null")]
+pub fn set_default_log(env: Env, callback: Option<Function<LogLine, ()>>) -> Result<()> {
+    let f = callback.map(|f| f.create_ref()).transpose()?;
+    env.set_instance_data(DefaultLog(f), (), |_| {})
 }
 
 /// What a reload did to each rule, by name.
@@ -776,7 +856,7 @@ impl Engine {
         self.inner.may_block()
     }
 
-    /// Events dropped because the `onEvent` queue was full.
+    /// Events (or `logSummaries` lines) dropped because their queue was full.
     #[napi(getter)]
     pub fn dropped_events(&self) -> f64 {
         self.dropped_events
@@ -817,18 +897,44 @@ impl Engine {
                 status: u32::from(e.status),
                 retry_after_ms: ms(e.retry_after),
                 token_problem: e.token_problem.map(|p| p.code().to_string()),
-                level: match e.kind.log_level() {
-                    LogLevel::Debug => "debug",
-                    LogLevel::Info => "info",
-                    LogLevel::Warning => "warning",
-                }
-                .to_string(),
+                level: level_name(e.kind.log_level()).to_string(),
             };
             if tsfn.call(ev, ThreadsafeFunctionCallMode::NonBlocking) != Status::Ok {
                 // Relaxed: a statistics counter.
                 dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
+        Ok(())
+    }
+
+    /// The core's default logging policy, as the Python package's: a Redis
+    /// fallback (`warning`) and its recovery (`info`) as they happen, and one
+    /// summary line per interval (10 s unless `intervalMs`, at least 1,000)
+    /// counting denials, bans and refused tokens per rule (`warning` when it
+    /// counts bans, else `info`), never a line per request. Summaries
+    /// piggyback on events (a quiet engine writes nothing). The package calls
+    /// it on every engine it makes, with `console`; `onEvent` replaces it, and
+    /// so does a later call (to send the lines to another logger).
+    #[napi(ts_args_type = "callback: (line: LogLine) => void, intervalMs?: number | null")]
+    pub fn log_summaries(
+        &self,
+        env: Env,
+        callback: LogCallback,
+        interval_ms: Option<f64>,
+    ) -> Result<()> {
+        let interval = match interval_ms {
+            None => Duration::from_secs(SUMMARY_SECS),
+            Some(ms) if ms.is_finite() && (1_000.0..=86_400_000.0).contains(&ms) => {
+                Duration::from_secs_f64(ms / 1_000.0)
+            }
+            Some(_) => {
+                return Err(
+                    invalid("intervalMs must be a number of ms from 1000 to 86400000")
+                        .into_js(&env),
+                );
+            }
+        };
+        self.log_to(callback, interval);
         Ok(())
     }
 }
