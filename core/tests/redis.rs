@@ -897,15 +897,30 @@ fn circuit_breaker_answers_without_waiting_and_closes_again() {
 fn refund_gives_units_back_for_every_algorithm() {
     let server = Server::start(&[]);
     let t = Duration::from_secs(1_700_000_000);
-    for alg in [
-        Algorithm::Gcra,
-        Algorithm::FixedWindow,
-        Algorithm::SlidingWindow,
-        Algorithm::SlidingLog,
+    let quota = |alg| Quota::per_minute(3).unwrap().with_algorithm(alg).unwrap();
+    for (name, algs) in [
+        ("g", &[Algorithm::Gcra][..]),
+        ("f", &[Algorithm::FixedWindow]),
+        ("c", &[Algorithm::SlidingWindow]),
+        ("l", &[Algorithm::SlidingLog]),
+        // One key for every quota's state (see a_limiter_s_window_quotas_share_one_key).
+        ("gg", &[Algorithm::Gcra, Algorithm::Gcra]),
+        (
+            "gfc",
+            &[
+                Algorithm::Gcra,
+                Algorithm::FixedWindow,
+                Algorithm::SlidingWindow,
+            ],
+        ),
+        // A sliding log keeps its own keys, and so then do the others.
+        ("cl", &[Algorithm::SlidingWindow, Algorithm::SlidingLog]),
     ] {
-        let l = builder(&server)
-            .quota(Quota::per_minute(3).unwrap().with_algorithm(alg).unwrap())
-            .prefix(alg.name())
+        let alg = algs;
+        let l = algs
+            .iter()
+            .fold(builder(&server), |b, &a| b.quota(quota(a)))
+            .prefix(name)
             .deny_cache(false)
             .build()
             .unwrap();
@@ -2048,19 +2063,22 @@ max_in_flight = 10
     );
 }
 
-/// A window quota's key gets its TTL when it is made or moves to a new window,
-/// not at every charge (`HSET` keeps a TTL): one `PEXPIRE` per key per window,
-/// and the key still lives to its window's end (fixed) or the next one's
-/// (sliding).
+/// A limiter's quotas (windows, or several GCRA quotas) keep their state in
+/// one key: a check is one `GET` and, when allowed, one `SET` with the TTL the
+/// longest-lived quota needs, whatever the number of quotas (a hash per window
+/// quota took an `HMGET` and an `HSET` each, and a `PEXPIRE` per window). The
+/// key lives to the fixed window's end or the sliding window's next one's,
+/// whichever is later; denied checks write nothing.
 #[test]
-fn window_keys_get_their_ttl_once_per_window() {
+fn a_limiter_s_window_quotas_share_one_key() {
     let server = Server::start(&[]);
     let l = builder(&server)
         .quota(per_hour(100, Algorithm::FixedWindow))
         .quota(per_hour(100, Algorithm::SlidingWindow))
+        // Every check reaches the script (no cached denials).
+        .deny_cache(false)
         .build()
         .unwrap();
-    let pexpires = || server.calls("pexpire");
     server.cmd(&["CONFIG", "RESETSTAT"]);
     // 1,700,000,000 s is 800 s into its hour.
     let t = Duration::from_secs(1_700_000_000);
@@ -2071,31 +2089,33 @@ fn window_keys_get_their_ttl_once_per_window() {
                 .allowed
         );
     }
-    assert_eq!(
-        pexpires(),
-        2,
-        "one per key, at its first charge in the hour"
-    );
+    let counts = || ["get", "set", "hmget", "hset", "pexpire"].map(|c| server.calls(c));
+    assert_eq!(counts(), [10, 10, 0, 0, 0], "{}", server.commandstats());
     let keys = server.keys_and_ttls();
-    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.len(), 1, "{keys:?}");
     for (k, ttl) in keys {
-        // Fixed: to the hour's end (2,800 s after the first charge); sliding:
-        // two windows from the first charge. Either way past the hour's end.
-        assert!((2_800_000 - 5_000..=7_200_001).contains(&ttl), "{k}: {ttl}");
+        // The last charge was 1,340 s into the hour: the sliding window's
+        // state lives to the next hour's end, 5,860 s on.
+        assert!((5_860_000 - 5_000..=5_860_001).contains(&ttl), "{k}: {ttl}");
     }
-    // Denied checks write nothing; the next hour's first charge sets both again.
+    // Denied checks write nothing; the next hour's first charge writes again.
     assert!(
         !l.check_at("k", 95, t + Duration::from_secs(700))
             .unwrap()
             .allowed
     );
-    assert_eq!(pexpires(), 2);
+    assert_eq!(counts(), [11, 10, 0, 0, 0]);
+    let next = l.check_at("k", 95, t + Duration::from_secs(2_900)).unwrap();
+    assert!(
+        !next.allowed,
+        "the sliding window still weighs the last hour: {next:?}"
+    );
     assert!(
         l.check_at("k", 1, t + Duration::from_secs(2_900))
             .unwrap()
             .allowed
     );
-    assert_eq!(pexpires(), 4, "a new window, a new TTL");
+    assert_eq!(counts(), [13, 11, 0, 0, 0], "a new window, the same key");
 }
 
 /// Merged calls: concurrent async checks travel together (one script call

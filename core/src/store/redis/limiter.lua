@@ -1,6 +1,12 @@
 -- Floodgate: every quota of one request, decided and charged atomically.
 -- Time is integer microseconds (Lua numbers are doubles: exact below 2^53).
--- KEYS[i]    state key of quota i (all share one hash tag: one slot, one node)
+-- KEYS       the state: one key holding every quota's state ("packed":
+--            little-endian doubles, exact integers below 2^53: a GCRA quota's
+--            TAT, a fixed window's index and count, a sliding window's index
+--            and previous and current counts, quota after quota) when no
+--            quota is a sliding log and the call is not one GCRA quota; else
+--            one key per quota (a GCRA TAT string, a window hash, a log zset).
+--            All share one hash tag: one slot, one node.
 -- ARGV[1]    now in µs, or -1 to use the server's TIME, or a calendar rule's
 --            windows "k start end next_end before during after" (see below)
 -- ARGV[2]    cost (>= 1)
@@ -17,7 +23,7 @@
 -- ARGV[4] = the number of shapes; then per shape (what the checks of one
 -- limiter share): its number of keys k, mode, lease size and 3 values per
 -- quota; then per check: its shape (1-based) and its cost. KEYS are every
--- check's keys in order. Checks are decided one after the other in that order
+-- check's keys in order (k is the number of quotas: one key, or k keys). Checks are decided one after the other in that order
 -- (two of one hot key see each other), each all-or-nothing over its quotas;
 -- TIME is read once. Returns every check's reply, in order: its six values,
 -- or for a one-GCRA check a compact form (see the loop below).
@@ -42,9 +48,9 @@ elseif now < 0 then
 end
 local floor, max = math.floor, math.max
 -- The check being decided: its first key is KEYS[ko + 1], its arguments start
--- after ARGV[p] (p = 1 for a single call: ARGV[1] is the time), n keys.
+-- after ARGV[p] (p = 1 for a single call: ARGV[1] is the time), n quotas.
 -- (In a merged call ARGV[p + 1] is the shape's k, and the cost is an argument.)
-local ko, p, n, cost, mode = 0, 1, #KEYS, 0, 'c'
+local ko, p, n, cost, mode = 0, 1, (#ARGV - 4) / 3, 0, 'c'
 -- Per-quota state of the check being decided: s1, s2, s3 (meaning depends on
 -- the algorithm). Reused by every check of a merged call (only 1..n is read).
 -- ttl[i]: whether a charge on a window quota must set its key's TTL (the key
@@ -53,6 +59,52 @@ local ko, p, n, cost, mode = 0, 1, #KEYS, 0, 'c'
 local alg, lim, per, s1, s2, s3, ttl = {}, {}, {}, {}, {}, {}, {}
 
 local function ceil_div(a, b) return floor((a + b - 1) / b) end
+
+-- Whether the check at p with n quotas keeps its state in one packed key.
+local function packs()
+  if n == 1 and ARGV[p + 4] == 'g' then return false end
+  for i = 1, n do
+    if ARGV[p + 1 + i * 3] == 'l' then return false end
+  end
+  return true
+end
+
+-- Writes every quota's state (s1, s2, s3 after adding c units) into the one
+-- packed key, with the TTL the longest-lived quota needs: a TAT to itself, a
+-- fixed window to its end, a sliding window to the next one's end. One SET
+-- for any number of quotas, where a hash per window quota took an HMGET and
+-- an HSET each.
+-- (struct packs and unpacks all of them in one C call: parsing text with
+-- string.gmatch and writing it with string.format cost more than the GET.)
+local function write_packed(c, fmt)
+  local out, m, ttl = {}, 0, 1
+  for i = 1, n do
+    local a, w = alg[i], per[i]
+    if a == 'g' then
+      local new = max(s1[i], now) + c * w
+      out[m + 1], m = new, m + 1
+      ttl = max(ttl, new - now)
+    elseif a == 'f' then
+      out[m + 1], out[m + 2], m = s1[i], s2[i] + c, m + 2
+      ttl = max(ttl, (s1[i] + 1) * w - now)
+    else
+      out[m + 1], out[m + 2], out[m + 3], m = s1[i], s2[i], s3[i] + c, m + 3
+      ttl = max(ttl, (s1[i] + 2) * w - now)
+    end
+  end
+  redis.call('SET', KEYS[ko + 1], struct.pack(fmt, unpack(out, 1, m)), 'PX', ceil_div(ttl, 1000) + 1)
+end
+
+-- The struct format of a packed state of f doubles, made once per call and size.
+local formats = {}
+local function format_of(f)
+  local fmt = formats[f]
+  if fmt == nil then
+    fmt = '<' .. string.rep('d', f)
+    formats[f] = fmt
+  end
+  return fmt
+end
 
 -- Decides c units on quota i: allowed, remaining, retry_after, reset_after.
 local function decide(i, c)
@@ -127,7 +179,8 @@ local function decide_all(c)
   return bi, bok, brem, bretry, breset
 end
 
-local function charge(c)
+local function charge(c, packed)
+  if packed then return write_packed(c, packed) end
   for i = 1, n do
     local a, key, w = alg[i], KEYS[ko + i], per[i]
     if a == 'g' then
@@ -170,24 +223,52 @@ local function one(c)
   -- tables or closures, only the reply's. Same arithmetic as decide's 'g'.
   if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then return { gcra_one(cost) } end
 
-  -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm).
+  -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm),
+  -- from the packed key's values (pk, the next one at j) or a key per quota.
+  -- `packed` is then the state's struct format (a value of another size, as
+  -- no version of this script writes, reads as no state).
+  local packed, pk, j = packs(), nil, 1
+  if packed then
+    local f = 0
+    for i = 1, n do
+      local a = ARGV[p + 1 + i * 3]
+      f = f + (a == 'g' and 1 or (a == 'f' and 2 or 3))
+    end
+    packed = format_of(f)
+    local v = redis.call('GET', KEYS[ko + 1])
+    if v and #v == 8 * f then pk = { struct.unpack(packed, v) } else pk = {} end
+  end
   for i = 1, n do
     local b = p + 1 + i * 3
     local a, key = ARGV[b], KEYS[ko + i]
     alg[i], lim[i], per[i] = a, tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
     local w = per[i]
     if a == 'g' then
-      s1[i] = tonumber(redis.call('GET', key) or '0')
+      if packed then
+        s1[i], j = pk[j] or 0, j + 1
+      else
+        s1[i] = tonumber(redis.call('GET', key) or '0')
+      end
     elseif a == 'f' then
-      local st = redis.call('HMGET', key, 'w', 'n')
+      local sw, cnt
+      if packed then
+        sw, cnt, j = pk[j] or -1, pk[j + 1] or 0, j + 2
+      else
+        local st = redis.call('HMGET', key, 'w', 'n')
+        sw, cnt = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
+      end
       local idx = floor(now / w)
-      local sw, cnt = tonumber(st[1] or '-1'), tonumber(st[2] or '0')
       ttl[i] = sw < idx or cnt == 0
       if ttl[i] then sw, cnt = idx, 0 end -- a later stored window (clock back) is kept
       s1[i], s2[i] = sw, cnt
     elseif a == 'c' then
-      local st = redis.call('HMGET', key, 'w', 'p', 'c')
-      local sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
+      local sw, prev, curr
+      if packed then
+        sw, prev, curr, j = pk[j] or -1, pk[j + 1] or 0, pk[j + 2] or 0, j + 3
+      else
+        local st = redis.call('HMGET', key, 'w', 'p', 'c')
+        sw, prev, curr = tonumber(st[1] or '-1'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
+      end
       local idx = floor(max(now, sw * w) / w)
       ttl[i] = idx ~= sw
       if idx == sw + 1 then prev, curr = curr, 0 elseif idx > sw + 1 then prev, curr = 0, 0 end
@@ -204,7 +285,7 @@ local function one(c)
 
   if mode == 'c' then
     local i, ok, rem, retry, reset = decide_all(cost)
-    if ok then charge(cost) end
+    if ok then charge(cost, packed) end
     return { i, ok and 1 or 0, rem, retry, reset, ok and cost or 0 }
   elseif mode == 'l' then
     -- As many units as every quota has left now, up to the lease size, at least cost.
@@ -212,9 +293,25 @@ local function one(c)
     local want = math.min(tonumber(ARGV[p + 3]), left)
     if want < cost then want = cost end
     local i, ok, rem, retry, reset = decide_all(want)
-    if ok then charge(want) end
+    if ok then charge(want, packed) end
     return { i, ok and 1 or 0, rem, retry, reset, ok and want or 0 }
   elseif mode == 'r' then
+    if packed then
+      -- The same refunds, in place, then one write (nothing stored: nothing to give back).
+      if pk[1] == nil then return { 1, 1, 0, 0, 0, 0 } end
+      for i = 1, n do
+        local a, w = alg[i], per[i]
+        if a == 'g' then
+          s1[i] = max(s1[i] - cost * w, 0)
+        elseif a == 'f' then
+          if s1[i] == floor(now / w) then s2[i] = max(s2[i] - cost, 0) end
+        elseif s1[i] == floor(now / w) then
+          s3[i] = max(s3[i] - cost, 0)
+        end
+      end
+      write_packed(0, packed)
+      return { 1, 1, 0, 0, 0, 0 }
+    end
     for i = 1, n do
       local a, key, w = alg[i], KEYS[ko + i], per[i]
       if a == 'g' then
@@ -252,11 +349,13 @@ local function one(c)
 end
 
 if ARGV[2] == 'B' then
-  -- Where each shape's arguments start (as p) and its number of keys.
-  local at, ks, q = {}, {}, 5
+  -- Where each shape's arguments start (as p), its number of quotas and of keys.
+  local at, ks, kk, q = {}, {}, {}, 5
   for x = 1, tonumber(ARGV[4]) do
     local k = tonumber(ARGV[q])
     at[x], ks[x] = q - 1, k
+    p, n = q - 1, k
+    kk[x] = packs() and 1 or k
     q = q + 3 + 3 * k
   end
   local out, m = {}, 0
@@ -279,7 +378,7 @@ if ARGV[2] == 'B' then
       for y = 1, 6 do out[m + y] = r[y] end
       m = m + 6
     end
-    ko = ko + n
+    ko = ko + kk[x]
     q = q + 2
   end
   return out

@@ -49,6 +49,10 @@ pub struct RedisLimiter {
     /// of its own, never reads state kept under other numbers or in another
     /// algorithm's format.
     tags: Box<[u32]>,
+    /// The tag of the one key holding every quota's state, when they share
+    /// one (`script::packs`): the quotas' tags folded, so that any change to
+    /// any quota starts afresh.
+    packed: Option<u32>,
     prefix: Vec<u8>,
     fail_mode: FailMode,
     local: Limiter,
@@ -225,16 +229,24 @@ impl RedisLimiterBuilder {
             StoreSource::Own(b) => b.build()?,
             StoreSource::Shared(s) => s,
         };
-        let args = self.quotas.iter().map(QuotaArgs::of).collect();
+        let args: std::sync::Arc<[QuotaArgs]> = self.quotas.iter().map(QuotaArgs::of).collect();
         let shards = (std::thread::available_parallelism().map_or(1, usize::from) * 4)
             .next_power_of_two()
             .min(self.max_keys.max(1).next_power_of_two());
-        let tags = self.quotas.iter().map(quota_tag).collect();
+        let tags: Box<[u32]> = self.quotas.iter().map(quota_tag).collect();
+        let packed = script::packs(&args).then(|| {
+            tags.iter().fold(0x811c_9dc5_u32, |h, t| {
+                t.to_le_bytes()
+                    .iter()
+                    .fold(h, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+            })
+        });
         Ok(RedisLimiter {
             store,
             quotas: self.quotas.into_boxed_slice(),
             args,
             tags,
+            packed,
             prefix: self.prefix.into_bytes(),
             fail_mode: self.fail_mode,
             local,
@@ -419,9 +431,7 @@ impl RedisLimiter {
                     // On the server's clock: merged with other tasks' checks
                     // into one call (standalone Redis; see `run_merged`).
                     Now::Server if self.store.merges() => {
-                        let keys = (0..self.quotas.len())
-                            .map(|i| self.redis_key(key, i))
-                            .collect();
+                        let keys = self.state_keys(key);
                         let check = Merged::new(keys, cost, mode, self.lease, self.args.clone());
                         self.store.run_merged(check).await
                     }
@@ -504,13 +514,14 @@ impl RedisLimiter {
         self.local.validate(key, 0)?;
         self.cache.remove(self.hasher.hash_one(key));
         let _ = self.local.reset(key);
-        let keys: Vec<Vec<u8>> = (0..self.quotas.len())
+        let mut keys: Vec<Vec<u8>> = (0..self.quotas.len())
             .flat_map(|i| {
                 let k = self.redis_key(key, i);
                 let seq = [k.as_slice(), b":seq"].concat();
                 [k, seq]
             })
             .collect();
+        keys.extend(self.packed_key(key));
         // One DEL: in a Cluster a multi-key DEL must not cross slots, and every
         // key here shares one hash tag, so this is one slot.
         self.store
@@ -524,6 +535,24 @@ impl RedisLimiter {
         super::tagged_key(&self.prefix, key, format_args!("{i}.{tag:08x}"))
     }
 
+    /// `{prefix:key}:p.tag`, the one key of every quota's state, if they
+    /// share one.
+    fn packed_key(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.packed
+            .map(|tag| super::tagged_key(&self.prefix, key, format_args!("p.{tag:08x}")))
+    }
+
+    /// The keys a check of `key` reads and writes: the packed key, or one per
+    /// quota (as the script expects them, see `script::packs`).
+    fn state_keys(&self, key: &[u8]) -> Vec<Vec<u8>> {
+        match self.packed_key(key) {
+            Some(k) => vec![k],
+            None => (0..self.quotas.len())
+                .map(|i| self.redis_key(key, i))
+                .collect(),
+        }
+    }
+
     fn invocation(
         &self,
         key: &[u8],
@@ -532,8 +561,8 @@ impl RedisLimiter {
         now: Now,
     ) -> redis::ScriptInvocation<'_> {
         let mut invocation = script::limiter().prepare_invoke();
-        for i in 0..self.quotas.len() {
-            invocation.key(self.redis_key(key, i));
+        for k in self.state_keys(key) {
+            invocation.key(k);
         }
         Call {
             now,

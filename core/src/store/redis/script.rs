@@ -67,6 +67,15 @@ impl QuotaArgs {
     }
 }
 
+/// Whether a check on `quotas` keeps every quota's state in one key (the
+/// script's `packs`: one GET and one SET per check, whatever the number of
+/// quotas): unless a quota is a sliding log (a sorted set of its own) or the
+/// check is one GCRA quota (its TAT alone, the script's fast path).
+pub(super) fn packs(quotas: &[QuotaArgs]) -> bool {
+    let one_gcra = matches!(quotas, [q] if q.algorithm == "g");
+    !one_gcra && quotas.iter().all(|q| q.algorithm != "l")
+}
+
 /// The time a call decides at (`ARGV[1]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Now {
@@ -145,8 +154,8 @@ pub(super) struct Merged {
 }
 
 impl Merged {
-    /// A check of `cost` on `keys` (one per quota of `quotas`), on the
-    /// server's clock.
+    /// A check of `cost` on `keys` (one per quota of `quotas`, or the one
+    /// packed key: see [`packs`]), on the server's clock.
     pub(super) fn new(
         keys: Vec<Vec<u8>>,
         cost: u64,
@@ -207,7 +216,10 @@ pub(super) fn merged<'a, 'b>(
         .arg(each.len())
         .arg(shapes.len());
     for s in &shapes {
-        invocation.arg(s.keys.len()).arg(s.mode.arg()).arg(s.lease);
+        invocation
+            .arg(s.quotas.len())
+            .arg(s.mode.arg())
+            .arg(s.lease);
         for q in s.quotas.iter() {
             invocation.arg(q.algorithm).arg(q.limit).arg(q.period.0);
         }
