@@ -3,7 +3,8 @@
 -- KEYS       the state: one key holding every quota's state ("packed":
 --            little-endian doubles, exact integers below 2^53: a GCRA quota's
 --            TAT, a fixed window's index and count, a sliding window's index
---            and previous and current counts, quota after quota) when no
+--            and previous and current counts, quota after quota, then the
+--            key's expiry on Redis's clock, 0 if unknown) when no
 --            quota is a sliding log and the call is not one GCRA quota; else
 --            one key per quota (a GCRA TAT string, a window hash, a log zset).
 --            All share one hash tag: one slot, one node.
@@ -26,7 +27,8 @@
 -- check's keys in order (k is the number of quotas: one key, or k keys). Checks are decided one after the other in that order
 -- (two of one hot key see each other), each all-or-nothing over its quotas;
 -- TIME is read once. Returns every check's reply, in order: its six values,
--- or for a one-GCRA check a compact form (see the loop below).
+-- or a compact form (see the loop below): an admitted check charged its cost
+-- is 3 values, a denied one-GCRA check 4.
 --
 -- Kept lean on purpose: EVALSHA's fixed cost dominates on a fast server, so there
 -- are no per-call tables beyond the state array and no closures per quota.
@@ -42,9 +44,13 @@ if now == nil then
   if s < f[1] then now = s + f[4]
   elseif s < f[2] then now = s + f[5]
   else now = math.min(s, f[3] - 1) + f[6] end
-elseif now < 0 then
+end
+-- Whether now is Redis's own clock (TIME): a packed key's expiry is then known.
+local server_clock = false
+if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  server_clock = true
 end
 local floor, max = math.floor, math.max
 -- The check being decided: its first key is KEYS[ko + 1], its arguments start
@@ -74,10 +80,16 @@ end
 -- fixed window to its end, a sliding window to the next one's end. One SET
 -- for any number of quotas, where a hash per window quota took an HMGET and
 -- an HSET each.
--- (struct packs and unpacks all of them in one C call: parsing text with
--- string.gmatch and writing it with string.format cost more than the GET.)
+-- The expiry stored with the key (pexp, on Redis's clock) saves the TTL's
+-- cost: while it covers what the quotas need now, the state is overwritten in
+-- place (SETRANGE keeps the TTL), and only otherwise written with a new TTL,
+-- an eighth longer than needed so that a GCRA TAT does not move it at every
+-- charge. Measured inside Redis 7.0 (one script, 100k keys): SET with PX 2.3-
+-- 3.2 µs, SETRANGE 1.1 µs; struct.unpack into locals 0.15 µs, into a new table
+-- 0.55-0.7 µs (a table per check is the GC's), hence no tables per check.
+local wbuf, pexp = {}, nil
 local function write_packed(c, fmt)
-  local out, m, ttl = {}, 0, 1
+  local out, m, ttl = wbuf, 0, 1
   for i = 1, n do
     local a, w = alg[i], per[i]
     if a == 'g' then
@@ -92,7 +104,24 @@ local function write_packed(c, fmt)
       ttl = max(ttl, (s1[i] + 2) * w - now)
     end
   end
-  redis.call('SET', KEYS[ko + 1], struct.pack(fmt, unpack(out, 1, m)), 'PX', ceil_div(ttl, 1000) + 1)
+  local key = KEYS[ko + 1]
+  -- (50 ms to spare: the key outlives this call whatever the script's length.)
+  if server_clock and pexp ~= nil and pexp >= now + ttl and pexp - now > 50000 then
+    out[m + 1] = pexp
+    redis.call('SETRANGE', key, 0, struct.pack(fmt, unpack(out, 1, m + 1)))
+  else
+    local life = ttl + floor(ttl / 8)
+    out[m + 1] = server_clock and now + life or 0
+    redis.call('SET', key, struct.pack(fmt, unpack(out, 1, m + 1)), 'PX', ceil_div(life, 1000) + 1)
+  end
+end
+
+-- A packed state's values, read without a table per check: rbuf (a layout of
+-- more than 10 values, four sliding windows or more, takes a table).
+local rbuf, none = {}, {}
+local function fill(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
+  rbuf[1], rbuf[2], rbuf[3], rbuf[4], rbuf[5], rbuf[6] = a1, a2, a3, a4, a5, a6
+  rbuf[7], rbuf[8], rbuf[9], rbuf[10], rbuf[11], rbuf[12] = a7, a8, a9, a10, a11, a12
 end
 
 -- The struct format of a packed state of f doubles, made once per call and size.
@@ -215,13 +244,14 @@ local function gcra_one(c)
   return 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0
 end
 
--- Decides and charges the check at (ko, p, n), of cost c.
+-- Decides and charges the check at (ko, p, n), of cost c: the reply's six
+-- values (no table: a merged call writes them in place).
 local function one(c)
   cost = c
   mode = ARGV[p + 2]
   -- Fast path: one GCRA quota, check and charge (the common case): no state
   -- tables or closures, only the reply's. Same arithmetic as decide's 'g'.
-  if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then return { gcra_one(cost) } end
+  if n == 1 and mode == 'c' and ARGV[p + 4] == 'g' then return gcra_one(cost) end
 
   -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm),
   -- from the packed key's values (pk, the next one at j) or a key per quota.
@@ -234,9 +264,19 @@ local function one(c)
       local a = ARGV[p + 1 + i * 3]
       f = f + (a == 'g' and 1 or (a == 'f' and 2 or 3))
     end
-    packed = format_of(f)
+    -- The values, then the expiry.
+    packed = format_of(f + 1)
     local v = redis.call('GET', KEYS[ko + 1])
-    if v and #v == 8 * f then pk = { struct.unpack(packed, v) } else pk = {} end
+    pk, pexp = none, nil
+    if v and #v == 8 * (f + 1) then
+      if f < 11 then
+        fill(struct.unpack(packed, v))
+        pk = rbuf
+      else
+        pk = { struct.unpack(packed, v) }
+      end
+      pexp = pk[f + 1]
+    end
   end
   for i = 1, n do
     local b = p + 1 + i * 3
@@ -286,7 +326,7 @@ local function one(c)
   if mode == 'c' then
     local i, ok, rem, retry, reset = decide_all(cost)
     if ok then charge(cost, packed) end
-    return { i, ok and 1 or 0, rem, retry, reset, ok and cost or 0 }
+    return i, ok and 1 or 0, rem, retry, reset, ok and cost or 0
   elseif mode == 'l' then
     -- As many units as every quota has left now, up to the lease size, at least cost.
     local _, _, left = decide_all(0)
@@ -294,11 +334,11 @@ local function one(c)
     if want < cost then want = cost end
     local i, ok, rem, retry, reset = decide_all(want)
     if ok then charge(want, packed) end
-    return { i, ok and 1 or 0, rem, retry, reset, ok and want or 0 }
+    return i, ok and 1 or 0, rem, retry, reset, ok and want or 0
   elseif mode == 'r' then
     if packed then
       -- The same refunds, in place, then one write (nothing stored: nothing to give back).
-      if pk[1] == nil then return { 1, 1, 0, 0, 0, 0 } end
+      if pexp == nil then return 1, 1, 0, 0, 0, 0 end
       for i = 1, n do
         local a, w = alg[i], per[i]
         if a == 'g' then
@@ -310,7 +350,7 @@ local function one(c)
         end
       end
       write_packed(0, packed)
-      return { 1, 1, 0, 0, 0, 0 }
+      return 1, 1, 0, 0, 0, 0
     end
     for i = 1, n do
       local a, key, w = alg[i], KEYS[ko + i], per[i]
@@ -340,12 +380,12 @@ local function one(c)
         end
       end
     end
-    return { 1, 1, 0, 0, 0, 0 }
+    return 1, 1, 0, 0, 0, 0
   end
   -- Peek: allowed and retry for one unit, remaining and reset as they stand.
   local i, ok, _, retry = decide_all(1)
   local _, _, rem, _, reset = decide_all(0)
-  return { i, ok and 1 or 0, rem, retry, reset, 0 }
+  return i, ok and 1 or 0, rem, retry, reset, 0
 end
 
 if ARGV[2] == 'B' then
@@ -374,13 +414,19 @@ if ARGV[2] == 'B' then
         m = m + 4
       end
     else
-      local r = one(c)
-      for y = 1, 6 do out[m + y] = r[y] end
-      m = m + 6
+      local i, ok, rem, retry, reset, granted = one(c)
+      if ok == 1 and granted == c then
+        -- Compact: the cost charged, deciding quota i (0 for the first).
+        out[m + 1], out[m + 2], out[m + 3] = i == 1 and 0 or -i, rem, reset
+        m = m + 3
+      else
+        out[m + 1], out[m + 2], out[m + 3], out[m + 4], out[m + 5], out[m + 6] = i, ok, rem, retry, reset, granted
+        m = m + 6
+      end
     end
     ko = ko + kk[x]
     q = q + 2
   end
   return out
 end
-return one(tonumber(ARGV[2]))
+return { one(tonumber(ARGV[2])) }

@@ -232,10 +232,12 @@ pub(super) fn merged<'a, 'b>(
 
 /// Splits a merged call's reply into each check's six values (as a single
 /// call returns them). A check's reply is its six values (the deciding quota
-/// first, 1 or more), or for a one-GCRA check a compact form: `0, remaining,
-/// reset` when allowed (its cost charged), `-1, remaining, retry, reset` when
-/// denied: half or two thirds of the values for Redis to encode and us to
-/// parse. `None` when the reply does not match the checks.
+/// first, 1 or more), or a compact form: `0, remaining, reset` for a check
+/// admitted with its cost charged on its first quota (`-q, remaining, reset`
+/// when quota `q` >= 2 decided), `-1, remaining, retry, reset` for a denied
+/// one-GCRA check: half or two thirds of the values for Redis to encode (about
+/// 0.1 µs each) and us to parse. `None` when the reply does not match the
+/// checks.
 pub(super) fn split_merged<'b>(
     values: &[i64],
     checks: impl Iterator<Item = &'b Merged>,
@@ -249,6 +251,10 @@ pub(super) fn split_merged<'b>(
                 tail,
             ),
             [-1, rem, retry, reset, tail @ ..] => (vec![1, 0, *rem, *retry, *reset, 0], tail),
+            [q, rem, reset, tail @ ..] if *q <= -2 => (
+                vec![-*q, 1, *rem, 0, *reset, i64::try_from(c.cost).ok()?],
+                tail,
+            ),
             [q, a, r, t, e, g, tail @ ..] if *q >= 1 => (vec![*q, *a, *r, *t, *e, *g], tail),
             _ => return None,
         };
@@ -349,22 +355,24 @@ mod tests {
     fn merged_replies_split_in_both_forms_or_not_at_all() {
         let quotas: std::sync::Arc<[QuotaArgs]> = std::sync::Arc::from(vec![]);
         let check = |cost| Merged::new(vec![b"k".to_vec()], cost, Mode::Check, 0, quotas.clone());
-        let checks = [check(3), check(1), check(1)];
-        // Allowed (compact), denied (compact), a full six-value reply.
-        let values = [0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1];
+        let checks = [check(3), check(1), check(1), check(2)];
+        // Allowed (compact), denied (compact), a full six-value reply,
+        // allowed on its third quota (compact).
+        let values = [0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1, -3, 5, 70];
         assert_eq!(
             split_merged(&values, checks.iter()),
             Some(vec![
                 vec![1, 1, 7, 0, 900, 3],
                 vec![1, 0, 0, 150, 400, 0],
                 vec![2, 1, 4, 0, 60, 1],
+                vec![3, 1, 5, 0, 70, 2],
             ])
         );
         for bad in [
-            &values[..values.len() - 1],                             // short
-            &[0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1, 9][..], // long
-            &[-2, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1],       // unknown form
-            &[0, 7, 900, -1, 0, 150, 400, 0, 1, 4, 0, 60, 1],        // quota 0
+            &values[..values.len() - 1], // short
+            &[0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1, -3, 5, 70, 9][..], // long
+            &[0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1, -3], // cut
+            &[0, 7, 900, -1, 0, 150, 400, 0, 1, 4, 0, 60, 1, -3, 5, 70], // quota 0
         ] {
             assert_eq!(split_merged(bad, checks.iter()), None, "{bad:?}");
         }
