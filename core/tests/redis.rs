@@ -913,6 +913,8 @@ fn refund_gives_units_back_for_every_algorithm() {
                 Algorithm::SlidingWindow,
             ],
         ),
+        // More than 10 state values: read into a table of their own.
+        ("cccc", &[Algorithm::SlidingWindow; 4]),
         // A sliding log keeps its own keys, and so then do the others.
         ("cl", &[Algorithm::SlidingWindow, Algorithm::SlidingLog]),
     ] {

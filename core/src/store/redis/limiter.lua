@@ -22,10 +22,11 @@
 -- Merged calls (several checks, one round trip; standalone Redis only, the
 -- keys need not share a slot): ARGV[2] = 'B', ARGV[3] = the number of checks,
 -- ARGV[4] = the number of shapes; then per shape (what the checks of one
--- limiter share): its number of keys k, mode, lease size and 3 values per
+-- limiter share): its number of quotas k, mode, lease size and 3 values per
 -- quota; then per check: its shape (1-based) and its cost. KEYS are every
--- check's keys in order (k is the number of quotas: one key, or k keys). Checks are decided one after the other in that order
--- (two of one hot key see each other), each all-or-nothing over its quotas;
+-- check's keys in order (one packed key each, or k). Checks are decided one
+-- after the other in that order (two of one hot key see each other), each
+-- all-or-nothing over its quotas;
 -- TIME is read once. Returns every check's reply, in order: its six values,
 -- or a compact form (see the loop below): an admitted check charged its cost
 -- is 3 values, a denied one-GCRA check 4.
@@ -117,7 +118,7 @@ local function write_packed(c, fmt)
 end
 
 -- A packed state's values, read without a table per check: rbuf (a layout of
--- more than 10 values, four sliding windows or more, takes a table).
+-- more than 10 state values, four sliding windows or more, takes a table).
 local rbuf, none = {}, {}
 local function fill(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
   rbuf[1], rbuf[2], rbuf[3], rbuf[4], rbuf[5], rbuf[6] = a1, a2, a3, a4, a5, a6
