@@ -67,13 +67,18 @@ local alg, lim, per, s1, s2, s3, ttl = {}, {}, {}, {}, {}, {}, {}
 
 local function ceil_div(a, b) return floor((a + b - 1) / b) end
 
--- Whether the check at p with n quotas keeps its state in one packed key.
-local function packs()
+-- The struct format of the one packed key of the checks at p with n quotas
+-- (its values, then its expiry), or false when they keep a key per quota.
+-- Worked out once per call, or once per shape of a merged call.
+local function layout()
   if n == 1 and ARGV[p + 4] == 'g' then return false end
+  local f = 1
   for i = 1, n do
-    if ARGV[p + 1 + i * 3] == 'l' then return false end
+    local a = ARGV[p + 1 + i * 3]
+    if a == 'l' then return false end
+    f = f + (a == 'g' and 1 or (a == 'f' and 2 or 3))
   end
-  return true
+  return '<' .. string.rep('d', f)
 end
 
 -- Writes every quota's state (s1, s2, s3 after adding c units) into the one
@@ -123,17 +128,6 @@ local rbuf, none = {}, {}
 local function fill(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
   rbuf[1], rbuf[2], rbuf[3], rbuf[4], rbuf[5], rbuf[6] = a1, a2, a3, a4, a5, a6
   rbuf[7], rbuf[8], rbuf[9], rbuf[10], rbuf[11], rbuf[12] = a7, a8, a9, a10, a11, a12
-end
-
--- The struct format of a packed state of f doubles, made once per call and size.
-local formats = {}
-local function format_of(f)
-  local fmt = formats[f]
-  if fmt == nil then
-    fmt = '<' .. string.rep('d', f)
-    formats[f] = fmt
-  end
-  return fmt
 end
 
 -- Decides c units on quota i: allowed, remaining, retry_after, reset_after.
@@ -245,9 +239,10 @@ local function gcra_one(c)
   return 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0
 end
 
--- Decides and charges the check at (ko, p, n), of cost c: the reply's six
--- values (no table: a merged call writes them in place).
-local function one(c)
+-- Decides and charges the check at (ko, p, n), of cost c, whose state is
+-- packed in the struct format `packed` (its layout()) or not (false): the
+-- reply's six values (no table: a merged call writes them in place).
+local function one(c, packed)
   cost = c
   mode = ARGV[p + 2]
   -- Fast path: one GCRA quota, check and charge (the common case): no state
@@ -256,17 +251,12 @@ local function one(c)
 
   -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm),
   -- from the packed key's values (pk, the next one at j) or a key per quota.
-  -- `packed` is then the state's struct format (a value of another size, as
-  -- no version of this script writes, reads as no state).
-  local packed, pk, j = packs(), nil, 1
+  -- (A value of another size, as no version of this script writes, reads as
+  -- no state.)
+  local pk, j = nil, 1
   if packed then
-    local f = 0
-    for i = 1, n do
-      local a = ARGV[p + 1 + i * 3]
-      f = f + (a == 'g' and 1 or (a == 'f' and 2 or 3))
-    end
-    -- The values, then the expiry.
-    packed = format_of(f + 1)
+    -- f values, then the expiry.
+    local f = #packed - 2
     local v = redis.call('GET', KEYS[ko + 1])
     pk, pexp = none, nil
     if v and #v == 8 * (f + 1) then
@@ -390,13 +380,15 @@ local function one(c)
 end
 
 if ARGV[2] == 'B' then
-  -- Where each shape's arguments start (as p), its number of quotas and of keys.
-  local at, ks, kk, q = {}, {}, {}, 5
+  -- Where each shape's arguments start (as p), its number of quotas, its
+  -- state's layout and its number of keys.
+  local at, ks, kk, fmt, q = {}, {}, {}, {}, 5
   for x = 1, tonumber(ARGV[4]) do
     local k = tonumber(ARGV[q])
     at[x], ks[x] = q - 1, k
     p, n = q - 1, k
-    kk[x] = packs() and 1 or k
+    fmt[x] = layout()
+    kk[x] = fmt[x] and 1 or k
     q = q + 3 + 3 * k
   end
   local out, m = {}, 0
@@ -415,7 +407,7 @@ if ARGV[2] == 'B' then
         m = m + 4
       end
     else
-      local i, ok, rem, retry, reset, granted = one(c)
+      local i, ok, rem, retry, reset, granted = one(c, fmt[x])
       if ok == 1 and granted == c then
         -- Compact: the cost charged, deciding quota i (0 for the first).
         out[m + 1], out[m + 2], out[m + 3] = i == 1 and 0 or -i, rem, reset
@@ -430,4 +422,4 @@ if ARGV[2] == 'B' then
   end
   return out
 end
-return { one(tonumber(ARGV[2])) }
+return { one(tonumber(ARGV[2]), layout()) }

@@ -431,7 +431,7 @@ impl RedisLimiter {
                     // On the server's clock: merged with other tasks' checks
                     // into one call (standalone Redis; see `run_merged`).
                     Now::Server if self.store.merges() => {
-                        let keys = self.state_keys(key);
+                        let keys = self.state_keys(key).collect();
                         let check = Merged::new(keys, cost, mode, self.lease, self.args.clone());
                         self.store.run_merged(check).await
                     }
@@ -544,13 +544,16 @@ impl RedisLimiter {
 
     /// The keys a check of `key` reads and writes: the packed key, or one per
     /// quota (as the script expects them, see `script::packs`).
-    fn state_keys(&self, key: &[u8]) -> Vec<Vec<u8>> {
-        match self.packed_key(key) {
-            Some(k) => vec![k],
-            None => (0..self.quotas.len())
-                .map(|i| self.redis_key(key, i))
-                .collect(),
-        }
+    fn state_keys<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = Vec<u8>> + 'a {
+        let packed = self.packed_key(key);
+        let each = if packed.is_some() {
+            0
+        } else {
+            self.quotas.len()
+        };
+        packed
+            .into_iter()
+            .chain((0..each).map(move |i| self.redis_key(key, i)))
     }
 
     fn invocation(

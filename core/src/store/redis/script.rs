@@ -68,7 +68,7 @@ impl QuotaArgs {
 }
 
 /// Whether a check on `quotas` keeps every quota's state in one key (the
-/// script's `packs`: one GET and one write per check, whatever the number of
+/// script's `layout`: one GET and one write per check, whatever the number of
 /// quotas): unless a quota is a sliding log (a sorted set of its own) or the
 /// check is one GCRA quota (its TAT alone, the script's fast path).
 pub(super) fn packs(quotas: &[QuotaArgs]) -> bool {
