@@ -63,6 +63,34 @@ test('fastify plugin, over real HTTP', async () => {
   }
 })
 
+test('a Fastify app whose Redis is down answers by the fail mode and logs it once, not per request', async () => {
+  // The default logging as a server shows it: the engine made by the app,
+  // requests over HTTP, a Redis nobody answers on (port 1 refuses at once).
+  const lines = []
+  const { warn, info } = console
+  console.warn = (line) => lines.push(['warn', line])
+  console.info = (line) => lines.push(['info', line])
+  const Fastify = require('fastify')
+  const app = Fastify()
+  try {
+    const down = '[store]\nkind = "redis"\nurl = "redis://127.0.0.1:1/"\ntimeout_ms = 50\nfail_mode = "local"\n'
+    await app.register(require('../fastify.js'), { engine: Engine.fromToml(down + POLICY) })
+    app.all('/*', async () => ({ ok: true }))
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const base = `http://127.0.0.1:${app.server.address().port}`
+    const statuses = []
+    for (let i = 0; i < 5; i++) statuses.push((await fetch(base + '/auth/login', { method: 'POST' })).status)
+    // The local fallback keeps the 2/min login quota in this process.
+    assert.deepEqual(statuses, [200, 200, 429, 429, 429])
+    await new Promise((r) => setTimeout(r, 100))
+  } finally {
+    console.warn = warn
+    console.info = info
+    await app.close()
+  }
+  assert.deepEqual(lines, [['warn', 'floodgate: store_fallback (rule login)']])
+})
+
 test('a GCRA quota advertises its whole window over real HTTP (99/min is w=60)', async () => {
   // The emission interval is rounded up to whole nanoseconds; the window a
   // client is told must not be (it read w=61 for 99/min).

@@ -251,7 +251,7 @@ def test_fork_after_creating_keeps_one_table():
             os.unlink(path)
 
 
-def _redis_policy(url: str, algorithm: str = "gcra", extra: str = "") -> str:
+def _redis_policy(url: str, algorithm: str = "gcra", extra: str = "", quotas: str = f'"{LIMIT}/hour"') -> str:
     return textwrap.dedent(
         f"""
         [store]
@@ -266,7 +266,7 @@ def _redis_policy(url: str, algorithm: str = "gcra", extra: str = "") -> str:
         match = "/api/**"
         key = "ip"
         algorithm = "{algorithm}"
-        quotas = ["{LIMIT}/hour"]
+        quotas = [{quotas}]
         """
     ) + textwrap.dedent(extra)
 
@@ -283,20 +283,33 @@ quotas = ["{10 * LIMIT}/hour"]
 """
 
 
+# A looser daily quota beside the hourly one: two quotas of one rule in one
+# packed Redis key.
+_DAILY = f'"{LIMIT}/hour", "{5 * LIMIT}/day"'
+
+
 @pytest.mark.parametrize(
-    "algorithm,extra", [("gcra", ""), ("sliding_window", ""), ("gcra", _EVERYTHING)], ids=["gcra", "sliding", "two-rules"]
+    "algorithm,extra,quotas",
+    [
+        ("gcra", "", f'"{LIMIT}/hour"'),
+        ("sliding_window", "", f'"{LIMIT}/hour"'),
+        ("gcra", _EVERYTHING, f'"{LIMIT}/hour"'),
+        ("sliding_window", "", _DAILY),
+    ],
+    ids=["gcra", "sliding", "two-rules", "two-quotas"],
 )
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
-def test_one_quota_across_four_workers_on_redis(kind, algorithm, extra, redis_url, tmp_path):
+def test_one_quota_across_four_workers_on_redis(kind, algorithm, extra, quotas, redis_url, tmp_path):
     """Four workers on one Redis: exactly the quota. Under uvicorn the ASGI
     middleware decides with the core's async engine (`check_request_async`:
     merged calls on a tokio worker, no thread pool); under gunicorn the WSGI
     middleware blocks with the GIL released. The sliding window runs the
-    script's window path (its key's TTL set once per window) the same way;
-    with a second, looser rule on every request, the tighter still binds."""
+    script's packed state (one key, rewritten in place while its stored
+    expiry holds) the same way, also with two quotas in that key; with a
+    second, looser rule on every request, the tighter still binds."""
     pytest.importorskip(kind)
     proc, port = start_server(
-        kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url, algorithm, extra), tmp_path
+        kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, _redis_policy(redis_url, algorithm, extra, quotas), tmp_path
     )
     try:
         _wait_for_workers(proc, port)
