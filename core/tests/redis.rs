@@ -2256,6 +2256,59 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
         sizes.iter().skip(1).sum::<u64>() > 0,
         "no call carried more than one check: {sizes:?}"
     );
+    // Batches of one limiter and one cost (the script gets the cost once):
+    // still exact, on a packed key, and on GCRA keys that are not there yet
+    // (written by SET NX GET) or are there. (A cost over the burst is an
+    // error before any call.)
+    let uniform =
+        |limiter: Arc<floodgate::RedisLimiter>, key: &'static str, n: usize, cost: u64| {
+            rt.block_on(async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|i| {
+                        let l = limiter.clone();
+                        tokio::spawn(async move {
+                            let k = match key.strip_suffix('*') {
+                                Some(prefix) => format!("{prefix}{i}"),
+                                None => key.to_string(),
+                            };
+                            l.check_async(&k, cost).await.unwrap()
+                        })
+                    })
+                    .collect();
+                let mut allowed = 0;
+                for t in tasks {
+                    allowed += u64::from(t.await.unwrap().allowed);
+                }
+                allowed
+            })
+        };
+    assert_eq!(
+        uniform(windows.clone(), "uniform", 40, 2),
+        12,
+        "25/min in checks of 2"
+    );
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(
+        uniform(gcra.clone(), "a*", 300, 1),
+        300,
+        "one check per new key"
+    );
+    assert_eq!(
+        (server.calls("get"), server.calls("set")),
+        (0, 300),
+        "one command per new key"
+    );
+    assert_eq!(
+        uniform(gcra.clone(), "a*", 300, 40),
+        0,
+        "1 + 40 > the burst of 40"
+    );
+    assert_eq!(
+        uniform(gcra.clone(), "b*", 300, 40),
+        300,
+        "a new key's whole burst"
+    );
+    assert_eq!(gcra.fallbacks() + windows.fallbacks(), 0);
     // Redis gone: every merged check answers (closed) within its deadline.
     server.stop();
     let started = Instant::now();
