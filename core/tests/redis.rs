@@ -285,6 +285,101 @@ fn shared_vectors_pass_on_redis() {
     assert!(ran >= 40 && skipped <= 6, "ran {ran}, skipped {skipped}");
 }
 
+/// The script's packed check (every quota of a limiter in one key, decided and
+/// written in one pass) decides as the in-memory limiter does, denials and
+/// the deciding quota included: random costs and times over layouts mixing
+/// the algorithms, step by step on both.
+#[test]
+fn packed_checks_decide_as_the_memory_store() {
+    let server = Server::start(&[]);
+    let layouts: [&[(&str, Algorithm)]; 5] = [
+        &[
+            ("10/s", Algorithm::SlidingWindow),
+            ("40/min", Algorithm::SlidingWindow),
+        ],
+        &[
+            ("5/s burst 3", Algorithm::Gcra),
+            ("8/2s", Algorithm::FixedWindow),
+        ],
+        &[("6/s", Algorithm::FixedWindow)],
+        &[
+            ("4/s", Algorithm::SlidingWindow),
+            ("9/3s", Algorithm::FixedWindow),
+            ("2/s burst 5", Algorithm::Gcra),
+        ],
+        &[("4/s", Algorithm::Gcra), ("4/s burst 3", Algorithm::Gcra)],
+    ];
+    // Redis keeps whole microseconds (rounded up); the memory store nanoseconds
+    // (so the GCRA quotas here have whole-microsecond intervals).
+    let us = |d: Duration| d.as_nanos().div_ceil(1000);
+    // A small xorshift: the same sequence on every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for (l, layout) in layouts.iter().enumerate() {
+        let (mut redis, mut memory) = (
+            builder(&server).prefix(&format!("diff{l}")),
+            floodgate::Limiter::builder(),
+        );
+        for (q, algorithm) in layout.iter() {
+            let quota = q
+                .parse::<Quota>()
+                .unwrap()
+                .with_algorithm(*algorithm)
+                .unwrap();
+            redis = redis.quota(quota);
+            memory = memory.quota(quota);
+        }
+        let redis = redis
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap();
+        let memory = memory.build().unwrap();
+        // Whole microseconds from a start that is not a window boundary.
+        let mut now = Duration::from_micros(1_700_000_000_123_457);
+        let (mut allowed, mut denied) = (0, 0);
+        for step in 0..300 {
+            now += Duration::from_micros(next(4) * next(90_000));
+            let key = ["a", "b"][usize::from(next(5) == 0)];
+            let cost = 1 + next(3);
+            let want = memory.check_at(key, cost, now).unwrap();
+            let got = redis.check_at(key, cost, now).unwrap();
+            assert_eq!(
+                (
+                    got.allowed,
+                    got.remaining,
+                    us(got.retry_after),
+                    us(got.reset_after),
+                    got.quota
+                ),
+                (
+                    want.allowed,
+                    want.remaining,
+                    us(want.retry_after),
+                    us(want.reset_after),
+                    want.quota
+                ),
+                "layout {l} step {step} key {key} cost {cost}"
+            );
+            if want.allowed {
+                allowed += 1
+            } else {
+                denied += 1
+            }
+        }
+        assert!(
+            allowed > 30 && denied > 30,
+            "layout {l}: {allowed} allowed, {denied} denied"
+        );
+        assert_eq!(redis.fallbacks(), 0);
+    }
+}
+
 #[test]
 fn instances_sharing_one_redis_admit_exactly_the_limit() {
     let server = Server::start(&[]);
