@@ -30,7 +30,8 @@
 -- all-or-nothing over its quotas;
 -- TIME is read once. Returns every check's reply, in order: its six values,
 -- or a compact form (see the loop below): an admitted check charged its cost
--- is 3 values, a denied one-GCRA check 4.
+-- is 3 values, a denied one-GCRA check 4, a one-GCRA check admitted on a key
+-- that was not there 1 (-100: its remaining and reset follow from its quota).
 --
 -- Kept lean on purpose: EVALSHA's fixed cost dominates on a fast server, so there
 -- are no per-call tables beyond the state array and no closures per quota.
@@ -349,8 +350,10 @@ local function check_packed(c, fmt)
   return bi, 1, brem, 0, breset, c
 end
 
--- The common check: one GCRA quota, check and charge c, at (ko, p). Returns the
--- six values of the reply (no table, no closure).
+-- The common check: one GCRA quota, check and charge c, at (ko, p). Returns
+-- allowed (0/1), remaining, retry_after, reset_after (no table, no closure)
+-- and whether the key was not there (then remaining is the limit less c and
+-- reset_after c intervals).
 -- A key that is not there (a bucket that was full again has expired: every
 -- check of a client that comes back less often than the emission interval,
 -- and every new key of a flood) is charged with one command, SET NX GET,
@@ -373,7 +376,7 @@ local function gcra_one(c)
     v = redis.call('SET', key, fresh_tat, 'PX', fresh_px, 'NX', 'GET')
     if not v then
       local r = (cap - step) / t
-      return 1, 1, r - r % 1, 0, step, c
+      return 1, r - r % 1, 0, step, true
     end
   else
     v = redis.call('GET', key)
@@ -384,9 +387,9 @@ local function gcra_one(c)
   if used <= cap then
     local px, r = (used + 999) / 1000, (cap - used) / t
     redis.call('SET', key, base + c * t, 'PX', px - px % 1 + 1)
-    return 1, 1, r - r % 1, 0, used, c
+    return 1, r - r % 1, 0, used, false
   end
-  return 1, 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, 0
+  return 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, false
 end
 
 -- Decides and charges the check at (ko, p, n), of cost c, whose state is
@@ -397,7 +400,10 @@ local function one(c, packed)
   mode = ARGV[p + 2]
   -- Fast path: one GCRA quota, check and charge (the common case): no state
   -- tables or closures, only the reply's. Same arithmetic as decide's 'g'.
-  if n == 1 and mode == 'c' and alg[1] == 'g' then return gcra_one(cost) end
+  if n == 1 and mode == 'c' and alg[1] == 'g' then
+    local ok, rem, retry, reset = gcra_one(cost)
+    return 1, ok, rem, retry, reset, ok * cost
+  end
 
   -- Per-quota state, loaded once: s1, s2, s3 (meaning depends on the algorithm),
   -- from the packed key's values (pk, the next one at j) or a key per quota.
@@ -536,18 +542,22 @@ if ARGV[2] == 'B' or ARGV[2] == 'U' then
   -- 'U': every check is of the one shape and of one cost, sent once (the
   -- common batch: one rule's checks); 'B': each check's shape and cost.
   local each, x, c = ARGV[2] == 'B', 1, tonumber(ARGV[q])
+  p, n, alg, lim, per = at[1], ks[1], sa[1], sl[1], sw[1]
   for _ = 1, tonumber(ARGV[3]) do
     if each then
       x, c = tonumber(ARGV[q]), tonumber(ARGV[q + 1])
       q = q + 2
+      p, n, alg, lim, per = at[x], ks[x], sa[x], sl[x], sw[x]
     end
-    p, n = at[x], ks[x]
-    alg, lim, per = sa[x], sl[x], sw[x]
     if fast[x] then
-      -- Compact, written in place: 0, remaining, reset when allowed (the cost
-      -- charged); -1, remaining, retry, reset when denied.
-      local _, ok, rem, retry, reset = gcra_one(c)
-      if ok == 1 then
+      -- Compact, written in place: -100 when admitted on a key that was not
+      -- there (remaining: the limit less the cost; reset: cost intervals);
+      -- else 0, remaining, reset when allowed (the cost charged); -1,
+      -- remaining, retry, reset when denied.
+      local ok, rem, retry, reset, new = gcra_one(c)
+      if new then
+        out[m + 1], m = -100, m + 1
+      elseif ok == 1 then
         out[m + 1], out[m + 2], out[m + 3] = 0, rem, reset
         m = m + 3
       else

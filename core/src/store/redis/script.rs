@@ -241,14 +241,29 @@ pub(super) fn merged<'a, 'b>(
     invocation
 }
 
+/// A merged call's compact reply for a one-GCRA check admitted on a key that
+/// was not there.
+const NEW_KEY: i64 = -100;
+
+/// The six values of a one-GCRA check of `c.cost` admitted on a full bucket.
+fn new_key(c: &Merged) -> Option<Vec<i64>> {
+    let [q] = &*c.quotas else { return None };
+    let cost = i64::try_from(c.cost).ok()?;
+    let remaining = i64::try_from(q.limit.checked_sub(c.cost)?).ok()?;
+    let reset = i64::try_from(q.period.0.checked_mul(c.cost)?).ok()?;
+    Some(vec![1, 1, remaining, 0, reset, cost])
+}
+
 /// Splits a merged call's reply into each check's six values (as a single
 /// call returns them). A check's reply is its six values (the deciding quota
 /// first, 1 or more), or a compact form: `0, remaining, reset` for a check
 /// admitted with its cost charged on its first quota (`-q, remaining, reset`
 /// when quota `q` >= 2 decided), `-1, remaining, retry, reset` for a denied
-/// one-GCRA check: half or two thirds of the values for Redis to encode (about
-/// 0.1 µs each) and us to parse. `None` when the reply does not match the
-/// checks.
+/// one-GCRA check, and `-100` alone for a one-GCRA check admitted on a key
+/// that was not there (a full bucket: remaining is the limit less the cost,
+/// reset the cost's intervals, worked out here from the check's quota): a
+/// sixth to two thirds of the values for Redis to encode (about 0.1 µs each)
+/// and us to parse. `None` when the reply does not match the checks.
 pub(super) fn split_merged<'b>(
     values: &[i64],
     checks: impl Iterator<Item = &'b Merged>,
@@ -257,6 +272,7 @@ pub(super) fn split_merged<'b>(
     let mut rest = values;
     for c in checks {
         let (reply, tail) = match rest {
+            [NEW_KEY, tail @ ..] => (new_key(c)?, tail),
             [0, rem, reset, tail @ ..] => (
                 vec![1, 1, *rem, 0, *reset, i64::try_from(c.cost).ok()?],
                 tail,
@@ -379,6 +395,20 @@ mod tests {
                 vec![3, 1, 5, 0, 70, 2],
             ])
         );
+        // A one-GCRA check admitted on a new key: -100 alone, the rest from
+        // its quota (10 per 1 ms interval, cost 3).
+        let gcra: std::sync::Arc<[QuotaArgs]> = std::sync::Arc::from(vec![QuotaArgs {
+            algorithm: "g",
+            limit: 10,
+            period: Micros(1000),
+        }]);
+        let new = Merged::new(vec![b"k".to_vec()], 3, Mode::Check, 0, gcra);
+        assert_eq!(
+            split_merged(&[NEW_KEY, 0, 7, 900], [&new, &checks[1]].into_iter()),
+            Some(vec![vec![1, 1, 7, 0, 3000, 3], vec![1, 1, 7, 0, 900, 1]])
+        );
+        // Not for a check of another shape.
+        assert_eq!(split_merged(&[NEW_KEY], checks[..1].iter()), None);
         for bad in [
             &values[..values.len() - 1], // short
             &[0, 7, 900, -1, 0, 150, 400, 2, 1, 4, 0, 60, 1, -3, 5, 70, 9][..], // long
