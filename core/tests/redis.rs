@@ -288,7 +288,8 @@ fn shared_vectors_pass_on_redis() {
 /// The script's packed check (every quota of a limiter in one key, decided and
 /// written in one pass) decides as the in-memory limiter does, denials and
 /// the deciding quota included: random costs and times over layouts mixing
-/// the algorithms, step by step on both.
+/// the algorithms, on keys that are there and keys that are not, step by step
+/// on both.
 #[test]
 fn packed_checks_decide_as_the_memory_store() {
     let server = Server::start(&[]);
@@ -345,7 +346,14 @@ fn packed_checks_decide_as_the_memory_store() {
         let (mut allowed, mut denied) = (0, 0);
         for step in 0..300 {
             now += Duration::from_micros(next(4) * next(90_000));
-            let key = ["a", "b"][usize::from(next(5) == 0)];
+            // Two keys, and now and then a new one (its first check is one
+            // SET NX GET).
+            let key = match next(6) {
+                0 => format!("new{step}"),
+                1 => "b".to_string(),
+                _ => "a".to_string(),
+            };
+            let key = key.as_str();
             let cost = 1 + next(3);
             let want = memory.check_at(key, cost, now).unwrap();
             let got = redis.check_at(key, cost, now).unwrap();
@@ -2161,11 +2169,13 @@ max_in_flight = 10
 }
 
 /// A limiter's quotas (windows, or several GCRA quotas) keep their state in
-/// one key: a check is one `GET` and, when allowed, one `SET` with the TTL the
-/// longest-lived quota needs (and an eighth), whatever the number of quotas (a hash per window
-/// quota took an `HMGET` and an `HSET` each, and a `PEXPIRE` per window). The
-/// key lives to the fixed window's end or the sliding window's next one's,
-/// whichever is later; denied checks write nothing.
+/// one key: a check is one `SET ... NX GET` (which writes a key that is not
+/// there, and is then the whole check) and, when allowed, one `SET` with the
+/// TTL the longest-lived quota needs (and an eighth), whatever the number of
+/// quotas (a hash per window quota took an `HMGET` and an `HSET` each, and a
+/// `PEXPIRE` per window). The key lives to the fixed window's end or the
+/// sliding window's next one's, whichever is later; denied checks write
+/// nothing.
 #[test]
 fn a_limiter_s_window_quotas_share_one_key() {
     let server = Server::start(&[]);
@@ -2187,7 +2197,8 @@ fn a_limiter_s_window_quotas_share_one_key() {
         );
     }
     let counts = || ["get", "set", "hmget", "hset", "pexpire"].map(|c| server.calls(c));
-    assert_eq!(counts(), [10, 10, 0, 0, 0], "{}", server.commandstats());
+    // The first check: one SET NX GET; each later one: SET NX GET, then SET.
+    assert_eq!(counts(), [0, 19, 0, 0, 0], "{}", server.commandstats());
     let keys = server.keys_and_ttls();
     assert_eq!(keys.len(), 1, "{keys:?}");
     for (k, ttl) in keys {
@@ -2201,7 +2212,7 @@ fn a_limiter_s_window_quotas_share_one_key() {
             .unwrap()
             .allowed
     );
-    assert_eq!(counts(), [11, 10, 0, 0, 0]);
+    assert_eq!(counts(), [0, 20, 0, 0, 0]);
     let next = l.check_at("k", 95, t + Duration::from_secs(2_900)).unwrap();
     assert!(
         !next.allowed,
@@ -2212,7 +2223,7 @@ fn a_limiter_s_window_quotas_share_one_key() {
             .unwrap()
             .allowed
     );
-    assert_eq!(counts(), [13, 11, 0, 0, 0], "a new window, the same key");
+    assert_eq!(counts(), [0, 23, 0, 0, 0], "a new window, the same key");
 
     // On Redis's clock (every check but replays like the ones above), the key
     // keeps its expiry with its state: while that covers what the quotas need,
@@ -2230,7 +2241,8 @@ fn a_limiter_s_window_quotas_share_one_key() {
         assert!(live.check("k", 1).unwrap().allowed);
     }
     let writes = || ["set", "setrange"].map(|c| server.calls(c));
-    assert_eq!(writes(), [1, 9], "{}", server.commandstats());
+    // SET NX GET each time; the first wrote the key, the 9 others SETRANGE.
+    assert_eq!(writes(), [10, 9], "{}", server.commandstats());
     let ttl = server
         .keys_and_ttls()
         .into_iter()
