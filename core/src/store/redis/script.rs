@@ -68,8 +68,8 @@ impl QuotaArgs {
 }
 
 /// Whether a check on `quotas` keeps every quota's state in one key (the
-/// script's `layout`: one GET and one write per check, whatever the number of
-/// quotas): unless a quota is a sliding log (a sorted set of its own) or the
+/// script's `layout`: one SET NX GET, and one write when admitted on a key
+/// that was there, whatever the number of quotas): unless a quota is a sliding log (a sorted set of its own) or the
 /// check is one GCRA quota (its TAT alone, the script's fast path).
 pub(super) fn packs(quotas: &[QuotaArgs]) -> bool {
     let one_gcra = matches!(quotas, [q] if q.algorithm == "g");
