@@ -288,6 +288,8 @@ fn unverified_api_keys_do_not_buy_fresh_buckets() {
     )
     .unwrap();
     let e = Engine::from_path(dir.join("p.toml")).unwrap();
+    // Read at load: the files can go now (no litter in the temp dir).
+    std::fs::remove_dir_all(&dir).unwrap();
     let from = "203.0.113.21";
     let mut allowed = 0;
     for i in 0..300 {
@@ -542,6 +544,7 @@ fn a_jwks_file_with_an_oct_key_is_refused() {
     )
     .unwrap();
     let err = Engine::from_path(dir.join("p.toml")).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(err.to_string().contains("symmetric"), "{err}");
 }
 
