@@ -91,6 +91,42 @@ test('a Fastify app whose Redis is down answers by the fail mode and logs it onc
   assert.deepEqual(lines, [['warn', 'floodgate: store_fallback (rule login)']])
 })
 
+test('two Fastify instances on one Redis over real HTTP: a flood of new clients each gets its own quota, a hot client exactly its quota', { skip: !process.env.FG_TEST_REDIS_URL && 'FG_TEST_REDIS_URL not set' }, async () => {
+  // What the script does with keys that are not there yet (one SET NX GET,
+  // the reply worked out from the quota or a per-call template) as a server
+  // sees it: requests from two app instances (one engine each), concurrent,
+  // so their checks travel in merged calls.
+  const prefix = `fg-node-flood-${process.pid}`
+  const policy = `[store]\nkind = "redis"\nurl = "${process.env.FG_TEST_REDIS_URL}"\ntimeout_ms = 1000\nprefix = "${prefix}"\nfail_mode = "closed"\n` +
+    '[[rule]]\nname = "g"\nmatch = "/g/**"\nkey = "header:x-client"\nquotas = ["5/min"]\n' +
+    '[[rule]]\nname = "w"\nmatch = "/w/**"\nkey = "header:x-client"\nquotas = ["3/s", "5/min"]\nalgorithm = "sliding_window"\n'
+  const Fastify = require('fastify')
+  const apps = []
+  for (let i = 0; i < 2; i++) {
+    const app = Fastify()
+    await app.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+    app.get('/*', async () => ({ ok: true }))
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    apps.push(`http://127.0.0.1:${app.server.address().port}`)
+    apps[`close${i}`] = () => app.close()
+  }
+  const get = (i, path, client) => fetch(apps[i % 2] + path, { headers: { 'x-client': client } })
+    .then(async (res) => ({ status: res.status, limit: res.headers.get('ratelimit'), text: await res.text() }))
+  try {
+    for (const [route, name, remaining, quota] of [['/g/x', '"g"', 4, 5], ['/w/x', '"w.1"', 2, 3]]) {
+      const flood = await Promise.all(Array.from({ length: 120 }, (_, i) => get(i, route, `${route}-new-${i}`)))
+      assert.deepEqual(new Set(flood.map((r) => r.status)), new Set([200]), route)
+      for (const r of flood) assert.ok(r.limit.startsWith(`${name};r=${remaining};t=`), `${route}: ${r.limit}`)
+      const hot = await Promise.all(Array.from({ length: 12 }, (_, i) => get(i, route, `${route}-hot`)))
+      assert.equal(hot.filter((r) => r.status === 200).length, quota, `${route}: ${hot.map((r) => r.status)}`)
+      assert.equal(hot.filter((r) => r.status === 429).length, 12 - quota)
+    }
+  } finally {
+    await apps.close0()
+    await apps.close1()
+  }
+})
+
 test('a GCRA quota advertises its whole window over real HTTP (99/min is w=60)', async () => {
   // The emission interval is rounded up to whole nanoseconds; the window a
   // client is told must not be (it read w=61 for 99/min).
