@@ -69,8 +69,9 @@ impl QuotaArgs {
 
 /// Whether a check on `quotas` keeps every quota's state in one key (the
 /// script's `layout`: one SET NX GET, and one write when admitted on a key
-/// that was there, whatever the number of quotas): unless a quota is a sliding log (a sorted set of its own) or the
-/// check is one GCRA quota (its TAT alone, the script's fast path).
+/// that was there, whatever the number of quotas): unless a quota is a
+/// sliding log (a sorted set of its own) or the check is one GCRA quota (its
+/// TAT alone, the script's fast path).
 pub(super) fn packs(quotas: &[QuotaArgs]) -> bool {
     let one_gcra = matches!(quotas, [q] if q.algorithm == "g");
     !one_gcra && quotas.iter().all(|q| q.algorithm != "l")
@@ -248,6 +249,9 @@ const NEW_KEY: i64 = -100;
 /// The six values of a one-GCRA check of `c.cost` admitted on a full bucket.
 fn new_key(c: &Merged) -> Option<Vec<i64>> {
     let [q] = &*c.quotas else { return None };
+    if q.algorithm != "g" {
+        return None;
+    }
     let cost = i64::try_from(c.cost).ok()?;
     let remaining = i64::try_from(q.limit.checked_sub(c.cost)?).ok()?;
     let reset = i64::try_from(q.period.0.checked_mul(c.cost)?).ok()?;
