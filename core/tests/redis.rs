@@ -2169,13 +2169,13 @@ max_in_flight = 10
 }
 
 /// A limiter's quotas (windows, or several GCRA quotas) keep their state in
-/// one key: a check is one `SET ... NX GET` (which writes a key that is not
-/// there, and is then the whole check) and, when allowed, one `SET` with the
-/// TTL the longest-lived quota needs (and an eighth), whatever the number of
-/// quotas (a hash per window quota took an `HMGET` and an `HSET` each, and a
-/// `PEXPIRE` per window). The key lives to the fixed window's end or the
-/// sliding window's next one's, whichever is later; denied checks write
-/// nothing.
+/// one key: a (blocking, single) check is one `GET` and, when allowed, one
+/// `SET` with the TTL the longest-lived quota needs (and an eighth), whatever
+/// the number of quotas (a hash per window quota took an `HMGET` and an
+/// `HSET` each, and a `PEXPIRE` per window). The key lives to the fixed
+/// window's end or the sliding window's next one's, whichever is later;
+/// denied checks write nothing. (Merged calls read with `SET ... NX GET`: see
+/// `merged_calls_decide_in_order_exactly_and_fail_over`.)
 #[test]
 fn a_limiter_s_window_quotas_share_one_key() {
     let server = Server::start(&[]);
@@ -2197,8 +2197,7 @@ fn a_limiter_s_window_quotas_share_one_key() {
         );
     }
     let counts = || ["get", "set", "hmget", "hset", "pexpire"].map(|c| server.calls(c));
-    // The first check: one SET NX GET; each later one: SET NX GET, then SET.
-    assert_eq!(counts(), [0, 19, 0, 0, 0], "{}", server.commandstats());
+    assert_eq!(counts(), [10, 10, 0, 0, 0], "{}", server.commandstats());
     let keys = server.keys_and_ttls();
     assert_eq!(keys.len(), 1, "{keys:?}");
     for (k, ttl) in keys {
@@ -2212,7 +2211,7 @@ fn a_limiter_s_window_quotas_share_one_key() {
             .unwrap()
             .allowed
     );
-    assert_eq!(counts(), [0, 20, 0, 0, 0]);
+    assert_eq!(counts(), [11, 10, 0, 0, 0]);
     let next = l.check_at("k", 95, t + Duration::from_secs(2_900)).unwrap();
     assert!(
         !next.allowed,
@@ -2223,7 +2222,7 @@ fn a_limiter_s_window_quotas_share_one_key() {
             .unwrap()
             .allowed
     );
-    assert_eq!(counts(), [0, 23, 0, 0, 0], "a new window, the same key");
+    assert_eq!(counts(), [13, 11, 0, 0, 0], "a new window, the same key");
 
     // On Redis's clock (every check but replays like the ones above), the key
     // keeps its expiry with its state: while that covers what the quotas need,
@@ -2241,8 +2240,7 @@ fn a_limiter_s_window_quotas_share_one_key() {
         assert!(live.check("k", 1).unwrap().allowed);
     }
     let writes = || ["set", "setrange"].map(|c| server.calls(c));
-    // SET NX GET each time; the first wrote the key, the 9 others SETRANGE.
-    assert_eq!(writes(), [10, 9], "{}", server.commandstats());
+    assert_eq!(writes(), [1, 9], "{}", server.commandstats());
     let ttl = server
         .keys_and_ttls()
         .into_iter()
@@ -2395,6 +2393,32 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
         12,
         "25/min in checks of 2"
     );
+    // New keys of the packed limiter: one SET NX GET each (the state and the
+    // reply worked out once per call), answering as a single check on a new
+    // key does: 25/min and 30/hour less 2, the sliding window deciding, reset
+    // by the end of the next minute (its value moves with the clock).
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let new = uniform(windows.clone(), "w*", 200, 2);
+    assert_eq!(
+        (
+            server.calls("get"),
+            server.calls("set"),
+            server.calls("setrange")
+        ),
+        (0, 200, 0),
+        "one command per new key"
+    );
+    let single = windows.check("w-single", 2).unwrap();
+    assert_eq!((single.remaining, single.quota), (23, 0), "{single:?}");
+    for d in &new {
+        assert!(
+            d.allowed
+                && (d.remaining, d.quota) == (single.remaining, single.quota)
+                && d.reset_after > Duration::from_secs(59)
+                && d.reset_after <= Duration::from_secs(120),
+            "{d:?} vs {single:?}"
+        );
+    }
     server.cmd(&["CONFIG", "RESETSTAT"]);
     // A new key's reply is one value; its remaining and reset are worked out
     // from the quota (40/hour: 90 s intervals).

@@ -56,6 +56,62 @@ if now < 0 then
   server_clock = true
 end
 local floor, max = math.floor, math.max
+
+-- SET ... NX GET (Redis 7.0 and later): a key that is not there is written
+-- and read in one command.
+local nx_get = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
+
+-- The common check: one GCRA quota (emission interval t, limit) on key, check
+-- and charge c. Returns allowed (0/1), remaining, retry_after, reset_after (no
+-- table, no closure) and whether the key was not there (then remaining is the
+-- limit less c and reset_after c intervals).
+-- A key that is not there (a bucket that was full again has expired: every
+-- check of a client that comes back less often than the emission interval,
+-- and every new key of a flood) is charged with one command, SET NX GET,
+-- where GET then SET took two (measured inside Redis 7.0, 100k keys: 2.6 ->
+-- 2.0 µs per check); a key that is there costs about what it did (the SET
+-- NX GET that finds it, then the SET). What SET NX GET writes depends only on the
+-- period, the cost and now, so its two numbers are formatted once per call
+-- (Redis 7.0 formats a number argument with "%.17g", ~0.3 µs each).
+local fresh_t, fresh_c, fresh_tat, fresh_px
+local function gcra_one(key, t, limit, c)
+  local cap, step = limit * t, c * t
+  local v
+  if nx_get and step <= cap then
+    if t ~= fresh_t or c ~= fresh_c then
+      fresh_t, fresh_c = t, c
+      fresh_tat = string.format('%d', now + step)
+      fresh_px = string.format('%d', floor((step + 999) / 1000) + 1)
+    end
+    v = redis.call('SET', key, fresh_tat, 'PX', fresh_px, 'NX', 'GET')
+    if not v then
+      local r = (cap - step) / t
+      return 1, r - r % 1, 0, step, true
+    end
+  else
+    v = redis.call('GET', key)
+  end
+  local base = tonumber(v or '0')
+  if base < now then base = now end
+  local used = base + c * t - now
+  if used <= cap then
+    local px, r = (used + 999) / 1000, (cap - used) / t
+    redis.call('SET', key, base + c * t, 'PX', px - px % 1 + 1)
+    return 1, r - r % 1, 0, used, false
+  end
+  return 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, false
+end
+
+-- A single call of one GCRA quota, check and charge (the common blocking
+-- check): decided here, before the rest of this chunk runs. Every call of a
+-- script runs its chunk, and making its functions (closures over ~40 locals)
+-- and tables costs ~45k instructions, more than the check itself.
+if #ARGV == 7 and ARGV[3] == 'c' and ARGV[5] == 'g' then
+  local c = tonumber(ARGV[2])
+  local ok, rem, retry, reset = gcra_one(KEYS[1], tonumber(ARGV[7]), tonumber(ARGV[6]), c)
+  return { 1, ok, rem, retry, reset, ok * c }
+end
+
 -- The check being decided: its first key is KEYS[ko + 1], its arguments start
 -- after ARGV[p] (p = 1 for a single call: ARGV[1] is the time), n quotas.
 -- (In a merged call ARGV[p + 1] is the shape's k, and the cost is an argument.)
@@ -68,7 +124,7 @@ local ko, p, n, cost, mode = 0, 1, (#ARGV - 4) / 3, 0, 'c'
 -- ttl[i]: whether a charge on a window quota must set its key's TTL (the key
 -- is new or moves to a new window; a key written for its window already lives
 -- to that window's end, and HSET keeps a TTL).
-local alg, lim, per, s1, s2, s3, ttl = {}, {}, {}, {}, {}, {}, {}
+local alg, lim, per, s1, s2, s3, ttl = nil, nil, nil, {}, {}, {}, {}
 
 local function ceil_div(a, b) return floor((a + b - 1) / b) end
 
@@ -82,9 +138,9 @@ local function quotas()
   return a, l, w
 end
 
--- SET ... NX GET (Redis 7.0 and later): a key that is not there is written
--- and read in one command.
-local nx_get = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
+-- Whether this is a merged call (a packed key's template pays for itself only
+-- over many checks; see template).
+local merged = false
 
 -- The struct format of the one packed key of the checks at p with n quotas
 -- (its values, then its expiry), or false when they keep a key per quota.
@@ -361,6 +417,8 @@ end
 -- every key of a flood of new ones) then costs one command and no packing:
 -- callgrind inside Redis 7.0, two sliding windows: ~45k -> ~22k instructions;
 -- a key that is there pays ~4.5k more (SET NX GET finds it where GET did).
+-- Only in merged calls: a single call would work out the template for one
+-- check, as much work as deciding it.
 local tmpl_alg, tmpl_c, tmpl_v, tmpl_px, tmpl_i, tmpl_rem, tmpl_reset
 local function template(c, fmt)
   tmpl_alg, tmpl_c = alg, c
@@ -375,7 +433,7 @@ end
 
 local function check_packed(c, fmt)
   local pk
-  if nx_get then
+  if nx_get and merged then
     if alg ~= tmpl_alg or c ~= tmpl_c then template(c, fmt) end
     if tmpl_v then
       local v = redis.call('SET', KEYS[ko + 1], tmpl_v, 'PX', tmpl_px, 'NX', 'GET')
@@ -390,47 +448,6 @@ local function check_packed(c, fmt)
   return i, 1, rem, 0, reset, c
 end
 
--- The common check: one GCRA quota, check and charge c, at (ko, p). Returns
--- allowed (0/1), remaining, retry_after, reset_after (no table, no closure)
--- and whether the key was not there (then remaining is the limit less c and
--- reset_after c intervals).
--- A key that is not there (a bucket that was full again has expired: every
--- check of a client that comes back less often than the emission interval,
--- and every new key of a flood) is charged with one command, SET NX GET,
--- where GET then SET took two (measured inside Redis 7.0, 100k keys: 2.6 ->
--- 2.0 µs per check); a key that is there costs about what it did (the SET
--- NX GET that finds it, then the SET). What SET NX GET writes depends only on the
--- period, the cost and now, so its two numbers are formatted once per call
--- (Redis 7.0 formats a number argument with "%.17g", ~0.3 µs each).
-local fresh_t, fresh_c, fresh_tat, fresh_px
-local function gcra_one(c)
-  local key, t = KEYS[ko + 1], per[1]
-  local cap, step = lim[1] * t, c * t
-  local v
-  if nx_get and step <= cap then
-    if t ~= fresh_t or c ~= fresh_c then
-      fresh_t, fresh_c = t, c
-      fresh_tat = string.format('%d', now + step)
-      fresh_px = string.format('%d', floor((step + 999) / 1000) + 1)
-    end
-    v = redis.call('SET', key, fresh_tat, 'PX', fresh_px, 'NX', 'GET')
-    if not v then
-      local r = (cap - step) / t
-      return 1, r - r % 1, 0, step, true
-    end
-  else
-    v = redis.call('GET', key)
-  end
-  local base = tonumber(v or '0')
-  if base < now then base = now end
-  local used = base + c * t - now
-  if used <= cap then
-    local px, r = (used + 999) / 1000, (cap - used) / t
-    redis.call('SET', key, base + c * t, 'PX', px - px % 1 + 1)
-    return 1, r - r % 1, 0, used, false
-  end
-  return 0, floor(max(cap - (base - now), 0) / t), used - cap, base - now, false
-end
 
 -- Decides and charges the check at (ko, p, n), of cost c, whose state is
 -- packed in the struct format `packed` (its layout()) or not (false): the
@@ -441,7 +458,7 @@ local function one(c, packed)
   -- Fast path: one GCRA quota, check and charge (the common case): no state
   -- tables or closures, only the reply's. Same arithmetic as decide's 'g'.
   if n == 1 and mode == 'c' and alg[1] == 'g' then
-    local ok, rem, retry, reset = gcra_one(cost)
+    local ok, rem, retry, reset = gcra_one(KEYS[ko + 1], per[1], lim[1], cost)
     return 1, ok, rem, retry, reset, ok * cost
   end
 
@@ -566,6 +583,7 @@ local function one(c, packed)
 end
 
 if ARGV[2] == 'B' or ARGV[2] == 'U' then
+  merged = true
   -- Where each shape's arguments start (as p), its number of quotas, its
   -- state's layout and its number of keys.
   local at, ks, kk, fmt, sa, sl, sw, fast, q = {}, {}, {}, {}, {}, {}, {}, {}, 5
@@ -596,7 +614,7 @@ if ARGV[2] == 'B' or ARGV[2] == 'U' then
       -- there (remaining: the limit less the cost; reset: cost intervals);
       -- else 0, remaining, reset when allowed (the cost charged); -1,
       -- remaining, retry, reset when denied.
-      local ok, rem, retry, reset, new = gcra_one(c)
+      local ok, rem, retry, reset, new = gcra_one(KEYS[ko + 1], per[1], lim[1], c)
       if new then
         out[m + 1], m = -100, m + 1
       elseif ok == 1 then
