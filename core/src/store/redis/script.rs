@@ -68,8 +68,9 @@ impl QuotaArgs {
 }
 
 /// Whether a check on `quotas` keeps every quota's state in one key (the
-/// script's `layout`: one SET NX GET, and one write when admitted on a key
-/// that was there, whatever the number of quotas): unless a quota is a
+/// script's `layout`: one read (in a merged call a SET NX GET, the whole
+/// check on a key that is not there) and one write when admitted, whatever
+/// the number of quotas): unless a quota is a
 /// sliding log (a sorted set of its own) or the check is one GCRA quota (its
 /// TAT alone, the script's fast path).
 pub(super) fn packs(quotas: &[QuotaArgs]) -> bool {
