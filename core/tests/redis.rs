@@ -289,7 +289,9 @@ fn shared_vectors_pass_on_redis() {
 /// written in one pass) decides as the in-memory limiter does, denials and
 /// the deciding quota included: random costs and times over layouts mixing
 /// the algorithms, on keys that are there and keys that are not, step by step
-/// on both.
+/// on both. (Single calls at given times; what a merged call writes for a new
+/// key is checked against a single check in
+/// `merged_calls_decide_in_order_exactly_and_fail_over`.)
 #[test]
 fn packed_checks_decide_as_the_memory_store() {
     let server = Server::start(&[]);
@@ -346,8 +348,7 @@ fn packed_checks_decide_as_the_memory_store() {
         let (mut allowed, mut denied) = (0, 0);
         for step in 0..300 {
             now += Duration::from_micros(next(4) * next(90_000));
-            // Two keys, and now and then a new one (its first check is one
-            // SET NX GET).
+            // Two keys, and now and then a new one.
             let key = match next(6) {
                 0 => format!("new{step}"),
                 1 => "b".to_string(),
