@@ -2420,6 +2420,51 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
             "{d:?} vs {single:?}"
         );
     }
+    // Two packed limiters taking turns in merged calls (two rules of one
+    // request), on new keys: each answers as its own single check does.
+    let pair = Arc::new(
+        store
+            .limiter()
+            .quota(Quota::per_minute(10).unwrap())
+            .quota(Quota::per_hour(100).unwrap())
+            .prefix("merged-pair")
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap(),
+    );
+    let turns = {
+        let (w, g) = (windows.clone(), pair.clone());
+        rt.block_on(async move {
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let (w, g) = (w.clone(), g.clone());
+                    tokio::spawn(async move {
+                        let key = format!("turn-{i}");
+                        if i % 2 == 0 {
+                            (0, w.check_async(&key, 2).await.unwrap())
+                        } else {
+                            (1, g.check_async(&key, 1).await.unwrap())
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+    };
+    let pair_single = pair.check("pair-single", 1).unwrap();
+    assert_eq!((pair_single.remaining, pair_single.quota), (9, 0));
+    for (which, d) in &turns {
+        let want = if *which == 0 { &single } else { &pair_single };
+        assert!(
+            d.allowed && (d.remaining, d.quota) == (want.remaining, want.quota),
+            "{which}: {d:?} vs {want:?}"
+        );
+    }
     server.cmd(&["CONFIG", "RESETSTAT"]);
     // A new key's reply is one value; its remaining and reset are worked out
     // from the quota (40/hour: 90 s intervals).

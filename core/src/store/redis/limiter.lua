@@ -419,16 +419,30 @@ end
 -- a key that is there pays ~4.5k more (SET NX GET finds it where GET did).
 -- Only in merged calls: a single call would work out the template for one
 -- check, as much work as deciding it.
+-- The one in use is in tmpl_*; every one made in this call is kept by shape
+-- (its alg table) and cost, so that checks of two limiters taking turns in a
+-- merged call (two rules of one request) do not make theirs again each time.
 local tmpl_alg, tmpl_c, tmpl_v, tmpl_px, tmpl_i, tmpl_rem, tmpl_reset
+local tmpls = {}
 local function template(c, fmt)
   tmpl_alg, tmpl_c = alg, c
-  local i, ok, rem, _, reset, m, ttl = decide_packed(none, c)
-  if not ok then tmpl_v = nil return end
-  local life = ttl + floor(ttl / 8)
-  wbuf[m + 1] = server_clock and now + life or 0
-  tmpl_v = struct.pack(fmt, unpack(wbuf, 1, m + 1))
-  tmpl_px = string.format('%d', ceil_div(life, 1000) + 1)
-  tmpl_i, tmpl_rem, tmpl_reset = i, rem, reset
+  local by_cost = tmpls[alg]
+  if not by_cost then
+    by_cost = {}
+    tmpls[alg] = by_cost
+  end
+  local t = by_cost[c]
+  if not t then
+    t = { false }
+    local i, ok, rem, _, reset, m, ttl = decide_packed(none, c)
+    if ok then
+      local life = ttl + floor(ttl / 8)
+      wbuf[m + 1] = server_clock and now + life or 0
+      t = { struct.pack(fmt, unpack(wbuf, 1, m + 1)), string.format('%d', ceil_div(life, 1000) + 1), i, rem, reset }
+    end
+    by_cost[c] = t
+  end
+  tmpl_v, tmpl_px, tmpl_i, tmpl_rem, tmpl_reset = t[1], t[2], t[3], t[4], t[5]
 end
 
 local function check_packed(c, fmt)
