@@ -2456,6 +2456,61 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
             out
         })
     };
+    // And two one-GCRA limiters taking turns on new keys (each check one SET
+    // NX GET, its reply one value): 40/hour at cost 1, 6/min at cost 2.
+    let g2 = Arc::new(
+        store
+            .limiter()
+            .quota(Quota::per_minute(6).unwrap())
+            .prefix("merged-g2")
+            .fail_mode(FailMode::Closed)
+            .deny_cache(false)
+            .build()
+            .unwrap(),
+    );
+    let gturns = || {
+        let (a, b) = (gcra.clone(), g2.clone());
+        rt.block_on(async move {
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let (a, b) = (a.clone(), b.clone());
+                    tokio::spawn(async move {
+                        let key = format!("gturn-{i}");
+                        if i % 2 == 0 {
+                            (0, a.check_async(&key, 1).await.unwrap())
+                        } else {
+                            (1, b.check_async(&key, 2).await.unwrap())
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+    };
+    for (which, d) in &gturns() {
+        let want = if *which == 0 { (39, 90) } else { (4, 20) };
+        assert!(
+            d.allowed && (d.remaining, d.reset_after) == (want.0, Duration::from_secs(want.1)),
+            "{which}: {d:?}"
+        );
+    }
+    // Then the same keys again: the state each first check wrote is its own
+    // (a TAT written with the other limiter's step would show here).
+    for (which, d) in &gturns() {
+        let (remaining, reset) = if *which == 0 { (38, 180) } else { (2, 40) };
+        let reset = Duration::from_secs(reset);
+        assert!(
+            d.allowed
+                && d.remaining == remaining
+                && d.reset_after <= reset
+                && d.reset_after > reset - Duration::from_secs(2),
+            "{which}: {d:?}"
+        );
+    }
     let pair_single = pair.check("pair-single", 1).unwrap();
     assert_eq!((pair_single.remaining, pair_single.quota), (9, 0));
     for (which, d) in &turns {
