@@ -75,20 +75,26 @@ local nx_get = (redis.REDIS_VERSION_NUM or 0) >= 0x070000
 -- once per call and step (Redis 7.0 formats a number argument with "%.17g",
 -- ~0.3 µs each), kept by step: checks of two GCRA limiters taking turns in a
 -- merged call do not format theirs again each time.
-local fresh_step, fresh_tat, fresh_px
-local fresh = {}
+-- (The table of steps is made only when a second step shows up: a single
+-- call makes no table.)
+local fresh_step, fresh_tat, fresh_px, fresh
 local function gcra_one(key, t, limit, c)
   local cap, step = limit * t, c * t
   local v
   if nx_get and step <= cap then
     if step ~= fresh_step then
-      fresh_step = step
-      local f = fresh[step]
-      if not f then
-        f = { string.format('%d', now + step), string.format('%d', floor((step + 999) / 1000) + 1) }
-        fresh[step] = f
+      local f = fresh and fresh[step]
+      if f then
+        fresh_tat, fresh_px = f[1], f[2]
+      else
+        local tat, px = string.format('%d', now + step), string.format('%d', floor((step + 999) / 1000) + 1)
+        if fresh_step then
+          fresh = fresh or { [fresh_step] = { fresh_tat, fresh_px } }
+          fresh[step] = { tat, px }
+        end
+        fresh_tat, fresh_px = tat, px
       end
-      fresh_tat, fresh_px = f[1], f[2]
+      fresh_step = step
     end
     v = redis.call('SET', key, fresh_tat, 'PX', fresh_px, 'NX', 'GET')
     if not v then
