@@ -2433,29 +2433,31 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
             .build()
             .unwrap(),
     );
-    let turns = {
-        let (w, g) = (windows.clone(), pair.clone());
-        rt.block_on(async move {
-            let tasks: Vec<_> = (0..200)
-                .map(|i| {
-                    let (w, g) = (w.clone(), g.clone());
-                    tokio::spawn(async move {
-                        let key = format!("turn-{i}");
-                        if i % 2 == 0 {
-                            (0, w.check_async(&key, 2).await.unwrap())
-                        } else {
-                            (1, g.check_async(&key, 1).await.unwrap())
-                        }
+    // 200 checks on new keys, limiter a (cost ca) and b (cost cb) taking turns.
+    let take_turns =
+        |a: Arc<RedisLimiter>, ca: u64, b: Arc<RedisLimiter>, cb: u64, prefix: &'static str| {
+            rt.block_on(async move {
+                let tasks: Vec<_> = (0..200)
+                    .map(|i| {
+                        let (a, b) = (a.clone(), b.clone());
+                        tokio::spawn(async move {
+                            let key = format!("{prefix}-{i}");
+                            if i % 2 == 0 {
+                                (0, a.check_async(&key, ca).await.unwrap())
+                            } else {
+                                (1, b.check_async(&key, cb).await.unwrap())
+                            }
+                        })
                     })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        })
-    };
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.unwrap());
+                }
+                out
+            })
+        };
+    let turns = take_turns(windows.clone(), 2, pair.clone(), 1, "turn");
     // And two one-GCRA limiters taking turns on new keys (each check one SET
     // NX GET, its reply one value): 40/hour at cost 1, 6/min at cost 2.
     let g2 = Arc::new(
@@ -2468,29 +2470,7 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
             .build()
             .unwrap(),
     );
-    let gturns = || {
-        let (a, b) = (gcra.clone(), g2.clone());
-        rt.block_on(async move {
-            let tasks: Vec<_> = (0..200)
-                .map(|i| {
-                    let (a, b) = (a.clone(), b.clone());
-                    tokio::spawn(async move {
-                        let key = format!("gturn-{i}");
-                        if i % 2 == 0 {
-                            (0, a.check_async(&key, 1).await.unwrap())
-                        } else {
-                            (1, b.check_async(&key, 2).await.unwrap())
-                        }
-                    })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        })
-    };
+    let gturns = || take_turns(gcra.clone(), 1, g2.clone(), 2, "gturn");
     for (which, d) in &gturns() {
         let want = if *which == 0 { (39, 90) } else { (4, 20) };
         assert!(
