@@ -2272,36 +2272,32 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
         .command_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let gcra = Arc::new(
-        store
-            .limiter()
-            .quota(Quota::per_hour(40).unwrap())
-            .prefix("merged-g")
-            .fail_mode(FailMode::Closed)
-            .deny_cache(false)
-            .build()
-            .unwrap(),
-    );
-    let windows = Arc::new(
-        store
-            .limiter()
-            .quota(
-                Quota::per_minute(25)
-                    .unwrap()
-                    .with_algorithm(Algorithm::SlidingWindow)
-                    .unwrap(),
-            )
-            .quota(
-                Quota::per_hour(30)
-                    .unwrap()
-                    .with_algorithm(Algorithm::FixedWindow)
-                    .unwrap(),
-            )
-            .prefix("merged-w")
-            .fail_mode(FailMode::Closed)
-            .deny_cache(false)
-            .build()
-            .unwrap(),
+    // A limiter on the store: closed, every check to the script.
+    let limiter = |quotas: &[Quota], prefix: &str| {
+        let mut b = store.limiter().prefix(prefix);
+        for q in quotas {
+            b = b.quota(*q);
+        }
+        Arc::new(
+            b.fail_mode(FailMode::Closed)
+                .deny_cache(false)
+                .build()
+                .unwrap(),
+        )
+    };
+    let gcra = limiter(&[Quota::per_hour(40).unwrap()], "merged-g");
+    let windows = limiter(
+        &[
+            Quota::per_minute(25)
+                .unwrap()
+                .with_algorithm(Algorithm::SlidingWindow)
+                .unwrap(),
+            Quota::per_hour(30)
+                .unwrap()
+                .with_algorithm(Algorithm::FixedWindow)
+                .unwrap(),
+        ],
+        "merged-w",
     );
     let rt = runtime(2);
     let run = |n: usize| {
@@ -2422,16 +2418,12 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
     }
     // Two packed limiters taking turns in merged calls (two rules of one
     // request), on new keys: each answers as its own single check does.
-    let pair = Arc::new(
-        store
-            .limiter()
-            .quota(Quota::per_minute(10).unwrap())
-            .quota(Quota::per_hour(100).unwrap())
-            .prefix("merged-pair")
-            .fail_mode(FailMode::Closed)
-            .deny_cache(false)
-            .build()
-            .unwrap(),
+    let pair = limiter(
+        &[
+            Quota::per_minute(10).unwrap(),
+            Quota::per_hour(100).unwrap(),
+        ],
+        "merged-pair",
     );
     // 200 checks on new keys, limiter a (cost ca) and b (cost cb) taking turns.
     let take_turns =
@@ -2460,16 +2452,7 @@ fn merged_calls_decide_in_order_exactly_and_fail_over() {
     let turns = take_turns(windows.clone(), 2, pair.clone(), 1, "turn");
     // And two one-GCRA limiters taking turns on new keys (each check one SET
     // NX GET, its reply one value): 40/hour at cost 1, 6/min at cost 2.
-    let g2 = Arc::new(
-        store
-            .limiter()
-            .quota(Quota::per_minute(6).unwrap())
-            .prefix("merged-g2")
-            .fail_mode(FailMode::Closed)
-            .deny_cache(false)
-            .build()
-            .unwrap(),
-    );
+    let g2 = limiter(&[Quota::per_minute(6).unwrap()], "merged-g2");
     let gturns = || take_turns(gcra.clone(), 1, g2.clone(), 2, "gturn");
     for (which, d) in &gturns() {
         let want = if *which == 0 { (39, 90) } else { (4, 20) };
