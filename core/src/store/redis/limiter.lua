@@ -482,12 +482,9 @@ end
 local function one(c, packed)
   cost = c
   mode = ARGV[p + 2]
-  -- Fast path: one GCRA quota, check and charge (the common case): no state
-  -- tables or closures, only the reply's. Same arithmetic as decide's 'g'.
-  if n == 1 and mode == 'c' and alg[1] == 'g' then
-    local ok, rem, retry, reset = gcra_one(KEYS[ko + 1], per[1], lim[1], cost)
-    return 1, ok, rem, retry, reset, ok * cost
-  end
+  -- (One GCRA quota, check and charge, never comes here: a single call is
+  -- decided before the chunk's functions are made, a merged one calls
+  -- gcra_one itself.)
 
   -- A check on a packed key: one pass (check_packed).
   if packed and mode == 'c' then return check_packed(cost, packed) end

@@ -234,13 +234,7 @@ impl RedisLimiterBuilder {
             .next_power_of_two()
             .min(self.max_keys.max(1).next_power_of_two());
         let tags: Box<[u32]> = self.quotas.iter().map(quota_tag).collect();
-        let packed = script::packs(&args).then(|| {
-            tags.iter().fold(0x811c_9dc5_u32, |h, t| {
-                t.to_le_bytes()
-                    .iter()
-                    .fold(h, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
-            })
-        });
+        let packed = script::packs(&args).then(|| fnv1a(tags.iter().flat_map(|t| t.to_le_bytes())));
         Ok(RedisLimiter {
             store,
             quotas: self.quotas.into_boxed_slice(),
@@ -772,7 +766,13 @@ fn quota_tag(q: &Quota) -> u32 {
         q.period().as_nanos(),
         q.burst()
     );
-    text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    fnv1a(text.bytes())
+}
+
+/// 32-bit FNV-1a: a key's tag (stable across versions and processes, unlike
+/// the std hasher).
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u32 {
+    bytes.into_iter().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
 }
