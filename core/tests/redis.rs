@@ -1776,6 +1776,42 @@ fn tls_with_a_ca_file_and_an_acl_user() {
     });
     assert_eq!(allowed, [false, true, true, true, false], "async, over TLS");
 
+    // Frozen (SIGSTOP): a blocking check over TLS answers in the fail mode
+    // ("open") at its deadline (500 ms), not a kernel tick later.
+    let pid = child.0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let took: Vec<Duration> = (0..2u8)
+        .map(|i| {
+            let started = Instant::now();
+            let v = e
+                .check_request(&Request {
+                    client_ip: Some(std::net::IpAddr::from([198, 51, 100, 10 + i])),
+                    ..req
+                })
+                .unwrap();
+            assert!(v.allowed, "fail mode open");
+            started.elapsed()
+        })
+        .collect();
+    signal("-CONT");
+    eprintln!("TLS, Redis frozen: blocking calls took {took:?} (timeout 500 ms)");
+    for t in took {
+        assert!(
+            t >= Duration::from_millis(500),
+            "before the deadline: {t:?}"
+        );
+        assert!(t <= Duration::from_millis(515), "{t:?}");
+    }
+
     // A server certificate from another CA, a wrong password, plain TCP to the
     // TLS port: refused at start-up, without the password in the message.
     for (url, ca) in [

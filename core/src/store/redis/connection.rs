@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use super::breaker::Breaker;
 use super::limiter::{RedisLimiterBuilder, StoreSource};
 use super::units::Micros;
-use super::{io_error, script, unavailable};
+use super::{blocking, io_error, script, unavailable};
 
 // Built once per store: the size difference (TLS settings) costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -30,6 +30,11 @@ enum Client {
 }
 
 pub(super) enum SyncConn {
+    /// Standalone and Sentinel's master: reads and writes bounded by the
+    /// call's deadline to the microsecond ([`blocking::Conn`]).
+    Timed(blocking::Conn),
+    /// Kept for `rediss://...#insecure` (which redis-rs refuses without its
+    /// `tls-rustls-insecure` feature: the same error as before).
     Single(redis::Connection),
     Cluster(Box<redis::cluster::ClusterConnection>),
 }
@@ -37,6 +42,7 @@ pub(super) enum SyncConn {
 impl SyncConn {
     pub(super) fn as_dyn(&mut self) -> &mut dyn redis::ConnectionLike {
         match self {
+            Self::Timed(c) => c,
             Self::Single(c) => c,
             Self::Cluster(c) => c.as_mut(),
         }
@@ -77,6 +83,10 @@ struct StoreInner {
     merged: [AtomicU64; 7],
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// For `rediss://`: the CA to verify the server with (else the system's).
+    ca_pem: Option<Vec<u8>>,
+    /// The blocking connections' rustls configuration, made at their first connect.
+    tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     /// The breaker's clock: µs since this instant.
     base: Instant,
     breaker: Breaker,
@@ -289,6 +299,8 @@ impl RedisStoreBuilder {
                 merged: Default::default(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
+                ca_pem: self.ca_pem.clone(),
+                tls: std::sync::OnceLock::new(),
                 base: Instant::now(),
                 breaker: Breaker::new(
                     self.breaker_threshold,
@@ -343,6 +355,36 @@ fn left(deadline: Instant) -> redis::RedisResult<Duration> {
 
 fn timed_out(message: &'static str) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+}
+
+/// How early the tokio timer of [`within`] fires: tokio counts whole
+/// milliseconds and wakes up to ~2 ms after a deadline (rounded up to its next
+/// 1 ms tick, then its driver's `epoll_wait` in whole ms; measured +1.4-1.7 ms
+/// on a 20 ms timeout).
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// `f`'s output, or `None` once `timeout` has passed: a deadline kept to the
+/// scheduler's wake-up. tokio's timer is set [`TIMER_SLACK`] early, and the
+/// last stretch polls `f` between yields: a spin of at most that long, only
+/// in a call that reaches its deadline (three of those in a row open the
+/// breaker, whose calls do not wait).
+async fn within<F: std::future::Future>(timeout: Duration, f: F) -> Option<F::Output> {
+    let deadline = Instant::now() + timeout;
+    let mut f = std::pin::pin!(f);
+    let early = deadline - TIMER_SLACK.min(timeout);
+    if let Ok(out) = tokio::time::timeout_at(early.into(), f.as_mut()).await {
+        return Some(out);
+    }
+    let mut spin = std::pin::pin!(async {
+        while Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+    });
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => spin.as_mut().poll(cx).map(|()| None),
+    })
+    .await
 }
 
 /// Whether an error means the connection can no longer be trusted.
@@ -428,6 +470,22 @@ impl RedisStore {
         // Each call sets its own socket timeouts (what is left of its
         // deadline); these bound the set-up below.
         let single = |c: &redis::Client| -> redis::RedisResult<SyncConn> {
+            let start = Instant::now();
+            let tls = || -> redis::RedisResult<_> {
+                if let Some(config) = i.tls.get() {
+                    return Ok(config.clone());
+                }
+                let config = blocking::tls_config(i.ca_pem.as_deref())?;
+                Ok(i.tls.get_or_init(|| config).clone())
+            };
+            if let Some(conn) = blocking::Conn::connect(
+                c.get_connection_info(),
+                tls,
+                start + i.connect_timeout,
+                start + i.connect_timeout + i.command_timeout * 2,
+            )? {
+                return Ok(SyncConn::Timed(conn));
+            }
             let conn = c.get_connection_with_timeout(i.connect_timeout)?;
             conn.set_read_timeout(Some(i.command_timeout * 2))?;
             conn.set_write_timeout(Some(i.command_timeout * 2))?;
@@ -530,11 +588,16 @@ impl RedisStore {
         let deadline = Instant::now() + self.inner.command_timeout;
         let (n, mut slot) = self.slot(deadline)?;
         let conn = slot.as_mut().ok_or_else(|| io_error("no connection"))?;
-        if let SyncConn::Single(c) = conn {
-            // What is left of the deadline bounds every read and write of this call.
-            let left = left(deadline)?;
-            c.set_read_timeout(Some(left))?;
-            c.set_write_timeout(Some(left))?;
+        match conn {
+            SyncConn::Timed(c) => c.set_deadline(deadline),
+            SyncConn::Single(c) => {
+                // What is left of the deadline bounds every read and write of
+                // this call, in the kernel's ticks (rounded up).
+                let left = left(deadline)?;
+                c.set_read_timeout(Some(left))?;
+                c.set_write_timeout(Some(left))?;
+            }
+            SyncConn::Cluster(_) => {}
         }
         let result = f(conn);
         if result.as_ref().err().is_some_and(is_broken) {
@@ -639,10 +702,10 @@ impl RedisStore {
             let store = self.clone();
             runtime.spawn(async move { store.send_merged().await });
         }
-        match tokio::time::timeout(self.inner.command_timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(io_error("the merged call was dropped")),
-            Err(_) => Err(timed_out("the call's deadline passed")),
+        match within(self.inner.command_timeout, rx).await {
+            Some(Ok(reply)) => reply,
+            Some(Err(_)) => Err(io_error("the merged call was dropped")),
+            None => Err(timed_out("the call's deadline passed")),
         }
     }
 
@@ -756,9 +819,9 @@ impl RedisStore {
                 AsyncConn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
             }
         };
-        let result = tokio::time::timeout(self.inner.command_timeout, call)
+        let result = within(self.inner.command_timeout, call)
             .await
-            .unwrap_or_else(|_| Err(timed_out("the call's deadline passed")));
+            .unwrap_or_else(|| Err(timed_out("the call's deadline passed")));
         if let Err(e) = &result
             && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
             && !e.is_timeout()

@@ -40,6 +40,7 @@
 //! [`check`]: RedisLimiter::check
 //! [`check_async`]: RedisLimiter::check_async
 
+mod blocking;
 mod breaker;
 mod connection;
 mod in_flight;
