@@ -813,6 +813,112 @@ fn cluster_with_keys_spread_over_slots() {
     assert_eq!(l.fallbacks(), 0);
 }
 
+/// A Cluster node frozen (SIGSTOP): blocking and async checks whose keys it
+/// holds answer in the fail mode by their deadline (a Cluster's client would
+/// otherwise retry, refresh its slots or reconnect inside the call), and the
+/// other nodes' keys stay exact.
+#[test]
+fn cluster_calls_keep_their_deadline_when_a_node_freezes() {
+    let cluster = Cluster::start();
+    let timeout = Duration::from_millis(20);
+    let store = floodgate::RedisStore::cluster_builder(&cluster.urls())
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(timeout)
+        .breaker_threshold(1000) // every call meets Redis (no breaker)
+        .build()
+        .unwrap();
+    let l = store
+        .limiter()
+        .quota(Quota::per_hour(1000).unwrap())
+        .fail_mode(FailMode::Open)
+        .build()
+        .unwrap();
+    // Keys on every node, each checked while all are up (blocking and async:
+    // both kinds of connection are made).
+    let keys: Vec<String> = (0..30).map(|k| format!("user-{k}")).collect();
+    let rt = runtime(2);
+    for k in &keys {
+        assert!(l.check(k, 1).unwrap().allowed);
+        assert!(rt.block_on(l.check_async(k, 1)).unwrap().allowed);
+    }
+    // A blocking check called from async code (where the connection's
+    // runtime cannot be driven on this thread) still answers from Redis.
+    assert!(
+        rt.block_on(async { l.check("in-runtime", 1) })
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(l.fallbacks(), 0);
+    // A store of its own dropped in async code: its connections' runtimes
+    // shut down without blocking (no panic).
+    rt.block_on(async {
+        let other = floodgate::RedisStore::cluster_builder(&cluster.urls())
+            .build()
+            .unwrap();
+        let l2 = other
+            .limiter()
+            .quota(Quota::per_hour(5).unwrap())
+            .build()
+            .unwrap();
+        assert!(l2.check("dropped", 1).unwrap().allowed);
+        drop((l2, other));
+    });
+    let frozen = &cluster.nodes[0];
+    // The keys whose slots the frozen node holds: their state is there.
+    let held = keys
+        .iter()
+        .filter(|k| {
+            let slot = match frozen.cmd(&["CLUSTER", "KEYSLOT", &format!("{{fg:{k}}}")]) {
+                redis::Value::Int(n) => n.to_string(),
+                other => panic!("{other:?}"),
+            };
+            frozen.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot]) != redis::Value::Int(0)
+        })
+        .count() as u64;
+    assert!(held > 0 && held < 30, "{held}");
+    let pid = frozen.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    let mut worst = Duration::ZERO;
+    for k in &keys {
+        let started = Instant::now();
+        assert!(l.check(k, 1).unwrap().allowed, "fail mode open");
+        worst = worst.max(started.elapsed());
+    }
+    assert_eq!(l.fallbacks(), held, "only the frozen node's keys");
+    let worst_async = rt.block_on(async {
+        let mut worst = Duration::ZERO;
+        for k in &keys {
+            let started = Instant::now();
+            assert!(l.check_async(k, 1).await.unwrap().allowed);
+            worst = worst.max(started.elapsed());
+        }
+        worst
+    });
+    let fallbacks = l.fallbacks();
+    signal("-CONT");
+    eprintln!(
+        "Cluster, one node frozen: worst blocking call {worst:?}, async {worst_async:?} \
+         ({fallbacks} of 60 checks to the fail mode, {held} of 30 keys on that node)"
+    );
+    assert_eq!(
+        fallbacks,
+        2 * held,
+        "only the frozen node's keys, async too"
+    );
+    let bound = timeout + Duration::from_millis(15);
+    assert!(worst <= bound, "blocking: {worst:?}");
+    assert!(worst_async <= bound, "async: {worst_async:?}");
+}
+
 #[test]
 fn over_limit_cache_answers_denials_without_round_trips() {
     let server = Server::start(&[]);
