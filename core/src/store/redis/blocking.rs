@@ -12,7 +12,7 @@
 //! and the script calls (this type is a [`redis::ConnectionLike`]); rustls
 //! for `rediss://`, configured as redis-rs configures it (the given CA, or
 //! the system's trust store). Standalone servers and Sentinel's master only:
-//! a Cluster's blocking connection stays redis-rs's.
+//! a Cluster's blocking connection is `connection::ClusterConn`.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
