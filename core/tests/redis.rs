@@ -919,6 +919,65 @@ fn cluster_calls_keep_their_deadline_when_a_node_freezes() {
     assert!(worst_async <= bound, "async: {worst_async:?}");
 }
 
+/// A Redis at `maxmemory` with `noeviction` refuses every write command, even
+/// a `SET ... NX GET` that finds its key: a check that would be denied is
+/// still answered by Redis (blocking, and merged), and one that must write
+/// goes to the fail mode.
+#[test]
+fn a_redis_at_maxmemory_still_answers_denials() {
+    use floodgate::DecisionSource::{Fallback, Redis};
+    let server = Server::start(&[]);
+    let one = builder(&server)
+        .quota(Quota::per_minute(2).unwrap())
+        .fail_mode(FailMode::Open)
+        .build()
+        .unwrap();
+    let two = builder(&server)
+        .prefix("two")
+        .quota(Quota::per_minute(2).unwrap())
+        .quota(
+            Quota::per_hour(100)
+                .unwrap()
+                .with_algorithm(Algorithm::SlidingWindow)
+                .unwrap(),
+        )
+        .fail_mode(FailMode::Open)
+        .build()
+        .unwrap();
+    let rt = runtime(0);
+    for l in [&one, &two] {
+        for key in ["blocking", "merged"] {
+            for _ in 0..2 {
+                assert!(l.check(key, 1).unwrap().allowed);
+            }
+        }
+    }
+    // noeviction is the default policy: with 1 byte, every write is refused.
+    server.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    for (name, l) in [("one GCRA", &one), ("two quotas", &two)] {
+        let (d, src) = l.check_source(b"blocking", 1, None).unwrap();
+        assert!(
+            !d.allowed && src == Redis,
+            "{name}, blocking: {d:?} {src:?}"
+        );
+        let (d, src) = rt
+            .block_on(l.check_source_async(b"merged", 1, None))
+            .unwrap();
+        assert!(!d.allowed && src == Redis, "{name}, merged: {d:?} {src:?}");
+        for (d, src) in [
+            l.check_source(b"new", 1, None).unwrap(),
+            rt.block_on(l.check_source_async(b"new-merged", 1, None))
+                .unwrap(),
+        ] {
+            assert!(
+                d.allowed && src == Fallback,
+                "{name}, a write: {d:?} {src:?}"
+            );
+        }
+    }
+    server.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+}
+
 #[test]
 fn over_limit_cache_answers_denials_without_round_trips() {
     let server = Server::start(&[]);

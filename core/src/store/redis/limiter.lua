@@ -96,11 +96,15 @@ local function gcra_one(key, t, limit, c)
       end
       fresh_step = step
     end
-    v = redis.call('SET', key, fresh_tat, 'PX', fresh_px, 'NX', 'GET')
+    v = redis.pcall('SET', key, fresh_tat, 'PX', fresh_px, 'NX', 'GET')
     if not v then
       local r = (cap - step) / t
       return 1, r - r % 1, 0, step, true
     end
+    -- Refused (a Redis at maxmemory with noeviction refuses every write
+    -- command, even one that finds its key): read it, so that a denial is
+    -- still answered (an admission's SET below fails, as it would anyway).
+    if type(v) == 'table' then v = redis.call('GET', key) end
   else
     v = redis.call('GET', key)
   end
@@ -463,9 +467,10 @@ local function check_packed(c, fmt)
   if nx_get and merged then
     if alg ~= tmpl_alg or c ~= tmpl_c then template(c, fmt) end
     if tmpl_v then
-      local v = redis.call('SET', KEYS[ko + 1], tmpl_v, 'PX', tmpl_px, 'NX', 'GET')
+      local v = redis.pcall('SET', KEYS[ko + 1], tmpl_v, 'PX', tmpl_px, 'NX', 'GET')
       if not v then return tmpl_i, 1, tmpl_rem, 0, tmpl_reset, c end
-      pk = read_packed(v, fmt)
+      -- Refused (see gcra_one): read by load_packed below.
+      if type(v) ~= 'table' then pk = read_packed(v, fmt) end
     end
   end
   pk = pk or load_packed(fmt)
