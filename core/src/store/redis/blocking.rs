@@ -421,6 +421,18 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_that_does_not_parse_closes_the_connection() {
+        let (port, _peer) = peer(vec![Some(b"?not resp\r\n".to_vec())]);
+        let mut conn = connect(
+            &format!("redis://127.0.0.1:{port}/"),
+            Duration::from_secs(5),
+        );
+        assert!(redis::cmd("PING").query::<String>(&mut conn).is_err());
+        // Out of step: the pool makes another (`with_conn` checks `is_open`).
+        assert!(!redis::ConnectionLike::is_open(&conn));
+    }
+
+    #[test]
     fn a_silent_peer_times_the_read_out_at_the_deadline() {
         let (port, _peer) = peer(vec![None]);
         let mut conn = connect(

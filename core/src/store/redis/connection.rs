@@ -31,7 +31,7 @@ enum Client {
 
 pub(super) enum SyncConn {
     /// Standalone and Sentinel's master: reads and writes bounded by the
-    /// call's deadline to the microsecond ([`blocking::Conn`]).
+    /// call's deadline to within a thread's wake-up ([`blocking::Conn`]).
     Timed(blocking::Conn),
     /// Kept for `rediss://...#insecure` (which redis-rs refuses without its
     /// `tls-rustls-insecure` feature: the same error as before).
@@ -569,8 +569,9 @@ impl RedisStore {
     /// request's path: at build, or in the background.
     fn open(&self) -> redis::RedisResult<SyncConn> {
         let i = &self.inner;
-        // Each call sets its own socket timeouts (what is left of its
-        // deadline); these bound the set-up below.
+        // Each call sets its own deadline; the set-up below (connect, AUTH,
+        // SELECT, PING, SCRIPT LOAD) has the connect timeout and two command
+        // timeouts.
         let single = |c: &redis::Client| -> redis::RedisResult<SyncConn> {
             let start = Instant::now();
             let tls = || -> redis::RedisResult<_> {
@@ -706,9 +707,14 @@ impl RedisStore {
         }
         let result = f(conn);
         // A Cluster connection mends itself: a frozen node's timeouts must
-        // not cost the other nodes' keys their connection.
-        let cluster = matches!(conn, SyncConn::Cluster(_));
-        if !cluster && result.as_ref().err().is_some_and(is_broken) {
+        // not cost the other nodes' keys their connection. Another is made
+        // again after an I/O error or a timeout, or once it reports itself
+        // closed (a reply that did not parse leaves it out of step).
+        let broken = match conn {
+            SyncConn::Cluster(_) => false,
+            other => result.as_ref().err().is_some_and(is_broken) || !other.as_dyn().is_open(),
+        };
+        if broken {
             // Made again off the request path.
             *slot = None;
             drop(slot);
