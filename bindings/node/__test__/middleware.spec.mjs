@@ -127,6 +127,79 @@ test('two Fastify instances on one Redis over real HTTP: a flood of new clients 
   }
 })
 
+test('Express and Fastify on a Redis that freezes: every request answered by the fail mode within the deadline, then back on Redis', { skip: !process.env.FG_TEST_REDIS_URL && 'FG_TEST_REDIS_URL not set' }, async () => {
+  // A redis-server of this test's own: it is frozen (SIGSTOP).
+  const { spawn, execFileSync } = require('node:child_process')
+  const net = require('node:net')
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)) })
+  })
+  const redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+  const cli = (...args) => execFileSync('redis-cli', ['-p', String(port), ...args]).toString()
+  const evalsha = () => Number((cli('info', 'commandstats').match(/cmdstat_evalsha:calls=(\d+)/) || [0, 0])[1])
+  const up = () => { try { return cli('ping').startsWith('PONG') } catch { return false } }
+  for (let i = 0; i < 100 && !up(); i++) await new Promise((r) => setTimeout(r, 50))
+  const policy = `[store]\nkind = "redis"\nurl = "redis://127.0.0.1:${port}/"\ntimeout_ms = 100\nfail_mode = "open"\n` +
+    '[[rule]]\nname = "api"\nmatch = "/api/**"\nkey = "ip"\nquotas = ["1000/hour"]\n'
+  const express = require('express')
+  const Fastify = require('fastify')
+  const servers = []
+  try {
+    const e = express()
+    e.use(require('../express.js').floodgate(Engine.fromToml(policy)))
+    e.all('/{*any}', (req, res) => res.json({ ok: true }))
+    const es = await new Promise((resolve) => { const s = e.listen(0, '127.0.0.1', () => resolve(s)) })
+    servers.push(['express', `http://127.0.0.1:${es.address().port}`, () => es.close()])
+    const f = Fastify()
+    await f.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+    f.all('/*', async () => ({ ok: true }))
+    await f.listen({ port: 0, host: '127.0.0.1' })
+    servers.push(['fastify', `http://127.0.0.1:${f.server.address().port}`, () => f.close()])
+    for (const [name, base] of servers) {
+      for (let i = 0; i < 5; i++) assert.equal((await fetch(base + '/api/items')).status, 200, name)
+    }
+    assert.ok(evalsha() >= 10, 'both counting on Redis')
+    redis.kill('SIGSTOP')
+    const slowest = {}
+    try {
+      for (const [name, base] of servers) {
+        slowest[name] = 0
+        for (let i = 0; i < 10; i++) {
+          const t = performance.now()
+          const res = await fetch(base + '/api/items')
+          await res.text()
+          slowest[name] = Math.max(slowest[name], performance.now() - t)
+          assert.equal(res.status, 200, `${name}: fail mode open`)
+        }
+      }
+    } finally {
+      redis.kill('SIGCONT')
+    }
+    const shown = Object.entries(slowest).map(([n, ms]) => `${n} ${ms.toFixed(1)} ms`).join(', ')
+  console.log(`Redis frozen: slowest request ${shown} (deadline 100 ms)`)
+    // The deadline, plus what the server and this client take on a busy machine.
+    for (const [name, ms] of Object.entries(slowest)) assert.ok(ms < 500, `${name}: ${ms} ms`)
+    // Thawed: back on Redis (the breaker's next probe), counted after Redis
+    // has run the calls that waited for it.
+    await new Promise((r) => setTimeout(r, 300))
+    const before = evalsha()
+    for (const [name, base] of servers) {
+      let back = false
+      for (let i = 0; i < 100 && !back; i++) {
+        const n = evalsha()
+        await (await fetch(base + '/api/items')).text()
+        back = evalsha() > n
+        if (!back) await new Promise((r) => setTimeout(r, 50))
+      }
+      assert.ok(back, `${name}: never back on Redis`)
+    }
+    assert.ok(evalsha() > before)
+  } finally {
+    for (const [, , close] of servers) await close()
+    redis.kill('SIGKILL')
+  }
+})
+
 test('a GCRA quota advertises its whole window over real HTTP (99/min is w=60)', async () => {
   // The emission interval is rounded up to whole nanoseconds; the window a
   // client is told must not be (it read w=61 for 99/min).

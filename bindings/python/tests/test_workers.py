@@ -323,6 +323,80 @@ def test_one_quota_across_four_workers_on_redis(kind, algorithm, extra, quotas, 
     assert len(ok) == LIMIT, f"{len(ok)} admitted by {len(set(ok))} workers on Redis"
 
 
+def _own_redis() -> tuple[subprocess.Popen, int]:
+    """A redis-server of this test's own (it is frozen): (process, port)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+            return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def _evalsha_calls(port: int) -> int:
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_a_frozen_redis_costs_a_request_at_most_its_deadline_over_http(kind, tmp_path):
+    """Two workers on a Redis that freezes (SIGSTOP): every request is answered
+    by the fail mode ("open": 200) within the store's deadline (100 ms) plus
+    the server's own time, blocking (gunicorn) and async (uvicorn); once Redis
+    thaws, checks go back to it without a restart."""
+    pytest.importorskip(kind)
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    redis, rport = _own_redis()
+    text = _redis_policy(f"redis://127.0.0.1:{rport}/").replace(
+        'timeout_ms = 500\nfail_mode = "closed"', 'timeout_ms = 100\nfail_mode = "open"'
+    )
+    assert 'fail_mode = "open"' in text
+    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, text, tmp_path, workers=2)
+    try:
+        _wait_for_workers(proc, port)
+        # Both workers connected and counting on Redis.
+        assert [_hit(port)[0] for _ in range(20)] == [200] * 20
+        on_redis = _evalsha_calls(rport)
+        assert on_redis >= 20
+        redis.send_signal(19)  # SIGSTOP
+        took = []
+        try:
+            for _ in range(20):
+                t = time.monotonic()
+                status, _ = _hit(port)
+                took.append(time.monotonic() - t)
+                assert status == 200, "fail mode open"
+        finally:
+            redis.send_signal(18)  # SIGCONT
+        print(f"{kind}, Redis frozen: slowest request {max(took) * 1000:.1f} ms (deadline 100 ms)")
+        # The deadline, plus what the server and this client take on a busy machine.
+        assert max(took) < 0.1 + 0.4, took
+        # Thawed: back on Redis (the breaker's next probe) within seconds,
+        # counted after Redis has run the calls that waited for it.
+        time.sleep(0.3)
+        on_redis = _evalsha_calls(rport)
+        deadline = time.monotonic() + 10
+        while _evalsha_calls(rport) == on_redis and time.monotonic() < deadline:
+            _hit(port)
+            time.sleep(0.05)
+        assert _evalsha_calls(rport) > on_redis, "never back on Redis"
+    finally:
+        _stop(proc)
+        redis.kill()
+        redis.wait()
+
+
 RELOADING_APP = """
 import os, threading, time
 from fastapi import FastAPI
