@@ -876,16 +876,8 @@ fn cluster_calls_keep_their_deadline_when_a_node_freezes() {
         })
         .count() as u64;
     assert!(held > 0 && held < 30, "{held}");
-    let pid = frozen.child.as_ref().unwrap().id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = frozen.child.as_ref().unwrap().id();
+    let signal = |sig: &str| signal(pid, sig);
     signal("-STOP");
     let mut worst = Duration::ZERO;
     for k in &keys {
@@ -1601,6 +1593,17 @@ fn hold_server(url: String, secs: &'static str) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// Sends `sig` (`"-STOP"`, `"-CONT"`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 /// The slowest of `calls` checks on each of `threads` threads.
 fn worst_call(l: &RedisLimiter, threads: usize, calls: usize) -> Duration {
     std::thread::scope(|s| {
@@ -1686,25 +1689,13 @@ fn the_timeout_is_a_deadline_for_every_call() {
 
     // Frozen (SIGSTOP): connected sockets stay open, nothing answers.
     let l = limiter(&server.url(), true);
-    let pid = server.child.as_ref().unwrap().id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let pid = server.child.as_ref().unwrap().id();
+    signal(pid, "-STOP");
     let frozen = worst_call(&l, 4, 10);
     // Async, on a new store: its multiplexed connection is made while Redis is
     // frozen (the TCP connect succeeds, the handshake never answers).
     let frozen_async = worst_async_call(&limiter(&server.url(), false), 16, 10);
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(pid, "-CONT");
     eprintln!("frozen process: worst call {frozen:?}, async {frozen_async:?}");
     assert!(frozen <= bound, "frozen: {frozen:?}");
     assert!(frozen_async <= bound, "frozen, async: {frozen_async:?}");
@@ -1943,16 +1934,8 @@ fn tls_with_a_ca_file_and_an_acl_user() {
 
     // Frozen (SIGSTOP): a blocking check over TLS answers in the fail mode
     // ("open") at its deadline (500 ms), not a kernel tick later.
-    let pid = child.0.id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = child.0.id();
+    let signal = |sig: &str| signal(pid, sig);
     signal("-STOP");
     let took: Vec<Duration> = (0..2u8)
         .map(|i| {

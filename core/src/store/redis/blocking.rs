@@ -60,12 +60,17 @@ fn wait(sock: &impl AsFd, flags: PollFlags, deadline: Instant) -> io::Result<()>
     }
 }
 
-impl<S: Read + AsFd> Read for Timed<S> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl<S: AsFd> Timed<S> {
+    /// `op` on the socket, waiting (`ppoll` for `flags`) whenever it would block.
+    fn retry<T>(
+        &mut self,
+        flags: PollFlags,
+        mut op: impl FnMut(&mut S) -> io::Result<T>,
+    ) -> io::Result<T> {
         loop {
-            match self.sock.read(buf) {
+            match op(&mut self.sock) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait(&self.sock, PollFlags::IN, self.deadline)?;
+                    wait(&self.sock, flags, self.deadline)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
@@ -74,17 +79,15 @@ impl<S: Read + AsFd> Read for Timed<S> {
     }
 }
 
+impl<S: Read + AsFd> Read for Timed<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.retry(PollFlags::IN, |s| s.read(buf))
+    }
+}
+
 impl<S: Write + AsFd> Write for Timed<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            match self.sock.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait(&self.sock, PollFlags::OUT, self.deadline)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
+        self.retry(PollFlags::OUT, |s| s.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -662,6 +662,8 @@ if ARGV[2] == 'B' or ARGV[2] == 'U' then
       p, n, alg, lim, per = at[x], ks[x], sa[x], sl[x], sw[x]
     end
     if fast[x] then
+      -- (Written out again in the early path for one-GCRA batches at the top:
+      -- a Lua call per check costs ~300 instructions.)
       -- Compact, written in place: -100 when admitted on a key that was not
       -- there (remaining: the limit less the cost; reset: cost intervals);
       -- else 0, remaining, reset when allowed (the cost charged); -1,
