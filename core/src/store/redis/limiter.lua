@@ -131,8 +131,9 @@ end
 
 -- A merged call whose checks all share one one-GCRA quota and one cost ('U',
 -- one shape: one rule's checks, the common batch): decided here too, before
--- the chunk makes its closures (~40k instructions a call: ~1.4k a check in a
--- batch of 28). The same compact replies as the loop at the end.
+-- the chunk makes its closures and the merged loop its tables (measured
+-- inside Redis: 18.1k -> 15.5k instructions a check in batches of 28). The
+-- same compact replies as the loop at the end.
 if #ARGV == 11 and ARGV[2] == 'U' and ARGV[4] == '1' and ARGV[5] == '1' and ARGV[6] == 'c'
     and ARGV[8] == 'g' then
   local limit, t, c = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
