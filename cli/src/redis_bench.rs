@@ -5,7 +5,11 @@
 //! - sequential: one thread, one blocking connection, one check at a time (the
 //!   round-trip-bound figure);
 //! - concurrent: `--in-flight` checks at once from tokio tasks on one multiplexed
-//!   connection (requests pipelined on one socket).
+//!   connection (requests pipelined on one socket; a Cluster's async
+//!   connection, one socket per node).
+//!
+//! A Cluster's baseline is `INCR` on redis-rs's Cluster connections (blocking,
+//! then async).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,37 +201,76 @@ where
     })
 }
 
+/// The raw `INCR` baseline's `i`th key (keys are not empty).
+fn incr_key(i: u64, keys: &[String]) -> String {
+    #[allow(clippy::indexing_slicing)] // i % len < len
+    let k = &keys[(i % keys.len() as u64) as usize];
+    format!("{{fg-bench-incr:{k}}}")
+}
+
+/// Raw `INCR`s on `conn` (multiplexed, or a Cluster's async connection),
+/// `in_flight` at once: the concurrent phase's baseline.
+async fn incr_concurrent<C>(
+    d: Duration,
+    in_flight: usize,
+    conn: C,
+    keys: Arc<Vec<String>>,
+) -> Result<Phase, String>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    concurrent(d, in_flight, move |i| {
+        let mut conn = conn.clone();
+        let key = incr_key(i, &keys);
+        async move {
+            redis::cmd("INCR")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(|_| true)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
 pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
     let limiter = Arc::new(limiter(b)?);
     let keys = Arc::new(make_keys(b.keys.max(1)));
     let half = b.duration / 2;
     let cluster = b.url.contains(',');
     let first_url = b.url.split(',').next().unwrap_or(b.url).to_string();
-    let incr_key = |i: u64, keys: &[String]| -> String {
-        #[allow(clippy::indexing_slicing)] // i % len < len
-        let k = &keys[(i % keys.len() as u64) as usize];
-        format!("{{fg-bench-incr:{k}}}")
-    };
-    // Sequential: raw INCR, then checks, on one blocking connection each.
+    // Sequential: raw INCR, then checks, on one blocking connection each (a
+    // Cluster's INCR on redis-rs's blocking Cluster connection).
     let client = redis::Client::open(first_url.as_str()).map_err(|e| e.to_string())?;
+    let cluster_client = if cluster {
+        Some(
+            redis::cluster::ClusterClient::new(b.url.split(',').collect::<Vec<_>>())
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    // Redis's counters (INFO commandstats): standalone only.
     let mut conn = if cluster {
         None
     } else {
         Some(client.get_connection().map_err(|e| e.to_string())?)
     };
-    let incr_seq = match conn.as_mut() {
-        Some(c) => Some(sequential(half / 2, |i| {
-            redis::cmd("INCR")
-                .arg(incr_key(i, &keys))
-                .query::<i64>(c)
-                .map(|_| true)
-                .map_err(|e| e.to_string())
-        })?),
-        None => None,
+    let mut incr_conn: Box<dyn redis::ConnectionLike> = match &cluster_client {
+        Some(c) => Box::new(c.get_connection().map_err(|e| e.to_string())?),
+        None => Box::new(client.get_connection().map_err(|e| e.to_string())?),
     };
+    let incr_seq = Some(sequential(half / 2, |i| {
+        redis::cmd("INCR")
+            .arg(incr_key(i, &keys))
+            .query::<i64>(incr_conn.as_mut())
+            .map(|_| true)
+            .map_err(|e| e.to_string())
+    })?);
     let trips0 = limiter.store().round_trips();
     let spent0 = conn.as_mut().and_then(spent);
-    let seq = sequential(if incr_seq.is_some() { half / 2 } else { half }, |i| {
+    let seq = sequential(half / 2, |i| {
         #[allow(clippy::indexing_slicing)] // i % len < len
         let key = &keys[(i % keys.len() as u64) as usize];
         limiter
@@ -244,48 +287,33 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let (incr_conc, spent2, conc) = rt.block_on(async {
-        let incr_conc = if cluster {
-            None
-        } else {
-            let mc = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| e.to_string())?;
-            let keys = keys.clone();
-            Some(
-                concurrent(half / 2, b.in_flight, move |i| {
-                    let mut mc = mc.clone();
-                    let key = incr_key(i, &keys);
-                    async move {
-                        redis::cmd("INCR")
-                            .arg(key)
-                            .query_async::<i64>(&mut mc)
-                            .await
-                            .map(|_| true)
-                            .map_err(|e| e.to_string())
-                    }
-                })
-                .await?,
-            )
-        };
+        let incr_conc = Some(match &cluster_client {
+            Some(c) => {
+                let ac = c.get_async_connection().await.map_err(|e| e.to_string())?;
+                incr_concurrent(half / 2, b.in_flight, ac, keys.clone()).await?
+            }
+            None => {
+                let mc = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                incr_concurrent(half / 2, b.in_flight, mc, keys.clone()).await?
+            }
+        });
         // After the INCR phase, so that its CPU is not the checks'.
         let spent2 = conn.as_mut().and_then(spent);
         let (l, k, cost) = (limiter.clone(), keys.clone(), b.cost);
-        let conc = concurrent(
-            if incr_conc.is_some() { half / 2 } else { half },
-            b.in_flight,
-            move |i| {
-                let (l, k) = (l.clone(), k.clone());
-                async move {
-                    #[allow(clippy::indexing_slicing)] // i % len < len
-                    let key = &k[(i % k.len() as u64) as usize];
-                    l.check_async(key, cost)
-                        .await
-                        .map(|d| d.allowed)
-                        .map_err(|e| e.to_string())
-                }
-            },
-        )
+        let conc = concurrent(half / 2, b.in_flight, move |i| {
+            let (l, k) = (l.clone(), k.clone());
+            async move {
+                #[allow(clippy::indexing_slicing)] // i % len < len
+                let key = &k[(i % k.len() as u64) as usize];
+                l.check_async(key, cost)
+                    .await
+                    .map(|d| d.allowed)
+                    .map_err(|e| e.to_string())
+            }
+        })
         .await?;
         Ok::<_, String>((incr_conc, spent2, conc))
     })?;
@@ -360,8 +388,13 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         server(seq_server)
     ));
     out.push_str(&format!(
-        "  concurrent ({} in flight, 1 multiplexed connection): {:>10}/s{}\n",
+        "  concurrent ({} in flight, {}): {:>10}/s{}\n",
         b.in_flight,
+        if cluster {
+            "one async Cluster connection"
+        } else {
+            "1 multiplexed connection"
+        },
         group(conc.rate() as u64),
         ratio(&conc, &incr_conc)
     ));
