@@ -219,9 +219,12 @@ impl Conn {
     }
 
     fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
-        self.stream
+        // flush: rustls may still hold TLS records (a no-op for plain sockets).
+        let sent = self
+            .stream
             .write_all(cmd)
-            .map_err(|e| self.broken(e.into()))
+            .and_then(|()| self.stream.flush());
+        sent.map_err(|e| self.broken(e.into()))
     }
 
     fn receive(&mut self) -> RedisResult<Value> {
