@@ -911,6 +911,34 @@ fn cluster_calls_keep_their_deadline_when_a_node_freezes() {
     assert!(worst_async <= bound, "async: {worst_async:?}");
 }
 
+/// A Redis reached over a Unix socket (`unix:///path`): the blocking
+/// connection and the async one count one limit.
+#[test]
+fn a_unix_socket_store_counts_exactly() {
+    let path = std::env::temp_dir().join(format!("fg-redis-{}.sock", std::process::id()));
+    let path_str = path.to_str().unwrap();
+    let _server = Server::start(&["--unixsocket", path_str, "--unixsocketperm", "700"]);
+    for _ in 0..100 {
+        if path.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let l = RedisLimiter::builder(&format!("unix://{path_str}"))
+        .quota(Quota::per_minute(4).unwrap())
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    let rt = runtime(0);
+    let allowed: Vec<bool> = (0..3)
+        .map(|_| l.check("k", 1).unwrap().allowed)
+        .chain((0..3).map(|_| rt.block_on(l.check_async("k", 1)).unwrap().allowed))
+        .collect();
+    assert_eq!(allowed, [true, true, true, true, false, false]);
+    assert_eq!(l.fallbacks(), 0);
+    let _ = std::fs::remove_file(&path);
+}
+
 /// A Redis at `maxmemory` with `noeviction` refuses every write command, even
 /// a `SET ... NX GET` that finds its key: a check that would be denied is
 /// still answered by Redis (blocking, and merged), and one that must write
