@@ -356,7 +356,7 @@ mod tests {
 
     use redis::IntoConnectionInfo;
 
-    use super::{Conn, invalid};
+    use super::{Conn, RedisResult, invalid};
 
     /// A peer on loopback that answers `replies`, one per command it reads
     /// (`None`: reads on and never answers), and returns what it received.
@@ -438,6 +438,21 @@ mod tests {
         assert!(!redis::ConnectionLike::is_open(&conn));
     }
 
+    /// `call` under a 30 ms deadline: a timeout, not before the deadline
+    /// (generously after: a loaded machine may be slow to wake the thread),
+    /// and the connection closed (out of step).
+    fn times_out_at_the_deadline(conn: &mut Conn, call: impl FnOnce(&mut Conn) -> RedisResult<()>) {
+        let timeout = Duration::from_millis(30);
+        let started = Instant::now();
+        conn.set_deadline(started + timeout);
+        let err = call(conn).unwrap_err();
+        let took = started.elapsed();
+        assert!(err.is_timeout(), "{err}");
+        assert!(took >= timeout, "answered before the deadline: {took:?}");
+        assert!(took < timeout + Duration::from_millis(500), "{took:?}");
+        assert!(!redis::ConnectionLike::is_open(conn), "out of step: closed");
+    }
+
     #[test]
     fn a_silent_peer_times_the_read_out_at_the_deadline() {
         let (port, _peer) = peer(vec![None]);
@@ -445,19 +460,7 @@ mod tests {
             &format!("redis://127.0.0.1:{port}/"),
             Duration::from_secs(5),
         );
-        let timeout = Duration::from_millis(30);
-        let started = Instant::now();
-        conn.set_deadline(started + timeout);
-        let err = redis::cmd("PING").query::<String>(&mut conn).unwrap_err();
-        let took = started.elapsed();
-        assert!(err.is_timeout(), "{err}");
-        assert!(took >= timeout, "answered before the deadline: {took:?}");
-        // Generous: a loaded test machine may be slow to wake the thread.
-        assert!(took < timeout + Duration::from_millis(500), "{took:?}");
-        assert!(
-            !redis::ConnectionLike::is_open(&conn),
-            "out of step: closed"
-        );
+        times_out_at_the_deadline(&mut conn, |c| redis::cmd("PING").query::<()>(c));
     }
 
     #[test]
@@ -476,20 +479,11 @@ mod tests {
             &format!("redis://127.0.0.1:{port}/"),
             Duration::from_secs(5),
         );
-        let timeout = Duration::from_millis(30);
-        let started = Instant::now();
-        conn.set_deadline(started + timeout);
-        let err = redis::cmd("SET")
-            .arg("k")
-            .arg(vec![0u8; 64 << 20])
-            .query::<()>(&mut conn)
-            .unwrap_err();
-        let took = started.elapsed();
-        assert!(err.is_timeout(), "{err}");
-        assert!(
-            took >= timeout && took < timeout + Duration::from_millis(500),
-            "{took:?}"
-        );
-        assert!(!redis::ConnectionLike::is_open(&conn));
+        times_out_at_the_deadline(&mut conn, |c| {
+            redis::cmd("SET")
+                .arg("k")
+                .arg(vec![0u8; 64 << 20])
+                .query::<()>(c)
+        });
     }
 }
