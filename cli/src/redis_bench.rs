@@ -261,13 +261,13 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         Some(c) => Box::new(c.get_connection().map_err(|e| e.to_string())?),
         None => Box::new(client.get_connection().map_err(|e| e.to_string())?),
     };
-    let incr_seq = Some(sequential(half / 2, |i| {
+    let incr_seq = sequential(half / 2, |i| {
         redis::cmd("INCR")
             .arg(incr_key(i, &keys))
             .query::<i64>(incr_conn.as_mut())
             .map(|_| true)
             .map_err(|e| e.to_string())
-    })?);
+    })?;
     let trips0 = limiter.store().round_trips();
     let spent0 = conn.as_mut().and_then(spent);
     let seq = sequential(half / 2, |i| {
@@ -287,7 +287,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let (incr_conc, spent2, conc) = rt.block_on(async {
-        let incr_conc = Some(match &cluster_client {
+        let incr_conc = match &cluster_client {
             Some(c) => {
                 let ac = c.get_async_connection().await.map_err(|e| e.to_string())?;
                 incr_concurrent(half / 2, b.in_flight, ac, keys.clone()).await?
@@ -299,7 +299,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
                     .map_err(|e| e.to_string())?;
                 incr_concurrent(half / 2, b.in_flight, mc, keys.clone()).await?
             }
-        });
+        };
         // After the INCR phase, so that its CPU is not the checks'.
         let spent2 = conn.as_mut().and_then(spent);
         let (l, k, cost) = (limiter.clone(), keys.clone(), b.cost);
@@ -334,7 +334,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
             serde_json::json!({
                 "store": b.url, "quotas": b.quotas.len(), "keys": b.keys, "in_flight": b.in_flight, "lease": b.lease,
                 "sequential": phase(&seq), "concurrent": phase(&conc),
-                "incr_sequential": incr_seq.as_ref().map(phase), "incr_concurrent": incr_conc.as_ref().map(phase),
+                "incr_sequential": phase(&incr_seq), "incr_concurrent": phase(&incr_conc),
                 "round_trips_per_check": per_check,
                 "server_us_per_check": {"sequential": seq_server.map(|s| s.0), "concurrent": conc_server.map(|s| s.0)},
                 "server_cpu_us_per_check": {"sequential": seq_server.map(|s| s.1), "concurrent": conc_server.map(|s| s.1)},
@@ -344,13 +344,12 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         ));
     }
     let mut out = String::new();
-    let ratio = |p: &Phase, base: &Option<Phase>| match base {
-        Some(b) => format!(
+    let ratio = |p: &Phase, b: &Phase| {
+        format!(
             "  ({:.2}x raw INCR's {}/s)",
             p.rate() / b.rate(),
             group(b.rate() as u64)
-        ),
-        None => String::new(),
+        )
     };
     out.push_str(&format!(
         "floodgate bench --store {}: {} quota(s), {} keys, cost {}{}\n",
@@ -369,13 +368,12 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         group(seq.rate() as u64),
         ratio(&seq, &incr_seq)
     ));
-    let latency = |p: &Phase, base: &Option<Phase>| match base {
-        Some(b) => format!(
+    let latency = |p: &Phase, b: &Phase| {
+        format!(
             "    latency {} (raw INCR: {})\n",
             p.latency_line(),
             b.latency_line()
-        ),
-        None => format!("    latency {}\n", p.latency_line()),
+        )
     };
     out.push_str(&latency(&seq, &incr_seq));
     let server_line = |(scripts, cpu): (f64, f64)| {

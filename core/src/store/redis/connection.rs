@@ -59,7 +59,7 @@ impl SyncConn {
 /// reconnecting a node in its own tasks (they run while calls drive the
 /// runtime), and keeps serving the other nodes. Its calls do their I/O on
 /// the caller's thread, as a blocking connection does: through the store's
-/// background runtime instead, a sequential check took 30-37% longer.
+/// background runtime instead, sequential checks ran at a 27-36% lower rate.
 pub(super) struct ClusterConn {
     /// Always `Some` until dropped (taken to shut down without blocking).
     rt: Option<tokio::runtime::Runtime>,
@@ -470,10 +470,8 @@ const TIMER_SLACK: Duration = Duration::from_millis(2);
 /// breaker, whose calls do not wait).
 async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
-    let early = deadline
-        .checked_sub(TIMER_SLACK)
-        .unwrap_or(deadline)
-        .max(Instant::now());
+    // (A deadline already past fires at once.)
+    let early = deadline.checked_sub(TIMER_SLACK).unwrap_or(deadline);
     if let Ok(out) = tokio::time::timeout_at(early.into(), f.as_mut()).await {
         return Some(out);
     }
