@@ -397,6 +397,54 @@ def test_a_frozen_redis_costs_a_request_at_most_its_deadline_over_http(kind, tmp
         redis.wait()
 
 
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_a_full_redis_still_denies_over_http(kind, tmp_path):
+    """A Redis at maxmemory (noeviction) refuses every write: through the
+    server, a client at its limit still gets Redis's 429 (under gunicorn the
+    blocking call, under uvicorn a merged one), and a new client, whose
+    charge Redis cannot record, the fail mode ("open": 200)."""
+    pytest.importorskip(kind)
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    redis, rport = _own_redis()
+    text = textwrap.dedent(
+        f"""
+        [store]
+        kind = "redis"
+        url = "redis://127.0.0.1:{rport}/"
+        fail_mode = "open"
+
+        [[rule]]
+        name = "api"
+        match = "/api/**"
+        key = "header:x-client"
+        quotas = ["3/hour"]
+        """
+    )
+    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, text, tmp_path, workers=2)
+
+    def hit(client: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/items", headers={"x-client": client, "Connection": "close"})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    try:
+        _wait_for_workers(proc, port)
+        assert [hit("known") for _ in range(3)] == [200] * 3
+        subprocess.run(["redis-cli", "-p", str(rport), "config", "set", "maxmemory", "1"], check=True,
+                       capture_output=True)
+        assert hit("known") == 429, "Redis's denial, not the fail mode's admission"
+        assert hit("new") == 200, "a charge Redis cannot record: the fail mode (open)"
+    finally:
+        _stop(proc)
+        redis.kill()
+        redis.wait()
+
+
 RELOADING_APP = """
 import os, threading, time
 from fastapi import FastAPI
