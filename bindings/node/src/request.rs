@@ -367,20 +367,33 @@ fn read_string(
     Ok(start..start + len)
 }
 
-/// A string of the arena (Node-API wrote valid UTF-8: lone surrogates become U+FFFD).
-fn text<'a>(arena: &'a [u8], range: &std::ops::Range<usize>) -> &'a str {
-    arena
-        .get(range.clone())
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .unwrap_or_default()
+/// A string of the arena, validated once as a whole (Node-API wrote valid
+/// UTF-8, lone surrogates as U+FFFD, so every string starts and ends on a
+/// character boundary): one `from_utf8` per call instead of one per string.
+fn text<'a>(arena: &'a str, range: &std::ops::Range<usize>) -> &'a str {
+    arena.get(range.clone()).unwrap_or_default()
 }
 
-/// Length in UTF-16 code units (JS string indices).
-fn js_len(s: &str) -> f64 {
-    if s.is_ascii() {
-        s.len() as f64
-    } else {
-        s.encode_utf16().count() as f64
+/// The verdict's text pieces, in the order `check` writes them: the rule, the
+/// identity, each header value, the body. Their lengths go into `out` in bytes;
+/// when the text is not ASCII (a rule or key with other characters) they are
+/// turned into UTF-16 code units (JS string indices) here, so the usual ASCII
+/// verdict is scanned once (for Latin-1) instead of once per piece.
+fn utf16_lengths(text: &str, out: &[Cell<f64>], header_count: usize) {
+    let mut at = 0;
+    let slots = [Slot::RuleLen as usize, Slot::IdentityLen as usize]
+        .into_iter()
+        .chain((0..header_count).map(|i| Slot::Headers as usize + 2 * i + 1))
+        .chain([Slot::BodyLen as usize]);
+    for slot in slots {
+        let Some(c) = out.get(slot) else { continue };
+        let n = c.get();
+        if n < 0.0 {
+            continue;
+        }
+        let end = at + n as usize;
+        c.set(text.get(at..end).map_or(0, |s| s.encode_utf16().count()) as f64);
+        at = end;
     }
 }
 
@@ -449,7 +462,8 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
             *slot = Some(read_string(env, *value, &mut arena, "a header value")?);
         }
     }
-    let arena: &[u8] = arena.bytes.get(..arena.used).unwrap_or_default();
+    let arena =
+        std::str::from_utf8(arena.bytes.get(..arena.used).unwrap_or_default()).unwrap_or_default();
     let mut stack_pairs = [("", ""); STACK_HEADERS];
     let mut heap_pairs = Vec::new();
     let pairs = slots(&mut stack_pairs, &mut heap_pairs, names.len(), ("", ""));
@@ -509,7 +523,7 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
         .map_err(|_| invalid("engineCheck re-entered"))?;
     text.clear();
     let mut piece = |slot: usize, s: Option<&str>| {
-        set(slot, s.map_or(-1.0, js_len));
+        set(slot, s.map_or(-1.0, |s| s.len() as f64));
         text.push_str(s.unwrap_or_default());
     };
     piece(Slot::RuleLen as usize, v.rule.as_deref());
@@ -534,17 +548,18 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     // The body straight into the text (no string of its own per denial).
     let start = text.len();
     v.body_into(&mut text);
-    set(
-        Slot::BodyLen as usize,
-        js_len(text.get(start..).unwrap_or_default()),
-    );
+    set(Slot::BodyLen as usize, (text.len() - start) as f64);
+    let ascii = text.is_ascii();
+    if !ascii {
+        utf16_lengths(&text, &h.out, count);
+    }
 
     let mut result = ptr::null_mut();
     // ASCII (the usual verdict) is the same bytes in Latin-1, which V8 copies
     // without decoding. SAFETY: `text` is `text.len()` bytes of valid UTF-8 (and
     // of Latin-1 when ASCII); the call copies them.
     let status = unsafe {
-        if text.is_ascii() {
+        if ascii {
             sys::napi_create_string_latin1(
                 env,
                 text.as_ptr().cast(),
