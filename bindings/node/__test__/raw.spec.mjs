@@ -81,6 +81,14 @@ test('the raw path: bad input is a clear error, and the engine goes on', () => {
   assert.throws(() => e.checkRequest({ method: 'GET' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.throws(() => e.checkRequest({ method: 'G ET', path: '/x' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'method' })
   assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', clientIp: 'not-an-ip' }), { code: 'ERR_FG_INVALID_REQUEST', field: 'client_ip' })
+  // Optional strings: undefined and null are absent, anything else not a string is refused.
+  for (const clientIp of [42, {}, true]) {
+    assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', clientIp }), { code: 'ERR_FG_INVALID_ARGUMENT', message: /clientIp must be a string/ })
+  }
+  assert.equal(e.checkRequest({ method: 'GET', path: '/x', clientIp: null, nowMs: T }).reason, 'no_rule')
+  const [handle] = e.handle()
+  assert.throws(() => native.engineCheck(handle, 'GET', '/u/1', '203.0.113.50', T, 42), { code: 'ERR_FG_INVALID_ARGUMENT', message: /a header value must be a string/ })
+  for (const absent of [null, undefined]) assert.equal(typeof native.engineCheck(handle, 'GET', '/u/1', '203.0.113.50', T, absent), 'string')
   assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', nowMs: NaN }), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', nowMs: 'soon' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.throws(() => e.checkRequest('GET /x'), { code: 'ERR_FG_INVALID_ARGUMENT' })
