@@ -14,7 +14,14 @@ disturbed by wrk sharing the cores than throughput is.
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
     python3 benches/http/run.py --tight   # a flood nearly all denied (1/min per IP) vs no limiter
     python3 benches/http/run.py --floor   # also the floor: a middleware setting two constant headers
+    python3 benches/http/run.py --footprint --only fastify,express,fastapi   # instructions and cache misses per request
 
+`--footprint` runs each server under valgrind's callgrind with its cache
+model instead of timing it: instructions and first-level cache misses per
+request, the whole server's and Floodgate's native code's (the Node addon, the
+Python extension) apart. Floodgate's part is deterministic; the rest moves
+by several percent between runs (V8 and CPython tier up differently under
+valgrind). Needs valgrind (apt).
 Needs: wrk (apt), `npm install` in benches/http, the Node addon built
 (`cd bindings/node && npm run build:release`), and a Python with floodgate and
 benches/http/requirements.txt installed (`--python`, default target/py-venv).
@@ -42,7 +49,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(framework, mode, port, python, extra_env=None, stderr=subprocess.PIPE, expect_headers=True):
+def start(framework, mode, port, python, extra_env=None, stderr=subprocess.PIPE, expect_headers=True, wrap=(), tries=200):
     env = dict(os.environ, FG_BENCH_MODE=mode, FG_BENCH_APP=framework, **(extra_env or {}))
     if framework in ("fastify", "express"):
         cmd = ["node", str(HERE / "node_server.mjs"), framework, mode, str(port)]
@@ -50,8 +57,8 @@ def start(framework, mode, port, python, extra_env=None, stderr=subprocess.PIPE,
         cmd = [python, "-m", "uvicorn", "py_apps:fastapi_app", "--port", str(port), "--log-level", "warning", "--no-access-log"]
     else:
         cmd = [python, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "py_apps:flask_app"]
-    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    for _ in range(200):
+    proc = subprocess.Popen([*wrap, *cmd], cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    for _ in range(tries):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/items", timeout=1) as r:
                 headers = {k.lower() for k in r.headers.keys()}
@@ -130,6 +137,74 @@ def logging_cost(a):
         print(f"| {name} | {m / 1000:.2f}k req/s ({m / base:.2f}x) | {lines[name][0]} lines, {lines[name][1] / 1e6:.1f} MB in the last {a.duration + 1} s run |")
 
 
+EVENTS = ("Ir", "I1mr", "D1mr")
+
+
+def callgrind_costs(path):
+    """Self cost per object file (Ir, I1mr, D1mr) in a callgrind output file:
+    each function's own lines, not the inclusive cost of its calls."""
+    names, costs, ob, skip, cols = {}, {}, "?", False, None
+    for line in open(path):
+        if line.startswith("events:"):
+            order = line.split()[1:]
+            cols = [order.index(e) for e in EVENTS]
+        elif line.startswith(("ob=", "cob=")):
+            # A compressed name is defined where it first appears, a call's or not.
+            m = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.strip())
+            if m and m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("ob="):
+                ob = names.get(m.group(1), "?") if m else line[3:].strip()
+        elif line.startswith("calls="):
+            skip = True  # the next line is the call's inclusive cost
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if skip:
+                skip = False
+                continue
+            v = line.split()[1:]
+            c = costs.setdefault(ob, [0] * len(EVENTS))
+            for i, col in enumerate(cols or ()):
+                if col < len(v):
+                    c[i] += int(v[col])
+    return costs
+
+
+def footprint(a):
+    """Each server under callgrind: warmed up uninstrumented, then 2 connections
+    for `--duration` x 4 seconds instrumented; costs of the main thread (the
+    event loop) per answered request."""
+    import tempfile
+    frameworks = [f for f in a.only.split(",") if f != "flask"]  # gunicorn forks its worker
+    variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
+    print("| server | variant | instructions / request | I1 misses | D1 misses | Floodgate's native code: instructions | I1 misses |")
+    print("|---|---|---|---|---|---|---|")
+    for f in frameworks:
+        for v in variants:
+            port = free_port()
+            out = tempfile.mkdtemp(prefix="fg-footprint-")
+            wrap = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--separate-threads=yes", "--instr-atstart=no",
+                    f"--callgrind-out-file={out}/cg.%p"]
+            proc = start(f, v, port, a.python, wrap=wrap, tries=1200)
+            try:
+                wrk(port, 3 * a.duration, 4)  # warm-up: the JIT tiers up
+                subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+                _, n = wrk(port, 4 * a.duration, 2, requests=True)
+                subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            main = sorted(pathlib.Path(out).glob("cg.*.1-01"))
+            if not main:
+                raise SystemExit(f"{f}/{v}: no callgrind dump in {out}")
+            costs = callgrind_costs(main[0])
+            total = [sum(c[i] for c in costs.values()) / n for i in range(len(EVENTS))]
+            ours = [sum(c[i] for ob, c in costs.items() if "floodgate" in pathlib.Path(ob).name) / n
+                    for i in range(len(EVENTS))]
+            print(f"| {f} | {v} | {total[0]:,.0f} | {total[1]:,.0f} | {total[2]:,.0f} | {ours[0]:,.0f} | {ours[1]:,.0f} |",
+                  flush=True)
+            print(f"{f}/{v}: {n} requests instrumented, dumps in {out}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -138,6 +213,8 @@ def main():
     ap.add_argument("--only", default="fastify,express,fastapi,flask")
     ap.add_argument("--python", default=str(ROOT / "target" / "py-venv" / "bin" / "python"))
     ap.add_argument("--logging", action="store_true")
+    ap.add_argument("--footprint", action="store_true",
+                    help="instructions and cache misses per request under callgrind (valgrind), not throughput")
     ap.add_argument("--tight", action="store_true",
                     help="limiters at 1 request per minute per IP: nearly every request is denied")
     ap.add_argument("--floor", action="store_true",
@@ -146,6 +223,8 @@ def main():
     a = ap.parse_args()
     if a.logging:
         return logging_cost(a)
+    if a.footprint:
+        return footprint(a)
     frameworks = a.only.split(",")
     variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
     results = {(f, v): [] for f in frameworks for v in variants}
