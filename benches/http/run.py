@@ -20,8 +20,8 @@ disturbed by wrk sharing the cores than throughput is.
 model instead of timing it: instructions and first-level cache misses per
 request, the whole server's and Floodgate's native code's (the Node addon, the
 Python extension) apart. Floodgate's part is deterministic; the rest moves
-by several percent between runs (V8 and CPython tier up differently under
-valgrind). Needs valgrind (apt).
+between runs, by up to a third (V8 and CPython tier up and collect garbage
+differently under valgrind): compare within a run. Needs valgrind (apt).
 Needs: wrk (apt), `npm install` in benches/http, the Node addon built
 (`cd bindings/node && npm run build:release`), and a Python with floodgate and
 benches/http/requirements.txt installed (`--python`, default target/py-venv).
@@ -34,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -173,7 +174,6 @@ def footprint(a):
     """Each server under callgrind: warmed up uninstrumented, then 2 connections
     for `--duration` x 4 seconds instrumented; costs of the main thread (the
     event loop) per answered request."""
-    import tempfile
     frameworks = [f for f in a.only.split(",") if f != "flask"]  # gunicorn forks its worker
     variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
     print("| server | variant | instructions / request | I1 misses | D1 misses | Floodgate's native code: instructions | I1 misses |")
@@ -193,10 +193,10 @@ def footprint(a):
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
-            main = sorted(pathlib.Path(out).glob("cg.*.1-01"))
-            if not main:
+            dumps = sorted(pathlib.Path(out).glob("cg.*.1-01"))  # thread 1: the event loop
+            if not dumps:
                 raise SystemExit(f"{f}/{v}: no callgrind dump in {out}")
-            costs = callgrind_costs(main[0])
+            costs = callgrind_costs(dumps[0])
             total = [sum(c[i] for c in costs.values()) / n for i in range(len(EVENTS))]
             ours = [sum(c[i] for ob, c in costs.items() if "floodgate" in pathlib.Path(ob).name) / n
                     for i in range(len(EVENTS))]
