@@ -1072,3 +1072,51 @@ quotas = ["2/min"]
     assert_eq!(third.rule.as_deref(), Some("by-ip-again"));
     assert_eq!(third.identity.as_deref(), Some("203.0.113.5"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, .. proptest::prelude::ProptestConfig::default() })]
+
+    /// A policy whose rules every request meets (`/**`) does not read the
+    /// path at all; it decides as the same policy with a rule that makes it
+    /// read (and normalise) every path, for any request target: odd,
+    /// encoded, absolute-form, dot segments, query strings.
+    #[test]
+    fn a_policy_that_never_reads_the_path_decides_as_one_that_does(
+        requests in proptest::collection::vec(
+            ("(GET|POST|HEAD|DELETE)", "(/|http://h/|)([a-zA-Z0-9%./?=&~-]{0,12}/?){0,4}", 0u8..4),
+            1..40,
+        ),
+    ) {
+        let rules = r#"
+[[rule]]
+name = "everything"
+match = "/**"
+key = "ip"
+quotas = ["5/min", "20/hour"]
+algorithm = "sliding_window"
+
+[[rule]]
+name = "burst"
+match = ["GET /**", "/**"]
+key = "ip"
+quotas = ["3/s burst 4"]
+"#;
+        // This rule is met by no generated request (POST only, a path no
+        // target normalises to), but makes the policy route by path.
+        let reads_paths = "\n[[rule]]\nname = \"never\"\nmatch = \"POST /never-met/x\"\nkey = \"ip\"\nquotas = [\"1/min\"]\n";
+        let blind = Engine::from_toml_str(rules).unwrap().with_fixed_seed(3);
+        let routed = Engine::from_toml_str(&format!("{rules}{reads_paths}")).unwrap().with_fixed_seed(3);
+        for (i, (method, path, client)) in requests.iter().enumerate() {
+            let addr = format!("203.0.113.{client}");
+            let req = Request {
+                method,
+                path,
+                client_ip: ip(&addr),
+                headers: &[],
+            };
+            let t = at(1) + Duration::from_millis(i as u64 * 97);
+            let (a, b) = (blind.check_request_at(&req, t), routed.check_request_at(&req, t));
+            proptest::prop_assert_eq!(a, b, "{} {}", method, path);
+        }
+    }
+}

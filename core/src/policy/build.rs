@@ -232,9 +232,11 @@ impl Policy {
         let settles = rules.iter().any(|r| r.lifecycle.is_some());
         let matchers: Vec<&matcher::Matcher> = rules.iter().map(|r| &r.matcher).collect();
         let routes = matcher::RouteIndex::new(&matchers);
+        let needs_path = !routes.path_blind() || rules.iter().any(|r| r.key.uses_path());
         Ok(Policy {
             request_headers,
             settles,
+            needs_path,
             routes,
             rules: rules.into_boxed_slice(),
             jwt,

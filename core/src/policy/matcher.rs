@@ -268,6 +268,13 @@ impl RouteIndex {
         }
     }
 
+    /// Whether every request meets the same rules whatever its path and
+    /// method (every rule's patterns `/**`, or no rule): routing it needs no
+    /// look at its path.
+    pub(crate) fn path_blind(&self) -> bool {
+        self.by_first.is_empty() && self.other == self.root && self.root.iter().all(|c| c.certain)
+    }
+
     /// The rules a request whose normalised path is `segments` may meet, in
     /// rule order: every rule it meets is among them.
     #[inline]
@@ -297,6 +304,30 @@ mod tests {
         parse(pattern, true)
             .unwrap_or_else(|e| panic!("{e}"))
             .matches(method, &crate::policy::path::normalize(path, true))
+    }
+
+    #[test]
+    fn an_index_of_catch_all_rules_is_path_blind() {
+        let blind = |patterns: &[&[&str]]| {
+            let matchers: Vec<Matcher> = patterns
+                .iter()
+                .map(|ps| {
+                    Matcher(
+                        ps.iter()
+                            .map(|p| parse(p, true).unwrap_or_else(|e| panic!("{e}")))
+                            .collect(),
+                    )
+                })
+                .collect();
+            RouteIndex::new(&matchers.iter().collect::<Vec<_>>()).path_blind()
+        };
+        assert!(blind(&[]));
+        assert!(blind(&[&["/**"]]));
+        assert!(blind(&[&["/**"], &["GET /**", "/**"]]));
+        assert!(!blind(&[&["/**"], &["GET /**"]]), "a method narrows it");
+        assert!(!blind(&[&["/**"], &["/api/**"]]));
+        assert!(!blind(&[&["/*/**"]]), "not the root");
+        assert!(!blind(&[&["/{tenant}/**"]]));
     }
 
     #[test]
@@ -485,6 +516,7 @@ mod tests {
                 .map(|c| (c.rule, c.certain))
                 .collect()
         };
+        assert!(!index.path_blind());
         let api = [(3, true), (4, true), (5, true), (6, true)];
         assert_eq!(of("/api/items"), api);
         assert_eq!(of("/api"), api);

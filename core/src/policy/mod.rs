@@ -468,6 +468,10 @@ pub(crate) struct Policy {
     /// Whether any rule settles (see [`Policy::settles`]): the usual policy
     /// skips looking for settlement entries on every request.
     settles: bool,
+    /// Whether deciding reads the request's path: false when every rule is
+    /// met by every request (`/**`) and no key has the path in it, and then
+    /// the path is not normalised (see [`matcher::RouteIndex::path_blind`]).
+    needs_path: bool,
     /// The key of client-wide bans: the masked address.
     client_key: KeyTemplate,
     case_sensitive_paths: bool,
