@@ -266,8 +266,9 @@ macro_rules! procedure {
                 let ip = req.client_ip.map(canonical_ip);
                 let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
                 // The path's segments come with it when it is already normal (borrowed).
-                // A policy that never reads the path (every rule `/**`) skips it:
-                // about 230 instructions and 14 lines of code per request.
+                // A policy that never reads the path (every rule `/**`, no key
+                // with the path) skips it: a denied check 2,570 -> 2,317
+                // instructions and 260 -> 239 lines of code (callgrind).
                 let mut split = matcher::Segments::new();
                 let path = if self.needs_path {
                     path::normalize_split(req.path, !self.case_sensitive_paths, &mut split)
