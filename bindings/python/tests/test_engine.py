@@ -190,28 +190,11 @@ async def _one(lim):
     return await lim.check_async("hot")
 
 
-def test_redis_async_when_redis_goes_down(tmp_path):
-    import shutil
-    import socket
+def test_redis_async_when_redis_goes_down(tmp_path, own_redis):
     import subprocess
     import time
 
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    subprocess.run(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "yes"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(50):
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.1)
-    url = f"redis://127.0.0.1:{port}/"
+    port, url = own_redis.port, own_redis.url
     closed = floodgate.RedisLimiter(url, "100/minute", fail_mode="closed", timeout=0.1)
     opened = floodgate.RedisLimiter(url, "100/minute", fail_mode="open", timeout=0.1)
 

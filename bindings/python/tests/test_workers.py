@@ -323,21 +323,6 @@ def test_one_quota_across_four_workers_on_redis(kind, algorithm, extra, quotas, 
     assert len(ok) == LIMIT, f"{len(ok)} admitted by {len(set(ok))} workers on Redis"
 
 
-def _own_redis() -> tuple[subprocess.Popen, int]:
-    """A redis-server of this test's own (it is frozen): (process, port)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
-            return proc, port
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def _evalsha_calls(port: int) -> int:
     out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True).stdout
     for line in out.splitlines():
@@ -347,17 +332,13 @@ def _evalsha_calls(port: int) -> int:
 
 
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
-def test_a_frozen_redis_costs_a_request_at_most_its_deadline_over_http(kind, tmp_path):
+def test_a_frozen_redis_costs_a_request_at_most_its_deadline_over_http(kind, tmp_path, own_redis):
     """Two workers on a Redis that freezes (SIGSTOP): every request is answered
     by the fail mode ("open": 200) within the store's deadline (100 ms) plus
     the server's own time, blocking (gunicorn) and async (uvicorn); once Redis
     thaws, checks go back to it without a restart."""
     pytest.importorskip(kind)
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
-    redis, rport = _own_redis()
+    redis, rport = own_redis.proc, own_redis.port
     text = _redis_policy(f"redis://127.0.0.1:{rport}/").replace(
         'timeout_ms = 500\nfail_mode = "closed"', 'timeout_ms = 100\nfail_mode = "open"'
     )
@@ -393,22 +374,16 @@ def test_a_frozen_redis_costs_a_request_at_most_its_deadline_over_http(kind, tmp
         assert _evalsha_calls(rport) > on_redis, "never back on Redis"
     finally:
         _stop(proc)
-        redis.kill()
-        redis.wait()
 
 
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
-def test_a_full_redis_still_denies_over_http(kind, tmp_path):
+def test_a_full_redis_still_denies_over_http(kind, tmp_path, own_redis):
     """A Redis at maxmemory (noeviction) refuses every write: through the
     server, a client at its limit still gets Redis's 429 (under gunicorn the
     blocking call, under uvicorn a merged one), and a new client, whose
     charge Redis cannot record, the fail mode ("open": 200)."""
     pytest.importorskip(kind)
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
-    redis, rport = _own_redis()
+    rport = own_redis.port
     text = textwrap.dedent(
         f"""
         [store]
@@ -441,8 +416,6 @@ def test_a_full_redis_still_denies_over_http(kind, tmp_path):
         assert hit("new") == 200, "a charge Redis cannot record: the fail mode (open)"
     finally:
         _stop(proc)
-        redis.kill()
-        redis.wait()
 
 
 RELOADING_APP = """
