@@ -76,8 +76,14 @@ impl ClusterConn {
             .enable_all()
             .build()
             .map_err(|_| io_error("cannot start a runtime for the Cluster connection"))?;
-        let conn = drive(&rt, within(deadline, client.get_async_connection()))?
-            .unwrap_or_else(|| Err(timed_out("connecting to the Cluster took too long")))?;
+        let conn = drive(
+            &rt,
+            bounded(
+                deadline,
+                client.get_async_connection(),
+                "connecting to the Cluster took too long",
+            ),
+        )??;
         Ok(Self {
             rt: Some(rt),
             conn,
@@ -119,8 +125,14 @@ impl redis::ConnectionLike for ClusterConn {
         let rt = rt
             .as_ref()
             .ok_or_else(|| io_error("the Cluster connection is closed"))?;
-        drive(rt, within(*deadline, conn.req_packed_command(cmd)))?
-            .unwrap_or_else(|| Err(timed_out("the call's deadline passed")))
+        drive(
+            rt,
+            bounded(
+                *deadline,
+                conn.req_packed_command(cmd),
+                "the call's deadline passed",
+            ),
+        )?
     }
 
     fn req_packed_command(&mut self, _cmd: &[u8]) -> redis::RedisResult<redis::Value> {
@@ -485,6 +497,18 @@ async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Option<F::Ou
         std::task::Poll::Pending => spin.as_mut().poll(cx).map(|()| None),
     })
     .await
+}
+
+/// `f`'s result, or a timeout error saying `late` once `deadline` has passed
+/// (see [`within`]).
+async fn bounded<T>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    late: &'static str,
+) -> redis::RedisResult<T> {
+    within(deadline, f)
+        .await
+        .unwrap_or_else(|| Err(timed_out(late)))
 }
 
 /// Whether an error means the connection can no longer be trusted.
@@ -931,9 +955,12 @@ impl RedisStore {
                 AsyncConn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
             }
         };
-        let result = within(Instant::now() + self.inner.command_timeout, call)
-            .await
-            .unwrap_or_else(|| Err(timed_out("the call's deadline passed")));
+        let result = bounded(
+            Instant::now() + self.inner.command_timeout,
+            call,
+            "the call's deadline passed",
+        )
+        .await;
         if let Err(e) = &result
             && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
             && !e.is_timeout()
