@@ -201,11 +201,15 @@ where
     })
 }
 
-/// The raw `INCR` baseline's `i`th key (keys are not empty).
-fn incr_key(i: u64, keys: &[String]) -> String {
+/// The `i`th key of the round (keys are not empty: `make_keys` of at least 1).
+fn key_at(i: u64, keys: &[String]) -> &str {
     #[allow(clippy::indexing_slicing)] // i % len < len
-    let k = &keys[(i % keys.len() as u64) as usize];
-    format!("{{fg-bench-incr:{k}}}")
+    &keys[(i % keys.len() as u64) as usize]
+}
+
+/// The raw `INCR` baseline's `i`th key.
+fn incr_key(i: u64, keys: &[String]) -> String {
+    format!("{{fg-bench-incr:{}}}", key_at(i, keys))
 }
 
 /// Raw `INCR`s on `conn` (multiplexed, or a Cluster's async connection),
@@ -271,10 +275,8 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
     let trips0 = limiter.store().round_trips();
     let spent0 = conn.as_mut().and_then(spent);
     let seq = sequential(half / 2, |i| {
-        #[allow(clippy::indexing_slicing)] // i % len < len
-        let key = &keys[(i % keys.len() as u64) as usize];
         limiter
-            .check(key, b.cost)
+            .check(key_at(i, &keys), b.cost)
             .map(|d| d.allowed)
             .map_err(|e| e.to_string())
     })?;
@@ -306,9 +308,7 @@ pub fn run(b: &RedisBench<'_>) -> Result<String, String> {
         let conc = concurrent(half / 2, b.in_flight, move |i| {
             let (l, k) = (l.clone(), k.clone());
             async move {
-                #[allow(clippy::indexing_slicing)] // i % len < len
-                let key = &k[(i % k.len() as u64) as usize];
-                l.check_async(key, cost)
+                l.check_async(key_at(i, &k), cost)
                     .await
                     .map(|d| d.allowed)
                     .map_err(|e| e.to_string())
