@@ -176,7 +176,7 @@ test('Express and Fastify on a Redis that freezes: every request answered by the
       redis.kill('SIGCONT')
     }
     const shown = Object.entries(slowest).map(([n, ms]) => `${n} ${ms.toFixed(1)} ms`).join(', ')
-  console.log(`Redis frozen: slowest request ${shown} (deadline 100 ms)`)
+    console.log(`Redis frozen: slowest request ${shown} (deadline 100 ms)`)
     // The deadline, plus what the server and this client take on a busy machine.
     for (const [name, ms] of Object.entries(slowest)) assert.ok(ms < 500, `${name}: ${ms} ms`)
     // Thawed: back on Redis (the breaker's next probe), counted after Redis
