@@ -14,17 +14,25 @@ const { rawChecker, plain, denied, denial, setReplyHeaders, needsSettle, settleQ
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
 
+/**
+ * The type of every answer the plugin sends: what Fastify sends for
+ * `application/json` anyway, but given whole, `reply.send` skips re-reading
+ * the type and appending the charset (0.5 µs of a 429's ~19 µs of server CPU,
+ * benches/README.md).
+ */
+const JSON_TYPE = 'application/json; charset=utf-8'
+
 function floodgatePlugin(fastify, opts, done) {
   const engine = opts.engine
   if (!engine) return done(new Error('floodgate/fastify: options.engine is required'))
   const async = opts.async ?? engine.mayBlock
   const pick = headerPicker(engine)
-  const badRequest = (reply) => reply.code(400).type('application/json').send(BAD_REQUEST)
+  const badRequest = (reply) => reply.code(400).type(JSON_TYPE).send(BAD_REQUEST)
   const answer = (reply, v) => {
     const h = v.headers
     for (const name in h) reply.header(name, h[name])
     if (v.allowed) return false
-    reply.code(v.status).type('application/json').send(v.body)
+    reply.code(v.status).type(JSON_TYPE).send(v.body)
     return true
   }
   if (async) {
@@ -68,7 +76,7 @@ function floodgatePlugin(fastify, opts, done) {
       if (denied(raw)) {
         setReplyHeaders(reply, o, text)
         const [status, body] = denial(raw, text)
-        return reply.code(status).type('application/json').send(body)
+        return reply.code(status).type(JSON_TYPE).send(body)
       }
       const v = raw.verdict(text)
       if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }

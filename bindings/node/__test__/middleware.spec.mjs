@@ -16,6 +16,7 @@ async function scenario(call) {
   assert.equal(r.status, 429)
   assert.equal(r.header('retry-after'), '30')
   assert.deepEqual(r.json, { error: 'rate_limited', retry_after: 30, rule: 'login' })
+  assert.equal(r.header('content-type'), 'application/json; charset=utf-8')
   assert.equal((await call('POST', '/oauth/token')).status, 401)
   assert.equal((await call('POST', '/oauth/token', { 'x-client-id': 'app' })).status, 200)
   assert.equal((await call('GET', '/api/items', { 'x-api-key': 'sk_revoked' })).status, 403)
