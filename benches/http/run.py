@@ -8,7 +8,10 @@ denied. wrk loads each server in turn; the variants alternate within each round
 (the machine is shared and noisy) and the medians over the rounds are reported
 with their ratio to no limiter, and the server's CPU time per request (from
 /proc, the server process and its workers): what each limiter adds, less
-disturbed by wrk sharing the cores than throughput is.
+disturbed by wrk sharing the cores than throughput is. A second table gives
+the ratios taken within each round (median and range over the rounds): the
+variants of one round run back to back, so what drifts between rounds on a
+shared host cancels out of them.
 
     python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
@@ -261,6 +264,21 @@ def main():
         cells = [f"{PEERS[f] + ' ' if v == 'peer' else ''}{rate[v] / 1000:.1f}k ({rate[v] / none:.2f}x)" for v in shown]
         cpus = [f"{us[v]:.1f} ({us[v] - us['none']:+.1f})" for v in shown]
         print(f"| {f} | {none / 1000:.1f}k | " + " | ".join(cells) + f" | {us['none']:.1f} | " + " | ".join(cpus) + " |")
+    # The same round's variants ran minutes apart at most, rounds up to an
+    # hour apart on a shared host: a ratio taken within each round, then the
+    # median over the rounds, cancels what drifts between rounds.
+    pairs = [(v, "none") for v in shown] + ([("floodgate", "peer")] if "peer" in variants else [])
+    print()
+    print("Requests per second, the ratio within each round: median (range) over the rounds")
+    print()
+    print("| server | " + " | ".join(f"{names[a]} / {'no limiter' if b == 'none' else names[b]}" for a, b in pairs) + " |")
+    print("|---|" + "---|" * len(pairs))
+    for f in frameworks:
+        cells = []
+        for a_, b in pairs:
+            ratios = [x / y for x, y in zip(results[(f, a_)], results[(f, b)])]
+            cells.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+        print(f"| {f} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
