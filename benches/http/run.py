@@ -264,19 +264,19 @@ def main():
         cells = [f"{PEERS[f] + ' ' if v == 'peer' else ''}{rate[v] / 1000:.1f}k ({rate[v] / none:.2f}x)" for v in shown]
         cpus = [f"{us[v]:.1f} ({us[v] - us['none']:+.1f})" for v in shown]
         print(f"| {f} | {none / 1000:.1f}k | " + " | ".join(cells) + f" | {us['none']:.1f} | " + " | ".join(cpus) + " |")
-    # The same round's variants ran minutes apart at most, rounds up to an
-    # hour apart on a shared host: a ratio taken within each round, then the
-    # median over the rounds, cancels what drifts between rounds.
+    # A round's variants run back to back, seconds apart; the rounds follow
+    # one another over minutes on a shared host. A ratio taken within each
+    # round, then the median over the rounds, cancels what drifts between them.
     pairs = [(v, "none") for v in shown] + ([("floodgate", "peer")] if "peer" in variants else [])
     print()
     print("Requests per second, the ratio within each round: median (range) over the rounds")
     print()
-    print("| server | " + " | ".join(f"{names[a]} / {'no limiter' if b == 'none' else names[b]}" for a, b in pairs) + " |")
+    print("| server | " + " | ".join(f"{names[num]} / {'no limiter' if den == 'none' else names[den]}" for num, den in pairs) + " |")
     print("|---|" + "---|" * len(pairs))
     for f in frameworks:
         cells = []
-        for a_, b in pairs:
-            ratios = [x / y for x, y in zip(results[(f, a_)], results[(f, b)])]
+        for num, den in pairs:
+            ratios = [x / y for x, y in zip(results[(f, num)], results[(f, den)])]
             cells.append(f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
         print(f"| {f} | " + " | ".join(cells) + " |")
 
