@@ -1073,6 +1073,61 @@ quotas = ["2/min"]
     assert_eq!(third.identity.as_deref(), Some("203.0.113.5"));
 }
 
+#[test]
+fn long_keys_of_many_charged_rules_are_refunded_to_themselves() {
+    // Six rules keyed by 250-byte header values: their keys pass the charge
+    // list's 1 KiB on the stack, so the last two are kept past it. A denial by
+    // the per-IP rule after them gives every charge back to its own key, and
+    // the verdict names the deciding rule's long key.
+    let mut policy = String::new();
+    for i in 0..6 {
+        policy.push_str(&format!(
+            "[[rule]]\nname = \"long-{i}\"\nmatch = \"/**\"\nkey = \"header:x-k{i}\"\nquotas = [\"{}/min\"]\n\n",
+            if i == 5 { 2 } else { 3 }
+        ));
+    }
+    policy.push_str(
+        "[[rule]]\nname = \"by-ip\"\nmatch = \"/**\"\nkey = \"ip\"\nquotas = [\"1/min\"]\n",
+    );
+    let e = engine(&policy);
+    let values: Vec<String> = (0..6).map(|i| format!("{i}").repeat(250)).collect();
+    let names: Vec<String> = (0..6).map(|i| format!("x-k{i}")).collect();
+    let headers: Vec<(&str, &str)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(String::as_str))
+        .collect();
+    let check = |from: &str| {
+        e.check_request_at(
+            &Request {
+                method: "GET",
+                path: "/x",
+                client_ip: ip(from),
+                headers: &headers,
+            },
+            at(0),
+        )
+        .unwrap_or_else(|err| panic!("{err}"))
+    };
+    let first = check("203.0.113.1");
+    assert!(first.allowed, "{first:?}");
+    // by-ip has 0 left; long-5 (2/min) has 1, the fewest of the others.
+    assert_eq!(first.rule.as_deref(), Some("by-ip"));
+    let denied = check("203.0.113.1");
+    assert!(!denied.allowed);
+    assert_eq!(denied.rule.as_deref(), Some("by-ip"));
+    // Refunded: long-5 still has 1 unit, so a request from a new address is
+    // allowed and decided by long-5, on its own key.
+    let second = check("203.0.113.2");
+    assert!(second.allowed, "{second:?}");
+    assert_eq!(second.rule.as_deref(), Some("long-5"));
+    assert_eq!(second.remaining, 0);
+    assert_eq!(second.identity.as_deref(), Some(values[5].as_str()));
+    let third = check("203.0.113.3");
+    assert!(!third.allowed);
+    assert_eq!(third.rule.as_deref(), Some("long-5"));
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, .. proptest::prelude::ProptestConfig::default() })]
 

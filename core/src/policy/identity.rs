@@ -10,8 +10,8 @@ use std::fmt::{self, Write as _};
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
+use arrayvec::ArrayVec;
 use serde_json::Value;
-use smallvec::SmallVec;
 
 /// Claims of a verified token.
 pub(crate) type Claims = serde_json::Map<String, Value>;
@@ -226,12 +226,12 @@ pub(crate) const KEY_BUF: usize = 256;
 
 /// A key being built in a stack buffer. Bytes past the buffer are only counted; a
 /// key that overflowed is rebuilt through a hasher (a second, rare pass). The
-/// buffer is a `SmallVec` that never spills (a push that would not fit is only
-/// counted): unlike an array it is not zeroed when made, and a copy copies the
-/// key's bytes, not the whole buffer.
+/// buffer is an `ArrayVec`: unlike an array it is not zeroed when made, a copy
+/// copies the key's bytes, not the whole buffer, and unlike a `SmallVec` that
+/// never spills, reading its length or bytes takes no inline-or-heap branch.
 #[derive(Clone, Default)]
 pub(crate) struct KeyBuf {
-    buf: SmallVec<[u8; KEY_BUF]>,
+    buf: ArrayVec<u8, KEY_BUF>,
     total: usize,
 }
 
@@ -261,9 +261,8 @@ trait Sink {
 
 impl Sink for KeyBuf {
     fn push(&mut self, bytes: &[u8]) {
-        if self.buf.len() + bytes.len() <= KEY_BUF {
-            self.buf.extend_from_slice(bytes);
-        }
+        // Fails (nothing written) only when `bytes` does not fit.
+        let _ = self.buf.try_extend_from_slice(bytes);
         self.total += bytes.len();
     }
 }

@@ -524,14 +524,22 @@ struct Charge<'e> {
 }
 
 /// The charges a decision has taken, their keys side by side in one buffer (a
-/// copy of each key's bytes: the key buffer is rebuilt per rule). Both live on
-/// the stack up to 4 charges and 256 bytes of keys, the usual request; past
+/// copy of each key's bytes: the key buffer is rebuilt per rule). On the stack
+/// up to 4 charges and [`CHARGED_KEYS`] bytes of keys, the usual request; past
 /// that they move to the heap.
 #[derive(Default)]
 struct Charges<'e> {
     list: smallvec::SmallVec<[Charge<'e>; 4]>,
-    keys: smallvec::SmallVec<[u8; identity::KEY_BUF]>,
+    /// The keys while they fit: an `ArrayVec` (a `SmallVec` here called its
+    /// out-of-line `try_reserve` on every push, ~28 instructions, and
+    /// branched on inline-or-heap at every read).
+    keys: arrayvec::ArrayVec<u8, CHARGED_KEYS>,
+    /// The keys that did not fit, at positions from `CHARGED_KEYS` on.
+    more: Vec<u8>,
 }
+
+/// Bytes of charged keys kept on the stack: four keys of the longest kind.
+const CHARGED_KEYS: usize = 4 * identity::KEY_BUF;
 
 impl<'e> Charges<'e> {
     // Inlined: the charge is then written into the list in place (not built
@@ -539,16 +547,32 @@ impl<'e> Charges<'e> {
     #[inline]
     fn push(&mut self, mut charge: Charge<'e>, key: &[u8]) {
         let start = self.keys.len();
-        self.keys.extend_from_slice(key);
-        charge.key = (start, self.keys.len());
+        charge.key = if self.more.is_empty() && self.keys.try_extend_from_slice(key).is_ok() {
+            (start, self.keys.len())
+        } else {
+            self.push_more(key)
+        };
         self.list.push(charge);
+    }
+
+    /// Appends `key` past the stack buffer; its range in `key`'s terms.
+    #[cold]
+    #[inline(never)]
+    fn push_more(&mut self, key: &[u8]) -> (usize, usize) {
+        let start = CHARGED_KEYS + self.more.len();
+        self.more.extend_from_slice(key);
+        (start, CHARGED_KEYS + self.more.len())
     }
 
     /// The key `charge` was charged to.
     fn key(&self, charge: &Charge<'_>) -> &[u8] {
-        self.keys
-            .get(charge.key.0..charge.key.1)
-            .unwrap_or_default()
+        let (start, end) = charge.key;
+        if start < CHARGED_KEYS {
+            self.keys.get(start..end)
+        } else {
+            self.more.get(start - CHARGED_KEYS..end - CHARGED_KEYS)
+        }
+        .unwrap_or_default()
     }
 
     fn iter(&self) -> std::slice::Iter<'_, Charge<'e>> {
