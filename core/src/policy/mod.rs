@@ -513,7 +513,8 @@ struct Charge<'e> {
     tier: &'e Tier,
     /// The tier's number in the rule's limits.
     tier_index: usize,
-    /// Where its key is in [`Charges::keys`].
+    /// Where its key is: in [`Charges::keys`], or in [`Charges::more`] at
+    /// positions from [`CHARGED_KEYS`] on (read it with [`Charges::key`]).
     key: (usize, usize),
     cost: u64,
     decision: crate::Decision,
@@ -555,7 +556,7 @@ impl<'e> Charges<'e> {
         self.list.push(charge);
     }
 
-    /// Appends `key` past the stack buffer; its range in `key`'s terms.
+    /// Appends `key` to the heap vector; its range as [`Charges::key`] reads it.
     #[cold]
     #[inline(never)]
     fn push_more(&mut self, key: &[u8]) -> (usize, usize) {
