@@ -1076,9 +1076,11 @@ quotas = ["2/min"]
 #[test]
 fn long_keys_of_many_charged_rules_are_refunded_to_themselves() {
     // Six rules keyed by 250-byte header values: their keys pass the charge
-    // list's 1 KiB on the stack, so the last two are kept past it. A denial by
-    // the per-IP rule after them gives every charge back to its own key, and
-    // the verdict names the deciding rule's long key.
+    // list's 1 KiB on the stack, so the last two (and the address key of the
+    // per-IP rule after them) are kept past it. A denial by the per-IP rule
+    // gives every charge back to its own key, and the verdict names the
+    // deciding rule's long key (long-5 ties with by-ip at 0 left: the first
+    // rule wins a tie).
     let mut policy = String::new();
     for i in 0..6 {
         policy.push_str(&format!(
@@ -1123,6 +1125,8 @@ fn long_keys_of_many_charged_rules_are_refunded_to_themselves() {
     assert_eq!(second.rule.as_deref(), Some("long-5"));
     assert_eq!(second.remaining, 0);
     assert_eq!(second.identity.as_deref(), Some(values[5].as_str()));
+    // long-0 to long-4 were refunded too: had they not been, long-0 (3/min,
+    // charged three times by now) would deny first.
     let third = check("203.0.113.3");
     assert!(!third.allowed);
     assert_eq!(third.rule.as_deref(), Some("long-5"));
