@@ -141,6 +141,23 @@ fn requests(c: &mut Criterion) {
         at,
     );
 
+    // A blocklist of 10,000 networks (`deny_ips`, /24s none of the clients is
+    // in) before the per-IP rule: what a long list costs each request.
+    let blocklist: Vec<String> = (0..10_000u32)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let blocked = engine(&format!(
+        "[lists]\ndeny_ips = [{}]\n\n[[rule]]\nname = \"anonymous\"\nmatch = \"/api/**\"\nquotas = [\"1000000/s\"]\nkey = \"ip\"\n",
+        blocklist.join(", ")
+    ));
+    per_client_into(
+        &mut group,
+        "deny_list_10k_networks_per_ip_into",
+        &blocked,
+        &clients,
+        at,
+    );
+
     // The example policy (examples/policy.toml: lists, bans, a JWT section and
     // seven rules), an anonymous client: its `anonymous` and `everything` rules
     // both charge. Fresh verdicts, then a reused buffer. The clock moves 1 ms

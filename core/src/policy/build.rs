@@ -16,6 +16,7 @@ use super::config::{self, Path, PolicyConfig, RuleConfig, Source};
 use super::events::{Metrics, RuleCounters};
 use super::headers::{self, HeaderStyle};
 use super::identity::{KEY_BUF, KeyTemplate};
+use super::ipset::IpSet;
 use super::jwt::JwtVerifier;
 use super::lifecycle::{self, Count, InFlight, Lifecycle};
 use super::store::Store;
@@ -606,8 +607,8 @@ impl Policy {
 
     pub(super) fn build_lists(cfg: &PolicyConfig, source: &Source<'_>) -> Result<Lists> {
         let p = Path::default().key("lists");
-        let nets = |field: &'static str, items: &[String]| -> Result<Vec<IpNet>> {
-            items
+        let nets = |field: &'static str, items: &[String]| -> Result<IpSet> {
+            let nets = items
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
@@ -620,7 +621,8 @@ impl Policy {
                             )
                         })
                 })
-                .collect()
+                .collect::<Result<Vec<IpNet>>>()?;
+            Ok(IpSet::new(&nets))
         };
         let set = |items: &[String]| items.iter().cloned().collect::<FastSet>();
         let l = &cfg.lists;

@@ -295,8 +295,8 @@ macro_rules! procedure {
                 // 1. Lists by IP and API key.
                 let by_ip = ip.and_then(|ip| {
                     listed(
-                        self.lists.deny_ips.iter().any(|n| n.contains(&ip)),
-                        self.lists.allow_ips.iter().any(|n| n.contains(&ip)),
+                        self.lists.deny_ips.contains(ip),
+                        self.lists.allow_ips.contains(ip),
                     )
                 });
                 if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(sent_key)) {

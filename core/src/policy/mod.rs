@@ -50,6 +50,7 @@ mod forwarded;
 mod headers;
 mod identity;
 mod io;
+mod ipset;
 mod jwt;
 mod lifecycle;
 mod matcher;
@@ -65,8 +66,6 @@ use std::net::IpAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use crate::clock::{Clock, QuantaClock};
 use crate::error::{Error, Result};
@@ -440,8 +439,8 @@ enum Unless {
 type FastSet = HashSet<String, ahash::RandomState>;
 
 struct Lists {
-    allow_ips: Vec<IpNet>,
-    deny_ips: Vec<IpNet>,
+    allow_ips: ipset::IpSet,
+    deny_ips: ipset::IpSet,
     allow_api_keys: FastSet,
     deny_api_keys: FastSet,
     allow_subjects: FastSet,
