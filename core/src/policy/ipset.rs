@@ -1,8 +1,8 @@
 //! The address lists (`lists.allow_ips`, `lists.deny_ips`), looked up on every
 //! request: sorted, disjoint ranges per address family, searched in
-//! logarithmic time. Scanned network by network (`IpNet::contains` each) a
-//! list cost every request about 25 instructions per network, so a blocklist
-//! of 10,000 networks was ~250,000 instructions per request
+//! logarithmic time. Scanned network by network (`IpNet::contains` each,
+//! about 25 instructions per network by callgrind) a blocklist of 10,000
+//! networks cost every request ~18.5 µs; searched, ~22-25 ns over no list
 //! (benches/README.md).
 
 use std::net::IpAddr;
