@@ -1076,8 +1076,8 @@ quotas = ["2/min"]
 #[test]
 fn long_keys_of_many_charged_rules_are_refunded_to_themselves() {
     // Six rules keyed by 250-byte header values: their keys pass the charge
-    // list's 1 KiB on the stack, so the last two (and the address key of the
-    // per-IP rule after them) are kept past it. A denial by the per-IP rule
+    // list's 1 KiB on the stack, so the last two are kept past it (the short
+    // address key of the per-IP rule after them still fits). A denial by that rule
     // gives every charge back to its own key, and the verdict names the
     // deciding rule's long key (long-5 ties with by-ip at 0 left: the first
     // rule wins a tie).

@@ -622,7 +622,7 @@ impl Policy {
                         })
                 })
                 .collect::<Result<Vec<IpNet>>>()?;
-            Ok(IpSet::new(&nets))
+            Ok(IpSet::new(nets))
         };
         let set = |items: &[String]| items.iter().cloned().collect::<FastSet>();
         let l = &cfg.lists;

@@ -534,7 +534,8 @@ struct Charges<'e> {
     /// out-of-line `try_reserve` on every push, ~28 instructions, and
     /// branched on inline-or-heap at every read).
     keys: arrayvec::ArrayVec<u8, CHARGED_KEYS>,
-    /// The keys that did not fit, at positions from `CHARGED_KEYS` on.
+    /// The keys that did not fit (a later, shorter key may still go into
+    /// `keys`), at positions from `CHARGED_KEYS` on.
     more: Vec<u8>,
 }
 
@@ -547,7 +548,7 @@ impl<'e> Charges<'e> {
     #[inline]
     fn push(&mut self, mut charge: Charge<'e>, key: &[u8]) {
         let start = self.keys.len();
-        charge.key = if self.more.is_empty() && self.keys.try_extend_from_slice(key).is_ok() {
+        charge.key = if self.keys.try_extend_from_slice(key).is_ok() {
             (start, self.keys.len())
         } else {
             self.push_more(key)
