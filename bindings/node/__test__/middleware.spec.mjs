@@ -258,3 +258,46 @@ test('a policy reading twelve headers keys on the last of them over real HTTP', 
     await app.close()
   }
 })
+
+test('a 10,000-network blocklist over real HTTP: listed networks answered 403 at their edges, their neighbours and allow-listed ones not', async () => {
+  // Every other /24 of 10.0.0.0/13 is listed (none merges with the next), an
+  // IPv6 /48, and a /16 inside them allowed (the allow list never limits, but
+  // a deny listing wins over it). Clients come through a trusted proxy.
+  const nets = Array.from({ length: 10_000 }, (_, i) => `"10.${Math.floor(i / 128)}.${(i % 128) * 2}.0/24"`)
+  const policy = `
+[lists]
+deny_ips = [${nets.join(', ')}, "2001:db8:dead::/48"]
+allow_ips = ["10.200.0.0/16"]
+[[rule]]
+name = "per-ip"
+match = "/**"
+key = "ip"
+quotas = ["1000/min"]
+`
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const e = express()
+  e.set('trust proxy', 'loopback')
+  e.use(floodgate(Engine.fromToml(policy)))
+  e.all('/{*any}', (req, res) => res.json({ ok: true }))
+  const es = await new Promise((resolve) => { const s = e.listen(0, '127.0.0.1', () => resolve(s)) })
+  const f = require('fastify')({ trustProxy: '127.0.0.1' })
+  await f.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+  f.all('/*', async () => ({ ok: true }))
+  await f.listen({ port: 0, host: '127.0.0.1' })
+  try {
+    for (const [name, base] of [['express', `http://127.0.0.1:${es.address().port}`], ['fastify', `http://127.0.0.1:${f.server.address().port}`]]) {
+      const status = async (client) => (await fetch(base + '/api/items', { headers: { 'x-forwarded-for': client } })).status
+      for (const [client, want] of [
+        ['10.0.0.0', 403], ['10.0.0.255', 403], ['10.0.1.0', 200], ['10.0.1.255', 200],
+        ['10.78.4.9', 403], ['10.78.5.9', 200], ['10.78.30.1', 403], ['10.78.31.1', 200],
+        ['9.255.255.255', 200], ['10.200.7.7', 200], ['2001:db8:dead:1::5', 403], ['2001:db8:beef::5', 200],
+      ]) {
+        assert.equal(await status(client), want, `${name} ${client}`)
+      }
+    }
+  } finally {
+    await new Promise((resolve) => es.close(resolve))
+    await f.close()
+  }
+})
