@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use floodgate::ErrorKind;
-use floodgate::policy::{Engine, Reason, Reload, Request, Settle};
+use floodgate::policy::{Engine, Reason, Reload, Request, Settle, VerdictBuf};
 
 const NOW: u64 = 1_800_000_000; // a whole hour
 
@@ -307,6 +307,17 @@ fn bans_and_the_event_sink_carry_over() {
 /// across all threads, at one instant).
 #[test]
 fn reloads_under_load_lose_no_counter_and_never_over_admit() {
+    under_load(false);
+}
+
+/// The same through `check_request_into`, one buffer per thread: a buffer
+/// keeps the policy it last decided with, and must follow every reload.
+#[test]
+fn reloads_under_load_through_reused_buffers_lose_no_counter() {
+    under_load(true);
+}
+
+fn under_load(into: bool) {
     let a = "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"500/h\"]\n";
     let b = a.replace("\"/api/**\"", "[\"/api/**\", \"/v2/**\"]");
     let e = Arc::new(Engine::from_toml_str(a).unwrap());
@@ -330,12 +341,17 @@ fn reloads_under_load_lose_no_counter_and_never_over_admit() {
                 s.spawn(move || {
                     let mut admitted = 0u64;
                     let mut checks = 0u64;
+                    let mut buf = VerdictBuf::new();
                     // Until 50 reloads happened meanwhile (and 1000 checks).
                     while checks < 1000 || count.load(Ordering::Relaxed) < 50 {
-                        let v = e
-                            .check_request_at(&req("GET", "/api/x", "203.0.113.99"), at(0))
-                            .unwrap();
-                        admitted += u64::from(v.allowed);
+                        let r = req("GET", "/api/x", "203.0.113.99");
+                        let allowed = if into {
+                            e.check_request_into(&r, Some(at(0)), &mut buf).unwrap();
+                            buf.verdict().allowed
+                        } else {
+                            e.check_request_at(&r, at(0)).unwrap().allowed
+                        };
+                        admitted += u64::from(allowed);
                         checks += 1;
                     }
                     admitted
@@ -352,6 +368,40 @@ fn reloads_under_load_lose_no_counter_and_never_over_admit() {
         admitted, 500,
         "checks across {n} reloads: exactly the limit"
     );
+}
+
+/// A buffer reused across checks (`check_request_into`) decides with the
+/// policy of the engine it is given at that check: a reload's new quota at
+/// the very next check, and each engine's own policy when one buffer serves
+/// two engines in turn.
+#[test]
+fn a_reused_buffer_follows_reloads_and_engines() {
+    let rule = |limit: u32| {
+        format!(
+            "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"{limit}/h\"]\n"
+        )
+    };
+    let e = Engine::from_toml_str(&rule(2)).unwrap();
+    let other = Engine::from_toml_str(&rule(100)).unwrap();
+    let mut buf = VerdictBuf::new();
+    let r = req("GET", "/api/x", "203.0.113.7");
+    let check = |engine: &Engine, buf: &mut VerdictBuf| {
+        engine.check_request_into(&r, Some(at(0)), buf).unwrap();
+        (buf.verdict().allowed, buf.verdict().limit)
+    };
+    assert_eq!(check(&e, &mut buf), (true, 2));
+    assert_eq!(check(&e, &mut buf), (true, 2));
+    assert_eq!(check(&e, &mut buf), (false, 2), "the third of 2/h");
+    // Another engine through the same buffer: its own policy and counters.
+    assert_eq!(check(&other, &mut buf), (true, 100));
+    // A reload to 5/h (the count of 2 carried): the next check through the
+    // buffer that last decided with the old policy sees the new one.
+    e.reload_toml_str(&rule(5)).unwrap();
+    assert_eq!(check(&e, &mut buf), (true, 5));
+    assert_eq!(check(&e, &mut buf), (true, 5));
+    assert_eq!(check(&e, &mut buf), (true, 5));
+    assert_eq!(check(&e, &mut buf), (false, 5));
+    assert_eq!(check(&other, &mut buf), (true, 100));
 }
 
 #[test]

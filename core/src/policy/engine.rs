@@ -12,10 +12,11 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Cache};
 use parking_lot::Mutex;
 
 use super::lifecycle::{Settle, Settlement};
+use super::output::PolicyCache;
 use super::{Event, OwnedRequest, Policy, Request, Spec, Verdict, VerdictBuf};
 use crate::error::{Error, Result};
 
@@ -27,7 +28,8 @@ const RECENT: usize = 4;
 /// The policy engine: `Send + Sync`, shared by every thread, called once per
 /// request; [`reload`](Engine::reload) changes its policy without a restart.
 pub struct Engine {
-    current: ArcSwap<Policy>,
+    /// Shared with the [`VerdictBuf`]s that decided with it (their `PolicyCache`).
+    current: Arc<ArcSwap<Policy>>,
     /// What it was made from (a file is read again by `reload`).
     spec: Mutex<Spec>,
     /// The policies reloads replaced, newest last, for settlements.
@@ -131,7 +133,7 @@ impl Engine {
             request_headers: policy.request_headers.clone(),
             settles: policy.settles(),
             may_block: policy.may_block(),
-            current: ArcSwap::from_pointee(policy),
+            current: Arc::new(ArcSwap::from_pointee(policy)),
             spec: Mutex::new(spec),
             recent: Mutex::new(VecDeque::new()),
             reloading: Mutex::new(()),
@@ -320,6 +322,13 @@ impl Engine {
     /// [`check_request_at`](Engine::check_request_at), or the engine's clock.
     /// On an error, `out` holds an empty allowed verdict with reason `no_rule`.
     ///
+    /// `out` keeps the engine's current policy (an `Arc`) from one check to
+    /// the next and only reads whether a reload replaced it: a reload still
+    /// takes effect at the next check, and the usual check makes no atomic
+    /// read-modify-write to find its policy. So a buffer keeps the policy it
+    /// last decided with alive (its tables, its Redis connections) until it
+    /// decides again or is dropped, even past the engine's drop.
+    ///
     /// # Errors
     /// As [`Engine::check_request`].
     pub fn check_request_into(
@@ -328,7 +337,14 @@ impl Engine {
         now: Option<Duration>,
         out: &mut VerdictBuf,
     ) -> Result<()> {
-        self.current.load().check_request_into(req, now, out)
+        // Taken out of `out` (a move) while `out` is filled, then put back.
+        let mut cache = match out.policy.take() {
+            Some(c) if std::ptr::eq(c.0.arc_swap(), &*self.current) => c,
+            _ => PolicyCache(Cache::new(Arc::clone(&self.current))),
+        };
+        let decided = cache.0.load().check_request_into(req, now, out);
+        out.policy = Some(cache);
+        decided
     }
 
     /// Decides a request at `now` (Unix time: JWT `exp`/`nbf` are checked against it).
@@ -396,7 +412,9 @@ impl Engine {
     /// make `pk` values guessable, so do not use it in production.
     #[must_use]
     pub fn with_fixed_seed(self, seed: u64) -> Self {
-        let current = self.current.into_inner();
+        // Before the engine is handed out no buffer holds its `ArcSwap`.
+        let current = Arc::try_unwrap(self.current)
+            .map_or_else(|shared| shared.load_full(), ArcSwap::into_inner);
         let policy = match Arc::try_unwrap(current) {
             Ok(p) => p.with_fixed_seed(seed),
             // Not shared before the engine is handed out: compiled again.
@@ -406,7 +424,7 @@ impl Engine {
                     Ok(p) => p.with_fixed_seed(seed),
                     Err(_) => {
                         return Self {
-                            current: ArcSwap::new(shared),
+                            current: Arc::new(ArcSwap::new(shared)),
                             ..self
                         };
                     }
@@ -414,7 +432,7 @@ impl Engine {
             }
         };
         Self {
-            current: ArcSwap::from_pointee(policy),
+            current: Arc::new(ArcSwap::from_pointee(policy)),
             ..self
         }
     }

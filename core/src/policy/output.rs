@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use super::{Reason, TokenProblem, Verdict};
+use arc_swap::{ArcSwap, Cache};
+
+use super::{Policy, Reason, TokenProblem, Verdict};
 use crate::Decision;
 
 /// Strings kept for reuse at most (a verdict has up to 5 headers and an identity).
@@ -26,6 +28,32 @@ pub struct VerdictBuf {
     spare: Vec<String>,
     /// The last verdict's rule name, kept by `clear` for [`rule_name`](Self::rule_name).
     last_rule: Option<Arc<str>>,
+    /// The policy of the engine this buffer last decided with (see
+    /// [`PolicyCache`]).
+    pub(super) policy: Option<PolicyCache>,
+}
+
+/// An engine's current policy as a buffer last saw it: `arc_swap::Cache`
+/// over the engine's `ArcSwap`. A check through it reads the engine's
+/// pointer (a plain load) and reuses the `Arc` it holds while no reload has
+/// replaced it, where `ArcSwap::load` made two atomic read-modify-writes per
+/// request (a debt slot taken and paid back; benches/README.md). It keeps
+/// that policy (its tables, its Redis connections) until the buffer decides
+/// with a newer one, with another engine, or is dropped.
+#[derive(Clone)]
+pub(super) struct PolicyCache(pub(super) Cache<Arc<ArcSwap<Policy>>, Arc<Policy>>);
+
+impl std::fmt::Debug for PolicyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyCache")
+    }
+}
+
+/// A cache, not part of the buffer's value: buffers compare by their verdicts.
+impl PartialEq for PolicyCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for VerdictBuf {
@@ -41,6 +69,7 @@ impl VerdictBuf {
             verdict: Verdict::plain(true, 200, Reason::NoRule),
             spare: Vec::with_capacity(SPARE),
             last_rule: None,
+            policy: None,
         }
     }
 
