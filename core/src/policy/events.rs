@@ -100,9 +100,9 @@ const STRIPES: usize = 8;
 /// the same rule do not pass one line back and forth on every request (the
 /// `check_request_threads` benchmark: benches/README.md); a read sums the
 /// stripes. A stripe that a thread owns has no other writer, so its count is
-/// a plain load and store: an atomic read-modify-write (`lock xadd`) stalls
-/// the core ~15-20 ns on the hosts this is measured on, and the example
-/// policy's allowed request bumped two (benches/README.md).
+/// a plain load and store, not an atomic read-modify-write (`lock xadd`, a
+/// full barrier on x86), of which the example policy's allowed request made
+/// two (benches/README.md: level on the clock there, 2% off a denial).
 #[derive(Debug, Default)]
 pub(crate) struct Counter([CachePadded<AtomicU64>; STRIPES + 1]);
 
