@@ -265,11 +265,8 @@ typedef struct {
 // caller's `fg_verdict_buf`: valid until the next check with that buffer or its
 // `fg_verdict_buf_free`. Copy what you need to keep. Nothing to free per
 // verdict, and no allocation on an allowed request once the buffer has grown to
-// the largest verdict seen. A buffer (the thread's or yours) also keeps the
-// policy of the engine it last decided with, so that the next check finds it
-// without an atomic operation: after `fg_engine_free` that policy's memory is
-// freed when the buffer decides with another engine, is freed, or (the
-// thread's) when the thread exits.
+// the largest verdict seen. A buffer keeps no engine alive: free the engine
+// and its buffers in any order.
 typedef struct {
   // Let the request through.
   bool allowed;

@@ -310,8 +310,9 @@ fn reloads_under_load_lose_no_counter_and_never_over_admit() {
     under_load(false);
 }
 
-/// The same through `check_request_into`, one buffer per thread: a buffer
-/// keeps the policy it last decided with, and must follow every reload.
+/// The same through `check_request_into`, one buffer bound to the engine per
+/// thread (`Engine::verdict_buf`): a bound buffer keeps the policy it last
+/// decided with, and must follow every reload.
 #[test]
 fn reloads_under_load_through_reused_buffers_lose_no_counter() {
     under_load(true);
@@ -341,7 +342,7 @@ fn under_load(into: bool) {
                 s.spawn(move || {
                     let mut admitted = 0u64;
                     let mut checks = 0u64;
-                    let mut buf = VerdictBuf::new();
+                    let mut buf = e.verdict_buf();
                     // Until 50 reloads happened meanwhile (and 1000 checks).
                     while checks < 1000 || count.load(Ordering::Relaxed) < 50 {
                         let r = req("GET", "/api/x", "203.0.113.99");
@@ -370,12 +371,18 @@ fn under_load(into: bool) {
     );
 }
 
-/// A buffer reused across checks (`check_request_into`) decides with the
-/// policy of the engine it is given at that check: a reload's new quota at
-/// the very next check, and each engine's own policy when one buffer serves
-/// two engines in turn.
+/// A buffer reused across checks (`check_request_into`), bound to an engine
+/// or not, decides with the policy of the engine it is given at that check:
+/// a reload's new quota at the very next check, and each engine's own policy
+/// when one buffer serves two engines in turn.
 #[test]
 fn a_reused_buffer_follows_reloads_and_engines() {
+    for bound in [true, false] {
+        reused_buffer(bound);
+    }
+}
+
+fn reused_buffer(bound: bool) {
     let rule = |limit: u32| {
         format!(
             "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"{limit}/h\"]\n"
@@ -383,7 +390,11 @@ fn a_reused_buffer_follows_reloads_and_engines() {
     };
     let e = Engine::from_toml_str(&rule(2)).unwrap();
     let other = Engine::from_toml_str(&rule(100)).unwrap();
-    let mut buf = VerdictBuf::new();
+    let mut buf = if bound {
+        e.verdict_buf()
+    } else {
+        VerdictBuf::new()
+    };
     let r = req("GET", "/api/x", "203.0.113.7");
     let check = |engine: &Engine, buf: &mut VerdictBuf| {
         engine.check_request_into(&r, Some(at(0)), buf).unwrap();

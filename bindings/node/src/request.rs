@@ -116,13 +116,15 @@ impl Numbers for Handle {
 
 /// `[handle, out]` for `engineCheck` (see the module docs).
 pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::napi_value> {
+    // Bound to the engine: the handle keeps both, as long as each other.
+    let verdict = engine.verdict_buf();
     make_handle(
         env,
         Handle {
             engine,
             out: std::array::from_fn(|_| Cell::new(0.0)),
             arena: RefCell::new(Arena::default()),
-            verdict: RefCell::new(VerdictBuf::new()),
+            verdict: RefCell::new(verdict),
             text: RefCell::new(String::with_capacity(256)),
             pending: RefCell::new(None),
         },

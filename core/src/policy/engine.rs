@@ -28,7 +28,7 @@ const RECENT: usize = 4;
 /// The policy engine: `Send + Sync`, shared by every thread, called once per
 /// request; [`reload`](Engine::reload) changes its policy without a restart.
 pub struct Engine {
-    /// Shared with the [`VerdictBuf`]s that decided with it (their `PolicyCache`).
+    /// Shared with the [`VerdictBuf`]s bound to this engine (their `PolicyCache`).
     current: Arc<ArcSwap<Policy>>,
     /// What it was made from (a file is read again by `reload`).
     spec: Mutex<Spec>,
@@ -322,12 +322,13 @@ impl Engine {
     /// [`check_request_at`](Engine::check_request_at), or the engine's clock.
     /// On an error, `out` holds an empty allowed verdict with reason `no_rule`.
     ///
-    /// `out` keeps the engine's current policy (an `Arc`) from one check to
-    /// the next and only reads whether a reload replaced it: a reload still
-    /// takes effect at the next check, and the usual check makes no atomic
-    /// read-modify-write to find its policy. So a buffer keeps the policy it
-    /// last decided with alive (its tables, its Redis connections) until it
-    /// decides again or is dropped, even past the engine's drop.
+    /// A buffer from [`verdict_buf`](Engine::verdict_buf) is bound to this
+    /// engine: it keeps the engine's current policy from one check to the
+    /// next and only reads whether a reload replaced it (a reload still takes
+    /// effect at the next check), so the check makes no atomic
+    /// read-modify-write to find its policy. Any other buffer (or one bound
+    /// to another engine) loads the policy each time (`ArcSwap::load`) and
+    /// keeps nothing of it.
     ///
     /// # Errors
     /// As [`Engine::check_request`].
@@ -338,13 +339,27 @@ impl Engine {
         out: &mut VerdictBuf,
     ) -> Result<()> {
         // Taken out of `out` (a move) while `out` is filled, then put back.
-        let mut cache = match out.policy.take() {
-            Some(c) if std::ptr::eq(c.0.arc_swap(), &*self.current) => c,
-            _ => PolicyCache(Cache::new(Arc::clone(&self.current))),
+        let Some(mut cache) = out.policy.take() else {
+            return self.current.load().check_request_into(req, now, out);
         };
-        let decided = cache.0.load().check_request_into(req, now, out);
+        let decided = if std::ptr::eq(cache.0.arc_swap(), &*self.current) {
+            cache.0.load().check_request_into(req, now, out)
+        } else {
+            self.current.load().check_request_into(req, now, out)
+        };
         out.policy = Some(cache);
         decided
+    }
+
+    /// A [`VerdictBuf`] bound to this engine, for a front end that keeps one
+    /// beside the engine for as long as the engine (a binding's handle): it
+    /// holds the engine's current policy between checks (see
+    /// [`check_request_into`](Engine::check_request_into)), and so keeps that
+    /// policy, its tables and its Redis connections, alive until the buffer
+    /// is dropped, even past the engine's drop. Per-thread buffers shared by
+    /// engines, which outlive them, use [`VerdictBuf::new`].
+    pub fn verdict_buf(&self) -> VerdictBuf {
+        VerdictBuf::bound(PolicyCache(Cache::new(Arc::clone(&self.current))))
     }
 
     /// Decides a request at `now` (Unix time: JWT `exp`/`nbf` are checked against it).

@@ -28,18 +28,20 @@ pub struct VerdictBuf {
     spare: Vec<String>,
     /// The last verdict's rule name, kept by `clear` for [`rule_name`](Self::rule_name).
     last_rule: Option<Arc<str>>,
-    /// The policy of the engine this buffer last decided with (see
-    /// [`PolicyCache`]).
+    /// The policy of the engine this buffer is bound to
+    /// ([`Engine::verdict_buf`](super::Engine::verdict_buf)), if it is.
     pub(super) policy: Option<PolicyCache>,
 }
 
-/// An engine's current policy as a buffer last saw it: `arc_swap::Cache`
+/// The current policy of the engine a buffer is bound to: `arc_swap::Cache`
 /// over the engine's `ArcSwap`. A check through it reads the engine's
 /// pointer (a plain load) and reuses the `Arc` it holds while no reload has
 /// replaced it, where `ArcSwap::load` made two atomic read-modify-writes per
 /// request (a debt slot taken and paid back; benches/README.md). It keeps
-/// that policy (its tables, its Redis connections) until the buffer decides
-/// with a newer one, with another engine, or is dropped.
+/// that policy (its tables, its Redis connections) alive until a reload
+/// replaces it and the buffer decides again, or the buffer is dropped: so
+/// only buffers that live as long as their engine are bound (a per-thread
+/// buffer would keep a freed engine's policy until the thread ends).
 #[derive(Clone)]
 pub(super) struct PolicyCache(pub(super) Cache<Arc<ArcSwap<Policy>>, Arc<Policy>>);
 
@@ -70,6 +72,14 @@ impl VerdictBuf {
             spare: Vec::with_capacity(SPARE),
             last_rule: None,
             policy: None,
+        }
+    }
+
+    /// An empty buffer bound to an engine's policy (`Engine::verdict_buf`).
+    pub(super) fn bound(policy: PolicyCache) -> Self {
+        Self {
+            policy: Some(policy),
+            ..Self::new()
         }
     }
 
