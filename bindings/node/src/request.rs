@@ -116,7 +116,7 @@ impl Numbers for Handle {
 
 /// `[handle, out]` for `engineCheck` (see the module docs).
 pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::napi_value> {
-    // Bound to the engine: the handle keeps both, as long as each other.
+    // Bound to the engine: the handle owns both and drops them together.
     let verdict = engine.verdict_buf();
     make_handle(
         env,

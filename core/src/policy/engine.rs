@@ -339,16 +339,17 @@ impl Engine {
         out: &mut VerdictBuf,
     ) -> Result<()> {
         // Taken out of `out` (a move) while `out` is filled, then put back.
-        let Some(mut cache) = out.policy.take() else {
-            return self.current.load().check_request_into(req, now, out);
-        };
-        let decided = if std::ptr::eq(cache.0.arc_swap(), &*self.current) {
-            cache.0.load().check_request_into(req, now, out)
-        } else {
-            self.current.load().check_request_into(req, now, out)
-        };
-        out.policy = Some(cache);
-        decided
+        match out.policy.take() {
+            Some(mut cache) if std::ptr::eq(cache.0.arc_swap(), &*self.current) => {
+                let decided = cache.0.load().check_request_into(req, now, out);
+                out.policy = Some(cache);
+                decided
+            }
+            other => {
+                out.policy = other;
+                self.current.load().check_request_into(req, now, out)
+            }
+        }
     }
 
     /// A [`VerdictBuf`] bound to this engine, for a front end that keeps one

@@ -153,7 +153,9 @@ impl Counter {
             .fold(0, |sum, c| sum.wrapping_add(c.load(Ordering::Relaxed)))
     }
 
-    /// Sets the count (a reloaded policy's counters continuing the old ones').
+    /// Sets the count (a reloaded policy's counters continuing the old ones',
+    /// before the policy decides anything: a stripe's owner counts by load
+    /// and store, so a count made meanwhile could be overwritten).
     pub(crate) fn set(&self, value: u64) {
         for (i, c) in self.0.iter().enumerate() {
             c.store(if i == 0 { value } else { 0 }, Ordering::Relaxed);
