@@ -45,6 +45,24 @@ fn per_client_into(
     });
 }
 
+/// Where a bench's check decides: a fresh `Verdict` (`check_request_at`), a
+/// reused `VerdictBuf`, or a reused one bound to the engine
+/// (`Engine::verdict_buf`, as the Node handle keeps: no `ArcSwap::load`).
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    Fresh,
+    Reused,
+    Bound,
+}
+
+/// The buffer a bench deciding into `out` keeps.
+fn buffer(engine: &Engine, out: Out) -> VerdictBuf {
+    match out {
+        Out::Bound => engine.verdict_buf(),
+        Out::Fresh | Out::Reused => VerdictBuf::new(),
+    }
+}
+
 fn ips(n: u32) -> Vec<IpAddr> {
     (0..n)
         .map(|i| IpAddr::from((0x6440_0000u32 | i).to_be_bytes()))
@@ -103,18 +121,13 @@ fn requests(c: &mut Criterion) {
     );
     // Fresh verdicts, then the same check into a reused VerdictBuf
     // (`check_request_into`): no allocation for the identity and header
-    // strings; then into a buffer bound to the engine (`Engine::verdict_buf`,
-    // as the Node handle keeps): no `ArcSwap::load` per check.
-    for (name, reuse, bound) in [
-        ("anonymous_per_ip_10k_ips", false, false),
-        ("anonymous_per_ip_10k_ips_into", true, false),
-        ("anonymous_per_ip_10k_ips_into_bound", true, true),
+    // strings; then into one bound to the engine.
+    for (name, how) in [
+        ("anonymous_per_ip_10k_ips", Out::Fresh),
+        ("anonymous_per_ip_10k_ips_into", Out::Reused),
+        ("anonymous_per_ip_10k_ips_into_bound", Out::Bound),
     ] {
-        let mut out = if bound {
-            anon.verdict_buf()
-        } else {
-            VerdictBuf::new()
-        };
+        let mut out = buffer(&anon, how);
         let mut i = 0;
         group.bench_function(name, |b| {
             b.iter(|| {
@@ -125,7 +138,7 @@ fn requests(c: &mut Criterion) {
                     client_ip: Some(clients[i]),
                     headers: &[],
                 };
-                if reuse {
+                if how != Out::Fresh {
                     anon.check_request_into(&req, Some(at), &mut out).unwrap();
                     black_box(out.verdict().allowed)
                 } else {
@@ -168,7 +181,7 @@ fn requests(c: &mut Criterion) {
 
     // The example policy (examples/policy.toml: lists, bans, a JWT section and
     // seven rules), an anonymous client: its `anonymous` and `everything` rules
-    // both charge. Fresh verdicts, then a reused buffer. The clock moves 1 ms
+    // both charge. Fresh verdicts, a reused buffer, a bound one. The clock moves 1 ms
     // per request, so each of the 10k addresses comes back every 10 s: inside
     // its 30/min, and every request takes the allowed path.
     let example = Engine::from_path(concat!(
@@ -176,18 +189,14 @@ fn requests(c: &mut Criterion) {
         "/../examples/policy.toml"
     ))
     .unwrap();
-    // One clock for both: the second bench goes on where the first stopped.
+    // One clock for all three: each bench goes on where the last stopped.
     let mut n = 0u64;
-    for (name, reuse, bound) in [
-        ("example_policy_anonymous", false, false),
-        ("example_policy_anonymous_into", true, false),
-        ("example_policy_anonymous_into_bound", true, true),
+    for (name, how) in [
+        ("example_policy_anonymous", Out::Fresh),
+        ("example_policy_anonymous_into", Out::Reused),
+        ("example_policy_anonymous_into_bound", Out::Bound),
     ] {
-        let mut out = if bound {
-            example.verdict_buf()
-        } else {
-            VerdictBuf::new()
-        };
+        let mut out = buffer(&example, how);
         group.bench_function(name, |b| {
             b.iter(|| {
                 n += 1;
@@ -198,7 +207,7 @@ fn requests(c: &mut Criterion) {
                     client_ip: Some(clients[n as usize % clients.len()]),
                     headers: &[],
                 };
-                let allowed = if reuse {
+                let allowed = if how != Out::Fresh {
                     example.check_request_into(&req, Some(t), &mut out).unwrap();
                     out.verdict().allowed
                 } else {
