@@ -21,13 +21,41 @@ in it: the bench's 10k first inserts (`MemoryStore::with_slow`) add about 110
 instructions per call over 131k calls and twice that over 65k. `--without F`
 takes out the whole cost of the calls to functions whose name contains F
 (repeatable), so that two builds compare on the steady state.
+
+`--atomics BINARY` also counts the atomic read-modify-writes per call (every
+lock-prefixed instruction, and `xchg` with memory: each a full barrier on
+x86), by function: objdump gives their addresses in BINARY (the profiled
+one), the profile how often each ran. These VMs have no hardware counters,
+and these barriers move the clock where instruction counts do not
+(benches/README.md, "Atomic read-modify-writes per check"). `steady` sums
+those that ran in at least half of the calls, outside `--without`'s
+functions. Profile the whole program for it (no `--toggle-collect`): the
+engine's `check_request_into` and the policy's both match a
+`*check_request_into*` toggle, and nested matches toggle collection off.
 """
 import collections
 import re
+import subprocess
 import sys
 
 
-def main(path, function, top=20, without=()):
+def atomic_instructions(binary):
+    """Address -> mnemonic of each lock-prefixed instruction, and each xchg with memory."""
+    found = {}
+    dump = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True, check=True)
+    for line in dump.stdout.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\s+(\S+)\s*(\S*)", line)
+        if not m:
+            continue
+        op, arg = m.group(2), m.group(3)
+        if op == "lock":
+            found[int(m.group(1), 16)] = f"lock {arg}"
+        elif op.startswith("xchg") and "(" in line:
+            found[int(m.group(1), 16)] = op
+    return found
+
+
+def main(path, function, top=20, without=(), atomics=None):
     fn_names = {}
     calls = 0
     lines_by_fn = collections.defaultdict(set)
@@ -97,6 +125,15 @@ def main(path, function, top=20, without=()):
           f"{len(lines)} lines of code ({len(lines) * 64} bytes) per call")
     for f, ls in sorted(lines_by_fn.items(), key=lambda x: -len(x[1]))[:top]:
         print(f"{len(ls):6d}  {f[:120]}")
+    if atomics:
+        rows = collections.Counter()
+        for addr, op in atomic_instructions(atomics).items():
+            if counts.get(addr):
+                rows[(owner[addr], op)] += counts[addr]
+        steady = sum(n for (f, _), n in rows.items() if n >= calls / 2 and not any(w in f for w in without))
+        print(f"atomic read-modify-writes per call: {sum(rows.values()) / calls:.2f}, steady {steady / calls:.2f}")
+        for (f, op), n in rows.most_common(top):
+            print(f"{n / calls:6.2f}  {op:14s} {f[:110]}")
 
 
 if __name__ == "__main__":
@@ -107,5 +144,6 @@ if __name__ == "__main__":
     ap.add_argument("function")
     ap.add_argument("top", nargs="?", type=int, default=20)
     ap.add_argument("--without", action="append", default=[], metavar="F")
+    ap.add_argument("--atomics", metavar="BINARY")
     a = ap.parse_args()
-    main(a.profile, a.function, a.top, tuple(a.without))
+    main(a.profile, a.function, a.top, tuple(a.without), a.atomics)
