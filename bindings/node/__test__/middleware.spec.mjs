@@ -301,3 +301,43 @@ quotas = ["1000/min"]
     await f.close()
   }
 })
+
+test('a reload is seen by the very next request through Express and Fastify over real HTTP', async () => {
+  // Each middleware's handle keeps its engine's policy between requests
+  // (Engine::verdict_buf): a reload must still decide the next request.
+  const policy = (limit) => `
+[[rule]]
+name = "api"
+match = "/api/**"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["${limit}/h"]
+`
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const ee = Engine.fromToml(policy(2))
+  const e = express()
+  e.set('trust proxy', 'loopback')
+  e.use(floodgate(ee))
+  e.all('/{*any}', (req, res) => res.json({ ok: true }))
+  const es = await new Promise((resolve) => { const s = e.listen(0, '127.0.0.1', () => resolve(s)) })
+  const fe = Engine.fromToml(policy(2))
+  const f = require('fastify')({ trustProxy: '127.0.0.1' })
+  await f.register(require('../fastify.js'), { engine: fe })
+  f.all('/*', async () => ({ ok: true }))
+  await f.listen({ port: 0, host: '127.0.0.1' })
+  try {
+    for (const [name, engine, base] of [['express', ee, `http://127.0.0.1:${es.address().port}`], ['fastify', fe, `http://127.0.0.1:${f.server.address().port}`]]) {
+      const status = async () => (await fetch(base + '/api/items', { headers: { 'x-forwarded-for': '203.0.113.90' } })).status
+      assert.deepEqual([await status(), await status(), await status()], [200, 200, 429], `${name}: 2/h`)
+      // To 5/h, the count of 2 carried over: three more, then a denial.
+      engine.reloadToml(policy(5))
+      assert.deepEqual([await status(), await status(), await status(), await status()], [200, 200, 200, 429], `${name}: 5/h after the reload`)
+      engine.reloadToml(policy(1))
+      assert.equal(await status(), 429, `${name}: 1/h after the second reload`)
+    }
+  } finally {
+    await new Promise((resolve) => es.close(resolve))
+    await f.close()
+  }
+})
