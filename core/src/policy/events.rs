@@ -109,40 +109,41 @@ pub(crate) struct Counter([CachePadded<AtomicU64>; STRIPES + 1]);
 /// Which stripes a thread owns (see [`Counter`]).
 static OWNED: [AtomicBool; STRIPES] = [const { AtomicBool::new(false) }; STRIPES];
 
-/// A thread's stripe: owned (given back when the thread ends) or the shared one.
+/// A thread's stripe: owned (given back to `registry` when the thread ends)
+/// or the shared one.
 struct Stripe {
     index: usize,
     owned: bool,
+    registry: &'static [AtomicBool; STRIPES],
 }
 
 impl Stripe {
-    /// The first free stripe, or the shared one. Acquire: the new owner reads
-    /// the count its previous owner left (released in `drop`).
-    fn claim() -> Self {
-        let free = OWNED.iter().position(|o| {
+    /// The first stripe free in `registry` ([`OWNED`]), or the shared one.
+    /// Acquire: the new owner reads the count its previous owner left
+    /// (released in `drop`).
+    fn claim(registry: &'static [AtomicBool; STRIPES]) -> Self {
+        let free = registry.iter().position(|o| {
             o.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         });
-        match free {
-            Some(index) => Self { index, owned: true },
-            None => Self {
-                index: STRIPES,
-                owned: false,
-            },
+        Self {
+            index: free.unwrap_or(STRIPES),
+            owned: free.is_some(),
+            registry,
         }
     }
 }
 
 impl Drop for Stripe {
     fn drop(&mut self) {
-        if let Some(o) = OWNED.get(self.index).filter(|_| self.owned) {
+        if let Some(o) = self.registry.get(self.index).filter(|_| self.owned) {
             o.store(false, Ordering::Release);
         }
     }
 }
 
 thread_local! {
-    static STRIPE: Stripe = Stripe::claim();
+    static STRIPE: Stripe = Stripe::claim(&OWNED);
 }
 
 impl Counter {
@@ -394,6 +395,29 @@ mod tests {
         assert_eq!(c.get(), 7);
         bump(&c);
         assert_eq!(c.get(), 8);
+    }
+
+    /// The first 8 claims own a stripe each, the next shares the last one,
+    /// and a stripe given back (its thread ended) goes to the next claim.
+    #[test]
+    fn stripes_are_owned_by_one_thread_at_a_time_and_given_back() {
+        static REGISTRY: [AtomicBool; STRIPES] = [const { AtomicBool::new(false) }; STRIPES];
+        let mut held: Vec<Stripe> = (0..STRIPES).map(|_| Stripe::claim(&REGISTRY)).collect();
+        assert!(held.iter().all(|s| s.owned));
+        let mut indexes: Vec<usize> = held.iter().map(|s| s.index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..STRIPES).collect::<Vec<_>>(), "one stripe each");
+        let extra = Stripe::claim(&REGISTRY);
+        assert_eq!(
+            (extra.index, extra.owned),
+            (STRIPES, false),
+            "the shared one"
+        );
+        drop(extra); // gives nothing back
+        drop(held.remove(3));
+        let next = Stripe::claim(&REGISTRY);
+        assert_eq!((next.index, next.owned), (3, true), "the stripe given back");
+        assert!(!Stripe::claim(&REGISTRY).owned, "none free again");
     }
 
     #[test]
