@@ -18,12 +18,14 @@ use blake2::Blake2bVar;
 use blake2::digest::{Update, VariableOutput};
 use ipnet::IpNet;
 
+use super::ipset::IpSet;
 use crate::error::{Error, Result};
 
 /// Which proxies to believe, and the header they write.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
-    nets: Vec<IpNet>,
+    /// Searched at each hop, as the address lists are.
+    nets: IpSet,
     /// Lower case.
     header: String,
 }
@@ -54,7 +56,7 @@ impl TrustedProxies {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            nets,
+            nets: IpSet::new(nets),
             header: "x-forwarded-for".into(),
         })
     }
@@ -79,7 +81,7 @@ impl TrustedProxies {
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.nets.iter().any(|n| n.contains(&ip))
+        self.nets.contains(ip)
     }
 
     /// The client of a request from `peer` whose forwarding header (the one

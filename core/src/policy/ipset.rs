@@ -1,4 +1,5 @@
-//! The address lists (`lists.allow_ips`, `lists.deny_ips`), looked up on every
+//! The address lists (`lists.allow_ips`, `lists.deny_ips`, and the trusted
+//! proxies of `forwarded.rs`, at each hop), looked up on every
 //! request: sorted, disjoint ranges per address family, searched in
 //! logarithmic time. Scanned network by network (`IpNet::contains` each,
 //! about 25 instructions per network by callgrind) a blocklist of 10,000
@@ -12,7 +13,7 @@ use ipnet::IpNet;
 /// A set of networks. An address is in it when a network of its own family
 /// holds it (an IPv4 network never holds an IPv6 address, nor the reverse, as
 /// with `IpNet::contains`).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct IpSet {
     /// Inclusive ranges `(first, last)`, sorted and disjoint.
     v4: Vec<(u32, u32)>,
@@ -36,6 +37,11 @@ impl IpSet {
             }
         }
         set
+    }
+
+    /// Whether the set holds no network.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
     }
 
     /// Whether a network of the set holds `ip`.
@@ -105,7 +111,9 @@ mod tests {
             let addr: IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
             assert_eq!(set.contains(addr), held, "{ip}");
         }
-        assert!(!IpSet::new(Vec::new()).contains(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(!set.is_empty());
+        let empty = IpSet::new(Vec::new());
+        assert!(empty.is_empty() && !empty.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     }
 
     fn v4_net() -> impl Strategy<Value = IpNet> {
