@@ -87,6 +87,29 @@ pub mod loom_api {
         crate::flight::Flight::unpack(cell.load(loom::sync::atomic::Ordering::Acquire)).held(period)
     }
 
+    /// One packed-window check (a fixed-window or sliding-window `quota` that
+    /// packs) on `cell`; true if admitted.
+    pub fn window_allowed(cell: &AtomicU64, quota: &crate::Quota, now: u64, cost: u64) -> bool {
+        packed(quota).is_some_and(|w| w.check(cell, now, cost).allowed)
+    }
+
+    /// Gives back `cost` units of a packed window charged at `now`.
+    pub fn window_refund(cell: &AtomicU64, quota: &crate::Quota, now: u64, cost: u64) {
+        if let Some(w) = packed(quota) {
+            w.refund(cell, now, cost);
+        }
+    }
+
+    /// Units a packed window has left at `now` (nothing charged).
+    pub fn window_remaining(cell: &AtomicU64, quota: &crate::Quota, now: u64) -> u64 {
+        let bits = cell.load(loom::sync::atomic::Ordering::Acquire);
+        packed(quota).map_or(0, |w| w.peek(bits, now).remaining)
+    }
+
+    fn packed(quota: &crate::Quota) -> Option<crate::state::PackedWindow> {
+        crate::state::PackedWindow::new(quota)
+    }
+
     /// One fast-path GCRA check on `cell`; true if admitted.
     pub fn gcra_allowed(cell: &AtomicU64, quota: &crate::Quota, now: u64, cost: u64) -> bool {
         let gcra = crate::algorithm::gcra::Gcra::new(quota);

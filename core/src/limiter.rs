@@ -9,7 +9,7 @@ use crate::clock::{Clock, DefaultClock};
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::quota::{Algorithm, Quota};
-use crate::state::{self, KeyState, Params, QuotaState};
+use crate::state::{self, KeyState, PackedWindow, Params, QuotaState};
 use crate::store::memory::MemoryStore;
 use crate::sync::AtomicU64;
 
@@ -21,6 +21,12 @@ enum Backend {
     /// One GCRA quota: one atomic `u64` per key, lock-free updates.
     Gcra {
         gcra: Gcra,
+        store: MemoryStore<AtomicU64>,
+    },
+    /// One window quota whose state packs into 64 bits: one atomic `u64` per
+    /// key, lock-free updates (`state::PackedWindow`).
+    Window {
+        window: PackedWindow,
         store: MemoryStore<AtomicU64>,
     },
     /// Anything else: all quota states of a key behind the key's own lock.
@@ -223,9 +229,15 @@ impl LimiterBuilder {
                 gcra: Gcra::new(q),
                 store: MemoryStore::new(self.max_keys, shards, idle_ns),
             },
-            (None, qs) => Backend::General {
-                params: qs.iter().map(Params::new).collect(),
-                store: MemoryStore::new(self.max_keys, shards, idle_ns),
+            (None, qs) => match qs.first().and_then(PackedWindow::new) {
+                Some(window) if qs.len() == 1 => Backend::Window {
+                    window,
+                    store: MemoryStore::new(self.max_keys, shards, idle_ns),
+                },
+                _ => Backend::General {
+                    params: qs.iter().map(Params::new).collect(),
+                    store: MemoryStore::new(self.max_keys, shards, idle_ns),
+                },
             },
         };
         let max_cost = self
@@ -424,6 +436,11 @@ impl<C: Clock> Limiter<C> {
                     state::gcra_refund(cell, gcra, cost);
                 }
             }),
+            Backend::Window { window, store } => store.read(fp, |cell| {
+                if let Some(cell) = cell {
+                    window.refund(cell, now, cost);
+                }
+            }),
             Backend::General { params, store } => store.read(fp, |slot| {
                 if let Some(states) = slot {
                     state::refund_all(&mut states.lock(), params, now, cost);
@@ -451,7 +468,7 @@ impl<C: Clock> Limiter<C> {
     pub fn reset(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let fp = self.fingerprint(key.as_ref())?;
         Ok(match &self.backend {
-            Backend::Gcra { store, .. } => store.remove(fp),
+            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.remove(fp),
             Backend::General { store, .. } => store.remove(fp),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.reset(key.as_ref()),
@@ -461,7 +478,7 @@ impl<C: Clock> Limiter<C> {
     /// Forgets every key.
     pub fn clear(&self) {
         match &self.backend {
-            Backend::Gcra { store, .. } => store.clear(),
+            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.clear(),
             Backend::General { store, .. } => store.clear(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => {
@@ -493,7 +510,7 @@ impl<C: Clock> Limiter<C> {
     /// quota still has live state, a scan of the table).
     pub fn len(&self) -> usize {
         match &self.backend {
-            Backend::Gcra { store, .. } => store.len(),
+            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.len(),
             Backend::General { store, .. } => store.len(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.table.live(keys.first, self.now_ns()),
@@ -508,7 +525,7 @@ impl<C: Clock> Limiter<C> {
     /// The most keys ever held at once (`max_keys`, rounded down to the shards).
     pub fn capacity(&self) -> usize {
         match &self.backend {
-            Backend::Gcra { store, .. } => store.capacity(),
+            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.capacity(),
             Backend::General { store, .. } => store.capacity(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.table.slots() / keys.params.len().max(1),
@@ -518,7 +535,7 @@ impl<C: Clock> Limiter<C> {
     /// Keys forgotten because the limiter was full (see [`LimiterBuilder::max_keys`]).
     pub fn evicted(&self) -> u64 {
         match &self.backend {
-            Backend::Gcra { store, .. } => store.evicted(),
+            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.evicted(),
             Backend::General { store, .. } => store.evicted(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.table.evicted(),
@@ -529,7 +546,7 @@ impl<C: Clock> Limiter<C> {
     /// general path (a sliding log's entries, 16 bytes each, are not counted).
     pub fn memory_bytes(&self) -> usize {
         match &self.backend {
-            Backend::Gcra { store, .. } => store.table_bytes(),
+            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.table_bytes(),
             Backend::General { params, store } => {
                 // Box<[QuotaState]> plus the allocator's header, per key.
                 let per_key = params.len() * std::mem::size_of::<QuotaState>() + 16;
@@ -623,6 +640,10 @@ impl<C: Clock> Limiter<C> {
                 let tat = cell.load(crate::sync::Ordering::Relaxed);
                 read.push((fp, own_states(&[QuotaState::Gcra(tat)])));
             }),
+            Backend::Window { window, store } => store.for_each(|fp, cell| {
+                let bits = cell.load(crate::sync::Ordering::Relaxed);
+                read.push((fp, own_states(&[window.unpack(bits, now)])));
+            }),
             Backend::General { store, .. } => {
                 store.for_each(|fp, states| read.push((fp, own_states(&states.lock()))));
             }
@@ -647,6 +668,10 @@ impl<C: Clock> Limiter<C> {
                     };
                     store.with(fp, now, || AtomicU64::new(tat), |_| ());
                 }
+                Backend::Window { window, store } => {
+                    let bits = states.first().map_or(0, |s| window.pack(s));
+                    store.with(fp, now, || AtomicU64::new(bits), |_| ());
+                }
                 Backend::General { store, .. } => {
                     let mut states = Some(states.into_boxed_slice());
                     store.with(
@@ -668,6 +693,7 @@ impl<C: Clock> Limiter<C> {
     fn params(&self) -> Vec<Params> {
         match &self.backend {
             Backend::General { params, .. } => params.to_vec(),
+            Backend::Window { window, .. } => vec![*window.params()],
             _ => self.quotas.iter().map(Params::new).collect(),
         }
     }
@@ -697,6 +723,21 @@ impl<C: Clock> Limiter<C> {
                 ),
                 0,
             ),
+            (Backend::Window { window, store }, 0) => {
+                let bits = store.read(fp, |cell| {
+                    cell.map_or(0, |c| c.load(crate::sync::Ordering::Relaxed))
+                });
+                (window.peek(bits, now), 0)
+            }
+            (Backend::Window { window, store }, _) => (
+                store.with(
+                    fp,
+                    now,
+                    || AtomicU64::new(0),
+                    |cell| window.check(cell, now, cost),
+                ),
+                0,
+            ),
             (Backend::General { params, store }, 0) => store.read(fp, |slot| match slot {
                 Some(states) => state::peek_all(&mut states.lock(), params, now),
                 None => state::peek_fresh(params, now),
@@ -721,6 +762,175 @@ impl<C: Clock> Limiter<C> {
             retry_after: Duration::from_nanos(o.retry_after),
             reset_after: Duration::from_nanos(o.reset_after),
             quota,
+        }
+    }
+}
+
+#[cfg(all(test, not(floodgate_loom)))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The same quota on the packed-window backend and on the general one
+    /// (per-key lock around the unpacked state), the reference.
+    fn pair(quota: Quota) -> (Limiter, Limiter) {
+        let builder = Limiter::builder().quota(quota).max_keys(1000).shards(4);
+        let packed = builder.clone().build().unwrap();
+        assert!(matches!(packed.backend, Backend::Window { .. }), "{quota}");
+        let mut general = builder.build().unwrap();
+        // The same store (keys, shards and their rotations) with the state unpacked.
+        general.backend = Backend::General {
+            params: Box::new([Params::new(&quota)]),
+            store: MemoryStore::new(1000, 4, quota.state_lifetime_ns()),
+        };
+        general.hasher = packed.hasher.clone();
+        (packed, general)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// After `dt` ns, `cost` units for key `key` (0: a peek).
+        Check {
+            key: u8,
+            cost: u64,
+            dt: u64,
+        },
+        /// After `dt` ns, gives back `cost` units of `key`.
+        Refund {
+            key: u8,
+            cost: u64,
+            dt: u64,
+        },
+        /// The clock goes back `by` ns.
+        Back {
+            by: u64,
+        },
+        Reset {
+            key: u8,
+        },
+    }
+
+    fn ops(limit: u64, window: u64) -> impl Strategy<Value = Vec<Op>> {
+        let dt = 0..window.saturating_mul(3) / 2;
+        let op = prop_oneof![
+            6 => (0..3u8, 0..=limit, dt.clone()).prop_map(|(key, cost, dt)| Op::Check { key, cost, dt }),
+            1 => (0..3u8, 1..=limit, dt).prop_map(|(key, cost, dt)| Op::Refund { key, cost, dt }),
+            1 => (0..window.saturating_mul(2)).prop_map(|by| Op::Back { by }),
+            1 => (0..3u8).prop_map(|key| Op::Reset { key }),
+        ];
+        prop::collection::vec(op, 1..150)
+    }
+
+    fn window_quota() -> impl Strategy<Value = Quota> {
+        let limit = prop_oneof![4 => 1..40u64, 1 => 40..16_384u64];
+        let algorithm =
+            prop::sample::select(vec![Algorithm::SlidingWindow, Algorithm::FixedWindow]);
+        (limit, 1..7_200u64, algorithm).prop_map(|(limit, secs, algorithm)| {
+            Quota::new(limit, Duration::from_secs(secs))
+                .and_then(|q| q.with_algorithm(algorithm))
+                .unwrap()
+        })
+    }
+
+    proptest! {
+        /// Every decision on the packed backend is the general backend's, from
+        /// any starting time (Unix-epoch-sized ones too), with refunds, resets
+        /// and a clock that goes back.
+        #[test]
+        fn packed_windows_decide_as_the_general_path(
+            quota in window_quota(),
+            start in prop_oneof![Just(0u64), 0..u64::MAX / 4, Just(1_780_000_000_000_000_000u64)],
+            script in (1..16_384u64, 1_000_000_000..7_200_000_000_000u64).prop_flat_map(|(l, w)| ops(l, w)),
+        ) {
+            let (packed, general) = pair(quota);
+            let mut now = start;
+            for op in script {
+                match op {
+                    Op::Check { key, cost, dt } => {
+                        now = now.saturating_add(dt);
+                        let at = Duration::from_nanos(now);
+                        let key = [b'k', key];
+                        let cost = cost.min(quota.limit());
+                        prop_assert_eq!(
+                            packed.check_at(key, cost, at).unwrap(),
+                            general.check_at(key, cost, at).unwrap(),
+                            "cost {} at {}", cost, now
+                        );
+                        prop_assert_eq!(packed.peek_at(key, at).unwrap(), general.peek_at(key, at).unwrap());
+                    }
+                    Op::Refund { key, cost, dt } => {
+                        now = now.saturating_add(dt);
+                        let at = Duration::from_nanos(now);
+                        packed.refund_at([b'k', key], cost, at).unwrap();
+                        general.refund_at([b'k', key], cost, at).unwrap();
+                    }
+                    Op::Back { by } => now = now.saturating_sub(by),
+                    Op::Reset { key } => {
+                        prop_assert_eq!(packed.reset([b'k', key]).unwrap(), general.reset([b'k', key]).unwrap());
+                    }
+                }
+            }
+            prop_assert_eq!(packed.len(), general.len());
+        }
+    }
+
+    /// Which quotas pack: window quotas of a second or more whose counts fit.
+    #[test]
+    fn only_window_quotas_that_fit_are_packed() {
+        let backend = |text: &str, algorithm| {
+            let quota = text
+                .parse::<Quota>()
+                .unwrap()
+                .with_algorithm(algorithm)
+                .unwrap();
+            match Limiter::new(quota).unwrap().backend {
+                Backend::Gcra { .. } => "gcra",
+                Backend::Window { .. } => "window",
+                Backend::General { .. } => "general",
+                #[cfg(all(feature = "shm", unix))]
+                Backend::Shared { .. } => "shared",
+            }
+        };
+        assert_eq!(backend("30/min", Algorithm::SlidingWindow), "window");
+        assert_eq!(backend("16383/s", Algorithm::SlidingWindow), "window");
+        assert_eq!(backend("16384/s", Algorithm::SlidingWindow), "general");
+        assert_eq!(backend("1073741823/day", Algorithm::FixedWindow), "window");
+        assert_eq!(backend("1073741824/day", Algorithm::FixedWindow), "general");
+        assert_eq!(backend("10/999ms", Algorithm::SlidingWindow), "general");
+        assert_eq!(backend("10/s", Algorithm::SlidingLog), "general");
+        assert_eq!(backend("10/s", Algorithm::Gcra), "gcra");
+    }
+
+    /// A key idle for nearly 2^31 windows (68 years of seconds) still reads its
+    /// stored window as the past one it is, and a clock that went back a
+    /// window reads it as the later one it is.
+    #[test]
+    fn a_packed_window_index_reads_back_either_side_of_now() {
+        let quota = "2/s"
+            .parse::<Quota>()
+            .unwrap()
+            .with_algorithm(Algorithm::SlidingWindow)
+            .unwrap();
+        let (packed, general) = pair(quota);
+        let s = 1_000_000_000u64;
+        let start = 1_780_000_000 * s;
+        for at in [
+            start,
+            start + s / 2,
+            start - s / 2,
+            start + ((1 << 31) - 2) * s,
+            start + ((1 << 31) - 2) * s + s / 3,
+        ] {
+            let at = Duration::from_nanos(at);
+            for _ in 0..3 {
+                assert_eq!(
+                    packed.check_at("k", 1, at).unwrap(),
+                    general.check_at("k", 1, at).unwrap(),
+                    "{at:?}"
+                );
+            }
         }
     }
 }

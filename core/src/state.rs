@@ -4,7 +4,11 @@
 //!   theoretical arrival time (ns; 0 = never seen, which reads as a full bucket).
 //!   A check is a load, pure math, and one compare-exchange, retried only when
 //!   another thread changed the same key in between. A denial writes nothing.
-//! - **General path** (several quotas, or a window algorithm): the states of all of
+//! - **Packed window path** (one fixed-window or sliding-window quota that
+//!   fits, [`PackedWindow`]): the same, on the window index and counts packed
+//!   into one `AtomicU64`.
+//! - **General path** (several quotas, a sliding log, or a window quota too large
+//!   to pack): the states of all of
 //!   a key's quotas sit behind one per-key `parking_lot::Mutex`, held only for the
 //!   math of one check. That makes a multi-quota check all-or-nothing: every quota
 //!   admits and all are charged, or none is.
@@ -48,6 +52,166 @@ pub(crate) fn gcra_refund(cell: &AtomicU64, gcra: &Gcra, cost: u64) {
 #[inline]
 pub(crate) fn gcra_peek(tat: u64, gcra: &Gcra, now: u64) -> Outcome {
     Outcome::peek(gcra.decide(tat, now, 1).0, gcra.decide(tat, now, 0).0)
+}
+
+/// The full window index whose low `bits` bits are `stored`, nearest to
+/// `current`: exact for a stored index within 2^(bits-1) windows of `current`.
+/// (Packed window states here and in shared memory, `store/shm/codec.rs`.)
+pub(crate) fn nearest(stored: u128, bits: u32, current: u64) -> u64 {
+    let m = (1u128 << bits) - 1;
+    let stored = stored & m;
+    let behind = (u128::from(current).wrapping_sub(stored)) & m;
+    if behind < (1u128 << (bits - 1)) {
+        current.saturating_sub(behind as u64)
+    } else {
+        current.saturating_add(((m + 1 - behind) & m) as u64)
+    }
+}
+
+/// One window quota (fixed window or sliding-window counter) whose whole state
+/// for a key fits one `AtomicU64`: the one-window-quota fast path, a load, the
+/// algorithm's pure math and one compare-exchange, as GCRA's (no per-key lock,
+/// no heap allocation per key).
+///
+/// Bits: 63 is set once the key holds state (0 reads as never seen); the counts
+/// take `count_bits` bits each at the bottom (sliding counter: current, then
+/// previous; fixed: the count); the window index modulo 2^w fills the rest
+/// (w >= 32) and is read back as the index nearest now's: exact for state
+/// younger than 2^31 windows, and a window here is at least a second (68 years).
+/// `count_bits` holds twice the limit: counts a reload carried over from a
+/// higher limit stay exact up to there (more saturate, still over the limit).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PackedWindow {
+    params: Params,
+    window: u64,
+    count_bits: u32,
+    /// Counts kept: 2 for the sliding counter, 1 for the fixed window.
+    counts: u32,
+}
+
+/// Set in a packed window state once the key holds state.
+const HELD: u64 = 1 << 63;
+/// Fewest bits a packed window index keeps.
+const MIN_INDEX_BITS: u32 = 32;
+/// Shortest window packed (1 s): 2^31 windows of it are 68 years.
+const MIN_PACKED_WINDOW_NS: u64 = 1_000_000_000;
+
+impl PackedWindow {
+    /// The packing of `quota`, if it is a window quota whose state fits (a
+    /// sliding counter's limit below 16,384, a fixed window's below 2^30, and a
+    /// window of at least a second).
+    pub(crate) fn new(quota: &Quota) -> Option<Self> {
+        let counts = match quota.algorithm() {
+            Algorithm::FixedWindow => 1,
+            Algorithm::SlidingWindow => 2,
+            Algorithm::Gcra | Algorithm::SlidingLog => return None,
+        };
+        let count_bits = u64::BITS - quota.limit().leading_zeros() + 1;
+        let fits = 63u32.saturating_sub(counts * count_bits) >= MIN_INDEX_BITS;
+        (fits && quota.period_ns() >= MIN_PACKED_WINDOW_NS).then(|| Self {
+            params: Params::new(quota),
+            window: quota.period_ns(),
+            count_bits,
+            counts,
+        })
+    }
+
+    /// The quota's parameters.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry
+    pub(crate) fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn count_mask(&self) -> u64 {
+        (1 << self.count_bits) - 1
+    }
+
+    fn index_bits(&self) -> u32 {
+        63 - self.counts * self.count_bits
+    }
+
+    /// The state in `bits`, its window index read as the one nearest `now`'s.
+    pub(crate) fn unpack(&self, bits: u64, now: u64) -> QuotaState {
+        if bits & HELD == 0 {
+            return self.params.fresh();
+        }
+        let (c, m) = (self.count_bits, self.count_mask());
+        let index = nearest(
+            u128::from((bits & !HELD) >> (self.counts * c)),
+            self.index_bits(),
+            now / self.window,
+        );
+        if self.counts == 2 {
+            QuotaState::Counter(CounterState {
+                window: index,
+                prev: (bits >> c) & m,
+                curr: bits & m,
+            })
+        } else {
+            QuotaState::Fixed(FixedState {
+                window: index,
+                count: bits & m,
+            })
+        }
+    }
+
+    /// The bits of `state` (this quota's algorithm; counts saturate at the mask).
+    pub(crate) fn pack(&self, state: &QuotaState) -> u64 {
+        let (c, m) = (self.count_bits, self.count_mask());
+        let (index, low) = match state {
+            QuotaState::Counter(s) => (s.window, (s.prev.min(m) << c) | s.curr.min(m)),
+            QuotaState::Fixed(s) => (s.window, s.count.min(m)),
+            // Built from the same quota as the state: nothing else is stored.
+            QuotaState::Gcra(_) | QuotaState::Log(_) => return 0,
+        };
+        let index = index & ((1 << self.index_bits()) - 1);
+        HELD | (index << (self.counts * c)) | low
+    }
+
+    /// One check on the key's cell: a compare-exchange loop, as GCRA's. A denial
+    /// writes nothing.
+    #[inline]
+    pub(crate) fn check(&self, cell: &AtomicU64, now: u64, cost: u64) -> Outcome {
+        // Relaxed everywhere: the packed state is the whole state and publishes
+        // no other memory (as gcra_check).
+        let mut bits = cell.load(Ordering::Relaxed);
+        loop {
+            let mut state = self.unpack(bits, now);
+            let (outcome, changed) = self.params.check(&mut state, now, cost);
+            if !changed {
+                return outcome;
+            }
+            let next = self.pack(&state);
+            if next == bits {
+                return outcome;
+            }
+            match cell.compare_exchange_weak(bits, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return outcome,
+                Err(current) => bits = current,
+            }
+        }
+    }
+
+    /// What a request of one unit would get with the state in `bits`, charging
+    /// nothing.
+    pub(crate) fn peek(&self, bits: u64, now: u64) -> Outcome {
+        let mut state = self.unpack(bits, now);
+        let one = self.params.decide(&mut state, now, 1);
+        Outcome::peek(one, self.params.decide(&mut state, now, 0))
+    }
+
+    /// Gives back `cost` units charged at `now`.
+    pub(crate) fn refund(&self, cell: &AtomicU64, now: u64, cost: u64) {
+        // Relaxed: as in check.
+        let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            if bits & HELD == 0 {
+                return None;
+            }
+            let mut state = self.unpack(bits, now);
+            self.params.refund(&mut state, now, cost);
+            Some(self.pack(&state))
+        });
+    }
 }
 
 /// One quota's algorithm with its derived parameters.

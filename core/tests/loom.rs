@@ -1,12 +1,16 @@
 //! Loom models of the per-key CAS state machines: two threads race on one key
-//! and never over-admit (GCRA), and never hold more places in flight than
+//! and never over-admit (GCRA, a packed sliding window), a refund racing a
+//! check loses no unit, and never hold more places in flight than
 //! `max_in_flight` nor lose a place given back (`flight`). Run with:
 //! `RUSTFLAGS="--cfg floodgate_loom" cargo test -p floodgate --test loom --release`
 #![cfg(floodgate_loom)]
 #![allow(clippy::unwrap_used)]
 
-use floodgate::Quota;
-use floodgate::loom_api::{AtomicU64, flight_acquire, flight_held, flight_release, gcra_allowed};
+use floodgate::loom_api::{
+    AtomicU64, flight_acquire, flight_held, flight_release, gcra_allowed, window_allowed,
+    window_refund, window_remaining,
+};
+use floodgate::{Algorithm, Quota};
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
@@ -117,5 +121,60 @@ fn a_release_across_a_period_boundary_frees_the_right_count() {
         releaser.join().unwrap();
         assert!(taker.join().unwrap(), "two places: one was always free");
         assert_eq!(flight_held(&cell, 8), 1, "only the new place is held");
+    });
+}
+
+fn sliding(text: &str) -> Quota {
+    text.parse::<Quota>()
+        .unwrap()
+        .with_algorithm(Algorithm::SlidingWindow)
+        .unwrap()
+}
+
+/// Two threads take two units each from a packed sliding window of three:
+/// exactly three are admitted, and the state counts exactly those.
+#[test]
+fn a_packed_window_admits_exactly_its_limit() {
+    loom::model(|| {
+        let quota = sliding("3/s");
+        let now = 5_000_000_000;
+        let cell = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let cell = cell.clone();
+                thread::spawn(move || {
+                    (0..2)
+                        .filter(|_| window_allowed(&cell, &quota, now, 1))
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(admitted, 3, "exactly the limit");
+        assert_eq!(window_remaining(&cell, &quota, now), 0);
+    });
+}
+
+/// Two of three units in use: one thread gives a unit back while another
+/// takes one. Both write, in either order; neither write is lost: one unit
+/// is left at the end.
+#[test]
+fn a_refund_racing_a_packed_window_check_loses_nothing() {
+    loom::model(|| {
+        let quota = sliding("3/s");
+        let now = 5_000_000_000;
+        let cell = Arc::new(AtomicU64::new(0));
+        assert!(window_allowed(&cell, &quota, now, 2));
+        let refund = {
+            let cell = cell.clone();
+            thread::spawn(move || window_refund(&cell, &quota, now, 1))
+        };
+        let take = {
+            let cell = cell.clone();
+            thread::spawn(move || window_allowed(&cell, &quota, now, 1))
+        };
+        refund.join().unwrap();
+        assert!(take.join().unwrap(), "a unit was free either way");
+        assert_eq!(window_remaining(&cell, &quota, now), 1);
     });
 }

@@ -14,7 +14,7 @@
 use crate::algorithm::fixed_window::FixedState;
 use crate::algorithm::sliding_window::CounterState;
 use crate::quota::{Algorithm, Quota};
-use crate::state::QuotaState;
+use crate::state::{QuotaState, nearest};
 
 /// State bits in a slot.
 pub(super) const STATE_BITS: u32 = 80;
@@ -274,18 +274,6 @@ impl Codec {
             }
             _ => 0,
         }
-    }
-}
-
-/// The full window index whose low `bits` bits are `stored`, nearest to `current`.
-fn nearest(stored: u128, bits: u32, current: u64) -> u64 {
-    let m = mask(bits);
-    let stored = stored & m;
-    let behind = (u128::from(current).wrapping_sub(stored)) & m;
-    if behind < (1u128 << (bits - 1)) {
-        current.saturating_sub(behind as u64)
-    } else {
-        current.saturating_add(((m + 1 - behind) & m) as u64)
     }
 }
 
