@@ -223,21 +223,23 @@ impl LimiterBuilder {
             .unwrap_or(1);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards = self.shards.unwrap_or(cores * 64);
-        let backend = match (&self.shared_memory, self.quotas.as_slice()) {
-            (Some(path), qs) => shared_backend(path, qs, self.max_keys)?,
-            (None, [q]) if q.algorithm() == Algorithm::Gcra => Backend::Gcra {
+        let packed = match self.quotas.as_slice() {
+            [q] => PackedWindow::new(q),
+            _ => None,
+        };
+        let backend = match (&self.shared_memory, self.quotas.as_slice(), packed) {
+            (Some(path), qs, _) => shared_backend(path, qs, self.max_keys)?,
+            (None, [q], _) if q.algorithm() == Algorithm::Gcra => Backend::Gcra {
                 gcra: Gcra::new(q),
                 store: MemoryStore::new(self.max_keys, shards, idle_ns),
             },
-            (None, qs) => match qs.first().and_then(PackedWindow::new) {
-                Some(window) if qs.len() == 1 => Backend::Window {
-                    window,
-                    store: MemoryStore::new(self.max_keys, shards, idle_ns),
-                },
-                _ => Backend::General {
-                    params: qs.iter().map(Params::new).collect(),
-                    store: MemoryStore::new(self.max_keys, shards, idle_ns),
-                },
+            (None, _, Some(window)) => Backend::Window {
+                window,
+                store: MemoryStore::new(self.max_keys, shards, idle_ns),
+            },
+            (None, qs, None) => Backend::General {
+                params: qs.iter().map(Params::new).collect(),
+                store: MemoryStore::new(self.max_keys, shards, idle_ns),
             },
         };
         let max_cost = self
