@@ -85,6 +85,38 @@ fn three_million_keys_stay_within_the_cap() {
     assert!(limiter.memory_bytes() as isize <= budget);
 }
 
+/// A rule's lone window quota packs into the same 16-byte entry as GCRA's:
+/// a flood of unique keys costs what it costs on GCRA, with nothing on the
+/// heap per key (before packing: a lock and a boxed state, 86 B per held key
+/// against 23 B here, measured by this test).
+#[test]
+fn a_lone_window_quota_costs_what_gcra_costs() {
+    let _serial = serial();
+    let cap = 100_000;
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+        let q = Quota::per_minute(100)
+            .unwrap()
+            .with_algorithm(algorithm)
+            .unwrap();
+        let limiter = Limiter::builder().quota(q).max_keys(cap).build().unwrap();
+        let grown = flood(&limiter, 1_000_000);
+        assert!(limiter.len() <= cap);
+        eprintln!(
+            "{}: 1M keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
+            algorithm.name(),
+            limiter.len(),
+            grown / limiter.len() as isize
+        );
+        let budget = (cap * 40) as isize + 256 * 1024;
+        assert!(
+            grown <= budget,
+            "{}: heap grew {grown} B for a cap of {cap} keys (budget {budget})",
+            algorithm.name()
+        );
+        assert!(limiter.memory_bytes() as isize <= budget);
+    }
+}
+
 #[test]
 fn general_path_is_bounded_too() {
     let _serial = serial();
