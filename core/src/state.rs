@@ -413,3 +413,20 @@ pub(crate) fn peek_fresh(params: &[Params], now: u64) -> (Outcome, usize) {
         Outcome::peek(one, p.decide(&mut s, now, 0))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_reads_either_side_of_now() {
+        assert_eq!(nearest(5, 36, 5), 5);
+        assert_eq!(nearest(4, 36, 5), 4);
+        assert_eq!(nearest(7, 36, 5), 7);
+        let current = (1u64 << 40) + 3;
+        let stored = u128::from(current - 10) & ((1 << 36) - 1);
+        assert_eq!(nearest(stored, 36, current), current - 10);
+        let ahead = u128::from(current + 10) & ((1 << 36) - 1);
+        assert_eq!(nearest(ahead, 36, current), current + 10);
+    }
+}

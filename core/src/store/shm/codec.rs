@@ -403,14 +403,4 @@ mod tests {
         assert_eq!(codec.expiry(bits, at), (current + 2) * 1_000_000);
         assert_eq!(codec.score(bits, at), codec.expiry(bits, at));
     }
-
-    #[test]
-    fn nearest_reads_either_side_of_now() {
-        assert_eq!(nearest(5, 36, 5), 5);
-        assert_eq!(nearest(4, 36, 5), 4);
-        assert_eq!(nearest(7, 36, 5), 7);
-        let current = (1u64 << 40) + 3;
-        let stored = u128::from(current - 10) & mask(36);
-        assert_eq!(nearest(stored, 36, current), current - 10);
-    }
 }
