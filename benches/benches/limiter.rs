@@ -87,6 +87,15 @@ fn algorithms(c: &mut Criterion) {
     group.bench_function("gcra_peek", |b| {
         b.iter(|| black_box(fg.peek(cycle.next_key()).is_ok()))
     });
+    let pair = Limiter::builder()
+        .quota("1000/s".parse().unwrap())
+        .quota("100000/h".parse().unwrap())
+        .build()
+        .unwrap();
+    let mut cycle = Cycle::new(&ks, &ord);
+    group.bench_function("two_token_buckets", |b| {
+        b.iter(|| black_box(pair.check(cycle.next_key(), 1).is_ok()))
+    });
     let multi = Limiter::builder()
         .quota("1000/s".parse().unwrap())
         .quota(

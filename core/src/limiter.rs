@@ -29,6 +29,14 @@ enum Backend {
         window: PackedWindow,
         store: MemoryStore<AtomicU64>,
     },
+    /// Two GCRA quotas: both TATs of a key in one 128-bit atomic, lock-free
+    /// updates that charge both or neither (`state::pair`). Only where the CPU
+    /// has a 128-bit compare-and-swap (x86_64 `cmpxchg16b`, aarch64).
+    #[cfg(all(feature = "shm", not(floodgate_loom)))]
+    Pair {
+        gcra: [Gcra; 2],
+        store: MemoryStore<portable_atomic::AtomicU128>,
+    },
     /// Anything else: all quota states of a key behind the key's own lock.
     General {
         params: Box<[Params]>,
@@ -237,6 +245,17 @@ impl LimiterBuilder {
                 window,
                 store: MemoryStore::new(self.max_keys, shards, idle_ns),
             },
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            (None, [a, b], None)
+                if a.algorithm() == Algorithm::Gcra
+                    && b.algorithm() == Algorithm::Gcra
+                    && portable_atomic::AtomicU128::is_lock_free() =>
+            {
+                Backend::Pair {
+                    gcra: [Gcra::new(a), Gcra::new(b)],
+                    store: MemoryStore::new(self.max_keys, shards, idle_ns),
+                }
+            }
             (None, qs, None) => Backend::General {
                 params: qs.iter().map(Params::new).collect(),
                 store: MemoryStore::new(self.max_keys, shards, idle_ns),
@@ -443,6 +462,12 @@ impl<C: Clock> Limiter<C> {
                     window.refund(cell, now, cost);
                 }
             }),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { gcra, store } => store.read(fp, |cell| {
+                if let Some(cell) = cell {
+                    state::pair::refund(cell, gcra, cost);
+                }
+            }),
             Backend::General { params, store } => store.read(fp, |slot| {
                 if let Some(states) = slot {
                     state::refund_all(&mut states.lock(), params, now, cost);
@@ -471,6 +496,8 @@ impl<C: Clock> Limiter<C> {
         let fp = self.fingerprint(key.as_ref())?;
         Ok(match &self.backend {
             Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.remove(fp),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.remove(fp),
             Backend::General { store, .. } => store.remove(fp),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.reset(key.as_ref()),
@@ -481,6 +508,8 @@ impl<C: Clock> Limiter<C> {
     pub fn clear(&self) {
         match &self.backend {
             Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.clear(),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.clear(),
             Backend::General { store, .. } => store.clear(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => {
@@ -513,6 +542,8 @@ impl<C: Clock> Limiter<C> {
     pub fn len(&self) -> usize {
         match &self.backend {
             Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.len(),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.len(),
             Backend::General { store, .. } => store.len(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.table.live(keys.first, self.now_ns()),
@@ -528,6 +559,8 @@ impl<C: Clock> Limiter<C> {
     pub fn capacity(&self) -> usize {
         match &self.backend {
             Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.capacity(),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.capacity(),
             Backend::General { store, .. } => store.capacity(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.table.slots() / keys.params.len().max(1),
@@ -538,6 +571,8 @@ impl<C: Clock> Limiter<C> {
     pub fn evicted(&self) -> u64 {
         match &self.backend {
             Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.evicted(),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.evicted(),
             Backend::General { store, .. } => store.evicted(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
             Backend::Shared { keys, .. } => keys.table.evicted(),
@@ -549,6 +584,8 @@ impl<C: Clock> Limiter<C> {
     pub fn memory_bytes(&self) -> usize {
         match &self.backend {
             Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.table_bytes(),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.table_bytes(),
             Backend::General { params, store } => {
                 // Box<[QuotaState]> plus the allocator's header, per key.
                 let per_key = params.len() * std::mem::size_of::<QuotaState>() + 16;
@@ -646,6 +683,10 @@ impl<C: Clock> Limiter<C> {
                 let bits = cell.load(crate::sync::Ordering::Relaxed);
                 read.push((fp, own_states(&[window.unpack(bits, now)])));
             }),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Backend::Pair { store, .. } => store.for_each(|fp, cell| {
+                read.push((fp, own_states(&state::pair::states(cell))));
+            }),
             Backend::General { store, .. } => {
                 store.for_each(|fp, states| read.push((fp, own_states(&states.lock()))));
             }
@@ -673,6 +714,15 @@ impl<C: Clock> Limiter<C> {
                 Backend::Window { window, store } => {
                     let bits = states.first().map_or(0, |s| window.pack(s));
                     store.with(fp, now, || AtomicU64::new(bits), |_| ());
+                }
+                #[cfg(all(feature = "shm", not(floodgate_loom)))]
+                Backend::Pair { store, .. } => {
+                    let tat = |i: usize| match states.get(i) {
+                        Some(QuotaState::Gcra(tat)) => *tat,
+                        _ => 0,
+                    };
+                    let bits = state::pair::bits([tat(0), tat(1)]);
+                    store.with(fp, now, || portable_atomic::AtomicU128::new(bits), |_| ());
                 }
                 Backend::General { store, .. } => {
                     let mut states = Some(states.into_boxed_slice());
@@ -740,6 +790,20 @@ impl<C: Clock> Limiter<C> {
                 ),
                 0,
             ),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            (Backend::Pair { gcra, store }, 0) => {
+                let bits = store.read(fp, |cell| {
+                    cell.map_or(0, |c| c.load(portable_atomic::Ordering::Relaxed))
+                });
+                state::pair::peek(bits, gcra, now)
+            }
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            (Backend::Pair { gcra, store }, _) => store.with(
+                fp,
+                now,
+                || portable_atomic::AtomicU128::new(0),
+                |cell| state::pair::check(cell, gcra, now, cost),
+            ),
             (Backend::General { params, store }, 0) => store.read(fp, |slot| match slot {
                 Some(states) => state::peek_all(&mut states.lock(), params, now),
                 None => state::peek_fresh(params, now),
@@ -775,19 +839,37 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The same quota on the packed-window backend and on the general one
-    /// (per-key lock around the unpacked state), the reference.
-    fn pair(quota: Quota) -> (Limiter, Limiter) {
-        let builder = Limiter::builder().quota(quota).max_keys(1000).shards(4);
-        let packed = builder.clone().build().unwrap();
-        assert!(matches!(packed.backend, Backend::Window { .. }), "{quota}");
+    /// `quotas` on the backend the builder picks (not the locked one) and on
+    /// the locked general path, the reference: the same hasher, shards and
+    /// store (keys and rotations), the state unpacked.
+    fn with_reference(quotas: &[Quota]) -> (Limiter, Limiter) {
+        let builder = Limiter::builder()
+            .quotas(quotas.iter().copied())
+            .max_keys(1000)
+            .shards(4);
+        let fast = builder.clone().build().unwrap();
+        assert!(
+            !matches!(fast.backend, Backend::General { .. }),
+            "{quotas:?}"
+        );
         let mut general = builder.build().unwrap();
-        // The same store (keys, shards and their rotations) with the state unpacked.
+        let idle = quotas
+            .iter()
+            .map(Quota::state_lifetime_ns)
+            .max()
+            .unwrap_or(1);
         general.backend = Backend::General {
-            params: Box::new([Params::new(&quota)]),
-            store: MemoryStore::new(1000, 4, quota.state_lifetime_ns()),
+            params: quotas.iter().map(Params::new).collect(),
+            store: MemoryStore::new(1000, 4, idle),
         };
-        general.hasher = packed.hasher.clone();
+        general.hasher = fast.hasher.clone();
+        (fast, general)
+    }
+
+    /// One window quota, packed, and its reference.
+    fn pair(quota: Quota) -> (Limiter, Limiter) {
+        let (packed, general) = with_reference(&[quota]);
+        assert!(matches!(packed.backend, Backend::Window { .. }), "{quota}");
         (packed, general)
     }
 
@@ -836,6 +918,53 @@ mod tests {
         })
     }
 
+    /// Runs `script` from `start` on both limiters: every decision, peek,
+    /// reset and the final key count must agree.
+    fn replay(
+        fast: &Limiter,
+        general: &Limiter,
+        start: u64,
+        script: Vec<Op>,
+    ) -> Result<(), TestCaseError> {
+        let mut now = start;
+        for op in script {
+            match op {
+                Op::Check { key, cost, dt } => {
+                    now = now.saturating_add(dt);
+                    let at = Duration::from_nanos(now);
+                    let key = [b'k', key];
+                    let cost = cost.min(fast.max_cost.0);
+                    prop_assert_eq!(
+                        fast.check_at(key, cost, at).unwrap(),
+                        general.check_at(key, cost, at).unwrap(),
+                        "cost {} at {}",
+                        cost,
+                        now
+                    );
+                    prop_assert_eq!(
+                        fast.peek_at(key, at).unwrap(),
+                        general.peek_at(key, at).unwrap()
+                    );
+                }
+                Op::Refund { key, cost, dt } => {
+                    now = now.saturating_add(dt);
+                    let at = Duration::from_nanos(now);
+                    fast.refund_at([b'k', key], cost, at).unwrap();
+                    general.refund_at([b'k', key], cost, at).unwrap();
+                }
+                Op::Back { by } => now = now.saturating_sub(by),
+                Op::Reset { key } => {
+                    prop_assert_eq!(
+                        fast.reset([b'k', key]).unwrap(),
+                        general.reset([b'k', key]).unwrap()
+                    );
+                }
+            }
+        }
+        prop_assert_eq!(fast.len(), general.len());
+        Ok(())
+    }
+
     proptest! {
         /// Every decision on the packed backend is the general backend's, from
         /// any starting time (Unix-epoch-sized ones too), with refunds, resets
@@ -847,34 +976,79 @@ mod tests {
             script in (1..16_384u64, 1_000_000_000..7_200_000_000_000u64).prop_flat_map(|(l, w)| ops(l, w)),
         ) {
             let (packed, general) = pair(quota);
-            let mut now = start;
-            for op in script {
-                match op {
-                    Op::Check { key, cost, dt } => {
-                        now = now.saturating_add(dt);
-                        let at = Duration::from_nanos(now);
-                        let key = [b'k', key];
-                        let cost = cost.min(quota.limit());
-                        prop_assert_eq!(
-                            packed.check_at(key, cost, at).unwrap(),
-                            general.check_at(key, cost, at).unwrap(),
-                            "cost {} at {}", cost, now
-                        );
-                        prop_assert_eq!(packed.peek_at(key, at).unwrap(), general.peek_at(key, at).unwrap());
-                    }
-                    Op::Refund { key, cost, dt } => {
-                        now = now.saturating_add(dt);
-                        let at = Duration::from_nanos(now);
-                        packed.refund_at([b'k', key], cost, at).unwrap();
-                        general.refund_at([b'k', key], cost, at).unwrap();
-                    }
-                    Op::Back { by } => now = now.saturating_sub(by),
-                    Op::Reset { key } => {
-                        prop_assert_eq!(packed.reset([b'k', key]).unwrap(), general.reset([b'k', key]).unwrap());
-                    }
+            replay(&packed, &general, start, script)?;
+        }
+
+        /// Two token buckets in one 128-bit cell decide as the locked path
+        /// does: both charged or neither, the same deciding quota.
+        #[test]
+        fn two_token_buckets_decide_as_the_general_path(
+            quotas in prop::collection::vec((1..50u64, 1..3_600_000u64, 1..100u64), 2..=2),
+            start in prop_oneof![Just(0u64), any::<u64>()],
+            script in ops(100, 3_600_000_000_000),
+        ) {
+            let quotas: Vec<Quota> = quotas
+                .into_iter()
+                .map(|(rate, ms, burst)| {
+                    Quota::new(rate, Duration::from_millis(ms))
+                        .and_then(|q| q.with_burst(burst))
+                        .unwrap()
+                })
+                .collect();
+            let (pair, general) = with_reference(&quotas);
+            #[cfg(feature = "shm")]
+            {
+                let is_pair = matches!(pair.backend, Backend::Pair { .. });
+                prop_assert!(is_pair, "two GCRA quotas share one 128-bit cell");
+            }
+            replay(&pair, &general, start, script)?;
+        }
+    }
+
+    /// A reload's carry into and out of the packed cells: a limiter that takes
+    /// over a packed one's keys, or a locked one's, answers as the original.
+    #[cfg(feature = "policy")]
+    #[test]
+    fn reloads_carry_packed_keys_over_exactly() {
+        let sliding = "10/min"
+            .parse::<Quota>()
+            .and_then(|q| q.with_algorithm(Algorithm::SlidingWindow))
+            .unwrap();
+        let (minute, hour) = ("10/min".parse::<Quota>().unwrap(), "100/h".parse().unwrap());
+        // Either bucket first: the one that decides is carried in either half.
+        for quotas in [vec![sliding], vec![minute, hour], vec![hour, minute]] {
+            let (fast, general) = with_reference(&quotas);
+            let at = Duration::from_secs(1_000);
+            for key in 0..4u8 {
+                for _ in 0..key * 3 {
+                    fast.check_at([key], 1, at).unwrap();
+                    general.check_at([key], 1, at).unwrap();
                 }
             }
-            prop_assert_eq!(packed.len(), general.len());
+            let took_over = |from: &Limiter| {
+                let mut to = Limiter::builder()
+                    .quotas(quotas.iter().copied())
+                    .build()
+                    .unwrap();
+                assert!(to.carry_from(from, nanos(at)));
+                to
+            };
+            let (from_fast, from_general) = (took_over(&fast), took_over(&general));
+            for t in [at, at + Duration::from_secs(7)] {
+                for key in 0..4u8 {
+                    let expected = fast.check_at([key], 2, t).unwrap();
+                    assert_eq!(
+                        from_fast.check_at([key], 2, t).unwrap(),
+                        expected,
+                        "{quotas:?}"
+                    );
+                    assert_eq!(
+                        from_general.check_at([key], 2, t).unwrap(),
+                        expected,
+                        "{quotas:?}"
+                    );
+                }
+            }
         }
     }
 
@@ -890,6 +1064,8 @@ mod tests {
             match Limiter::new(quota).unwrap().backend {
                 Backend::Gcra { .. } => "gcra",
                 Backend::Window { .. } => "window",
+                #[cfg(feature = "shm")]
+                Backend::Pair { .. } => "pair",
                 Backend::General { .. } => "general",
                 #[cfg(all(feature = "shm", unix))]
                 Backend::Shared { .. } => "shared",

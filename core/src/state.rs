@@ -54,6 +54,81 @@ pub(crate) fn gcra_peek(tat: u64, gcra: &Gcra, now: u64) -> Outcome {
     Outcome::peek(gcra.decide(tat, now, 1).0, gcra.decide(tat, now, 0).0)
 }
 
+/// Two GCRA quotas of one key (a rule's `["100/min", "1000/day"]`), their
+/// TATs in one 128-bit atomic (quota 0 in the low half): a check is a load,
+/// both decisions, and one compare-exchange that charges both or neither, as
+/// [`check_all`] does under the key's lock, without the lock or a heap
+/// allocation per key. A denial writes nothing.
+#[cfg(all(feature = "shm", not(floodgate_loom)))]
+pub(crate) mod pair {
+    use portable_atomic::{AtomicU128, Ordering};
+
+    use super::{Outcome, pick};
+    use crate::algorithm::gcra::Gcra;
+
+    fn tats(bits: u128) -> [u64; 2] {
+        [bits as u64, (bits >> 64) as u64]
+    }
+
+    /// The cell's bits for TATs `[low, high]`.
+    pub(crate) fn bits([low, high]: [u64; 2]) -> u128 {
+        u128::from(low) | (u128::from(high) << 64)
+    }
+
+    /// Both TATs, as a [`QuotaState::Gcra`](super::QuotaState::Gcra) each.
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))] // carry
+    pub(crate) fn states(cell: &AtomicU128) -> [super::QuotaState; 2] {
+        // Relaxed: as in check.
+        tats(cell.load(Ordering::Relaxed)).map(super::QuotaState::Gcra)
+    }
+
+    /// One check of `cost` on both quotas: the deciding outcome and its quota.
+    #[inline]
+    pub(crate) fn check(
+        cell: &AtomicU128,
+        gcra: &[Gcra; 2],
+        now: u64,
+        cost: u64,
+    ) -> (Outcome, usize) {
+        // Relaxed everywhere: the two TATs are the whole state and publish no
+        // other memory (as gcra_check).
+        let mut current = cell.load(Ordering::Relaxed);
+        loop {
+            let [a, b] = tats(current);
+            let (oa, na) = gcra[0].decide(a, now, cost);
+            let (ob, nb) = gcra[1].decide(b, now, cost);
+            let decided = pick([oa, ob].into_iter());
+            let next = bits([na, nb]);
+            if !decided.0.allowed || next == current {
+                return decided;
+            }
+            match cell.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return decided,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// What one unit would get with the cell at `bits` (0: a key never seen).
+    pub(crate) fn peek(bits: u128, gcra: &[Gcra; 2], now: u64) -> (Outcome, usize) {
+        let [a, b] = tats(bits);
+        pick(
+            [(&gcra[0], a), (&gcra[1], b)]
+                .into_iter()
+                .map(|(g, tat)| super::gcra_peek(tat, g, now)),
+        )
+    }
+
+    /// Gives back `cost` units to both quotas.
+    pub(crate) fn refund(cell: &AtomicU128, gcra: &[Gcra; 2], cost: u64) {
+        // Relaxed: as in check.
+        let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+            let [a, b] = tats(current);
+            Some(bits([gcra[0].refund(a, cost), gcra[1].refund(b, cost)]))
+        });
+    }
+}
+
 /// The full window index whose low `bits` bits are `stored`, nearest to
 /// `current`: exact for a stored index within 2^(bits-1) windows of `current`.
 /// (Packed window states here and in shared memory, `store/shm/codec.rs`.)

@@ -117,6 +117,36 @@ fn a_lone_window_quota_costs_what_gcra_costs() {
     }
 }
 
+/// Two token buckets share one 32-byte entry per key (the fingerprint and a
+/// 128-bit cell): nothing on the heap per key beyond the table. (The cell
+/// needs the `shm` feature's 128-bit atomics; without it, the locked path.)
+#[cfg(feature = "shm")]
+#[test]
+fn two_token_buckets_cost_one_table_entry_per_key() {
+    let _serial = serial();
+    let cap = 100_000;
+    let limiter = Limiter::builder()
+        .quota(Quota::per_minute(100).unwrap())
+        .quota(Quota::per_hour(1_000).unwrap())
+        .max_keys(cap)
+        .build()
+        .unwrap();
+    let grown = flood(&limiter, 1_000_000);
+    assert!(limiter.len() <= cap);
+    eprintln!(
+        "two buckets: 1M keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
+        limiter.len(),
+        grown / limiter.len() as isize
+    );
+    // 32-byte entries in tables at most 2x oversized, plus control bytes.
+    let budget = (cap * 72) as isize + 256 * 1024;
+    assert!(
+        grown <= budget,
+        "heap grew {grown} B for a cap of {cap} keys (budget {budget})"
+    );
+    assert!(limiter.memory_bytes() as isize <= budget);
+}
+
 #[test]
 fn general_path_is_bounded_too() {
     let _serial = serial();

@@ -97,6 +97,34 @@ fn hot_key_multi_quota_charges_all_or_nothing() {
     assert_eq!(hammer(&limiter), 550);
 }
 
+/// Two token buckets (one 128-bit cell per key, charged by one CAS): the
+/// same exact totals as the locked path gives a bucket and a window above.
+#[test]
+fn hot_key_two_token_buckets_charge_both_or_neither() {
+    let hour = Quota::per_hour(1_500).unwrap();
+    let minute = Quota::per_minute(1_000).unwrap();
+    let clock = FakeClock::new();
+    let limiter = Limiter::builder()
+        .quota(hour)
+        .quota(minute)
+        .build_with_clock(clock.clone())
+        .unwrap();
+    assert_eq!(hammer(&limiter), 1_000);
+    // The minute bucket refills whole in 120 s; the hour one 50 units.
+    clock.advance(std::time::Duration::from_secs(120));
+    assert_eq!(hammer(&limiter), 550);
+}
+
+/// A packable sliding window (one 64-bit cell per key) under the same race.
+#[test]
+fn hot_key_packed_sliding_window_admits_exactly_limit() {
+    let q = Quota::per_hour(10_000)
+        .unwrap()
+        .with_algorithm(Algorithm::SlidingWindow)
+        .unwrap();
+    one_hot_key(vec![q], 10_000);
+}
+
 #[test]
 fn distinct_keys_each_get_exactly_their_limit() {
     let limiter = Arc::new(
