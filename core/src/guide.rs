@@ -69,7 +69,8 @@
 //!
 //! Keys are stored as a randomly seeded 64-bit hash, so a key costs the same
 //! whatever its length: with one GCRA quota (or one fixed or sliding window whose
-//! window index and counts pack into 64 bits) an entry is 16 bytes, and a table
+//! window index and counts pack into 64 bits) an entry is 16 bytes, with two GCRA
+//! quotas 32 (one 128-bit cell), and a table
 //! 44-88% full costs 19-39 bytes per key. The store is split into shards, each with
 //! two generations; when a shard's young generation is full the old one is dropped
 //! whole, which forgets the least recently used keys in O(1). Keys idle longer than
