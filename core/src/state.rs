@@ -7,12 +7,11 @@
 //! - **Packed window path** (one fixed-window or sliding-window quota that
 //!   fits, [`PackedWindow`]): the same, on the window index and counts packed
 //!   into one `AtomicU64`.
-//! - **Two token buckets** ([`pair`]): both TATs in one 128-bit atomic, both
-//!   charged or neither by one compare-exchange.
+//! - **Two token buckets** (`pair`, where 128-bit atomics are lock-free): both
+//!   TATs in one `AtomicU128`, both charged or neither by one compare-exchange.
 //! - **General path** (other quota sets, a sliding log, or a window quota too
-//!   large to pack): the states of all of
-//!   a key's quotas sit behind one per-key `parking_lot::Mutex`, held only for the
-//!   math of one check. That makes a multi-quota check all-or-nothing: every quota
+//!   large to pack): the states of all of a key's quotas sit behind one per-key
+//!   `parking_lot::Mutex`, held only for the math of one check. That makes a multi-quota check all-or-nothing: every quota
 //!   admits and all are charged, or none is.
 
 use parking_lot::Mutex;
