@@ -54,6 +54,25 @@ fn flood(limiter: &Limiter, keys: u64) -> isize {
     live() - before
 }
 
+/// Floods `limiter` (built with `max_keys(cap)`) with `keys` unique keys and
+/// holds the heap it grows, and what `memory_bytes` reports, to `per_key`
+/// bytes per key of the cap (plus 256 KiB of slack).
+fn flood_within(what: &str, limiter: &Limiter, cap: usize, keys: u64, per_key: usize) {
+    let grown = flood(limiter, keys);
+    assert!(limiter.len() <= cap, "{what}: {} keys held", limiter.len());
+    eprintln!(
+        "{what}: {keys} keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
+        limiter.len(),
+        grown / limiter.len().max(1) as isize
+    );
+    let budget = (cap * per_key) as isize + 256 * 1024;
+    assert!(
+        grown <= budget,
+        "{what}: heap grew {grown} B for a cap of {cap} keys (budget {budget})"
+    );
+    assert!(limiter.memory_bytes() as isize <= budget, "{what}");
+}
+
 #[test]
 fn three_million_keys_stay_within_the_cap() {
     let _serial = serial();
@@ -63,26 +82,14 @@ fn three_million_keys_stay_within_the_cap() {
         .max_keys(cap)
         .build()
         .unwrap();
-    let grown = flood(&limiter, 3_000_000);
-    assert!(limiter.len() <= cap, "{} keys held", limiter.len());
+    // 16-byte entries in tables at most 2x oversized, plus control bytes: < 40 B/key.
+    flood_within("one bucket", &limiter, cap, 3_000_000, 40);
     assert!(
         limiter.len() >= cap / 4,
         "evicted too eagerly: {}",
         limiter.len()
     );
     assert!(limiter.evicted() >= 2_800_000);
-    // 16-byte entries in tables at most 2x oversized, plus control bytes: < 40 B/key.
-    eprintln!(
-        "3M keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
-        limiter.len(),
-        grown / limiter.len() as isize
-    );
-    let budget = (cap * 40) as isize + 256 * 1024;
-    assert!(
-        grown <= budget,
-        "heap grew {grown} B for a cap of {cap} keys (budget {budget})"
-    );
-    assert!(limiter.memory_bytes() as isize <= budget);
 }
 
 /// A rule's lone window quota packs into the same 16-byte entry as GCRA's:
@@ -99,21 +106,7 @@ fn a_lone_window_quota_costs_what_gcra_costs() {
             .with_algorithm(algorithm)
             .unwrap();
         let limiter = Limiter::builder().quota(q).max_keys(cap).build().unwrap();
-        let grown = flood(&limiter, 1_000_000);
-        assert!(limiter.len() <= cap);
-        eprintln!(
-            "{}: 1M keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
-            algorithm.name(),
-            limiter.len(),
-            grown / limiter.len() as isize
-        );
-        let budget = (cap * 40) as isize + 256 * 1024;
-        assert!(
-            grown <= budget,
-            "{}: heap grew {grown} B for a cap of {cap} keys (budget {budget})",
-            algorithm.name()
-        );
-        assert!(limiter.memory_bytes() as isize <= budget);
+        flood_within(algorithm.name(), &limiter, cap, 1_000_000, 40);
     }
 }
 
@@ -131,20 +124,8 @@ fn two_token_buckets_cost_one_table_entry_per_key() {
         .max_keys(cap)
         .build()
         .unwrap();
-    let grown = flood(&limiter, 1_000_000);
-    assert!(limiter.len() <= cap);
-    eprintln!(
-        "two buckets: 1M keys, cap {cap}: {} held, heap +{grown} B ({} B per held key)",
-        limiter.len(),
-        grown / limiter.len() as isize
-    );
     // 32-byte entries in tables at most 2x oversized, plus control bytes.
-    let budget = (cap * 72) as isize + 256 * 1024;
-    assert!(
-        grown <= budget,
-        "heap grew {grown} B for a cap of {cap} keys (budget {budget})"
-    );
-    assert!(limiter.memory_bytes() as isize <= budget);
+    flood_within("two buckets", &limiter, cap, 1_000_000, 72);
 }
 
 #[test]
@@ -161,11 +142,8 @@ fn general_path_is_bounded_too() {
         .max_keys(cap)
         .build()
         .unwrap();
-    let grown = flood(&limiter, 1_000_000);
-    assert!(limiter.len() <= cap);
     // Entry (8 + 24 B) in the table plus a boxed 2 x 40 B state per key, generously.
-    let budget = (cap * 200) as isize + 256 * 1024;
-    assert!(grown <= budget, "heap grew {grown} B for {cap} keys");
+    flood_within("locked path", &limiter, cap, 1_000_000, 200);
 }
 
 #[test]

@@ -77,42 +77,28 @@ fn hammer<C: floodgate::Clock>(limiter: &Limiter<C>) -> u64 {
 
 #[test]
 fn hot_key_multi_quota_charges_all_or_nothing() {
-    // 1,500/h (token bucket, T = 2.4 s) AND 1,000/min (sliding counter).
-    let hour = Quota::per_hour(1_500).unwrap();
-    let minute = Quota::per_minute(1_000)
-        .unwrap()
-        .with_algorithm(Algorithm::SlidingWindow)
-        .unwrap();
-    let clock = FakeClock::new();
-    let limiter = Limiter::builder()
-        .quota(hour)
-        .quota(minute)
-        .build_with_clock(clock.clone())
-        .unwrap();
-    // The minute quota binds: 1,000 pass, and the 199,000 denials charge nothing.
-    assert_eq!(hammer(&limiter), 1_000);
-    // Two minutes on, the minute quota is clear and the hour bucket has refilled
-    // 120 s / 2.4 s = 50 units: exactly 500 + 50 pass if only admissions were charged.
-    clock.advance(std::time::Duration::from_secs(120));
-    assert_eq!(hammer(&limiter), 550);
-}
-
-/// Two token buckets (one 128-bit cell per key, charged by one CAS): the
-/// same exact totals as the locked path gives a bucket and a window above.
-#[test]
-fn hot_key_two_token_buckets_charge_both_or_neither() {
-    let hour = Quota::per_hour(1_500).unwrap();
-    let minute = Quota::per_minute(1_000).unwrap();
-    let clock = FakeClock::new();
-    let limiter = Limiter::builder()
-        .quota(hour)
-        .quota(minute)
-        .build_with_clock(clock.clone())
-        .unwrap();
-    assert_eq!(hammer(&limiter), 1_000);
-    // The minute bucket refills whole in 120 s; the hour one 50 units.
-    clock.advance(std::time::Duration::from_secs(120));
-    assert_eq!(hammer(&limiter), 550);
+    // 1,500/h (token bucket, T = 2.4 s) AND 1,000/min: a sliding counter (the
+    // key's two states under its lock) or a second token bucket (both TATs in
+    // one 128-bit cell, charged by one CAS).
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::Gcra] {
+        let hour = Quota::per_hour(1_500).unwrap();
+        let minute = Quota::per_minute(1_000)
+            .unwrap()
+            .with_algorithm(algorithm)
+            .unwrap();
+        let clock = FakeClock::new();
+        let limiter = Limiter::builder()
+            .quota(hour)
+            .quota(minute)
+            .build_with_clock(clock.clone())
+            .unwrap();
+        // The minute quota binds: 1,000 pass, and the 199,000 denials charge nothing.
+        assert_eq!(hammer(&limiter), 1_000, "{}", algorithm.name());
+        // Two minutes on, the minute quota is clear and the hour bucket has refilled
+        // 120 s / 2.4 s = 50 units: exactly 500 + 50 pass if only admissions were charged.
+        clock.advance(std::time::Duration::from_secs(120));
+        assert_eq!(hammer(&limiter), 550, "{}", algorithm.name());
+    }
 }
 
 /// A packable sliding window (one 64-bit cell per key) under the same race.
