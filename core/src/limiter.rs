@@ -52,6 +52,58 @@ enum Backend {
     },
 }
 
+/// What `reset`, `clear` and the statistics ask of an in-memory backend's key
+/// table, whatever it keeps per key.
+trait Keys {
+    fn remove(&self, fp: u64) -> bool;
+    fn clear(&self);
+    fn len(&self) -> usize;
+    fn capacity(&self) -> usize;
+    fn evicted(&self) -> u64;
+    fn table_bytes(&self) -> usize;
+}
+
+impl<V> Keys for MemoryStore<V> {
+    fn remove(&self, fp: u64) -> bool {
+        MemoryStore::remove(self, fp)
+    }
+    fn clear(&self) {
+        MemoryStore::clear(self);
+    }
+    fn len(&self) -> usize {
+        MemoryStore::len(self)
+    }
+    fn capacity(&self) -> usize {
+        MemoryStore::capacity(self)
+    }
+    fn evicted(&self) -> u64 {
+        MemoryStore::evicted(self)
+    }
+    fn table_bytes(&self) -> usize {
+        MemoryStore::table_bytes(self)
+    }
+}
+
+/// Where a backend keeps its keys.
+enum Table<'a> {
+    Memory(&'a dyn Keys),
+    #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+    Shared(&'a crate::store::shm::SharedKeys),
+}
+
+impl Backend {
+    fn table(&self) -> Table<'_> {
+        match self {
+            Self::Gcra { store, .. } | Self::Window { store, .. } => Table::Memory(store),
+            #[cfg(all(feature = "shm", not(floodgate_loom)))]
+            Self::Pair { store, .. } => Table::Memory(store),
+            Self::General { store, .. } => Table::Memory(store),
+            #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
+            Self::Shared { keys, .. } => Table::Shared(keys),
+        }
+    }
+}
+
 /// A rate limiter over many keys: `Send + Sync`, meant to be shared (`Arc`) by every
 /// thread of a server and called once per request.
 ///
@@ -494,27 +546,19 @@ impl<C: Clock> Limiter<C> {
     /// ```
     pub fn reset(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let fp = self.fingerprint(key.as_ref())?;
-        Ok(match &self.backend {
-            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.remove(fp),
-            #[cfg(all(feature = "shm", not(floodgate_loom)))]
-            Backend::Pair { store, .. } => store.remove(fp),
-            Backend::General { store, .. } => store.remove(fp),
+        Ok(match self.backend.table() {
+            Table::Memory(t) => t.remove(fp),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
-            Backend::Shared { keys, .. } => keys.reset(key.as_ref()),
+            Table::Shared(keys) => keys.reset(key.as_ref()),
         })
     }
 
     /// Forgets every key.
     pub fn clear(&self) {
-        match &self.backend {
-            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.clear(),
-            #[cfg(all(feature = "shm", not(floodgate_loom)))]
-            Backend::Pair { store, .. } => store.clear(),
-            Backend::General { store, .. } => store.clear(),
+        match self.backend.table() {
+            Table::Memory(t) => t.clear(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
-            Backend::Shared { keys, .. } => {
-                keys.table.clear(keys.first..keys.first + keys.params.len())
-            }
+            Table::Shared(keys) => keys.table.clear(keys.first..keys.first + keys.params.len()),
         }
     }
 
@@ -540,13 +584,10 @@ impl<C: Clock> Limiter<C> {
     /// Keys currently held (O(shards); on shared memory, keys whose first
     /// quota still has live state, a scan of the table).
     pub fn len(&self) -> usize {
-        match &self.backend {
-            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.len(),
-            #[cfg(all(feature = "shm", not(floodgate_loom)))]
-            Backend::Pair { store, .. } => store.len(),
-            Backend::General { store, .. } => store.len(),
+        match self.backend.table() {
+            Table::Memory(t) => t.len(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
-            Backend::Shared { keys, .. } => keys.table.live(keys.first, self.now_ns()),
+            Table::Shared(keys) => keys.table.live(keys.first, self.now_ns()),
         }
     }
 
@@ -557,42 +598,36 @@ impl<C: Clock> Limiter<C> {
 
     /// The most keys ever held at once (`max_keys`, rounded down to the shards).
     pub fn capacity(&self) -> usize {
-        match &self.backend {
-            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.capacity(),
-            #[cfg(all(feature = "shm", not(floodgate_loom)))]
-            Backend::Pair { store, .. } => store.capacity(),
-            Backend::General { store, .. } => store.capacity(),
+        match self.backend.table() {
+            Table::Memory(t) => t.capacity(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
-            Backend::Shared { keys, .. } => keys.table.slots() / keys.params.len().max(1),
+            Table::Shared(keys) => keys.table.slots() / keys.params.len().max(1),
         }
     }
 
     /// Keys forgotten because the limiter was full (see [`LimiterBuilder::max_keys`]).
     pub fn evicted(&self) -> u64 {
-        match &self.backend {
-            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.evicted(),
-            #[cfg(all(feature = "shm", not(floodgate_loom)))]
-            Backend::Pair { store, .. } => store.evicted(),
-            Backend::General { store, .. } => store.evicted(),
+        match self.backend.table() {
+            Table::Memory(t) => t.evicted(),
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
-            Backend::Shared { keys, .. } => keys.table.evicted(),
+            Table::Shared(keys) => keys.table.evicted(),
         }
     }
 
     /// Bytes used by the key tables, plus each held key's fixed per-key state on the
     /// general path (a sliding log's entries, 16 bytes each, are not counted).
     pub fn memory_bytes(&self) -> usize {
-        match &self.backend {
-            Backend::Gcra { store, .. } | Backend::Window { store, .. } => store.table_bytes(),
-            #[cfg(all(feature = "shm", not(floodgate_loom)))]
-            Backend::Pair { store, .. } => store.table_bytes(),
-            Backend::General { params, store } => {
-                // Box<[QuotaState]> plus the allocator's header, per key.
-                let per_key = params.len() * std::mem::size_of::<QuotaState>() + 16;
-                store.table_bytes() + store.len() * per_key
+        // The general path's Box<[QuotaState]> plus the allocator's header, per key.
+        let per_key = match &self.backend {
+            Backend::General { params, .. } => {
+                params.len() * std::mem::size_of::<QuotaState>() + 16
             }
+            _ => 0,
+        };
+        match self.backend.table() {
+            Table::Memory(t) => t.table_bytes() + t.len() * per_key,
             #[cfg(all(feature = "shm", unix, not(floodgate_loom)))]
-            Backend::Shared { keys, .. } => keys.table.bytes(),
+            Table::Shared(keys) => keys.table.bytes(),
         }
     }
 
