@@ -201,6 +201,50 @@ test('Express and Fastify on a Redis that freezes: every request answered by the
   }
 })
 
+test('in memory over real HTTP through Express and Fastify: a lone window quota and two token buckets (one atomic cell per key) give each new client its own quota and a hot client exactly its quota', async () => {
+  // The engine keeps a lone sliding or fixed window quota of a key in one
+  // 64-bit cell and two token buckets in one 128-bit cell, each charged by one
+  // compare-and-swap (core/src/state.rs); concurrent requests race on them.
+  const policy =
+    '[[rule]]\nname = "w"\nmatch = "/w/**"\nkey = "header:x-client"\nquotas = ["5/min"]\nalgorithm = "sliding_window"\n' +
+    '[[rule]]\nname = "f"\nmatch = "/f/**"\nkey = "header:x-client"\nquotas = ["5/min"]\nalgorithm = "fixed_window"\n' +
+    '[[rule]]\nname = "p"\nmatch = "/p/**"\nkey = "header:x-client"\nquotas = ["5/min", "8/hour"]\n' +
+    // Either bucket binding: both halves of the cell are charged.
+    '[[rule]]\nname = "q"\nmatch = "/q/**"\nkey = "header:x-client"\nquotas = ["8/min", "5/hour"]\n'
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const Fastify = require('fastify')
+  const servers = []
+  const e = express()
+  e.use(floodgate(Engine.fromToml(policy)))
+  e.get('/{*any}', (req, res) => res.json({ ok: true }))
+  const es = await new Promise((resolve) => {
+    const s = e.listen(0, '127.0.0.1', () => resolve(s))
+  })
+  servers.push({ base: `http://127.0.0.1:${es.address().port}`, close: async () => es.close() })
+  const f = Fastify()
+  await f.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+  f.get('/*', async () => ({ ok: true }))
+  await f.listen({ port: 0, host: '127.0.0.1' })
+  servers.push({ base: `http://127.0.0.1:${f.server.address().port}`, close: () => f.close() })
+  try {
+    for (const { base } of servers) {
+      const get = (path, client) => fetch(base + path, { headers: { 'x-client': client } })
+        .then(async (res) => ({ status: res.status, limit: res.headers.get('ratelimit'), text: await res.text() }))
+      for (const [route, name] of [['/w/x', '"w"'], ['/f/x', '"f"'], ['/p/x', '"p.1"'], ['/q/x', '"q.2"']]) {
+        const flood = await Promise.all(Array.from({ length: 60 }, (_, i) => get(route, `${route}-new-${i}`)))
+        assert.deepEqual(new Set(flood.map((r) => r.status)), new Set([200]), `${base}${route}`)
+        for (const r of flood) assert.ok(r.limit.startsWith(`${name};r=4;t=`), `${base}${route}: ${r.limit}`)
+        const hot = await Promise.all(Array.from({ length: 12 }, () => get(route, `${route}-hot`)))
+        assert.equal(hot.filter((r) => r.status === 200).length, 5, `${base}${route}: ${hot.map((r) => r.status)}`)
+        assert.equal(hot.filter((r) => r.status === 429).length, 7)
+      }
+    }
+  } finally {
+    for (const s of servers) await s.close()
+  }
+})
+
 test('a GCRA quota advertises its whole window over real HTTP (99/min is w=60)', async () => {
   // The emission interval is rounded up to whole nanoseconds; the window a
   // client is told must not be (it read w=61 for 99/min).
