@@ -101,6 +101,25 @@ function isBadRequest(err) {
   return err != null && err.code === 'ERR_FG_INVALID_REQUEST'
 }
 
+/** The type of every answer the middleware (and the Fastify plugin) sends: what `res.json` sends. */
+const JSON_TYPE = 'application/json; charset=utf-8'
+
+/**
+ * Answers a request the engine refuses (429, 403, 401, or 400 for a request it
+ * cannot use) with its JSON body: the status, type, length and body that
+ * `res.status(s).type('application/json').send(body)` sends, without the rest
+ * of `res.send`, which means nothing for a refusal: it hashed every body into
+ * an ETag (SHA-1, a `Buffer` copy of the body first) and compared it with the
+ * request's conditional headers, so a flood paid a hash per denial. A HEAD
+ * request gets the headers alone (Node drops the body of an answer to HEAD).
+ */
+function refuse(res, status, body) {
+  res.statusCode = status
+  res.setHeader('Content-Type', JSON_TYPE)
+  res.setHeader('Content-Length', Buffer.byteLength(body))
+  res.end(body)
+}
+
 // One `setHeader` per header: `res.set(object)` goes through Express's
 // per-field checks for each.
 function setHeaders(res, headers) {
@@ -113,10 +132,9 @@ function floodgate(engine, options = {}) {
   const answer = (res, next, v) => {
     setHeaders(res, v.headers)
     if (v.allowed) return next()
-    res.status(v.status).type('application/json').send(v.body)
+    refuse(res, v.status, v.body)
   }
-  const fail = (res, next, err) =>
-    isBadRequest(err) ? res.status(400).type('application/json').send(BAD_REQUEST) : next(err)
+  const fail = (res, next, err) => (isBadRequest(err) ? refuse(res, 400, BAD_REQUEST) : next(err))
   if (async) {
     return function floodgateMiddleware(req, res, next) {
       const request = {
@@ -154,7 +172,7 @@ function floodgate(engine, options = {}) {
     if (denied(raw)) {
       setResponseHeaders(res, o, text)
       const [status, body] = denial(raw, text)
-      return res.status(status).type('application/json').send(body)
+      return refuse(res, status, body)
     }
     const v = raw.verdict(text)
     if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
@@ -162,4 +180,4 @@ function floodgate(engine, options = {}) {
   }
 }
 
-module.exports = { floodgate, clientIp, requestIp, headerPicker, isBadRequest, setHeaders, BAD_REQUEST, COST_HEADER, parseCost }
+module.exports = { floodgate, clientIp, requestIp, headerPicker, isBadRequest, setHeaders, BAD_REQUEST, COST_HEADER, JSON_TYPE, parseCost }

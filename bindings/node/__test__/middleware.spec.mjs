@@ -44,6 +44,59 @@ test('express, over real HTTP, with trust proxy', async () => {
   }
 })
 
+test('an Express denial is the JSON answer alone: type and length, no ETag, no body to HEAD, on the raw and the async path', async () => {
+  // Read as raw bytes: what a client gets, not what fetch makes of it.
+  const net = require('node:net')
+  const exchange = (port, method) =>
+    new Promise((resolve, reject) => {
+      // Written, not ended: a client that half-closes first is one Node
+      // abandons before an asynchronous check answers.
+      const s = net.connect(port, '127.0.0.1', () =>
+        s.write(`${method} /x HTTP/1.1\r\nHost: a\r\nIf-None-Match: *\r\nConnection: close\r\n\r\n`),
+      )
+      const chunks = []
+      s.on('data', (c) => chunks.push(c))
+      s.on('error', reject)
+      s.on('close', () => {
+        const text = Buffer.concat(chunks).toString('latin1')
+        const [head, body] = text.split('\r\n\r\n', 2)
+        const lines = head.split('\r\n')
+        const headers = new Map(lines.slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]))
+        resolve({ status: Number(lines[0].split(' ')[1]), headers, body })
+      })
+    })
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const policy = '[[rule]]\nname = "tight"\nmatch = "/**"\nkey = "ip"\nquotas = ["1/min"]\n'
+  for (const options of [{}, { async: true }]) {
+    const app = express()
+    app.use(floodgate(Engine.fromToml(policy), options))
+    app.get('/x', (req, res) => res.json({ ok: true }))
+    const server = await new Promise((resolve) => {
+      const s = app.listen(0, '127.0.0.1', () => resolve(s))
+    })
+    const port = server.address().port
+    try {
+      // The app's own answer honours If-None-Match (res.json hashes it); a refusal does not.
+      assert.equal((await exchange(port, 'GET')).status, 304)
+      const get = await exchange(port, 'GET')
+      assert.equal(get.status, 429, JSON.stringify(options))
+      assert.deepEqual(JSON.parse(get.body), { error: 'rate_limited', retry_after: 60, rule: 'tight' })
+      assert.equal(get.headers.get('content-type'), 'application/json; charset=utf-8')
+      assert.equal(get.headers.get('content-length'), String(Buffer.byteLength(get.body)))
+      assert.equal(get.headers.get('retry-after'), '60')
+      assert.ok(get.headers.get('ratelimit').startsWith('"tight";r=0;t='), get.headers.get('ratelimit'))
+      assert.equal(get.headers.get('etag'), undefined, 'a refusal is not hashed into an ETag')
+      const head = await exchange(port, 'HEAD')
+      assert.equal(head.status, 429)
+      assert.equal(head.headers.get('content-length'), get.headers.get('content-length'))
+      assert.equal(head.body, '', 'no body to HEAD')
+    } finally {
+      server.close()
+    }
+  }
+})
+
 test('fastify plugin, over real HTTP', async () => {
   // The plugin's raw path (headers and denials set from the verdict's text)
   // through Node's HTTP server, as clients see it.
