@@ -171,3 +171,44 @@ fn idle_keys_are_forgotten_without_a_cap() {
     assert!(limiter.len() <= 10, "{} keys still held", limiter.len());
     assert_eq!(limiter.evicted(), 0);
 }
+
+/// `memory_bytes` reports what the limiter holds on the heap, from its build
+/// on, within a few percent: the tables and the shards' locks included, fresh
+/// (a small `max_keys` keeps the default shard count, so the fixed part is
+/// most of it) and full, for a key in one cell and a key on the general path.
+#[test]
+fn memory_bytes_reports_the_heap_the_limiter_holds() {
+    let _serial = serial();
+    let hour = || Quota::per_hour(10).unwrap();
+    let window = || hour().with_algorithm(Algorithm::SlidingWindow).unwrap();
+    for (what, quotas) in [
+        ("one bucket", vec![hour()]),
+        ("one window", vec![window()]),
+        ("general path", vec![hour(), window(), window()]),
+    ] {
+        for (cap, keys) in [(100_000, 0), (100_000, 300_000), (1_000_000, 50_000)] {
+            let before = live();
+            let mut builder = Limiter::builder().max_keys(cap);
+            for q in &quotas {
+                builder = builder.quota(*q);
+            }
+            let limiter = builder.build().unwrap();
+            flood(&limiter, keys);
+            let held = live() - before;
+            let reported = limiter.memory_bytes() as isize;
+            eprintln!("{what}, cap {cap}, {keys} keys: heap {held} B, reported {reported} B");
+            // The general path's boxed state also counts malloc's header (16 B
+            // a key), which this allocator does not see.
+            let header = if quotas.len() > 1 {
+                16 * limiter.len() as isize
+            } else {
+                0
+            };
+            let slack = held / 20;
+            assert!(
+                reported >= held - slack && reported <= held + header + slack,
+                "{what}, cap {cap}, {keys} keys: reported {reported} B, heap {held} B"
+            );
+        }
+    }
+}

@@ -61,6 +61,13 @@ pub(crate) struct MemoryStore<V> {
     evicted: StdAtomicU64,
 }
 
+/// Heap each shard's `ShardedLock` holds besides the shard: crossbeam's 8 reader
+/// locks, each padded to its own cache line (1 KiB a shard on x86_64). Its API
+/// does not show them; `core/tests/memory.rs` holds `memory_bytes` to the real
+/// heap, so a change in crossbeam's layout fails a test.
+const READER_LOCKS_BYTES: usize =
+    8 * std::mem::size_of::<crossbeam_utils::CachePadded<std::sync::RwLock<()>>>();
+
 /// The shard index comes from bits 32.. of the fingerprint, leaving hashbrown the low
 /// bits (bucket index) and the top 7 (control byte) of the same, uniformly random, value.
 #[inline]
@@ -215,7 +222,8 @@ impl<V> MemoryStore<V> {
             .sum()
     }
 
-    /// Bytes allocated by the tables and shards (not by values' own heap data).
+    /// Bytes allocated by the tables and shards, their locks included (not by
+    /// values' own heap data).
     pub(crate) fn table_bytes(&self) -> usize {
         let tables: usize = self
             .shards
@@ -225,7 +233,7 @@ impl<V> MemoryStore<V> {
                 g.young.allocation_size() + g.old.allocation_size()
             })
             .sum();
-        tables + std::mem::size_of_val(&*self.shards)
+        tables + std::mem::size_of_val(&*self.shards) + self.shards.len() * READER_LOCKS_BYTES
     }
 
     /// The most keys this store ever holds.
