@@ -204,7 +204,8 @@ impl LimiterBuilder {
         self
     }
 
-    /// Number of shards (rounded up to a power of two; default 64 per core).
+    /// Number of shards (rounded up to a power of two; default 64 per core, at
+    /// most 256).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -282,7 +283,7 @@ impl LimiterBuilder {
             .max()
             .unwrap_or(1);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let shards = self.shards.unwrap_or(cores * 64);
+        let shards = self.shards.unwrap_or_else(|| default_shards(cores));
         let packed = match self.quotas.as_slice() {
             [q] => PackedWindow::new(q),
             _ => None,
@@ -329,6 +330,21 @@ impl LimiterBuilder {
             clock,
         })
     }
+}
+
+/// Shards a memory store gets unless told: 64 a core, at most 256. Reads never
+/// wait on one another (each core has its own reader lock in a shard), so
+/// shards are for writers (a new key, a promotion, a rotation) and for short
+/// pauses (a shard's table grows and rotates under its write lock). But each
+/// costs about 1.1 KiB whether used or not (crossbeam's 8 padded reader
+/// locks): uncapped, a rule's limiter held 4.5 MB before its first key on a
+/// 64-core host (4,096 shards), in every worker process. 256 shards keep 64
+/// writers on distinct shards three times in four, and a 1M-key generation
+/// near 2,000 keys a shard. Hosts of up to 4 cores are unchanged.
+const MAX_DEFAULT_SHARDS: usize = 256;
+
+fn default_shards(cores: usize) -> usize {
+    cores.saturating_mul(64).min(MAX_DEFAULT_SHARDS)
 }
 
 /// The shared-memory backend of a limiter's own table (quota numbers 0..n).
@@ -1091,6 +1107,16 @@ mod tests {
     }
 
     /// Which quotas pack: window quotas of a second or more whose counts fit.
+    #[test]
+    fn default_shards_stop_growing_with_cores() {
+        assert_eq!(default_shards(1), 64);
+        assert_eq!(default_shards(2), 128);
+        assert_eq!(default_shards(4), 256);
+        // A 64-core host: 256 shards (0.3 MB a limiter before any key), not 4,096 (4.5 MB).
+        assert_eq!(default_shards(64), 256);
+        assert_eq!(default_shards(usize::MAX), 256);
+    }
+
     #[test]
     fn only_window_quotas_that_fit_are_packed() {
         let backend = |text: &str, algorithm| {
