@@ -1106,7 +1106,6 @@ mod tests {
         }
     }
 
-    /// Which quotas pack: window quotas of a second or more whose counts fit.
     #[test]
     fn default_shards_stop_growing_with_cores() {
         assert_eq!(default_shards(1), 64);
@@ -1117,6 +1116,7 @@ mod tests {
         assert_eq!(default_shards(usize::MAX), 256);
     }
 
+    /// Which quotas pack: window quotas of a second or more whose counts fit.
     #[test]
     fn only_window_quotas_that_fit_are_packed() {
         let backend = |text: &str, algorithm| {
