@@ -143,7 +143,15 @@ function floodgate(engine, options = {}) {
         clientIp: clientIp(requestIp(req)),
         headers: pick(req.headers),
       }
-      engine.checkRequestAsync(request).then(
+      // A request the engine cannot use (a forged X-Forwarded-For a trusted
+      // proxy passed on: no address) is refused before any promise is made.
+      let pending
+      try {
+        pending = engine.checkRequestAsync(request)
+      } catch (err) {
+        return fail(res, next, err)
+      }
+      pending.then(
         (v) => {
           if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
           answer(res, next, v)

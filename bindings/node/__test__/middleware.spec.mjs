@@ -47,12 +47,12 @@ test('express, over real HTTP, with trust proxy', async () => {
 test('an Express denial is the JSON answer alone: type and length, no ETag, no body to HEAD, on the raw and the async path', async () => {
   // Read as raw bytes: what a client gets, not what fetch makes of it.
   const net = require('node:net')
-  const exchange = (port, method) =>
+  const exchange = (port, method, extra = '') =>
     new Promise((resolve, reject) => {
       // Written, not ended: a client that half-closes first is one Node
       // abandons before an asynchronous check answers.
       const s = net.connect(port, '127.0.0.1', () =>
-        s.write(`${method} /x HTTP/1.1\r\nHost: a\r\nIf-None-Match: *\r\nConnection: close\r\n\r\n`),
+        s.write(`${method} /x HTTP/1.1\r\nHost: a\r\nIf-None-Match: *\r\n${extra}Connection: close\r\n\r\n`),
       )
       const chunks = []
       s.on('data', (c) => chunks.push(c))
@@ -70,6 +70,7 @@ test('an Express denial is the JSON answer alone: type and length, no ETag, no b
   const policy = '[[rule]]\nname = "tight"\nmatch = "/**"\nkey = "ip"\nquotas = ["1/min"]\n'
   for (const options of [{}, { async: true }]) {
     const app = express()
+    app.set('trust proxy', 'loopback')
     app.use(floodgate(Engine.fromToml(policy), options))
     app.get('/x', (req, res) => res.json({ ok: true }))
     const server = await new Promise((resolve) => {
@@ -91,6 +92,15 @@ test('an Express denial is the JSON answer alone: type and length, no ETag, no b
       assert.equal(head.status, 429)
       assert.equal(head.headers.get('content-length'), get.headers.get('content-length'))
       assert.equal(head.body, '', 'no body to HEAD')
+      // A trusted proxy passing on a forged X-Forwarded-For: Express makes
+      // req.ip of what is no address; the engine cannot key it: a 400, the
+      // same way.
+      const bad = await exchange(port, 'GET', 'X-Forwarded-For: not-an-address\r\n')
+      assert.equal(bad.status, 400)
+      assert.equal(JSON.parse(bad.body).error, 'bad_request')
+      assert.equal(bad.headers.get('content-type'), 'application/json; charset=utf-8')
+      assert.equal(bad.headers.get('content-length'), String(Buffer.byteLength(bad.body)))
+      assert.equal(bad.headers.get('etag'), undefined)
     } finally {
       server.close()
     }
