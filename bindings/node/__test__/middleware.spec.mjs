@@ -44,7 +44,7 @@ test('express, over real HTTP, with trust proxy', async () => {
   }
 })
 
-test('an Express denial is the JSON answer alone: type and length, no ETag, no body to HEAD, on the raw and the async path', async () => {
+test('an Express refusal is the JSON answer alone (type and length, no ETag, no body to HEAD) on the raw and the async path, a forged X-Forwarded-For a 400 on both', async () => {
   // Read as raw bytes: what a client gets, not what fetch makes of it.
   const net = require('node:net')
   const exchange = (port, method, extra = '') =>
