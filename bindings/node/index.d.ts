@@ -25,7 +25,9 @@ export declare class Engine {
   /**
    * Decides a request without holding a thread while Redis answers (the
    * core's async engine: round trips on one multiplexed connection, on a
-   * tokio worker): use it with a Redis store.
+   * tokio worker): use it with a Redis store. A request it cannot use (no
+   * HTTP method token, a client address that is none) throws
+   * `ERR_FG_INVALID_REQUEST` at once rather than rejecting.
    */
   checkRequestAsync(request: RequestInit): Promise<Verdict>
   /**

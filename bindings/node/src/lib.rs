@@ -734,7 +734,9 @@ impl Engine {
 
     /// Decides a request without holding a thread while Redis answers (the
     /// core's async engine: round trips on one multiplexed connection, on a
-    /// tokio worker): use it with a Redis store.
+    /// tokio worker): use it with a Redis store. A request it cannot use (no
+    /// HTTP method token, a client address that is none) throws
+    /// `ERR_FG_INVALID_REQUEST` at once rather than rejecting.
     #[napi(ts_return_type = "Promise<Verdict>")]
     pub fn check_request_async<'env>(
         &self,
