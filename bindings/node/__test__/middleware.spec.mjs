@@ -107,6 +107,45 @@ test('an Express refusal is the JSON answer alone (type and length, no ETag, no 
   }
 })
 
+test('a proxy that writes the client\'s port into X-Forwarded-For (203.0.113.9:5678): Express and Fastify key the address, every port one client', async () => {
+  // Express's and Fastify's req.ip pass such a hop on whole; the engine read
+  // it as no address and answered every request 400.
+  const policy = '[[rule]]\nname = "tight"\nmatch = "/**"\nkey = "ip"\nquotas = ["2/min"]\n'
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const Fastify = require('fastify')
+  const servers = []
+  for (const async of [false, true]) {
+    const e = express()
+    e.set('trust proxy', 'loopback')
+    e.use(floodgate(Engine.fromToml(policy), { async }))
+    e.get('/x', (req, res) => res.json({ ok: true }))
+    const es = await new Promise((resolve) => {
+      const s = e.listen(0, '127.0.0.1', () => resolve(s))
+    })
+    servers.push({ base: `http://127.0.0.1:${es.address().port}`, close: async () => es.close() })
+    const f = Fastify({ trustProxy: '127.0.0.1' })
+    await f.register(require('../fastify.js'), { engine: Engine.fromToml(policy), async })
+    f.get('/x', async () => ({ ok: true }))
+    await f.listen({ port: 0, host: '127.0.0.1' })
+    servers.push({ base: `http://127.0.0.1:${f.server.address().port}`, close: () => f.close() })
+  }
+  try {
+    for (const { base } of servers) {
+      const get = (xff) => fetch(`${base}/x`, { headers: { 'x-forwarded-for': xff } }).then((r) => r.status)
+      assert.equal(await get('203.0.113.9:5678'), 200, base)
+      assert.equal(await get('[2001:db8::9]:443'), 200, base)
+      assert.equal(await get('203.0.113.9:6000'), 200, base)
+      assert.equal(await get('203.0.113.9'), 429, `${base}: ports are one client`)
+      assert.equal(await get('[2001:db8::9]:444'), 200, base)
+      assert.equal(await get('2001:db8::9'), 429, base)
+      assert.equal(await get('not-an-address'), 400, base)
+    }
+  } finally {
+    for (const s of servers) await s.close()
+  }
+})
+
 test('fastify plugin, over real HTTP', async () => {
   // The plugin's raw path (headers and denials set from the verdict's text)
   // through Node's HTTP server, as clients see it.

@@ -132,6 +132,16 @@ impl TrustedProxies {
 /// An address as peers and forwarding headers write it: `203.0.113.7`,
 /// `203.0.113.7:443`, `[2001:db8::1]:443`, `fe80::1%eth0`, `::ffff:192.0.2.5`.
 fn hop_ip(text: &str) -> Option<IpAddr> {
+    address_text(text)
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// The address in an address as peers and forwarding headers write it: quotes
+/// (RFC 7239), brackets, a port (`203.0.113.7:443`, `[2001:db8::1]:443`: one
+/// colon is a port, an IPv6 address has two or more) and a zone dropped.
+pub(super) fn address_text(text: &str) -> &str {
     let text = text.trim().trim_matches('"');
     let text = if let Some(rest) = text.strip_prefix('[') {
         rest.split(']').next().unwrap_or_default()
@@ -140,8 +150,7 @@ fn hop_ip(text: &str) -> Option<IpAddr> {
     } else {
         text
     };
-    let text = text.split('%').next().unwrap_or_default();
-    text.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+    text.split('%').next().unwrap_or_default()
 }
 
 /// A stable address in `100::/8` for a hop that names none.

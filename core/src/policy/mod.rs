@@ -144,9 +144,12 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 /// Parses a client address as a binding receives it: `203.0.113.7`, `2001:db8::1`,
-/// `[2001:db8::1]`, `fe80::1%eth0` (the zone is dropped) or `::ffff:192.0.2.5`
-/// (kept as is; the engine unmaps it). Every front end (C, Python, Node) parses
-/// with this, so one bad address is one error everywhere.
+/// `[2001:db8::1]`, `fe80::1%eth0` (the zone is dropped), `::ffff:192.0.2.5`
+/// (kept as is; the engine unmaps it), or with a port, `203.0.113.7:5678` or
+/// `[2001:db8::1]:443` (dropped: some proxies write one into
+/// `X-Forwarded-For`, and Express's and Fastify's `req.ip` pass it on), as the
+/// engine reads forwarding headers itself. Every front end (C, Python, Node)
+/// parses with this, so one bad address is one error everywhere.
 ///
 /// # Errors
 /// [`Error::InvalidRequest`] with `field = "client_ip"`.
@@ -154,7 +157,11 @@ fn json_string(out: &mut String, s: &str) {
 /// ```
 /// use floodgate::policy::parse_client_ip;
 /// assert_eq!(parse_client_ip(" fe80::1%eth0 ")?.to_string(), "fe80::1");
+/// assert_eq!(parse_client_ip("203.0.113.7:5678")?.to_string(), "203.0.113.7");
+/// assert_eq!(parse_client_ip("[2001:db8::1]:443")?.to_string(), "2001:db8::1");
 /// assert!(parse_client_ip("testclient").is_err());
+/// assert!(parse_client_ip("203.0.113.7:").is_ok()); // an empty port: still the address
+/// assert!(parse_client_ip(":5678").is_err());
 /// # Ok::<(), floodgate::Error>(())
 /// ```
 pub fn parse_client_ip(text: &str) -> Result<IpAddr> {
@@ -162,16 +169,12 @@ pub fn parse_client_ip(text: &str) -> Result<IpAddr> {
     if let Ok(ip) = text.parse() {
         return Ok(ip);
     }
-    let t = text.trim();
-    let t = t
-        .strip_prefix('[')
-        .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(t);
-    let t = t.split_once('%').map_or(t, |(addr, _zone)| addr);
-    t.parse().map_err(|_| Error::InvalidRequest {
-        field: "client_ip",
-        problem: "is not an IP address",
-    })
+    forwarded::address_text(text)
+        .parse()
+        .map_err(|_| Error::InvalidRequest {
+            field: "client_ip",
+            problem: "is not an IP address",
+        })
 }
 
 /// The path the engine matches and keys a request target on: absolute-form cut
