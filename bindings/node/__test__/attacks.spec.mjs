@@ -4,30 +4,14 @@
 // Each test counts how many requests reached a handler.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import net from 'node:net'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { raw } from './raw_http.mjs'
 
 const require = createRequire(import.meta.url)
 const { Engine } = require('../floodgate.js')
 
 const POLICY = readFileSync(new URL('../../../tests/policies/attacks.toml', import.meta.url), 'utf8')
-
-function raw(port, method, target, headers) {
-  const lines = [`${method} ${target} HTTP/1.1`, `Host: 127.0.0.1:${port}`, 'Connection: close', 'Content-Length: 0']
-  for (const [n, v] of headers) lines.push(`${n}: ${v}`)
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1', () => s.end(lines.join('\r\n') + '\r\n\r\n'))
-    const chunks = []
-    s.on('data', (c) => chunks.push(c))
-    s.on('error', reject)
-    s.on('close', () => {
-      const text = Buffer.concat(chunks).toString('latin1')
-      const status = Number(text.split(' ', 2)[1])
-      resolve({ status, text })
-    })
-  })
-}
 
 let clients = 0
 const freshClient = () => `198.51.100.${++clients}`

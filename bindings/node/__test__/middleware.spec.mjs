@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { createRequire } from 'node:module'
 import { POLICY } from './policy.mjs'
+import { raw } from './raw_http.mjs'
 
 const require = createRequire(import.meta.url)
 const { Engine } = require('../floodgate.js')
@@ -46,25 +47,7 @@ test('express, over real HTTP, with trust proxy', async () => {
 
 test('an Express refusal is the JSON answer alone (type and length, no ETag, no body to HEAD) on the raw and the async path, a forged X-Forwarded-For a 400 on both', async () => {
   // Read as raw bytes: what a client gets, not what fetch makes of it.
-  const net = require('node:net')
-  const exchange = (port, method, extra = '') =>
-    new Promise((resolve, reject) => {
-      // Written, not ended: a client that half-closes first is one Node
-      // abandons before an asynchronous check answers.
-      const s = net.connect(port, '127.0.0.1', () =>
-        s.write(`${method} /x HTTP/1.1\r\nHost: a\r\nIf-None-Match: *\r\n${extra}Connection: close\r\n\r\n`),
-      )
-      const chunks = []
-      s.on('data', (c) => chunks.push(c))
-      s.on('error', reject)
-      s.on('close', () => {
-        const text = Buffer.concat(chunks).toString('latin1')
-        const [head, body] = text.split('\r\n\r\n', 2)
-        const lines = head.split('\r\n')
-        const headers = new Map(lines.slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]))
-        resolve({ status: Number(lines[0].split(' ')[1]), headers, body })
-      })
-    })
+  const exchange = (port, method, headers = []) => raw(port, method, '/x', [['If-None-Match', '*'], ...headers])
   const express = require('express')
   const { floodgate } = require('../express.js')
   const policy = '[[rule]]\nname = "tight"\nmatch = "/**"\nkey = "ip"\nquotas = ["1/min"]\n'
@@ -95,7 +78,7 @@ test('an Express refusal is the JSON answer alone (type and length, no ETag, no 
       // A trusted proxy passing on a forged X-Forwarded-For: Express makes
       // req.ip of what is no address; the engine cannot key it: a 400, the
       // same way.
-      const bad = await exchange(port, 'GET', 'X-Forwarded-For: not-an-address\r\n')
+      const bad = await exchange(port, 'GET', [['X-Forwarded-For', 'not-an-address']])
       assert.equal(bad.status, 400)
       assert.equal(JSON.parse(bad.body).error, 'bad_request')
       assert.equal(bad.headers.get('content-type'), 'application/json; charset=utf-8')

@@ -1,0 +1,28 @@
+// One HTTP/1.1 request as an attacker sends it: raw bytes over a socket to
+// 127.0.0.1 (no client-side normalisation of the method, target or headers),
+// `Connection: close`, then the whole answer as the bytes came.
+import net from 'node:net'
+
+/**
+ * Resolves `{ status, headers, body, text }`: `headers` a Map of lower-case
+ * names, `text` the whole answer (latin1). The request is written, not
+ * half-closed: a client that half-closes first is one Node abandons before an
+ * asynchronous check answers.
+ */
+export function raw(port, method, target, headers = []) {
+  const lines = [`${method} ${target} HTTP/1.1`, `Host: 127.0.0.1:${port}`, 'Connection: close', 'Content-Length: 0']
+  for (const [n, v] of headers) lines.push(`${n}: ${v}`)
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write(lines.join('\r\n') + '\r\n\r\n'))
+    const chunks = []
+    s.on('data', (c) => chunks.push(c))
+    s.on('error', reject)
+    s.on('close', () => {
+      const text = Buffer.concat(chunks).toString('latin1')
+      const at = text.indexOf('\r\n\r\n')
+      const head = (at < 0 ? text : text.slice(0, at)).split('\r\n')
+      const fields = head.slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()])
+      resolve({ status: Number(head[0].split(' ', 2)[1]), headers: new Map(fields), body: at < 0 ? '' : text.slice(at + 4), text })
+    })
+  })
+}
