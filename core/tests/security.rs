@@ -576,3 +576,40 @@ fn method_tokens_are_methods_and_oversized_tokens_are_malformed() {
     let v = check(&e, &req("GET", "/api/x", "203.0.113.1", &h), 0);
     assert_eq!(v.token_problem, Some(TokenProblem::Malformed));
 }
+
+// ---- A client the server can no longer name ---------------------------------------
+
+/// A request without a client address (Node reports none once the client has
+/// reset its connection, which an attacker does right after sending; an ASGI
+/// server on a Unix socket has none) is charged on one key for all such
+/// requests in IP-keyed rules, alone or beside other parts, and bans by
+/// address hold for it: it was skipped, so its login attempts went unlimited.
+#[test]
+fn requests_without_a_client_address_share_one_key_and_are_limited() {
+    let e = engine(
+        "[[rule]]\nname = \"login\"\nmatch = \"POST /auth/login\"\nkey = \"ip\"\nquotas = [\"2/min\"]\n\
+         [[rule]]\nname = \"per_route\"\nmatch = \"GET /api/**\"\nkey = \"{ip}|{route}\"\nquotas = [\"3/min\"]\n",
+    );
+    let nameless = |method, path| Request {
+        method,
+        path,
+        client_ip: None,
+        headers: &[],
+    };
+    let login: Vec<bool> = (0..5)
+        .map(|i| check(&e, &nameless("POST", "/auth/login"), i).allowed)
+        .collect();
+    assert_eq!(login, [true, true, false, false, false]);
+    let denied = check(&e, &nameless("POST", "/auth/login"), 10);
+    assert_eq!(
+        (denied.status, denied.rule.as_deref()),
+        (429, Some("login"))
+    );
+    assert_eq!(denied.identity.as_deref(), Some("-"));
+    let api: Vec<bool> = (0..5)
+        .map(|i| check(&e, &nameless("GET", "/api/x"), i).allowed)
+        .collect();
+    assert_eq!(api, [true, true, true, false, false]);
+    // Clients with an address keep their own quota.
+    assert!(check(&e, &req("POST", "/auth/login", "203.0.113.1", &[]), 20).allowed);
+}

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import net from 'node:net'
 import { raw } from './raw_http.mjs'
 
 const require = createRequire(import.meta.url)
@@ -197,4 +198,60 @@ test('onEvent keeps a bounded queue and counts what it drops', async () => {
   await new Promise((r) => setTimeout(r, 200))
   assert.ok(engine.droppedEvents >= 19_000, `dropped ${engine.droppedEvents}`)
   assert.equal(seen + engine.droppedEvents, 29_997)
+})
+
+test('a client that resets its connection right after sending is still limited (Express and Fastify, an async step before the limiter)', async () => {
+  // Once the socket is gone, Node no longer knows the peer's address
+  // (req.ip is undefined): the engine skipped IP-keyed rules for such a
+  // request, and the handler ran for every attempt. The step before the
+  // limiter waits for the close, as a body parser or session lookup may.
+  const policy = '[[rule]]\nname = "login"\nmatch = "POST /auth/login"\nkey = "ip"\nquotas = ["2/min"]\n'
+  const attempts = 10
+  const express = require('express')
+  const { floodgate } = require('../express.js')
+  const Fastify = require('fastify')
+  const afterClose = (socket, go) => (socket.destroyed ? go() : socket.once('close', go))
+  for (const framework of ['express', 'fastify']) {
+    let handled = 0
+    let decided = 0
+    let port
+    let close
+    if (framework === 'express') {
+      const app = express()
+      app.use((req, res, next) => afterClose(req.socket, () => { next(); decided++ }))
+      app.use(floodgate(Engine.fromToml(policy)))
+      app.post('/auth/login', (req, res) => { handled++; res.json({ ok: true }) })
+      const server = await new Promise((resolve) => {
+        const s = app.listen(0, '127.0.0.1', () => resolve(s))
+      })
+      port = server.address().port
+      close = () => new Promise((r) => server.close(r))
+    } else {
+      const app = Fastify()
+      app.addHook('onRequest', (request, reply, done) => afterClose(request.raw.socket, () => { done(); decided++ }))
+      await app.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+      app.post('/auth/login', async () => { handled++; return { ok: true } })
+      await app.listen({ port: 0, host: '127.0.0.1' })
+      port = app.server.address().port
+      close = () => app.close()
+    }
+    try {
+      for (let i = 0; i < attempts; i++) {
+        await new Promise((resolve, reject) => {
+          const c = net.connect(port, '127.0.0.1', () => {
+            c.write('POST /auth/login HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n')
+            // Reset once the server has read the request (it waits for the close).
+            setImmediate(() => setTimeout(() => { c.resetAndDestroy(); resolve() }, 10))
+          })
+          c.on('error', reject)
+        })
+      }
+      for (let i = 0; i < 200 && decided < attempts; i++) await new Promise((r) => setTimeout(r, 10))
+      assert.equal(decided, attempts, `${framework}: every attempt reached the limiter`)
+      await new Promise((r) => setTimeout(r, 20))
+      assert.equal(handled, 2, `${framework}: ${handled} of ${attempts} attempts reached the handler`)
+    } finally {
+      await close()
+    }
+  }
 })

@@ -85,7 +85,9 @@ test('the raw path: bad input is a clear error, and the engine goes on', () => {
   for (const clientIp of [42, {}, true]) {
     assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', clientIp }), { code: 'ERR_FG_INVALID_ARGUMENT', message: /clientIp must be a string/ })
   }
-  assert.equal(e.checkRequest({ method: 'GET', path: '/x', clientIp: null, nowMs: T }).reason, 'no_rule')
+  // Absent: the IP-keyed rule charges the one key of requests without an address.
+  const nameless = e.checkRequest({ method: 'GET', path: '/x', clientIp: null, nowMs: T })
+  assert.deepEqual([nameless.reason, nameless.identity], ['allowed', '-'])
   const [handle] = e.handle()
   assert.throws(() => native.engineCheck(handle, 'GET', '/u/1', '203.0.113.50', T, 42), { code: 'ERR_FG_INVALID_ARGUMENT', message: /a header value must be a string/ })
   for (const absent of [null, undefined]) assert.equal(typeof native.engineCheck(handle, 'GET', '/u/1', '203.0.113.50', T, absent), 'string')

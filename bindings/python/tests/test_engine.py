@@ -32,6 +32,17 @@ def test_check_request_and_verdict():
     assert "login" in e.describe()
 
 
+def test_a_request_without_a_client_address_is_limited_on_one_key():
+    # An ASGI server on a Unix socket, or a client gone before the check, has no
+    # address: IP-keyed rules charge one key for all such requests (they skipped
+    # the rule, so such requests were unlimited).
+    e = Engine.from_toml(POLICY)
+    verdicts = [e.check_request(method="POST", path="/auth/login", now=T) for _ in range(3)]
+    assert [v.allowed for v in verdicts] == [True, True, False]
+    assert verdicts[2].status == 429 and verdicts[2].identity == "-"
+    assert e.check_request(method="POST", path="/auth/login", client_ip="203.0.113.8", now=T).allowed
+
+
 def test_from_dict_and_file(tmp_path):
     e = Engine.from_dict({"rule": [{"name": "all", "match": "/**", "quotas": ["1/s"]}]})
     assert e.check_request(method="GET", path="/", client_ip="::1", now=T).allowed

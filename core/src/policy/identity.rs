@@ -310,7 +310,18 @@ const OCTETS: [(u32, u8); 256] = {
 
 /// Writes `ip` as text: IPv4 in dotted decimal from [`OCTETS`], without the
 /// fmt machinery (the common case), IPv6 through `Display`.
-fn push_ip<S: Sink>(key: &mut S, ip: IpAddr) {
+/// An `ip` key part of a request without a client address: one key for every
+/// such request, never none. (Skipping the rule let a client the server could
+/// no longer name, as Node does once an attacker has reset the connection,
+/// pass every IP-keyed limit: its login attempts reached the handler
+/// unlimited.) No address is written as `-`.
+pub(crate) const NO_ADDRESS: &[u8] = b"-";
+
+fn push_ip<S: Sink>(key: &mut S, ip: Option<IpAddr>) {
+    let Some(ip) = ip else {
+        key.push(NO_ADDRESS);
+        return;
+    };
     match ip {
         IpAddr::V4(v4) => {
             // Each octet's word at the end of the text so far (at most 12
@@ -335,7 +346,8 @@ fn push_ip<S: Sink>(key: &mut S, ip: IpAddr) {
 
 impl KeyTemplate {
     /// Builds the key into `buf` (reused across rules) and returns it, or `None` if a
-    /// part is missing (no IP, header or verified claim). A key longer than the
+    /// part is missing (no header, API key or verified claim; a missing client
+    /// address is [`NO_ADDRESS`]). A key longer than the
     /// buffer comes back as `h:<seeded hash of the whole key>`.
     pub(crate) fn build<'b, S: BuildHasher>(
         &self,
@@ -350,7 +362,7 @@ impl KeyTemplate {
             // (64 bytes each) where the general loop executed 20: in a real
             // server the code is cold between requests, so lines cost more
             // than instructions (callgrind, benches/callgrind_lines.py).
-            push_ip(buf, input.ip?);
+            push_ip(buf, input.ip);
             return Some(buf.bytes());
         }
         self.write_parts(input, buf)?;
@@ -368,7 +380,7 @@ impl KeyTemplate {
         for part in &self.parts {
             match part {
                 Part::Literal(s) => key.push(s.as_bytes()),
-                Part::Ip => push_ip(key, input.ip?),
+                Part::Ip => push_ip(key, input.ip),
                 Part::Header(name) => key.push(present(input.headers, name)?.as_bytes()),
                 Part::ApiKey => key.push(input.api_key?.as_bytes()),
                 Part::Claim(name) => match input.claims?.get(name)? {

@@ -88,10 +88,6 @@ impl TokenProblem {
 /// claims is well under 2 KiB; proxies commonly cap a header at 8 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// The verify budget's key for requests without a client address (the address
-/// keys are 16 bytes, so this one can never collide with them).
-const NO_ADDRESS: &[u8] = b"-";
-
 /// What the request's token amounts to.
 #[derive(Debug, Clone)]
 pub(crate) enum TokenCheck {
@@ -320,7 +316,11 @@ impl JwtVerifier {
             Some(IpAddr::V6(v6)) => Some(v6.octets()),
             None => None,
         };
-        let budget_key: &[u8] = octets.as_ref().map_or(NO_ADDRESS, |o| o.as_slice());
+        // Without an address, the one key rules use for it (1 byte: never one
+        // of the 16-byte address keys).
+        let budget_key: &[u8] = octets
+            .as_ref()
+            .map_or(super::identity::NO_ADDRESS, |o| o.as_slice());
         if let Some(limit) = &self.verify_limit
             && limit.check_at(budget_key, 1, now).is_ok_and(|d| !d.allowed)
         {

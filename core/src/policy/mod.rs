@@ -28,7 +28,8 @@
 //! IP and API key; a client-wide ban; the bearer token (verified, or anonymous);
 //! deny/allow lists by verified subject; then every rule matching the method and
 //! path. For each, its key is built (a rule whose key needs an identity the
-//! request lacks is skipped, or answers 401); a banned key is answered at once;
+//! request lacks is skipped, or answers 401; a missing client address is the
+//! one key `-`); a banned key is answered at once;
 //! then all matching rules are charged together: if one denies, the others'
 //! charges are given back, so nothing is partly charged. Shadow rules are counted
 //! after, and never deny.
@@ -200,6 +201,8 @@ pub struct Request<'a> {
     /// The request target's path, query string allowed (`/api/users?page=2`).
     pub path: &'a str,
     /// The client's address: the socket peer, or what a *trusted* proxy reported.
+    /// `None` (no address known) is keyed `-` in rules keyed by `ip`: one key
+    /// for every such request, never unlimited.
     pub client_ip: Option<IpAddr>,
     /// Request headers; names match case-insensitively.
     pub headers: &'a [(&'a str, &'a str)],
