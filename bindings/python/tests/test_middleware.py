@@ -380,26 +380,31 @@ def test_the_wsgi_reader_reads_the_environ_as_the_python_did():
     # An untrusted peer's X-Forwarded-For is ignored: the peer is the client.
     spoof = {"REMOTE_ADDR": "192.0.2.1", "HTTP_X_FORWARDED_FOR": "198.51.100.50"}
     assert [run(app, **spoof), run(app, **{**spoof, "HTTP_X_FORWARDED_FOR": "198.51.100.51"})] == [200, 429]
-    # A zoned peer is its address; a peer that is no address is no client (the
-    # per-IP rule cannot key it: not limited by it); a malformed one is a 400.
+    # A zoned peer is its address; a peer that is no address (Starlette's
+    # TestClient says "testclient") is no client: every such request shares
+    # the per-IP rule's one key for no address (it was not limited at all);
+    # a malformed one is a 400.
     assert [run(app, REMOTE_ADDR="fe80::1%eth0"), run(app, REMOTE_ADDR="fe80::1")] == [200, 429]
-    assert [run(app, REMOTE_ADDR="testclient") for _ in range(3)] == [200, 200, 200]
+    assert [run(app, REMOTE_ADDR="testclient") for _ in range(3)] == [200, 429, 429]
     plain = Engine.from_toml(policy)
     papp = FloodgateMiddleware(ok, plain)
     assert run(papp, REMOTE_ADDR="1.2.3") == 400
     # (Behind trusted proxies a peer that is no address is no client, as the
-    # proxy walk has always answered.)
-    assert run(app, REMOTE_ADDR="1.2.3") == 200
+    # proxy walk has always answered: the same one key, spent above.)
+    assert run(app, REMOTE_ADDR="1.2.3") == 429
     # Paths: Latin-1 bytes read as UTF-8, `?` from a decoded %3F kept in the
-    # path (not a query), and a character past Latin-1 routed as it is.
+    # path (not a query), and a character past Latin-1 routed as it is (the
+    # path rule alone: requests here have no address).
+    paths = Engine.from_toml('[[rule]]\nname = "path"\nmatch = "/**"\nkey = "path"\nquotas = ["100/min"]\n')
+    pathapp = FloodgateMiddleware(ok, paths)
     for path_info, engine_path in [
         ("/\u00c3\u00a9", "/%C3%A9"),
         ("/a?b", "/a%3Fb"),
         ("/\u20ac", "/%E2%82%AC"),
         ("", "/"),
     ]:
-        assert run(papp, PATH_INFO=path_info) == 200, path_info
-        v = plain.check_request(method="GET", path=engine_path)
+        assert run(pathapp, PATH_INFO=path_info) == 200, path_info
+        v = paths.check_request(method="GET", path=engine_path)
         assert v.rule == "path" and v.remaining == 98, (path_info, v)
 
 

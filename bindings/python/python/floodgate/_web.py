@@ -42,7 +42,8 @@ def client_ip(
     then the first untrusted hop, from the right, of ``forwarded_header`` (see the
     module docs; the walk is the core's ``TrustedProxies``, shared with the
     Rust front ends). A header from an untrusted peer is ignored: anyone can
-    send one. ``None`` when the peer is no address."""
+    send one. ``None`` when the peer is no address (the engine then keys the
+    request ``-`` in IP-keyed rules: one key for all such requests)."""
     if not peer:
         return None
     if not trusted and "%" not in peer:
