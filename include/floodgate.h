@@ -238,9 +238,10 @@ typedef struct {
   // Its length in bytes.
   size_t path_len;
   // The client's address as text (`203.0.113.7`, `2001:db8::1`,
-  // `fe80::1%eth0`, `::ffff:203.0.113.7`), or NULL if unknown: the socket
-  // peer, or what a *trusted* proxy reported. Text that is no address is
-  // `FG_RESULT_INVALID_REQUEST`.
+  // `fe80::1%eth0`, `::ffff:203.0.113.7`; a port, `203.0.113.7:5678`, is
+  // dropped), or NULL if unknown (rules keyed by IP then charge the one key
+  // `-` of every such request): the socket peer, or what a *trusted* proxy
+  // reported. Text that is no address is `FG_RESULT_INVALID_REQUEST`.
   const char *client_ip;
   // Its length in bytes (0 with a NULL `client_ip`).
   size_t client_ip_len;

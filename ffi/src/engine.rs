@@ -125,9 +125,10 @@ pub struct fg_request {
     /// Its length in bytes.
     pub path_len: usize,
     /// The client's address as text (`203.0.113.7`, `2001:db8::1`,
-    /// `fe80::1%eth0`, `::ffff:203.0.113.7`), or NULL if unknown: the socket
-    /// peer, or what a *trusted* proxy reported. Text that is no address is
-    /// `FG_RESULT_INVALID_REQUEST`.
+    /// `fe80::1%eth0`, `::ffff:203.0.113.7`; a port, `203.0.113.7:5678`, is
+    /// dropped), or NULL if unknown (rules keyed by IP then charge the one key
+    /// `-` of every such request): the socket peer, or what a *trusted* proxy
+    /// reported. Text that is no address is `FG_RESULT_INVALID_REQUEST`.
     pub client_ip: *const c_char,
     /// Its length in bytes (0 with a NULL `client_ip`).
     pub client_ip_len: usize,
