@@ -11,6 +11,12 @@
 //! address of its own in the reserved `100::/8` block, derived from its text
 //! (BLAKE2b, 7 bytes, as in Python), so such clients are neither unlimited nor
 //! folded onto the proxy's address.
+//!
+//! A peer without an address is a Unix-domain socket (uvicorn's `--uds`,
+//! gunicorn's `unix:` bind, a Unix listener): the proxy in front of such a
+//! server is trusted only when the list names `unix:` (nginx's
+//! `set_real_ip_from unix:`), never implicitly; otherwise such a request has no
+//! client address (the engine's one `-` key in IP-keyed rules).
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -26,14 +32,18 @@ use crate::error::{Error, Result};
 pub struct TrustedProxies {
     /// Searched at each hop, as the address lists are.
     nets: IpSet,
+    /// `unix:` was listed: a peer without an address is a trusted proxy.
+    unix: bool,
     /// Lower case.
     header: String,
 }
 
 impl TrustedProxies {
-    /// Proxies at these addresses or networks (`"10.0.0.0/8"`, `"::1"`); an
-    /// empty list trusts none (the peer is always the client). The header is
-    /// `x-forwarded-for` until [`header`](Self::header) says otherwise.
+    /// Proxies at these addresses or networks (`"10.0.0.0/8"`, `"::1"`), and
+    /// `"unix:"` for a proxy that connects over a Unix-domain socket (a peer
+    /// without an address); an empty list trusts none (the peer is always the
+    /// client). The header is `x-forwarded-for` until [`header`](Self::header)
+    /// says otherwise.
     ///
     /// # Errors
     /// [`Error::InvalidOption`] for an entry that is no address or network.
@@ -42,21 +52,26 @@ impl TrustedProxies {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let nets = trusted
-            .into_iter()
-            .map(|t| {
-                let t = t.as_ref().trim();
-                t.parse::<IpNet>()
-                    .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
-                    .map(|n| n.trunc())
-                    .map_err(|_| Error::InvalidOption {
-                        option: "trusted_proxies",
-                        problem: "each entry must be an IP address or network (10.0.0.0/8, ::1)",
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut unix = false;
+        let mut nets = Vec::new();
+        for t in trusted {
+            let t = t.as_ref().trim();
+            if t.eq_ignore_ascii_case(UNIX) {
+                unix = true;
+                continue;
+            }
+            let net = t
+                .parse::<IpNet>()
+                .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| Error::InvalidOption {
+                    option: "trusted_proxies",
+                    problem: "each entry must be an IP address or network (10.0.0.0/8, ::1), or unix: for a Unix socket",
+                })?;
+            nets.push(net.trunc());
+        }
         Ok(Self {
             nets: IpSet::new(nets),
+            unix,
             header: "x-forwarded-for".into(),
         })
     }
@@ -77,7 +92,13 @@ impl TrustedProxies {
 
     /// Whether any proxy is trusted.
     pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
+        self.nets.is_empty() && !self.unix
+    }
+
+    /// Whether `unix:` was listed: a peer without an address (a Unix-domain
+    /// socket) is a trusted proxy.
+    pub fn trusts_unix_socket(&self) -> bool {
+        self.unix
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
@@ -104,6 +125,33 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer;
         }
+        self.walk(values, forwarded).unwrap_or(peer)
+    }
+
+    /// [`client_ip_from`](Self::client_ip_from) for a peer that may have no
+    /// address (`None`: a Unix-domain socket). Such a peer's forwarding header
+    /// is read only when `unix:` is trusted, and gives the first untrusted hop;
+    /// `None` when it is not trusted or names only trusted hops (the request
+    /// then has no client address).
+    pub fn client_ip_of<'h>(
+        &self,
+        peer: Option<IpAddr>,
+        values: impl IntoIterator<Item = &'h str>,
+        forwarded: bool,
+    ) -> Option<IpAddr> {
+        match peer {
+            Some(peer) => Some(self.client_ip_from(peer, values, forwarded)),
+            None if self.unix => self.walk(values, forwarded),
+            None => None,
+        }
+    }
+
+    /// The first untrusted hop of the header's values, from the right.
+    fn walk<'h>(
+        &self,
+        values: impl IntoIterator<Item = &'h str>,
+        forwarded: bool,
+    ) -> Option<IpAddr> {
         let mut hops: Vec<&str> = Vec::new();
         for value in values {
             if forwarded {
@@ -121,13 +169,17 @@ impl TrustedProxies {
         for hop in hops.iter().rev() {
             match hop_ip(hop) {
                 Some(ip) if self.trusts(ip) => {}
-                Some(ip) => return ip,
-                None => return opaque(hop),
+                Some(ip) => return Some(ip),
+                None => return Some(opaque(hop)),
             }
         }
-        peer
+        None
     }
 }
+
+/// The entry that trusts a Unix-domain socket's peer (as nginx's
+/// `set_real_ip_from unix:` does).
+const UNIX: &str = "unix:";
 
 /// An address as peers and forwarding headers write it: `203.0.113.7`,
 /// `203.0.113.7:443`, `[2001:db8::1]:443`, `fe80::1%eth0`, `::ffff:192.0.2.5`.
@@ -246,8 +298,57 @@ mod tests {
     }
 
     #[test]
+    fn a_unix_socket_peer_is_trusted_only_when_unix_is_listed() {
+        let hops = ["198.51.100.1, 203.0.113.7", "10.0.0.2"];
+        // Not listed: the header of a peer without an address is not read.
+        let ips = TrustedProxies::new(["10.0.0.0/8"]).ok();
+        assert_eq!(
+            ips.as_ref().map(TrustedProxies::trusts_unix_socket),
+            Some(false)
+        );
+        assert_eq!(ips.and_then(|t| t.client_ip_of(None, hops, false)), None);
+        let unix = TrustedProxies::new(["10.0.0.0/8", " UNIX: "]).ok();
+        let unix = unix.as_ref();
+        assert_eq!(unix.map(TrustedProxies::trusts_unix_socket), Some(true));
+        assert_eq!(unix.map(TrustedProxies::is_empty), Some(false));
+        // Listed: from the right, skipping trusted hops, as for a trusted address.
+        assert_eq!(
+            unix.and_then(|t| t.client_ip_of(None, hops, false)),
+            Some(ip("203.0.113.7"))
+        );
+        let forwarded = ["for=192.0.2.60;proto=https"];
+        assert_eq!(
+            unix.and_then(|t| t.client_ip_of(None, forwarded, true)),
+            Some(ip("192.0.2.60"))
+        );
+        // Nothing but trusted hops, or no header: still no address.
+        assert_eq!(
+            unix.and_then(|t| t.client_ip_of(None, ["10.1.1.1"], false)),
+            None
+        );
+        assert_eq!(unix.and_then(|t| t.client_ip_of(None, [], false)), None);
+        // `unix:` alone trusts no address: an addressed peer is the client.
+        let only = TrustedProxies::new(["unix:"]).ok();
+        assert_eq!(
+            only.as_ref()
+                .and_then(|t| t.client_ip_of(Some(ip("10.0.0.1")), hops, false)),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            only.and_then(|t| t.client_ip_of(None, hops, false)),
+            Some(ip("10.0.0.2"))
+        );
+    }
+
+    #[test]
     fn bad_entries_are_refused() {
-        for bad in ["10.0.0.0/33", "example.com", ""] {
+        for bad in [
+            "10.0.0.0/33",
+            "example.com",
+            "",
+            "unix",
+            "unix:/run/app.sock",
+        ] {
             assert!(TrustedProxies::new([bad]).is_err(), "{bad:?}");
         }
     }

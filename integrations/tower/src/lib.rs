@@ -26,7 +26,10 @@
 //! default), a [`ClientAddr`] a hyper or tonic server inserts, or a bare
 //! `SocketAddr`. Behind a proxy, [`FloodgateLayer::trusted_proxies`] applies
 //! the rules every Floodgate front end shares ([`TrustedProxies`]): the
-//! forwarding header is believed only from those proxies.
+//! forwarding header is believed only from those proxies. A request without a
+//! peer address (a server on a Unix socket) has no client address, so it meets
+//! IP-keyed rules on the one key `-`, unless `"unix:"` is among the trusted
+//! proxies: then its proxy's header names the client.
 //!
 //! **Answers.** A denial is answered here, without calling the service: the
 //! verdict's status (429, 403, 401), its headers (`Retry-After`, `RateLimit`,
@@ -199,14 +202,17 @@ fn text(v: &HeaderValue) -> Option<&str> {
 }
 
 impl Shared {
+    /// The client's address; `None` without a peer address (a Unix-domain
+    /// socket), unless `unix:` is trusted and its proxy names the client.
     fn client_ip<B>(&self, req: &http::Request<B>) -> Option<IpAddr> {
-        let peer = peer(req.extensions())?;
+        let peer = peer(req.extensions());
         match &self.forwarded {
-            Some(name) => Some(
-                self.proxies
-                    .client_ip(peer, req.headers().get_all(name).iter().filter_map(text)),
+            Some(name) => self.proxies.client_ip_of(
+                peer,
+                req.headers().get_all(name).iter().filter_map(text),
+                self.proxies.header_name() == "forwarded",
             ),
-            None => Some(peer.to_canonical()),
+            None => peer.map(|p| p.to_canonical()),
         }
     }
 

@@ -235,6 +235,80 @@ async fn trusted_proxies_decide_who_the_client_is() {
     }
 }
 
+/// The app on a Unix socket (as behind nginx's `proxy_pass http://unix:...`):
+/// no request has a peer address. Returns the socket's path.
+async fn serve_unix(layer: FloodgateLayer, name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "floodgate-tower-{}-{name}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let app = app().layer(layer);
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service())
+            .await
+            .unwrap();
+    });
+    path
+}
+
+/// The status of one GET over the Unix socket at `path`, written as raw bytes.
+async fn status_over_unix(path: &std::path::Path, target: &str, xff: &str) -> u16 {
+    use std::io::{Read, Write};
+    let (path, request) = (
+        path.to_owned(),
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_server_believes_its_proxy_only_when_unix_is_trusted() {
+    // Not trusted: the requests have no client address and share the one key
+    // `-` (3/min for all of them), whatever their header says.
+    let path = serve_unix(FloodgateLayer::new(engine()), "untrusted").await;
+    let mut statuses = Vec::new();
+    for ip in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        statuses.push(status_over_unix(&path, "/api/items", ip).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // `unix:` trusted: the proxy's header names each client.
+    let trusted =
+        FloodgateLayer::new(engine()).trusted_proxies(TrustedProxies::new(["unix:"]).unwrap());
+    let path = serve_unix(trusted, "trusted").await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(status_over_unix(&path, "/api/items", "203.0.113.9, 198.51.100.1").await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(
+        status_over_unix(&path, "/api/items", "198.51.100.2").await,
+        200,
+        "another client"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlement_failed_logins_places_in_flight_and_real_cost() {
     let addr = serve(FloodgateLayer::new(engine())).await;
