@@ -926,16 +926,27 @@ impl PyTrustedProxies {
         !self.0.is_empty()
     }
 
+    /// Whether `unix:` is trusted: a peer without an address (a Unix-domain
+    /// socket) is a trusted proxy.
+    #[getter]
+    fn unix(&self) -> bool {
+        self.0.trusts_unix_socket()
+    }
+
     /// The client of a request from `peer` whose forwarding header `header`
-    /// had `values` (in order); `None` when `peer` is no address.
-    fn client_ip(&self, peer: &str, values: Vec<String>, header: &str) -> Option<String> {
-        let peer = floodgate::policy::parse_client_ip(peer).ok()?;
+    /// had `values` (in order). `peer` `None` is a Unix-domain socket: its
+    /// header is read only if `unix:` is trusted. `None` when there is no
+    /// client address (or `peer` is text that is no address).
+    #[pyo3(signature = (peer, values, header))]
+    fn client_ip(&self, peer: Option<&str>, values: Vec<String>, header: &str) -> Option<String> {
+        let peer = match peer {
+            Some(p) => Some(floodgate::policy::parse_client_ip(p).ok()?),
+            None => None,
+        };
         let forwarded = header.eq_ignore_ascii_case("forwarded");
-        Some(
-            self.0
-                .client_ip_from(peer, values.iter().map(String::as_str), forwarded)
-                .to_string(),
-        )
+        self.0
+            .client_ip_of(peer, values.iter().map(String::as_str), forwarded)
+            .map(|ip| ip.to_string())
     }
 }
 

@@ -287,8 +287,19 @@ impl WsgiReader {
             Some(p) if !p.is_none() => Some(text(p, "REMOTE_ADDR")?),
             _ => None,
         };
+        let forwarded = || {
+            headers
+                .iter()
+                .filter(|(n, _)| *n == self.forwarded_header)
+                .map(|(_, v)| *v)
+        };
         let client_ip = match peer.as_deref().filter(|p| !p.is_empty()) {
-            None => None,
+            // No address: a Unix-domain socket (gunicorn's REMOTE_ADDR is empty
+            // there), whose proxy is believed only if `unix:` is trusted.
+            None => self
+                .trusted
+                .as_ref()
+                .and_then(|t| t.client_ip_of(None, forwarded(), self.forwarded)),
             Some(p) if self.trusted.is_none() && !p.contains('%') => {
                 // The common case: the peer is the client. Only what is plainly
                 // not an address (a test client's "testclient") is no client;
@@ -300,13 +311,9 @@ impl WsgiReader {
                 }
             }
             Some(p) => parse_client_ip(p).ok().map(|peer| {
-                let forwarded = headers
-                    .iter()
-                    .filter(|(n, _)| *n == self.forwarded_header)
-                    .map(|(_, v)| *v);
-                self.trusted
-                    .as_ref()
-                    .map_or(peer, |t| t.client_ip_from(peer, forwarded, self.forwarded))
+                self.trusted.as_ref().map_or(peer, |t| {
+                    t.client_ip_from(peer, forwarded(), self.forwarded)
+                })
             }),
         };
         let req = Request {

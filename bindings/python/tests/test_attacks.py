@@ -216,3 +216,77 @@ def test_garbage_and_huge_headers_get_an_answer(server):
     _, port = server
     status, _, _ = raw(port, "GET", "/page", [("X-Forwarded-For", "garbage, " + fresh_client()), ("x-big", "a" * 6000)])
     assert status in (200, 429, 431), status
+
+
+# Behind nginx over a Unix socket (`proxy_pass http://unix:/run/app.sock`, the
+# usual gunicorn deployment): the server reports no peer address (uvicorn's
+# client is None, gunicorn's REMOTE_ADDR empty). Unless `unix:` is trusted,
+# every such request is one client, `-`; with it, the proxy's header names
+# each client, and a client's own X-Forwarded-For text (to the left of what the
+# proxy appends) changes nothing.
+@pytest.fixture(params=[("uvicorn", False), ("uvicorn", True), ("gunicorn", False), ("gunicorn", True)],
+                ids=lambda p: f"{p[0]}-{'unix-trusted' if p[1] else 'untrusted'}", scope="module")
+def unix_server(request, tmp_path_factory):
+    kind, trusted = request.param
+    pytest.importorskip(kind)
+    pytest.importorskip("starlette" if kind == "uvicorn" else "flask")
+    d = tmp_path_factory.mktemp(f"{kind}-unix")
+    (d / "policy.toml").write_text(POLICY)
+    app = textwrap.dedent(ASGI_APP if kind == "uvicorn" else WSGI_APP)
+    (d / "app.py").write_text(app.replace('trusted_proxies=["127.0.0.1"]', f"trusted_proxies={['unix:'] if trusted else []}"))
+    sock = str(d / "app.sock")
+    if kind == "uvicorn":
+        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--uds", sock, "--no-proxy-headers", "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"unix:{sock}", "-w", "1", "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": str(d)}
+    proc = subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(sock)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server died")
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{kind} did not start on {sock}")
+            time.sleep(0.05)
+    yield trusted, sock
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def unix_status(sock: str, target: str, xff: str) -> int:
+    request = f"POST {target} HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(sock)
+        s.sendall(request.encode("latin-1"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_a_server_on_a_unix_socket_believes_its_proxy_only_when_unix_is_trusted(unix_server):
+    trusted, sock = unix_server
+    # Four clients, as nginx reports them, each with a spoofed hop of its own.
+    statuses = [unix_status(sock, "/auth/login", f"203.0.113.{i}, 198.51.100.{i}") for i in range(1, 5)]
+    if not trusted:
+        # One client, `-`: limited together (never unlimited).
+        assert statuses == [200, 200, 200, 429], statuses
+        return
+    assert statuses == [200] * 4, statuses
+    # One client whose own header text varies: still one client, held to 3.
+    statuses = [unix_status(sock, "/auth/login", f"203.0.113.{i}, 198.51.100.9") for i in range(6)]
+    assert statuses == [200, 200, 200, 429, 429, 429], statuses

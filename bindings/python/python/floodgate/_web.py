@@ -9,6 +9,9 @@ for RFC 7239 ``for=``), never another: a proxy that only appends to
 ``X-Forwarded-For`` passes a client's own ``Forwarded`` header through
 untouched. Every copy of that header is read in order, the hops are walked from
 the right skipping trusted proxies, and the first untrusted hop is the client.
+A server on a Unix socket has no peer address: ``"unix:"`` in
+``trusted_proxies`` trusts the proxy in front of it (as nginx's
+``set_real_ip_from unix:``); without it such requests have no client address.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from ._floodgate import TrustedProxies
 
 
 def networks(trusted: Iterable[str]) -> Optional[TrustedProxies]:
-    """Trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``), parsed
-    by the core. IPv4 networks also match their IPv4-mapped IPv6 spelling
+    """Trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``), and
+    ``"unix:"`` for a proxy on a Unix socket, parsed by the core. IPv4 networks also match their IPv4-mapped IPv6 spelling
     (``::ffff:10.0.0.1``). ``None`` for none: the middleware then tests a plain
     ``None`` per request (the truth of a ``TrustedProxies`` is a call into the
     extension)."""
@@ -42,10 +45,16 @@ def client_ip(
     then the first untrusted hop, from the right, of ``forwarded_header`` (see the
     module docs; the walk is the core's ``TrustedProxies``, shared with the
     Rust front ends). A header from an untrusted peer is ignored: anyone can
-    send one. ``None`` when the peer is no address (the engine then keys the
-    request ``-`` in IP-keyed rules: one key for all such requests)."""
+    send one. A peer that is no address is a Unix-domain socket (uvicorn's
+    ``--uds``, gunicorn's ``unix:`` bind): its header is read only when
+    ``trusted_proxies`` lists ``"unix:"``. ``None`` when there is no client
+    address (the engine then keys the request ``-`` in IP-keyed rules: one key
+    for all such requests)."""
     if not peer:
-        return None
+        if not trusted or not trusted.unix:
+            return None
+        name = forwarded_header.lower()
+        return trusted.client_ip(None, [value for hname, value in headers if hname.lower() == name], name)
     if not trusted and "%" not in peer:
         # The common case: no proxy to trust, so the peer is the client. The engine
         # parses (and unmaps) it; only reject what is plainly not an address

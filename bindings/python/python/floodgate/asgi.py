@@ -8,7 +8,8 @@
 The engine sees what Starlette acts on: the decoded path it routes
 (``scope["path"]``), the first copy of a repeated header, and the client address
 from the one forwarding header the trusted proxy sets (``forwarded_header``,
-default ``X-Forwarded-For``). A request the engine cannot use (a method that is
+default ``X-Forwarded-For``). Behind a proxy on a Unix socket (``--uds``), list
+``"unix:"`` in ``trusted_proxies``. A request the engine cannot use (a method that is
 not an HTTP token) is answered 400.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or

@@ -4,8 +4,9 @@
     FLOODGATE = {"policy": BASE_DIR / "policy.toml", "trusted_proxies": ["10.0.0.0/8"]}
 
 ``policy`` may be a path or a dict shaped like the TOML file. ``trusted_proxies``
-and ``forwarded_header`` (default ``X-Forwarded-For``) say where the client
-address comes from. The engine sees ``request.path_info``, the path Django's URL
+(addresses, networks, and ``"unix:"`` when the proxy reaches gunicorn over a
+Unix socket) and ``forwarded_header`` (default ``X-Forwarded-For``) say where the
+client address comes from. The engine sees ``request.path_info``, the path Django's URL
 resolver matches.
 """
 

@@ -8,7 +8,8 @@ The engine sees what the app routes on: ``PATH_INFO`` (decoded, below
 ``SCRIPT_NAME``), the header as the server passes it (WSGI servers join repeated
 headers with commas; a deny-listed API key anywhere in the joined value is
 refused), and the client address from the one forwarding header the trusted proxy
-sets (``forwarded_header``, default ``X-Forwarded-For``). A request the engine
+sets (``forwarded_header``, default ``X-Forwarded-For``). Behind a proxy on a Unix socket
+(gunicorn's ``-b unix:``), list ``"unix:"`` in ``trusted_proxies``. A request the engine
 cannot use is answered 400.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
