@@ -4,9 +4,11 @@
 // Each test counts how many requests reached a handler.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import net from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { raw } from './raw_http.mjs'
 
 const require = createRequire(import.meta.url)
@@ -253,5 +255,60 @@ test('a client that resets its connection right after sending is still limited (
     } finally {
       await close()
     }
+  }
+})
+
+// Behind nginx over a Unix socket, the server sees no peer address. The trust
+// function README.md gives ("the proxy on the Unix socket": the first hop,
+// when it has no address) names each client from what nginx appends to
+// X-Forwarded-For, whatever a client writes to the left of it. (Fastify fails
+// closed on a hop count such as `trustProxy: 1`; Express's `true` and
+// Fastify's `true` would believe the client's own leftmost text.)
+test('behind a proxy on a Unix socket, the documented trust function names each client (Express and Fastify)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'floodgate-uds-'))
+  const unixProxy = (addr, i) => i === 0 && !addr
+  try {
+    for (const framework of ['express', 'fastify']) {
+      for (const trust of [undefined, unixProxy]) {
+        const path = join(dir, `${framework}-${trust ? 'trusted' : 'untrusted'}.sock`)
+        let close
+        if (framework === 'express') {
+          const app = require('express')()
+          if (trust) app.set('trust proxy', trust)
+          app.use(require('../express.js').floodgate(Engine.fromToml(POLICY)))
+          app.post('/auth/login', (req, res) => res.json({ handler: 'login' }))
+          const server = await new Promise((resolve) => {
+            const s = app.listen(path, () => resolve(s))
+          })
+          close = () => new Promise((r) => server.close(r))
+        } else {
+          const app = require('fastify')(trust ? { trustProxy: trust } : {})
+          await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
+          app.post('/auth/login', async () => ({ handler: 'login' }))
+          await app.listen({ path })
+          close = () => app.close()
+        }
+        try {
+          const login = async (xff) => (await raw(path, 'POST', '/auth/login', [['X-Forwarded-For', xff]])).status
+          // Four clients as nginx reports them, each with a spoofed hop of its own.
+          const four = []
+          for (let i = 1; i <= 4; i++) four.push(await login(`203.0.113.${i}, 198.51.100.${50 + i}`))
+          if (!trust) {
+            // No address: one client, `-`, limited together (never unlimited).
+            assert.deepEqual(four, [200, 200, 200, 429], framework)
+            continue
+          }
+          assert.deepEqual(four, [200, 200, 200, 200], framework)
+          // One client rotating its own text: held to the login limit of 3.
+          const one = []
+          for (let i = 0; i < 5; i++) one.push(await login(`203.0.113.${i}, 198.51.100.60`))
+          assert.deepEqual(one, [200, 200, 200, 429, 429], framework)
+        } finally {
+          await close()
+        }
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
   }
 })

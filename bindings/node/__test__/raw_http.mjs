@@ -1,19 +1,24 @@
 // One HTTP/1.1 request as an attacker sends it: raw bytes over a socket to
-// 127.0.0.1 (no client-side normalisation of the method, target or headers),
-// `Connection: close`, then the whole answer as the bytes came.
+// 127.0.0.1 or a Unix socket (no client-side normalisation of the method,
+// target or headers), `Connection: close`, then the whole answer as the bytes
+// came.
 import net from 'node:net'
 
 /**
+ * `at` is a port on 127.0.0.1, or the path of a Unix socket.
  * Resolves `{ status, headers, body, text }`: `headers` a Map of lower-case
  * names, `text` the whole answer (latin1). The request is written, not
  * half-closed: a client that half-closes first is one Node abandons before an
  * asynchronous check answers.
  */
-export function raw(port, method, target, headers = []) {
-  const lines = [`${method} ${target} HTTP/1.1`, `Host: 127.0.0.1:${port}`, 'Connection: close', 'Content-Length: 0']
+export function raw(at, method, target, headers = []) {
+  const unix = typeof at === 'string'
+  const host = unix ? 'localhost' : `127.0.0.1:${at}`
+  const lines = [`${method} ${target} HTTP/1.1`, `Host: ${host}`, 'Connection: close', 'Content-Length: 0']
   for (const [n, v] of headers) lines.push(`${n}: ${v}`)
   return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1', () => s.write(lines.join('\r\n') + '\r\n\r\n'))
+    const where = unix ? { path: at } : { port: at, host: '127.0.0.1' }
+    const s = net.connect(where, () => s.write(lines.join('\r\n') + '\r\n\r\n'))
     const chunks = []
     s.on('data', (c) => chunks.push(c))
     s.on('error', reject)
