@@ -15,7 +15,9 @@
  *   filter. A request the engine cannot use gets 400 and the engine's body.
  * - The client is $remote_addr by default, which the realip module rewrites
  *   from a trusted proxy's header (set_real_ip_from, real_ip_header); any other
- *   variable or complex value can be given.
+ *   variable or complex value can be given. A peer on a `listen unix:` socket
+ *   has no address: the engine's one key '-' (realip's `set_real_ip_from
+ *   unix:` names the client instead).
  * - The policy is compiled when the configuration is read, so a bad policy fails
  *   `nginx -t` (and a reload) with the policy's located error, never a worker.
  *   An engine whose checks cannot block (memory, shared memory) is built once in
@@ -335,6 +337,13 @@ static ngx_int_t ngx_http_floodgate_handler(ngx_http_request_t *r) {
   }
 
   ngx_str_t client = r->connection->addr_text;
+#if (NGX_HAVE_UNIX_DOMAIN)
+  /* A peer on a Unix socket has no address (addr_text is "unix:", which the
+   * engine would refuse: a 400 for every request). No address is the engine's
+   * one key '-' in IP-keyed rules; the realip module's `set_real_ip_from
+   * unix:` replaces the peer with the client its header names. */
+  if (r->connection->sockaddr->sa_family == AF_UNIX) client.len = 0;
+#endif
   if (lcf->client != NULL && ngx_http_complex_value(r, lcf->client, &client) != NGX_OK) {
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
   }

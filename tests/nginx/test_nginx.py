@@ -9,7 +9,8 @@ headers of an allowed response; JWT-keyed limits with tokens signed here (and
 alg=none refused); failed requests only counted (settled in the log phase);
 places in flight and the real cost from a slow upstream's Floodgate-Cost header
 (removed before the client); 100 KB of headers and garbage bytes in the URI get
-answers, and no worker dies. With --valgrind: nginx in one process under
+answers, and no worker dies; nginx on a Unix socket (no peer address: one
+client, never a 400; with realip from `unix:`, each client). With --valgrind: nginx in one process under
 valgrind for a run of the same requests, zero errors.
 """
 import base64
@@ -230,6 +231,18 @@ http {{
     location = /cost {{ proxy_pass http://127.0.0.1:{up_port}; }}
     location /open {{ floodgate off; }}
   }}
+  # Behind another proxy on a Unix socket: no peer address, so one client `-`
+  # (not a 400 for "unix:"); with realip trusting the socket, the header's.
+  server {{
+    listen unix:{work}/plain.sock;
+    root {www};
+  }}
+  server {{
+    listen unix:{work}/realip.sock;
+    root {www};
+    set_real_ip_from unix:;
+    real_ip_header X-Forwarded-For;
+  }}
 }}
 """)
 
@@ -258,6 +271,7 @@ http {{
             except OSError:
                 time.sleep(0.05)
         run_checks(port, workers)
+        unix_checks(work)
         if os.environ.get("FG_TEST_REDIS_URL") and not VALGRIND:
             redis_run(work, conf, policy)
     finally:
@@ -321,6 +335,7 @@ quotas = ["50/hour"]
         text = src.read()
         text = text.replace(f"floodgate_policy {policy};", f"floodgate_policy {redis_policy};")
         text = text.replace("listen 127.0.0.1:", f"listen 127.0.0.1:{port}; #")
+        text = text.replace(".sock;", "-redis.sock;")
         text = text.replace("nginx.pid", "nginx-redis.pid").replace("error.log", "error-redis.log")
         dst.write(text)
     server = subprocess.Popen(["nginx", "-c", redis_conf, "-p", work])
@@ -337,6 +352,30 @@ quotas = ["50/hour"]
         server.wait(timeout=60)
     log = open(os.path.join(work, "error-redis.log"), errors="replace").read()
     expect("Redis: no worker died", [l for l in log.splitlines() if "exited on signal" in l], [])
+
+
+def unix_status(path, target, headers=()):
+    """The status of a GET sent as raw bytes over the Unix socket at `path`."""
+    lines = [f"GET {target} HTTP/1.1", "Host: app", "Connection: close", *[f"{n}: {v}" for n, v in headers]]
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(path)
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    parts = reply.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def unix_checks(work):
+    """nginx listening on a Unix socket: `$remote_addr` is "unix:", no address."""
+    plain = [unix_status(f"{work}/plain.sock", "/api/items", [("X-Forwarded-For", f"198.51.100.{i}")]) for i in range(52)]
+    expect("a Unix socket: one client '-', limited (not 400)", (plain.count(200), plain.count(429)), (50, 2))
+    realip = os.path.join(work, "realip.sock")
+    one = [unix_status(realip, "/api/items", [("X-Forwarded-For", f"203.0.113.{i}, 198.51.100.77")]) for i in range(51)]
+    expect("realip from unix: each client its own limit", (one.count(200), one.count(429)), (50, 1))
+    expect("realip from unix: another client", unix_status(realip, "/api/items", [("X-Forwarded-For", "198.51.100.78")]), 200)
 
 
 def run_checks(port, workers):
