@@ -100,9 +100,11 @@ def _serve(kind: str, store: str, tmp_path):
     return proc, port, table
 
 
-def start_server(kind: str, app: str, policy_text: str, tmp_path, workers: int = 4, threads: int = 1):
+def start_server(kind: str, app: str, policy_text: str, tmp_path, workers: int = 4, threads: int = 1,
+                 preload: bool = False):
     """Starts ``app`` (ASGI under uvicorn, WSGI under gunicorn) with ``policy_text``
-    as ./policy.toml, on a free port: (process, port)."""
+    as ./policy.toml, on a free port: (process, port). ``preload``: gunicorn
+    imports the app (and builds its engine) once, before forking the workers."""
     (tmp_path / "policy.toml").write_text(policy_text)
     (tmp_path / "app.py").write_text(textwrap.dedent(app))
     port = _free_port()
@@ -111,7 +113,7 @@ def start_server(kind: str, app: str, policy_text: str, tmp_path, workers: int =
                "--workers", str(workers), "--log-level", "warning"]
     else:
         cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-               "--threads", str(threads), "--log-level", "warning"]
+               "--threads", str(threads), "--log-level", "warning", *(["--preload"] if preload else [])]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -321,6 +323,143 @@ def test_one_quota_across_four_workers_on_redis(kind, algorithm, extra, quotas, 
     assert {status for status, _ in results} <= {200, 429}
     assert len(set(ok)) >= 2, "the requests reached one worker; the test needs several"
     assert len(ok) == LIMIT, f"{len(ok)} admitted by {len(set(ok))} workers on Redis"
+
+
+def test_gunicorn_preload_workers_on_redis_each_use_their_own_connections(redis_url, tmp_path):
+    """`gunicorn --preload`: the engine, and its first Redis connection, are made
+    in the master before it forks four workers. Each worker must talk to Redis
+    on connections of its own: on the inherited one, workers read each other's
+    replies, and a check waits out its deadline (500 ms) into the fail mode
+    (`closed`: a 429 before the quota is spent)."""
+    pytest.importorskip("gunicorn")
+    proc, port = start_server("gunicorn", WSGI_APP, _redis_policy(redis_url), tmp_path, preload=True)
+    try:
+        _wait_for_workers(proc, port)
+
+        def timed_hit(_):
+            start = time.monotonic()
+            status, pid = _hit(port)
+            return status, pid, time.monotonic() - start
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(timed_hit, range(2 * LIMIT)))
+    finally:
+        _stop(proc)
+    statuses = [status for status, _, _ in results]
+    ok = [pid for status, pid, _ in results if status == 200]
+    assert len(set(ok)) >= 2, "the requests reached one worker; the test needs several"
+    assert statuses[:LIMIT].count(429) <= 8, "denied before the quota was spent: a fail-mode answer"
+    assert len(ok) == LIMIT, f"{len(ok)} admitted by {len(set(ok))} workers"
+    assert max(t for _, _, t in results) < 0.4, "a request waited out its Redis deadline"
+
+
+_FORK_POLICY = """
+[store]
+kind = "redis"
+url = "{url}"
+prefix = "fg-fork-{prefix}"
+timeout_ms = 200
+fail_mode = "closed"
+
+[[rule]]
+name = "api"
+match = "/api/**"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["400/hour"]
+"""
+
+
+def _fallbacks(engine) -> int:
+    for line in engine.metrics().splitlines():
+        if line.startswith("floodgate_store_fallbacks_total "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no floodgate_store_fallbacks_total in the metrics")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_forked_children_never_share_the_parents_redis_connections(redis_url):
+    """An engine built, and used, before `os.fork()` (gunicorn --preload,
+    multiprocessing's fork): six children then check at once, each its own
+    client. Each gets exactly its own client's answers, none from the fail
+    mode, none after waiting out the deadline. On the parent's inherited
+    connection they read each other's replies."""
+    engine = floodgate.Engine.from_toml(_FORK_POLICY.format(url=redis_url, prefix=uuid.uuid4().hex))
+    assert engine.check_request(method="GET", path="/api/x", client_ip="10.9.9.9").allowed
+    start = time.time() + 0.3
+    children = []
+    for k in range(6):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child reports through the pipe)
+            code = 1
+            try:
+                os.close(r)
+                sent, allowed, worst = 300 + 100 * k, 0, 0.0
+                while time.time() < start:
+                    pass
+                for _ in range(sent):
+                    t = time.perf_counter()
+                    allowed += engine.check_request(method="GET", path="/api/x", client_ip=f"10.0.0.{k + 1}").allowed
+                    worst = max(worst, time.perf_counter() - t)
+                os.write(w, json.dumps([sent, allowed, _fallbacks(engine), worst]).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        children.append((pid, r))
+    # The parent goes on checking meanwhile, as a process that forked workers may.
+    while time.time() < start:
+        pass
+    parent = [engine.check_request(method="GET", path="/api/x", client_ip="10.9.9.9").allowed for _ in range(600)]
+    reports = []
+    for pid, r in children:
+        with os.fdopen(r) as f:
+            reports.append(f.read())
+        assert os.waitpid(pid, 0)[1] == 0
+    assert (sum(parent), _fallbacks(engine)) == (399, 0), "the parent's own answers"
+    for k, text in enumerate(reports):
+        sent, allowed, fallbacks, worst = json.loads(text)
+        assert (allowed, fallbacks) == (min(sent, 400), 0), (k, text)
+        assert worst < 0.2, (k, text)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_async_checks_answer_in_a_child_forked_after_the_parent_made_some(redis_url):
+    """The async checks run on a background tokio runtime whose thread does not
+    survive a fork: a child's checks, spawned on the parent's runtime, would
+    never run (every request of the worker hanging). A child makes its own."""
+    import asyncio
+
+    engine = floodgate.Engine.from_toml(_FORK_POLICY.format(url=redis_url, prefix=uuid.uuid4().hex))
+
+    async def check(ip):
+        return await floodgate.check_request_async(engine, method="GET", path="/api/x", client_ip=ip)
+
+    assert asyncio.run(check("10.9.9.9")).allowed
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        code = 1
+        try:
+            os.close(r)
+            async def all_of_them():
+                return await asyncio.wait_for(asyncio.gather(*(check("10.0.0.1") for _ in range(450))), 10)
+
+            verdicts = asyncio.run(all_of_them())
+            os.write(w, json.dumps([sum(v.allowed for v in verdicts), _fallbacks(engine)]).encode())
+            code = 0
+        except BaseException as e:  # a hang shows as asyncio's TimeoutError
+            os.write(w, json.dumps(repr(e)).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        report = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert report == [400, 0]
+    # The parent's own runtime still answers.
+    assert asyncio.run(check("10.9.9.8")).allowed
 
 
 def _evalsha_calls(port: int) -> int:

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -175,6 +176,40 @@ const MERGED_IN_FLIGHT: usize = 2;
 struct StoreInner {
     what: String,
     client: Client,
+    /// This process's connections (see [`Conns`]).
+    conns: ArcSwap<Conns>,
+    pool_size: usize,
+    /// Merged calls sent, by size: 1, 2-3, 4-7, ..., 32-63, 64.
+    merged: [AtomicU64; 7],
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// For `rediss://`: the CA to verify the server with (else the system's).
+    ca_pem: Option<Vec<u8>>,
+    /// The blocking connections' rustls configuration, made at their first connect.
+    tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// The breaker's clock: µs since this instant.
+    base: Instant,
+    breaker: Breaker,
+    round_trips: AtomicU64,
+}
+
+/// The connections of one process, and the state of the calls on them.
+///
+/// A process forked after the store was built (gunicorn `--preload`,
+/// `multiprocessing`'s fork) inherits its parent's: the same sockets, which
+/// the parent and every other child also use (two processes writing to one
+/// connection read each other's replies: a verdict for another client, or a
+/// call that waits out its deadline into the fail mode), and the state of
+/// tasks and threads that did not survive the fork (a merge in progress, a
+/// connect under way: a child's async checks would queue forever). So each
+/// process has its own: the first call in a child replaces the parent's
+/// ([`RedisStore::conns`]) and connects its own in the background. The
+/// parent's are left alone in the child, never dropped or used: they are
+/// the parent's sockets, and their locks may be held by threads that are
+/// not in the child.
+struct Conns {
+    /// The process these connections belong to.
+    pid: u32,
     pool: Box<[Mutex<Option<SyncConn>>]>,
     /// Per slot: a connection is being made for it in the background.
     connecting: Box<[AtomicBool]>,
@@ -191,18 +226,28 @@ struct StoreInner {
     /// Merged calls on their way at once (two: the server decides one while
     /// the client reads the other's replies and gathers the next).
     sends: Arc<tokio::sync::Semaphore>,
-    /// Merged calls sent, by size: 1, 2-3, 4-7, ..., 32-63, 64.
-    merged: [AtomicU64; 7],
-    connect_timeout: Duration,
-    command_timeout: Duration,
-    /// For `rediss://`: the CA to verify the server with (else the system's).
-    ca_pem: Option<Vec<u8>>,
-    /// The blocking connections' rustls configuration, made at their first connect.
-    tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
-    /// The breaker's clock: µs since this instant.
-    base: Instant,
-    breaker: Breaker,
-    round_trips: AtomicU64,
+    /// Made for a forked child, which has no connection yet: its first
+    /// blocking call waits for one ([`RedisStore::first_in_child`]).
+    forked: AtomicBool,
+}
+
+impl Conns {
+    /// None yet, for process `pid`: `pool_size` empty slots.
+    fn new(pid: u32, pool_size: usize, forked: bool) -> Self {
+        Self {
+            forked: AtomicBool::new(forked),
+            pid,
+            pool: (0..pool_size).map(|_| Mutex::new(None)).collect(),
+            connecting: (0..pool_size).map(|_| AtomicBool::new(false)).collect(),
+            next: AtomicUsize::new(0),
+            async_conn: Mutex::new(None),
+            async_connecting: AtomicBool::new(false),
+            async_ready: tokio::sync::Notify::new(),
+            queue: Mutex::new(Vec::new()),
+            merging: AtomicBool::new(false),
+            sends: Arc::new(tokio::sync::Semaphore::new(MERGED_IN_FLIGHT)),
+        }
+    }
 }
 
 /// Connections to one Redis (standalone or Cluster), shared by any number of
@@ -391,23 +436,13 @@ impl RedisStoreBuilder {
             }
         }
         .map_err(|e| unavailable(&what, &e))?;
+        let pool_size = self.pool_size.clamp(1, 256);
         let store = RedisStore {
             inner: Arc::new(StoreInner {
                 what,
                 client,
-                pool: (0..self.pool_size.clamp(1, 256))
-                    .map(|_| Mutex::new(None))
-                    .collect(),
-                connecting: (0..self.pool_size.clamp(1, 256))
-                    .map(|_| AtomicBool::new(false))
-                    .collect(),
-                next: AtomicUsize::new(0),
-                async_conn: Mutex::new(None),
-                async_connecting: AtomicBool::new(false),
-                async_ready: tokio::sync::Notify::new(),
-                queue: Mutex::new(Vec::new()),
-                merging: AtomicBool::new(false),
-                sends: Arc::new(tokio::sync::Semaphore::new(MERGED_IN_FLIGHT)),
+                conns: ArcSwap::from_pointee(Conns::new(std::process::id(), pool_size, false)),
+                pool_size,
                 merged: Default::default(),
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
@@ -423,15 +458,16 @@ impl RedisStoreBuilder {
             }),
         };
         // Not a request: the first connection is made here, and checked.
+        let conns = store.conns();
         match store.open() {
             Ok(conn) => {
-                if let Some(slot) = store.inner.pool.first() {
+                if let Some(slot) = conns.pool.first() {
                     *slot.lock() = Some(conn);
                 }
             }
             Err(e) if self.check_on_build => return Err(unavailable(&store.inner.what, &e)),
             // Started in the fail mode: connected in the background.
-            Err(_) => store.connect_in_background(0),
+            Err(_) => store.connect_in_background(&conns, 0),
         }
         // The rest of the pool is connected in the background as calls meet
         // its empty slots.
@@ -568,6 +604,24 @@ impl RedisStore {
         &self.inner.what
     }
 
+    /// This process's connections: in a process forked since they were made,
+    /// new ones (none connected yet), the parent's left alone (see [`Conns`]).
+    /// A `getpid` per call: ~0.1 µs of a round trip's tens.
+    fn conns(&self) -> Arc<Conns> {
+        let pid = std::process::id();
+        let current = self.inner.conns.load_full();
+        if current.pid == pid {
+            return current;
+        }
+        let fresh = Arc::new(Conns::new(pid, self.inner.pool_size, true));
+        let before = self.inner.conns.compare_and_swap(&current, fresh);
+        if Arc::ptr_eq(&before, &current) {
+            // Never dropped here: they are the parent's (see `Conns`).
+            std::mem::forget(current);
+        }
+        self.inner.conns.load_full()
+    }
+
     /// The breaker's time now (µs since the store was built; above 0).
     fn breaker_now(&self) -> Micros {
         Micros::floor(self.inner.base.elapsed()).saturating_add(Micros(1))
@@ -637,32 +691,28 @@ impl RedisStore {
     /// Connects pool slot `n` on a thread of its own, unless it is connected or
     /// being connected: a request never waits for a TCP connect (a frozen or
     /// unreachable Redis can hold one for far longer than its timeout).
-    fn connect_in_background(&self, n: usize) {
-        let Some(flag) = self.inner.connecting.get(n) else {
+    fn connect_in_background(&self, conns: &Arc<Conns>, n: usize) {
+        let Some(flag) = conns.connecting.get(n) else {
             return;
         };
         if flag.swap(true, Ordering::AcqRel) {
             return;
         }
-        let store = self.clone();
+        let (store, conns) = (self.clone(), Arc::clone(conns));
         let spawned = std::thread::Builder::new()
             .name("floodgate-redis-connect".into())
             .spawn(move || {
-                let connected = store
-                    .inner
-                    .pool
-                    .get(n)
-                    .is_some_and(|slot| slot.lock().is_some());
+                let connected = conns.pool.get(n).is_some_and(|slot| slot.lock().is_some());
                 if !connected
                     && let Ok(conn) = store.open()
-                    && let Some(slot) = store.inner.pool.get(n)
+                    && let Some(slot) = conns.pool.get(n)
                 {
                     let mut slot = slot.lock();
                     if slot.is_none() {
                         *slot = Some(conn);
                     }
                 }
-                if let Some(flag) = store.inner.connecting.get(n) {
+                if let Some(flag) = conns.connecting.get(n) {
                     flag.store(false, Ordering::Release);
                 }
             });
@@ -675,12 +725,13 @@ impl RedisStore {
     /// next slot as soon as it is free and connected; an error once the
     /// deadline passes (more callers than connections, or none connected yet).
     /// Empty slots met on the way are connected in the background.
-    fn slot(
+    fn slot<'c>(
         &self,
+        conns: &'c Arc<Conns>,
         deadline: Instant,
-    ) -> redis::RedisResult<(usize, MutexGuard<'_, Option<SyncConn>>)> {
-        let pool = &self.inner.pool;
-        let n = self.inner.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+    ) -> redis::RedisResult<(usize, MutexGuard<'c, Option<SyncConn>>)> {
+        let pool = &conns.pool;
+        let n = conns.next.fetch_add(1, Ordering::Relaxed) % pool.len();
         let mut wait_on = n;
         for k in 0..pool.len() {
             let m = (n + k) % pool.len();
@@ -689,7 +740,7 @@ impl RedisStore {
             };
             match slot.try_lock() {
                 Some(guard) if guard.is_some() => return Ok((m, guard)),
-                Some(_) => self.connect_in_background(m),
+                Some(_) => self.connect_in_background(conns, m),
                 None => wait_on = m, // busy, so connected: worth waiting for
             }
         }
@@ -698,10 +749,41 @@ impl RedisStore {
             .and_then(|slot| slot.try_lock_until(deadline))
             .ok_or_else(|| timed_out("every pooled connection stayed busy until the deadline"))?;
         if guard.is_none() {
-            self.connect_in_background(wait_on);
+            self.connect_in_background(conns, wait_on);
+            drop(guard);
+            if conns.forked.load(Ordering::Acquire) {
+                return Self::first_in_child(conns, deadline);
+            }
             return Err(timed_out("no connection yet: connecting in the background"));
         }
         Ok((wait_on, guard))
+    }
+
+    /// In a process forked since the store was built, which has no connection
+    /// of its own yet (see [`Conns`]): the first connection the background is
+    /// making, waited for within the call's deadline (a loopback connect takes
+    /// ~0.1 ms), rather than the fail mode for every worker's first requests.
+    /// Once one is made, or a wait ends without one, calls no longer wait.
+    fn first_in_child(
+        conns: &Arc<Conns>,
+        deadline: Instant,
+    ) -> redis::RedisResult<(usize, MutexGuard<'_, Option<SyncConn>>)> {
+        loop {
+            for (m, slot) in conns.pool.iter().enumerate() {
+                if let Some(guard) = slot.try_lock()
+                    && guard.is_some()
+                {
+                    conns.forked.store(false, Ordering::Release);
+                    return Ok((m, guard));
+                }
+            }
+            let trying = conns.connecting.iter().any(|c| c.load(Ordering::Acquire));
+            if !trying || Instant::now() >= deadline {
+                conns.forked.store(false, Ordering::Release);
+                return Err(timed_out("no connection yet: connecting in the background"));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// Runs `f` on a pooled blocking connection within the command timeout, a
@@ -714,7 +796,8 @@ impl RedisStore {
         f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let deadline = Instant::now() + self.inner.command_timeout;
-        let (n, mut slot) = self.slot(deadline)?;
+        let conns = self.conns();
+        let (n, mut slot) = self.slot(&conns, deadline)?;
         let conn = slot.as_mut().ok_or_else(|| io_error("no connection"))?;
         match conn {
             SyncConn::Timed(c) => c.set_deadline(deadline),
@@ -740,7 +823,7 @@ impl RedisStore {
             // Made again off the request path.
             *slot = None;
             drop(slot);
-            self.connect_in_background(n);
+            self.connect_in_background(&conns, n);
         }
         result
     }
@@ -748,8 +831,7 @@ impl RedisStore {
     /// The multiplexed connection. It is made on a task of its own (never
     /// inside a call's deadline, which would cancel it half made and start
     /// again at the next call); a call waits for it within its deadline.
-    async fn async_conn(&self) -> redis::RedisResult<AsyncConn> {
-        let i = &self.inner;
+    async fn async_conn(&self, i: &Arc<Conns>) -> redis::RedisResult<AsyncConn> {
         // Created before the check, so the task's wake-up cannot be missed.
         let ready = i.async_ready.notified();
         if let Some(c) = i.async_conn.lock().clone() {
@@ -760,13 +842,13 @@ impl RedisStore {
                 i.async_connecting.store(false, Ordering::Release);
                 return Err(io_error("check_async needs a tokio runtime"));
             };
-            let store = self.clone();
+            let (store, conns) = (self.clone(), Arc::clone(i));
             runtime.spawn(async move {
                 if let Ok(conn) = store.connect_async().await {
-                    *store.inner.async_conn.lock() = Some(conn);
+                    *conns.async_conn.lock() = Some(conn);
                 }
-                store.inner.async_connecting.store(false, Ordering::Release);
-                store.inner.async_ready.notify_waiters();
+                conns.async_connecting.store(false, Ordering::Release);
+                conns.async_ready.notify_waiters();
             });
         }
         ready.await;
@@ -828,15 +910,16 @@ impl RedisStore {
     /// timeout is this check's deadline, queueing included.
     pub(super) async fn run_merged(&self, check: script::Merged) -> redis::RedisResult<Vec<i64>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.queue.lock().push((check, tx));
-        if !self.inner.merging.swap(true, Ordering::AcqRel) {
+        let conns = self.conns();
+        conns.queue.lock().push((check, tx));
+        if !conns.merging.swap(true, Ordering::AcqRel) {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                self.inner.merging.store(false, Ordering::Release);
+                conns.merging.store(false, Ordering::Release);
                 return Err(io_error("check_async needs a tokio runtime"));
             };
             // A task of its own: a caller that gives up cannot strand the queue.
             let store = self.clone();
-            runtime.spawn(async move { store.send_merged().await });
+            runtime.spawn(async move { store.send_merged(&conns).await });
         }
         match within(Instant::now() + self.inner.command_timeout, rx).await {
             Some(Ok(reply)) => reply,
@@ -848,12 +931,12 @@ impl RedisStore {
     /// Gathers the queue into merged calls until it is empty, with at most
     /// [`MERGED_IN_FLIGHT`] calls on their way: while they are, checks queue
     /// and the next call carries them all.
-    async fn send_merged(&self) {
+    async fn send_merged(&self, conns: &Arc<Conns>) {
         loop {
-            let Ok(permit) = Arc::clone(&self.inner.sends).acquire_owned().await else {
+            let Ok(permit) = Arc::clone(&conns.sends).acquire_owned().await else {
                 return; // never closed
             };
-            if self.inner.queue.lock().len() < script::MERGE_MAX {
+            if conns.queue.lock().len() < script::MERGE_MAX {
                 // The tasks the last reply woke are about to queue their next
                 // checks: let them run first, so that this call carries them
                 // rather than leaving with one check (at 64 in flight, calls
@@ -862,18 +945,16 @@ impl RedisStore {
                 tokio::task::yield_now().await;
             }
             let batch: Vec<(script::Merged, Replier)> = {
-                let mut queue = self.inner.queue.lock();
+                let mut queue = conns.queue.lock();
                 let n = queue.len().min(script::MERGE_MAX);
                 queue.drain(..n).collect()
             };
             if batch.is_empty() {
                 drop(permit);
-                self.inner.merging.store(false, Ordering::Release);
+                conns.merging.store(false, Ordering::Release);
                 // A check queued between the drain and the store above found the
                 // flag set and left: take it on, unless another task did.
-                if self.inner.queue.lock().is_empty()
-                    || self.inner.merging.swap(true, Ordering::AcqRel)
-                {
+                if conns.queue.lock().is_empty() || conns.merging.swap(true, Ordering::AcqRel) {
                     return;
                 }
                 continue;
@@ -949,8 +1030,9 @@ impl RedisStore {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> redis::RedisResult<Vec<i64>> {
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let conns = self.conns();
         let call = async {
-            match self.async_conn().await? {
+            match self.async_conn(&conns).await? {
                 AsyncConn::Single(mut c) => invocation.invoke_async(&mut c).await,
                 AsyncConn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
             }
@@ -967,7 +1049,7 @@ impl RedisStore {
         {
             // The multiplexed connection is gone: made again at the next call.
             // (A timeout alone leaves it usable: replies are matched in order.)
-            *self.inner.async_conn.lock() = None;
+            *conns.async_conn.lock() = None;
         }
         result
     }

@@ -129,24 +129,48 @@ pub(super) fn io_error(message: &'static str) -> redis::RedisError {
 /// (the Python and Node bindings) to run [`RedisLimiter::check_async`] on. One
 /// worker suffices: it mostly waits on the multiplexed connection, whose driver
 /// task then shares its thread, so a round trip costs no thread hop inside it.
-/// Made on first use.
+/// Made on first use, and again in a process forked since: the parent's
+/// worker thread is not in the child, so a task spawned on the parent's
+/// runtime would never run (every async check of a gunicorn `--preload`
+/// worker would wait forever). The parent's is left alone there (dropping it
+/// would wait for that thread); a process makes one runtime (two if its
+/// threads race to make the first: the spare, idle, is kept).
 ///
 /// # Errors
 /// [`Error::StoreUnavailable`] if the runtime cannot be started (no threads).
 pub fn background_runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RT: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
-        std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("floodgate-redis")
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| Error::StoreUnavailable {
-        store: "redis",
-        message: format!("cannot start the async runtime: {e}").into(),
-    })
+    /// A process's runtime.
+    struct Owned {
+        pid: u32,
+        rt: &'static tokio::runtime::Runtime,
+    }
+    static RT: arc_swap::ArcSwapOption<Owned> = arc_swap::ArcSwapOption::const_empty();
+    let pid = std::process::id();
+    if let Some(owned) = RT.load().as_ref().filter(|o| o.pid == pid) {
+        return Ok(owned.rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("floodgate-redis")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::StoreUnavailable {
+            store: "redis",
+            message: format!("cannot start the async runtime: {e}").into(),
+        })?;
+    // Leaked: a runtime lives as long as its process (the one it replaces is
+    // the parent's, in a child).
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
+    let mut winner = rt;
+    RT.rcu(|current| match current.as_ref().filter(|o| o.pid == pid) {
+        Some(raced) => {
+            winner = raced.rt;
+            Some(std::sync::Arc::clone(raced))
+        }
+        None => {
+            winner = rt;
+            Some(std::sync::Arc::new(Owned { pid, rt }))
+        }
+    });
+    Ok(winner)
 }
