@@ -690,7 +690,9 @@ impl RedisStore {
 
     /// Connects pool slot `n` on a thread of its own, unless it is connected or
     /// being connected: a request never waits for a TCP connect (a frozen or
-    /// unreachable Redis can hold one for far longer than its timeout).
+    /// unreachable Redis can hold one for far longer than its timeout) beyond
+    /// its own deadline, and only a forked child's first calls wait at all
+    /// ([`first_in_child`](Self::first_in_child)).
     fn connect_in_background(&self, conns: &Arc<Conns>, n: usize) {
         let Some(flag) = conns.connecting.get(n) else {
             return;
