@@ -17,6 +17,11 @@
 // Authorization dropped), and `req.ip`, which honours only X-Forwarded-For and
 // only from the proxies `trust proxy` names. A request the engine cannot use (a
 // method that is no HTTP token) is answered 400.
+//
+// In its first 1,000 requests the middleware warns once (console.warn) of a
+// `trust proxy` of true (ERR_FG_TRUST_PROXY_ALL) and of X-Forwarded-For from
+// an untrusted private, loopback or Unix-socket peer (ERR_FG_UNTRUSTED_PROXY);
+// { validate: false } turns that off.
 
 function clientIp(ip) {
   if (!ip) return undefined
@@ -40,7 +45,28 @@ function requestIp(req) {
 }
 
 const { badRequestBody } = require('./index.js')
-const { rawChecker, plain, denied, denial, setResponseHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
+const { rawChecker, plain, denied, denial, setResponseHeaders, proxyWarnings, needsSettle, settleQuietly } = require('./floodgate.js')
+
+/** Requests whose proxy settings are checked (floodgate.js, `proxyWarnings`). */
+const CHECKED_REQUESTS = 1000
+
+/** A checker of Express's proxy settings, per middleware (`options.validate`). */
+function expressWarnings(options) {
+  if (options.validate === false) return undefined
+  const check = proxyWarnings(CHECKED_REQUESTS)
+  let checking = true
+  return (req) => {
+    if (!checking) return
+    const app = req.app
+    const trust = app?.get('trust proxy fn')
+    checking = check(
+      () => app?.get('trust proxy') === true,
+      req.socket,
+      req.headers['x-forwarded-for'],
+      () => typeof trust === 'function' && trust(req.socket?.remoteAddress, 0),
+    )
+  }
+}
 
 /** The response header a handler sets to report its request's real cost (rules
  * with `cost_from = "response"`); removed before the response is sent. A
@@ -135,8 +161,10 @@ function floodgate(engine, options = {}) {
     refuse(res, v.status, v.body)
   }
   const fail = (res, next, err) => (isBadRequest(err) ? refuse(res, 400, BAD_REQUEST) : next(err))
+  const validate = expressWarnings(options)
   if (async) {
     return function floodgateMiddleware(req, res, next) {
+      if (validate !== undefined) validate(req)
       const request = {
         method: req.method,
         path: req.originalUrl || req.url,
@@ -167,6 +195,7 @@ function floodgate(engine, options = {}) {
   const raw = rawChecker(engine)
   const o = raw.out
   return function floodgateMiddleware(req, res, next) {
+    if (validate !== undefined) validate(req)
     let text
     try {
       text = raw.check(req.method, req.originalUrl || req.url, requestIp(req), req.headers)

@@ -7,9 +7,14 @@
 // `request.url` (normalised as routers do, see
 // express.js), Node's header values and `request.ip` (X-Forwarded-For from the
 // proxies `trustProxy` names, nothing else). A request the engine cannot use is
-// answered 400.
+// answered 400. In its first 1,000 requests it warns once (console.warn) of
+// X-Forwarded-For from an untrusted private, loopback or Unix-socket peer
+// (ERR_FG_UNTRUSTED_PROXY); { validate: false } turns that off.
 const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, JSON_TYPE, parseCost } = require('./express.js')
-const { rawChecker, plain, denied, denial, setReplyHeaders, needsSettle, settleQuietly } = require('./floodgate.js')
+const { rawChecker, plain, denied, denial, setReplyHeaders, proxyWarnings, needsSettle, settleQuietly } = require('./floodgate.js')
+
+/** Requests whose proxy settings are checked (floodgate.js, `proxyWarnings`). */
+const CHECKED_REQUESTS = 1000
 
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
@@ -24,6 +29,15 @@ function floodgatePlugin(fastify, opts, done) {
   if (!engine) return done(new Error('floodgate/fastify: options.engine is required'))
   const async = opts.async ?? engine.mayBlock
   const pick = headerPicker(engine)
+  // Fastify keeps its trustProxy to itself: a proxy is untrusted when a
+  // request from one carried X-Forwarded-For and request.ip is still the peer.
+  // (A trustProxy of true cannot be seen from here.)
+  let checking = opts.validate !== false
+  const check = proxyWarnings(CHECKED_REQUESTS)
+  const validate = (request) => {
+    const socket = request.socket
+    checking = check(() => false, socket, request.headers['x-forwarded-for'], () => request.ip !== socket?.remoteAddress)
+  }
   const badRequest = (reply) => reply.code(400).type(JSON_TYPE).send(BAD_REQUEST)
   const answer = (reply, v) => {
     const h = v.headers
@@ -34,6 +48,7 @@ function floodgatePlugin(fastify, opts, done) {
   }
   if (async) {
     fastify.addHook('onRequest', async (request, reply) => {
+      if (checking) validate(request)
       const req = {
         method: request.method,
         path: request.url,
@@ -59,6 +74,7 @@ function floodgatePlugin(fastify, opts, done) {
     const raw = rawChecker(engine)
     const o = raw.out
     fastify.addHook('onRequest', (request, reply, next) => {
+      if (checking) validate(request)
       let text
       try {
         text = raw.check(request.method, request.url, request.ip, request.headers)

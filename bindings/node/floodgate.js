@@ -359,6 +359,70 @@ function setResponseHeaders(res, o, text) {
   }
 }
 
+// Proxy settings that defeat every IP-keyed limit, warned of once per
+// middleware (express-rate-limit warns of the same): a trust setting that
+// believes any X-Forwarded-For (anyone then picks their own address per
+// request), and a server behind a proxy it does not trust (every client is
+// the proxy's address: one limit for all of them).
+const { BlockList } = require('node:net')
+
+const PROXY_NETS = new BlockList()
+for (const [net, bits] of [['10.0.0.0', 8], ['172.16.0.0', 12], ['192.168.0.0', 16], ['127.0.0.0', 8], ['169.254.0.0', 16], ['100.64.0.0', 10]]) {
+  PROXY_NETS.addSubnet(net, bits, 'ipv4')
+}
+for (const [net, bits] of [['::1', 128], ['fc00::', 7], ['fe80::', 10]]) PROXY_NETS.addSubnet(net, bits, 'ipv6')
+
+/**
+ * Whether a request's socket comes from where a reverse proxy sits: a loopback
+ * or private address, or a Unix socket (no address, on a server listening on
+ * a path).
+ */
+function fromProxy(socket) {
+  let addr = socket?.remoteAddress
+  if (addr === undefined) return typeof socket?.server?.address?.() === 'string'
+  if (addr.startsWith('::ffff:') && addr.includes('.')) addr = addr.slice(7)
+  try {
+    return PROXY_NETS.check(addr, addr.includes(':') ? 'ipv6' : 'ipv4')
+  } catch {
+    return false
+  }
+}
+
+/** The warnings' codes and texts. */
+const TRUST_ALL =
+  'floodgate: ERR_FG_TRUST_PROXY_ALL: the proxy setting (`trust proxy` / `trustProxy`) is true, which believes any ' +
+  "X-Forwarded-For: a client picks its own address per request and escapes every IP-keyed rule. Name the proxies' " +
+  'addresses or networks, or count the hops (Express: 1).'
+const UNTRUSTED_PROXY =
+  'floodgate: ERR_FG_UNTRUSTED_PROXY: a request from a private or loopback address carried X-Forwarded-For, but ' +
+  'no proxy is trusted: every client behind that proxy is its address (on a Unix socket, the one client "-"), and ' +
+  'they share each IP-keyed limit. Trust the proxy (`trust proxy` / `trustProxy`; README, "Client addresses").'
+
+/**
+ * A checker of the first `n` requests' proxy settings, warning once of each
+ * problem (`validate: false` turns it off): `(trustsAll, socket, forwarded,
+ * trustsPeer) => whether to go on checking`. `trustsAll()` says whether the
+ * framework believes any header, `forwarded` is the request's X-Forwarded-For,
+ * `trustsPeer()` whether the framework trusts the socket's peer.
+ */
+function proxyWarnings(n, warn = (line) => console.warn(line)) {
+  let left = n
+  let allWarned = false
+  let untrustedWarned = false
+  return (trustsAll, socket, forwarded, trustsPeer) => {
+    left--
+    if (!allWarned && trustsAll()) {
+      allWarned = true
+      warn(TRUST_ALL)
+    }
+    if (!untrustedWarned && forwarded !== undefined && fromProxy(socket) && !trustsPeer()) {
+      untrustedWarned = true
+      warn(UNTRUSTED_PROXY)
+    }
+    return left > 0 && !(allWarned && untrustedWarned)
+  }
+}
+
 module.exports = {
   Limiter,
   RedisLimiter: native.RedisLimiter,
@@ -369,6 +433,7 @@ module.exports = {
   denial,
   setReplyHeaders,
   setResponseHeaders,
+  proxyWarnings,
   needsSettle,
   settleQuietly,
   errorCodes: native.errorCodes,

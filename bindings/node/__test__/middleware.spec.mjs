@@ -470,3 +470,66 @@ quotas = ["${limit}/h"]
     await f.close()
   }
 })
+
+// Proxy settings that defeat IP limits are warned of, once each, on
+// console.warn (express-rate-limit warns of the same): Express's `trust proxy`
+// of true (any client picks its own address), and X-Forwarded-For from a
+// private, loopback or Unix-socket peer that no setting trusts (every client
+// is the proxy). Correct settings, and `validate: false`, warn of nothing.
+test('proxy settings that defeat IP limits are warned of once (Express and Fastify)', async () => {
+  const { mkdtempSync, rmSync } = require('node:fs')
+  const { tmpdir } = require('node:os')
+  const { join } = require('node:path')
+  const policy = '[[rule]]\nname = "a"\nmatch = "/**"\nkey = "ip"\nquotas = ["100/min"]\n'
+  const dir = mkdtempSync(join(tmpdir(), 'floodgate-warn-'))
+  const warn = console.warn
+  const warned = []
+  console.warn = (line) => warned.push(String(line).split(':')[1]?.trim())
+  const express = async (trust, options, at = 0) => {
+    const app = require('express')()
+    if (trust !== undefined) app.set('trust proxy', trust)
+    app.use(require('../express.js').floodgate(Engine.fromToml(policy), options))
+    app.get('/x', (req, res) => res.send('ok'))
+    const server = await new Promise((resolve) => {
+      const s = typeof at === 'string' ? app.listen(at, () => resolve(s)) : app.listen(0, '127.0.0.1', () => resolve(s))
+    })
+    return { at: typeof at === 'string' ? at : server.address().port, close: () => new Promise((r) => server.close(r)) }
+  }
+  const fastify = async (trust, options = {}) => {
+    const app = require('fastify')(trust === undefined ? {} : { trustProxy: trust })
+    await app.register(require('../fastify.js'), { engine: Engine.fromToml(policy), ...options })
+    app.get('/x', async () => 'ok')
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    return { at: app.server.address().port, close: () => app.close() }
+  }
+  const cases = [
+    ['express trust proxy true', () => express(true), ['ERR_FG_TRUST_PROXY_ALL']],
+    ['express, no trust, behind a loopback proxy', () => express(undefined), ['ERR_FG_UNTRUSTED_PROXY']],
+    ['express trusting loopback', () => express('loopback'), []],
+    ['express trusting one hop', () => express(1), []],
+    ['express, validate: false', () => express(true, { validate: false }), []],
+    ['express on a Unix socket, no trust', () => express('loopback', {}, join(dir, 'a.sock')), ['ERR_FG_UNTRUSTED_PROXY']],
+    ['express on a Unix socket, its proxy trusted', () => express((a, i) => i === 0 && !a, {}, join(dir, 'b.sock')), []],
+    ['fastify, no trust, behind a loopback proxy', () => fastify(undefined), ['ERR_FG_UNTRUSTED_PROXY']],
+    ['fastify trusting loopback', () => fastify('127.0.0.1'), []],
+    ['fastify, validate: false', () => fastify(undefined, { validate: false }), []],
+  ]
+  try {
+    for (const [name, start, want] of cases) {
+      warned.length = 0
+      const server = await start()
+      try {
+        const statuses = []
+        statuses.push((await raw(server.at, 'GET', '/x')).status)
+        for (let i = 0; i < 5; i++) statuses.push((await raw(server.at, 'GET', '/x', [['X-Forwarded-For', `203.0.113.${i}`]])).status)
+        assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200], name)
+      } finally {
+        await server.close()
+      }
+      assert.deepEqual(warned, want, name)
+    }
+  } finally {
+    console.warn = warn
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
