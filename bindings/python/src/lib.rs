@@ -933,6 +933,18 @@ impl PyTrustedProxies {
         self.0.trusts_unix_socket()
     }
 
+    /// Whether `peer` (`None`: a Unix socket) is a trusted proxy; text that is
+    /// no address is not.
+    #[pyo3(signature = (peer))]
+    fn trusts(&self, peer: Option<&str>) -> bool {
+        match peer {
+            Some(p) => {
+                floodgate::policy::parse_client_ip(p).is_ok_and(|ip| self.0.trusts_peer(Some(ip)))
+            }
+            None => self.0.trusts_peer(None),
+        }
+    }
+
     /// The client of a request from `peer` whose forwarding header `header`
     /// had `values` (in order). `peer` `None` is a Unix-domain socket: its
     /// header is read only if `unix:` is trusted. `None` when there is no

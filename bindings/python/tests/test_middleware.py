@@ -473,3 +473,90 @@ def test_a_logging_handler_that_checks_again_gets_its_own_buffer():
         log.setLevel(level)
     assert not outer.allowed and outer.identity == "outer"
     assert len(seen) == 1 and type(seen[0]) is list and seen[0], seen
+
+
+def _wsgi_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize(
+    "trusted,peer,validate,warned",
+    [
+        ((), "127.0.0.1", True, True),  # behind a loopback proxy that is not trusted
+        (("10.0.0.0/8",), "172.17.0.1", True, True),  # Docker's bridge, not in the list
+        ((), "", True, True),  # gunicorn on a Unix socket: no address
+        (("unix:",), "", True, False),
+        (("127.0.0.1",), "127.0.0.1", True, False),
+        ((), "203.0.113.9", True, False),  # a public client that sent its own header
+        ((), "127.0.0.1", False, False),  # validate=False
+    ],
+)
+def test_an_untrusted_proxy_is_warned_of_once(caplog, trusted, peer, validate, warned):
+    from floodgate.wsgi import FloodgateMiddleware
+
+    app = FloodgateMiddleware(_wsgi_app, Engine.from_toml(POLICY), trusted_proxies=trusted, validate=validate)
+    with caplog.at_level("WARNING", logger="floodgate"):
+        for i in range(5):
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/public", "REMOTE_ADDR": peer,
+                       "HTTP_X_FORWARDED_FOR": f"198.51.100.{i}"}
+            b"".join(app(environ, lambda status, headers, exc_info=None: None))
+    lines = [r.getMessage() for r in caplog.records if "ERR_FG_UNTRUSTED_PROXY" in r.getMessage()]
+    assert len(lines) == (1 if warned else 0), lines
+
+
+def test_an_untrusted_proxy_is_warned_of_by_the_asgi_middleware(caplog):
+    import asyncio
+
+    from floodgate.asgi import FloodgateMiddleware
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run(mw, client):
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):
+            pass
+
+        for i in range(3):
+            scope = {"type": "http", "method": "GET", "path": "/public", "query_string": b"", "client": client,
+                     "headers": [(b"x-forwarded-for", f"198.51.100.{i}".encode())]}
+            await mw(scope, receive, send)
+
+    engine = Engine.from_toml(POLICY)
+    with caplog.at_level("WARNING", logger="floodgate"):
+        asyncio.run(run(FloodgateMiddleware(app, engine), ("127.0.0.1", 5000)))
+        asyncio.run(run(FloodgateMiddleware(app, engine, trusted_proxies=["unix:"]), None))
+        asyncio.run(run(FloodgateMiddleware(app, engine), None))
+    lines = [r.getMessage() for r in caplog.records if "ERR_FG_UNTRUSTED_PROXY" in r.getMessage()]
+    assert len(lines) == 2 and "127.0.0.1" in lines[0] and "a Unix socket" in lines[1], lines
+
+
+def test_an_untrusted_proxy_is_warned_of_by_the_django_middleware(caplog):
+    pytest.importorskip("django")
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test")
+        django.setup()
+    from django.http import HttpResponse
+    from django.test import RequestFactory, override_settings
+
+    from floodgate.django import FloodgateMiddleware
+
+    policy = {"rule": [{"name": "all", "match": "/**", "key": "ip", "quotas": ["100/min"]}]}
+    counts = []
+    for conf in ({}, {"trusted_proxies": ["127.0.0.1"]}, {"validate": False}):
+        caplog.clear()
+        with override_settings(FLOODGATE={"policy": policy, **conf}):
+            mw = FloodgateMiddleware(lambda request: HttpResponse(b"ok"))
+        factory = RequestFactory(REMOTE_ADDR="127.0.0.1")
+        with caplog.at_level("WARNING", logger="floodgate"):
+            for i in range(3):
+                assert mw(factory.get("/x", headers={"x-forwarded-for": f"198.51.100.{i}"})).status_code == 200
+        counts.append(sum("ERR_FG_UNTRUSTED_PROXY" in r.getMessage() for r in caplog.records))
+    assert counts == [1, 0, 0]

@@ -101,6 +101,12 @@ impl TrustedProxies {
         self.unix
     }
 
+    /// Whether a request's peer is a trusted proxy: an address in the list,
+    /// or no address (`None`, a Unix socket) when `unix:` is listed.
+    pub fn trusts_peer(&self, peer: Option<IpAddr>) -> bool {
+        peer.map_or(self.unix, |ip| self.trusts(ip.to_canonical()))
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.nets.contains(ip)
     }
@@ -320,6 +326,15 @@ mod tests {
         assert_eq!(
             unix.and_then(|t| t.client_ip_of(None, forwarded, true)),
             Some(ip("192.0.2.60"))
+        );
+        assert_eq!(unix.map(|t| t.trusts_peer(None)), Some(true));
+        assert_eq!(
+            unix.map(|t| t.trusts_peer(Some(ip("::ffff:10.1.2.3")))),
+            Some(true)
+        );
+        assert_eq!(
+            unix.map(|t| t.trusts_peer(Some(ip("192.0.2.1")))),
+            Some(false)
         );
         // Nothing but trusted hops, or no header: still no address.
         assert_eq!(

@@ -16,6 +16,8 @@ A server on a Unix socket has no peer address: ``"unix:"`` in
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from ._floodgate import TrustedProxies
@@ -113,3 +115,56 @@ def parse_cost(value: Union[str, bytes, None]) -> Optional[float]:
         value = value.decode("latin-1")
     value = value.strip()
     return float(value) if value.isdigit() else None
+
+
+# Where a reverse proxy sits: loopback, private and link-local networks, and
+# CGNAT space that cloud load balancers use.
+_PROXY_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+              "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10")
+)
+
+CHECKED_REQUESTS = 1000
+
+UNTRUSTED_PROXY = (
+    "ERR_FG_UNTRUSTED_PROXY: a request from a private, loopback or Unix-socket peer (%s) carried %s, but "
+    "trusted_proxies does not trust that peer: every client behind that proxy is its address (on a Unix socket, "
+    "the one client '-'), and they share each IP-keyed limit. List the proxy (or \"unix:\") in trusted_proxies."
+)
+
+
+def _from_proxy(peer: Optional[str]) -> bool:
+    """Whether a peer is where a reverse proxy sits: no address (a Unix socket),
+    or a loopback or private address."""
+    if not peer:
+        return True
+    try:
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in _PROXY_NETS)
+
+
+class ProxyCheck:
+    """Warns once, on the ``floodgate`` logger, when one of the first
+    ``CHECKED_REQUESTS`` requests comes from a proxy's place (a private,
+    loopback or Unix-socket peer) with the forwarding header, and that peer is
+    not trusted: every client is then the proxy (one limit for all of them).
+    ``left`` is 0 once done or when ``validate`` is false; a middleware tests
+    it before calling."""
+
+    def __init__(self, trusted: Optional[TrustedProxies], forwarded_header: str, validate: bool = True) -> None:
+        self.left = CHECKED_REQUESTS if validate else 0
+        self.trusted = trusted
+        self.header = forwarded_header
+
+    def __call__(self, peer: Optional[str], forwarded: bool) -> None:
+        self.left -= 1
+        if forwarded and _from_proxy(peer) and not (self.trusted is not None and self.trusted.trusts(peer or None)):
+            self.left = 0
+            logging.getLogger("floodgate").warning(
+                UNTRUSTED_PROXY, peer or "a Unix socket", self.header, extra={"floodgate_event": "untrusted_proxy"}
+            )

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 from . import check_request_async
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, client_ip, networks, parse_cost, router_path, wanted_headers
+from ._web import COST_HEADER, ProxyCheck, client_ip, networks, parse_cost, router_path, wanted_headers
 from .errors import FloodgateError, InvalidRequestError
 
 Scope = MutableMapping[str, Any]
@@ -49,11 +49,14 @@ class FloodgateMiddleware:
         engine: Engine,
         trusted_proxies: Sequence[str] = (),
         forwarded_header: str = "x-forwarded-for",
+        validate: bool = True,
     ) -> None:
         self.app = app
         self.engine = engine
         self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
+        self._check = ProxyCheck(self.trusted, forwarded_header, validate)
+        self._forwarded = forwarded_header.lower().encode("latin-1")
         # ASGI header names are lower-case bytes.
         self._wanted = frozenset(n.encode("latin-1") for n in wanted_headers(engine, forwarded_header))
 
@@ -63,6 +66,8 @@ class FloodgateMiddleware:
             return
         client = scope.get("client")
         peer = client[0] if client else None
+        if self._check.left > 0:
+            self._check(peer, any(k == self._forwarded for k, _ in scope["headers"]))
         # The path Starlette routes: decoded, below the mount point.
         path = scope["path"]
         root = scope.get("root_path", "")

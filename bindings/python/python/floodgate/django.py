@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, client_ip, environ_keys, networks, parse_cost, router_path, wanted_headers
+from ._web import COST_HEADER, ProxyCheck, client_ip, environ_keys, networks, parse_cost, router_path, wanted_headers
 from .errors import FloodgateError, InvalidRequestError
 
 
@@ -39,12 +39,16 @@ class FloodgateMiddleware:
             raise ImproperlyConfigured("settings.FLOODGATE['policy'] is required (a path or a dict)")
         self.trusted = networks(conf.get("trusted_proxies", ()))
         self.forwarded_header = conf.get("forwarded_header", "x-forwarded-for")
+        self._check = ProxyCheck(self.trusted, self.forwarded_header, conf.get("validate", True))
+        self._forwarded_key = "HTTP_" + self.forwarded_header.upper().replace("-", "_")
         self._keys = environ_keys(wanted_headers(self.engine, self.forwarded_header))
 
     def __call__(self, request: Any) -> Any:
         from django.http import HttpResponse
 
         meta = request.META
+        if self._check.left > 0:
+            self._check(meta.get("REMOTE_ADDR"), self._forwarded_key in meta)
         headers = [(name, meta[key]) for key, name in self._keys if meta.get(key)]
         ip = client_ip(request.META.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
         path = router_path(request.path_info or "/", request.META.get("QUERY_STRING", ""))

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, environ_keys, networks, parse_cost, wanted_headers
+from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, wanted_headers
 from .errors import FloodgateError, InvalidRequestError
 
 StartResponse = Callable[..., Any]
@@ -53,11 +53,14 @@ class FloodgateMiddleware:
         engine: Engine,
         trusted_proxies: Sequence[str] = (),
         forwarded_header: str = "x-forwarded-for",
+        validate: bool = True,
     ) -> None:
         self.app = app
         self.engine = engine
         self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
+        self._check = ProxyCheck(self.trusted, forwarded_header, validate)
+        self._forwarded_key = "HTTP_" + forwarded_header.upper().replace("-", "_")
         # The headers the policy reads and, for a trusted proxy's peer, the
         # forwarding header: none to read in the common case.
         read_headers = bool(engine.request_headers) or bool(self.trusted)
@@ -68,6 +71,8 @@ class FloodgateMiddleware:
         self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if self._check.left > 0:
+            self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
         try:
             # The headers to add (a request allowed with nothing to settle), or the Verdict.
             verdict = self._reader.check(environ)
