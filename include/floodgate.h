@@ -503,8 +503,10 @@ fg_result fg_engine_reload(const fg_engine *engine, const char *path);
 // `fg_engine_new_redis`, or a policy with rules on a Redis store). A pre-forking server (nginx) may build an engine that does not
 // before it forks and share it with its workers (in memory, each worker then
 // counts apart; a shared-memory store's mapping is inherited, so they count
-// together); an engine that does holds connections and threads that do not
-// survive `fork`, so each worker builds its own. False for NULL.
+// together). An engine that does may be shared too (each process makes its
+// own Redis connections and runtime at its first check), but a worker that
+// builds its own connects, and finds Redis unreachable, at start rather than
+// at its first request: nginx builds one per worker. False for NULL.
 //
 // # Safety
 // `engine` must be NULL or come from a constructor.

@@ -24,8 +24,9 @@
  *   the master and inherited by the workers: with `[store] kind =
  *   "shared_memory"` its mapping is shared, so every worker counts in one table
  *   (exact limits across workers); with the in-memory store each worker counts
- *   apart (a limit is per worker). An engine on Redis holds connections and
- *   threads that do not survive fork(): each worker builds its own.
+ *   apart (a limit is per worker). An engine on Redis is built again in each
+ *   worker (init_process), so that each connects when it starts rather than
+ *   at its first request (an inherited one would make its own then).
  * - Requests are settled in the log phase (rules with `count`, `cost_from =
  *   "response"` or `max_in_flight`) with the status sent; the real cost comes
  *   from an upstream's `Floodgate-Cost` response header, removed here.
@@ -162,7 +163,8 @@ static char *ngx_http_floodgate_policy(ngx_conf_t *cf, ngx_command_t *cmd, void 
     return NGX_CONF_ERROR;
   }
   if (fg_engine_may_block(p->engine)) {
-    /* Its connections and threads do not survive fork(): each worker builds its own. */
+    /* Built again in each worker, which then connects as it starts (an
+     * inherited engine would make its own connections at its first request). */
     fg_engine_free(p->engine);
     p->engine = NULL;
     p->per_worker = 1;
