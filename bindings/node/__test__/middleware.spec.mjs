@@ -533,3 +533,54 @@ test('proxy settings that defeat IP limits are warned of once (Express and Fasti
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+// Browsers: with the CORS middleware before the limiter (README, "CORS"), a
+// preflight is answered there and never charged, and a 429 carries the CORS
+// headers and exposes Retry-After and RateLimit, so the page's code can read
+// why it was refused (without them it sees an opaque network error).
+test('behind CORS, preflights are not charged and a 429 is readable cross-origin (Express and Fastify)', async () => {
+  const policy = '[[rule]]\nname = "page"\nmatch = "/page"\nkey = "ip"\nquotas = ["3/min"]\n'
+  const origin = 'https://app.example'
+  const exposed = ['Retry-After', 'RateLimit', 'RateLimit-Policy']
+  const servers = {
+    express: async () => {
+      const app = require('express')()
+      app.use(require('cors')({ origin, exposedHeaders: exposed }))
+      app.use(require('../express.js').floodgate(Engine.fromToml(policy)))
+      app.get('/page', (req, res) => res.json({ ok: true }))
+      const server = await new Promise((resolve) => {
+        const s = app.listen(0, '127.0.0.1', () => resolve(s))
+      })
+      return { port: server.address().port, close: () => new Promise((r) => server.close(r)) }
+    },
+    fastify: async () => {
+      const app = require('fastify')()
+      await app.register(require('@fastify/cors'), { origin, exposedHeaders: exposed })
+      await app.register(require('../fastify.js'), { engine: Engine.fromToml(policy) })
+      app.get('/page', async () => ({ ok: true }))
+      await app.listen({ port: 0, host: '127.0.0.1' })
+      return { port: app.server.address().port, close: () => app.close() }
+    },
+  }
+  for (const [name, start] of Object.entries(servers)) {
+    const { port, close } = await start()
+    try {
+      const preflight = [['Origin', origin], ['Access-Control-Request-Method', 'GET']]
+      for (let i = 0; i < 6; i++) {
+        const r = await raw(port, 'OPTIONS', '/page', preflight)
+        assert.equal(r.status, 204, `${name}: the preflight is CORS's answer`)
+        assert.equal(r.headers.get('access-control-allow-origin'), origin, name)
+      }
+      const replies = []
+      for (let i = 0; i < 4; i++) replies.push(await raw(port, 'GET', '/page', [['Origin', origin]]))
+      assert.deepEqual(replies.map((r) => r.status), [200, 200, 200, 429], `${name}: preflights charged nothing`)
+      const refused = replies[3]
+      assert.equal(refused.headers.get('access-control-allow-origin'), origin, `${name}: the 429 is readable`)
+      const expose = (refused.headers.get('access-control-expose-headers') ?? '').toLowerCase()
+      for (const h of exposed) assert.ok(expose.includes(h.toLowerCase()), `${name}: ${h} exposed`)
+      assert.ok(Number(refused.headers.get('retry-after')) >= 1, name)
+    } finally {
+      await close()
+    }
+  }
+})

@@ -59,7 +59,7 @@ def test_unknown_and_obfuscated_hops_are_their_own_clients():
 
 
 def test_a_dual_stack_peer_behind_a_trusted_proxy():
-    starlette = pytest.importorskip("starlette")
+    pytest.importorskip("starlette")
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -560,3 +560,39 @@ def test_an_untrusted_proxy_is_warned_of_by_the_django_middleware(caplog):
                 assert mw(factory.get("/x", headers={"x-forwarded-for": f"198.51.100.{i}"})).status_code == 200
         counts.append(sum("ERR_FG_UNTRUSTED_PROXY" in r.getMessage() for r in caplog.records))
     assert counts == [1, 0, 0]
+
+
+def test_behind_cors_preflights_are_not_charged_and_a_429_is_readable():
+    """Starlette's CORSMiddleware added after the limiter (so outside it, README
+    "CORS"): it answers preflights, which never reach the limiter, and adds
+    its headers to the limiter's 429, exposing Retry-After and RateLimit to
+    the page's code."""
+    starlette = pytest.importorskip("starlette")
+    from starlette.applications import Starlette
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from floodgate.asgi import FloodgateMiddleware
+
+    origin = "https://app.example"
+    exposed = ["Retry-After", "RateLimit", "RateLimit-Policy"]
+
+    async def page(request):
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/page", page)])
+    policy = '[[rule]]\nname = "page"\nmatch = "/page"\nkey = "ip"\nquotas = ["3/min"]\n'
+    app.add_middleware(FloodgateMiddleware, engine=Engine.from_toml(policy))
+    app.add_middleware(CORSMiddleware, allow_origins=[origin], allow_methods=["GET"], expose_headers=exposed)
+    client = TestClient(app, client=("203.0.113.60", 5000))
+    for _ in range(6):
+        r = client.options("/page", headers={"origin": origin, "access-control-request-method": "GET"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+    replies = [client.get("/page", headers={"origin": origin}) for _ in range(4)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 429], "preflights charged nothing"
+    refused = replies[3]
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert {h.lower() for h in exposed} <= {h.strip().lower() for h in refused.headers["access-control-expose-headers"].split(",")}
+    assert int(refused.headers["retry-after"]) >= 1
