@@ -70,6 +70,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
 @pytest.fixture(params=["uvicorn", "gunicorn"], scope="module")
 def server(request, tmp_path_factory):
     kind = request.param
@@ -103,14 +114,7 @@ def server(request, tmp_path_factory):
         proc.wait()
         raise RuntimeError(f"{kind} did not start")
     yield kind, port
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
+    _stop(proc)
 
 
 def raw(port: int, method: str, target: str, headers: List[Tuple[str, str]]) -> Tuple[int, Dict[str, str], bytes]:
@@ -256,14 +260,7 @@ def unix_server(request, tmp_path_factory):
                 raise RuntimeError(f"{kind} did not start on {sock}")
             time.sleep(0.05)
     yield trusted, sock
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
+    _stop(proc)
 
 
 def unix_status(sock: str, target: str, xff: str) -> int:
