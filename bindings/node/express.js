@@ -47,13 +47,10 @@ function requestIp(req) {
 const { badRequestBody } = require('./index.js')
 const { rawChecker, plain, denied, denial, setResponseHeaders, proxyWarnings, needsSettle, settleQuietly } = require('./floodgate.js')
 
-/** Requests whose proxy settings are checked (floodgate.js, `proxyWarnings`). */
-const CHECKED_REQUESTS = 1000
-
 /** A checker of Express's proxy settings, per middleware (`options.validate`). */
 function expressWarnings(options) {
   if (options.validate === false) return undefined
-  const check = proxyWarnings(CHECKED_REQUESTS)
+  const check = proxyWarnings()
   let checking = true
   return (req) => {
     if (!checking) return

@@ -13,9 +13,6 @@
 const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, JSON_TYPE, parseCost } = require('./express.js')
 const { rawChecker, plain, denied, denial, setReplyHeaders, proxyWarnings, needsSettle, settleQuietly } = require('./floodgate.js')
 
-/** Requests whose proxy settings are checked (floodgate.js, `proxyWarnings`). */
-const CHECKED_REQUESTS = 1000
-
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
 
@@ -33,7 +30,7 @@ function floodgatePlugin(fastify, opts, done) {
   // request from one carried X-Forwarded-For and request.ip is still the peer.
   // (A trustProxy of true cannot be seen from here.)
   let checking = opts.validate !== false
-  const check = proxyWarnings(CHECKED_REQUESTS)
+  const check = proxyWarnings()
   const validate = (request) => {
     const socket = request.socket
     checking = check(() => false, socket, request.headers['x-forwarded-for'], () => request.ip !== socket?.remoteAddress)

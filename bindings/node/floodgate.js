@@ -398,6 +398,9 @@ const UNTRUSTED_PROXY =
   'no proxy is trusted: every client behind that proxy is its address (on a Unix socket, the one client "-"), and ' +
   'they share each IP-keyed limit. Trust the proxy (`trust proxy` / `trustProxy`; README, "Client addresses").'
 
+/** Requests whose proxy settings a middleware checks. */
+const CHECKED_REQUESTS = 1000
+
 /**
  * A checker of the first `n` requests' proxy settings, warning once of each
  * problem (`validate: false` turns it off): `(trustsAll, socket, forwarded,
@@ -405,7 +408,7 @@ const UNTRUSTED_PROXY =
  * framework believes any header, `forwarded` is the request's X-Forwarded-For,
  * `trustsPeer()` whether the framework trusts the socket's peer.
  */
-function proxyWarnings(n, warn = (line) => console.warn(line)) {
+function proxyWarnings(n = CHECKED_REQUESTS, warn = (line) => console.warn(line)) {
   let left = n
   let allWarned = false
   let untrustedWarned = false

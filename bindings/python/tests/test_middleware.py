@@ -59,7 +59,7 @@ def test_unknown_and_obfuscated_hops_are_their_own_clients():
 
 
 def test_a_dual_stack_peer_behind_a_trusted_proxy():
-    pytest.importorskip("starlette")
+    starlette = pytest.importorskip("starlette")
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -567,7 +567,7 @@ def test_behind_cors_preflights_are_not_charged_and_a_429_is_readable():
     "CORS"): it answers preflights, which never reach the limiter, and adds
     its headers to the limiter's 429, exposing Retry-After and RateLimit to
     the page's code."""
-    starlette = pytest.importorskip("starlette")
+    pytest.importorskip("starlette")
     from starlette.applications import Starlette
     from starlette.middleware.cors import CORSMiddleware
     from starlette.responses import JSONResponse

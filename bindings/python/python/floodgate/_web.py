@@ -25,10 +25,10 @@ from ._floodgate import TrustedProxies
 
 def networks(trusted: Iterable[str]) -> Optional[TrustedProxies]:
     """Trusted proxy addresses or networks (``"10.0.0.0/8"``, ``"::1"``), and
-    ``"unix:"`` for a proxy on a Unix socket, parsed by the core. IPv4 networks also match their IPv4-mapped IPv6 spelling
-    (``::ffff:10.0.0.1``). ``None`` for none: the middleware then tests a plain
-    ``None`` per request (the truth of a ``TrustedProxies`` is a call into the
-    extension)."""
+    ``"unix:"`` for a proxy on a Unix socket, parsed by the core. IPv4 networks
+    also match their IPv4-mapped IPv6 spelling (``::ffff:10.0.0.1``). ``None``
+    for none: the middleware then tests a plain ``None`` per request (the truth
+    of a ``TrustedProxies`` is a call into the extension)."""
     parsed = TrustedProxies([str(t) for t in trusted])
     return parsed if parsed else None
 

@@ -9,8 +9,9 @@ The engine sees what Starlette acts on: the decoded path it routes
 (``scope["path"]``), the first copy of a repeated header, and the client address
 from the one forwarding header the trusted proxy sets (``forwarded_header``,
 default ``X-Forwarded-For``). Behind a proxy on a Unix socket (``--uds``), list
-``"unix:"`` in ``trusted_proxies``. A request the engine cannot use (a method that is
-not an HTTP token) is answered 400.
+``"unix:"`` in ``trusted_proxies``. A request the engine cannot use (a method
+that is not an HTTP token) is answered 400. A proxy that is not trusted is
+warned of once (``validate=False`` turns that off; see ``_web.ProxyCheck``).
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the

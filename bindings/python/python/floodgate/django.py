@@ -5,8 +5,9 @@
 
 ``policy`` may be a path or a dict shaped like the TOML file. ``trusted_proxies``
 (addresses, networks, and ``"unix:"`` when the proxy reaches gunicorn over a
-Unix socket) and ``forwarded_header`` (default ``X-Forwarded-For``) say where the
-client address comes from. The engine sees ``request.path_info``, the path Django's URL
+Unix socket) and ``forwarded_header`` (default ``X-Forwarded-For``) say where
+the client address comes from; ``"validate": False`` silences the warning of an
+untrusted proxy. The engine sees ``request.path_info``, the path Django's URL
 resolver matches.
 """
 

@@ -8,9 +8,10 @@ The engine sees what the app routes on: ``PATH_INFO`` (decoded, below
 ``SCRIPT_NAME``), the header as the server passes it (WSGI servers join repeated
 headers with commas; a deny-listed API key anywhere in the joined value is
 refused), and the client address from the one forwarding header the trusted proxy
-sets (``forwarded_header``, default ``X-Forwarded-For``). Behind a proxy on a Unix socket
-(gunicorn's ``-b unix:``), list ``"unix:"`` in ``trusted_proxies``. A request the engine
-cannot use is answered 400.
+sets (``forwarded_header``, default ``X-Forwarded-For``). Behind a proxy on a
+Unix socket (gunicorn's ``-b unix:``), list ``"unix:"`` in ``trusted_proxies``.
+A request the engine cannot use is answered 400. A proxy that is not trusted is
+warned of once (``validate=False`` turns that off; see ``_web.ProxyCheck``).
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the
