@@ -11,8 +11,9 @@
 //!   TATs in one `AtomicU128`, both charged or neither by one compare-exchange.
 //! - **General path** (other quota sets, a sliding log, or a window quota too
 //!   large to pack): the states of all of a key's quotas sit behind one per-key
-//!   `parking_lot::Mutex`, held only for the math of one check. That makes a multi-quota check all-or-nothing: every quota
-//!   admits and all are charged, or none is.
+//!   `parking_lot::Mutex`, held only for the math of one check. That makes a
+//!   multi-quota check all-or-nothing: every quota admits and all are charged,
+//!   or none is.
 
 use parking_lot::Mutex;
 

@@ -308,8 +308,6 @@ const OCTETS: [(u32, u8); 256] = {
     t
 };
 
-/// Writes `ip` as text: IPv4 in dotted decimal from [`OCTETS`], without the
-/// fmt machinery (the common case), IPv6 through `Display`.
 /// An `ip` key part of a request without a client address: one key for every
 /// such request, never none. (Skipping the rule let a client the server could
 /// no longer name, as Node does once an attacker has reset the connection,
@@ -317,6 +315,9 @@ const OCTETS: [(u32, u8); 256] = {
 /// unlimited.) No address is written as `-`.
 pub(crate) const NO_ADDRESS: &[u8] = b"-";
 
+/// Writes `ip` as text: IPv4 in dotted decimal from [`OCTETS`], without the
+/// fmt machinery (the common case), IPv6 through `Display`; no address as
+/// [`NO_ADDRESS`].
 fn push_ip<S: Sink>(key: &mut S, ip: Option<IpAddr>) {
     let Some(ip) = ip else {
         key.push(NO_ADDRESS);

@@ -606,20 +606,23 @@ impl RedisStore {
 
     /// This process's connections: in a process forked since they were made,
     /// new ones (none connected yet), the parent's left alone (see [`Conns`]).
-    /// A `getpid` per call: ~0.1 µs of a round trip's tens.
-    fn conns(&self) -> Arc<Conns> {
+    /// A `getpid` per call: ~0.1 µs of a round trip's tens. A guard, not an
+    /// `Arc`: a blocking call takes no reference count that every thread's
+    /// calls would share (`Guard::into_inner` for a task to own).
+    fn conns(&self) -> arc_swap::Guard<Arc<Conns>> {
         let pid = std::process::id();
-        let current = self.inner.conns.load_full();
+        let current = self.inner.conns.load();
         if current.pid == pid {
             return current;
         }
+        let parents = arc_swap::Guard::into_inner(current);
         let fresh = Arc::new(Conns::new(pid, self.inner.pool_size, true));
-        let before = self.inner.conns.compare_and_swap(&current, fresh);
-        if Arc::ptr_eq(&before, &current) {
+        let before = self.inner.conns.compare_and_swap(&parents, fresh);
+        if Arc::ptr_eq(&before, &parents) {
             // Never dropped here: they are the parent's (see `Conns`).
-            std::mem::forget(current);
+            std::mem::forget(parents);
         }
-        self.inner.conns.load_full()
+        self.inner.conns.load()
     }
 
     /// The breaker's time now (µs since the store was built; above 0).
@@ -912,7 +915,7 @@ impl RedisStore {
     /// timeout is this check's deadline, queueing included.
     pub(super) async fn run_merged(&self, check: script::Merged) -> redis::RedisResult<Vec<i64>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let conns = self.conns();
+        let conns = arc_swap::Guard::into_inner(self.conns());
         conns.queue.lock().push((check, tx));
         if !conns.merging.swap(true, Ordering::AcqRel) {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -1032,7 +1035,7 @@ impl RedisStore {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> redis::RedisResult<Vec<i64>> {
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
-        let conns = self.conns();
+        let conns = arc_swap::Guard::into_inner(self.conns());
         let call = async {
             match self.async_conn(&conns).await? {
                 AsyncConn::Single(mut c) => invocation.invoke_async(&mut c).await,
