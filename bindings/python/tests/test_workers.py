@@ -19,6 +19,7 @@ import sys
 import textwrap
 import time
 import uuid
+from typing import Sequence
 
 import pytest
 
@@ -101,19 +102,20 @@ def _serve(kind: str, store: str, tmp_path):
 
 
 def start_server(kind: str, app: str, policy_text: str, tmp_path, workers: int = 4, threads: int = 1,
-                 preload: bool = False):
+                 preload: bool = False, args: Sequence[str] = ()):
     """Starts ``app`` (ASGI under uvicorn, WSGI under gunicorn) with ``policy_text``
     as ./policy.toml, on a free port: (process, port). ``preload``: gunicorn
-    imports the app (and builds its engine) once, before forking the workers."""
+    imports the app (and builds its engine) once, before forking the workers.
+    ``args`` go to the server's command line."""
     (tmp_path / "policy.toml").write_text(policy_text)
     (tmp_path / "app.py").write_text(textwrap.dedent(app))
     port = _free_port()
     if kind == "uvicorn":
         cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--log-level", "warning"]
+               "--workers", str(workers), "--log-level", "warning", *args]
     else:
         cmd = [sys.executable, "-m", "gunicorn", "app:app", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-               "--threads", str(threads), "--log-level", "warning", *(["--preload"] if preload else [])]
+               "--threads", str(threads), "--log-level", "warning", *(["--preload"] if preload else []), *args]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -706,3 +708,25 @@ def test_an_in_memory_ban_holds_over_http(kind, tmp_path):
     finally:
         _stop(proc)
     assert statuses == [200] * LIMIT + [429] * (STRIKES - 1) + [403] * 21, statuses
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_an_untrusted_proxy_is_warned_of_once_in_the_servers_log(kind, tmp_path):
+    """Behind a loopback proxy that no setting trusts (uvicorn told not to
+    resolve X-Forwarded-For itself), the server's log gets one
+    ERR_FG_UNTRUSTED_PROXY line per worker, however many requests come."""
+    pytest.importorskip(kind)
+    app = (ASGI_APP if kind == "uvicorn" else WSGI_APP).replace("/api/items", "/open")
+    args = ["--no-proxy-headers"] if kind == "uvicorn" else []
+    proc, port = start_server(kind, app, policy("memory", ""), tmp_path, workers=1, args=args)
+    try:
+        _wait_for_workers(proc, port)
+        for i in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/open", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        os.killpg(proc.pid, 15)
+        log = proc.communicate(timeout=15)[1].decode(errors="replace")
+    assert log.count("ERR_FG_UNTRUSTED_PROXY") == 1, log
