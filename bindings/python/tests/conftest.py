@@ -30,26 +30,48 @@ class OwnRedis:
         self.proc, self.port, self.url = proc, port, f"redis://127.0.0.1:{port}/"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_redis(args: list, port: int) -> subprocess.Popen:
+    """A redis-server (or sentinel) started with `args`, once it answers PING on `port`."""
+    proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"redis-server {args} did not start")
+
+
 @pytest.fixture
 def own_redis():
     """Starts a redis-server on a free port for one test; killed after it."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    port = _free_port()
+    proc = _start_redis(["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], port)
     try:
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("redis-server did not start")
         yield OwnRedis(proc, port)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def own_sentinel(own_redis, tmp_path):
+    """A Redis Sentinel monitoring `own_redis` as master `fgmaster` (quorum 1):
+    `(sentinel port, own_redis)`; killed after the test."""
+    port = _free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor fgmaster 127.0.0.1 {own_redis.port} 1\n")
+    proc = _start_redis([str(conf), "--sentinel"], port)
+    try:
+        yield port, own_redis
     finally:
         proc.kill()
         proc.wait()

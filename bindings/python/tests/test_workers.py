@@ -427,6 +427,59 @@ def test_forked_children_never_share_the_parents_redis_connections(redis_url):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_forked_children_ask_the_sentinels_on_connections_of_their_own(own_sentinel):
+    """On Sentinel, a connect first asks the sentinels which server is the
+    master, on connections redis-rs keeps open. Children forked after the
+    parent connected opened none of their own: they all asked on the parent's
+    socket (replies for one process read by another; one left waiting). Four
+    children each check; while they are alive the sentinel counts a client for
+    the parent, one for each child and the one counting."""
+    port, master = own_sentinel
+
+    def sentinel_clients() -> int:
+        out = subprocess.run(["redis-cli", "-p", str(port), "client", "list"], capture_output=True, text=True, check=True)
+        return len(out.stdout.strip().splitlines())
+
+    policy = _FORK_POLICY.replace('url = "{url}"', f'sentinel = ["redis://127.0.0.1:{port}"]\nmaster_name = "fgmaster"')
+    engine = floodgate.Engine.from_toml(policy.format(prefix=uuid.uuid4().hex))
+    assert engine.check_request(method="GET", path="/api/x", client_ip="10.9.9.9").allowed
+    assert sentinel_clients() == 2, "the parent's and the counting one"
+    go_r, go_w = os.pipe()
+    children = []
+    for k in range(4):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child reports through the pipe)
+            code = 1
+            try:
+                os.close(r)
+                allowed = sum(
+                    engine.check_request(method="GET", path="/api/x", client_ip=f"10.0.0.{k + 1}").allowed
+                    for _ in range(50)
+                )
+                os.write(w, json.dumps([allowed, _fallbacks(engine)]).encode())
+                os.close(w)
+                os.read(go_r, 1)  # alive (its connections open) until counted
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        children.append((pid, r))
+    try:
+        for pid, r in children:
+            with os.fdopen(r) as f:
+                assert json.loads(f.read()) == [50, 0], "every check answered by Redis"
+        assert sentinel_clients() == 2 + 4, "a connection to the sentinel per child"
+    finally:
+        os.write(go_w, b"x" * len(children))
+        for pid, _ in children:
+            assert os.waitpid(pid, 0)[1] == 0
+    # The children's checks reached the master they were told of: 50 each.
+    keys = subprocess.run(["redis-cli", "-p", str(master.port), "--scan"], capture_output=True, text=True).stdout.split()
+    assert len(keys) == 5, keys
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_async_checks_answer_in_a_child_forked_after_the_parent_made_some(redis_url):
     """The async checks run on a background tokio runtime whose thread does not
     survive a fork: a child's checks, spawned on the parent's runtime, would

@@ -27,7 +27,29 @@ enum Client {
     Cluster(Box<redis::cluster::ClusterClient>),
     /// The master that Sentinel names: asked again at every (background)
     /// connect, so a failover is followed as soon as the sentinels agree.
-    Sentinel(Mutex<redis::sentinel::SentinelClient>),
+    /// The client asking the sentinels keeps its connections to them, so each
+    /// process has its own ([`Conns::sentinel`]); this is what it is built from.
+    Sentinel {
+        urls: Vec<String>,
+        master: String,
+    },
+}
+
+impl Client {
+    /// A client asking the sentinels, with no connection to them yet (None
+    /// when this store is not on Sentinel).
+    fn sentinel(&self) -> redis::RedisResult<Option<redis::sentinel::SentinelClient>> {
+        let Self::Sentinel { urls, master } = self else {
+            return Ok(None);
+        };
+        redis::sentinel::SentinelClient::build(
+            urls.clone(),
+            master.clone(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map(Some)
+    }
 }
 
 pub(super) enum SyncConn {
@@ -203,7 +225,8 @@ struct StoreInner {
 /// tasks and threads that did not survive the fork (a merge in progress, a
 /// connect under way: a child's async checks would queue forever). So each
 /// process has its own: the first call in a child replaces the parent's
-/// ([`RedisStore::conns`]) and connects its own in the background. The
+/// ([`RedisStore::conns`]) and connects its own in the background (on
+/// Sentinel, through its own connections to the sentinels). The
 /// parent's are left alone in the child, never dropped or used: they are
 /// the parent's sockets, and their locks may be held by threads that are
 /// not in the child.
@@ -229,13 +252,24 @@ struct Conns {
     /// Made for a forked child, which has no connection yet: its first
     /// blocking call waits for one ([`RedisStore::first_in_child`]).
     forked: AtomicBool,
+    /// On Sentinel, the client asking the sentinels which server is the
+    /// master: redis-rs keeps a connection to each sentinel in it, which a
+    /// forked child must not share either. (None: not on Sentinel, or its
+    /// client could not be built again in this process.)
+    sentinel: Option<Mutex<redis::sentinel::SentinelClient>>,
 }
 
 impl Conns {
     /// None yet, for process `pid`: `pool_size` empty slots.
-    fn new(pid: u32, pool_size: usize, forked: bool) -> Self {
+    fn new(
+        pid: u32,
+        pool_size: usize,
+        forked: bool,
+        sentinel: Option<redis::sentinel::SentinelClient>,
+    ) -> Self {
         Self {
             forked: AtomicBool::new(forked),
+            sentinel: sentinel.map(Mutex::new),
             pid,
             pool: (0..pool_size).map(|_| Mutex::new(None)).collect(),
             connecting: (0..pool_size).map(|_| AtomicBool::new(false)).collect(),
@@ -408,13 +442,10 @@ impl RedisStoreBuilder {
             root_cert: self.ca_pem.clone(),
         };
         let client = if let Some(master) = &self.master_name {
-            redis::sentinel::SentinelClient::build(
-                self.urls.clone(),
-                master.clone(),
-                None,
-                redis::sentinel::SentinelServerType::Master,
-            )
-            .map(|c| Client::Sentinel(Mutex::new(c)))
+            Ok(Client::Sentinel {
+                urls: self.urls.clone(),
+                master: master.clone(),
+            })
         } else if self.cluster {
             let mut b =
                 redis::cluster::ClusterClient::builder(self.urls.iter().map(String::as_str))
@@ -436,12 +467,20 @@ impl RedisStoreBuilder {
             }
         }
         .map_err(|e| unavailable(&what, &e))?;
+        // Built here (a sentinel URL that does not parse is refused now), and
+        // again in each forked child.
+        let sentinel = client.sentinel().map_err(|e| unavailable(&what, &e))?;
         let pool_size = self.pool_size.clamp(1, 256);
         let store = RedisStore {
             inner: Arc::new(StoreInner {
                 what,
                 client,
-                conns: ArcSwap::from_pointee(Conns::new(std::process::id(), pool_size, false)),
+                conns: ArcSwap::from_pointee(Conns::new(
+                    std::process::id(),
+                    pool_size,
+                    false,
+                    sentinel,
+                )),
                 pool_size,
                 merged: Default::default(),
                 connect_timeout: self.connect_timeout,
@@ -459,7 +498,7 @@ impl RedisStoreBuilder {
         };
         // Not a request: the first connection is made here, and checked.
         let conns = store.conns();
-        match store.open() {
+        match store.open(&conns) {
             Ok(conn) => {
                 if let Some(slot) = conns.pool.first() {
                     *slot.lock() = Some(conn);
@@ -616,7 +655,10 @@ impl RedisStore {
             return current;
         }
         let parents = arc_swap::Guard::into_inner(current);
-        let fresh = Arc::new(Conns::new(pid, self.inner.pool_size, true));
+        // A failure to build the sentinel client again (its URLs parsed in the
+        // parent) leaves this child's connects failing: the fail mode.
+        let sentinel = self.inner.client.sentinel().ok().flatten();
+        let fresh = Arc::new(Conns::new(pid, self.inner.pool_size, true, sentinel));
         let before = self.inner.conns.compare_and_swap(&parents, fresh);
         if Arc::ptr_eq(&before, &parents) {
             // Never dropped here: they are the parent's (see `Conns`).
@@ -646,7 +688,7 @@ impl RedisStore {
     /// A new connection, checked (`PING`) and with the script loaded, so that a
     /// call never pays a `NOSCRIPT` round trip after a reconnect. Never on a
     /// request's path: at build, or in the background.
-    fn open(&self) -> redis::RedisResult<SyncConn> {
+    fn open(&self, conns: &Conns) -> redis::RedisResult<SyncConn> {
         let i = &self.inner;
         // Each call sets its own deadline; the set-up below (connect, AUTH,
         // SELECT, PING, SCRIPT LOAD) has the connect timeout and two command
@@ -679,10 +721,7 @@ impl RedisStore {
                 c,
                 Instant::now() + i.connect_timeout + i.command_timeout * 2,
             )?)),
-            Client::Sentinel(s) => {
-                let master = s.lock().get_client()?;
-                single(&master)?
-            }
+            Client::Sentinel { .. } => single(&Self::master(conns)?)?,
         };
         redis::cmd("PING").query::<String>(conn.as_dyn())?;
         redis::Script::new(script::SOURCE)
@@ -709,7 +748,7 @@ impl RedisStore {
             .spawn(move || {
                 let connected = conns.pool.get(n).is_some_and(|slot| slot.lock().is_some());
                 if !connected
-                    && let Ok(conn) = store.open()
+                    && let Ok(conn) = store.open(&conns)
                     && let Some(slot) = conns.pool.get(n)
                 {
                     let mut slot = slot.lock();
@@ -849,7 +888,7 @@ impl RedisStore {
             };
             let (store, conns) = (self.clone(), Arc::clone(i));
             runtime.spawn(async move {
-                if let Ok(conn) = store.connect_async().await {
+                if let Ok(conn) = store.connect_async(&conns).await {
                     *conns.async_conn.lock() = Some(conn);
                 }
                 conns.async_connecting.store(false, Ordering::Release);
@@ -863,7 +902,7 @@ impl RedisStore {
             .ok_or_else(|| io_error("could not connect to Redis (tried again at the next call)"))
     }
 
-    async fn connect_async(&self) -> redis::RedisResult<AsyncConn> {
+    async fn connect_async(&self, conns: &Arc<Conns>) -> redis::RedisResult<AsyncConn> {
         let i = &self.inner;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(i.connect_timeout))
@@ -874,15 +913,12 @@ impl RedisStore {
                     .await?,
             ),
             Client::Cluster(c) => AsyncConn::Cluster(c.get_async_connection().await?),
-            Client::Sentinel(_) => {
+            Client::Sentinel { .. } => {
                 // Asking the sentinels is a blocking call: off the runtime's workers.
-                let store = self.clone();
-                let master = tokio::task::spawn_blocking(move || match &store.inner.client {
-                    Client::Sentinel(s) => s.lock().get_client(),
-                    _ => Err(io_error("not a sentinel store")),
-                })
-                .await
-                .map_err(|_| io_error("the sentinel lookup did not complete"))??;
+                let conns = Arc::clone(conns);
+                let master = tokio::task::spawn_blocking(move || Self::master(&conns))
+                    .await
+                    .map_err(|_| io_error("the sentinel lookup did not complete"))??;
                 AsyncConn::Single(
                     master
                         .get_multiplexed_async_connection_with_config(&config)
@@ -890,6 +926,17 @@ impl RedisStore {
                 )
             }
         })
+    }
+
+    /// A client for the master the sentinels name now, asked through this
+    /// process's sentinel client.
+    fn master(conns: &Conns) -> redis::RedisResult<redis::Client> {
+        conns
+            .sentinel
+            .as_ref()
+            .ok_or_else(|| io_error("no sentinel client in this process"))?
+            .lock()
+            .get_client()
     }
 
     /// Whether async checks on the server's clock are merged into one call
