@@ -1,5 +1,6 @@
 """FastAPI and Flask apps for benches/http/run.py, chosen by FG_BENCH_MODE:
-none, floodgate (Floodgate's middleware) or peer (slowapi / flask-limiter), each
+none, floodgate (Floodgate's middleware), extension (Flask only: the Flask
+extension) or peer (slowapi / flask-limiter), each
 at 1,000,000 requests per minute per IP, or floor (a middleware that only adds
 two constant rate-limit headers: what any limiter setting them pays). Served
 by uvicorn (`py_apps:fastapi_app`) and gunicorn (`py_apps:flask_app`)."""
@@ -91,6 +92,11 @@ def _flask():
         from floodgate.wsgi import FloodgateMiddleware
 
         app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file(str(POLICY)))
+    elif MODE == "extension":
+        from floodgate import Engine
+        from floodgate.flask import Floodgate
+
+        Floodgate(app, Engine.from_file(str(POLICY)))
     elif MODE == "floor":
         app.wsgi_app = _FloorWsgi(app.wsgi_app)
     elif MODE == "peer":

@@ -17,6 +17,7 @@ shared host cancels out of them.
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
     python3 benches/http/run.py --tight   # a flood nearly all denied (1/min per IP) vs no limiter
     python3 benches/http/run.py --floor   # also the floor: a middleware setting two constant headers
+    python3 benches/http/run.py --only flask --extension   # also the Flask extension (floodgate.flask)
     python3 benches/http/run.py --footprint --only fastify,express,fastapi   # instructions and cache misses per request
 
 `--footprint` runs each server under valgrind's callgrind with its cache
@@ -220,6 +221,8 @@ def main():
                     help="instructions and cache misses per request under callgrind (valgrind), not throughput")
     ap.add_argument("--tight", action="store_true",
                     help="limiters at 1 request per minute per IP: nearly every request is denied")
+    ap.add_argument("--extension", action="store_true",
+                    help="Flask only: also Floodgate's Flask extension (floodgate.flask) beside its WSGI middleware")
     ap.add_argument("--floor", action="store_true",
                     help="also the floor: a middleware that only sets two constant rate-limit headers "
                          "(what any limiter setting them pays before it decides anything)")
@@ -230,6 +233,10 @@ def main():
         return footprint(a)
     frameworks = a.only.split(",")
     variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
+    if a.extension:
+        if frameworks != ["flask"]:
+            raise SystemExit("--extension is Flask's: use it with --only flask")
+        variants = (*variants[:-1], "extension", variants[-1])
     results = {(f, v): [] for f in frameworks for v in variants}
     cpu = {(f, v): [] for f in frameworks for v in variants}
     for r in range(a.rounds):
@@ -253,7 +260,7 @@ def main():
     # Throughput (what clients see) and the server's CPU time per request (what
     # each limiter costs, less disturbed by wrk sharing the machine).
     shown = [v for v in variants if v != "none"]
-    names = {"floor": "floor", "floodgate": "Floodgate", "peer": "peer"}
+    names = {"floor": "floor", "floodgate": "Floodgate", "extension": "Floodgate extension", "peer": "peer"}
     print("| server | no limiter | " + " | ".join(names[v] for v in shown)
           + " | server CPU µs/req: none | " + " | ".join(names[v] for v in shown) + " |")
     print("|---|---|" + "---|" * (2 * len(shown) + 1))
@@ -267,7 +274,7 @@ def main():
     # A round's variants run back to back, seconds apart; the rounds follow
     # one another over minutes on a shared host. A ratio taken within each
     # round, then the median over the rounds, cancels what drifts between them.
-    pairs = [(v, "none") for v in shown] + ([("floodgate", "peer")] if "peer" in variants else [])
+    pairs = [(v, "none") for v in shown] + [(v, "peer") for v in ("floodgate", "extension") if v in variants and "peer" in variants]
     print()
     print("Requests per second, the ratio within each round: median (range) over the rounds")
     print()

@@ -63,6 +63,14 @@ def page():
 app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"), trusted_proxies=["127.0.0.1"])
 """
 
+# The same Flask app with the Flask extension (floodgate.flask) instead of the
+# WSGI middleware: the same reader of the environ, answering inside Flask.
+FLASK_APP = WSGI_APP.replace("from floodgate.wsgi import FloodgateMiddleware", "from floodgate.flask import Floodgate").replace(
+    'app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"),',
+    'Floodgate(app, Engine.from_file("policy.toml"),',
+)
+APPS = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -81,14 +89,15 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.stderr.close()
 
 
-@pytest.fixture(params=["uvicorn", "gunicorn"], scope="module")
+@pytest.fixture(params=["uvicorn", "gunicorn", "flask"], scope="module")
 def server(request, tmp_path_factory):
+    """``kind`` "flask" is the Flask extension under gunicorn."""
     kind = request.param
-    pytest.importorskip(kind)
+    pytest.importorskip("uvicorn" if kind == "uvicorn" else "gunicorn")
     pytest.importorskip("starlette" if kind == "uvicorn" else "flask")
     d = tmp_path_factory.mktemp(kind)
     (d / "policy.toml").write_text(POLICY)
-    (d / "app.py").write_text(textwrap.dedent(ASGI_APP if kind == "uvicorn" else WSGI_APP))
+    (d / "app.py").write_text(textwrap.dedent(APPS[kind]))
     port = _free_port()
     if kind == "uvicorn":
         # --no-proxy-headers: the app sees the socket peer; trusting the proxy is

@@ -129,10 +129,17 @@ app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml")
 """
 
 
+# The same with the Flask extension: settled when gunicorn closes the response.
+FLASK_APP = WSGI_APP.replace("from floodgate.wsgi import FloodgateMiddleware", "from floodgate.flask import Floodgate").replace(
+    'app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"))', 'Floodgate(app, Engine.from_file("policy.toml"))'
+)
+
+
 def _serve(kind: str, tmp_path):
+    """``kind`` "flask": the Flask extension under gunicorn."""
     table = _table()
-    app = ASGI_APP if kind == "uvicorn" else WSGI_APP
-    proc, port = start_server(kind, app, POLICY.format(table=table, login=LOGIN_LIMIT), tmp_path, workers=2, threads=8)
+    app = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP}[kind]
+    proc, port = start_server("gunicorn" if kind == "flask" else kind, app, POLICY.format(table=table, login=LOGIN_LIMIT), tmp_path, workers=2, threads=8)
     return proc, port, table
 
 
@@ -151,7 +158,7 @@ def _remaining(headers: dict) -> int:
     return int(field.split(";r=", 1)[1].split(";", 1)[0])
 
 
-@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn", "flask"])
 def test_lifecycle_over_http(kind, tmp_path):
     proc, port, table = _serve(kind, tmp_path)
     try:

@@ -1,0 +1,162 @@
+"""Flask extension: the request decided inside Flask, so that its answers go
+through the app's ``after_request`` functions (Flask-CORS, security headers,
+request ids) like any other response.
+
+    from floodgate import Engine
+    from floodgate.flask import Floodgate
+    Floodgate(app, Engine.from_file("policy.toml"))
+    # or, with an app factory: floodgate = Floodgate(engine=...); floodgate.init_app(app)
+
+It sees what the WSGI middleware (``floodgate.wsgi``) sees, read from the
+same environ: ``PATH_INFO``, the headers the policy reads and the client
+address from the one forwarding header the trusted proxy sets
+(``forwarded_header``; list ``"unix:"`` in ``trusted_proxies`` behind a proxy
+on a Unix socket). The difference is where the answer is made: the WSGI
+middleware answers 429 (and 400 for a request the engine cannot use) before
+Flask runs, so no ``after_request`` function sees it (a browser then cannot
+read a 429 without Flask-CORS's headers); here the check is the app's first
+``before_request`` function, and a denial is a Flask response the rest of the
+app decorates. Flask also runs its other ``before_request`` functions (a
+session or user loaded from a database) only for allowed requests. CORS
+preflights (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``)
+are left to Flask and never charged.
+
+Settlement. When a rule with ``count``, ``cost_from = "response"`` or
+``max_in_flight`` admitted the request (``verdict.needs_settle``), the
+extension settles it when the server closes the response (after the last
+chunk, or when the client went away), with the response's final status; if
+the app raised before any response was made, with 500 when the request ends.
+A ``Floodgate-Cost`` response header gives the real cost and is removed. An
+``after_request`` function that returns a new response object loses the
+settlement of the one it replaced (its in-flight place is then freed by the
+store after ``in_flight_ttl``): change the response in place instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from flask import Flask, Response, request
+
+from ._floodgate import BAD_REQUEST_BODY, Engine
+from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, wanted_headers
+from .errors import FloodgateError, InvalidRequestError
+
+# Per request, in the WSGI environ (a dict lookup; `flask.g` costs more).
+_HEADERS = "floodgate.headers"  # the rate-limit headers to add to the response
+_PENDING = "floodgate.pending"  # a _Pending: a verdict to settle
+
+
+class _Pending:
+    """A verdict to settle once, with the real cost once a response gave it."""
+
+    __slots__ = ("verdict", "cost", "responded", "settled")
+
+    def __init__(self, verdict: Any) -> None:
+        self.verdict = verdict
+        self.cost: Optional[float] = None
+        self.responded = False
+        self.settled = False
+
+
+class Floodgate:
+    """Decides every request of a Flask app with ``engine``."""
+
+    def __init__(
+        self,
+        app: Optional[Flask] = None,
+        engine: Optional[Engine] = None,
+        *,
+        trusted_proxies: Sequence[str] = (),
+        forwarded_header: str = "x-forwarded-for",
+        validate: bool = True,
+    ) -> None:
+        if engine is None:
+            raise TypeError("Floodgate(app, engine): an engine is required")
+        self.engine = engine
+        self.trusted = networks(trusted_proxies)
+        self._check = ProxyCheck(self.trusted, forwarded_header, validate)
+        self._forwarded_key = "HTTP_" + forwarded_header.upper().replace("-", "_")
+        read_headers = bool(engine.request_headers) or bool(self.trusted)
+        keys = environ_keys(wanted_headers(engine, forwarded_header)) if read_headers else ()
+        self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Registers the check as ``app``'s first ``before_request`` function
+        (before those registered earlier), and the headers and settlement
+        as an ``after_request`` and a ``teardown_request`` function."""
+        app.extensions["floodgate"] = self
+        app.before_request_funcs.setdefault(None, []).insert(0, self._before)
+        app.after_request(self._after)
+        app.teardown_request(self._teardown)
+
+    def _before(self) -> Optional[Response]:
+        environ = request.environ
+        if (
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+            and "HTTP_ORIGIN" in environ
+        ):
+            # A CORS preflight, which the browser sends on its own before the
+            # request it asks about (that one is charged): answered by Flask
+            # (Flask-CORS), never charged or refused, as where the CORS layer
+            # sits in front of the limiter in the other frameworks.
+            return None
+        if self._check.left > 0:
+            self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
+        try:
+            # The headers to add (a request allowed with nothing to settle), or the Verdict.
+            verdict = self._reader.check(environ)
+        except InvalidRequestError:
+            return Response(BAD_REQUEST_BODY, status=400, content_type="application/json")
+        if type(verdict) is list:
+            if verdict:
+                environ[_HEADERS] = verdict
+            return None
+        headers = list(verdict.headers)
+        if not verdict.allowed:
+            # Flask skips the view; the after_request functions still run.
+            return Response(verdict.body, status=verdict.status, headers=headers, content_type="application/json")
+        environ[_HEADERS] = headers
+        if verdict.needs_settle:
+            environ[_PENDING] = _Pending(verdict)
+        return None
+
+    def _after(self, response: Response) -> Response:
+        environ = request.environ
+        headers = environ.pop(_HEADERS, None)
+        if headers:
+            response.headers.extend(headers)
+        pending = environ.get(_PENDING)
+        if pending is not None:
+            cost = response.headers.get(COST_HEADER)
+            if cost is not None:
+                pending.cost = parse_cost(cost)
+                del response.headers[COST_HEADER]
+            pending.responded = True
+            # On every response this runs for (an error in a later
+            # after_request function makes a 500, which comes here too): the
+            # one the server sends is closed, and settles.
+            response.call_on_close(lambda: self._settle(pending, response.status_code))
+        return response
+
+    def _teardown(self, _exc: Optional[BaseException]) -> None:
+        pending = request.environ.get(_PENDING)
+        if pending is not None and not pending.responded:
+            # No response was made (an exception propagated, as in testing
+            # mode): the request failed.
+            self._settle(pending, 500)
+
+    def _settle(self, pending: _Pending, status: int) -> None:
+        if pending.settled:
+            return
+        pending.settled = True
+        try:
+            self.engine.settle(pending.verdict, status=status, cost=pending.cost)
+        except FloodgateError:
+            pass  # already settled by the app, or the store is down: the charge stands
+
+
+__all__ = ["Floodgate"]

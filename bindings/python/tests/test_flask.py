@@ -1,0 +1,164 @@
+"""The Flask extension (floodgate.flask) over real HTTP, gunicorn with one
+worker: its answers go through the app's after_request functions (Flask-CORS,
+a request id), CORS preflights are never charged, the app's own
+before_request functions run only for allowed requests, and a view that
+raises is settled as a failure. (The attack battery and the request lifecycle
+also run against it: test_attacks.py, test_lifecycle.py, kind "flask".)"""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from test_workers import _stop, _wait_for_workers, start_server
+
+POLICY = """
+[[rule]]
+name = "page"
+match = "/page"  # any method: a preflight too, were it checked
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["3/hour"]
+
+[[rule]]
+name = "boom"
+match = "/boom"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["2/hour"]
+count = "failures"
+"""
+
+APP = """
+import flask
+from flask_cors import CORS
+
+from floodgate import Engine
+from floodgate.flask import Floodgate
+
+app = flask.Flask(__name__)
+CORS(app, origins=["https://app.example"], expose_headers=["Retry-After", "RateLimit", "RateLimit-Policy"])
+LOADS = {"page": 0}
+
+
+@app.before_request
+def load_user():
+    # Registered before the extension, as an app's session or user loading
+    # often is: still runs after the check, and only for allowed requests.
+    if flask.request.method == "GET" and flask.request.path == "/page":
+        LOADS["page"] += 1
+
+
+@app.after_request
+def request_id(response):
+    response.headers["X-Request-Id"] = "rid-1"
+    return response
+
+
+@app.get("/page")
+def page():
+    return {"ok": True}
+
+
+@app.get("/loads")
+def loads():
+    return dict(LOADS)
+
+
+@app.get("/boom")
+def boom():
+    raise RuntimeError("boom")
+
+
+@app.get("/health")
+def health():
+    return {"ok": True}
+
+
+Floodgate(app, Engine.from_file("policy.toml"))
+"""
+
+ORIGIN = "https://app.example"
+
+
+def _call(port: int, method: str, path: str, headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+
+@pytest.fixture(scope="module")
+def flask_server(tmp_path_factory):
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("flask_cors")
+    proc, port = start_server("gunicorn", APP, POLICY, tmp_path_factory.mktemp("flask-ext"), workers=1)
+    try:
+        _wait_for_workers(proc, port)
+        yield port
+    finally:
+        _stop(proc)
+
+
+def test_a_429_goes_through_the_apps_after_request_functions(flask_server):
+    port = flask_server
+    preflight = {"origin": ORIGIN, "access-control-request-method": "GET"}
+    for _ in range(6):
+        status, headers, _ = _call(port, "OPTIONS", "/page", preflight)
+        assert (status, headers.get("access-control-allow-origin")) == (200, ORIGIN)
+        assert "ratelimit" not in headers, "a preflight is not checked"
+    replies = [_call(port, "GET", "/page", {"origin": ORIGIN}) for _ in range(4)]
+    assert [r[0] for r in replies] == [200, 200, 200, 429], "the preflights charged nothing"
+    for status, headers, _ in replies[:3]:
+        assert headers["ratelimit-policy"] == '"page";q=3;w=3600'
+        assert headers["x-request-id"] == "rid-1"
+    status, headers, body = replies[3]
+    # Flask-CORS and the app's own after_request decorated the 429: the page's
+    # code can read it and its headers.
+    assert headers["access-control-allow-origin"] == ORIGIN
+    exposed = {h.strip().lower() for h in headers["access-control-expose-headers"].split(",")}
+    assert {"retry-after", "ratelimit", "ratelimit-policy"} <= exposed
+    assert headers["x-request-id"] == "rid-1"
+    assert headers["content-type"] == "application/json"
+    assert int(headers["retry-after"]) >= 1
+    assert headers["ratelimit"].startswith('"page";r=0;')
+    assert json.loads(body)["error"]
+    # The app's before_request ran for the three allowed GETs only.
+    assert json.loads(_call(port, "GET", "/loads")[2]) == {"page": 3}
+
+
+def test_a_view_that_raises_is_settled_as_a_failure(flask_server):
+    port = flask_server
+    # count = "failures", 2 an hour: each 500 counts, so the third is refused.
+    statuses = [_call(port, "GET", "/boom")[0] for _ in range(3)]
+    assert statuses == [500, 500, 429]
+
+
+def test_an_exception_that_propagates_still_frees_the_place():
+    """With exceptions propagated (Flask's testing mode, PROPAGATE_EXCEPTIONS)
+    no response is made and no after_request function runs: the request's
+    in-flight place is given back when the request ends (teardown)."""
+    flask = pytest.importorskip("flask")
+    from floodgate import Engine
+    from floodgate.flask import Floodgate
+
+    app = flask.Flask(__name__)
+    app.testing = True
+
+    @app.get("/job")
+    def job():
+        if flask.request.args.get("fail"):
+            raise RuntimeError("boom")
+        return {"ok": True}
+
+    policy = '[[rule]]\nname = "job"\nmatch = "/job"\nkey = "ip"\nquotas = ["100/s"]\nmax_in_flight = 1\n'
+    Floodgate(app, Engine.from_toml(policy))
+    client = app.test_client()
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            client.get("/job?fail=1")
+    assert client.get("/job").status_code == 200, "each failed request gave its place back"
