@@ -23,6 +23,13 @@ algorithm = "fixed_window"
 quotas = ["3/hour"]
 
 [[rule]]
+name = "hand-made"
+match = "/hand-made"
+key = "ip"
+algorithm = "fixed_window"
+quotas = ["2/hour"]
+
+[[rule]]
 name = "boom"
 match = "/boom"
 key = "ip"
@@ -65,6 +72,13 @@ def page():
 @app.get("/loads")
 def loads():
     return dict(LOADS)
+
+
+@app.route("/hand-made", methods=["GET", "OPTIONS"])
+def hand_made():
+    # A view answering OPTIONS itself: what it does is the app's, so a
+    # preflight to it is checked like any request.
+    return {"ok": True}
 
 
 @app.get("/boom")
@@ -162,3 +176,12 @@ def test_an_exception_that_propagates_still_frees_the_place():
         with pytest.raises(RuntimeError):
             client.get("/job?fail=1")
     assert client.get("/job").status_code == 200, "each failed request gave its place back"
+
+
+def test_a_preflight_to_a_view_of_its_own_is_checked(flask_server):
+    """Leaving preflights alone holds only where Flask answers OPTIONS itself:
+    an attacker's "preflight" to a view that handles OPTIONS is charged."""
+    port = flask_server
+    preflight = {"origin": ORIGIN, "access-control-request-method": "GET"}
+    statuses = [_call(port, "OPTIONS", "/hand-made", preflight)[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]

@@ -19,7 +19,8 @@ read a 429 without Flask-CORS's headers); here the check is the app's first
 app decorates. Flask also runs its other ``before_request`` functions (a
 session or user loaded from a database) only for allowed requests. CORS
 preflights (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``)
-are left to Flask and never charged.
+to a route whose ``OPTIONS`` Flask answers itself are left to Flask and never
+charged; a route with its own ``OPTIONS`` view is checked as usual.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the
@@ -98,11 +99,14 @@ class Floodgate:
             environ.get("REQUEST_METHOD") == "OPTIONS"
             and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
             and "HTTP_ORIGIN" in environ
+            and getattr(request.url_rule, "provide_automatic_options", False)
         ):
             # A CORS preflight, which the browser sends on its own before the
-            # request it asks about (that one is charged): answered by Flask
-            # (Flask-CORS), never charged or refused, as where the CORS layer
-            # sits in front of the limiter in the other frameworks.
+            # request it asks about (that one is charged), to a route whose
+            # OPTIONS Flask answers itself (Flask-CORS decorating it), no view
+            # run: never charged or refused, as where the CORS layer sits in
+            # front of the limiter in the other frameworks. A route with a view
+            # of its own for OPTIONS is checked like any other request.
             return None
         if self._check.left > 0:
             self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
