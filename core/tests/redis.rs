@@ -2007,6 +2007,54 @@ fn tls_with_a_ca_file_and_an_acl_user() {
         let msg = err.to_string();
         assert!(!msg.contains("s3cret") && !msg.contains("wrong"), "{msg}");
     }
+
+    // The same master behind a sentinel (which reaches it over TLS,
+    // `tls-replication yes`): `master_tls` with the CA file, and the ACL user.
+    let conf = dir.join("sentinel.conf");
+    let (_sentinel, sp) = start_own(&dir, |sport| {
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sport}\nbind 127.0.0.1\ntls-cert-file server.crt\ntls-key-file server.key\n\
+                 tls-ca-cert-file ca.crt\ntls-replication yes\nsentinel monitor fgmaster 127.0.0.1 {port} 1\n\
+                 sentinel auth-user fgmaster floodgate\nsentinel auth-pass fgmaster s3cret\n"
+            ),
+        )
+        .unwrap();
+        vec![conf.display().to_string(), "--sentinel".into()]
+    });
+    let sentinel_policy = |tls: bool, ca: &str| {
+        format!(
+            "[store]\nkind = \"redis\"\nsentinel = [\"redis://127.0.0.1:{sp}/\"]\nmaster_name = \"fgmaster\"\n\
+             master_user = \"floodgate\"\nmaster_password = \"s3cret\"\nmaster_tls = {tls}\nca_file = \"{}\"\n\
+             timeout_ms = 500\nconnect_timeout_ms = 1000\nfail_mode = \"open\"\ncheck_on_start = true\n\n\
+             [[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"3/h\"]\n",
+            dir.join(ca).display()
+        )
+    };
+    let e = Engine::from_toml_str(&sentinel_policy(true, "ca.crt")).unwrap();
+    let third = Request {
+        client_ip: Some("198.51.100.20".parse().unwrap()),
+        ..req
+    };
+    let mut allowed: Vec<bool> = (0..4)
+        .map(|_| e.check_request(&third).unwrap().allowed)
+        .collect();
+    allowed.push(rt.block_on(e.check_request_async(&third)).unwrap().allowed);
+    // fail_mode = "open" would admit all five.
+    assert_eq!(
+        allowed,
+        [true, true, true, false, false],
+        "through Sentinel, over TLS"
+    );
+    for (tls, ca) in [(false, "ca.crt"), (true, "other-ca.crt")] {
+        let err = Engine::from_toml_str(&sentinel_policy(tls, ca)).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::StoreUnavailable,
+            "master_tls = {tls}, {ca}: {err}"
+        );
+    }
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -2947,4 +2995,139 @@ fn calendar_time_is_worked_out_on_the_server_s_clock() {
             "{branch}: reset {reset} µs, want about {want} (calendar time = TIME + {offset})"
         );
     }
+}
+
+/// Sentinel in front of a master that requires a user and password (the
+/// usual production setup), sentinels that require their own password, and
+/// a database other than 0: the sentinels give the master's address only, so
+/// the master's user, password and database come from `master_user`,
+/// `master_password` and `master_db`, the sentinels' password from their
+/// URLs. Without the master's settings, or with the sentinels' password
+/// wrong, the store does not start (`check_on_start`); misplaced settings are
+/// refused by the policy.
+#[test]
+fn sentinel_with_passwords_on_the_master_and_the_sentinels() {
+    use floodgate::policy::{Engine, Request};
+    let dir = std::env::temp_dir().join(format!("fg-sentinel-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_master, mp) = start_own(&dir, |port| {
+        [
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    // The master: only the ACL user `app` (the default user off).
+    let mut mc = redis::Client::open(format!("redis://127.0.0.1:{mp}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">apppw", "~*", "&*", "+@all"])
+        .query::<()>(&mut mc)
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "off"])
+        .query::<()>(&mut mc)
+        .unwrap();
+    let conf = dir.join("sentinel.conf");
+    let (_sentinel, sp) = start_own(&dir, |port| {
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor fgmaster 127.0.0.1 {mp} 1\n\
+                 sentinel auth-user fgmaster app\nsentinel auth-pass fgmaster apppw\n"
+            ),
+        )
+        .unwrap();
+        vec![conf.display().to_string(), "--sentinel".into()]
+    });
+    // The sentinel: its own password from now on.
+    let mut sc = redis::Client::open(format!("redis://127.0.0.1:{sp}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "resetpass", ">sentpw"])
+        .query::<()>(&mut sc)
+        .unwrap();
+    let policy = |sentinel_password: &str, master: &str| {
+        format!(
+            "[store]\nkind = \"redis\"\nsentinel = [\"redis://:{sentinel_password}@127.0.0.1:{sp}/\"]\n\
+             master_name = \"fgmaster\"\n{master}check_on_start = true\nconnect_timeout_ms = 2000\ntimeout_ms = 500\n\n\
+             [[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nalgorithm = \"fixed_window\"\nquotas = [\"3/h\"]\n"
+        )
+    };
+    let master = "master_user = \"app\"\nmaster_password = \"apppw\"\nmaster_db = 2\n";
+    let e = Engine::from_toml_str(&policy("sentpw", master)).unwrap();
+    let req = Request {
+        method: "GET",
+        path: "/api/x",
+        client_ip: Some("198.51.100.9".parse().unwrap()),
+        headers: &[],
+    };
+    let allowed: Vec<bool> = (0..5)
+        .map(|_| e.check_request(&req).unwrap().allowed)
+        .collect();
+    assert_eq!(allowed, [true, true, true, false, false]);
+    let rt = runtime(0);
+    let v = rt.block_on(e.check_request_async(&req)).unwrap();
+    // (The fail mode, `local`, would have allowed it on fresh counts.)
+    assert!(!v.allowed, "the async connection, on the same counts");
+    // The counts are in database 2 of the master, as `app`.
+    let mut app = redis::Client::open(format!("redis://app:apppw@127.0.0.1:{mp}/2"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert!(redis::cmd("DBSIZE").query::<i64>(&mut app).unwrap() >= 1);
+    redis::cmd("SELECT").arg(0).query::<()>(&mut app).unwrap();
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut app).unwrap(), 0);
+    // Without the master's settings (what the store did before: no AUTH to
+    // the master), a wrong master password, a wrong sentinel password: the
+    // store does not start.
+    for (text, what) in [
+        (policy("sentpw", ""), "no master settings"),
+        (
+            policy(
+                "sentpw",
+                "master_user = \"app\"\nmaster_password = \"wrong\"\n",
+            ),
+            "wrong master password",
+        ),
+        (policy("wrong", master), "wrong sentinel password"),
+    ] {
+        let err = Engine::from_toml_str(&text).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.kind() == ErrorKind::StoreUnavailable),
+            "{what}: {err:?}"
+        );
+    }
+    // Misplaced settings are configuration errors.
+    for (text, field) in [
+        (
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1/\"\nmaster_password = \"x\"\n"
+                .to_string(),
+            "master_password",
+        ),
+        (policy("sentpw", "master_user = \"app\"\n"), "master_user"),
+        (
+            policy("sentpw", "master_password = \"x\"\nmaster_db = -1\n"),
+            "master_db",
+        ),
+    ] {
+        let Err(err) = Engine::from_toml_str(&text) else {
+            panic!("{field}: accepted");
+        };
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -177,6 +177,15 @@ pub(crate) struct StoreConfig {
     pub sentinel: Vec<String>,
     /// The master the sentinels monitor (`sentinel monitor <name> ...`).
     pub master_name: Option<String>,
+    /// With Sentinel: the master's ACL user and password (`requirepass`); the
+    /// sentinels' own go in their URLs.
+    pub master_user: Option<String>,
+    pub master_password: Option<String>,
+    /// With Sentinel: the master's database (default 0).
+    pub master_db: Option<i64>,
+    /// With Sentinel: TLS to the master (verified against `ca_file` or the
+    /// system's trust store).
+    pub master_tls: bool,
     /// Key prefix; each rule (and tier) adds its name.
     pub prefix: String,
     /// Connect and per-command timeouts; `None`: the Redis store's defaults.
@@ -220,6 +229,10 @@ impl Default for StoreConfig {
             ca_file: None,
             sentinel: Vec::new(),
             master_name: None,
+            master_user: None,
+            master_password: None,
+            master_db: None,
+            master_tls: false,
         }
     }
 }

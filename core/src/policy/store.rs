@@ -122,10 +122,37 @@ impl Store {
                         "sentinel = [...] and master_name go together".into(),
                     ));
                 }
+                let master_settings = cfg.master_user.is_some()
+                    || cfg.master_password.is_some()
+                    || cfg.master_db.is_some()
+                    || cfg.master_tls;
+                if master_settings && cfg.sentinel.is_empty() {
+                    return Err(err(
+                        "master_password",
+                        "master_user, master_password, master_db and master_tls are for the master \
+                         that sentinel = [...] names; with url, put them in the URL"
+                            .into(),
+                    ));
+                }
+                if cfg.master_user.is_some() && cfg.master_password.is_none() {
+                    return Err(err(
+                        "master_user",
+                        "master_user needs master_password".into(),
+                    ));
+                }
+                if cfg.master_db.is_some_and(|db| db < 0) {
+                    return Err(err("master_db", "a database number is 0 or more".into()));
+                }
                 let builder = match (&cfg.url, &cfg.master_name) {
                     (Some(url), _) => crate::RedisStore::builder(url),
                     (None, Some(master)) => {
-                        crate::RedisStore::sentinel_builder(&cfg.sentinel, master)
+                        let mut b = crate::RedisStore::sentinel_builder(&cfg.sentinel, master)
+                            .master_tls(cfg.master_tls)
+                            .master_db(cfg.master_db.unwrap_or(0));
+                        if let Some(password) = &cfg.master_password {
+                            b = b.master_auth(cfg.master_user.as_deref(), password);
+                        }
+                        b
                     }
                     (None, None) if !cfg.cluster.is_empty() => {
                         crate::RedisStore::cluster_builder(&cfg.cluster)

@@ -29,26 +29,104 @@ enum Client {
     /// connect, so a failover is followed as soon as the sentinels agree.
     /// The client asking the sentinels keeps its connections to them, so each
     /// process has its own ([`Conns::sentinel`]); this is what it is built from.
-    Sentinel {
-        urls: Vec<String>,
-        master: String,
-    },
+    Sentinel(Box<SentinelSpec>),
+}
+
+/// What a Sentinel store's client is built from.
+struct SentinelSpec {
+    /// The sentinels' URLs; the first with a user or password gives them for all.
+    urls: Vec<String>,
+    /// The monitored master's name.
+    master: String,
+    /// How to talk to the master once named.
+    node: SentinelMaster,
+    /// The CA certificates for `rediss://` sentinels and a TLS master.
+    ca_pem: Option<Vec<u8>>,
+}
+
+/// How a Sentinel store connects to the master the sentinels name: the
+/// sentinels give its address only, so its user, password, database and TLS
+/// are given here ([`RedisStoreBuilder::master_auth`] and the policy's
+/// `master_user`, `master_password`, `master_db`, `master_tls`).
+#[derive(Clone, Default)]
+struct SentinelMaster {
+    user: Option<String>,
+    password: Option<String>,
+    db: i64,
+    tls: bool,
+}
+
+// Passwords never reach Debug output.
+impl std::fmt::Debug for SentinelMaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelMaster")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Client {
     /// A client asking the sentinels, with no connection to them yet (None
     /// when this store is not on Sentinel).
     fn sentinel(&self) -> redis::RedisResult<Option<redis::sentinel::SentinelClient>> {
-        let Self::Sentinel { urls, master } = self else {
+        use redis::IntoConnectionInfo;
+        let Self::Sentinel(spec) = self else {
             return Ok(None);
         };
-        redis::sentinel::SentinelClient::build(
-            urls.clone(),
-            master.clone(),
-            None,
+        let mut addrs = Vec::with_capacity(spec.urls.len());
+        let mut sentinel_auth = None;
+        let mut sentinel_tls = false;
+        for url in &spec.urls {
+            let info = url.as_str().into_connection_info()?;
+            let settings = info.redis_settings();
+            if sentinel_auth.is_none()
+                && (settings.username().is_some() || settings.password().is_some())
+            {
+                sentinel_auth = Some((
+                    settings.username().map(str::to_string),
+                    settings.password().map(str::to_string),
+                ));
+            }
+            sentinel_tls |= matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+            addrs.push(info.addr().clone());
+        }
+        let mut b = redis::sentinel::SentinelClientBuilder::new(
+            addrs,
+            &spec.master,
             redis::sentinel::SentinelServerType::Master,
-        )
-        .map(Some)
+        )?
+        .set_client_to_redis_db(spec.node.db);
+        if let Some((user, password)) = sentinel_auth {
+            if let Some(user) = user {
+                b = b.set_client_to_sentinel_username(user);
+            }
+            if let Some(password) = password {
+                b = b.set_client_to_sentinel_password(password);
+            }
+        }
+        if let Some(user) = &spec.node.user {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &spec.node.password {
+            b = b.set_client_to_redis_password(password);
+        }
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: spec.ca_pem.clone(),
+        };
+        if spec.node.tls {
+            b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if spec.ca_pem.is_some() {
+                b = b.set_client_to_redis_certificates(certs());
+            }
+        }
+        if sentinel_tls && spec.ca_pem.is_some() {
+            b = b.set_client_to_sentinel_certificates(certs());
+        }
+        b.build().map(Some)
     }
 }
 
@@ -326,6 +404,8 @@ pub struct RedisStoreBuilder {
     cluster: bool,
     /// With Sentinel: the monitored master's name (`urls` are the sentinels).
     master_name: Option<String>,
+    /// With Sentinel: how to connect to the master.
+    master: SentinelMaster,
     connect_timeout: Duration,
     command_timeout: Duration,
     pool_size: usize,
@@ -343,6 +423,7 @@ impl RedisStoreBuilder {
             urls,
             cluster,
             master_name: None,
+            master: SentinelMaster::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             pool_size: cores * 2,
@@ -358,6 +439,28 @@ impl RedisStoreBuilder {
     /// the system's trust store) to verify the server's certificate.
     pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
         self.ca_pem = Some(pem);
+        self
+    }
+
+    /// With Sentinel: the user (None: the default user) and password the
+    /// master and its replicas require. The sentinels give the master's
+    /// address only; their own user and password go in their URLs.
+    pub fn master_auth(mut self, user: Option<&str>, password: &str) -> Self {
+        self.master.user = user.map(str::to_string);
+        self.master.password = Some(password.to_string());
+        self
+    }
+
+    /// With Sentinel: the master's database (default 0).
+    pub fn master_db(mut self, db: i64) -> Self {
+        self.master.db = db;
+        self
+    }
+
+    /// With Sentinel: connect to the master over TLS, its certificate verified
+    /// against [`ca_pem`](Self::ca_pem) or the system's trust store.
+    pub fn master_tls(mut self, tls: bool) -> Self {
+        self.master.tls = tls;
         self
     }
 
@@ -442,10 +545,12 @@ impl RedisStoreBuilder {
             root_cert: self.ca_pem.clone(),
         };
         let client = if let Some(master) = &self.master_name {
-            Ok(Client::Sentinel {
+            Ok(Client::Sentinel(Box::new(SentinelSpec {
                 urls: self.urls.clone(),
                 master: master.clone(),
-            })
+                node: self.master.clone(),
+                ca_pem: self.ca_pem.clone(),
+            })))
         } else if self.cluster {
             let mut b =
                 redis::cluster::ClusterClient::builder(self.urls.iter().map(String::as_str))
@@ -721,7 +826,7 @@ impl RedisStore {
                 c,
                 Instant::now() + i.connect_timeout + i.command_timeout * 2,
             )?)),
-            Client::Sentinel { .. } => single(&Self::master(conns)?)?,
+            Client::Sentinel(_) => single(&Self::master(conns)?)?,
         };
         redis::cmd("PING").query::<String>(conn.as_dyn())?;
         redis::Script::new(script::SOURCE)
@@ -913,7 +1018,7 @@ impl RedisStore {
                     .await?,
             ),
             Client::Cluster(c) => AsyncConn::Cluster(c.get_async_connection().await?),
-            Client::Sentinel { .. } => {
+            Client::Sentinel(_) => {
                 // Asking the sentinels is a blocking call: off the runtime's workers.
                 let conns = Arc::clone(conns);
                 let master = tokio::task::spawn_blocking(move || Self::master(&conns))

@@ -20,7 +20,7 @@ use super::{DecisionSource, FailMode, unavailable};
 
 #[derive(Debug)]
 pub(super) enum StoreSource {
-    Own(RedisStoreBuilder),
+    Own(Box<RedisStoreBuilder>),
     Shared(RedisStore),
 }
 
@@ -94,7 +94,7 @@ impl RedisLimiterBuilder {
 
     fn own(mut self, f: impl FnOnce(RedisStoreBuilder) -> RedisStoreBuilder) -> Self {
         if let StoreSource::Own(b) = self.store {
-            self.store = StoreSource::Own(f(b));
+            self.store = StoreSource::Own(Box::new(f(*b)));
         }
         self
     }
@@ -277,12 +277,14 @@ impl RedisLimiter {
     /// A builder for a limiter with its own connections to the standalone Redis at
     /// `url` (`redis://[:password@]host:port/db`).
     pub fn builder(url: &str) -> RedisLimiterBuilder {
-        RedisLimiterBuilder::with_store(StoreSource::Own(RedisStore::builder(url)))
+        RedisLimiterBuilder::with_store(StoreSource::Own(Box::new(RedisStore::builder(url))))
     }
 
     /// A builder for a limiter with its own connections to a Redis Cluster.
     pub fn cluster_builder<S: AsRef<str>>(nodes: &[S]) -> RedisLimiterBuilder {
-        RedisLimiterBuilder::with_store(StoreSource::Own(RedisStore::cluster_builder(nodes)))
+        RedisLimiterBuilder::with_store(StoreSource::Own(Box::new(RedisStore::cluster_builder(
+            nodes,
+        ))))
     }
 
     /// The quotas, as decisions' `quota` index refers to them.
