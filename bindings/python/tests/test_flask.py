@@ -1,6 +1,6 @@
 """The Flask extension (floodgate.flask) over real HTTP, gunicorn with one
 worker: its answers go through the app's after_request functions (Flask-CORS,
-a request id), CORS preflights are never charged, the app's own
+a request id), CORS preflights are charged unless the app says not, the app's own
 before_request functions run only for allowed requests, and a view that
 raises is settled as a failure. (The attack battery and the request lifecycle
 also run against it: test_attacks.py, test_lifecycle.py, kind "flask".)"""
@@ -91,7 +91,8 @@ def health():
     return {"ok": True}
 
 
-Floodgate(app, Engine.from_file("policy.toml"))
+# Browsers' preflights uncharged (the default charges them: the last test).
+Floodgate(app, Engine.from_file("policy.toml"), charge_preflights=False)
 """
 
 ORIGIN = "https://app.example"
@@ -185,3 +186,29 @@ def test_a_preflight_to_a_view_of_its_own_is_checked(flask_server):
     preflight = {"origin": ORIGIN, "access-control-request-method": "GET"}
     statuses = [_call(port, "OPTIONS", "/hand-made", preflight)[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def test_preflights_are_charged_by_default():
+    """Preflights reach a Flask app (its before_request functions run for
+    them), so by default they are checked like any request: two headers do
+    not take a flood past the limit."""
+    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask_cors")
+    from flask_cors import CORS
+
+    from floodgate import Engine
+    from floodgate.flask import Floodgate
+
+    app = flask.Flask(__name__)
+    CORS(app, origins=[ORIGIN])
+
+    @app.get("/page")
+    def page():
+        return {"ok": True}
+
+    Floodgate(app, Engine.from_toml(POLICY.split("[[rule]]\nname = \"hand-made\"")[0]))
+    client = app.test_client()
+    preflight = {"origin": ORIGIN, "access-control-request-method": "GET"}
+    statuses = [client.options("/page", headers=preflight).status_code for _ in range(3)]
+    statuses += [client.get("/page", headers={"origin": ORIGIN}).status_code for _ in range(2)]
+    assert statuses == [200, 200, 200, 429, 429]

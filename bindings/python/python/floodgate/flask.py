@@ -17,10 +17,18 @@ Flask runs, so no ``after_request`` function sees it (a browser then cannot
 read a 429 without Flask-CORS's headers); here the check is the app's first
 ``before_request`` function, and a denial is a Flask response the rest of the
 app decorates. Flask also runs its other ``before_request`` functions (a
-session or user loaded from a database) only for allowed requests. CORS
-preflights (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``)
-to a route whose ``OPTIONS`` Flask answers itself are left to Flask and never
-charged; a route with its own ``OPTIONS`` view is checked as usual.
+session or user loaded from a database) only for allowed requests.
+
+CORS preflights (``OPTIONS`` with ``Origin`` and
+``Access-Control-Request-Method``) are checked and charged like any request
+by default, as Flask-Limiter and the WSGI middleware do: in Flask they reach
+the app (its ``before_request`` functions run for them, Flask-CORS answers
+in ``after_request``), so leaving them uncharged lets anyone send requests
+past every limit by adding two headers. A browser's request that needs a
+preflight then costs two (``Access-Control-Max-Age`` lets it reuse one).
+``charge_preflights=False`` leaves preflights to routes whose ``OPTIONS``
+Flask answers itself uncharged; a route with its own ``OPTIONS`` view is
+still checked.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the
@@ -71,10 +79,12 @@ class Floodgate:
         trusted_proxies: Sequence[str] = (),
         forwarded_header: str = "x-forwarded-for",
         validate: bool = True,
+        charge_preflights: bool = True,
     ) -> None:
         if engine is None:
             raise TypeError("Floodgate(app, engine): an engine is required")
         self.engine = engine
+        self.charge_preflights = charge_preflights
         self.trusted = networks(trusted_proxies)
         self._check = ProxyCheck(self.trusted, forwarded_header, validate)
         self._forwarded_key = "HTTP_" + forwarded_header.upper().replace("-", "_")
@@ -96,7 +106,8 @@ class Floodgate:
     def _before(self) -> Optional[Response]:
         environ = request.environ
         if (
-            environ.get("REQUEST_METHOD") == "OPTIONS"
+            not self.charge_preflights
+            and environ.get("REQUEST_METHOD") == "OPTIONS"
             and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
             and "HTTP_ORIGIN" in environ
             and getattr(request.url_rule, "provide_automatic_options", False)
@@ -104,9 +115,8 @@ class Floodgate:
             # A CORS preflight, which the browser sends on its own before the
             # request it asks about (that one is charged), to a route whose
             # OPTIONS Flask answers itself (Flask-CORS decorating it), no view
-            # run: never charged or refused, as where the CORS layer sits in
-            # front of the limiter in the other frameworks. A route with a view
-            # of its own for OPTIONS is checked like any other request.
+            # run: not charged or refused when the app says so. A route with a
+            # view of its own for OPTIONS is checked like any other request.
             return None
         if self._check.left > 0:
             self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
