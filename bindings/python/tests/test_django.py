@@ -8,13 +8,12 @@ is settled as a failure."""
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import json
 import os
 
 import pytest
 
-from test_workers import _stop, _table, _wait_for_workers, start_server
+from test_workers import _call, _stop, _table, _wait_for_workers, start_server
 
 POLICY = """
 [store]
@@ -78,15 +77,6 @@ app = get_wsgi_application()
 """
 
 ORIGIN = "https://app.example"
-
-
-def _call(port: int, method: str, path: str, headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-    r = conn.getresponse()
-    body = r.read()
-    conn.close()
-    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ also run against it: test_attacks.py, test_lifecycle.py, kind "flask".)"""
 
 from __future__ import annotations
 
-import http.client
 import json
 
 import pytest
 
-from test_workers import _stop, _wait_for_workers, start_server
+from test_workers import _call, _stop, _wait_for_workers, start_server
 
 POLICY = """
 [[rule]]
@@ -96,15 +95,6 @@ Floodgate(app, Engine.from_file("policy.toml"), charge_preflights=False)
 """
 
 ORIGIN = "https://app.example"
-
-
-def _call(port: int, method: str, path: str, headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-    r = conn.getresponse()
-    body = r.read()
-    conn.close()
-    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 @pytest.fixture(scope="module")

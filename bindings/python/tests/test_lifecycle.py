@@ -7,7 +7,6 @@ an attacker sends them: many connections at once, before any response."""
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import json
 import os
 import time
@@ -15,7 +14,7 @@ import time
 import pytest
 
 import floodgate
-from test_workers import _stop, _table, _wait_for_workers, start_server
+from test_workers import _call, _stop, _table, _wait_for_workers, start_server
 
 LOGIN_LIMIT = 5
 
@@ -141,15 +140,6 @@ def _serve(kind: str, tmp_path):
     app = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP}[kind]
     proc, port = start_server("gunicorn" if kind == "flask" else kind, app, POLICY.format(table=table, login=LOGIN_LIMIT), tmp_path, workers=2, threads=8)
     return proc, port, table
-
-
-def _call(port: int, method: str, path: str, headers: dict | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-    r = conn.getresponse()
-    body = r.read()
-    conn.close()
-    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 def _remaining(headers: dict) -> int:

@@ -19,7 +19,7 @@ import sys
 import textwrap
 import time
 import uuid
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pytest
 
@@ -120,6 +120,16 @@ def start_server(kind: str, app: str, policy_text: str, tmp_path, workers: int =
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     return proc, port
+
+
+def _call(port: int, method: str, path: str, headers: Optional[dict] = None):
+    """One request on a connection of its own: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
 def _wait_for_workers(proc, port: int) -> None:
@@ -372,6 +382,36 @@ quotas = ["400/hour"]
 """
 
 
+def _fork(work, then=None) -> tuple[int, int]:
+    """Forks a child that runs ``work()``, writes what it returns (JSON; an
+    exception's repr) to a pipe, runs ``then()`` if given, and exits: 0 if
+    ``work`` returned. (pid, the pipe's read end: ``_report``.)"""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child reports through the pipe)
+        code = 1
+        try:
+            os.close(r)
+            try:
+                result, code = work(), 0
+            except BaseException as e:  # a hang shows as asyncio's TimeoutError
+                result = repr(e)
+            os.write(w, json.dumps(result).encode())
+            os.close(w)
+            if then is not None:
+                then()
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _report(r: int):
+    """What a ``_fork`` child wrote."""
+    with os.fdopen(r) as f:
+        return json.loads(f.read())
+
+
 def _fallbacks(engine) -> int:
     for line in engine.metrics().splitlines():
         if line.startswith("floodgate_store_fallbacks_total "):
@@ -389,41 +429,30 @@ def test_forked_children_never_share_the_parents_redis_connections(redis_url):
     engine = floodgate.Engine.from_toml(_FORK_POLICY.format(url=redis_url, prefix=uuid.uuid4().hex))
     assert engine.check_request(method="GET", path="/api/x", client_ip="10.9.9.9").allowed
     start = time.time() + 0.3
-    children = []
-    for k in range(6):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the child reports through the pipe)
-            code = 1
-            try:
-                os.close(r)
-                sent, allowed, worst = 300 + 100 * k, 0, 0.0
-                while time.time() < start:
-                    pass
-                for _ in range(sent):
-                    t = time.perf_counter()
-                    allowed += engine.check_request(method="GET", path="/api/x", client_ip=f"10.0.0.{k + 1}").allowed
-                    worst = max(worst, time.perf_counter() - t)
-                os.write(w, json.dumps([sent, allowed, _fallbacks(engine), worst]).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        children.append((pid, r))
+
+    def child(k: int):
+        sent, allowed, worst = 300 + 100 * k, 0, 0.0
+        while time.time() < start:
+            pass
+        for _ in range(sent):
+            t = time.perf_counter()
+            allowed += engine.check_request(method="GET", path="/api/x", client_ip=f"10.0.0.{k + 1}").allowed
+            worst = max(worst, time.perf_counter() - t)
+        return [sent, allowed, _fallbacks(engine), worst]
+
+    children = [_fork(lambda k=k: child(k)) for k in range(6)]
     # The parent goes on checking meanwhile, as a process that forked workers may.
     while time.time() < start:
         pass
     parent = [engine.check_request(method="GET", path="/api/x", client_ip="10.9.9.9").allowed for _ in range(600)]
     reports = []
     for pid, r in children:
-        with os.fdopen(r) as f:
-            reports.append(f.read())
-        assert os.waitpid(pid, 0)[1] == 0
+        reports.append(_report(r))
+        assert os.waitpid(pid, 0)[1] == 0, reports[-1]
     assert (sum(parent), _fallbacks(engine)) == (399, 0), "the parent's own answers"
-    for k, text in enumerate(reports):
-        sent, allowed, fallbacks, worst = json.loads(text)
-        assert (allowed, fallbacks) == (min(sent, 400), 0), (k, text)
-        assert worst < 0.2, (k, text)
+    for k, (sent, allowed, fallbacks, worst) in enumerate(reports):
+        assert (allowed, fallbacks) == (min(sent, 400), 0), (k, reports[k])
+        assert worst < 0.2, (k, reports[k])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
@@ -445,30 +474,17 @@ def test_forked_children_ask_the_sentinels_on_connections_of_their_own(own_senti
     assert engine.check_request(method="GET", path="/api/x", client_ip="10.9.9.9").allowed
     assert sentinel_clients() == 2, "the parent's and the counting one"
     go_r, go_w = os.pipe()
-    children = []
-    for k in range(4):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the child reports through the pipe)
-            code = 1
-            try:
-                os.close(r)
-                allowed = sum(
-                    engine.check_request(method="GET", path="/api/x", client_ip=f"10.0.0.{k + 1}").allowed
-                    for _ in range(50)
-                )
-                os.write(w, json.dumps([allowed, _fallbacks(engine)]).encode())
-                os.close(w)
-                os.read(go_r, 1)  # alive (its connections open) until counted
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        children.append((pid, r))
+
+    def child(k: int):
+        ip = f"10.0.0.{k + 1}"
+        return [sum(engine.check_request(method="GET", path="/api/x", client_ip=ip).allowed for _ in range(50)),
+                _fallbacks(engine)]
+
+    # Each stays alive (its connections open) until counted.
+    children = [_fork(lambda k=k: child(k), then=lambda: os.read(go_r, 1)) for k in range(4)]
     try:
         for pid, r in children:
-            with os.fdopen(r) as f:
-                assert json.loads(f.read()) == [50, 0], "every check answered by Redis"
+            assert _report(r) == [50, 0], "every check answered by Redis"
         assert sentinel_clients() == 2 + 4, "a connection to the sentinel per child"
     finally:
         os.write(go_w, b"x" * len(children))
@@ -492,25 +508,16 @@ def test_async_checks_answer_in_a_child_forked_after_the_parent_made_some(redis_
         return await floodgate.check_request_async(engine, method="GET", path="/api/x", client_ip=ip)
 
     assert asyncio.run(check("10.9.9.9")).allowed
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover
-        code = 1
-        try:
-            os.close(r)
-            async def all_of_them():
-                return await asyncio.wait_for(asyncio.gather(*(check("10.0.0.1") for _ in range(450))), 10)
 
-            verdicts = asyncio.run(all_of_them())
-            os.write(w, json.dumps([sum(v.allowed for v in verdicts), _fallbacks(engine)]).encode())
-            code = 0
-        except BaseException as e:  # a hang shows as asyncio's TimeoutError
-            os.write(w, json.dumps(repr(e)).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        report = json.loads(f.read())
+    async def all_of_them():
+        return await asyncio.wait_for(asyncio.gather(*(check("10.0.0.1") for _ in range(450))), 10)
+
+    def child():
+        verdicts = asyncio.run(all_of_them())
+        return [sum(v.allowed for v in verdicts), _fallbacks(engine)]
+
+    pid, r = _fork(child)
+    report = _report(r)
     os.waitpid(pid, 0)
     assert report == [400, 0]
     # The parent's own runtime still answers.
