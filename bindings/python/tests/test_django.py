@@ -1,5 +1,6 @@
-"""Django over real HTTP: gunicorn with two workers on the shared-memory
-store, django-cors-headers' CorsMiddleware above Floodgate's (as its docs and
+"""Django over real HTTP, under gunicorn (WSGI) and under uvicorn (ASGI,
+where the middleware runs as a coroutine), with two workers on the
+shared-memory store, django-cors-headers' CorsMiddleware above Floodgate's (as its docs and
 ours say: first in MIDDLEWARE). A burst from one client is held to the limit
 exactly across the workers; the 429s carry CORS headers a page can read;
 preflights are answered by CorsMiddleware and never charged; a failed login
@@ -76,16 +77,23 @@ urlpatterns = [path("page", page), path("login", login), path("health", health)]
 app = get_wsgi_application()
 """
 
+# The same project served by uvicorn: Django's ASGI handler.
+ASGI_APP = APP.replace("from django.core.wsgi import get_wsgi_application", "from django.core.asgi import get_asgi_application").replace(
+    "app = get_wsgi_application()", "app = get_asgi_application()"
+)
+
 ORIGIN = "https://app.example"
 
 
-@pytest.fixture(scope="module")
-def django_server(tmp_path_factory):
-    pytest.importorskip("gunicorn")
+@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+def django_server(request, tmp_path_factory):
+    kind = request.param
+    pytest.importorskip(kind)
     pytest.importorskip("django")
     pytest.importorskip("corsheaders")
     table = _table()
-    proc, port = start_server("gunicorn", APP, POLICY.format(table=table), tmp_path_factory.mktemp("django"),
+    app = APP if kind == "gunicorn" else ASGI_APP
+    proc, port = start_server(kind, app, POLICY.format(table=table), tmp_path_factory.mktemp(f"django-{kind}"),
                               workers=2, threads=4)
     try:
         _wait_for_workers(proc, port)

@@ -1,4 +1,6 @@
 import pathlib
+import uuid
+
 import pytest
 
 from floodgate import Engine
@@ -221,6 +223,54 @@ def test_django_settles_after_the_view(tmp_path):
         assert r.status_code == 200
         assert "Floodgate-Cost" not in r.headers
     assert [call(401).status_code for _ in range(3)] == [401, 401, 429]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_django_under_asgi_is_called_as_a_coroutine(store, request):
+    """Under ASGI Django calls a middleware whose next step is async as a
+    coroutine when it is async capable (no thread hop); then Floodgate's
+    decides there, awaits the view and settles: a Redis engine with
+    check_request_async and settle_async."""
+    pytest.importorskip("django")
+    import asyncio
+
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test")
+        django.setup()
+    from asgiref.sync import iscoroutinefunction
+    from django.http import HttpResponse
+    from django.test import RequestFactory, override_settings
+
+    from floodgate.django import FloodgateMiddleware
+
+    async def view(request):
+        r = HttpResponse(b"{}", status=int(request.headers["x-status"]))
+        r["Floodgate-Cost"] = "1"
+        return r
+
+    rule = {"name": "login", "match": "POST /auth/login", "key": "ip", "algorithm": "fixed_window",
+            "quotas": ["2/hour"], "count": "failures"}
+    policy = {"rule": [rule]}
+    if store == "redis":
+        policy["store"] = {"kind": "redis", "url": request.getfixturevalue("redis_url"), "prefix": f"dj-{uuid.uuid4().hex}"}
+    with override_settings(FLOODGATE={"policy": policy}):
+        mw = FloodgateMiddleware(view)
+    assert iscoroutinefunction(mw), "async capable: Django awaits it"
+    assert mw.engine.blocking == (store == "redis")
+    factory = RequestFactory(REMOTE_ADDR="203.0.113.98")
+
+    async def calls():
+        out = []
+        for status in [200] * 5 + [401] * 3:
+            r = await mw(factory.post("/auth/login", headers={"x-status": str(status)}))
+            assert "Floodgate-Cost" not in r.headers
+            out.append(r.status_code)
+        return out
+
+    assert asyncio.run(calls()) == [200] * 5 + [401, 401, 429], "successes given back, failures counted"
 
 
 def _view(request):

@@ -9,11 +9,20 @@ Unix socket) and ``forwarded_header`` (default ``X-Forwarded-For``) say where
 the client address comes from; ``"validate": False`` silences the warning of an
 untrusted proxy. The engine sees ``request.path_info``, the path Django's URL
 resolver matches.
+
+The middleware is sync and async capable: under ASGI (uvicorn, daphne,
+``get_asgi_application``) Django calls it as a coroutine, with no thread hop
+(a sync-only middleware in an async stack costs each request a trip through
+``sync_to_async``'s single thread). There an engine on Redis decides with
+``check_request_async`` and settles with ``settle_async``: no thread waits for
+the round trips.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
@@ -21,13 +30,39 @@ from ._web import COST_HEADER, ProxyCheck, client_ip, environ_keys, networks, pa
 from .errors import FloodgateError, InvalidRequestError
 
 
+def _json(body: Any, status: int) -> Any:
+    from django.http import HttpResponse
+
+    return HttpResponse(body, status=status, content_type="application/json")
+
+
+def _adding(response: Any, extra: Any) -> Any:
+    for name, value in extra:
+        response[name] = value
+    return response
+
+
+def _cost(response: Any) -> Any:
+    """The real cost a ``Floodgate-Cost`` response header gives (removed)."""
+    cost = parse_cost(response.headers.get(COST_HEADER))
+    if COST_HEADER in response.headers:
+        del response.headers[COST_HEADER]
+    return cost
+
+
 class FloodgateMiddleware:
     """Decides every request before the view; adds the rate-limit headers."""
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         from django.conf import settings
 
         self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
         conf = getattr(settings, "FLOODGATE", {})
         policy = conf.get("policy")
         if isinstance(policy, dict):
@@ -44,59 +79,103 @@ class FloodgateMiddleware:
         self._forwarded_key = "HTTP_" + self.forwarded_header.upper().replace("-", "_")
         self._keys = environ_keys(wanted_headers(self.engine, self.forwarded_header))
 
-    def __call__(self, request: Any) -> Any:
-        from django.http import HttpResponse
-
+    def _read(self, request: Any) -> Any:
+        """The request as the engine sees it: (method, path, client IP, headers)."""
         meta = request.META
         if self._check.left > 0:
             self._check(meta.get("REMOTE_ADDR"), self._forwarded_key in meta)
         headers = [(name, meta[key]) for key, name in self._keys if meta.get(key)]
-        ip = client_ip(request.META.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
-        path = router_path(request.path_info or "/", request.META.get("QUERY_STRING", ""))
+        ip = client_ip(meta.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
+        path = router_path(request.path_info or "/", meta.get("QUERY_STRING", ""))
+        return request.method, path, ip, headers
+
+    def __call__(self, request: Any) -> Any:
+        if self._async:
+            return self._acall(request)
+        method, path, ip, headers = self._read(request)
         try:
             # The headers to add (a request allowed with nothing to settle), or the Verdict.
-            verdict = self.engine._check_middleware(request.method, path, ip, headers, False)
+            verdict = self.engine._check_middleware(method, path, ip, headers, False)
         except InvalidRequestError:
-            return HttpResponse(BAD_REQUEST_BODY, status=400, content_type="application/json")
+            return _json(BAD_REQUEST_BODY, 400)
         if type(verdict) is list:
-            response = self.get_response(request)
-            extra = verdict
+            return _adding(self.get_response(request), verdict)
+        if not verdict.allowed:
+            response = _json(verdict.body, verdict.status)
+        elif verdict.needs_settle:
+            response = self._run_and_settle(request, verdict)
         else:
-            if not verdict.allowed:
-                response = HttpResponse(verdict.body, status=verdict.status, content_type="application/json")
-            elif verdict.needs_settle:
-                response = self._run_and_settle(request, verdict)
+            response = self.get_response(request)
+        return _adding(response, verdict.headers)
+
+    async def _acall(self, request: Any) -> Any:
+        """``__call__`` under ASGI: the same decision, the view awaited."""
+        method, path, ip, headers = self._read(request)
+        engine = self.engine
+        try:
+            if engine.blocking:  # Redis: the round trip on a tokio worker, no thread waiting
+                verdict = await engine.check_request_async(method=method, path=path, client_ip=ip, headers=headers)
             else:
-                response = self.get_response(request)
-            extra = verdict.headers
-        for name, value in extra:
-            response[name] = value
-        return response
+                verdict = engine._check_middleware(method, path, ip, headers, False)
+        except InvalidRequestError:
+            return _json(BAD_REQUEST_BODY, 400)
+        if type(verdict) is list:
+            return _adding(await self.get_response(request), verdict)
+        if not verdict.allowed:
+            response = _json(verdict.body, verdict.status)
+        elif verdict.needs_settle:
+            response = await self._arun_and_settle(request, verdict)
+        else:
+            response = await self.get_response(request)
+        return _adding(response, verdict.headers)
+
+    def _settle(self, verdict: Any, status: int, cost: Any = None) -> None:
+        try:
+            self.engine.settle(verdict, status=status, cost=cost)
+        except FloodgateError:
+            pass  # already settled by the view, or the store is down: the charge stands
+
+    async def _asettle(self, verdict: Any, status: int, cost: Any = None) -> None:
+        if not self.engine.blocking:
+            return self._settle(verdict, status, cost)
+        try:  # Redis: no thread waits for the round trips
+            await self.engine.settle_async(verdict, status=status, cost=cost)
+        except FloodgateError:
+            pass
+
+    def _settle_later(self, response: Any, verdict: Any) -> bool:
+        """A streamed response: settled when Django closes it, after its last
+        chunk (Django calls ``close`` in a worker thread under ASGI too). The
+        real cost from its ``Floodgate-Cost`` header (removed) is taken now."""
+        closers = getattr(response, "_resource_closers", None)
+        if not (getattr(response, "streaming", False) and isinstance(closers, list)):
+            return False
+        cost = _cost(response)
+        closers.append(lambda: self._settle(verdict, response.status_code, cost))
+        return True
 
     def _run_and_settle(self, request: Any, verdict: Any) -> Any:
         """Runs the view and settles ``verdict``: with the response's status (500
         if the view raised), once a streaming response has been sent in full.
         A ``Floodgate-Cost`` response header gives the real cost and is removed."""
-
-        def settle(status: int, cost: Any = None) -> None:
-            try:
-                self.engine.settle(verdict, status=status, cost=cost)
-            except FloodgateError:
-                pass  # already settled by the view, or the store is down: the charge stands
-
         try:
             response = self.get_response(request)
         except BaseException:
-            settle(500)
+            self._settle(verdict, 500)
             raise
-        cost = parse_cost(response.headers.get(COST_HEADER))
-        if COST_HEADER in response.headers:
-            del response.headers[COST_HEADER]
-        closers = getattr(response, "_resource_closers", None)
-        if getattr(response, "streaming", False) and isinstance(closers, list):
-            closers.append(lambda: settle(response.status_code, cost))
-        else:
-            settle(response.status_code, cost)
+        if not self._settle_later(response, verdict):
+            self._settle(verdict, response.status_code, _cost(response))
+        return response
+
+    async def _arun_and_settle(self, request: Any, verdict: Any) -> Any:
+        """``_run_and_settle`` under ASGI."""
+        try:
+            response = await self.get_response(request)
+        except BaseException:
+            await self._asettle(verdict, 500)
+            raise
+        if not self._settle_later(response, verdict):
+            await self._asettle(verdict, response.status_code, _cost(response))
         return response
 
 
