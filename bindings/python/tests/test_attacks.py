@@ -1,5 +1,6 @@
 """Attacks on the middleware, sent as an attacker sends them: raw bytes over a real
-socket to Starlette on uvicorn and Flask on gunicorn, behind a "proxy" on
+socket to Starlette on uvicorn, and Flask (the WSGI middleware and the Flask
+extension) and Django on gunicorn, behind a "proxy" on
 127.0.0.1 that is trusted and appends to X-Forwarded-For (as nginx does).
 
 Each test counts how many requests reached the handler: a spelling that the
@@ -69,7 +70,44 @@ FLASK_APP = WSGI_APP.replace("from floodgate.wsgi import FloodgateMiddleware", "
     'app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"),',
     'Floodgate(app, Engine.from_file("policy.toml"),',
 )
-APPS = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP}
+
+# Django under gunicorn: its URL resolver on `path_info`.
+DJANGO_APP = """
+from django.conf import settings
+
+settings.configure(
+    DEBUG=False,
+    ALLOWED_HOSTS=["*"],
+    ROOT_URLCONF=__name__,
+    SECRET_KEY="test",
+    MIDDLEWARE=["floodgate.django.FloodgateMiddleware"],
+    FLOODGATE={"policy": "policy.toml", "trusted_proxies": ["127.0.0.1"]},
+)
+
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponseNotAllowed, JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+
+@csrf_exempt
+def login(request):
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    return JsonResponse({"handler": "login", "key": request.headers.get("x-api-key")})
+
+
+def page(request):
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponseNotAllowed(["GET"])
+    return JsonResponse({"handler": "page", "key": request.headers.get("x-api-key")})
+
+
+urlpatterns = [path("auth/login", login), path("page", page)]
+app = get_wsgi_application()
+"""
+APPS = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP, "django": DJANGO_APP}
+FRAMEWORK = {"uvicorn": "starlette", "gunicorn": "flask", "flask": "flask", "django": "django"}
 
 
 def _free_port() -> int:
@@ -89,12 +127,12 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.stderr.close()
 
 
-@pytest.fixture(params=["uvicorn", "gunicorn", "flask"], scope="module")
+@pytest.fixture(params=["uvicorn", "gunicorn", "flask", "django"], scope="module")
 def server(request, tmp_path_factory):
-    """``kind`` "flask" is the Flask extension under gunicorn."""
+    """``kind`` "flask" is the Flask extension under gunicorn, "django" Django under gunicorn."""
     kind = request.param
     pytest.importorskip("uvicorn" if kind == "uvicorn" else "gunicorn")
-    pytest.importorskip("starlette" if kind == "uvicorn" else "flask")
+    pytest.importorskip(FRAMEWORK[kind])
     d = tmp_path_factory.mktemp(kind)
     (d / "policy.toml").write_text(POLICY)
     (d / "app.py").write_text(textwrap.dedent(APPS[kind]))
