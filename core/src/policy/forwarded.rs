@@ -27,6 +27,25 @@ use ipnet::IpNet;
 use super::ipset::IpSet;
 use crate::error::{Error, Result};
 
+/// Whether `ip` is where a reverse proxy usually sits: loopback, a private
+/// network (RFC 1918, IPv6 unique local), link-local or carrier-grade NAT
+/// (`100.64.0.0/10`); IPv4-mapped IPv6 as its IPv4. A front end warns of a
+/// forwarding header from such a peer that no trusted proxy covers (every
+/// client behind it would be the proxy's address). The same networks as the
+/// Python and Node packages' warnings.
+pub fn is_proxy_address(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (b & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
 /// Which proxies to believe, and the header they write.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
@@ -232,6 +251,37 @@ mod tests {
     fn ip(s: &str) -> IpAddr {
         s.parse()
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn proxy_addresses_are_loopback_private_link_local_and_cgnat() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_proxy_address(ip(a)), "{a}");
+        }
+        for a in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "100.63.255.255",
+            "192.0.2.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_proxy_address(ip(a)), "{a}");
+        }
     }
 
     #[test]

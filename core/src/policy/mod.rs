@@ -79,7 +79,7 @@ use store::{RuleLimiter, Store};
 
 pub use engine::{Engine, Reload};
 pub use events::{Event, EventKind, EventSink};
-pub use forwarded::TrustedProxies;
+pub use forwarded::{TrustedProxies, is_proxy_address};
 pub use headers::{HeaderStyle, RESPONSE_HEADERS, response_header_index};
 pub use jwt::{MAX_TOKEN_BYTES, TokenProblem};
 pub use lifecycle::{Settle, Settlement};

@@ -31,6 +31,17 @@
 //! IP-keyed rules on the one key `-`, unless `"unix:"` is among the trusted
 //! proxies: then its proxy's header names the client.
 //!
+//! **Warnings.** Within its first 1,000 requests the layer warns once each,
+//! through [`tracing`](https://docs.rs/tracing) at WARN (field `code`), of
+//! two deployments that defeat every IP-keyed rule: requests that arrive with
+//! no client address (`ERR_FG_NO_CLIENT_ADDRESS`: axum served without
+//! `into_make_service_with_connect_info`, a hyper server that inserts no
+//! [`ClientAddr`], a Unix socket whose proxy is not trusted), where all
+//! clients share one key; and a forwarding header from a private or loopback
+//! peer that is not a trusted proxy (`ERR_FG_UNTRUSTED_PROXY`), where all
+//! clients behind that proxy share its address. The Python and Node
+//! middleware warn of the same. [`FloodgateLayer::validate`] turns them off.
+//!
 //! **Answers.** A denial is answered here, without calling the service: the
 //! verdict's status (429, 403, 401), its headers (`Retry-After`, `RateLimit`,
 //! `RateLimit-Policy`, `WWW-Authenticate`) and the engine's JSON body. An
@@ -53,13 +64,14 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 pub use floodgate::policy::TrustedProxies;
 use floodgate::policy::{
     Engine, OwnedRequest, RESPONSE_HEADERS, Request, Settle, Settlement, Verdict, VerdictBuf,
-    denial_body,
+    denial_body, is_proxy_address,
 };
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
@@ -97,7 +109,29 @@ pub struct Shared {
     /// Every header a verdict may carry, parsed once.
     names: [HeaderName; RESPONSE_HEADERS.len()],
     blocking: bool,
+    /// Whether to warn of the deployments that defeat IP-keyed rules.
+    validate: bool,
+    /// Requests left to look at for them (0: done, or off).
+    validate_left: AtomicU32,
+    warned_no_address: AtomicBool,
+    warned_untrusted: AtomicBool,
+    /// The forwarding header an untrusted proxy would have set.
+    proxy_header: HeaderName,
 }
+
+/// Requests the layer looks at for a deployment to warn of.
+const CHECKED_REQUESTS: u32 = 1000;
+
+const NO_ADDRESS: &str = "floodgate: ERR_FG_NO_CLIENT_ADDRESS: requests reach the Floodgate layer \
+    without a client address, so all of them share each IP-keyed limit as one client (`-`). With \
+    axum, serve with `into_make_service_with_connect_info::<SocketAddr>()`; with hyper or tonic, \
+    insert a `floodgate_tower::ClientAddr` extension; behind a proxy on a Unix socket, trust it: \
+    `TrustedProxies::new([\"unix:\"])`.";
+
+const UNTRUSTED_PROXY: &str = "floodgate: ERR_FG_UNTRUSTED_PROXY: a request from a private or \
+    loopback address carried a forwarding header, but no trusted proxy covers that address: every \
+    client behind that proxy is its address, and they share each IP-keyed limit. Trust the proxy \
+    with `FloodgateLayer::trusted_proxies`.";
 
 thread_local! {
     /// The verdict buffer of this thread: an allowed request allocates no
@@ -126,17 +160,24 @@ enum Decided {
 impl FloodgateLayer {
     /// A layer over `engine`, trusting no proxy.
     pub fn new(engine: impl Into<Arc<Engine>>) -> Self {
-        Self::build(engine.into(), TrustedProxies::default())
+        Self::build(engine.into(), TrustedProxies::default(), true)
     }
 
     /// Believe the forwarding header from these proxies only (see
     /// [`TrustedProxies`]).
     #[must_use]
     pub fn trusted_proxies(self, proxies: TrustedProxies) -> Self {
-        Self::build(self.shared.engine.clone(), proxies)
+        Self::build(self.shared.engine.clone(), proxies, self.shared.validate)
     }
 
-    fn build(engine: Arc<Engine>, proxies: TrustedProxies) -> Self {
+    /// Whether to warn of a deployment that defeats IP-keyed rules (default
+    /// true; see the crate's documentation, "Warnings").
+    #[must_use]
+    pub fn validate(self, on: bool) -> Self {
+        Self::build(self.shared.engine.clone(), self.shared.proxies.clone(), on)
+    }
+
+    fn build(engine: Arc<Engine>, proxies: TrustedProxies, validate: bool) -> Self {
         let wanted = engine
             .request_headers()
             .iter()
@@ -145,8 +186,16 @@ impl FloodgateLayer {
         let forwarded = (!proxies.is_empty())
             .then(|| HeaderName::from_bytes(proxies.header_name().as_bytes()).ok())
             .flatten();
+        let proxy_header = forwarded
+            .clone()
+            .unwrap_or(HeaderName::from_static("x-forwarded-for"));
         Self {
             shared: Arc::new(Shared {
+                validate,
+                validate_left: AtomicU32::new(if validate { CHECKED_REQUESTS } else { 0 }),
+                warned_no_address: AtomicBool::new(false),
+                warned_untrusted: AtomicBool::new(false),
+                proxy_header,
                 blocking: engine.may_block(),
                 engine,
                 proxies,
@@ -202,6 +251,37 @@ fn text(v: &HeaderValue) -> Option<&str> {
 }
 
 impl Shared {
+    /// Looks at one of the first requests for a deployment to warn of (each
+    /// warning once; none once both are given or the requests are done).
+    fn validate<B>(&self, req: &http::Request<B>) {
+        let left = self.validate_left.load(Ordering::Relaxed);
+        if left == 0 {
+            return;
+        }
+        // Approximate under concurrency, which is all a count of requests to
+        // look at needs.
+        self.validate_left.store(left - 1, Ordering::Relaxed);
+        let peer = peer(req.extensions());
+        if peer.is_none()
+            && !self.proxies.trusts_unix_socket()
+            && !self.warned_no_address.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(code = "ERR_FG_NO_CLIENT_ADDRESS", "{NO_ADDRESS}");
+        }
+        if peer.is_some_and(is_proxy_address)
+            && req.headers().contains_key(&self.proxy_header)
+            && !self.proxies.trusts_peer(peer)
+            && !self.warned_untrusted.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(code = "ERR_FG_UNTRUSTED_PROXY", "{UNTRUSTED_PROXY}");
+        }
+        if self.warned_no_address.load(Ordering::Relaxed)
+            && self.warned_untrusted.load(Ordering::Relaxed)
+        {
+            self.validate_left.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// The client's address; `None` without a peer address (a Unix-domain
     /// socket), unless `unix:` is trusted and its proxy names the client.
     fn client_ip<B>(&self, req: &http::Request<B>) -> Option<IpAddr> {
@@ -346,6 +426,9 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
+        if shared.validate_left.load(Ordering::Relaxed) > 0 {
+            shared.validate(&req);
+        }
         if !shared.blocking {
             // In memory: decided here, and the service's future is polled in
             // place (no box, no task).

@@ -235,6 +235,98 @@ async fn trusted_proxies_decide_who_the_client_is() {
     }
 }
 
+/// The `code` field of every event logged on this thread while it is set
+/// (the layer's warnings).
+#[derive(Clone, Default)]
+struct Codes(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Codes {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl tracing::Subscriber for Codes {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Code(Option<String>);
+        impl tracing::field::Visit for Code {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "code" {
+                    self.0 = Some(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut code = Code(None);
+        event.record(&mut code);
+        if let Some(c) = code.0 {
+            assert_eq!(*event.metadata().level(), tracing::Level::WARN);
+            self.0.lock().unwrap().push(c);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The app served without `into_make_service_with_connect_info`: no request
+/// carries its peer's address (the usual axum slip).
+async fn serve_without_connect_info(layer: FloodgateLayer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app().layer(layer);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Deployments that defeat IP-keyed rules are warned of, once each (one
+/// thread: the server's tasks run where the capture is set).
+#[tokio::test]
+async fn deployments_that_defeat_ip_limits_are_warned_of_once() {
+    let codes = Codes::default();
+    let _guard = tracing::subscriber::set_default(codes.clone());
+    let status = |addr, xff: &'static str| async move {
+        call(addr, "GET", "/api/items", &[("x-forwarded-for", xff)])
+            .await
+            .status
+    };
+    // No connect info: every client is `-`, one limit for all of them.
+    let addr = serve_without_connect_info(FloodgateLayer::new(engine())).await;
+    let mut seen = Vec::new();
+    for xff in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        seen.push(status(addr, xff).await);
+    }
+    assert_eq!(seen, [200, 200, 200, 429]);
+    assert_eq!(codes.take(), ["ERR_FG_NO_CLIENT_ADDRESS"]);
+    // A loopback peer (a proxy on the same host) sending X-Forwarded-For,
+    // not trusted: every client behind it is 127.0.0.1.
+    let addr = serve(FloodgateLayer::new(engine())).await;
+    for xff in ["198.51.100.5", "198.51.100.6", "198.51.100.7"] {
+        assert_eq!(status(addr, xff).await, 200);
+    }
+    assert_eq!(codes.take(), ["ERR_FG_UNTRUSTED_PROXY"]);
+    // Trusted: nothing to say. Turned off: nothing said.
+    let trusted =
+        FloodgateLayer::new(engine()).trusted_proxies(TrustedProxies::new(["127.0.0.1"]).unwrap());
+    let addr = serve(trusted).await;
+    assert_eq!(status(addr, "198.51.100.8").await, 200);
+    let addr = serve_without_connect_info(FloodgateLayer::new(engine()).validate(false)).await;
+    assert_eq!(status(addr, "198.51.100.9").await, 200);
+    assert_eq!(codes.take(), Vec::<String>::new());
+}
+
 /// The app on a Unix socket (as behind nginx's `proxy_pass http://unix:...`):
 /// no request has a peer address. Returns the socket's path.
 async fn serve_unix(layer: FloodgateLayer, name: &str) -> std::path::PathBuf {
