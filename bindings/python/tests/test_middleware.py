@@ -273,6 +273,69 @@ def test_django_under_asgi_is_called_as_a_coroutine(store, request):
     assert asyncio.run(calls()) == [200] * 5 + [401, 401, 429], "successes given back, failures counted"
 
 
+def test_django_under_asgi_never_stalls_the_event_loop_on_a_frozen_redis(own_redis):
+    """A Redis that stops answering (SIGSTOP): under ASGI the middleware's checks
+    wait out their deadline into the fail mode without holding the event loop
+    (a blocking check would stall every task of the worker for the deadline,
+    each time). A ticker task measures the loop's lag meanwhile."""
+    pytest.importorskip("django")
+    import asyncio
+    import time
+
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, SECRET_KEY="test")
+        django.setup()
+    from django.http import HttpResponse
+    from django.test import RequestFactory, override_settings
+
+    from floodgate.django import FloodgateMiddleware
+
+    async def view(request):
+        return HttpResponse(b"{}")
+
+    policy = {
+        "store": {"kind": "redis", "url": own_redis.url, "timeout_ms": 500, "fail_mode": "open",
+                  "prefix": f"dj-{uuid.uuid4().hex}"},
+        "rule": [{"name": "api", "match": "/api/**", "key": "ip", "quotas": ["100/min"]}],
+    }
+    with override_settings(FLOODGATE={"policy": policy}):
+        mw = FloodgateMiddleware(view)
+    factory = RequestFactory(REMOTE_ADDR="203.0.113.97")
+
+    async def run():
+        assert (await mw(factory.get("/api/x"))).status_code == 200  # connected
+        own_redis.proc.send_signal(19)  # SIGSTOP
+        try:
+            worst = 0.0
+            done = False
+
+            async def ticker():
+                nonlocal worst
+                while not done:
+                    t = time.perf_counter()
+                    await asyncio.sleep(0.005)
+                    worst = max(worst, time.perf_counter() - t - 0.005)
+
+            tick = asyncio.create_task(ticker())
+            await asyncio.sleep(0.01)  # the ticker is running (asleep) when the checks start
+            started = time.perf_counter()
+            for _ in range(3):  # one after another: a blocking check would hold the loop 500 ms or more
+                assert (await mw(factory.get("/api/x"))).status_code == 200, "fail mode open"
+            took = time.perf_counter() - started
+            done = True
+            await tick
+            return took, worst
+        finally:
+            own_redis.proc.send_signal(18)  # SIGCONT
+
+    took, worst = asyncio.run(run())
+    assert took >= 0.5, f"the checks waited for Redis ({took:.3f} s)"
+    assert worst < 0.25, f"the event loop stalled for {worst:.3f} s"
+
+
 def _view(request):
     from django.http import JsonResponse
 
