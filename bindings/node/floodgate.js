@@ -364,28 +364,17 @@ function setResponseHeaders(res, o, text) {
 // believes any X-Forwarded-For (anyone then picks their own address per
 // request), and a server behind a proxy it does not trust (every client is
 // the proxy's address: one limit for all of them).
-const { BlockList } = require('node:net')
-
-const PROXY_NETS = new BlockList()
-for (const [net, bits] of [['10.0.0.0', 8], ['172.16.0.0', 12], ['192.168.0.0', 16], ['127.0.0.0', 8], ['169.254.0.0', 16], ['100.64.0.0', 10]]) {
-  PROXY_NETS.addSubnet(net, bits, 'ipv4')
-}
-for (const [net, bits] of [['::1', 128], ['fc00::', 7], ['fe80::', 10]]) PROXY_NETS.addSubnet(net, bits, 'ipv6')
 
 /**
- * Whether a request's socket comes from where a reverse proxy sits: a loopback
- * or private address, or a Unix socket (no address, on a server listening on
- * a path).
+ * Whether a request's socket comes from where a reverse proxy sits: a
+ * loopback, private, link-local or CGNAT address (the core's list, IPv4-mapped
+ * IPv6 as IPv4; a zone id cut), or a Unix socket (no address, on a server
+ * listening on a path).
  */
 function fromProxy(socket) {
-  let addr = socket?.remoteAddress
+  const addr = socket?.remoteAddress
   if (addr === undefined) return typeof socket?.server?.address?.() === 'string'
-  if (addr.startsWith('::ffff:') && addr.includes('.')) addr = addr.slice(7)
-  try {
-    return PROXY_NETS.check(addr, addr.includes(':') ? 'ipv6' : 'ipv4')
-  } catch {
-    return false
-  }
+  return native.isProxyAddress(addr.split('%', 1)[0])
 }
 
 /** The warnings' codes and texts. */

@@ -191,6 +191,13 @@ export interface EngineEvent {
 /** Every stable error code, as JS sees it in `err.code`. */
 export declare function errorCodes(): Array<string>
 
+/**
+ * Whether `address` is where a reverse proxy usually sits (loopback,
+ * private, link-local, carrier-grade NAT: the core's list, which every front
+ * end's untrusted-proxy warning uses); false for text that is no address.
+ */
+export declare function isProxyAddress(address: string): boolean
+
 /** Options of a `Limiter` / `RedisLimiter`. */
 export interface LimiterOptions {
   /** A quota like `'100/minute'` or `'10/s burst 20'`, or several. */

@@ -842,6 +842,7 @@ module.exports.RedisLimiter = nativeBinding.RedisLimiter
 module.exports.badRequestBody = nativeBinding.badRequestBody
 module.exports.DECISION_FIELDS = nativeBinding.DECISION_FIELDS
 module.exports.errorCodes = nativeBinding.errorCodes
+module.exports.isProxyAddress = nativeBinding.isProxyAddress
 module.exports.setDefaultLog = nativeBinding.setDefaultLog
 module.exports.VERDICT_FIELDS = nativeBinding.VERDICT_FIELDS
 module.exports.verdictFields = nativeBinding.verdictFields

@@ -155,6 +155,16 @@ pub fn init(exports: Object<'_>, env: Env) -> Result<()> {
     request::register(env.raw(), exports.raw())
 }
 
+/// Whether `address` is where a reverse proxy usually sits (loopback,
+/// private, link-local, carrier-grade NAT: the core's list, which every front
+/// end's untrusted-proxy warning uses); false for text that is no address.
+#[napi]
+pub fn is_proxy_address(address: String) -> bool {
+    address
+        .parse()
+        .is_ok_and(floodgate::policy::is_proxy_address)
+}
+
 /// Every stable error code, as JS sees it in `err.code`.
 #[napi]
 pub fn error_codes() -> Vec<String> {

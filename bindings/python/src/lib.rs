@@ -63,6 +63,16 @@ fn to_py(e: floodgate::Error) -> PyErr {
     })
 }
 
+/// Whether `address` is where a reverse proxy usually sits (loopback,
+/// private, link-local, carrier-grade NAT: the core's `is_proxy_address`, the
+/// list every front end's warning uses); false for text that is no address.
+#[pyfunction]
+fn is_proxy_address(address: &str) -> bool {
+    address
+        .parse()
+        .is_ok_and(floodgate::policy::is_proxy_address)
+}
+
 /// The stable code of every core error kind, with its exception class name.
 #[pyfunction]
 fn error_codes() -> Vec<(&'static str, &'static str)> {
@@ -974,6 +984,7 @@ fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTrustedProxies>()?;
     m.add_class::<middleware::WsgiReader>()?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(is_proxy_address, m)?)?;
     m.add(
         "VERDICT_FIELDS",
         floodgate::policy::Verdict::FIELDS.to_vec(),

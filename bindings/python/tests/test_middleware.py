@@ -709,3 +709,15 @@ def test_behind_cors_preflights_are_not_charged_and_a_429_is_readable():
     assert refused.headers["access-control-allow-origin"] == origin
     assert {h.lower() for h in exposed} <= {h.strip().lower() for h in refused.headers["access-control-expose-headers"].split(",")}
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_proxys_place_is_the_cores_list():
+    """The untrusted-proxy warning's networks come from the core (the same list
+    as the Node package's and the tower layer's)."""
+    from floodgate._web import _from_proxy
+
+    for peer in ["127.0.0.1", "10.1.2.3", "172.17.0.1", "192.168.1.1", "169.254.0.1", "100.64.0.1",
+                 "::1", "fd00::1", "fe80::1%eth0", "::ffff:10.0.0.1", None, ""]:
+        assert _from_proxy(peer), peer
+    for peer in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8", "testclient", "garbage"]:
+        assert not _from_proxy(peer), peer

@@ -31,8 +31,8 @@ use crate::error::{Error, Result};
 /// network (RFC 1918, IPv6 unique local), link-local or carrier-grade NAT
 /// (`100.64.0.0/10`); IPv4-mapped IPv6 as its IPv4. A front end warns of a
 /// forwarding header from such a peer that no trusted proxy covers (every
-/// client behind it would be the proxy's address). The same networks as the
-/// Python and Node packages' warnings.
+/// client behind it would be the proxy's address): the one list the tower
+/// layer, the Python package and the Node package warn by.
 pub fn is_proxy_address(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
