@@ -202,3 +202,33 @@ def test_preflights_are_charged_by_default():
     statuses = [client.options("/page", headers=preflight).status_code for _ in range(3)]
     statuses += [client.get("/page", headers={"origin": ORIGIN}).status_code for _ in range(2)]
     assert statuses == [200, 200, 200, 429, 429]
+
+
+def test_a_response_replaced_by_an_after_request_function_still_settles():
+    """An after_request function that returns a new response object (here one
+    registered before the extension, so it runs after the extension's): the
+    response the server sends is the one closed, and the request's in-flight
+    place is given back then."""
+    flask = pytest.importorskip("flask")
+    from floodgate import Engine
+    from floodgate.flask import Floodgate
+
+    app = flask.Flask(__name__)
+
+    @app.after_request
+    def rewrap(response):
+        return flask.Response(response.get_data(), status=response.status_code, headers=dict(response.headers))
+
+    @app.get("/job")
+    def job():
+        return {"ok": True}
+
+    policy = '[[rule]]\nname = "job"\nmatch = "/job"\nkey = "ip"\nquotas = ["100/s"]\nmax_in_flight = 1\n'
+    Floodgate(app, Engine.from_toml(policy))
+    client = app.test_client()
+    statuses = []
+    for _ in range(3):
+        r = client.get("/job")
+        statuses.append(r.status_code)
+        r.close()  # what a server does once the response is sent
+    assert statuses == [200, 200, 200], "each request gave its place back"

@@ -32,24 +32,25 @@ still checked.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the
-extension settles it when the server closes the response (after the last
-chunk, or when the client went away), with the response's final status; if
-the app raised before any response was made, with 500 when the request ends.
-A ``Floodgate-Cost`` response header gives the real cost and is removed. An
-``after_request`` function that returns a new response object loses the
-settlement of the one it replaced (its in-flight place is then freed by the
-store after ``in_flight_ttl``): change the response in place instead.
+extension settles it when the server closes the response it sends (after
+the last chunk, or when the client went away: ``init_app`` wraps
+``app.wsgi_app`` for that), with the status the extension's
+``after_request`` function saw, or 500 if the app raised without a
+response. A ``Floodgate-Cost`` response header gives the real cost and is
+removed. An ``after_request`` function that returns a new response object
+is fine: the response the server sends is the one closed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from flask import Flask, Response, request
 
 from ._floodgate import BAD_REQUEST_BODY, Engine
 from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, wanted_headers
 from .errors import FloodgateError, InvalidRequestError
+from .wsgi import _Settling
 
 # Per request, in the WSGI environ (a dict lookup; `flask.g` costs more).
 _HEADERS = "floodgate.headers"  # the rate-limit headers to add to the response
@@ -59,13 +60,13 @@ _PENDING = "floodgate.pending"  # a _Pending: a verdict to settle
 class _Pending:
     """A verdict to settle once, with the real cost once a response gave it."""
 
-    __slots__ = ("verdict", "cost", "responded", "settled")
+    __slots__ = ("verdict", "cost", "status")
 
     def __init__(self, verdict: Any) -> None:
         self.verdict = verdict
         self.cost: Optional[float] = None
-        self.responded = False
-        self.settled = False
+        # The response's status, once an after_request function saw one.
+        self.status = 0
 
 
 class Floodgate:
@@ -96,12 +97,33 @@ class Floodgate:
 
     def init_app(self, app: Flask) -> None:
         """Registers the check as ``app``'s first ``before_request`` function
-        (before those registered earlier), and the headers and settlement
-        as an ``after_request`` and a ``teardown_request`` function."""
+        (before those registered earlier) and the headers as an
+        ``after_request`` function, and wraps ``app.wsgi_app`` to settle when
+        the server closes the response."""
         app.extensions["floodgate"] = self
         app.before_request_funcs.setdefault(None, []).insert(0, self._before)
         app.after_request(self._after)
-        app.teardown_request(self._teardown)
+        app.wsgi_app = self._settling(app.wsgi_app)  # type: ignore[method-assign]
+
+    def _settling(self, wsgi_app: Callable[[dict, Any], Iterable[bytes]]) -> Callable[[dict, Any], Iterable[bytes]]:
+        """``wsgi_app``, settling a request's verdict when the server closes
+        the response iterable (PEP 3333: however the response ended), or at
+        once if the app raised."""
+
+        def settling(environ: dict, start_response: Any) -> Iterable[bytes]:
+            try:
+                body = wsgi_app(environ, start_response)
+            except BaseException:
+                pending = environ.get(_PENDING)
+                if pending is not None:
+                    self._settle(pending, 500)
+                raise
+            pending = environ.get(_PENDING)
+            if pending is None:
+                return body
+            return _Settling(body, lambda: self._settle(pending, pending.status or 500))
+
+        return settling
 
     def _before(self) -> Optional[Response]:
         environ = request.environ
@@ -145,28 +167,17 @@ class Floodgate:
             response.headers.extend(headers)
         pending = environ.get(_PENDING)
         if pending is not None:
+            # Settled when the server closes the response (`_settling`); the
+            # last response seen here (an error in a later after_request
+            # function makes a 500, which comes here too) gives the status.
             cost = response.headers.get(COST_HEADER)
             if cost is not None:
                 pending.cost = parse_cost(cost)
                 del response.headers[COST_HEADER]
-            pending.responded = True
-            # On every response this runs for (an error in a later
-            # after_request function makes a 500, which comes here too): the
-            # one the server sends is closed, and settles.
-            response.call_on_close(lambda: self._settle(pending, response.status_code))
+            pending.status = response.status_code
         return response
 
-    def _teardown(self, _exc: Optional[BaseException]) -> None:
-        pending = request.environ.get(_PENDING)
-        if pending is not None and not pending.responded:
-            # No response was made (an exception propagated, as in testing
-            # mode): the request failed.
-            self._settle(pending, 500)
-
     def _settle(self, pending: _Pending, status: int) -> None:
-        if pending.settled:
-            return
-        pending.settled = True
         try:
             self.engine.settle(pending.verdict, status=status, cost=pending.cost)
         except FloodgateError:
