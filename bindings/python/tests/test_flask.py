@@ -146,7 +146,8 @@ def test_a_view_that_raises_is_settled_as_a_failure(flask_server):
 def test_an_exception_that_propagates_still_frees_the_place():
     """With exceptions propagated (Flask's testing mode, PROPAGATE_EXCEPTIONS)
     no response is made and no after_request function runs: the request's
-    in-flight place is given back when the request ends (teardown)."""
+    in-flight place is given back as the exception leaves the app (the
+    extension's wrapper of ``app.wsgi_app``)."""
     flask = pytest.importorskip("flask")
     from floodgate import Engine
     from floodgate.flask import Floodgate
