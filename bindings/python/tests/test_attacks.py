@@ -1,6 +1,6 @@
 """Attacks on the middleware, sent as an attacker sends them: raw bytes over a real
-socket to Starlette on uvicorn, and Flask (the WSGI middleware and the Flask
-extension) and Django on gunicorn, behind a "proxy" on
+socket to Starlette on uvicorn, Flask (the WSGI middleware and the Flask
+extension) on gunicorn, and Django on both, behind a "proxy" on
 127.0.0.1 that is trusted and appends to X-Forwarded-For (as nginx does).
 
 Each test counts how many requests reached the handler: a spelling that the
@@ -106,8 +106,14 @@ def page(request):
 urlpatterns = [path("auth/login", login), path("page", page)]
 app = get_wsgi_application()
 """
-APPS = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP, "django": DJANGO_APP}
-FRAMEWORK = {"uvicorn": "starlette", "gunicorn": "flask", "flask": "flask", "django": "django"}
+# The same Django project under uvicorn: the middleware as a coroutine.
+DJANGO_ASGI_APP = DJANGO_APP.replace("from django.core.wsgi import get_wsgi_application", "from django.core.asgi import get_asgi_application").replace(
+    "app = get_wsgi_application()", "app = get_asgi_application()"
+)
+APPS = {"uvicorn": ASGI_APP, "gunicorn": WSGI_APP, "flask": FLASK_APP, "django": DJANGO_APP, "django-asgi": DJANGO_ASGI_APP}
+FRAMEWORK = {"uvicorn": "starlette", "gunicorn": "flask", "flask": "flask", "django": "django", "django-asgi": "django"}
+# The server each kind runs under.
+SERVER = {"uvicorn": "uvicorn", "gunicorn": "gunicorn", "flask": "gunicorn", "django": "gunicorn", "django-asgi": "uvicorn"}
 
 
 def _free_port() -> int:
@@ -127,17 +133,18 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.stderr.close()
 
 
-@pytest.fixture(params=["uvicorn", "gunicorn", "flask", "django"], scope="module")
+@pytest.fixture(params=["uvicorn", "gunicorn", "flask", "django", "django-asgi"], scope="module")
 def server(request, tmp_path_factory):
-    """``kind`` "flask" is the Flask extension under gunicorn, "django" Django under gunicorn."""
+    """``kind`` "flask" is the Flask extension under gunicorn, "django" Django
+    under gunicorn, "django-asgi" Django under uvicorn."""
     kind = request.param
-    pytest.importorskip("uvicorn" if kind == "uvicorn" else "gunicorn")
+    pytest.importorskip(SERVER[kind])
     pytest.importorskip(FRAMEWORK[kind])
     d = tmp_path_factory.mktemp(kind)
     (d / "policy.toml").write_text(POLICY)
     (d / "app.py").write_text(textwrap.dedent(APPS[kind]))
     port = _free_port()
-    if kind == "uvicorn":
+    if SERVER[kind] == "uvicorn":
         # --no-proxy-headers: the app sees the socket peer; trusting the proxy is
         # the middleware's job (trusted_proxies).
         cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
