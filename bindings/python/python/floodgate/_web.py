@@ -20,6 +20,7 @@ import logging
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from ._floodgate import TrustedProxies, is_proxy_address
+from .errors import FloodgateError
 
 
 def networks(trusted: Iterable[str]) -> Optional[TrustedProxies]:
@@ -154,3 +155,23 @@ class ProxyCheck:
             logging.getLogger("floodgate").warning(
                 UNTRUSTED_PROXY, peer or "a Unix socket", self.header, extra={"floodgate_event": "untrusted_proxy"}
             )
+
+
+def settle_quietly(engine: Any, verdict: Any, status: int, cost: Optional[float] = None) -> None:
+    """``engine.settle`` for a middleware: a verdict the app already settled,
+    or a store that is down, leaves the charge as it stands."""
+    try:
+        engine.settle(verdict, status=status, cost=cost)
+    except FloodgateError:
+        pass
+
+
+async def settle_quietly_async(engine: Any, verdict: Any, status: int, cost: Optional[float] = None) -> None:
+    """``settle_quietly`` on an event loop: on Redis (``engine.blocking``) with
+    ``settle_async``, so no thread waits for the round trips."""
+    if not engine.blocking:
+        return settle_quietly(engine, verdict, status, cost)
+    try:
+        await engine.settle_async(verdict, status=status, cost=cost)
+    except FloodgateError:
+        pass

@@ -29,8 +29,17 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 from . import check_request_async
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, ProxyCheck, client_ip, networks, parse_cost, router_path, wanted_headers
-from .errors import FloodgateError, InvalidRequestError
+from ._web import (
+    COST_HEADER,
+    ProxyCheck,
+    client_ip,
+    networks,
+    parse_cost,
+    router_path,
+    settle_quietly_async,
+    wanted_headers,
+)
+from .errors import InvalidRequestError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -137,16 +146,7 @@ class FloodgateMiddleware:
             raise
         finally:
             # 499: the client went away before any response (nginx's code).
-            await self._settle(verdict, status or 499, cost)
-
-    async def _settle(self, verdict: Any, status: int, cost: Optional[float]) -> None:
-        try:
-            if self.engine.blocking:  # Redis: no thread waits for the round trips
-                await self.engine.settle_async(verdict, status=status, cost=cost)
-            else:
-                self.engine.settle(verdict, status=status, cost=cost)
-        except FloodgateError:
-            pass  # already settled by the app itself, or the store is down: the charge stands
+            await settle_quietly_async(self.engine, verdict, status or 499, cost)
 
 
 def _adding(send: Send, extra: List[Tuple[bytes, bytes]]) -> Send:

@@ -26,8 +26,19 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, ProxyCheck, client_ip, environ_keys, networks, parse_cost, router_path, wanted_headers
-from .errors import FloodgateError, InvalidRequestError
+from ._web import (
+    COST_HEADER,
+    ProxyCheck,
+    client_ip,
+    environ_keys,
+    networks,
+    parse_cost,
+    router_path,
+    settle_quietly,
+    settle_quietly_async,
+    wanted_headers,
+)
+from .errors import InvalidRequestError
 
 
 def _json(body: Any, status: int) -> Any:
@@ -129,20 +140,6 @@ class FloodgateMiddleware:
             response = await self.get_response(request)
         return _adding(response, verdict.headers)
 
-    def _settle(self, verdict: Any, status: int, cost: Any = None) -> None:
-        try:
-            self.engine.settle(verdict, status=status, cost=cost)
-        except FloodgateError:
-            pass  # already settled by the view, or the store is down: the charge stands
-
-    async def _asettle(self, verdict: Any, status: int, cost: Any = None) -> None:
-        if not self.engine.blocking:
-            return self._settle(verdict, status, cost)
-        try:  # Redis: no thread waits for the round trips
-            await self.engine.settle_async(verdict, status=status, cost=cost)
-        except FloodgateError:
-            pass
-
     def _settle_later(self, response: Any, verdict: Any) -> bool:
         """A streamed response: settled when Django closes it, after its last
         chunk (Django calls ``close`` in a worker thread under ASGI too). The
@@ -151,7 +148,7 @@ class FloodgateMiddleware:
         if not (getattr(response, "streaming", False) and isinstance(closers, list)):
             return False
         cost = _cost(response)
-        closers.append(lambda: self._settle(verdict, response.status_code, cost))
+        closers.append(lambda: settle_quietly(self.engine, verdict, response.status_code, cost))
         return True
 
     def _run_and_settle(self, request: Any, verdict: Any) -> Any:
@@ -161,10 +158,10 @@ class FloodgateMiddleware:
         try:
             response = self.get_response(request)
         except BaseException:
-            self._settle(verdict, 500)
+            settle_quietly(self.engine, verdict, 500)
             raise
         if not self._settle_later(response, verdict):
-            self._settle(verdict, response.status_code, _cost(response))
+            settle_quietly(self.engine, verdict, response.status_code, _cost(response))
         return response
 
     async def _arun_and_settle(self, request: Any, verdict: Any) -> Any:
@@ -172,10 +169,10 @@ class FloodgateMiddleware:
         try:
             response = await self.get_response(request)
         except BaseException:
-            await self._asettle(verdict, 500)
+            await settle_quietly_async(self.engine, verdict, 500)
             raise
         if not self._settle_later(response, verdict):
-            await self._asettle(verdict, response.status_code, _cost(response))
+            await settle_quietly_async(self.engine, verdict, response.status_code, _cost(response))
         return response
 
 

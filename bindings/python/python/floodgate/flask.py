@@ -48,9 +48,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from flask import Flask, Response, request
 
 from ._floodgate import BAD_REQUEST_BODY, Engine
-from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, wanted_headers
-from .errors import FloodgateError, InvalidRequestError
-from .wsgi import _Settling
+from ._web import COST_HEADER, parse_cost, settle_quietly
+from .errors import InvalidRequestError
+from .wsgi import _EnvironCheck, _Settling
 
 # Per request, in the WSGI environ (a dict lookup; `flask.g` costs more).
 _HEADERS = "floodgate.headers"  # the rate-limit headers to add to the response
@@ -86,12 +86,9 @@ class Floodgate:
             raise TypeError("Floodgate(app, engine): an engine is required")
         self.engine = engine
         self.charge_preflights = charge_preflights
-        self.trusted = networks(trusted_proxies)
-        self._check = ProxyCheck(self.trusted, forwarded_header, validate)
-        self._forwarded_key = "HTTP_" + forwarded_header.upper().replace("-", "_")
-        read_headers = bool(engine.request_headers) or bool(self.trusted)
-        keys = environ_keys(wanted_headers(engine, forwarded_header)) if read_headers else ()
-        self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
+        # The WSGI middleware's reading of the environ.
+        self._decide = _EnvironCheck(engine, trusted_proxies, forwarded_header, validate)
+        self.trusted = self._decide.trusted
         if app is not None:
             self.init_app(app)
 
@@ -116,12 +113,13 @@ class Floodgate:
             except BaseException:
                 pending = environ.get(_PENDING)
                 if pending is not None:
-                    self._settle(pending, 500)
+                    settle_quietly(self.engine, pending.verdict, 500, pending.cost)
                 raise
             pending = environ.get(_PENDING)
             if pending is None:
                 return body
-            return _Settling(body, lambda: self._settle(pending, pending.status or 500))
+            engine = self.engine
+            return _Settling(body, lambda: settle_quietly(engine, pending.verdict, pending.status or 500, pending.cost))
 
         return settling
 
@@ -140,11 +138,9 @@ class Floodgate:
             # run: not charged or refused when the app says so. A route with a
             # view of its own for OPTIONS is checked like any other request.
             return None
-        if self._check.left > 0:
-            self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
         try:
             # The headers to add (a request allowed with nothing to settle), or the Verdict.
-            verdict = self._reader.check(environ)
+            verdict = self._decide(environ)
         except InvalidRequestError:
             return Response(BAD_REQUEST_BODY, status=400, content_type="application/json")
         if type(verdict) is list:
@@ -176,12 +172,6 @@ class Floodgate:
                 del response.headers[COST_HEADER]
             pending.status = response.status_code
         return response
-
-    def _settle(self, pending: _Pending, status: int) -> None:
-        try:
-            self.engine.settle(pending.verdict, status=status, cost=pending.cost)
-        except FloodgateError:
-            pass  # already settled by the app, or the store is down: the charge stands
 
 
 __all__ = ["Floodgate"]

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
 from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, wanted_headers
-from .errors import FloodgateError, InvalidRequestError
+from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, settle_quietly, wanted_headers
+from .errors import InvalidRequestError
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
@@ -45,6 +45,32 @@ def _adding(start_response: StartResponse, extra: List[Tuple[str, str]]) -> Star
     return start_with_headers
 
 
+class _EnvironCheck:
+    """A request decided from its WSGI environ, as the WSGI middleware and the
+    Flask extension (``floodgate.flask``) both do: the untrusted-proxy warning
+    for the first requests, then the method, PATH_INFO (its Latin-1 bytes as
+    UTF-8, as Werkzeug routes it), REMOTE_ADDR and the headers the policy
+    reads, read from the environ in one call into the extension, which
+    decides."""
+
+    def __init__(self, engine: Engine, trusted_proxies: Sequence[str], forwarded_header: str, validate: bool) -> None:
+        self.trusted = networks(trusted_proxies)
+        self._check = ProxyCheck(self.trusted, forwarded_header, validate)
+        self._forwarded_key = "HTTP_" + forwarded_header.upper().replace("-", "_")
+        # The headers the policy reads and, for a trusted proxy's peer, the
+        # forwarding header: none to read in the common case.
+        read_headers = bool(engine.request_headers) or bool(self.trusted)
+        keys = environ_keys(wanted_headers(engine, forwarded_header)) if read_headers else ()
+        self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
+
+    def __call__(self, environ: dict) -> Any:
+        """The headers to add (a request allowed with nothing to settle), or
+        the Verdict; ``InvalidRequestError`` for a request the engine cannot use."""
+        if self._check.left > 0:
+            self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
+        return self._reader.check(environ)
+
+
 class FloodgateMiddleware:
     """Decides every request with ``engine`` before the app sees it."""
 
@@ -58,25 +84,13 @@ class FloodgateMiddleware:
     ) -> None:
         self.app = app
         self.engine = engine
-        self.trusted = networks(trusted_proxies)
         self.forwarded_header = forwarded_header
-        self._check = ProxyCheck(self.trusted, forwarded_header, validate)
-        self._forwarded_key = "HTTP_" + forwarded_header.upper().replace("-", "_")
-        # The headers the policy reads and, for a trusted proxy's peer, the
-        # forwarding header: none to read in the common case.
-        read_headers = bool(engine.request_headers) or bool(self.trusted)
-        keys = environ_keys(wanted_headers(engine, forwarded_header)) if read_headers else ()
-        # Reads the method, PATH_INFO (its Latin-1 bytes as UTF-8, as Werkzeug
-        # routes it), REMOTE_ADDR and those headers from the environ in one
-        # call into the extension, then decides.
-        self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
+        self._decide = _EnvironCheck(engine, trusted_proxies, forwarded_header, validate)
+        self.trusted = self._decide.trusted
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        if self._check.left > 0:
-            self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
         try:
-            # The headers to add (a request allowed with nothing to settle), or the Verdict.
-            verdict = self._reader.check(environ)
+            verdict = self._decide(environ)
         except InvalidRequestError:
             start_response(
                 _STATUS[400],
@@ -113,10 +127,7 @@ class FloodgateMiddleware:
             return start_response(status, [*kept, *extra], exc_info)
 
         def settle(status: int) -> None:
-            try:
-                self.engine.settle(verdict, status=status, cost=seen["cost"])
-            except FloodgateError:
-                pass  # already settled by the app, or the store is down: the charge stands
+            settle_quietly(self.engine, verdict, status, seen["cost"])
 
         try:
             body = self.app(environ, start_and_watch)
