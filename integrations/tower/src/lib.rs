@@ -262,15 +262,13 @@ impl Shared {
         // look at needs.
         self.validate_left.store(left - 1, Ordering::Relaxed);
         let peer = peer(req.extensions());
-        if peer.is_none()
-            && !self.proxies.trusts_unix_socket()
-            && !self.warned_no_address.swap(true, Ordering::Relaxed)
-        {
+        let trusted = self.proxies.trusts_peer(peer);
+        if peer.is_none() && !trusted && !self.warned_no_address.swap(true, Ordering::Relaxed) {
             tracing::warn!(code = "ERR_FG_NO_CLIENT_ADDRESS", "{NO_ADDRESS}");
         }
         if peer.is_some_and(is_proxy_address)
+            && !trusted
             && req.headers().contains_key(&self.proxy_header)
-            && !self.proxies.trusts_peer(peer)
             && !self.warned_untrusted.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(code = "ERR_FG_UNTRUSTED_PROXY", "{UNTRUSTED_PROXY}");

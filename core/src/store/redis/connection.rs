@@ -68,6 +68,15 @@ impl std::fmt::Debug for SentinelMaster {
     }
 }
 
+/// What redis-rs verifies a server's certificate against: the CA
+/// certificates given (`ca_pem`), or the system's trust store.
+fn certificates(ca_pem: Option<&Vec<u8>>) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: ca_pem.cloned(),
+    }
+}
+
 impl Client {
     /// A client asking the sentinels, with no connection to them yet (None
     /// when this store is not on Sentinel).
@@ -113,10 +122,7 @@ impl Client {
         if let Some(password) = &spec.node.password {
             b = b.set_client_to_redis_password(password);
         }
-        let certs = || redis::TlsCertificates {
-            client_tls: None,
-            root_cert: spec.ca_pem.clone(),
-        };
+        let certs = || certificates(spec.ca_pem.as_ref());
         if spec.node.tls {
             b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
             if spec.ca_pem.is_some() {
@@ -540,10 +546,7 @@ impl RedisStoreBuilder {
             .map(|u| redacted(u))
             .collect::<Vec<_>>()
             .join(",");
-        let certs = || redis::TlsCertificates {
-            client_tls: None,
-            root_cert: self.ca_pem.clone(),
-        };
+        let certs = || certificates(self.ca_pem.as_ref());
         let client = if let Some(master) = &self.master_name {
             Ok(Client::Sentinel(Box::new(SentinelSpec {
                 urls: self.urls.clone(),
