@@ -62,15 +62,40 @@ def own_redis():
         proc.wait()
 
 
+def _sentinel(master_port: int, tmp_path, extra: str = ""):
+    """A Redis Sentinel monitoring the server on `master_port` as `fgmaster`
+    (quorum 1), `extra` added to its configuration: (process, port)."""
+    port = _free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor fgmaster 127.0.0.1 {master_port} 1\n{extra}")
+    return _start_redis([str(conf), "--sentinel"], port), port
+
+
 @pytest.fixture
 def own_sentinel(own_redis, tmp_path):
     """A Redis Sentinel monitoring `own_redis` as master `fgmaster` (quorum 1):
     `(sentinel port, own_redis)`; killed after the test."""
-    port = _free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor fgmaster 127.0.0.1 {own_redis.port} 1\n")
-    proc = _start_redis([str(conf), "--sentinel"], port)
+    proc, port = _sentinel(own_redis.port, tmp_path)
     try:
+        yield port, own_redis
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def own_sentinel_with_passwords(own_redis, tmp_path):
+    """As production runs Sentinel: the master `own_redis` takes only the ACL
+    user `app` (password `apppw`; the default user off), and the sentinel, which
+    logs in to the master as `app`, requires the password `sentpw` of its own
+    clients. `(sentinel port, own_redis)`."""
+    cli = ["redis-cli", "-p", str(own_redis.port)]
+    subprocess.run([*cli, "ACL", "SETUSER", "app", "on", ">apppw", "~*", "&*", "+@all"], check=True, capture_output=True)
+    subprocess.run([*cli, "ACL", "SETUSER", "default", "off"], check=True, capture_output=True)
+    proc, port = _sentinel(own_redis.port, tmp_path, "sentinel auth-user fgmaster app\nsentinel auth-pass fgmaster apppw\n")
+    try:
+        subprocess.run(["redis-cli", "-p", str(port), "ACL", "SETUSER", "default", "resetpass", ">sentpw"],
+                       check=True, capture_output=True)
         yield port, own_redis
     finally:
         proc.kill()

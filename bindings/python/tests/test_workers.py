@@ -343,8 +343,35 @@ def test_gunicorn_preload_workers_on_redis_each_use_their_own_connections(redis_
     on connections of its own: on the inherited one, workers read each other's
     replies, and a check waits out its deadline (500 ms) into the fail mode
     (`closed`: a 429 before the quota is spent)."""
+    _preload_workers_count_exactly(_redis_policy(redis_url), tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_gunicorn_preload_workers_on_sentinel_with_passwords(own_sentinel_with_passwords, tmp_path):
+    """The same through Redis Sentinel as production runs it: a master that
+    takes only an ACL user (`master_user`, `master_password`), database 2
+    (`master_db`), a sentinel that requires its own password (in its URL), and
+    workers forked from the master that built the engine, each asking the
+    sentinel on its own connection."""
+    port, master = own_sentinel_with_passwords
+    text = _redis_policy("unused").replace(
+        'url = "unused"',
+        f'sentinel = ["redis://:sentpw@127.0.0.1:{port}/"]\nmaster_name = "fgmaster"\n'
+        'master_user = "app"\nmaster_password = "apppw"\nmaster_db = 2',
+    )
+    _preload_workers_count_exactly(text, tmp_path)
+    cli = ["redis-cli", "-p", str(master.port), "--user", "app", "--pass", "apppw", "--no-auth-warning"]
+    assert int(subprocess.run([*cli, "-n", "2", "DBSIZE"], capture_output=True, text=True).stdout) >= 1
+    assert int(subprocess.run([*cli, "-n", "0", "DBSIZE"], capture_output=True, text=True).stdout) == 0
+
+
+def _preload_workers_count_exactly(policy_text: str, tmp_path) -> None:
+    """`gunicorn --preload` with four workers on `policy_text` (a Redis store,
+    fail mode `closed`, LIMIT an hour per IP): 2 x LIMIT requests from one
+    client, from several workers, admit exactly LIMIT, none after waiting out
+    the deadline."""
     pytest.importorskip("gunicorn")
-    proc, port = start_server("gunicorn", WSGI_APP, _redis_policy(redis_url), tmp_path, preload=True)
+    proc, port = start_server("gunicorn", WSGI_APP, policy_text, tmp_path, preload=True)
     try:
         _wait_for_workers(proc, port)
 
