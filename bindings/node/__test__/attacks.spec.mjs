@@ -4,7 +4,8 @@
 // Each test counts how many requests reached a handler.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createHmac, generateKeyPairSync, sign as rsaSign } from 'node:crypto'
 import { createRequire } from 'node:module'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -17,7 +18,8 @@ const { Engine } = require('../floodgate.js')
 const POLICY = readFileSync(new URL('../../../tests/policies/attacks.toml', import.meta.url), 'utf8')
 
 let clients = 0
-const freshClient = () => `198.51.100.${++clients}`
+// One of 198.18.0.0/15's addresses, a new one each call.
+const freshClient = () => (++clients, `198.18.${Math.floor(clients / 250)}.${(clients % 250) + 1}`)
 
 async function express() {
   const express = require('express')
@@ -312,3 +314,150 @@ test('behind a proxy on a Unix socket, the documented trust function names each 
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+// JWT attacks (tests/policies/jwt_attacks.toml, shared with the Python
+// tests): GET /me is limited per verified subject (3/min) and per address for
+// everyone else (2/min); only RS256 tokens by the issuer's key verify. Each
+// forgery claims a subject of its own, so one keyed on its claim would get a
+// fresh quota and reach the handler past the address's limit. The engine is
+// asked on the sync path and on the async one (a Redis store's).
+
+const KEYS = new URL('../../../core/tests/keys/', import.meta.url)
+const ISSUER_KEY = readFileSync(new URL('rsa_private.pem', KEYS), 'utf8')
+const PUBLIC_PEM = readFileSync(new URL('rsa_public.pem', KEYS))
+const b64 = (data) => Buffer.from(data).toString('base64url')
+
+/** A token put together by hand, as an attacker does: `sign` gets the signing input. */
+function encode(header, claims, sign) {
+  const input = `${b64(JSON.stringify(header))}.${b64(JSON.stringify(claims))}`
+  return `${input}.${b64(sign(Buffer.from(input)))}`
+}
+const claims = (sub, over = {}) => ({ sub, iss: 'https://auth.example.com', aud: 'api', exp: Math.floor(Date.now() / 1000) + 600, ...over })
+const rs256 = (key) => (input) => rsaSign('sha256', input, key)
+const ps256 = (key) => (input) => rsaSign('sha256', input, { key, padding: 6 /* RSA_PKCS1_PSS_PADDING */, saltLength: 32 })
+const hs256 = (secret) => (input) => createHmac('sha256', secret).update(input).digest()
+const unsigned = () => Buffer.alloc(0)
+/** A token signed by the issuer's key (valid unless `over` spoils a claim). */
+const issued = (sub, over = {}) => encode({ alg: 'RS256', typ: 'JWT', kid: 'main' }, claims(sub, over), rs256(ISSUER_KEY))
+
+/** Tokens an attacker can make without the issuer's key, the i-th claiming `sub(i)`; and issued ones whose claims refuse them. */
+function forgeries(sub) {
+  const own = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const ownJwk = own.publicKey.export({ format: 'jwk' })
+  const [head, , signature] = issued('someone-else').split('.')
+  const now = Math.floor(Date.now() / 1000)
+  const makers = [
+    (c) => encode({ alg: 'none', typ: 'JWT' }, c, unsigned),
+    (c) => encode({ alg: 'None', typ: 'JWT' }, c, unsigned),
+    (c) => encode({ alg: 'NONE', kid: 'main' }, c, unsigned),
+    (c) => encode({ alg: 'none' }, c, unsigned) + signature,
+    // Algorithm confusion: HMAC keyed with the public key's PEM, which anyone can download.
+    (c) => encode({ alg: 'HS256', kid: 'main' }, c, hs256(PUBLIC_PEM)),
+    (c) => encode({ alg: 'HS256' }, c, hs256(PUBLIC_PEM)),
+    (c) => encode({ alg: 'HS256', kid: 'main' }, c, hs256('')),
+    (c) => encode({ alg: 'HS256', kid: '../../../../../../dev/null' }, c, hs256('')),
+    (c) => encode({ alg: 'RS256', kid: 'main' }, c, rs256(own.privateKey)),
+    (c) => encode({ alg: 'RS256', kid: 'main', jwk: ownJwk }, c, rs256(own.privateKey)),
+    (c) => encode({ alg: 'RS256', kid: 'evil', jku: 'http://127.0.0.1:9/jwks.json' }, c, rs256(own.privateKey)),
+    (c) => encode({ alg: 'PS256', kid: 'main' }, c, ps256(ISSUER_KEY)), // the issuer's key, not on the allow-list
+    (c) => encode({ alg: 'RS256', kid: 'main' }, c, unsigned),
+    (c) => encode({ alg: 'RS256', kid: 'main' }, c, unsigned) + signature,
+    (c) => `${head}.${b64(JSON.stringify(c))}.${signature}`,
+    (c) => issued(c.sub, { exp: now - 3600 }),
+    (c) => issued(c.sub, { nbf: now + 3600 }),
+    (c) => issued(c.sub, { exp: String(now + 600) }),
+    (c) => issued(c.sub, { iss: 'https://evil.example' }),
+    (c) => issued(c.sub, { aud: 'another-api' }),
+    (c) => `eyJhbGciOiJSUzI1NiJ9.!!!.${c.sub}`,
+    (c) => encode({ alg: 'RS256', kid: 'main' }, { ...c, pad: 'x'.repeat(12000) }, unsigned) + signature,
+  ]
+  return makers.map((make, i) => make(claims(sub(i))))
+}
+
+/** A server of `kind` on the JWT policy (its key file beside it): `{ port, close }`. */
+async function jwtServer(kind, async) {
+  const dir = mkdtempSync(join(tmpdir(), 'fg-jwt-'))
+  writeFileSync(join(dir, 'policy.toml'), readFileSync(new URL('../../../tests/policies/jwt_attacks.toml', import.meta.url)))
+  copyFileSync(new URL('rsa_public.pem', KEYS), join(dir, 'rsa_public.pem'))
+  const engine = Engine.fromFile(join(dir, 'policy.toml'))
+  rmSync(dir, { recursive: true })
+  if (kind === 'express') {
+    const app = require('express')()
+    app.set('trust proxy', 'loopback')
+    app.use(require('../express.js').floodgate(engine, { async }))
+    app.get('/me', (req, res) => res.json({ handler: 'me' }))
+    const server = await new Promise((resolve) => {
+      const s = app.listen(0, '127.0.0.1', () => resolve(s))
+    })
+    return { port: server.address().port, close: () => new Promise((r) => server.close(r)) }
+  }
+  const app = require('fastify')({ trustProxy: '127.0.0.1' })
+  await app.register(require('../fastify.js'), { engine, async })
+  app.get('/me', async () => ({ handler: 'me' }))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return { port: app.server.address().port, close: () => app.close() }
+}
+
+const me = async (port, xff, authorization) =>
+  (await raw(port, 'GET', '/me', [['X-Forwarded-For', xff], ...(authorization ? [['Authorization', authorization]] : [])])).status
+
+for (const kind of ['express', 'fastify']) {
+  for (const async of [false, true]) {
+    const name = `${kind}${async ? ' (async)' : ''}`
+
+    test(`${name}: forged tokens fall to the address's limit`, async () => {
+      const server = await jwtServer(kind, async)
+      try {
+        const xff = freshClient()
+        const statuses = []
+        for (const token of forgeries((i) => `mallory-${i}`)) statuses.push(await me(server.port, xff, `Bearer ${token}`))
+        // Anonymous, all of them: the address's 2, then 429 (431 if the server refuses the huge one).
+        assert.deepEqual(statuses.slice(0, 2), [200, 200], `${statuses}`)
+        assert.ok(statuses.slice(2).every((s) => s === 429 || s === 431), `${statuses}`)
+      } finally {
+        await server.close()
+      }
+    })
+
+    test(`${name}: a forged or tampered token never spends its victim's quota`, async () => {
+      const server = await jwtServer(kind, async)
+      try {
+        const victim = issued('alice')
+        const home = freshClient()
+        const statuses = [await me(server.port, home, `Bearer ${victim}`)] // verified once, and cached
+        const [head, body, signature] = victim.split('.')
+        const middle = signature.length >> 1
+        const flipped = signature.slice(0, middle) + (signature[middle] === 'A' ? 'B' : 'A') + signature.slice(middle + 1)
+        const tampered = [
+          `${head}.${body}.${flipped}`,
+          `${head}.${body}.`,
+          `${head}.${body}`,
+          `${b64('{"alg":"HS256","kid":"main"}')}.${body}.${signature}`,
+          `${head}.${b64(body)}.${signature}`,
+        ]
+        // Each from an address of its own: the address's limit lets them
+        // through, and none may count on alice's 3.
+        for (const token of [...tampered, ...forgeries(() => 'alice')]) await me(server.port, freshClient(), `Bearer ${token}`)
+        for (let i = 0; i < 3; i++) statuses.push(await me(server.port, home, `Bearer ${victim}`))
+        assert.deepEqual(statuses, [200, 200, 200, 429])
+      } finally {
+        await server.close()
+      }
+    })
+
+    test(`${name}: a verified subject has one limit whatever its address and spelling`, async () => {
+      const server = await jwtServer(kind, async)
+      try {
+        const token = issued('carol')
+        const statuses = []
+        for (const spelling of [`Bearer ${token}`, `bearer ${token}`, `BEARER   ${token} `, `Bearer ${token}`]) {
+          statuses.push(await me(server.port, freshClient(), spelling))
+        }
+        assert.deepEqual(statuses, [200, 200, 200, 429])
+        assert.equal(await me(server.port, freshClient(), `Bearer ${issued('dave')}`), 200)
+      } finally {
+        await server.close()
+      }
+    })
+  }
+}

@@ -8,6 +8,7 @@ framework routes to a limited handler must be held to the limit."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -38,7 +39,13 @@ async def page(request):
     return JSONResponse({"handler": "page", "key": request.headers.get("x-api-key")})
 
 
-app = Starlette(routes=[Route("/auth/login", login, methods=["POST"]), Route("/page", page, methods=["GET"])])
+async def me(request):
+    return JSONResponse({"handler": "me"})
+
+
+app = Starlette(routes=[
+    Route("/auth/login", login, methods=["POST"]), Route("/page", page, methods=["GET"]), Route("/me", me, methods=["GET"]),
+])
 app.add_middleware(FloodgateMiddleware, engine=Engine.from_file("policy.toml"), trusted_proxies=["127.0.0.1"])
 """
 
@@ -59,6 +66,11 @@ def login():
 @app.get("/page")
 def page():
     return {"handler": "page", "key": flask.request.headers.get("x-api-key")}
+
+
+@app.get("/me")
+def me():
+    return {"handler": "me"}
 
 
 app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml"), trusted_proxies=["127.0.0.1"])
@@ -103,7 +115,11 @@ def page(request):
     return JsonResponse({"handler": "page", "key": request.headers.get("x-api-key")})
 
 
-urlpatterns = [path("auth/login", login), path("page", page)]
+def me(request):
+    return JsonResponse({"handler": "me"})
+
+
+urlpatterns = [path("auth/login", login), path("page", page), path("me", me)]
 app = get_wsgi_application()
 """
 # The same Django project under uvicorn: the middleware as a coroutine.
@@ -133,15 +149,17 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.stderr.close()
 
 
-@pytest.fixture(params=["uvicorn", "gunicorn", "flask", "django", "django-asgi"], scope="module")
-def server(request, tmp_path_factory):
-    """``kind`` "flask" is the Flask extension under gunicorn, "django" Django
-    under gunicorn, "django-asgi" Django under uvicorn."""
-    kind = request.param
+KINDS = ["uvicorn", "gunicorn", "flask", "django", "django-asgi"]
+
+
+@contextlib.contextmanager
+def _serve(kind: str, d: pathlib.Path):
+    """Serves app.py from `d` (beside its policy.toml) as `kind` runs it: the
+    port, then the server stopped. ``kind`` "flask" is the Flask extension
+    under gunicorn, "django" Django under gunicorn, "django-asgi" Django under
+    uvicorn."""
     pytest.importorskip(SERVER[kind])
     pytest.importorskip(FRAMEWORK[kind])
-    d = tmp_path_factory.mktemp(kind)
-    (d / "policy.toml").write_text(POLICY)
     (d / "app.py").write_text(textwrap.dedent(APPS[kind]))
     port = _free_port()
     if SERVER[kind] == "uvicorn":
@@ -167,8 +185,19 @@ def server(request, tmp_path_factory):
         proc.kill()
         proc.wait()
         raise RuntimeError(f"{kind} did not start")
-    yield kind, port
-    _stop(proc)
+    try:
+        yield port
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(params=KINDS, scope="module")
+def server(request, tmp_path_factory):
+    kind = request.param
+    d = tmp_path_factory.mktemp(kind)
+    (d / "policy.toml").write_text(POLICY)
+    with _serve(kind, d) as port:
+        yield kind, port
 
 
 def raw(port: int, method: str, target: str, headers: List[Tuple[str, str]]) -> Tuple[int, Dict[str, str], bytes]:
@@ -196,9 +225,9 @@ _client = [0]
 
 
 def fresh_client() -> str:
-    """A new client address, as the trusted proxy reports it."""
+    """A new client address, as the trusted proxy reports it (one of 198.18.0.0/15's)."""
     _client[0] += 1
-    return f"198.51.100.{_client[0]}"
+    return f"198.18.{_client[0] // 250}.{_client[0] % 250 + 1}"
 
 
 def reached(port: int, method: str, target: str, n: int = 8, extra=()) -> List[int]:
@@ -341,3 +370,156 @@ def test_a_server_on_a_unix_socket_believes_its_proxy_only_when_unix_is_trusted(
     # One client whose own header text varies: still one client, held to 3.
     statuses = [unix_status(sock, "/auth/login", f"203.0.113.{i}, 198.51.100.9") for i in range(6)]
     assert statuses == [200, 200, 200, 429, 429, 429], statuses
+
+
+# JWT attacks (tests/policies/jwt_attacks.toml): GET /me is limited per
+# verified subject (3/min) and per address for everyone else (2/min); only
+# RS256 tokens by the issuer's key (core/tests/keys) verify. Each forgery
+# claims a subject of its own, so one keyed on its claim would get a fresh
+# quota and reach the handler past the address's limit.
+
+JWT_POLICY = (pathlib.Path(__file__).resolve().parents[3] / "tests" / "policies" / "jwt_attacks.toml").read_text()
+KEYS = pathlib.Path(__file__).resolve().parents[3] / "core" / "tests" / "keys"
+ISSUER = "https://auth.example.com"
+
+
+@pytest.fixture(params=KINDS, scope="module")
+def jwt_server(request, tmp_path_factory):
+    pytest.importorskip("jwt")  # PyJWT signs the tests' tokens
+    kind = request.param
+    d = tmp_path_factory.mktemp(f"{kind}-jwt")
+    (d / "policy.toml").write_text(JWT_POLICY)
+    (d / "rsa_public.pem").write_bytes((KEYS / "rsa_public.pem").read_bytes())
+    with _serve(kind, d) as port:
+        yield kind, port
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _encode(header: dict, claims: dict, sign) -> str:
+    """A token put together by hand, as an attacker does: `sign` gets the signing input."""
+    import json
+
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{_b64(sign(signing_input.encode()))}"
+
+
+def _claims(sub: str, **over) -> dict:
+    return {"sub": sub, "iss": ISSUER, "aud": "api", "exp": int(time.time()) + 600, **over}
+
+
+def _issued(sub: str, **over) -> str:
+    """A token signed by the issuer's key (valid unless `over` spoils a claim)."""
+    import jwt
+
+    return jwt.encode(_claims(sub, **over), (KEYS / "rsa_private.pem").read_bytes(), algorithm="RS256", headers={"kid": "main"})
+
+
+def _hmac(secret: bytes):
+    import hashlib
+    import hmac
+
+    return lambda message: hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def _forgeries(sub) -> List[Tuple[str, str]]:
+    """Tokens an attacker can make without the issuer's key, each claiming
+    `sub(i)`; and tokens the issuer signed whose claims must still refuse them."""
+    import json
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    own = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    own_pem = own.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    own_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(own.public_key()))
+    public_pem = (KEYS / "rsa_public.pem").read_bytes()
+    unsigned = lambda message: b""  # noqa: E731
+    real = _issued("someone-else")
+    head, body, signature = real.split(".")
+    tokens = [
+        ("alg none", lambda c: _encode({"alg": "none", "typ": "JWT"}, c, unsigned)),
+        ("alg None", lambda c: _encode({"alg": "None", "typ": "JWT"}, c, unsigned)),
+        ("alg NONE, kid main", lambda c: _encode({"alg": "NONE", "kid": "main"}, c, unsigned)),
+        ("alg none with a real signature", lambda c: _encode({"alg": "none"}, c, unsigned) + signature),
+        # Algorithm confusion: HMAC keyed with the public key's PEM, which
+        # anyone can download.
+        ("HS256 keyed with the RSA public key", lambda c: _encode({"alg": "HS256", "kid": "main"}, c, _hmac(public_pem))),
+        ("HS256 keyed with the public key, no kid", lambda c: _encode({"alg": "HS256"}, c, _hmac(public_pem))),
+        ("HS256 keyed with nothing", lambda c: _encode({"alg": "HS256", "kid": "main"}, c, _hmac(b""))),
+        ("kid path traversal", lambda c: _encode({"alg": "HS256", "kid": "../../../../../../dev/null"}, c, _hmac(b""))),
+        ("RS256 by another key", lambda c: jwt.encode(c, own_pem, algorithm="RS256", headers={"kid": "main"})),
+        ("RS256 by another key, embedded as jwk",
+         lambda c: jwt.encode(c, own_pem, algorithm="RS256", headers={"kid": "main", "jwk": own_jwk})),
+        ("RS256 by another key, fetched from jku",
+         lambda c: jwt.encode(c, own_pem, algorithm="RS256", headers={"kid": "evil", "jku": "http://127.0.0.1:9/jwks.json"})),
+        ("PS256 by the issuer's key (not on the allow-list)",
+         lambda c: jwt.encode(c, (KEYS / "rsa_private.pem").read_bytes(), algorithm="PS256", headers={"kid": "main"})),
+        ("the signature stripped", lambda c: _encode({"alg": "RS256", "kid": "main"}, c, unsigned)),
+        ("another token's signature", lambda c: _encode({"alg": "RS256", "kid": "main"}, c, unsigned) + signature),
+        ("another token's header and signature", lambda c: f"{head}.{_b64(json.dumps(c).encode())}.{signature}"),
+        ("issued, expired", lambda c: _issued(c["sub"], exp=int(time.time()) - 3600)),
+        ("issued, not yet valid", lambda c: _issued(c["sub"], nbf=int(time.time()) + 3600)),
+        ("issued, a string exp", lambda c: _issued(c["sub"], exp=str(int(time.time()) + 600))),
+        ("issued by another issuer", lambda c: _issued(c["sub"], iss="https://evil.example")),
+        ("issued for another audience", lambda c: _issued(c["sub"], aud="another-api")),
+        ("three parts of garbage", lambda c: "eyJhbGciOiJSUzI1NiJ9.!!!." + c["sub"]),
+        ("huge", lambda c: _encode({"alg": "RS256", "kid": "main"}, {**c, "pad": "x" * 12000}, unsigned) + signature),
+    ]
+    return [(name, make(_claims(sub(i)))) for i, (name, make) in enumerate(tokens)]
+
+
+def _me(port: int, xff: str, authorization: str = "") -> int:
+    headers = [("X-Forwarded-For", xff)]
+    if authorization:
+        headers.append(("Authorization", authorization))
+    return raw(port, "GET", "/me", headers)[0]
+
+
+def test_forged_tokens_fall_to_the_address_limit(jwt_server):
+    kind, port = jwt_server
+    xff = fresh_client()
+    forged = _forgeries(lambda i: f"mallory-{i}")
+    statuses = [_me(port, xff, f"Bearer {token}") for _, token in forged]
+    # Anonymous all of them: the address's 2, then 429 (431 if a server refuses the huge one).
+    assert statuses[:2] == [200, 200], (kind, list(zip(statuses, [n for n, _ in forged])))
+    assert all(s in (429, 431) for s in statuses[2:]), (kind, list(zip(statuses, [n for n, _ in forged])))
+
+
+def test_a_forged_or_tampered_token_never_spends_its_victims_quota(jwt_server):
+    kind, port = jwt_server
+    victim = _issued("alice")
+    home = fresh_client()
+    statuses = [_me(port, home, f"Bearer {victim}")]  # verified once, and cached
+    head, body, signature = victim.split(".")
+    middle = len(signature) // 2
+    flipped = signature[:middle] + ("A" if signature[middle] != "A" else "B") + signature[middle + 1 :]
+    hs256 = _b64(b'{"alg":"HS256","kid":"main"}')
+    tampered = [
+        f"{head}.{body}.{flipped}",
+        f"{head}.{body}.",
+        f"{head}.{body}",
+        f"{hs256}.{body}.{signature}",
+        f"{head}.{_b64(body.encode())}.{signature}",
+    ]
+    # Each from an address of its own: the address's limit lets them through,
+    # and none may count on alice's 3.
+    for token in tampered + [t for _, t in _forgeries(lambda i: "alice")]:
+        _me(port, fresh_client(), f"Bearer {token}")
+    statuses += [_me(port, home, f"Bearer {victim}") for _ in range(3)]
+    assert statuses == [200, 200, 200, 429], (kind, statuses)
+
+
+def test_a_verified_subject_has_one_limit_whatever_its_address_and_spelling(jwt_server):
+    kind, port = jwt_server
+    token = _issued("carol")
+    spellings = [f"Bearer {token}", f"bearer {token}", f"BEARER   {token} ", f"Bearer {token}"]
+    statuses = [_me(port, fresh_client(), s) for s in spellings]
+    assert statuses == [200, 200, 200, 429], (kind, statuses)
+    # Another subject, from the same addresses' network, has a limit of its own.
+    assert _me(port, fresh_client(), f"Bearer {_issued('dave')}") == 200, kind

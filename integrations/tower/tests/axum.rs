@@ -100,6 +100,7 @@ fn app() -> Router {
             }),
         )
         .route("/api/{*rest}", get(|| async { "items" }))
+        .route("/me", get(|| async { "me" }))
 }
 
 async fn serve(layer: FloodgateLayer) -> SocketAddr {
@@ -587,4 +588,172 @@ fn redis_engines_share_limits_without_blocking_the_runtime() {
         let statuses = joined(guesses).await;
         assert_eq!(count(&statuses, 401), 5, "{statuses:?}");
     });
+}
+
+// JWT attacks (tests/policies/jwt_attacks.toml, shared with the Python and
+// Node tests): GET /me is limited per verified subject (3/min) and per address
+// for everyone else (2/min); only RS256 tokens by the issuer's key verify.
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../core/tests/keys");
+
+fn jwt_engine() -> Arc<Engine> {
+    let policy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/policies/jwt_attacks.toml"
+    ))
+    .unwrap()
+    .replace("\"rsa_public.pem\"", &format!("\"{KEYS}/rsa_public.pem\""));
+    Arc::new(Engine::from_toml_str(&policy).unwrap())
+}
+
+fn key_file(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{KEYS}/{name}")).unwrap()
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    serde_json::json!({"sub": sub, "iss": "https://auth.example.com", "aud": "api", "exp": now + 600})
+}
+
+fn b64(data: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// A token put together by hand, as an attacker does: its header and claims,
+/// and `signature` as it is.
+fn by_hand(header: &str, claims: &serde_json::Value, signature: &str) -> String {
+    format!("{}.{}.{signature}", b64(header), b64(claims.to_string()))
+}
+
+/// `claims` signed with `alg`, `kid` "main" and `key`.
+fn signed(
+    alg: jsonwebtoken::Algorithm,
+    claims: &serde_json::Value,
+    key: &jsonwebtoken::EncodingKey,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some("main".into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn issuer_key() -> jsonwebtoken::EncodingKey {
+    jsonwebtoken::EncodingKey::from_rsa_pem(&key_file("rsa_private.pem")).unwrap()
+}
+
+/// A token by the issuer's key for `sub`, with `over` merged into its claims.
+fn issued(sub: &str, over: serde_json::Value) -> String {
+    let mut c = claims(sub);
+    c.as_object_mut()
+        .unwrap()
+        .extend(over.as_object().unwrap().clone());
+    signed(jsonwebtoken::Algorithm::RS256, &c, &issuer_key())
+}
+
+/// Makes a token claiming the subject it is given.
+type Maker<'a> = Box<dyn Fn(&str) -> String + 'a>;
+
+/// Tokens an attacker can make without the issuer's key, the i-th claiming
+/// `sub(i)`, and issued ones whose claims refuse them.
+fn forgeries(sub: impl Fn(usize) -> String) -> Vec<String> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::json;
+    let real = issued("someone-else", json!({}));
+    let signature = real.rsplit('.').next().unwrap().to_string();
+    let now = claims("")["exp"].as_u64().unwrap() - 600;
+    let confusion = EncodingKey::from_secret(&key_file("rsa_public.pem"));
+    let ec = EncodingKey::from_ec_pem(&key_file("ec_private.pem")).unwrap();
+    let makers: Vec<Maker> = vec![
+        Box::new(|s| by_hand(r#"{"alg":"none","typ":"JWT"}"#, &claims(s), "")),
+        Box::new(|s| by_hand(r#"{"alg":"None","kid":"main"}"#, &claims(s), "")),
+        Box::new(|s| by_hand(r#"{"alg":"none"}"#, &claims(s), &signature)),
+        // Algorithm confusion: HMAC keyed with the public key's PEM.
+        Box::new(|s| signed(Algorithm::HS256, &claims(s), &confusion)),
+        Box::new(|s| signed(Algorithm::HS256, &claims(s), &EncodingKey::from_secret(b""))),
+        Box::new(|s| signed(Algorithm::ES256, &claims(s), &ec)),
+        Box::new(|s| signed(Algorithm::PS256, &claims(s), &issuer_key())),
+        Box::new(|s| by_hand(r#"{"alg":"RS256","kid":"main"}"#, &claims(s), "")),
+        Box::new(|s| by_hand(r#"{"alg":"RS256","kid":"main"}"#, &claims(s), &signature)),
+        Box::new(|s| issued(s, json!({"exp": now - 3600}))),
+        Box::new(|s| issued(s, json!({"nbf": now + 3600}))),
+        Box::new(|s| issued(s, json!({"exp": (now + 600).to_string()}))),
+        Box::new(|s| issued(s, json!({"iss": "https://evil.example"}))),
+        Box::new(|s| issued(s, json!({"aud": "another-api"}))),
+        Box::new(|s| format!("eyJhbGciOiJSUzI1NiJ9.!!!.{s}")),
+    ];
+    makers
+        .iter()
+        .enumerate()
+        .map(|(i, make)| make(&sub(i)))
+        .collect()
+}
+
+async fn me(addr: SocketAddr, client: &str, authorization: &str) -> u16 {
+    let bearer = format!("Bearer {authorization}");
+    call(
+        addr,
+        "GET",
+        "/me",
+        &[("x-forwarded-for", client), ("authorization", &bearer)],
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_never_key_a_quota() {
+    let layer = FloodgateLayer::new(jwt_engine())
+        .trusted_proxies(TrustedProxies::new(["127.0.0.1"]).unwrap());
+    let addr = serve(layer).await;
+    // Each forgery claims a subject of its own: one keyed on its claim would
+    // get a fresh quota. All are anonymous: the address's 2, then 429.
+    let mut statuses = Vec::new();
+    for token in forgeries(|i| format!("mallory-{i}")) {
+        statuses.push(me(addr, "198.18.0.1", &token).await);
+    }
+    assert_eq!(statuses[..2], [200, 200], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|&s| s == 429), "{statuses:?}");
+
+    // Forged and tampered tokens claiming alice, each from an address of its
+    // own, never spend alice's 3.
+    let victim = issued("alice", serde_json::json!({}));
+    let mut alice = vec![me(addr, "198.18.1.1", &victim).await];
+    let (signed_part, signature) = victim.rsplit_once('.').unwrap();
+    let mut flipped = signature.as_bytes().to_vec();
+    let middle = flipped.len() / 2;
+    flipped[middle] = if flipped[middle] == b'A' { b'B' } else { b'A' };
+    let mut tampered = vec![
+        format!("{signed_part}.{}", String::from_utf8(flipped).unwrap()),
+        format!("{signed_part}."),
+        signed_part.to_string(),
+    ];
+    tampered.extend(forgeries(|_| "alice".into()));
+    for (i, token) in tampered.iter().enumerate() {
+        me(addr, &format!("198.18.2.{}", i + 1), token).await;
+    }
+    for _ in 0..3 {
+        alice.push(me(addr, "198.18.1.1", &victim).await);
+    }
+    assert_eq!(alice, [200, 200, 200, 429]);
+
+    // A verified subject has one limit, whatever its address and the
+    // scheme's spelling.
+    let carol = issued("carol", serde_json::json!({}));
+    let mut statuses = Vec::new();
+    for (i, spelling) in ["Bearer", "bearer", "BEARER ", "Bearer"].iter().enumerate() {
+        let value = format!("{spelling} {carol}");
+        let client = format!("198.18.3.{}", i + 1);
+        let s = call(
+            addr,
+            "GET",
+            "/me",
+            &[("x-forwarded-for", &client), ("authorization", &value)],
+        )
+        .await;
+        statuses.push(s.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
 }
