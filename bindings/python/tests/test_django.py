@@ -124,6 +124,7 @@ def test_a_burst_across_workers_is_held_exactly_and_its_429s_are_readable(django
             assert {"retry-after", "ratelimit", "ratelimit-policy"} <= exposed
             assert int(headers["retry-after"]) >= 1
             assert json.loads(body)["error"]
+            assert headers["content-length"] == str(len(body)), "sent whole, not chunked"
 
 
 def test_only_failed_logins_count(django_server):

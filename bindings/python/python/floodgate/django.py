@@ -42,9 +42,14 @@ from .errors import InvalidRequestError
 
 
 def _json(body: Any, status: int) -> Any:
+    """A denial's answer, with its length: it returns from above the
+    middleware that would set one (CommonMiddleware), and the servers sent it
+    chunked without."""
     from django.http import HttpResponse
 
-    return HttpResponse(body, status=status, content_type="application/json")
+    response = HttpResponse(body, status=status, content_type="application/json")
+    response["Content-Length"] = str(len(response.content))
+    return response
 
 
 def _adding(response: Any, extra: Any) -> Any:
