@@ -467,6 +467,59 @@ fn valid_tokens_do_not_spend_the_shared_budget() {
     assert_eq!(problem_for(&e, &valid("late"), shared), None);
 }
 
+/// Past its network's budget, a token not in the cache is checked by no one:
+/// 429 until the budget has room, whatever `on_invalid` says. Never a 401 (a
+/// client would drop a good token) and never anonymous (the app may accept
+/// the token, and serve its subject on the anonymous quota).
+#[test]
+fn past_the_budget_an_unchecked_token_waits_with_429() {
+    for on_invalid in ["anonymous", "reject"] {
+        let e = engine(&VERIFY.replace(
+            "verify_limit = \"3/min\"",
+            &format!("verify_limit = \"3/min\"\non_invalid = \"{on_invalid}\""),
+        ));
+        let call = |token: &str, from: &str, ms: u64| {
+            let auth = format!("Bearer {token}");
+            let h = [("authorization", auth.as_str())];
+            check(&e, &req("GET", "/", from, &h), ms)
+        };
+        let cached = valid("carol");
+        assert!(call(&cached, "203.0.113.61", 0).authenticated);
+        // An attacker spends the budget of the address it shares with bob.
+        for i in 0..3 {
+            let v = call(&forged(i), "203.0.113.60", 0);
+            assert_eq!(v.token_problem, Some(TokenProblem::BadSignature));
+            assert_eq!(v.status, if on_invalid == "reject" { 401 } else { 200 });
+        }
+        for token in [forged(3), valid("bob")] {
+            let v = call(&token, "203.0.113.60", 1_000);
+            assert_eq!(
+                (v.allowed, v.status, v.reason, v.token_problem),
+                (
+                    false,
+                    429,
+                    Reason::RateLimited,
+                    Some(TokenProblem::RateLimited)
+                ),
+                "{on_invalid}"
+            );
+            // 3/min: one more check 20 s after the first.
+            assert_eq!(v.retry_after, Duration::from_secs(19), "{on_invalid}");
+            assert_eq!(v.headers, [("Retry-After", "19".to_string())]);
+            assert_eq!(
+                v.body(),
+                r#"{"error":"rate_limited","retry_after":19,"rule":null}"#
+            );
+            assert!(!v.authenticated && v.identity.is_none());
+        }
+        // A token verified before is never held up; bob's is checked once
+        // the budget has room.
+        assert!(call(&cached, "203.0.113.60", 1_000).authenticated);
+        let v = call(&valid("bob"), "203.0.113.60", 20_000);
+        assert!(v.allowed && v.authenticated, "{on_invalid}: {v:?}");
+    }
+}
+
 #[test]
 fn requests_without_an_address_have_their_own_budget() {
     let e = engine(VERIFY);

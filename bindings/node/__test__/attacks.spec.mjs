@@ -385,7 +385,7 @@ async function jwtServer(kind, async) {
     const app = require('express')()
     app.set('trust proxy', 'loopback')
     app.use(require('../express.js').floodgate(engine, { async }))
-    app.get('/me', (req, res) => res.json({ handler: 'me' }))
+    app.get(['/me', '/export'], (req, res) => res.json({ handler: 'me' }))
     const server = await new Promise((resolve) => {
       const s = app.listen(0, '127.0.0.1', () => resolve(s))
     })
@@ -394,12 +394,14 @@ async function jwtServer(kind, async) {
   const app = require('fastify')({ trustProxy: '127.0.0.1' })
   await app.register(require('../fastify.js'), { engine, async })
   app.get('/me', async () => ({ handler: 'me' }))
+  app.get('/export', async () => ({ handler: 'me' }))
   await app.listen({ port: 0, host: '127.0.0.1' })
   return { port: app.server.address().port, close: () => app.close() }
 }
 
-const me = async (port, xff, authorization) =>
-  (await raw(port, 'GET', '/me', [['X-Forwarded-For', xff], ...(authorization ? [['Authorization', authorization]] : [])])).status
+const get = (port, path, xff, authorization) =>
+  raw(port, 'GET', path, [['X-Forwarded-For', xff], ...(authorization ? [['Authorization', authorization]] : [])])
+const me = async (port, xff, authorization) => (await get(port, '/me', xff, authorization)).status
 
 for (const kind of ['express', 'fastify']) {
   for (const async of [false, true]) {
@@ -440,6 +442,35 @@ for (const kind of ['express', 'fastify']) {
         for (const token of [...tampered, ...forgeries(() => 'alice')]) await me(server.port, freshClient(), `Bearer ${token}`)
         for (let i = 0; i < 3; i++) statuses.push(await me(server.port, home, `Bearer ${victim}`))
         assert.deepEqual(statuses, [200, 200, 200, 429])
+      } finally {
+        await server.close()
+      }
+    })
+
+    // An attacker with an account of its own mints fresh tokens. Were a token
+    // past its network's verification budget (5 failed checks a minute) taken
+    // for no token, /export (limited per subject, and the app serving only
+    // signed-in users) would serve the attacker's account without limit.
+    test(`${name}: spending its own verification budget never frees a subject of its limit`, async () => {
+      const server = await jwtServer(kind, async)
+      try {
+        const xff = freshClient()
+        for (const token of forgeries((i) => `mallory-${i}`).slice(0, 5)) await get(server.port, '/export', xff, `Bearer ${token}`)
+        const answers = []
+        for (let i = 0; i < 4; i++) answers.push(await get(server.port, '/export', xff, `Bearer ${issued('mallory', { jti: `a${i}` })}`))
+        assert.deepEqual(
+          answers.map((a) => a.status),
+          [429, 429, 429, 429],
+        )
+        const wait = Number(answers[0].headers.get('retry-after'))
+        assert.ok(wait >= 1 && wait <= 12, `${wait}`)
+        assert.deepEqual(JSON.parse(answers[0].body), { error: 'rate_limited', retry_after: wait, rule: null })
+        // From an address with budget left, the same subject's fresh tokens
+        // are checked, and held to the subject's 2.
+        const other = freshClient()
+        const statuses = []
+        for (let i = 0; i < 3; i++) statuses.push((await get(server.port, '/export', other, `Bearer ${issued('mallory', { jti: `b${i}` })}`)).status)
+        assert.deepEqual(statuses, [200, 200, 429])
       } finally {
         await server.close()
       }

@@ -45,6 +45,7 @@ async def me(request):
 
 app = Starlette(routes=[
     Route("/auth/login", login, methods=["POST"]), Route("/page", page, methods=["GET"]), Route("/me", me, methods=["GET"]),
+    Route("/export", me, methods=["GET"]),
 ])
 app.add_middleware(FloodgateMiddleware, engine=Engine.from_file("policy.toml"), trusted_proxies=["127.0.0.1"])
 """
@@ -69,6 +70,7 @@ def page():
 
 
 @app.get("/me")
+@app.get("/export", endpoint="export")
 def me():
     return {"handler": "me"}
 
@@ -119,7 +121,7 @@ def me(request):
     return JsonResponse({"handler": "me"})
 
 
-urlpatterns = [path("auth/login", login), path("page", page), path("me", me)]
+urlpatterns = [path("auth/login", login), path("page", page), path("me", me), path("export", me)]
 app = get_wsgi_application()
 """
 # The same Django project under uvicorn: the middleware as a coroutine.
@@ -474,11 +476,15 @@ def _forgeries(sub) -> List[Tuple[str, str]]:
     return [(name, make(_claims(sub(i)))) for i, (name, make) in enumerate(tokens)]
 
 
-def _me(port: int, xff: str, authorization: str = "") -> int:
+def _me(port: int, xff: str, authorization: str = "", path: str = "/me") -> int:
+    return _get(port, path, xff, authorization)[0]
+
+
+def _get(port: int, path: str, xff: str, authorization: str = "") -> Tuple[int, Dict[str, str], bytes]:
     headers = [("X-Forwarded-For", xff)]
     if authorization:
         headers.append(("Authorization", authorization))
-    return raw(port, "GET", "/me", headers)[0]
+    return raw(port, "GET", path, headers)
 
 
 def test_forged_tokens_fall_to_the_address_limit(jwt_server):
@@ -523,3 +529,26 @@ def test_a_verified_subject_has_one_limit_whatever_its_address_and_spelling(jwt_
     assert statuses == [200, 200, 200, 429], (kind, statuses)
     # Another subject, from the same addresses' network, has a limit of its own.
     assert _me(port, fresh_client(), f"Bearer {_issued('dave')}") == 200, kind
+
+
+def test_spending_its_own_verification_budget_never_frees_a_subject_of_its_limit(jwt_server):
+    """An attacker with an account of its own mints fresh tokens. Were a token
+    past its network's verification budget (5 failed checks a minute) taken
+    for no token, /export (limited per subject, and the app serving only
+    signed-in users) would serve the attacker's account without limit."""
+    import json
+
+    kind, port = jwt_server
+    xff = fresh_client()
+    for _, token in _forgeries(lambda i: f"mallory-{i}")[:5]:
+        _me(port, xff, f"Bearer {token}", path="/export")
+    answers = [_get(port, "/export", xff, f"Bearer {_issued('mallory', jti=f'a{i}')}") for i in range(4)]
+    assert [status for status, _, _ in answers] == [429] * 4, kind
+    status, headers, body = answers[0]
+    assert 1 <= int(headers["retry-after"]) <= 12, (kind, headers)
+    assert json.loads(body) == {"error": "rate_limited", "retry_after": int(headers["retry-after"]), "rule": None}, kind
+    # From an address with budget left, the same subject's fresh tokens are
+    # checked, and held to the subject's 2.
+    other = fresh_client()
+    statuses = [_me(port, other, f"Bearer {_issued('mallory', jti=f'b{i}')}", path="/export") for i in range(3)]
+    assert statuses == [200, 200, 429], (kind, statuses)

@@ -321,6 +321,7 @@ macro_rules! procedure {
                 let (claims, problem) = match &token {
                     TokenCheck::Valid(c) => (Some(&**c), None),
                     TokenCheck::Invalid(p) => (None, Some(*p)),
+                    TokenCheck::Throttled(_) => (None, Some(TokenProblem::RateLimited)),
                     TokenCheck::Absent => (None, None),
                 };
                 if let Some(p) = problem {
@@ -338,6 +339,10 @@ macro_rules! procedure {
                             Some(p),
                         )
                     });
+                    if let TokenCheck::Throttled(wait) = token {
+                        out.set(self.verification_throttled(wait));
+                        return Ok(());
+                    }
                     if self.jwt.as_ref().is_some_and(|j| j.reject_invalid) {
                         out.set(self.unauthorized(ip, None, problem));
                         return Ok(());

@@ -16,7 +16,8 @@
 //!   at most that many signature checks per second. A check is charged before it
 //!   runs and given back when the token verifies: a client sending valid tokens
 //!   never spends the budget of others behind the same address. Requests without
-//!   an address share one budget of their own.
+//!   an address share one budget of their own. Past the budget, a token not in
+//!   the cache is not checked at all, and its request is answered 429.
 //! - Tokens longer than [`MAX_TOKEN_BYTES`] are malformed before any parsing.
 
 use std::collections::HashSet;
@@ -60,7 +61,8 @@ pub enum TokenProblem {
     WrongAudience,
     /// A required claim is missing.
     MissingClaim,
-    /// Too many signature checks from this client IP: not even verified.
+    /// Too many failed signature checks from this client's network: not even
+    /// verified. The request is answered 429 (see [`TokenCheck::Throttled`]).
     RateLimited,
 }
 
@@ -94,6 +96,13 @@ pub(crate) enum TokenCheck {
     Absent,
     Valid(Arc<Claims>),
     Invalid(TokenProblem),
+    /// Not in the cache, and the client's network spent its verification
+    /// budget: not verified, so neither valid nor invalid. The request is
+    /// answered 429 after this wait (whatever `on_invalid` says): a token
+    /// nobody checked must not get a 401 (a client would drop a good token),
+    /// nor go on as anonymous while the app may accept it (it would be
+    /// served on the anonymous quota instead of its subject's).
+    Throttled(Duration),
 }
 
 /// A key bound to one algorithm.
@@ -322,9 +331,10 @@ impl JwtVerifier {
             .as_ref()
             .map_or(super::identity::NO_ADDRESS, |o| o.as_slice());
         if let Some(limit) = &self.verify_limit
-            && limit.check_at(budget_key, 1, now).is_ok_and(|d| !d.allowed)
+            && let Ok(d) = limit.check_at(budget_key, 1, now)
+            && !d.allowed
         {
-            return TokenCheck::Invalid(TokenProblem::RateLimited);
+            return TokenCheck::Throttled(d.retry_after);
         }
         match self.verify(token, now_s) {
             Ok((claims, exp, nbf)) => {

@@ -101,6 +101,20 @@ impl Policy {
         v
     }
 
+    /// 429 for a request whose token was not verified: its client's network
+    /// spent its verification budget (`verify_limit`). `Retry-After`: until
+    /// the budget has room again. (Its `TokenInvalid` event was emitted.)
+    pub(super) fn verification_throttled(&self, wait: Duration) -> Verdict {
+        let mut v = Verdict {
+            retry_after: wait,
+            token_problem: Some(TokenProblem::RateLimited),
+            ..Verdict::plain(false, 429, Reason::RateLimited)
+        };
+        v.headers
+            .push(("Retry-After", headers::ceil_secs(wait).max(1).to_string()));
+        v
+    }
+
     /// A banned key's answer (the ban's status, `Retry-After` its time left),
     /// written into `out` as the decision cleared it, with the last verdict's
     /// strings (see [`rate_limited`](Self::rate_limited)).

@@ -101,6 +101,7 @@ fn app() -> Router {
         )
         .route("/api/{*rest}", get(|| async { "items" }))
         .route("/me", get(|| async { "me" }))
+        .route("/export", get(|| async { "me" }))
 }
 
 async fn serve(layer: FloodgateLayer) -> SocketAddr {
@@ -756,4 +757,68 @@ async fn forged_tokens_never_key_a_quota() {
         statuses.push(s.status);
     }
     assert_eq!(statuses, [200, 200, 200, 429]);
+}
+
+/// An attacker with an account of its own mints fresh tokens. Were a token
+/// past its network's verification budget (5 failed checks a minute) taken
+/// for no token, /export (limited per subject, and the app serving only
+/// signed-in users) would serve the attacker's account without limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spending_its_own_verification_budget_never_frees_a_subject_of_its_limit() {
+    use serde_json::json;
+    let layer = FloodgateLayer::new(jwt_engine())
+        .trusted_proxies(TrustedProxies::new(["127.0.0.1"]).unwrap());
+    let addr = serve(layer).await;
+    let export = |client: &'static str, token: String| async move {
+        let bearer = format!("Bearer {token}");
+        call(
+            addr,
+            "GET",
+            "/export",
+            &[("x-forwarded-for", client), ("authorization", &bearer)],
+        )
+        .await
+    };
+    for token in forgeries(|i| format!("mallory-{i}")).into_iter().take(5) {
+        export("198.18.4.1", token).await;
+    }
+    let mut answers = Vec::new();
+    for i in 0..4 {
+        answers.push(
+            export(
+                "198.18.4.1",
+                issued("mallory", json!({"jti": format!("a{i}")})),
+            )
+            .await,
+        );
+    }
+    assert!(
+        answers.iter().all(|a| a.status == 429),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let wait: u64 = answers[0].headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&wait), "{wait}");
+    assert_eq!(
+        answers[0].body,
+        format!(r#"{{"error":"rate_limited","retry_after":{wait},"rule":null}}"#)
+    );
+    // From an address with budget left, the same subject's fresh tokens are
+    // checked, and held to the subject's 2.
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(
+            export(
+                "198.18.4.2",
+                issued("mallory", json!({"jti": format!("b{i}")})),
+            )
+            .await
+            .status,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429]);
 }
