@@ -316,6 +316,23 @@ fn check_config_warns_about_unlimited_requests() {
         .warnings()
         .join("\n");
     assert!(w.contains("exactly one path segment"), "{w}");
+    // A rule keyed by a header a client may leave out, and the same rule
+    // refusing requests without it.
+    let by_header = "[[rule]]\nname = \"login-user\"\nmatch = \"POST /login\"\nquotas = [\"5/hour\"]\n\
+                     key = \"header:x-login-user\"\n[[rule]]\nname = \"all\"\nmatch = \"/**\"\n\
+                     quotas = [\"100/min\"]\nkey = \"ip\"\n";
+    let w = engine(by_header).warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rule \"login-user\" is keyed by the \"x-login-user\" header")
+            && w[0].contains("a request without it skips the rule"),
+        "{w:?}"
+    );
+    let denying = by_header.replace(
+        "key = \"header:x-login-user\"",
+        "key = \"header:x-login-user\"\nanonymous = \"deny\"",
+    );
+    assert!(engine(&denying).warnings().is_empty());
     assert!(
         example().warnings().is_empty(),
         "{:?}",

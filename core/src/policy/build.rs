@@ -669,6 +669,19 @@ fn warnings(cfg: &PolicyConfig, rules: &[Rule], api_keys_verified: bool) -> Vec<
                 ));
             }
         }
+        if let Some(h) = rule.key.header_names().next()
+            && !rule.deny_anonymous
+            && !rule.shadow
+        {
+            out.push(format!(
+                "rule {:?} is keyed by the {h:?} header, which a client sets as it likes: a \
+                 request without it skips the rule. Set anonymous = \"deny\" if every request \
+                 the rule matches carries it (a middleware of yours setting it, over what the \
+                 client sent), and keep a rule keyed by \"ip\" on the same path: each new \
+                 value gets a fresh quota",
+                r.name
+            ));
+        }
         if !api_keys_verified && !catch_all && r.key.contains("api_key") {
             out.push(format!(
                 "rule {:?} is keyed by the API key, which nothing verifies: every new key \
