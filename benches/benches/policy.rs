@@ -38,6 +38,7 @@ fn per_client_into(
                 path: "/api/items",
                 client_ip: Some(clients[i]),
                 headers: &[],
+                body: None,
             };
             engine.check_request_into(&req, Some(at), &mut out).unwrap();
             black_box(out.verdict().allowed)
@@ -137,6 +138,7 @@ fn requests(c: &mut Criterion) {
                     path: "/api/items",
                     client_ip: Some(clients[i]),
                     headers: &[],
+                    body: None,
                 };
                 if how != Out::Fresh {
                     anon.check_request_into(&req, Some(at), &mut out).unwrap();
@@ -206,6 +208,7 @@ fn requests(c: &mut Criterion) {
                     path: "/api/items",
                     client_ip: Some(clients[n as usize % clients.len()]),
                     headers: &[],
+                    body: None,
                 };
                 let allowed = if how != Out::Fresh {
                     example.check_request_into(&req, Some(t), &mut out).unwrap();
@@ -236,6 +239,7 @@ fn requests(c: &mut Criterion) {
                 path: "/api/items",
                 client_ip: Some(clients[i]),
                 headers: &headers,
+                body: None,
             };
             black_box(api.check_request_at(&req, at).unwrap().allowed)
         })
@@ -254,6 +258,7 @@ fn requests(c: &mut Criterion) {
                 path: "/api/items",
                 client_ip: Some(clients[i]),
                 headers: &headers,
+                body: None,
             };
             let v = cached.check_request_at(&req, at).unwrap();
             assert!(v.authenticated);
@@ -292,6 +297,7 @@ fn requests(c: &mut Criterion) {
                     path: "/api/items",
                     client_ip: Some(clients[i % clients.len()]),
                     headers: &headers,
+                    body: None,
                 };
                 let v = uncached.check_request_at(&req, at).unwrap();
                 assert!(v.authenticated);
@@ -343,6 +349,7 @@ fn lifecycle(c: &mut Criterion) {
                     path: "/login",
                     client_ip: Some(clients[i]),
                     headers: &[],
+                    body: None,
                 };
                 e.check_request_into(&req, Some(at), &mut out).unwrap();
                 if settle {
@@ -437,6 +444,7 @@ fn threads(c: &mut Criterion) {
                                         path: "/api/items",
                                         client_ip: Some(clients[(n as usize % mine) * threads + t]),
                                         headers: &[],
+                                        body: None,
                                     };
                                     let at = Duration::from_secs(NOW) + Duration::from_millis(n);
                                     engine.check_request_into(&req, Some(at), &mut out).unwrap();

@@ -22,6 +22,7 @@ fn main() {
                 path: "/api/items",
                 client_ip: Some(ips[i % ips.len()]),
                 headers: &[],
+                body: None,
             };
             std::hint::black_box(e.check_request_at(&req, at).unwrap());
         }

@@ -45,7 +45,19 @@ function requestIp(req) {
 }
 
 const { badRequestBody } = require('./index.js')
-const { rawChecker, plain, denied, denial, setResponseHeaders, proxyWarnings, needsSettle, settleQuietly } = require('./floodgate.js')
+const {
+  rawChecker,
+  plain,
+  denied,
+  denial,
+  setResponseHeaders,
+  proxyWarnings,
+  needsSettle,
+  settleQuietly,
+  withBodyText,
+  MAX_BODY_BYTES,
+  tooLargeBody,
+} = require('./floodgate.js')
 
 /** A checker of Express's proxy settings, per middleware (`options.validate`). */
 function expressWarnings(options) {
@@ -105,6 +117,55 @@ function settleWhenDone(engine, req, res, v) {
 }
 
 const BAD_REQUEST = badRequestBody()
+const TOO_LARGE = tooLargeBody()
+
+const NO_BODY =
+  'floodgate: ERR_FG_NO_BODY: a rule keys on a field of the request body (key = "body:..."), but req.body is not ' +
+  'set: put the body parsers your routes use (express.json(), express.urlencoded()) before floodgate(). Until ' +
+  'then the rule finds no key for these requests (skipped, or 401 with anonymous = "deny").'
+
+/**
+ * The check of a request a rule keyed by a body field meets
+ * (`engine.readsBody`): with what the body parsers before the middleware made
+ * of the body (`req.body`, sent as JSON; a string or Buffer as it is). A body
+ * over MAX_BODY_BYTES is answered 413. Warns once when no parser ran.
+ */
+function bodyChecker(engine, async, pick, done, fail) {
+  let warned = false
+  return function checkWithBody(req, res, next, path) {
+    if (req.body === undefined && !warned) {
+      warned = true
+      console.warn(NO_BODY)
+    }
+    const request = withBodyText({
+      method: req.method,
+      path,
+      clientIp: clientIp(requestIp(req)),
+      headers: pick(req.headers),
+      body: req.body,
+    })
+    if (request.body !== undefined && Buffer.byteLength(request.body) > MAX_BODY_BYTES) return refuse(res, 413, TOO_LARGE)
+    if (async) {
+      let pending
+      try {
+        pending = engine.checkRequestAsync(request)
+      } catch (err) {
+        return fail(res, next, err)
+      }
+      return pending.then(
+        (v) => done(req, res, next, v),
+        (err) => fail(res, next, err),
+      )
+    }
+    let v
+    try {
+      v = engine.checkRequest(request)
+    } catch (err) {
+      return fail(res, next, err)
+    }
+    done(req, res, next, v)
+  }
+}
 
 // Only the headers the policy reads cross into the engine: converting all of
 // req.headers (a dozen or more strings) costs more than the check itself.
@@ -159,12 +220,21 @@ function floodgate(engine, options = {}) {
   }
   const fail = (res, next, err) => (isBadRequest(err) ? refuse(res, 400, BAD_REQUEST) : next(err))
   const validate = expressWarnings(options)
+  const decided = (req, res, next, v) => {
+    if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
+    answer(res, next, v)
+  }
+  // Rules keyed by a body field: a policy with one reads the content type
+  // (and a reload cannot add a header to read).
+  const withBody = engine.requestHeaders.includes('content-type') ? bodyChecker(engine, async, pick, decided, fail) : undefined
   if (async) {
     return function floodgateMiddleware(req, res, next) {
       if (validate !== undefined) validate(req)
+      const url = req.originalUrl || req.url
+      if (withBody !== undefined && engine.readsBody(req.method, url)) return withBody(req, res, next, url)
       const request = {
         method: req.method,
-        path: req.originalUrl || req.url,
+        path: url,
         clientIp: clientIp(requestIp(req)),
         headers: pick(req.headers),
       }
@@ -177,10 +247,7 @@ function floodgate(engine, options = {}) {
         return fail(res, next, err)
       }
       pending.then(
-        (v) => {
-          if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
-          answer(res, next, v)
-        },
+        (v) => decided(req, res, next, v),
         (err) => fail(res, next, err),
       )
     }
@@ -193,9 +260,11 @@ function floodgate(engine, options = {}) {
   const o = raw.out
   return function floodgateMiddleware(req, res, next) {
     if (validate !== undefined) validate(req)
+    const url = req.originalUrl || req.url
+    if (withBody !== undefined && engine.readsBody(req.method, url)) return withBody(req, res, next, url)
     let text
     try {
-      text = raw.check(req.method, req.originalUrl || req.url, requestIp(req), req.headers)
+      text = raw.check(req.method, url, requestIp(req), req.headers)
     } catch (err) {
       return fail(res, next, err)
     }
@@ -208,10 +277,20 @@ function floodgate(engine, options = {}) {
       const [status, body] = denial(raw, text)
       return refuse(res, status, body)
     }
-    const v = raw.verdict(text)
-    if (v.allowed && needsSettle(v)) settleWhenDone(engine, req, res, v)
-    answer(res, next, v)
+    decided(req, res, next, raw.verdict(text))
   }
 }
 
-module.exports = { floodgate, clientIp, requestIp, headerPicker, isBadRequest, setHeaders, BAD_REQUEST, COST_HEADER, JSON_TYPE, parseCost }
+module.exports = {
+  floodgate,
+  clientIp,
+  requestIp,
+  headerPicker,
+  isBadRequest,
+  setHeaders,
+  BAD_REQUEST,
+  TOO_LARGE,
+  COST_HEADER,
+  JSON_TYPE,
+  parseCost,
+}

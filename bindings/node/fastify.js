@@ -10,11 +10,24 @@
 // answered 400. In its first 1,000 requests it warns once (console.warn) of
 // X-Forwarded-For from an untrusted private, loopback or Unix-socket peer
 // (ERR_FG_UNTRUSTED_PROXY); { validate: false } turns that off.
-const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, COST_HEADER, JSON_TYPE, parseCost } = require('./express.js')
-const { rawChecker, plain, denied, denial, setReplyHeaders, proxyWarnings, needsSettle, settleQuietly } = require('./floodgate.js')
+const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, TOO_LARGE, COST_HEADER, JSON_TYPE, parseCost } = require('./express.js')
+const {
+  rawChecker,
+  plain,
+  denied,
+  denial,
+  setReplyHeaders,
+  proxyWarnings,
+  needsSettle,
+  settleQuietly,
+  withBodyText,
+  MAX_BODY_BYTES,
+} = require('./floodgate.js')
 
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
+/** A request a rule keyed by a body field meets: checked once its body is parsed. */
+const BY_BODY = Symbol('floodgate.byBody')
 
 // Every answer the plugin sends has type JSON_TYPE given whole: what Fastify
 // sends for `application/json` anyway, but given whole, `reply.send` skips
@@ -43,9 +56,58 @@ function floodgatePlugin(fastify, opts, done) {
     reply.code(v.status).type(JSON_TYPE).send(v.body)
     return true
   }
+  // Rules keyed by a body field (a login's username): such a request is
+  // checked in preValidation, once Fastify has parsed its body (it never
+  // reaches a handler unparsed: a type with no parser is answered 415), with
+  // what the parser made of it, sent as JSON. A policy with such a rule reads
+  // the content type (and a reload cannot add a header to read).
+  const bodies = engine.requestHeaders.includes('content-type')
+  const byBody = (request) => bodies && engine.readsBody(request.method, request.url)
+  if (bodies) {
+    fastify.addHook('preValidation', (request, reply, next) => {
+      if (request[BY_BODY] !== true) return next()
+      const req = withBodyText({
+        method: request.method,
+        path: request.url,
+        clientIp: clientIp(request.ip),
+        headers: pick(request.headers),
+        body: request.body,
+      })
+      if (req.body !== undefined && Buffer.byteLength(req.body) > MAX_BODY_BYTES) {
+        return reply.code(413).type(JSON_TYPE).send(TOO_LARGE)
+      }
+      const decided = (v) => {
+        if (v.allowed && needsSettle(v)) request[PENDING] = { v, cost: undefined }
+        if (!answer(reply, v)) next()
+      }
+      const failed = (err) => (isBadRequest(err) ? badRequest(reply) : next(err))
+      if (async) {
+        let pending
+        try {
+          pending = engine.checkRequestAsync(req)
+        } catch (err) {
+          return failed(err)
+        }
+        // Not returned: a callback hook that returned a promise would go on twice.
+        pending.then(decided, failed)
+        return
+      }
+      let v
+      try {
+        v = engine.checkRequest(req)
+      } catch (err) {
+        return failed(err)
+      }
+      decided(v)
+    })
+  }
   if (async) {
     fastify.addHook('onRequest', async (request, reply) => {
       if (checking) validate(request)
+      if (byBody(request)) {
+        request[BY_BODY] = true
+        return
+      }
       const req = {
         method: request.method,
         path: request.url,
@@ -72,6 +134,10 @@ function floodgatePlugin(fastify, opts, done) {
     const o = raw.out
     fastify.addHook('onRequest', (request, reply, next) => {
       if (checking) validate(request)
+      if (byBody(request)) {
+        request[BY_BODY] = true
+        return next()
+      }
       let text
       try {
         text = raw.check(request.method, request.url, request.ip, request.headers)

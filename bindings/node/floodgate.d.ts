@@ -6,6 +6,7 @@ export {
   Engine,
   RedisLimiter,
   errorCodes,
+  MAX_BODY_BYTES,
   Decision,
   EngineEvent,
   LimiterOptions,

@@ -222,7 +222,28 @@ NativeEngine.prototype.checkRequest = function checkRequest(request) {
     err.code = 'ERR_FG_INVALID_ARGUMENT'
     throw err
   }
+  if (request.body !== undefined) {
+    // For a rule keyed by a body field: the napi-rs path, which carries it.
+    const [verdict, settlement] = this.checkRequestSettled(withBodyText(request))
+    if (settlement !== undefined) Object.defineProperty(verdict, SETTLEMENT, { value: settlement })
+    return verdict
+  }
   return this[CHECK](request.method, request.path, request.clientIp, request.headers, false, request.nowMs)
+}
+
+/**
+ * A request's `body` as the engine takes it (text): a string as it is, a
+ * Buffer as UTF-8; anything else (what a body parser made of the body) is
+ * sent as its JSON, typed `application/json`.
+ */
+function withBodyText(request) {
+  const body = request.body
+  if (body === undefined || typeof body === 'string') return request
+  if (Buffer.isBuffer(body) || body instanceof Uint8Array) return { ...request, body: Buffer.from(body).toString('utf8') }
+  const headers = {}
+  for (const k in request.headers ?? {}) if (k.toLowerCase() !== 'content-type') headers[k] = request.headers[k]
+  headers['content-type'] = 'application/json'
+  return { ...request, headers, body: body === null ? 'null' : JSON.stringify(body) }
 }
 
 /**
@@ -269,7 +290,7 @@ NativeEngine.prototype.settleAsync = function settleAsync(verdict, outcome) {
  */
 NativeEngine.prototype.checkRequestAsync = function checkRequestAsync(request) {
   // Not `async`: a bad request throws synchronously, before the task starts.
-  return this.checkRequestAsyncSettled(request).then(([verdict, settlement]) => {
+  return this.checkRequestAsyncSettled(withBodyText(request)).then(([verdict, settlement]) => {
     if (settlement !== undefined) Object.defineProperty(verdict, SETTLEMENT, { value: settlement })
     return verdict
   })
@@ -428,5 +449,8 @@ module.exports = {
   proxyWarnings,
   needsSettle,
   settleQuietly,
+  withBodyText,
+  MAX_BODY_BYTES: native.MAX_BODY_BYTES,
+  tooLargeBody: native.tooLargeBody,
   errorCodes: native.errorCodes,
 }

@@ -36,6 +36,17 @@ export declare class Engine {
    */
   checkRequestAsyncSettled(request: RequestInit): Promise<[Verdict, unknown]>
   /**
+   * `checkRequest` as floodgate.js calls it for a request with a body:
+   * `[verdict, settlement | undefined]`.
+   */
+  checkRequestSettled(request: RequestInit): [Verdict, unknown]
+  /**
+   * Whether a rule that `method` and `path` meet keys on a field of the
+   * request body (`key = "body:username"`): the middleware then pass the
+   * body (`request.body`) for these requests only.
+   */
+  readsBody(method: string, path: string): boolean
+  /**
    * `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
    * `checkRequest` in floodgate.js calls. Both keep the engine alive.
    */
@@ -231,6 +242,12 @@ export interface LogLine {
   line: string
 }
 
+/**
+ * The largest body the middleware pass for rules keyed by a body field
+ * (`engine.readsBody`); a longer one is answered 413.
+ */
+export declare const MAX_BODY_BYTES: number
+
 /** Options of a `RedisLimiter`. */
 export interface RedisOptions {
   /** `redis://[:password@]host:port/db`. */
@@ -275,6 +292,12 @@ export interface RequestInit {
   headers?: Record<string, any>
   /** Unix time in ms replacing the clock (replays and tests). */
   nowMs?: number
+  /**
+   * The request body as text, for rules keyed by a body field (`key =
+   * "body:username"`; `engine.readsBody` says when): the JSON or form the
+   * client sent, or the JSON of what a body parser made of it.
+   */
+  body?: string
 }
 
 /**
@@ -284,6 +307,12 @@ export interface RequestInit {
  * to the console.
  */
 export declare function setDefaultLog(callback: ((line: LogLine) => void) | null): void
+
+/**
+ * The JSON body of a 413: a body over `MAX_BODY_BYTES` on a request a rule
+ * keyed by a body field meets.
+ */
+export declare function tooLargeBody(): string
 
 /** The answer to a request. */
 export interface Verdict {

@@ -41,6 +41,8 @@ struct TraceLine {
     path: String,
     ip: Option<IpAddr>,
     headers: Vec<(String, String)>,
+    /// The request body (text: JSON or a form), for rules keyed by a body field.
+    body: Option<String>,
     /// The response: its status (default 200), its real cost, and when it
     /// ended (`duration_ms` after `t_ms`, default 0).
     status: u16,
@@ -95,12 +97,18 @@ fn parse_line(text: &str) -> Result<TraceLine, String> {
             .filter(|d| d.is_finite() && *d >= 0.0)
             .ok_or("duration_ms must be a number >= 0")?,
     };
+    let body = match v.get("body") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(b)) => Some(b.clone()),
+        Some(_) => return Err("body must be a string (the JSON or form text)".into()),
+    };
     Ok(TraceLine {
         t_ms,
         method: field("method").ok_or("method is missing")?,
         path: field("path").ok_or("path is missing")?,
         ip,
         headers,
+        body,
         status,
         cost,
         duration_ms,
@@ -168,6 +176,7 @@ pub fn simulate(
             path: &t.path,
             client_ip: t.ip,
             headers: &headers,
+            body: t.body.as_deref().map(str::as_bytes),
         };
         let at =
             |t_ms: f64| Duration::from_secs(start_unix) + Duration::from_secs_f64(t_ms / 1000.0);
@@ -319,6 +328,7 @@ pub fn bench(b: &PolicyBench<'_>) -> Result<String, String> {
             path: b.path,
             client_ip: ips.get(i).copied(),
             headers: &headers,
+            body: None,
         };
         engine.check_request(&req).ok().map(|v| v.allowed)
     };

@@ -171,6 +171,7 @@ fn anonymous_per_ip_allocates_nothing() {
         path: "/api/items?page=2",
         client_ip: "203.0.113.7".parse().ok(),
         headers: &[("accept", "*/*")],
+        body: None,
     };
     assert_eq!(steady_state_allocations(&engine, &req, "anonymous"), 0);
     // The counter counts: a fresh verdict allocates its identity and headers.
@@ -191,6 +192,7 @@ fn api_key_allocates_nothing() {
         path: "/api/orders",
         client_ip: "203.0.113.8".parse().ok(),
         headers: &[("X-Api-Key", "sk_live_abc123")],
+        body: None,
     };
     // The deciding rule is the one with the fewest units left: the catch-all
     // (600/min burst 100) before the key's 200-unit burst.
@@ -207,6 +209,7 @@ fn cached_token_allocates_nothing() {
         path: "/api/users/42",
         client_ip: "203.0.113.9".parse().ok(),
         headers: &headers,
+        body: None,
     };
     // The pro tier's burst (100) ties with the catch-all's: the first rule decides.
     assert_eq!(steady_state_allocations(&engine, &req, "api-user"), 0);
@@ -237,6 +240,7 @@ fn a_reused_buffer_gives_the_verdicts_fresh_ones_give() {
             path: "/api/items",
             client_ip: "198.51.100.1".parse().ok(),
             headers: &headers,
+            body: None,
         };
         let t = Duration::from_secs(NOW) + Duration::from_millis(50 * i);
         a.check_request_into(&req, Some(t), &mut out).unwrap();
@@ -256,6 +260,7 @@ fn flood_allocations(engine: &Engine, reason: Reason) -> usize {
         path: "/api/items",
         client_ip: "203.0.113.10".parse().ok(),
         headers: &[],
+        body: None,
     };
     let mut out = VerdictBuf::new();
     let at = |i: u64| Some(Duration::from_secs(NOW) + Duration::from_millis(10 * i));

@@ -35,6 +35,7 @@ fn one_denial_body_for_every_front_end() {
         path,
         client_ip: ip.parse().ok(),
         headers: &[],
+        body: None,
     };
     let v = e
         .check_request_at(&req("POST", "/auth/login", "203.0.113.1"), at(0))
@@ -137,6 +138,7 @@ fn pk_is_the_same_in_every_process_with_the_same_policy() {
             path: "/",
             client_ip: "203.0.113.9".parse().ok(),
             headers: &[],
+            body: None,
         };
         let v = e.check_request_at(&r, at(0)).unwrap();
         let value = v
@@ -164,7 +166,7 @@ fn the_engine_lists_the_headers_it_reads() {
     got.sort();
     assert_eq!(
         got,
-        ["authorization", "x-api-key", "x-client-id", "x-login-user"]
+        ["authorization", "content-type", "x-api-key", "x-client-id"]
     );
     assert!(e.reads_header("X-Client-Id") && !e.reads_header("cookie"));
 }
@@ -203,6 +205,7 @@ fn owned_requests_decide_as_borrowed_ones() {
             path: "/a",
             client_ip: "198.51.100.4".parse().ok(),
             headers: &pairs,
+            body: None,
         };
         for t in 0..3 {
             let a = owned_engine.check_owned(&owned, Some(at(t))).unwrap();

@@ -25,6 +25,7 @@ fn get(e: &Engine, ip: &str, now: Duration) -> Verdict {
             path: "/api/items",
             client_ip: Some(ip.parse().unwrap()),
             headers: &[],
+            body: None,
         },
         now,
     )
@@ -248,6 +249,7 @@ anchor_claim = "billing_day"
                 path: "/api/items",
                 client_ip: Some("192.0.2.1".parse().unwrap()),
                 headers: &headers,
+                body: None,
             },
             now,
         )

@@ -56,6 +56,7 @@ fn request<'a>(method: &'a str, path: &'a str, headers: &'a [(&'a str, &'a str)]
         path,
         client_ip: Some("198.51.100.9".parse().unwrap()),
         headers,
+        body: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn get<'a>(headers: &'a [(&'a str, &'a str)]) -> Request<'a> {
         path: "/api/items",
         client_ip: ip("203.0.113.7"),
         headers,
+        body: None,
     }
 }
 
@@ -476,6 +477,7 @@ fn login(e: &Engine, from: &str, t: Duration) -> Verdict {
             path: "/auth/login",
             client_ip: ip(from),
             headers: &[],
+            body: None,
         },
         t,
     )
@@ -499,6 +501,7 @@ fn five_charged_rules_are_all_listed_and_an_ipv6_client_is_keyed_by_its_network(
                 path: "/items",
                 client_ip: ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
                 headers: &[],
+                body: None,
             },
             at(0),
         )
@@ -550,6 +553,7 @@ fn ratelimit_policy_lists_every_applying_quota_and_ratelimit_the_deciding_one() 
                 path: "/items",
                 client_ip: ip("203.0.113.7"),
                 headers: &[],
+                body: None,
             },
             at(10),
         )
@@ -735,6 +739,7 @@ fn allow_and_deny_lists() {
                 path: "/auth/login",
                 client_ip: ip("203.0.113.9"),
                 headers: &leaked,
+                body: None,
             },
             at(0),
         )
@@ -748,6 +753,7 @@ fn allow_and_deny_lists() {
                 path: "/auth/login",
                 client_ip: ip("203.0.113.9"),
                 headers: &partner,
+                body: None,
             },
             at(0),
         )
@@ -782,6 +788,7 @@ fn several_rules_are_charged_all_or_nothing() {
         path: "/search",
         client_ip: ip("203.0.113.7"),
         headers: &[],
+        body: None,
     };
     let other = Request {
         path: "/home",
@@ -870,6 +877,7 @@ fn bad_requests_are_errors_not_panics() {
                     path: "/",
                     client_ip: None,
                     headers: &[],
+                    body: None,
                 },
                 at(0),
             )
@@ -891,6 +899,7 @@ fn bad_requests_are_errors_not_panics() {
                     path,
                     client_ip: None,
                     headers: &[],
+                    body: None,
                 },
                 at(0),
             )
@@ -914,7 +923,7 @@ mod retry_after {
                                              offset_ms in 0u64..5000) {
             let policy = format!("[[rule]]\nname = \"r\"\nmatch = \"/**\"\nquotas = [\"{rate}/{period_s}s\"]\nalgorithm = \"{algorithm}\"\n");
             let e = Engine::from_toml_str(&policy).unwrap();
-            let req = Request { method: "GET", path: "/x", client_ip: ip("203.0.113.7"), headers: &[] };
+            let req = Request { method: "GET", path: "/x", client_ip: ip("203.0.113.7"), headers: &[], body: None };
             let t = Duration::from_millis(NOW * 1000 + offset_ms);
             let denied = (0..=rate).map(|_| e.check_request_at(&req, t).unwrap()).find(|v| !v.allowed).unwrap();
             let header: u64 = denied.headers.iter().find(|(n, _)| *n == "Retry-After").unwrap().1.parse().unwrap();
@@ -1008,6 +1017,7 @@ fn json_and_toml_policies_behave_the_same() {
             path,
             client_ip: ip("203.0.113.7"),
             headers: &[],
+            body: None,
         };
         let (a, b) = (
             t.check_request_at(&req, at(0)).unwrap(),
@@ -1061,6 +1071,7 @@ quotas = ["2/min"]
                 path: "/x",
                 client_ip: ip("203.0.113.5"),
                 headers: &headers,
+                body: None,
             },
             at(0),
         )
@@ -1106,6 +1117,7 @@ fn long_keys_of_many_charged_rules_are_refunded_to_themselves() {
                 path: "/x",
                 client_ip: ip(from),
                 headers: &headers,
+                body: None,
             },
             at(0),
         )
@@ -1172,6 +1184,7 @@ quotas = ["3/s burst 4"]
                 path,
                 client_ip: ip(&addr),
                 headers: &[],
+                body: None,
             };
             let t = at(1) + Duration::from_millis(i as u64 * 97);
             let (a, b) = (blind.check_request_at(&req, t), routed.check_request_at(&req, t));

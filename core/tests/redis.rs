@@ -1336,12 +1336,14 @@ fn policy_engine_on_redis_shares_limits_and_honours_per_rule_fail_modes() {
         path: "/auth/login",
         client_ip: ip,
         headers: &[],
+        body: None,
     };
     let api = Request {
         method: "GET",
         path: "/api/items",
         client_ip: ip,
         headers: &[],
+        body: None,
     };
     // Two instances share one login limit of 3.
     let statuses: Vec<u16> = [&a, &b, &a, &b, &a]
@@ -1457,6 +1459,7 @@ cost_from = "response"
         path: "/auth/login",
         client_ip: ip,
         headers: &h,
+        body: None,
     };
     // A parallel burst before any response: held to 3 across both instances.
     let burst: Vec<_> = (0..10)
@@ -1491,6 +1494,7 @@ cost_from = "response"
         path: "/graphql",
         client_ip: ip,
         headers: &[],
+        body: None,
     };
     let v = a.check_request(&gql).unwrap();
     assert_eq!(v.remaining, 90);
@@ -1538,6 +1542,7 @@ in_flight_ttl = "10s"
         path: "/export",
         client_ip: Some("203.0.113.7".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     let t0 = Duration::from_secs(1_900_000_000);
     let at = |s: u64| t0 + Duration::from_secs(s);
@@ -1782,6 +1787,7 @@ fn a_policy_starts_without_redis_and_connects_in_the_background() {
         path: "/api/items",
         client_ip: Some("192.0.2.1".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     for _ in 0..5 {
         let port = free_port();
@@ -1938,6 +1944,7 @@ fn tls_with_a_ca_file_and_an_acl_user() {
         path: "/api/x",
         client_ip: Some("198.51.100.3".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     let allowed: Vec<bool> = (0..5)
         .map(|_| e.check_request(&req).unwrap().allowed)
@@ -2184,6 +2191,7 @@ fn sentinel_follows_a_failover() {
         path: "/api/x",
         client_ip: Some("198.51.100.4".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     for i in 0..10 {
         let v = e.check_request(&req).unwrap();
@@ -2331,6 +2339,7 @@ max_in_flight = 10
             path,
             client_ip: ip,
             headers: &[],
+            body: None,
         };
         let want = blocking.check_request(&req).unwrap();
         let e = non_blocking.clone();
@@ -2343,6 +2352,7 @@ max_in_flight = 10
                     path: &p,
                     client_ip: ip,
                     headers: &[],
+                    body: None,
                 };
                 e.check_request_async(&req).await
             }))
@@ -2368,6 +2378,7 @@ max_in_flight = 10
             path: "/api/settle",
             client_ip: Some("198.51.100.77".parse().unwrap()),
             headers: &[],
+            body: None,
         };
         let v = non_blocking.check_request_async(&req).await.unwrap();
         assert!(v.allowed);
@@ -2408,6 +2419,7 @@ max_in_flight = 10
                         path: "/api/x",
                         client_ip: ip,
                         headers: &[],
+                        body: None,
                     };
                     e.check_request_async(&req).await.unwrap().allowed
                 })
@@ -2820,6 +2832,7 @@ count = "failures"
         path: "/api/items",
         client_ip: Some("203.0.113.44".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     // 2026-01-31T23:59:00Z and the next midnight.
     let (before, midnight) = (
@@ -2914,6 +2927,7 @@ fn changed_quotas_on_redis_start_on_keys_of_their_own() {
         path: "/x",
         client_ip: Some("203.0.113.77".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     let minute = Engine::from_toml_str(&policy("2/m", "fixed_window")).unwrap();
     let codes: Vec<bool> = (0..3)
@@ -3072,6 +3086,7 @@ fn sentinel_with_passwords_on_the_master_and_the_sentinels() {
         path: "/api/x",
         client_ip: Some("198.51.100.9".parse().unwrap()),
         headers: &[],
+        body: None,
     };
     let allowed: Vec<bool> = (0..5)
         .map(|_| e.check_request(&req).unwrap().allowed)

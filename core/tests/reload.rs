@@ -25,6 +25,7 @@ fn req<'a>(method: &'a str, path: &'a str, ip: &str) -> Request<'a> {
         path,
         client_ip: Some(ip.parse().unwrap()),
         headers: &[],
+        body: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn req<'a>(
         path,
         client_ip: ip(from),
         headers,
+        body: None,
     }
 }
 
@@ -548,6 +549,7 @@ fn requests_without_an_address_have_their_own_budget() {
             path: "/",
             client_ip: None,
             headers: &h,
+            body: None,
         };
         check(&e, &r, 0).token_problem
     };
@@ -665,6 +667,7 @@ fn requests_without_a_client_address_share_one_key_and_are_limited() {
         path,
         client_ip: None,
         headers: &[],
+        body: None,
     };
     let login: Vec<bool> = (0..5)
         .map(|i| check(&e, &nameless("POST", "/auth/login"), i).allowed)

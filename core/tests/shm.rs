@@ -441,6 +441,7 @@ quotas = ["20/min"]
             path,
             client_ip: Some("203.0.113.7".parse().unwrap()),
             headers: &[],
+            body: None,
         }
     }
 

@@ -765,6 +765,8 @@ unsafe fn check_request(
             path,
             client_ip,
             headers,
+            // The C ABI passes no body: rules keyed by a body field find none.
+            body: None,
         };
         let decide = |buf: &mut VerdictText| -> Result<fg_verdict, fg_result> {
             policy

@@ -69,6 +69,7 @@ pub fn policy(data: &[u8]) {
                     path: "/",
                     client_ip: "203.0.113.1".parse().ok(),
                     headers: &[("x-api-key", "k")],
+                    body: None,
                 };
                 let v = e
                     .check_request_at(&r, Duration::from_secs(NOW_S))
@@ -222,6 +223,7 @@ pub fn check_request(data: &[u8]) {
         path,
         client_ip: ip,
         headers: &headers,
+        body: None,
     };
     let e = request_engine();
     match e.check_request_at(&r, Duration::from_secs(NOW_S)) {
@@ -333,6 +335,7 @@ pub fn path(data: &[u8]) {
                 path: p,
                 client_ip: "203.0.113.1".parse().ok(),
                 headers: &[],
+                body: None,
             };
             let v = e.check_request_at(&r, Duration::from_secs(NOW_S)).unwrap();
             (v.rule, v.identity)

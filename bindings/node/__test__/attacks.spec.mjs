@@ -21,13 +21,15 @@ let clients = 0
 // One of 198.18.0.0/15's addresses, a new one each call.
 const freshClient = () => (++clients, `198.18.${Math.floor(clients / 250)}.${(clients % 250) + 1}`)
 
-async function express() {
+async function express(options = {}) {
   const express = require('express')
   const { floodgate } = require('../express.js')
   const app = express()
   app.set('trust proxy', 'loopback')
-  app.use(floodgate(Engine.fromToml(POLICY)))
-  app.post('/auth/login', (req, res) => res.json({ handler: 'login' }))
+  // Body parsers first: the policy keys the login on the body's username.
+  app.use(express.json(), express.urlencoded({ extended: false }))
+  app.use(floodgate(Engine.fromToml(POLICY), options))
+  app.post('/auth/login', (req, res) => res.json({ handler: 'login', username: req.body?.username ?? null }))
   app.get('/page', (req, res) => res.json({ handler: 'page', key: req.get('x-api-key') ?? null }))
   const server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s))
@@ -35,11 +37,12 @@ async function express() {
   return { port: server.address().port, close: () => new Promise((r) => server.close(r)) }
 }
 
-async function fastify() {
+async function fastify(options = {}) {
   const Fastify = require('fastify')
   const app = Fastify({ trustProxy: '127.0.0.1' })
-  await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY) })
-  app.post('/auth/login', async () => ({ handler: 'login' }))
+  await app.register(require('@fastify/formbody'))
+  await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY), ...options })
+  app.post('/auth/login', async (req) => ({ handler: 'login', username: req.body?.username ?? null }))
   app.get('/page', async (req) => ({ handler: 'page', key: req.headers['x-api-key'] ?? null }))
   await app.listen({ port: 0, host: '127.0.0.1' })
   return { port: app.server.address().port, close: () => app.close() }
@@ -122,6 +125,42 @@ for (const [name, start] of [['express', express], ['fastify', fastify]]) {
         const r = await raw(server.port, 'GET', '/page', [['X-Forwarded-For', freshClient()], ...headers])
         assert.equal(r.status, 403, r.text)
       }
+    } finally {
+      await server.close()
+    }
+  })
+
+  // Credential stuffing: one password each for a victim's account, from a
+  // botnet's addresses, the username spelled as the login compares names
+  // (case, spaces, escapes) and sent as JSON or a form. The login handler
+  // echoes the username it parsed: the body still reaches it.
+  for (const async of [false, true]) test(`${name}${async ? ' (async)' : ''}: credential stuffing from many addresses is held per username, however it is spelled`, async () => {
+    const server = await start({ async })
+    const FORM = 'application/x-www-form-urlencoded'
+    const attempts = [
+      ['application/json', '{"username":"victim","password":"123456"}'],
+      [FORM, 'username=Victim&password=password'],
+      ['application/json', '{"password":"qwerty","username":" VICTIM "}'],
+      [FORM, 'password=letmein&username=%20victim%20'],
+      ['application/json; charset=utf-8', '{"username":"vict\\u0069m"}'],
+      [FORM, 'username=VICTIM'],
+      ['application/json', '{"username":"decoy","username":"victim"}'],
+    ]
+    try {
+      const answers = []
+      for (const [type, body] of attempts) {
+        answers.push(await raw(server.port, 'POST', '/auth/login', [['X-Forwarded-For', freshClient()], ['Content-Type', type]], body))
+      }
+      const reached = answers.filter((a) => a.status === 200).map((a) => JSON.parse(a.body).username.trim().toLowerCase())
+      assert.deepEqual(reached, ['victim', 'victim', 'victim'], answers.map((a) => a.status).join())
+      assert.ok(answers.slice(3).every((a) => a.status === 429), answers.map((a) => a.status).join())
+      // Another account has its own attempts; a body past 64 KiB is refused whole.
+      const other = await raw(server.port, 'POST', '/auth/login', [['X-Forwarded-For', freshClient()], ['Content-Type', 'application/json']], '{"username":"alice"}')
+      assert.equal(other.status, 200, other.text)
+      const padded = JSON.stringify({ username: 'victim', pad: 'x'.repeat(70_000) })
+      const big = await raw(server.port, 'POST', '/auth/login', [['X-Forwarded-For', freshClient()], ['Content-Type', 'application/json']], padded)
+      assert.equal(big.status, 413, big.text)
+      assert.deepEqual(JSON.parse(big.body), { error: 'payload_too_large' })
     } finally {
       await server.close()
     }

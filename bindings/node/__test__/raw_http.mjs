@@ -11,14 +11,14 @@ import net from 'node:net'
  * half-closed: a client that half-closes first is one Node abandons before an
  * asynchronous check answers.
  */
-export function raw(at, method, target, headers = []) {
+export function raw(at, method, target, headers = [], body = '') {
   const unix = typeof at === 'string'
   const host = unix ? 'localhost' : `127.0.0.1:${at}`
-  const lines = [`${method} ${target} HTTP/1.1`, `Host: ${host}`, 'Connection: close', 'Content-Length: 0']
+  const lines = [`${method} ${target} HTTP/1.1`, `Host: ${host}`, 'Connection: close', `Content-Length: ${Buffer.byteLength(body)}`]
   for (const [n, v] of headers) lines.push(`${n}: ${v}`)
   return new Promise((resolve, reject) => {
     const where = unix ? { path: at } : { port: at, host: '127.0.0.1' }
-    const s = net.connect(where, () => s.write(lines.join('\r\n') + '\r\n\r\n'))
+    const s = net.connect(where, () => s.write(lines.join('\r\n') + '\r\n\r\n' + body))
     const chunks = []
     s.on('data', (c) => chunks.push(c))
     s.on('error', reject)

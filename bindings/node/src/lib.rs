@@ -520,6 +520,10 @@ pub struct RequestInit {
     pub headers: Option<serde_json::Map<String, serde_json::Value>>,
     /// Unix time in ms replacing the clock (replays and tests).
     pub now_ms: Option<f64>,
+    /// The request body as text, for rules keyed by a body field (`key =
+    /// "body:username"`; `engine.readsBody` says when): the JSON or form the
+    /// client sent, or the JSON of what a body parser made of it.
+    pub body: Option<String>,
 }
 
 /// The answer to a request.
@@ -601,6 +605,7 @@ fn owned(engine: &CoreEngine, r: RequestInit) -> std::result::Result<Owned, Fail
             other => request.header(k, other.to_string()),
         };
     }
+    request.body = r.body.map(String::into_bytes);
     Ok(Owned {
         request,
         now: time(r.now_ms)?,
@@ -767,6 +772,28 @@ impl Engine {
     ) -> Result<Unknown<'env>> {
         let request = owned(&self.inner, request).map_err(|f| f.into_js(env))?;
         decide_async(env, self.inner.clone(), request, Done::SettledVerdict)
+    }
+
+    /// `checkRequest` as floodgate.js calls it for a request with a body:
+    /// `[verdict, settlement | undefined]`.
+    #[napi(ts_return_type = "[Verdict, unknown]")]
+    pub fn check_request_settled(
+        &self,
+        env: Env,
+        request: RequestInit,
+    ) -> Result<request::SettledVerdict> {
+        let r = owned(&self.inner, request).map_err(|f| f.into_js(&env))?;
+        decide(&self.inner, &r)
+            .map(request::SettledVerdict)
+            .map_err(|e| Failure::from(e).into_js(&env))
+    }
+
+    /// Whether a rule that `method` and `path` meet keys on a field of the
+    /// request body (`key = "body:username"`): the middleware then pass the
+    /// body (`request.body`) for these requests only.
+    #[napi]
+    pub fn reads_body(&self, method: String, path: String) -> bool {
+        self.inner.reads_body(&method, &path)
     }
 
     /// `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
@@ -980,3 +1007,15 @@ pub const VERDICT_FIELDS: u32 = request::FIELDS as u32;
 pub fn bad_request_body() -> String {
     floodgate::policy::denial_body(400, Duration::ZERO, None)
 }
+
+/// The JSON body of a 413: a body over `MAX_BODY_BYTES` on a request a rule
+/// keyed by a body field meets.
+#[napi]
+pub fn too_large_body() -> String {
+    floodgate::policy::denial_body(413, Duration::ZERO, None)
+}
+
+/// The largest body the middleware pass for rules keyed by a body field
+/// (`engine.readsBody`); a longer one is answered 413.
+#[napi]
+pub const MAX_BODY_BYTES: u32 = floodgate::policy::MAX_BODY_BYTES as u32;

@@ -485,6 +485,9 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
         path: text(arena, &path),
         client_ip,
         headers: pairs.get(..n).unwrap_or_default(),
+        // The raw path carries no body: floodgate.js sends a request with one
+        // through `checkRequestSettled`.
+        body: None,
     };
     let mut buf = h
         .verdict

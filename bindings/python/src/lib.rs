@@ -719,7 +719,10 @@ impl PyEngine {
     /// Decides one request. `headers` is a mapping or a list of (name, value)
     /// pairs; `client_ip` the socket peer (or what a trusted proxy reported);
     /// `now` (Unix seconds) replaces the clock for replays and tests.
-    #[pyo3(signature = (*, method, path, client_ip=None, headers=None, now=None))]
+    /// `body` (bytes): the whole request body, for rules keyed by a body
+    /// field (`key = "body:username"`); read it when `reads_body` says so.
+    #[pyo3(signature = (*, method, path, client_ip=None, headers=None, now=None, body=None))]
+    #[allow(clippy::too_many_arguments)]
     fn check_request(
         &self,
         py: Python<'_>,
@@ -728,8 +731,10 @@ impl PyEngine {
         client_ip: Option<&str>,
         headers: Option<&Bound<'_, PyAny>>,
         now: Option<f64>,
+        body: Option<&[u8]>,
     ) -> PyResult<PyVerdict> {
-        let request = self.owned_request(method, path, client_ip, headers)?;
+        let mut request = self.owned_request(method, path, client_ip, headers)?;
+        request.body = body.map(<[u8]>::to_vec);
         let now = now.map(|t| duration("now", t)).transpose()?;
         let run = || self.inner.check_owned(&request, now);
         let v = if self.blocking { py.detach(run) } else { run() }.map_err(to_py)?;
@@ -741,7 +746,8 @@ impl PyEngine {
     /// lower-case names when `asgi`, else `(str, str)`), when the request is
     /// allowed with nothing to settle; otherwise the `Verdict`. `headers`: a
     /// list of `(name, value)` pairs, str or bytes.
-    #[pyo3(signature = (method, path, client_ip, headers, asgi))]
+    #[pyo3(signature = (method, path, client_ip, headers, asgi, body=None))]
+    #[allow(clippy::too_many_arguments)]
     fn _check_middleware<'py>(
         &self,
         py: Python<'py>,
@@ -750,17 +756,25 @@ impl PyEngine {
         client_ip: Option<&str>,
         headers: &Bound<'py, PyAny>,
         asgi: bool,
+        body: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyAny>> {
         middleware::check(
             py,
             &self.inner,
             self.blocking,
-            method,
-            path,
+            middleware::Target { method, path, body },
             client_ip,
             headers,
             asgi,
         )
+    }
+
+    /// Whether a rule that `method` and `path` meet keys on a field of the
+    /// request body (`key = "body:username"`): read the body (at most
+    /// `MAX_BODY_BYTES`, else answer 413) and pass it as `body=` for these
+    /// requests only.
+    fn reads_body(&self, method: &str, path: &str) -> bool {
+        self.inner.reads_body(method, path)
     }
 
     /// The WSGI middleware's reader (`floodgate.wsgi`): `keys` are the
@@ -817,7 +831,7 @@ impl PyEngine {
     /// worker over one multiplexed connection (pipelined with every other
     /// pending check), and the verdict comes back through the running loop's
     /// own reader; an in-memory engine answers as fast as `check_request`.
-    #[pyo3(signature = (*, method, path, client_ip=None, headers=None))]
+    #[pyo3(signature = (*, method, path, client_ip=None, headers=None, body=None))]
     fn check_request_async<'py>(
         &self,
         py: Python<'py>,
@@ -825,8 +839,10 @@ impl PyEngine {
         path: &str,
         client_ip: Option<&str>,
         headers: Option<&Bound<'py, PyAny>>,
+        body: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let request = self.owned_request(method, path, client_ip, headers)?;
+        let mut request = self.owned_request(method, path, client_ip, headers)?;
+        request.body = body.map(<[u8]>::to_vec);
         let engine = Arc::clone(&self.inner);
         on_loop(py, async move {
             aio::Done::Verdict(engine.check_owned_async(&request).await)
@@ -988,6 +1004,14 @@ fn _floodgate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "VERDICT_FIELDS",
         floodgate::policy::Verdict::FIELDS.to_vec(),
+    )?;
+    m.add("MAX_BODY_BYTES", floodgate::policy::MAX_BODY_BYTES)?;
+    m.add(
+        "TOO_LARGE_BODY",
+        PyBytes::new(
+            m.py(),
+            floodgate::policy::denial_body(413, Duration::ZERO, None).as_bytes(),
+        ),
     )?;
     m.add(
         "BAD_REQUEST_BODY",

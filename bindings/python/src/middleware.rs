@@ -69,13 +69,19 @@ fn text<'a>(v: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Cow<'a, str>> {
 /// Decides a request for a middleware; see the module docs. `headers`: a list
 /// of `(name, value)` pairs, str or bytes (ASGI's `scope["headers"]` as is);
 /// only those the policy reads are read.
-#[allow(clippy::too_many_arguments)]
+/// What a request asks for: its method, its target, and its body when the
+/// middleware read it (`Engine::reads_body`).
+pub(crate) struct Target<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: Option<&'a [u8]>,
+}
+
 pub(crate) fn check<'py>(
     py: Python<'py>,
     engine: &Engine,
     blocking: bool,
-    method: &str,
-    path: &str,
+    target: Target<'_>,
     client_ip: Option<&str>,
     headers: &Bound<'py, PyAny>,
     asgi: bool,
@@ -102,10 +108,11 @@ pub(crate) fn check<'py>(
         .transpose()
         .map_err(crate::to_py)?;
     let req = Request {
-        method,
-        path,
+        method: target.method,
+        path: target.path,
         client_ip,
         headers: &pairs,
+        body: target.body,
     };
     decide(py, engine, blocking, &req, asgi)
 }
@@ -251,10 +258,35 @@ impl WsgiReader {
     /// Decides the request `environ` describes: the headers to add (`(str,
     /// str)` pairs) for a plain allowed request, else the `Verdict`. Raises
     /// `InvalidRequestError` for a request the engine cannot use (answered 400).
+    /// Whether a rule that the request `environ` describes meets keys on a
+    /// field of its body (`Engine::reads_body`, on the path `check` decides).
+    fn reads_body(
+        &self,
+        py: Python<'_>,
+        environ: &Bound<'_, pyo3::types::PyDict>,
+    ) -> PyResult<bool> {
+        use pyo3::types::PyDictMethods;
+        let get = |key: &Py<PyString>| environ.get_item(key.bind(py));
+        let method_obj = get(&self.method)?;
+        let method = match &method_obj {
+            Some(m) => text(m, "REQUEST_METHOD")?,
+            None => Cow::Borrowed("GET"),
+        };
+        let path_obj = get(&self.path_info)?;
+        let raw_path = match &path_obj {
+            Some(p) if !p.is_none() => text(p, "PATH_INFO")?,
+            _ => Cow::Borrowed(""),
+        };
+        Ok(self.engine.reads_body(&method, &wsgi_path(&raw_path)))
+    }
+
+    /// `body`: the whole request body, when `reads_body` asked for it.
+    #[pyo3(signature = (environ, body=None))]
     fn check<'py>(
         &self,
         py: Python<'py>,
         environ: &Bound<'py, pyo3::types::PyDict>,
+        body: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyAny>> {
         use pyo3::types::PyDictMethods;
         let get = |key: &Py<PyString>| environ.get_item(key.bind(py));
@@ -321,6 +353,7 @@ impl WsgiReader {
             path: &path,
             client_ip,
             headers: &headers,
+            body,
         };
         decide(py, &self.engine, self.blocking, &req, false)
     }

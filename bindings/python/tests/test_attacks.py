@@ -31,8 +31,22 @@ from floodgate import Engine
 from floodgate.asgi import FloodgateMiddleware
 
 
+def _username(body, content_type):
+    # The username a login reads: from a form, else from JSON.
+    import json
+    from urllib.parse import parse_qs
+
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return parse_qs(body.decode()).get("username", [None])[-1]
+    try:
+        return json.loads(body).get("username")
+    except Exception:
+        return None
+
+
 async def login(request):
-    return JSONResponse({"handler": "login", "key": request.headers.get("x-api-key")})
+    username = _username(await request.body(), request.headers.get("content-type", ""))
+    return JSONResponse({"handler": "login", "key": request.headers.get("x-api-key"), "username": username})
 
 
 async def page(request):
@@ -61,7 +75,8 @@ app = flask.Flask(__name__)
 
 @app.post("/auth/login")
 def login():
-    return {"handler": "login", "key": flask.request.headers.get("x-api-key")}
+    username = flask.request.form.get("username") or (flask.request.get_json(silent=True, force=True) or {}).get("username")
+    return {"handler": "login", "key": flask.request.headers.get("x-api-key"), "username": username}
 
 
 @app.get("/page")
@@ -106,9 +121,17 @@ from django.views.decorators.csrf import csrf_exempt
 
 @csrf_exempt
 def login(request):
+    import json
+
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    return JsonResponse({"handler": "login", "key": request.headers.get("x-api-key")})
+    username = request.POST.get("username")
+    if username is None:
+        try:
+            username = json.loads(request.body).get("username")
+        except Exception:
+            pass
+    return JsonResponse({"handler": "login", "key": request.headers.get("x-api-key"), "username": username})
 
 
 def page(request):
@@ -202,12 +225,18 @@ def server(request, tmp_path_factory):
         yield kind, port
 
 
-def raw(port: int, method: str, target: str, headers: List[Tuple[str, str]]) -> Tuple[int, Dict[str, str], bytes]:
-    """Sends exactly these bytes (no client-side normalisation) and reads the answer."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close", "Content-Length: 0"]
+def raw(
+    port: int, method: str, target: str, headers: List[Tuple[str, str]], body: bytes = b"", chunked: bool = False
+) -> Tuple[int, Dict[str, str], bytes]:
+    """Sends exactly these bytes (no client-side normalisation) and reads the answer;
+    ``chunked``: the body in one chunk, with no length."""
+    length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close", length]
     lines += [f"{n}: {v}" for n, v in headers]
+    if chunked:
+        body = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         data = b""
         while True:
             chunk = s.recv(65536)
@@ -220,6 +249,15 @@ def raw(port: int, method: str, target: str, headers: List[Tuple[str, str]]) -> 
     for line in header_lines:
         n, _, v = line.partition(":")
         parsed[n.strip().lower()] = v.strip()
+    if parsed.get("transfer-encoding") == "chunked":
+        whole = b""
+        while body:
+            size, _, rest = body.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            whole, body = whole + rest[:n], rest[n + 2 :]
+        body = whole
     return int(status_line.split()[1]), parsed, body
 
 
@@ -299,6 +337,47 @@ def test_a_non_token_method_is_400_not_500(server):
     kind, port = server
     status, _, _ = raw(port, "M-SEARCH", "/page", [("X-Forwarded-For", fresh_client())])
     assert status != 500, kind
+
+
+def test_credential_stuffing_from_many_addresses_is_held_per_username(server):
+    """One password each for a victim's account, from a botnet's addresses,
+    the username spelled as logins compare names (case, spaces, escapes), as
+    JSON or a form, with a length or chunked. The login handler echoes the
+    username it parsed: the body still reaches it."""
+    import json
+
+    kind, port = server
+    form = "application/x-www-form-urlencoded"
+    attempts = [
+        ("application/json", b'{"username":"victim","password":"123456"}', False),
+        (form, b"username=Victim&password=password", False),
+        ("application/json", b'{"password":"qwerty","username":" VICTIM "}', True),
+        (form, b"password=letmein&username=%20victim%20", False),
+        ("application/json; charset=utf-8", b'{"username":"vict\\u0069m"}', False),
+        (form, b"username=VICTIM", True),
+    ]
+    answers = [
+        raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", t)], body, chunked)
+        for t, body, chunked in attempts
+    ]
+    statuses = [a[0] for a in answers]
+    reached = [json.loads(a[2])["username"] for a in answers if a[0] == 200]
+    # Exactly the victim's 3 attempts reached the login. (Django reads no
+    # chunked body: there the view sees no username, nor does the rule.)
+    on_victim = [u for u in reached if u is not None and u.strip().lower() == "victim"]
+    assert len(on_victim) == 3 and len(on_victim) + reached.count(None) == len(reached), (kind, statuses, reached)
+    if kind != "django":
+        assert statuses == [200, 200, 200, 429, 429, 429], (kind, statuses)
+    # A field named twice is refused: frameworks disagree on which copy wins.
+    for t, body in [(form, b"username=decoy&username=victim"), ("application/json", b'{"username":"decoy","username":"victim"}')]:
+        status, _, _ = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", t)], body)
+        assert status == 400, (kind, body)
+    # Another account has its attempts; a body past 64 KiB is refused whole.
+    other = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", form)], b"username=alice")
+    assert other[0] == 200 and json.loads(other[2])["username"] == "alice", (kind, other)
+    padded = json.dumps({"username": "victim", "pad": "x" * 70_000}).encode()
+    status, _, body = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", "application/json")], padded)
+    assert (status, body) == (413, b'{"error":"payload_too_large"}'), (kind, status, body[:200])
 
 
 def test_garbage_and_huge_headers_get_an_answer(server):

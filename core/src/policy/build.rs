@@ -228,8 +228,16 @@ impl Policy {
                         _ => None,
                     };
                     unless.into_iter().chain(r.key.header_names())
-                })),
+                }))
+                // A body is read as its type says (body:).
+                .chain(
+                    rules
+                        .iter()
+                        .any(|r| r.key.reads_body())
+                        .then_some("content-type"),
+                ),
         );
+        let reads_body = rules.iter().any(|r| r.key.reads_body());
         let settles = rules.iter().any(|r| r.lifecycle.is_some());
         let matchers: Vec<&matcher::Matcher> = rules.iter().map(|r| &r.matcher).collect();
         let routes = matcher::RouteIndex::new(&matchers);
@@ -238,6 +246,7 @@ impl Policy {
             request_headers,
             settles,
             needs_path,
+            reads_body,
             routes,
             rules: rules.into_boxed_slice(),
             jwt,

@@ -190,6 +190,7 @@ impl Policy {
             headers: view.headers,
             claims,
             route,
+            body: view.body,
         };
         template.build(&input, &self.key_seed, buf)
     }
@@ -291,7 +292,14 @@ macro_rules! procedure {
                     masked,
                     headers: req.headers,
                     api_key: self.api_key(sent_key),
+                    body: req.body,
                 };
+                if self.reads_body && self.body_ambiguous(&view) {
+                    return Err(Error::InvalidRequest {
+                        field: "body",
+                        problem: "names a field a rule keys on more than once",
+                    });
+                }
                 // 1. Lists by IP and API key.
                 let by_ip = ip.and_then(|ip| {
                     listed(
@@ -842,6 +850,7 @@ quotas = ["8/min burst 3"]
                 path,
                 client_ip: ips[usize::try_from(i / 4 % 4).unwrap_or(0)].parse().ok(),
                 headers,
+                body: None,
             };
             let now = Duration::from_secs(1_700_000_000) + Duration::from_millis(700 * i);
             plain

@@ -462,6 +462,15 @@ impl Engine {
         &self.request_headers
     }
 
+    /// Whether a rule that `method` and `path` meet keys on a field of the
+    /// request body (`key = "body:username"`): a front end reads the body
+    /// (at most [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES), else 413) and
+    /// passes it as [`Request::body`](super::Request::body) for these
+    /// requests only. False at once for a policy without such rules.
+    pub fn reads_body(&self, method: &str, path: &str) -> bool {
+        self.current.load().reads_body(method, path)
+    }
+
     /// Whether the policy reads header `name` (any case).
     pub fn reads_header(&self, name: &str) -> bool {
         self.request_headers

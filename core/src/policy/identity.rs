@@ -25,6 +25,8 @@ enum Part {
     ApiKey,
     Header(String),
     Claim(String),
+    /// A field of the request body (see `super::body`).
+    Body(String),
     Route,
     Method,
     Path,
@@ -70,9 +72,12 @@ fn part(name: &str, api_key_header: &str) -> Result<Part, String> {
                 }
             } else if let Some(c) = named("claim:").or_else(|| named("claim.")) {
                 Part::Claim(c)
+            } else if let Some(f) = named("body:").or_else(|| named("body.")) {
+                Part::Body(f)
             } else {
                 return Err(format!(
-                    "unknown key part {name:?} (use ip, api_key, route, method, path, header:NAME or claim:NAME)"
+                    "unknown key part {name:?} (use ip, api_key, route, method, path, header:NAME, \
+                     claim:NAME or body:FIELD)"
                 ));
             }
         }
@@ -163,6 +168,19 @@ impl KeyTemplate {
     pub(crate) fn uses_path(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Path))
     }
+
+    /// Whether the key has a field of the request body in it (`body:`).
+    pub(crate) fn reads_body(&self) -> bool {
+        self.body_fields().next().is_some()
+    }
+
+    /// The body fields the key reads (`body:` parts).
+    pub(crate) fn body_fields(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Body(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
 }
 
 /// What a key is built from.
@@ -179,6 +197,8 @@ pub(crate) struct KeyInput<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     pub claims: Option<&'a Claims>,
     pub route: &'a str,
+    /// The request body, when the front end read it.
+    pub body: Option<&'a [u8]>,
 }
 
 /// The first header named `name` (case-insensitive): the copy frameworks read
@@ -392,6 +412,16 @@ impl KeyTemplate {
                     Value::Bool(b) => key.push(if *b { b"true" } else { b"false" }),
                     _ => return None,
                 },
+                Part::Body(name) => {
+                    let content_type = header(input.headers, "content-type");
+                    match super::body::field(input.body?, content_type, name) {
+                        super::body::Field::Value(v) if !v.trim().is_empty() => {
+                            super::body::push_normalised(&v, |b| key.push(b));
+                        }
+                        // Repeated: refused before any key is built.
+                        _ => return None,
+                    }
+                }
                 Part::Route => key.push(input.route.as_bytes()),
                 Part::Method => {
                     for b in input.method.bytes() {
@@ -425,6 +455,7 @@ mod tests {
             headers,
             claims,
             route: "login",
+            body: None,
         }
     }
 

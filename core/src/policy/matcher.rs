@@ -165,6 +165,13 @@ impl Matcher {
     pub(crate) fn matches(&self, method: &str, path: &[&str]) -> bool {
         self.0.iter().any(|p| p.matches_segments(method, path))
     }
+
+    /// Whether a request with `method` can match, whatever its path.
+    pub(crate) fn takes_method(&self, method: &str) -> bool {
+        self.0.iter().any(|p| {
+            p.methods.is_empty() || p.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        })
+    }
 }
 
 /// Which rules a request can meet, by its path's first segment, worked out

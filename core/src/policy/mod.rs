@@ -12,7 +12,7 @@
 //!     quotas = ["3/min"]
 //!     key = "ip"
 //! "#)?;
-//! let req = Request { method: "POST", path: "/auth/login", client_ip: "203.0.113.7".parse().ok(), headers: &[] };
+//! let req = Request { method: "POST", path: "/auth/login", client_ip: "203.0.113.7".parse().ok(), headers: &[], body: None };
 //! let t = Duration::from_secs(1_700_000_000);
 //! for _ in 0..3 {
 //!     assert!(engine.check_request_at(&req, t)?.allowed);
@@ -41,6 +41,7 @@
 //! metrics, `store` where a rule's counters live.
 
 mod ban;
+mod body;
 mod build;
 mod calendar;
 pub(crate) mod config;
@@ -119,6 +120,7 @@ fn denial_body_into(out: &mut String, status: u16, retry_after: Duration, rule: 
             rule_field(out);
         }
         400 => out.push_str("{\"error\":\"bad_request\""),
+        413 => out.push_str("{\"error\":\"payload_too_large\""),
         _ => out.push_str("{\"error\":\"forbidden\""),
     }
     out.push('}');
@@ -206,7 +208,19 @@ pub struct Request<'a> {
     pub client_ip: Option<IpAddr>,
     /// Request headers; names match case-insensitively.
     pub headers: &'a [(&'a str, &'a str)],
+    /// The whole request body, for rules keyed by one of its fields
+    /// (`key = "body:username"`); `None` when the front end did not read it.
+    /// Front ends read it only when [`Engine::reads_body`] says a rule needs
+    /// it, and refuse a body over [`MAX_BODY_BYTES`] (413) rather than pass
+    /// part of it.
+    pub body: Option<&'a [u8]>,
 }
+
+/// The largest request body a front end reads for rules keyed by a body field
+/// (64 KiB: a login form is well under 1 KiB). A longer body on a request
+/// such a rule meets is refused (413) by the front end, never passed in part:
+/// a field past the part read would slip by the rule.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Why a verdict is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -477,6 +491,8 @@ pub(crate) struct Policy {
     /// met by every request (`/**`) and no key has the path in it, and then
     /// the path is not normalised (see [`matcher::RouteIndex::path_blind`]).
     needs_path: bool,
+    /// Whether a rule keys on a field of the request body (`body:`).
+    reads_body: bool,
     /// The key of client-wide bans: the masked address.
     client_key: KeyTemplate,
     case_sensitive_paths: bool,
@@ -820,4 +836,5 @@ struct View<'a> {
     masked: Option<IpAddr>,
     headers: &'a [(&'a str, &'a str)],
     api_key: Option<&'a str>,
+    body: Option<&'a [u8]>,
 }

@@ -27,6 +27,8 @@ pub struct OwnedRequest {
     /// Header (name, value) pairs; names in any case. A repeated header is
     /// several pairs (the first is the one read) or one value joined with `, `.
     pub headers: Vec<(String, String)>,
+    /// The whole body, for rules keyed by a body field (see [`Request::body`]).
+    pub body: Option<Vec<u8>>,
 }
 
 impl OwnedRequest {
@@ -46,6 +48,7 @@ impl OwnedRequest {
             path: path.into(),
             client_ip: client_ip.map(parse_client_ip).transpose()?,
             headers: Vec::new(),
+            body: None,
         })
     }
 
@@ -64,6 +67,7 @@ impl OwnedRequest {
                 path: &self.path,
                 client_ip: self.client_ip,
                 headers,
+                body: self.body.as_deref(),
             })
         };
         if self.headers.len() <= STACK_HEADERS {
@@ -84,6 +88,42 @@ impl OwnedRequest {
 }
 
 impl Policy {
+    /// See [`Engine::reads_body`](super::Engine::reads_body).
+    pub(super) fn reads_body(&self, method: &str, path: &str) -> bool {
+        if !self.reads_body {
+            return false;
+        }
+        // Most requests of a policy with such a rule (a login's POST) are
+        // told by their method alone, before the path is normalised.
+        let mut rules = self
+            .rules
+            .iter()
+            .filter(|r| r.key.reads_body() && r.matcher.takes_method(method))
+            .peekable();
+        if rules.peek().is_none() {
+            return false;
+        }
+        let path = super::path::normalize(path, !self.case_sensitive_paths);
+        let segments = super::matcher::segments(&path);
+        rules.any(|r| r.matcher.matches(method, &segments))
+    }
+
+    /// Whether the body names a field that a rule the request meets keys on
+    /// more than once (see `super::body`): such a request is refused (400),
+    /// since frameworks disagree on which copy an app reads.
+    pub(super) fn body_ambiguous(&self, view: &super::View<'_>) -> bool {
+        let Some(body) = view.body else {
+            return false;
+        };
+        let content_type = super::identity::header(view.headers, "content-type");
+        self.rules.iter().any(|r| {
+            r.key
+                .body_fields()
+                .any(|f| super::body::field(body, content_type, f) == super::body::Field::Repeated)
+                && r.matcher.matches(view.method, view.segments)
+        })
+    }
+
     /// Decides an [`OwnedRequest`] now, or at `now` (Unix time) as
     /// [`check_request_at`](Engine::check_request_at).
     ///
@@ -113,6 +153,7 @@ impl Policy {
             path: &request.path,
             client_ip: request.client_ip,
             headers: &headers,
+            body: request.body.as_deref(),
         };
         self.check_request_async(&req).await
     }

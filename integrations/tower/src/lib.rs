@@ -359,6 +359,7 @@ impl Shared {
                 path: target(req),
                 client_ip: self.client_ip(req),
                 headers: &headers,
+                body: None,
             },
             None,
             out,
@@ -375,6 +376,7 @@ impl Shared {
                 .wanted_headers(req)
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
                 .collect(),
+            body: None,
         }
     }
 }

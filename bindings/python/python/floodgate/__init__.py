@@ -33,6 +33,7 @@ async def check_request_async(
     client_ip: Optional[str] = None,
     headers: Optional[Headers] = None,
     now: Optional[float] = None,
+    body: Optional[bytes] = None,
 ) -> Verdict:
     """``engine.check_request`` that never blocks the event loop.
 
@@ -43,11 +44,11 @@ async def check_request_async(
     pool: it is for tests and simulations, not for serving.)
     """
     if not engine.blocking:
-        return engine.check_request(method=method, path=path, client_ip=client_ip, headers=headers, now=now)
+        return engine.check_request(method=method, path=path, client_ip=client_ip, headers=headers, now=now, body=body)
     if now is None:
-        return await engine.check_request_async(method=method, path=path, client_ip=client_ip, headers=headers)
+        return await engine.check_request_async(method=method, path=path, client_ip=client_ip, headers=headers, body=body)
     call = functools.partial(
-        engine.check_request, method=method, path=path, client_ip=client_ip, headers=headers, now=now
+        engine.check_request, method=method, path=path, client_ip=client_ip, headers=headers, now=now, body=body
     )
     return await asyncio.get_running_loop().run_in_executor(None, call)
 

@@ -4,6 +4,8 @@ from typing import Any, Awaitable, Dict, Iterable, List, Mapping, Optional, Sequ
 __version__: str
 VERDICT_FIELDS: List[str]
 BAD_REQUEST_BODY: bytes
+TOO_LARGE_BODY: bytes
+MAX_BODY_BYTES: int
 __all__: List[str]
 
 _Key = Union[str, bytes]
@@ -120,6 +122,7 @@ class Engine:
         client_ip: Optional[str] = None,
         headers: Optional[_Headers] = None,
         now: Optional[float] = None,
+        body: Optional[bytes] = None,
     ) -> Verdict: ...
     def _check_middleware(
         self,
@@ -128,7 +131,9 @@ class Engine:
         client_ip: Optional[str],
         headers: Sequence[Tuple[Union[str, bytes], Union[str, bytes]]],
         asgi: bool,
+        body: Optional[bytes] = None,
     ) -> Union[List[Tuple[Any, Any]], Verdict]: ...
+    def reads_body(self, method: str, path: str) -> bool: ...
     def _wsgi_reader(
         self, keys: List[Tuple[str, str]], trusted: Optional[TrustedProxies], forwarded_header: str
     ) -> WsgiReader: ...
@@ -147,6 +152,7 @@ class Engine:
         path: str,
         client_ip: Optional[str] = None,
         headers: Optional[_Headers] = None,
+        body: Optional[bytes] = None,
     ) -> Awaitable[Verdict]: ...
     def settle_async(self, verdict: Verdict, *, status: int, cost: Optional[float] = None) -> Awaitable[None]: ...
     def reload(
@@ -170,7 +176,8 @@ class TrustedProxies:
 
 @final
 class WsgiReader:
-    def check(self, environ: Dict[str, Any]) -> Union[List[Tuple[str, str]], Verdict]: ...
+    def reads_body(self, environ: Dict[str, Any]) -> bool: ...
+    def check(self, environ: Dict[str, Any], body: Optional[bytes] = None) -> Union[List[Tuple[str, str]], Verdict]: ...
 
 def error_codes() -> List[Tuple[str, str]]: ...
 def is_proxy_address(address: str) -> bool: ...

@@ -16,10 +16,11 @@ A server on a Unix socket has no peer address: ``"unix:"`` in
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
-from ._floodgate import TrustedProxies, is_proxy_address
+from ._floodgate import MAX_BODY_BYTES, TrustedProxies, is_proxy_address
 from .errors import FloodgateError
 
 
@@ -175,3 +176,74 @@ async def settle_quietly_async(engine: Any, verdict: Any, status: int, cost: Opt
         await engine.settle_async(verdict, status=status, cost=cost)
     except FloodgateError:
         pass
+
+
+# Bodies, for rules keyed by a body field (``key = "body:username"``): read
+# only for the requests such a rule meets (``engine.reads_body``), whole, and
+# given back to the app to read again. A body over ``MAX_BODY_BYTES`` is
+# answered 413 (``TOO_LARGE_BODY``) rather than checked on a part: a field past
+# the part read would slip by the rule.
+
+
+def reads_bodies(engine: Any) -> bool:
+    """Whether ``engine`` may ever ask for a body: a policy keyed by a body
+    field reads the content type, and a reload cannot add a header to read."""
+    return "content-type" in engine.request_headers
+
+
+def read_wsgi_body(environ: dict) -> Optional[bytes]:
+    """The whole body of a WSGI request, with ``wsgi.input`` replaced by a copy
+    the app reads again; ``None`` if it is longer than ``MAX_BODY_BYTES`` (then
+    nothing was read). A body without a length is read only where the server
+    marks its end (``wsgi.input_terminated``, gunicorn's chunked bodies)."""
+    stream = environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH")
+    try:
+        n = int(length) if length else None
+    except ValueError:
+        n = None
+    if stream is None or n == 0 or (n is None and not environ.get("wsgi.input_terminated")):
+        return b""
+    if n is not None and n > MAX_BODY_BYTES:
+        return None
+    data = stream.read(n if n is not None else MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        return None
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["CONTENT_LENGTH"] = str(len(data))
+    return data
+
+
+async def read_asgi_body(receive: Any) -> Tuple[Optional[bytes], Any]:
+    """The whole body of an ASGI request (``None`` if longer than
+    ``MAX_BODY_BYTES``), and a ``receive`` that gives it to the app again
+    (then whatever the server sends next, such as the disconnect)."""
+    chunks = []
+    size = 0
+    pending = None
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending = message  # the client left: the app hears it after the body
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None, receive
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Any:
+        nonlocal replayed, pending
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return body, replay

@@ -12,6 +12,9 @@ default ``X-Forwarded-For``). Behind a proxy on a Unix socket (``--uds``), list
 ``"unix:"`` in ``trusted_proxies``. A request the engine cannot use (a method
 that is not an HTTP token) is answered 400. A proxy that is not trusted is
 warned of once (``validate=False`` turns that off; see ``_web.ProxyCheck``).
+For a request a rule keyed by a body field meets (``key = "body:username"``,
+``engine.reads_body``), the middleware reads the whole body first and gives it
+back to the app; past ``MAX_BODY_BYTES`` it answers 413.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the
@@ -28,13 +31,15 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 
 from . import check_request_async
 from ._floodgate import Engine
-from ._floodgate import BAD_REQUEST_BODY
+from ._floodgate import BAD_REQUEST_BODY, TOO_LARGE_BODY
 from ._web import (
     COST_HEADER,
     ProxyCheck,
     client_ip,
     networks,
     parse_cost,
+    read_asgi_body,
+    reads_bodies,
     router_path,
     settle_quietly_async,
     wanted_headers,
@@ -69,6 +74,7 @@ class FloodgateMiddleware:
         self._forwarded = forwarded_header.lower().encode("latin-1")
         # ASGI header names are lower-case bytes.
         self._wanted = frozenset(n.encode("latin-1") for n in wanted_headers(engine, forwarded_header))
+        self._bodies = reads_bodies(engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,17 +98,25 @@ class FloodgateMiddleware:
             wanted = self._wanted
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in wanted]
         ip = client_ip(peer, headers, self.trusted, self.forwarded_header)
+        body = None
+        if self._bodies and engine.reads_body(scope["method"], target):
+            # A rule keys on a body field (a login's username): the whole body,
+            # given back to the app.
+            body, receive = await read_asgi_body(receive)
+            if body is None:
+                await _answer(send, 413, TOO_LARGE_BODY, [])
+                return
         try:
             if engine.blocking:  # a Redis store: off the event loop
                 verdict = await check_request_async(
-                    engine, method=scope["method"], path=target, client_ip=ip, headers=headers
+                    engine, method=scope["method"], path=target, client_ip=ip, headers=headers, body=body
                 )
             else:
                 # In memory, inline (about a microsecond): the engine reads the
                 # headers it needs from the header list itself (the first copy
                 # of a repeated header, as Starlette does) and, for a request
                 # allowed with nothing to settle, returns only the headers to add.
-                verdict = engine._check_middleware(scope["method"], target, ip, scope["headers"], True)
+                verdict = engine._check_middleware(scope["method"], target, ip, scope["headers"], True, body)
         except InvalidRequestError:
             await _answer(send, 400, BAD_REQUEST_BODY, [])
             return

@@ -8,7 +8,9 @@
 Unix socket) and ``forwarded_header`` (default ``X-Forwarded-For``) say where
 the client address comes from; ``"validate": False`` silences the warning of an
 untrusted proxy. The engine sees ``request.path_info``, the path Django's URL
-resolver matches.
+resolver matches. For a request a rule keyed by a body field meets (``key =
+"body:username"``), the engine gets ``request.body`` (Django keeps it for the
+view); a body past ``MAX_BODY_BYTES`` is answered 413.
 
 The middleware is sync and async capable: under ASGI (uvicorn, daphne,
 ``get_asgi_application``) Django calls it as a coroutine, with no thread hop
@@ -25,9 +27,10 @@ from typing import Any, Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from ._floodgate import Engine
-from ._floodgate import BAD_REQUEST_BODY
+from ._floodgate import BAD_REQUEST_BODY, MAX_BODY_BYTES, TOO_LARGE_BODY
 from ._web import (
     COST_HEADER,
+    reads_bodies,
     ProxyCheck,
     client_ip,
     environ_keys,
@@ -39,6 +42,7 @@ from ._web import (
     wanted_headers,
 )
 from .errors import InvalidRequestError
+from .wsgi import BodyTooLarge
 
 
 def _json(body: Any, status: int) -> Any:
@@ -94,26 +98,43 @@ class FloodgateMiddleware:
         self._check = ProxyCheck(self.trusted, self.forwarded_header, conf.get("validate", True))
         self._forwarded_key = "HTTP_" + self.forwarded_header.upper().replace("-", "_")
         self._keys = environ_keys(wanted_headers(self.engine, self.forwarded_header))
+        self._bodies = reads_bodies(self.engine)
 
     def _read(self, request: Any) -> Any:
-        """The request as the engine sees it: (method, path, client IP, headers)."""
+        """The request as the engine sees it: (method, path, client IP,
+        headers, body). The body only for a rule keyed by a body field
+        (``request.body``: Django keeps it for the view); ``BodyTooLarge``
+        past ``MAX_BODY_BYTES``."""
         meta = request.META
         if self._check.left > 0:
             self._check(meta.get("REMOTE_ADDR"), self._forwarded_key in meta)
         headers = [(name, meta[key]) for key, name in self._keys if meta.get(key)]
         ip = client_ip(meta.get("REMOTE_ADDR"), headers, self.trusted, self.forwarded_header)
         path = router_path(request.path_info or "/", meta.get("QUERY_STRING", ""))
-        return request.method, path, ip, headers
+        body = None
+        if self._bodies and self.engine.reads_body(request.method, path):
+            try:
+                length = int(meta.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if length > MAX_BODY_BYTES:
+                raise BodyTooLarge()
+            body = request.body
+            if len(body) > MAX_BODY_BYTES:
+                raise BodyTooLarge()
+        return request.method, path, ip, headers, body
 
     def __call__(self, request: Any) -> Any:
         if self._async:
             return self._acall(request)
-        method, path, ip, headers = self._read(request)
         try:
+            method, path, ip, headers, body = self._read(request)
             # The headers to add (a request allowed with nothing to settle), or the Verdict.
-            verdict = self.engine._check_middleware(method, path, ip, headers, False)
+            verdict = self.engine._check_middleware(method, path, ip, headers, False, body)
         except InvalidRequestError:
             return _json(BAD_REQUEST_BODY, 400)
+        except BodyTooLarge:
+            return _json(TOO_LARGE_BODY, 413)
         if type(verdict) is list:
             return _adding(self.get_response(request), verdict)
         if not verdict.allowed:
@@ -126,15 +147,19 @@ class FloodgateMiddleware:
 
     async def _acall(self, request: Any) -> Any:
         """``__call__`` under ASGI: the same decision, the view awaited."""
-        method, path, ip, headers = self._read(request)
         engine = self.engine
         try:
+            method, path, ip, headers, body = self._read(request)
             if engine.blocking:  # Redis: the round trip on a tokio worker, no thread waiting
-                verdict = await engine.check_request_async(method=method, path=path, client_ip=ip, headers=headers)
+                verdict = await engine.check_request_async(
+                    method=method, path=path, client_ip=ip, headers=headers, body=body
+                )
             else:
-                verdict = engine._check_middleware(method, path, ip, headers, False)
+                verdict = engine._check_middleware(method, path, ip, headers, False, body)
         except InvalidRequestError:
             return _json(BAD_REQUEST_BODY, 400)
+        except BodyTooLarge:
+            return _json(TOO_LARGE_BODY, 413)
         if type(verdict) is list:
             return _adding(await self.get_response(request), verdict)
         if not verdict.allowed:

@@ -47,10 +47,10 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from flask import Flask, Response, request
 
-from ._floodgate import BAD_REQUEST_BODY, Engine
+from ._floodgate import BAD_REQUEST_BODY, TOO_LARGE_BODY, Engine
 from ._web import COST_HEADER, parse_cost, settle_quietly
 from .errors import InvalidRequestError
-from .wsgi import _EnvironCheck, _Settling
+from .wsgi import BodyTooLarge, _EnvironCheck, _Settling
 
 # Per request, in the WSGI environ (a dict lookup; `flask.g` costs more).
 _HEADERS = "floodgate.headers"  # the rate-limit headers to add to the response
@@ -143,6 +143,8 @@ class Floodgate:
             verdict = self._decide(environ)
         except InvalidRequestError:
             return Response(BAD_REQUEST_BODY, status=400, content_type="application/json")
+        except BodyTooLarge:
+            return Response(TOO_LARGE_BODY, status=413, content_type="application/json")
         if type(verdict) is list:
             if verdict:
                 environ[_HEADERS] = verdict

@@ -12,6 +12,9 @@ sets (``forwarded_header``, default ``X-Forwarded-For``). Behind a proxy on a
 Unix socket (gunicorn's ``-b unix:``), list ``"unix:"`` in ``trusted_proxies``.
 A request the engine cannot use is answered 400. A proxy that is not trusted is
 warned of once (``validate=False`` turns that off; see ``_web.ProxyCheck``).
+For a request a rule keyed by a body field meets (``key = "body:username"``),
+the body is read first (``_web.read_wsgi_body``) and put back for the app;
+past ``MAX_BODY_BYTES`` it is answered 413.
 
 Settlement. When a rule with ``count``, ``cost_from = "response"`` or
 ``max_in_flight`` admitted the request (``verdict.needs_settle``), the
@@ -26,14 +29,35 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._floodgate import Engine
-from ._floodgate import BAD_REQUEST_BODY
-from ._web import COST_HEADER, ProxyCheck, environ_keys, networks, parse_cost, settle_quietly, wanted_headers
+from ._floodgate import BAD_REQUEST_BODY, TOO_LARGE_BODY
+from ._web import (
+    COST_HEADER,
+    ProxyCheck,
+    environ_keys,
+    networks,
+    parse_cost,
+    read_wsgi_body,
+    reads_bodies,
+    settle_quietly,
+    wanted_headers,
+)
 from .errors import InvalidRequestError
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
 
-_STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 429: "429 Too Many Requests"}
+_STATUS = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    403: "403 Forbidden",
+    413: "413 Content Too Large",
+    429: "429 Too Many Requests",
+}
+
+
+class BodyTooLarge(Exception):
+    """A body over ``MAX_BODY_BYTES`` on a request a rule keyed by a body field meets (answered 413)."""
 
 
 def _adding(start_response: StartResponse, extra: List[Tuple[str, str]]) -> StartResponse:
@@ -62,12 +86,20 @@ class _EnvironCheck:
         read_headers = bool(engine.request_headers) or bool(self.trusted)
         keys = environ_keys(wanted_headers(engine, forwarded_header)) if read_headers else ()
         self._reader = engine._wsgi_reader(list(keys), self.trusted, forwarded_header)
+        self._bodies = reads_bodies(engine)
 
     def __call__(self, environ: dict) -> Any:
         """The headers to add (a request allowed with nothing to settle), or
-        the Verdict; ``InvalidRequestError`` for a request the engine cannot use."""
+        the Verdict; ``InvalidRequestError`` for a request the engine cannot
+        use, ``BodyTooLarge`` for a body it needs that is too long. A body a
+        rule keys on is read and put back for the app (``read_wsgi_body``)."""
         if self._check.left > 0:
             self._check(environ.get("REMOTE_ADDR"), self._forwarded_key in environ)
+        if self._bodies and self._reader.reads_body(environ):
+            body = read_wsgi_body(environ)
+            if body is None:
+                raise BodyTooLarge()
+            return self._reader.check(environ, body)
         return self._reader.check(environ)
 
 
@@ -91,12 +123,10 @@ class FloodgateMiddleware:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         try:
             verdict = self._decide(environ)
-        except InvalidRequestError:
-            start_response(
-                _STATUS[400],
-                [("Content-Type", "application/json"), ("Content-Length", str(len(BAD_REQUEST_BODY)))],
-            )
-            return [BAD_REQUEST_BODY]
+        except (InvalidRequestError, BodyTooLarge) as e:
+            status, body = (400, BAD_REQUEST_BODY) if isinstance(e, InvalidRequestError) else (413, TOO_LARGE_BODY)
+            start_response(_STATUS[status], [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         if type(verdict) is list:
             return self.app(environ, _adding(start_response, verdict) if verdict else start_response)
         extra = list(verdict.headers)
