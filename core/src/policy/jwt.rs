@@ -62,7 +62,7 @@ pub enum TokenProblem {
     /// A required claim is missing.
     MissingClaim,
     /// Too many failed signature checks from this client's network: not even
-    /// verified. The request is answered 429 (see [`TokenCheck::Throttled`]).
+    /// verified. The request is answered 429, whatever `on_invalid` says.
     RateLimited,
 }
 
