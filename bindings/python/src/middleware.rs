@@ -253,11 +253,25 @@ fn wsgi_path(raw: &str) -> Cow<'_, str> {
     }
 }
 
+/// The method and the raw `PATH_INFO` of a request, from the environ's
+/// `REQUEST_METHOD` and `PATH_INFO` objects (GET and empty when absent).
+fn method_and_path<'a>(
+    method: &'a Option<Bound<'_, PyAny>>,
+    path: &'a Option<Bound<'_, PyAny>>,
+) -> PyResult<(Cow<'a, str>, Cow<'a, str>)> {
+    let method = match method {
+        Some(m) => text(m, "REQUEST_METHOD")?,
+        None => Cow::Borrowed("GET"),
+    };
+    let path = match path {
+        Some(p) if !p.is_none() => text(p, "PATH_INFO")?,
+        _ => Cow::Borrowed(""),
+    };
+    Ok((method, path))
+}
+
 #[pymethods]
 impl WsgiReader {
-    /// Decides the request `environ` describes: the headers to add (`(str,
-    /// str)` pairs) for a plain allowed request, else the `Verdict`. Raises
-    /// `InvalidRequestError` for a request the engine cannot use (answered 400).
     /// Whether a rule that the request `environ` describes meets keys on a
     /// field of its body (`Engine::reads_body`, on the path `check` decides).
     fn reads_body(
@@ -266,20 +280,17 @@ impl WsgiReader {
         environ: &Bound<'_, pyo3::types::PyDict>,
     ) -> PyResult<bool> {
         use pyo3::types::PyDictMethods;
-        let get = |key: &Py<PyString>| environ.get_item(key.bind(py));
-        let method_obj = get(&self.method)?;
-        let method = match &method_obj {
-            Some(m) => text(m, "REQUEST_METHOD")?,
-            None => Cow::Borrowed("GET"),
-        };
-        let path_obj = get(&self.path_info)?;
-        let raw_path = match &path_obj {
-            Some(p) if !p.is_none() => text(p, "PATH_INFO")?,
-            _ => Cow::Borrowed(""),
-        };
+        let (method_obj, path_obj) = (
+            environ.get_item(self.method.bind(py))?,
+            environ.get_item(self.path_info.bind(py))?,
+        );
+        let (method, raw_path) = method_and_path(&method_obj, &path_obj)?;
         Ok(self.engine.reads_body(&method, &wsgi_path(&raw_path)))
     }
 
+    /// Decides the request `environ` describes: the headers to add (`(str,
+    /// str)` pairs) for a plain allowed request, else the `Verdict`. Raises
+    /// `InvalidRequestError` for a request the engine cannot use (answered 400).
     /// `body`: the whole request body, when `reads_body` asked for it.
     #[pyo3(signature = (environ, body=None))]
     fn check<'py>(
@@ -290,16 +301,8 @@ impl WsgiReader {
     ) -> PyResult<Bound<'py, PyAny>> {
         use pyo3::types::PyDictMethods;
         let get = |key: &Py<PyString>| environ.get_item(key.bind(py));
-        let method_obj = get(&self.method)?;
-        let method = match &method_obj {
-            Some(m) => text(m, "REQUEST_METHOD")?,
-            None => Cow::Borrowed("GET"),
-        };
-        let path_obj = get(&self.path_info)?;
-        let raw_path = match &path_obj {
-            Some(p) if !p.is_none() => text(p, "PATH_INFO")?,
-            _ => Cow::Borrowed(""),
-        };
+        let (method_obj, path_obj) = (get(&self.method)?, get(&self.path_info)?);
+        let (method, raw_path) = method_and_path(&method_obj, &path_obj)?;
         let path = wsgi_path(&raw_path);
         // The headers among `keys` the request has (WSGI servers join
         // repeated headers with commas: one value each).
