@@ -166,6 +166,32 @@ for (const [name, start] of [['express', express], ['fastify', fastify]]) {
     }
   })
 
+  // The username as no name at all: repeated in a form (which the body
+  // parsers make a list), a NoSQL operator, a list of one. Each is refused
+  // (400) before the handler, never let past the per-username rule.
+  for (const async of [false, true]) test(`${name}${async ? ' (async)' : ''}: a username repeated or sent as a list or an object is refused, not let past the rule`, async () => {
+    const server = await start({ async })
+    const shapes = [
+      ['application/x-www-form-urlencoded', 'username=decoy&username=victim&password=x'],
+      ['application/json', '{"username":{"$ne":null},"password":"x"}'],
+      ['application/json', '{"username":{"$gt":""}}'],
+      ['application/json', '{"username":["victim"]}'],
+      ['application/json', '{"username":true}'],
+    ]
+    try {
+      const statuses = []
+      for (let round = 0; round < 2; round++) {
+        for (const [type, body] of shapes) {
+          const r = await raw(server.port, 'POST', '/auth/login', [['X-Forwarded-For', freshClient()], ['Content-Type', type]], body)
+          statuses.push(r.status)
+        }
+      }
+      assert.deepEqual(statuses, Array(10).fill(400))
+    } finally {
+      await server.close()
+    }
+  })
+
   test(`${name}: garbage and huge headers get an answer`, async () => {
     const server = await start()
     try {

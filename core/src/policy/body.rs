@@ -12,8 +12,14 @@
 //!   `request.POST` takes the last, Flask's `request.form` the first), so an
 //!   attacker could key the rule on one and log in with the other. Such a
 //!   request is refused (400) before any rule is charged.
-//! - No body, another shape, or no such field: the rule has no key for the
-//!   request (skipped, or 401 with `anonymous = "deny"`).
+//! - So is a field whose value is a list, an object or a boolean: Express's
+//!   body parsers make `username=a&username=b` the list `["a", "b"]`, and
+//!   `{"username": {"$gt": ""}}` is the shape of a NoSQL injection. Neither is
+//!   a name the rule could count, and skipping the rule for them would let an
+//!   attacker through it unlimited by sending that shape.
+//! - No body, a body that is neither a form nor a JSON object, no such field,
+//!   or `null`: the rule has no key for the request (skipped, or 401 with
+//!   `anonymous = "deny"`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -23,13 +29,12 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 /// What a body holds for a field.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Field<'a> {
-    /// No body, not a form or a JSON object, no such field, or a value that
-    /// is not a string or a number.
+    /// No body, not a form or a JSON object, no such field, or `null`.
     Missing,
     /// The value, as sent (not yet trimmed or lower-cased).
     Value(Cow<'a, str>),
-    /// Named more than once.
-    Repeated,
+    /// Named more than once, or a list, an object or a boolean: refused.
+    Ambiguous,
 }
 
 /// Whether `content_type` is a form (`application/x-www-form-urlencoded`,
@@ -52,7 +57,7 @@ pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) 
         for (k, v) in form_urlencoded::parse(body) {
             if k == name {
                 if found != Field::Missing {
-                    return Field::Repeated;
+                    return Field::Ambiguous;
                 }
                 found = Field::Value(v);
             }
@@ -86,7 +91,7 @@ impl<'de> Visitor<'de> for Seek<'_> {
                 if seen {
                     // Read the rest, so that a malformed body is still Missing.
                     map.next_value::<IgnoredAny>()?;
-                    found = Field::Repeated;
+                    found = Field::Ambiguous;
                     continue;
                 }
                 seen = true;
@@ -99,7 +104,8 @@ impl<'de> Visitor<'de> for Seek<'_> {
     }
 }
 
-/// A string or a number as text; anything else is [`Field::Missing`].
+/// A string or a number as text; `null` is [`Field::Missing`], anything else
+/// [`Field::Ambiguous`].
 struct Scalar;
 
 impl<'de> DeserializeSeed<'de> for Scalar {
@@ -138,7 +144,7 @@ impl<'de> Visitor<'de> for Scalar {
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Field::Missing)
+        Ok(Field::Ambiguous)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
@@ -147,12 +153,12 @@ impl<'de> Visitor<'de> for Scalar {
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Field::Missing)
+        Ok(Field::Ambiguous)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Field::Missing)
+        Ok(Field::Ambiguous)
     }
 }
 
@@ -189,7 +195,7 @@ mod tests {
         assert_eq!(field(b"", FORM, "username"), Field::Missing);
         assert_eq!(
             field(b"username=a&username=b", FORM, "username"),
-            Field::Repeated
+            Field::Ambiguous
         );
         // A form is never read as JSON, nor JSON as a form.
         assert_eq!(
@@ -221,9 +227,6 @@ mod tests {
         for missing in [
             &br#"{"user":{"username":"alice"}}"#[..],
             br#"{"username":null}"#,
-            br#"{"username":["a","b"]}"#,
-            br#"{"username":{"a":1}}"#,
-            br#"{"username":true}"#,
             br#"["username","alice"]"#,
             br#"{"username":"alice""#,
             br#"{"username":"alice"} trailing"#,
@@ -242,7 +245,27 @@ mod tests {
                 None,
                 "username"
             ),
-            Field::Repeated
+            Field::Ambiguous
+        );
+        // What Express's parsers make of a repeated form field, NoSQL
+        // injection's operators, a boolean: refused, never skipped.
+        for shape in [
+            &br#"{"username":["a","b"]}"#[..],
+            br#"{"username":["alice"]}"#,
+            br#"{"username":{"$gt":""}}"#,
+            br#"{"username":{"$ne":null}}"#,
+            br#"{"username":true}"#,
+        ] {
+            assert_eq!(
+                field(shape, None, "username"),
+                Field::Ambiguous,
+                "{shape:?}"
+            );
+        }
+        // A malformed body is Missing, whatever the field held.
+        assert_eq!(
+            field(br#"{"username":["a"]"#, None, "username"),
+            Field::Missing
         );
     }
 

@@ -297,7 +297,7 @@ macro_rules! procedure {
                 if self.reads_body && self.body_ambiguous(&view) {
                     return Err(Error::InvalidRequest {
                         field: "body",
-                        problem: "names a field a rule keys on more than once",
+                        problem: "names a field a rule keys on more than once, or as a list, an object or a boolean",
                     });
                 }
                 // 1. Lists by IP and API key.

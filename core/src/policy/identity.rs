@@ -418,7 +418,7 @@ impl KeyTemplate {
                         super::body::Field::Value(v) if !v.trim().is_empty() => {
                             super::body::push_normalised(&v, |b| key.push(b));
                         }
-                        // Repeated: refused before any key is built.
+                        // Ambiguous: refused before any key is built.
                         _ => return None,
                     }
                 }

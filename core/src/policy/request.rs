@@ -109,8 +109,9 @@ impl Policy {
     }
 
     /// Whether the body names a field that a rule the request meets keys on
-    /// more than once (see `super::body`): such a request is refused (400),
-    /// since frameworks disagree on which copy an app reads.
+    /// more than once, or gives it as a list, an object or a boolean (see
+    /// `super::body`): such a request is refused (400), since frameworks
+    /// disagree on which copy an app reads, and no such value is a name.
     pub(super) fn body_ambiguous(&self, view: &super::View<'_>) -> bool {
         let Some(body) = view.body else {
             return false;
@@ -119,7 +120,7 @@ impl Policy {
         self.rules.iter().any(|r| {
             r.key
                 .body_fields()
-                .any(|f| super::body::field(body, content_type, f) == super::body::Field::Repeated)
+                .any(|f| super::body::field(body, content_type, f) == super::body::Field::Ambiguous)
                 && r.matcher.matches(view.method, view.segments)
         })
     }
