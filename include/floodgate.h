@@ -52,6 +52,10 @@
 // Redis fail mode: decide with an in-memory limiter of the same quotas.
 #define FG_FAIL_LOCAL 2
 
+// The largest request body a front end reads for rules keyed by a body field
+// (64 KiB): a longer one is answered 413 with `fg_too_large_body`.
+#define FG_MAX_BODY_BYTES 65536
+
 // Log level of an event (`fg_event_level`): per-request events (denials,
 // bans, refused tokens...). Log them as counts, one line per interval, not
 // one line each: a flood makes millions.
@@ -249,6 +253,14 @@ typedef struct {
   const fg_header *headers;
   // How many headers.
   size_t header_count;
+  // The whole request body, for rules keyed by one of its fields (`key =
+  // "body:username"`), or NULL if it was not read (such a rule then finds
+  // no key). Read it only when `fg_engine_reads_body` says so, and answer
+  // a body over `FG_MAX_BODY_BYTES` 413 (`fg_too_large_body`) rather than
+  // pass a part of it.
+  const uint8_t *body;
+  // Bytes in `body` (0 with a NULL `body`).
+  size_t body_len;
 } fg_request;
 
 // The answer to a request.
@@ -511,6 +523,25 @@ fg_result fg_engine_reload(const fg_engine *engine, const char *path);
 // # Safety
 // `engine` must be NULL or come from a constructor.
 bool fg_engine_may_block(const fg_engine *engine);
+
+// Whether a rule that a `method` request to `path` meets keys on a field of
+// the request body (`key = "body:username"`): then read the body (at most
+// `FG_MAX_BODY_BYTES`) and pass it in `fg_request.body`. False for NULL
+// arguments, text that is not UTF-8, and engines without a policy.
+//
+// # Safety
+// `engine` must be NULL or come from a constructor; `method` and `path` must
+// point to `method_len` and `path_len` readable bytes (or be NULL).
+bool fg_engine_reads_body(const fg_engine *engine,
+                          const char *method,
+                          size_t method_len,
+                          const char *path,
+                          size_t path_len);
+
+// The JSON body of a 413 for a body over `FG_MAX_BODY_BYTES`
+// (`{"error":"payload_too_large"}`, static and NUL-terminated), the same as
+// every other front end's.
+const char *fg_too_large_body(void);
 
 // Frees a settlement without settling it: its charges stay, and its places
 // in flight are released by the store after `in_flight_ttl` (NULL is ignored).

@@ -112,7 +112,11 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
     inet_ntop(AF_INET, &((const struct sockaddr_in *)info->client_addr)->sin_addr, ip, sizeof ip);
   else if (info && info->client_addr->sa_family == AF_INET6)
     inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)info->client_addr)->sin6_addr, ip, sizeof ip);
-  fg_request req = {method, strlen(method), url, strlen(url), ip[0] ? ip : NULL, strlen(ip), list.headers, list.count};
+  /* No body is read here (a rule keyed by a body field finds no key): a server
+   * that has one passes it when fg_engine_reads_body says so, as the nginx
+   * module does. */
+  fg_request req = {method,       strlen(method), url,  strlen(url), ip[0] ? ip : NULL, strlen(ip),
+                    list.headers, list.count,     NULL, 0};
   fg_verdict v;
   fg_result r = fg_engine_check_request(engine, &req, &v);
   free(list.headers);

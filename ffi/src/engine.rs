@@ -136,7 +136,21 @@ pub struct fg_request {
     pub headers: *const fg_header,
     /// How many headers.
     pub header_count: usize,
+    /// The whole request body, for rules keyed by one of its fields (`key =
+    /// "body:username"`), or NULL if it was not read (such a rule then finds
+    /// no key). Read it only when `fg_engine_reads_body` says so, and answer
+    /// a body over `FG_MAX_BODY_BYTES` 413 (`fg_too_large_body`) rather than
+    /// pass a part of it.
+    pub body: *const u8,
+    /// Bytes in `body` (0 with a NULL `body`).
+    pub body_len: usize,
 }
+
+/// The largest request body a front end reads for rules keyed by a body field
+/// (64 KiB): a longer one is answered 413 with `fg_too_large_body`.
+pub const FG_MAX_BODY_BYTES: usize = 65_536;
+// cbindgen needs the literal; it is the core's.
+const _: () = assert!(FG_MAX_BODY_BYTES == fg_core::policy::MAX_BODY_BYTES);
 
 /// The answer to a request.
 ///
@@ -760,13 +774,21 @@ unsafe fn check_request(
             }
             &heap
         };
+        let body = if r.body.is_null() {
+            if r.body_len > 0 {
+                return Err(fg_result::NullParameter);
+            }
+            None
+        } else {
+            // SAFETY: `body_len` readable bytes per the caller's contract.
+            Some(unsafe { try_bytes(r.body, r.body_len) }?)
+        };
         let req = Request {
             method,
             path,
             client_ip,
             headers,
-            // The C ABI passes no body: rules keyed by a body field find none.
-            body: None,
+            body,
         };
         let decide = |buf: &mut VerdictText| -> Result<fg_verdict, fg_result> {
             policy
@@ -942,6 +964,51 @@ pub unsafe extern "C" fn fg_engine_may_block(engine: *const fg_engine) -> bool {
         };
     });
     blocks
+}
+
+/// Whether a rule that a `method` request to `path` meets keys on a field of
+/// the request body (`key = "body:username"`): then read the body (at most
+/// `FG_MAX_BODY_BYTES`) and pass it in `fg_request.body`. False for NULL
+/// arguments, text that is not UTF-8, and engines without a policy.
+///
+/// # Safety
+/// `engine` must be NULL or come from a constructor; `method` and `path` must
+/// point to `method_len` and `path_len` readable bytes (or be NULL).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fg_engine_reads_body(
+    engine: *const fg_engine,
+    method: *const c_char,
+    method_len: usize,
+    path: *const c_char,
+    path_len: usize,
+) -> bool {
+    let mut reads = false;
+    guard_void(|| {
+        // SAFETY: `engine` is NULL (refused by `inner`) or comes from a
+        // constructor; the ranges are readable per the caller's contract.
+        let (Ok(Inner::Policy(policy)), Ok(method), Ok(path)) = (
+            unsafe { inner(engine) },
+            unsafe { try_str(method.cast(), method_len) },
+            unsafe { try_str(path.cast(), path_len) },
+        ) else {
+            return;
+        };
+        reads = !method.is_empty() && !path.is_empty() && policy.reads_body(method, path);
+    });
+    reads
+}
+
+/// The JSON body of a 413 for a body over `FG_MAX_BODY_BYTES`
+/// (`{"error":"payload_too_large"}`, static and NUL-terminated), the same as
+/// every other front end's.
+#[unsafe(no_mangle)]
+pub extern "C" fn fg_too_large_body() -> *const c_char {
+    static BODY: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+    BODY.get_or_init(|| {
+        let body = fg_core::policy::denial_body(413, Duration::ZERO, None);
+        std::ffi::CString::new(body).unwrap_or_default()
+    })
+    .as_ptr()
 }
 
 /// Frees a settlement without settling it: its charges stay, and its places

@@ -32,6 +32,12 @@
  *   from an upstream's `Floodgate-Cost` response header, removed here.
  * - Internal redirects (error_page, try_files, named locations) are not charged
  *   again: one decision per client request.
+ * - A request that a rule keyed by a body field meets (`key = "body:username"`,
+ *   fg_engine_reads_body) has its body read first (as the mirror module does:
+ *   the access phase runs again once it is in), whole, in memory or from
+ *   nginx's temporary file, and passed to the engine; the upstream still gets
+ *   it. A body over FG_MAX_BODY_BYTES is answered 413 rather than checked on
+ *   a part. Other requests are never held for their body.
  */
 #include <ngx_config.h>
 #include <ngx_core.h>
@@ -61,8 +67,13 @@ typedef struct {
   const fg_engine *engine;
   ngx_str_t headers; /* "Name: value\r\n" lines for an allowed response */
   fg_settlement *settlement;
-  int64_t cost; /* -1: the estimate stands */
+  int64_t cost;       /* -1: the estimate stands */
+  ngx_uint_t body;    /* FG_NGX_BODY_*: reading the body a rule keys on */
 } ngx_http_floodgate_ctx_t;
+
+#define FG_NGX_BODY_NONE 0
+#define FG_NGX_BODY_READING 1
+#define FG_NGX_BODY_READ 2
 
 static ngx_int_t ngx_http_floodgate_init(ngx_conf_t *cf);
 static void *ngx_http_floodgate_create_main_conf(ngx_conf_t *cf);
@@ -311,6 +322,50 @@ static ngx_int_t ngx_http_floodgate_copy(ngx_http_request_t *r, ngx_str_t *to, c
   return NGX_OK;
 }
 
+/* A body over FG_MAX_BODY_BYTES on a request a body rule meets: 413, whole,
+ * with the body every front end sends. */
+static ngx_int_t ngx_http_floodgate_too_large(ngx_http_request_t *r) {
+  const char *big = fg_too_large_body();
+  ngx_http_finalize_request(
+      r, ngx_http_floodgate_answer(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NULL, big, ngx_strlen(big)));
+  return NGX_DONE;
+}
+
+/* The body is in: run the phases again, from this module's access handler. */
+static void ngx_http_floodgate_body_read(ngx_http_request_t *r) {
+  ngx_http_floodgate_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_floodgate_module);
+  if (ctx != NULL) ctx->body = FG_NGX_BODY_READ;
+  r->write_event_handler = ngx_http_core_run_phases;
+  ngx_http_core_run_phases(r);
+}
+
+/* The body read for this request in one piece, in the request pool (NULL data
+ * if there was none): from memory, or from nginx's temporary file for a body
+ * past client_body_buffer_size. NGX_DECLINED when it is over
+ * FG_MAX_BODY_BYTES. */
+static ngx_int_t ngx_http_floodgate_request_body(ngx_http_request_t *r, ngx_str_t *out) {
+  ngx_str_null(out);
+  if (r->request_body == NULL) return NGX_OK;
+  off_t len = 0;
+  for (ngx_chain_t *cl = r->request_body->bufs; cl != NULL; cl = cl->next) len += ngx_buf_size(cl->buf);
+  if (len > FG_MAX_BODY_BYTES) return NGX_DECLINED;
+  u_char *p = ngx_pnalloc(r->pool, len > 0 ? (size_t)len : 1);
+  if (p == NULL) return NGX_ERROR;
+  out->data = p;
+  for (ngx_chain_t *cl = r->request_body->bufs; cl != NULL; cl = cl->next) {
+    ngx_buf_t *b = cl->buf;
+    if (ngx_buf_in_memory(b)) {
+      p = ngx_cpymem(p, b->pos, b->last - b->pos);
+    } else if (b->in_file && b->file_last > b->file_pos) {
+      size_t size = (size_t)(b->file_last - b->file_pos);
+      if (ngx_read_file(b->file, p, size, b->file_pos) != (ssize_t)size) return NGX_ERROR;
+      p += size;
+    }
+  }
+  out->len = p - out->data;
+  return NGX_OK;
+}
+
 static ngx_int_t ngx_http_floodgate_handler(ngx_http_request_t *r) {
   ngx_http_floodgate_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_floodgate_module);
   if (!lcf->enable || lcf->policy == NULL || lcf->policy->engine == NULL || r != r->main) return NGX_DECLINED;
@@ -318,6 +373,31 @@ static ngx_int_t ngx_http_floodgate_handler(ngx_http_request_t *r) {
   if (done != NULL) { /* an internal redirect: decided once already */
     ngx_http_set_ctx(r, done, ngx_http_floodgate_module);
     return NGX_DECLINED;
+  }
+  const fg_engine *engine = lcf->policy->engine;
+
+  /* A rule keys on a body field: read the body first (the phases run again
+   * from here once it is in). While it is being read, a write event runs the
+   * phases too: nothing to do yet. */
+  ngx_http_floodgate_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_floodgate_module);
+  if (ctx != NULL && ctx->body == FG_NGX_BODY_READING) return NGX_DONE;
+  ngx_str_t body = ngx_null_string;
+  if (ctx == NULL && fg_engine_reads_body(engine, (const char *)r->method_name.data, r->method_name.len,
+                                          (const char *)r->unparsed_uri.data, r->unparsed_uri.len)) {
+    if (r->headers_in.content_length_n > FG_MAX_BODY_BYTES) return ngx_http_floodgate_too_large(r);
+    ctx = ngx_pcalloc(r->pool, sizeof *ctx);
+    if (ctx == NULL) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    ctx->body = FG_NGX_BODY_READING;
+    ngx_http_set_ctx(r, ctx, ngx_http_floodgate_module);
+    ngx_int_t rc = ngx_http_read_client_request_body(r, ngx_http_floodgate_body_read);
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
+    ngx_http_finalize_request(r, NGX_DONE);
+    return NGX_DONE;
+  }
+  if (ctx != NULL && ctx->body == FG_NGX_BODY_READ) {
+    ngx_int_t rc = ngx_http_floodgate_request_body(r, &body);
+    if (rc == NGX_DECLINED) return ngx_http_floodgate_too_large(r); /* chunked, past the limit */
+    if (rc != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
   }
 
   /* Every request header, however many: reading only some would let a client
@@ -350,19 +430,20 @@ static ngx_int_t ngx_http_floodgate_handler(ngx_http_request_t *r) {
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
   }
 
-  fg_request req = {(const char *)r->method_name.data,
-                    r->method_name.len,
-                    (const char *)r->unparsed_uri.data,
-                    r->unparsed_uri.len,
-                    client.len > 0 ? (const char *)client.data : NULL,
-                    client.len,
-                    headers,
-                    n};
+  fg_request req = {.method = (const char *)r->method_name.data,
+                    .method_len = r->method_name.len,
+                    .path = (const char *)r->unparsed_uri.data,
+                    .path_len = r->unparsed_uri.len,
+                    .client_ip = client.len > 0 ? (const char *)client.data : NULL,
+                    .client_ip_len = client.len,
+                    .headers = headers,
+                    .header_count = n,
+                    .body = body.data,
+                    .body_len = body.len};
   fg_verdict v;
-  const fg_engine *engine = lcf->policy->engine;
   fg_result rc = fg_engine_check_request(engine, &req, &v);
 
-  ngx_http_floodgate_ctx_t *ctx = ngx_pcalloc(r->pool, sizeof *ctx);
+  if (ctx == NULL) ctx = ngx_pcalloc(r->pool, sizeof *ctx);
   ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
   if (ctx == NULL || cln == NULL) {
     if (rc == FG_RESULT_OK && v.settlement != NULL) fg_settlement_free(v.settlement);

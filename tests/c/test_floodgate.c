@@ -101,7 +101,7 @@ static void test_quota_engine(void) {
   EQ(untouched.quota, 99u);
   /* Quota-engine only calls. */
   fg_verdict v;
-  fg_request req = {"GET", 3, "/", 1, NULL, 0, NULL, 0};
+  fg_request req = {"GET", 3, "/", 1, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &req, &v), FG_RESULT_WRONG_ENGINE_KIND);
   EQ(fg_engine_set_event_callback(e, NULL, NULL), FG_RESULT_WRONG_ENGINE_KIND);
   EQ(fg_engine_metrics(e, msg, sizeof msg, &len), FG_RESULT_WRONG_ENGINE_KIND);
@@ -187,7 +187,7 @@ static void test_policy_engine(void) {
   EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, &e), FG_RESULT_OK);
   EQ(fg_engine_set_event_callback(e, on_event, &events_seen), FG_RESULT_OK);
   fg_header headers[] = {{"User-Agent", 10, "test", 4}, {"Accept", 6, "*/*", 3}};
-  fg_request req = {"POST", 4, "/auth/login", 11, "192.0.2.7", 9, headers, 2};
+  fg_request req = {"POST", 4, "/auth/login", 11, "192.0.2.7", 9, headers, 2, NULL, 0};
   fg_verdict v;
   for (int i = 0; i < 2; i++) {
     EQ(fg_engine_check_request_at(e, &req, 1700000000ULL * 1000000000ULL, &v), FG_RESULT_OK);
@@ -215,22 +215,22 @@ static void test_policy_engine(void) {
   EQ(atomic_load(&denied_seen), 1);
   CHECK(atomic_load(&events_seen) >= 1);
   /* The clock-based call, another rule, no rule. */
-  fg_request api = {"GET", 3, "/api/items", 10, "192.0.2.8", 9, NULL, 0};
+  fg_request api = {"GET", 3, "/api/items", 10, "192.0.2.8", 9, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &api, &v), FG_RESULT_OK);
   CHECK(v.allowed && strcmp(v.rule, "api") == 0);
-  fg_request none = {"GET", 3, "/elsewhere", 10, NULL, 0, NULL, 0};
+  fg_request none = {"GET", 3, "/elsewhere", 10, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &none, &v), FG_RESULT_OK);
   CHECK(v.allowed && v.rule_len == 0 && v.headers_len == 0);
   CHECK(strcmp(v.reason, "no_rule") == 0 && v.body_len == 0 && v.identity_len == 0);
   /* Bad requests. */
   fg_verdict untouched = {.status = 7};
-  fg_request bad = {"", 0, "/", 1, NULL, 0, NULL, 0};
+  fg_request bad = {"", 0, "/", 1, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_REQUEST);
-  bad = (fg_request){"G\xff", 2, "/", 1, NULL, 0, NULL, 0};
+  bad = (fg_request){"G\xff", 2, "/", 1, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_UTF8);
-  bad = (fg_request){"GET", 3, "/", 1, "not-an-ip", 9, NULL, 0};
+  bad = (fg_request){"GET", 3, "/", 1, "not-an-ip", 9, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_INVALID_REQUEST);
-  bad = (fg_request){"GET", 3, "/", 1, NULL, 0, NULL, 3};
+  bad = (fg_request){"GET", 3, "/", 1, NULL, 0, NULL, 3, NULL, 0};
   EQ(fg_engine_check_request(e, &bad, &untouched), FG_RESULT_NULL_PARAMETER);
   EQ(untouched.status, 7);
   /* Metrics: ask for the size, then fetch. */
@@ -264,7 +264,7 @@ static void test_policy_engine(void) {
   EQ(fg_engine_from_file(path, &e), FG_RESULT_OK);
   // Reload: the same file again, another file, a broken one (refused, the
   // running policy stays), and a quota engine (not a policy).
-  fg_request one = {"GET", 3, "/one", 4, "192.0.2.9", 9, NULL, 0};
+  fg_request one = {"GET", 3, "/one", 4, "192.0.2.9", 9, NULL, 0, NULL, 0};
   fg_verdict rv;
   EQ(fg_engine_check_request(e, &one, &rv), FG_RESULT_OK);
   CHECK(rv.allowed && strcmp(rv.reason, "no_rule") == 0);
@@ -309,7 +309,7 @@ static void test_nulls(void) {
   fg_verdict v;
   size_t len;
   char buf[16];
-  fg_request req = {"GET", 3, "/", 1, NULL, 0, NULL, 0};
+  fg_request req = {"GET", 3, "/", 1, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_new_quotas(NULL, 1, NULL, &out), FG_RESULT_NULL_PARAMETER);
   EQ(fg_engine_new_quotas(&Q_3_PER_SEC, 1, NULL, NULL), FG_RESULT_NULL_PARAMETER);
   EQ(fg_engine_new_redis(NULL, &Q_3_PER_SEC, 1, FG_FAIL_OPEN, 5, &out), FG_RESULT_NULL_PARAMETER);
@@ -341,12 +341,12 @@ static void test_nulls(void) {
   /* NULL request fields. */
   const fg_engine *p = NULL;
   EQ(fg_engine_from_str(POLICY, strlen(POLICY), FG_FORMAT_TOML, &p), FG_RESULT_OK);
-  fg_request nm = {NULL, 3, "/", 1, NULL, 0, NULL, 0};
+  fg_request nm = {NULL, 3, "/", 1, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(p, &nm, &v), FG_RESULT_NULL_PARAMETER);
-  fg_request np = {"GET", 3, NULL, 1, NULL, 0, NULL, 0};
+  fg_request np = {"GET", 3, NULL, 1, NULL, 0, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request(p, &np, &v), FG_RESULT_NULL_PARAMETER);
   fg_header nh[] = {{NULL, 3, "v", 1}};
-  fg_request nhr = {"GET", 3, "/", 1, NULL, 0, nh, 1};
+  fg_request nhr = {"GET", 3, "/", 1, NULL, 0, nh, 1, NULL, 0};
   EQ(fg_engine_check_request(p, &nhr, &v), FG_RESULT_NULL_PARAMETER);
   EQ(fg_engine_metrics(p, NULL, 5, &len), FG_RESULT_NULL_PARAMETER);
   EQ(fg_engine_metrics(p, buf, sizeof buf, NULL), FG_RESULT_NULL_PARAMETER);
@@ -447,8 +447,8 @@ static void test_verdict_buffers(void) {
   fg_verdict_buf *a = fg_verdict_buf_new(), *b = fg_verdict_buf_new();
   CHECK(a != NULL && b != NULL);
   const uint64_t t = 1700000000ULL * 1000000000ULL;
-  fg_request login = {"POST", 4, "/auth/login", 11, "192.0.2.77", 10, NULL, 0};
-  fg_request api = {"GET", 3, "/api/items", 10, "192.0.2.78", 10, NULL, 0};
+  fg_request login = {"POST", 4, "/auth/login", 11, "192.0.2.77", 10, NULL, 0, NULL, 0};
+  fg_request api = {"GET", 3, "/api/items", 10, "192.0.2.78", 10, NULL, 0, NULL, 0};
   fg_verdict kept, other, tl;
   EQ(fg_engine_check_request_buf(e, &login, t, a, &kept), FG_RESULT_OK);
   CHECK(kept.allowed && strcmp(kept.rule, "login") == 0);
@@ -538,7 +538,7 @@ static void test_settle(void) {
   EQ(fg_engine_may_block(e), false); /* in memory: safe to build before fork */
   const uint64_t now = 1800000000ull * 1000000000ull;
   fg_header h[] = {{"x-user", 6, "mallory", 7}};
-  fg_request login = {"POST", 4, "/login", 6, "192.0.2.1", 9, h, 1};
+  fg_request login = {"POST", 4, "/login", 6, "192.0.2.1", 9, h, 1, NULL, 0};
   fg_settlement *held[10];
   int admitted = 0;
   fg_verdict v;
@@ -568,7 +568,7 @@ static void test_settle(void) {
   CHECK(!v.allowed);
   EQ(fg_engine_settle(e, NULL, 200, -1, now), FG_RESULT_OK);
   /* In flight: one at a time. */
-  fg_request exp = {"GET", 3, "/export", 7, "192.0.2.1", 9, NULL, 0};
+  fg_request exp = {"GET", 3, "/export", 7, "192.0.2.1", 9, NULL, 0, NULL, 0};
   EQ(fg_engine_check_request_at(e, &exp, now, &v), FG_RESULT_OK);
   CHECK(v.allowed);
   fg_settlement *first = v.settlement;
@@ -591,6 +591,63 @@ static void test_settle(void) {
   fg_engine_free(e);
 }
 
+/* Rules keyed by a body field: the caller asks whether to read the body and
+ * passes it; the username is one key however it is spelled, from any address. */
+static void test_body_keys(void) {
+  const char *policy =
+      "[[rule]]\nname = \"login-user\"\nmatch = \"POST /auth/login\"\nkey = \"body:username\"\n"
+      "algorithm = \"fixed_window\"\nquotas = [\"3/h\"]\n"
+      "[[rule]]\nname = \"api\"\nmatch = \"/api/**\"\nkey = \"ip\"\nquotas = [\"100/s\"]\n";
+  const fg_engine *e = NULL;
+  EQ(fg_engine_from_str(policy, strlen(policy), FG_FORMAT_TOML, &e), FG_RESULT_OK);
+  EQ(fg_engine_reads_body(e, "POST", 4, "/auth/login?next=/", 18), true);
+  EQ(fg_engine_reads_body(e, "GET", 3, "/auth/login", 11), false);
+  EQ(fg_engine_reads_body(e, "POST", 4, "/api/items", 10), false);
+  EQ(fg_engine_reads_body(NULL, "POST", 4, "/auth/login", 11), false);
+  EQ(fg_engine_reads_body(e, NULL, 4, "/auth/login", 11), false);
+  EQ(fg_engine_reads_body(e, "P\xff", 2, "/auth/login", 11), false);
+  EQ(FG_MAX_BODY_BYTES, 65536);
+  CHECK(strcmp(fg_too_large_body(), "{\"error\":\"payload_too_large\"}") == 0);
+  const uint64_t now = 1800000000ull * 1000000000ull;
+  const char *json = "{\"password\":\"x\",\"username\":\" Victim \"}";
+  const char *form = "username=VICTIM&password=y";
+  fg_header as_json[] = {{"Content-Type", 12, "application/json", 16}};
+  fg_header as_form[] = {{"Content-Type", 12, "application/x-www-form-urlencoded", 33}};
+  const char *ips[] = {"192.0.2.31", "192.0.2.32", "192.0.2.33", "192.0.2.34"};
+  fg_verdict v;
+  for (int i = 0; i < 4; i++) {
+    const char *body = i % 2 ? form : json;
+    fg_request r = {"POST", 4, "/auth/login", 11, ips[i], strlen(ips[i]), i % 2 ? as_form : as_json, 1,
+                    (const uint8_t *)body, strlen(body)};
+    EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_OK);
+    EQ(v.status, i < 3 ? 200 : 429);
+    CHECK(v.identity_len == 6 && strcmp(v.identity, "victim") == 0);
+  }
+  /* Another name has its own quota. */
+  const char *other = "{\"username\":\"alice\"}";
+  fg_request r = {"POST", 4, "/auth/login", 11, "192.0.2.31", 10, as_json, 1, (const uint8_t *)other, strlen(other)};
+  EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_OK);
+  CHECK(v.allowed);
+  /* Ambiguous: named twice, or no name at all: refused, never skipped. */
+  const char *twice = "username=decoy&username=victim";
+  r = (fg_request){"POST", 4, "/auth/login", 11, "192.0.2.35", 10, as_form, 1, (const uint8_t *)twice, strlen(twice)};
+  EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_INVALID_REQUEST);
+  const char *nosql = "{\"username\":{\"$ne\":null}}";
+  r = (fg_request){"POST", 4, "/auth/login", 11, "192.0.2.35", 10, as_json, 1, (const uint8_t *)nosql, strlen(nosql)};
+  EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_INVALID_REQUEST);
+  /* No body read: no key, the rule is skipped. A length without bytes: NULL. */
+  r = (fg_request){"POST", 4, "/auth/login", 11, "192.0.2.35", 10, NULL, 0, NULL, 0};
+  EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_OK);
+  CHECK(v.allowed && v.rule_len == 0);
+  r.body_len = 5;
+  EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_NULL_PARAMETER);
+  /* Bytes that are no UTF-8 are no field: skipped, not a crash. */
+  const char junk[] = "username=\xff\xfe";
+  r = (fg_request){"POST", 4, "/auth/login", 11, "192.0.2.36", 10, as_form, 1, (const uint8_t *)junk, sizeof junk - 1};
+  EQ(fg_engine_check_request_at(e, &r, now, &v), FG_RESULT_OK);
+  fg_engine_free(e);
+}
+
 int main(void) {
   const char *s = getenv("FG_TEST_SCALE");
   int scale = s ? atoi(s) : 1;
@@ -609,6 +666,7 @@ int main(void) {
   test_shared_memory();
   test_redis();
   test_settle();
+  test_body_keys();
   test_threads(scale);
   if (failures) {
     fprintf(stderr, "%d of %d checks failed\n", failures, checks);

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 MODULE = os.path.abspath(sys.argv[1])
@@ -80,6 +81,21 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):
+        """Echoes the username it was sent (JSON or a form) and the body's size:
+        the body a rule keyed on still reaches the upstream, whole."""
+        data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if "json" in self.headers.get("Content-Type", ""):
+            username = json.loads(data).get("username")
+        else:
+            username = urllib.parse.parse_qs(data.decode()).get("username", [None])[0]
+        body = json.dumps({"username": username, "bytes": len(data)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
@@ -88,11 +104,15 @@ class ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
-def request(port, path, headers=None, method="GET"):
-    """(status, headers dict lower-case, body, worker pid) over a new connection."""
+def request(port, path, headers=None, method="GET", body=None, chunked=False):
+    """(status, headers dict lower-case, body, worker pid) over a new connection;
+    a body is sent with its length, or chunked (in 1 KB chunks)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request(method, path, headers=headers or {})
+        if chunked:
+            data = body
+            body = (data[i:i + 1024] for i in range(0, len(data), 1024))
+        conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
         res = conn.getresponse()
         body = res.read().decode(errors="replace")
         hdrs = {k.lower(): v for k, v in res.getheaders()}
@@ -195,6 +215,13 @@ quotas = ["1000/s"]
 max_in_flight = 2
 
 [[rule]]
+name = "login-user"
+match = "POST /signin"
+key = "body:username"
+algorithm = "fixed_window"
+quotas = ["3/hour"]
+
+[[rule]]
 name = "cost"
 match = "/cost"
 key = "ip"
@@ -229,6 +256,7 @@ http {{
     root {www};
     location = /slow {{ proxy_pass http://127.0.0.1:{up_port}; }}
     location = /cost {{ proxy_pass http://127.0.0.1:{up_port}; }}
+    location = /signin {{ proxy_pass http://127.0.0.1:{up_port}; }}
     location /open {{ floodgate off; }}
   }}
   # Behind another proxy on a Unix socket: no peer address, so one client `-`
@@ -433,6 +461,39 @@ def run_checks(port, workers):
     expect("cost header removed", "floodgate-cost" in seen[0], False)
     expect("estimate charged on arrival", '"cost";r=90;' in seen[0].get("ratelimit", ""), True)
     expect("the real cost (40) was settled", '"cost";r=50;' in seen[1].get("ratelimit", ""), True)
+
+    # Credential stuffing: the username is in the body, spelled as logins
+    # compare names, as JSON or a form, with a length or chunked, one past
+    # client_body_buffer_size (nginx's temporary file). The upstream still gets
+    # each body whole.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    as_json = {"Content-Type": "application/json"}
+    padded = json.dumps({"username": " VICTIM ", "pad": "x" * 40_000}).encode()
+    attempts = [
+        (as_json, b'{"username":"victim","password":"123456"}', False),
+        (form, b"password=x&username=Victim", True),
+        (as_json, padded, False),
+        (form, b"username=%20victim%20", False),
+        (as_json, b'{"username":"vict\\u0069m"}', True),
+    ]
+    replies = [request(port, "/signin", h, "POST", b, c) for h, b, c in attempts]
+    expect("a username's 3 attempts, however sent", [r[0] for r in replies], [200, 200, 200, 429, 429])
+    echoed = [json.loads(r[2]) for r in replies[:3]]
+    expect("the upstream got each body whole",
+           [(e["username"].strip().lower(), e["bytes"]) for e in echoed],
+           [("victim", len(a[1])) for a in attempts[:3]])
+    expect("the denial names the user", json.loads(replies[3][2]).get("rule"), "login-user")
+    expect("another name has its own", request(port, "/signin", form, "POST", b"username=alice")[0], 200)
+    for what, h, b in [("named twice", form, b"username=decoy&username=victim"),
+                       ("a NoSQL operator", as_json, b'{"username":{"$ne":null}}'),
+                       ("a list", as_json, b'{"username":["victim"]}')]:
+        expect(f"a username {what}: 400", request(port, "/signin", h, "POST", b)[0], 400)
+    big = json.dumps({"username": "victim", "pad": "x" * 70_000}).encode()
+    for chunked in (False, True):
+        status, _, text, _ = request(port, "/signin", as_json, "POST", big, chunked)
+        expect(f"a body past 64 KiB ({'chunked' if chunked else 'with a length'}): 413",
+               (status, text), (413, '{"error":"payload_too_large"}'))
+    expect("no body: the rule has no key, skipped", request(port, "/signin", method="POST")[0], 200)
 
     # Off, and hostile input.
     expect("floodgate off: no headers", "ratelimit" in request(port, "/open")[1], False)
