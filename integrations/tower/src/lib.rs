@@ -42,6 +42,14 @@
 //! clients behind that proxy share its address. The Python and Node
 //! middleware warn of the same. [`FloodgateLayer::validate`] turns them off.
 //!
+//! **Request bodies.** The layer passes no body to the engine (its service's
+//! body type cannot be rebuilt from bytes), so a rule keyed by a body field
+//! (`key = "body:username"`) finds no key here. The first request such a rule
+//! meets is warned of (`ERR_FG_NO_BODY`, whatever `validate` says): key that
+//! rule on what the layer sees, or check those requests in the handler with
+//! `Engine::check_request` and `Request::body`. Python, Node, the C ABI and
+//! the nginx module read the body.
+//!
 //! **Answers.** A denial is answered here, without calling the service: the
 //! verdict's status (429, 403, 401), its headers (`Retry-After`, `RateLimit`,
 //! `RateLimit-Policy`, `WWW-Authenticate`) and the engine's JSON body. An
@@ -115,6 +123,8 @@ pub struct Shared {
     validate_left: AtomicU32,
     warned_no_address: AtomicBool,
     warned_untrusted: AtomicBool,
+    /// Whether a request met a rule keyed by a body field (warned once).
+    warned_no_body: AtomicBool,
     /// The forwarding header an untrusted proxy would have set.
     proxy_header: HeaderName,
 }
@@ -132,6 +142,12 @@ const UNTRUSTED_PROXY: &str = "floodgate: ERR_FG_UNTRUSTED_PROXY: a request from
     loopback address carried a forwarding header, but no trusted proxy covers that address: every \
     client behind that proxy is its address, and they share each IP-keyed limit. Trust the proxy \
     with `FloodgateLayer::trusted_proxies`.";
+
+const NO_BODY: &str = "floodgate: ERR_FG_NO_BODY: a request met a rule keyed by a field of the \
+    request body (`key = \"body:...\"`), which the tower layer does not read: there the rule \
+    finds no key and is skipped (401 with `anonymous = \"deny\"`). Key it on what the layer \
+    sees (a header, a verified claim, the address), or check such requests in the handler with \
+    `Engine::check_request` and `Request::body`.";
 
 thread_local! {
     /// The verdict buffer of this thread: an allowed request allocates no
@@ -195,6 +211,7 @@ impl FloodgateLayer {
                 validate_left: AtomicU32::new(if validate { CHECKED_REQUESTS } else { 0 }),
                 warned_no_address: AtomicBool::new(false),
                 warned_untrusted: AtomicBool::new(false),
+                warned_no_body: AtomicBool::new(false),
                 proxy_header,
                 blocking: engine.may_block(),
                 engine,
@@ -277,6 +294,18 @@ impl Shared {
             && self.warned_untrusted.load(Ordering::Relaxed)
         {
             self.validate_left.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Warns, once, of a request that a rule keyed by a body field meets:
+    /// the layer passes no body, so that rule never holds here. (Free for a
+    /// policy without such rules, and once warned.)
+    fn warn_of_body_rules<B>(&self, req: &http::Request<B>) {
+        if !self.warned_no_body.load(Ordering::Relaxed)
+            && self.engine.reads_body(req.method().as_str(), target(req))
+            && !self.warned_no_body.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(code = "ERR_FG_NO_BODY", "{NO_BODY}");
         }
     }
 
@@ -429,6 +458,7 @@ where
         if shared.validate_left.load(Ordering::Relaxed) > 0 {
             shared.validate(&req);
         }
+        shared.warn_of_body_rules(&req);
         if !shared.blocking {
             // In memory: decided here, and the service's future is polled in
             // place (no box, no task).

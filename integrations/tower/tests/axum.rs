@@ -329,6 +329,38 @@ async fn deployments_that_defeat_ip_limits_are_warned_of_once() {
     assert_eq!(codes.take(), Vec::<String>::new());
 }
 
+/// A rule keyed by a body field, which the layer does not read: the first
+/// request it meets is warned of, once, even with validation off; requests no
+/// such rule meets, never.
+#[tokio::test]
+async fn a_rule_keyed_by_the_body_is_warned_of_once() {
+    let codes = Codes::default();
+    let _guard = tracing::subscriber::set_default(codes.clone());
+    let policy = r#"
+[[rule]]
+name = "login-user"
+match = "POST /auth/login"
+key = "body:username"
+quotas = ["1/hour"]
+
+[[rule]]
+name = "api"
+match = "/api/**"
+key = "ip"
+quotas = ["100/min"]
+"#;
+    let layer = FloodgateLayer::new(Arc::new(Engine::from_toml_str(policy).unwrap()));
+    let addr = serve(layer.validate(false)).await;
+    assert_eq!(call(addr, "GET", "/api/items", &[]).await.status, 200);
+    assert_eq!(codes.take(), Vec::<String>::new());
+    for _ in 0..3 {
+        // No key for the rule: skipped, the handler answers.
+        let r = call(addr, "POST", "/auth/login", &[("x-password", "right")]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(codes.take(), ["ERR_FG_NO_BODY"]);
+}
+
 /// The app on a Unix socket (as behind nginx's `proxy_pass http://unix:...`):
 /// no request has a peer address. Returns the socket's path.
 async fn serve_unix(layer: FloodgateLayer, name: &str) -> std::path::PathBuf {
