@@ -49,6 +49,11 @@ fn path_corpus() {
 }
 
 #[test]
+fn body_corpus() {
+    replay("body", props::body);
+}
+
+#[test]
 fn c_abi_corpus() {
     replay("c_abi", props::c_abi);
 }

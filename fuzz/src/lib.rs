@@ -125,6 +125,12 @@ key = "ip"
 quotas = ["3/min"]
 
 [[rule]]
+name = "login-user"
+match = "POST /auth/login"
+key = "body:username"
+quotas = ["3/min"]
+
+[[rule]]
 name = "user"
 match = "/api/**"
 applies_to = "authenticated"
@@ -344,6 +350,48 @@ pub fn path(data: &[u8]) {
     }
 }
 
+/// A login's body of arbitrary bytes (the first byte picks its type: a form,
+/// JSON, text, none), for the rule keyed by its `username`: the field is read
+/// without a panic; a verdict is sound and, from that rule, names a key; the
+/// only error is the body's own 400 (a field named twice, or no name).
+pub fn body(data: &[u8]) {
+    let (kind, body) = data.split_first().unwrap_or((&0, &[]));
+    let content_type = [
+        "application/x-www-form-urlencoded",
+        "application/json",
+        "text/plain; charset=utf-8",
+        "",
+    ][usize::from(*kind % 4)];
+    let headers = [("content-type", content_type)];
+    let r = Request {
+        method: "POST",
+        path: "/auth/login",
+        client_ip: "203.0.113.9".parse().ok(),
+        headers: if content_type.is_empty() {
+            &[]
+        } else {
+            &headers
+        },
+        body: Some(body),
+    };
+    match request_engine().check_request_at(&r, Duration::from_secs(NOW_S)) {
+        Ok(v) => {
+            assert_sound(&v);
+            if v.rule.as_deref() == Some("login-user") {
+                let key = v.identity.as_deref().unwrap_or_default();
+                assert!(
+                    !key.trim().is_empty(),
+                    "an empty username keyed the rule: {v:?}"
+                );
+            }
+        }
+        Err(e) => assert!(
+            matches!(e, Error::InvalidRequest { field: "body", .. }),
+            "{e}"
+        ),
+    }
+}
+
 /// The C ABI with arbitrary bytes: policy text, then a request's fields.
 pub fn c_abi(data: &[u8]) {
     use floodgate_ffi::*;
@@ -414,6 +462,10 @@ pub fn c_abi(data: &[u8]) {
         client_ip_len: ip_len,
         headers: headers.as_ptr(),
         header_count: headers.len(),
+        // The fuzzed header's value is the body too (its name may be
+        // content-type): the body rule reads it.
+        body: get(5).as_ptr(),
+        body_len: get(5).len(),
     };
     let mut verdict = std::mem::MaybeUninit::<fg_verdict>::uninit();
     // SAFETY: every pointer covers its length; verdict_out is writable.
