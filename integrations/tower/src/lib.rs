@@ -42,13 +42,12 @@
 //! clients behind that proxy share its address. The Python and Node
 //! middleware warn of the same. [`FloodgateLayer::validate`] turns them off.
 //!
-//! **Request bodies.** The layer passes no body to the engine (its service's
-//! body type cannot be rebuilt from bytes), so a rule keyed by a body field
-//! (`key = "body:username"`) finds no key here. The first request such a rule
-//! meets is warned of (`ERR_FG_NO_BODY`, whatever `validate` says): key that
-//! rule on what the layer sees, or check those requests in the handler with
-//! `Engine::check_request` and `Request::body`. Python, Node, the C ABI and
-//! the nginx module read the body.
+//! **Request bodies.** A rule keyed by a body field (`key = "body:username"`)
+//! needs [`FloodgateBodyLayer`] outside this layer: it reads the body of the
+//! requests such a rule meets and passes it in (a [`ReadBody`] extension),
+//! for services whose request body is made from bytes (axum's `Body`).
+//! Without it that rule finds no key, and the first request it meets is
+//! warned of (`ERR_FG_NO_BODY`, whatever `validate` says).
 //!
 //! **Answers.** A denial is answered here, without calling the service: the
 //! verdict's status (429, 403, 401), its headers (`Retry-After`, `RateLimit`,
@@ -78,12 +77,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 pub use floodgate::policy::TrustedProxies;
 use floodgate::policy::{
-    Engine, OwnedRequest, RESPONSE_HEADERS, Request, Settle, Settlement, Verdict, VerdictBuf,
-    denial_body, is_proxy_address,
+    Engine, MAX_BODY_BYTES, OwnedRequest, RESPONSE_HEADERS, Request, Settle, Settlement, Verdict,
+    VerdictBuf, denial_body, is_proxy_address,
 };
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use smallvec::SmallVec;
 
 /// The client's socket address, as a request extension (for servers that do
@@ -144,10 +143,10 @@ const UNTRUSTED_PROXY: &str = "floodgate: ERR_FG_UNTRUSTED_PROXY: a request from
     with `FloodgateLayer::trusted_proxies`.";
 
 const NO_BODY: &str = "floodgate: ERR_FG_NO_BODY: a request met a rule keyed by a field of the \
-    request body (`key = \"body:...\"`), which the tower layer does not read: there the rule \
-    finds no key and is skipped (401 with `anonymous = \"deny\"`). Key it on what the layer \
-    sees (a header, a verified claim, the address), or check such requests in the handler with \
-    `Engine::check_request` and `Request::body`.";
+    request body (`key = \"body:...\"`), but no FloodgateBodyLayer read its body: the rule \
+    finds no key and is skipped (401 with `anonymous = \"deny\"`). Add \
+    `FloodgateBodyLayer::new(engine)` outside the FloodgateLayer (with axum, the `.layer(...)` \
+    after it), or key the rule on what the layer sees.";
 
 thread_local! {
     /// The verdict buffer of this thread: an allowed request allocates no
@@ -297,11 +296,12 @@ impl Shared {
         }
     }
 
-    /// Warns, once, of a request that a rule keyed by a body field meets:
-    /// the layer passes no body, so that rule never holds here. (Free for a
-    /// policy without such rules, and once warned.)
+    /// Warns, once, of a request that a rule keyed by a body field meets
+    /// whose body no [`FloodgateBodyLayer`] read: that rule never holds
+    /// there. (Free for a policy without such rules, and once warned.)
     fn warn_of_body_rules<B>(&self, req: &http::Request<B>) {
         if !self.warned_no_body.load(Ordering::Relaxed)
+            && req.extensions().get::<ReadBody>().is_none()
             && self.engine.reads_body(req.method().as_str(), target(req))
             && !self.warned_no_body.swap(true, Ordering::Relaxed)
         {
@@ -388,7 +388,7 @@ impl Shared {
                 path: target(req),
                 client_ip: self.client_ip(req),
                 headers: &headers,
-                body: None,
+                body: req.extensions().get::<ReadBody>().map(|b| &b.0[..]),
             },
             None,
             out,
@@ -405,7 +405,7 @@ impl Shared {
                 .wanted_headers(req)
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
                 .collect(),
-            body: None,
+            body: req.extensions().get::<ReadBody>().map(|b| b.0.to_vec()),
         }
     }
 }
@@ -568,6 +568,12 @@ pin_project_lite::pin_project! {
         Answered {
             res: Option<http::Response<FloodgateBody<B>>>,
         },
+        /// Passed on untouched (the body layer, for a request no body rule
+        /// meets).
+        Passed {
+            #[pin]
+            fut: F,
+        },
         /// On Redis: the check on the blocking pool, then the service.
         Blocking {
             fut: Boxed<B, E>,
@@ -608,7 +614,138 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending, // polled after completion: never again
             },
+            FutureProjected::Passed { fut } => {
+                let res = std::task::ready!(fut.poll(cx))?;
+                Poll::Ready(Ok(res.map(|b| FloodgateBody::inner(b, None))))
+            }
             FutureProjected::Blocking { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The body a [`FloodgateBodyLayer`] read, as a request extension: what the
+/// [`Floodgate`] service inside it passes to the engine as
+/// [`Request::body`]. (Set only by the body layer: a client cannot send an
+/// extension.)
+#[derive(Debug, Clone)]
+pub struct ReadBody(pub Bytes);
+
+/// Reads the whole body of the requests that a rule keyed by a body field
+/// meets (`key = "body:username"`, [`Engine::reads_body`]), for the
+/// [`FloodgateLayer`] inside it, and gives the service a body made of the
+/// same bytes. A body over [`MAX_BODY_BYTES`] is answered 413
+/// (`{"error":"payload_too_large"}`) rather than checked on a part; a body
+/// that fails to arrive, 400. Other requests pass untouched, never held for
+/// their body.
+///
+/// The service's request body must be rebuildable from bytes (`From<Bytes>`:
+/// axum's `Body`, `Full<Bytes>`...); a hyper `Incoming` service cannot use it.
+/// With axum, add it after the Floodgate layer, so that it runs first:
+///
+/// ```ignore
+/// let app = Router::new()
+///     .route("/auth/login", post(login))
+///     .layer(FloodgateLayer::new(engine.clone()))
+///     .layer(FloodgateBodyLayer::new(engine));
+/// ```
+#[derive(Debug, Clone)]
+pub struct FloodgateBodyLayer {
+    engine: Arc<Engine>,
+}
+
+impl FloodgateBodyLayer {
+    /// A body layer for the requests `engine`'s body rules meet.
+    pub fn new(engine: impl Into<Arc<Engine>>) -> Self {
+        Self {
+            engine: engine.into(),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for FloodgateBodyLayer {
+    type Service = FloodgateBodyService<S>;
+
+    fn layer(&self, inner: S) -> FloodgateBodyService<S> {
+        FloodgateBodyService {
+            inner,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// The service [`FloodgateBodyLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct FloodgateBodyService<S> {
+    inner: S,
+    engine: Arc<Engine>,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for FloodgateBodyService<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = http::Response<FloodgateBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        if !self.engine.reads_body(req.method().as_str(), target(&req)) {
+            return ResponseFuture::Passed {
+                fut: self.inner.call(req),
+            };
+        }
+        let too_large = || {
+            answer(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                ResponseHeaders::new(),
+                denial_body(413, std::time::Duration::ZERO, None),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| text(v)?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return ResponseFuture::Answered {
+                res: Some(too_large()),
+            };
+        }
+        // The service that was made ready is the one called (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::Blocking {
+            fut: Box::pin(async move {
+                let (mut parts, body) = req.into_parts();
+                let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
+                    // The client's body broke off or was malformed.
+                    Err(_) => {
+                        return Ok(answer(
+                            http::StatusCode::BAD_REQUEST,
+                            ResponseHeaders::new(),
+                            denial_body(400, std::time::Duration::ZERO, None),
+                        ));
+                    }
+                };
+                parts.extensions.insert(ReadBody(bytes.clone()));
+                let res = inner
+                    .call(http::Request::from_parts(parts, ReqBody::from(bytes)))
+                    .await?;
+                Ok(res.map(|b| FloodgateBody::inner(b, None)))
+            }),
         }
     }
 }

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use floodgate::policy::Engine;
-use floodgate_tower::{FloodgateCost, FloodgateLayer, TrustedProxies};
+use floodgate_tower::{FloodgateBodyLayer, FloodgateCost, FloodgateLayer, TrustedProxies};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -359,6 +359,152 @@ quotas = ["100/min"]
         assert_eq!(r.status, 200);
     }
     assert_eq!(codes.take(), ["ERR_FG_NO_BODY"]);
+}
+
+/// An app whose login is keyed by the body's username: the Floodgate layer,
+/// and the body layer outside it. `/signin` echoes the body it got.
+async fn serve_with_bodies() -> SocketAddr {
+    let policy = r#"
+[[rule]]
+name = "login-user"
+match = "POST /signin"
+key = "body:username"
+algorithm = "fixed_window"
+quotas = ["3/hour"]
+
+[[rule]]
+name = "api"
+match = "/api/**"
+key = "ip"
+quotas = ["100/min"]
+"#;
+    let engine = Arc::new(Engine::from_toml_str(policy).unwrap());
+    let app = Router::new()
+        .route("/signin", post(|body: Bytes| async move { body }))
+        .route("/api/{*rest}", get(|| async { "items" }))
+        .layer(FloodgateLayer::new(engine.clone()))
+        .layer(FloodgateBodyLayer::new(engine));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// POSTs `body` to `/signin` as raw bytes (with its length, or chunked in
+/// 1 KiB chunks; `None`: a length only, no bytes): the status and the body
+/// of the answer.
+async fn post_raw(
+    addr: SocketAddr,
+    content_type: &str,
+    body: Option<&[u8]>,
+    chunked: bool,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut request = format!("POST /signin HTTP/1.1\r\nHost: app\r\nContent-Type: {content_type}\r\nConnection: close\r\n")
+        .into_bytes();
+    match body {
+        Some(b) if chunked => {
+            request.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+            for chunk in b.chunks(1024) {
+                request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                request.extend_from_slice(chunk);
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+        Some(b) => {
+            request.extend_from_slice(format!("Content-Length: {}\r\n\r\n", b.len()).as_bytes());
+            request.extend_from_slice(b);
+        }
+        None => request.extend_from_slice(b"Content-Length: 70000\r\n\r\n"),
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&request).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+    .unwrap()
+}
+
+/// Credential stuffing against a tower service: the username is in the body,
+/// spelled as logins compare names, as JSON or a form, with a length or
+/// chunked, one body past hyper's first read. The body layer reads it for the
+/// Floodgate layer and the handler still gets it whole; no warning.
+#[tokio::test]
+async fn the_body_layer_keys_logins_on_the_username_in_the_body() {
+    let codes = Codes::default();
+    let _guard = tracing::subscriber::set_default(codes.clone());
+    let addr = serve_with_bodies().await;
+    let (form, json) = ("application/x-www-form-urlencoded", "application/json");
+    let padded = format!(
+        r#"{{"username":" VICTIM ","pad":"{}"}}"#,
+        "x".repeat(40_000)
+    );
+    let attempts: [(&str, String, bool); 5] = [
+        (
+            json,
+            r#"{"username":"victim","password":"1"}"#.into(),
+            false,
+        ),
+        (form, "password=x&username=Victim".into(), true),
+        (json, padded, false),
+        (form, "username=%20victim%20".into(), false),
+        (json, r#"{"username":"vict\u0069m"}"#.into(), true),
+    ];
+    let mut statuses = Vec::new();
+    for (t, b, chunked) in &attempts {
+        let (status, echoed) = post_raw(addr, t, Some(b.as_bytes()), *chunked).await;
+        if status == 200 {
+            assert_eq!(echoed.len(), b.len(), "the handler got the body whole");
+            assert_eq!(&echoed, b);
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(
+        post_raw(addr, form, Some(b"username=alice"), false).await.0,
+        200
+    );
+    // A username that is no name: refused, never let past the rule.
+    for (t, b) in [
+        (form, &b"username=decoy&username=victim"[..]),
+        (json, br#"{"username":{"$ne":null}}"#),
+        (json, br#"{"username":["victim"]}"#),
+    ] {
+        assert_eq!(post_raw(addr, t, Some(b), false).await.0, 400);
+    }
+    // Past 64 KiB: 413 whole, whether the length says so or the chunks do.
+    let big = format!(r#"{{"username":"victim","pad":"{}"}}"#, "x".repeat(70_000));
+    for body in [None, Some(big.as_bytes())] {
+        let (status, text) = post_raw(addr, json, body, body.is_some()).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (413, r#"{"error":"payload_too_large"}"#)
+        );
+    }
+    // A request no body rule meets is not held for its body.
+    assert_eq!(call(addr, "GET", "/api/items", &[]).await.status, 200);
+    assert_eq!(codes.take(), Vec::<String>::new());
 }
 
 /// The app on a Unix socket (as behind nginx's `proxy_pass http://unix:...`):
