@@ -112,6 +112,12 @@ quotas = ["30/min"]
 algorithm = "sliding_window"
 
 [[rule]]
+name = "login-user"
+match = "POST /auth/login"
+key = "body:username"
+quotas = ["60/min burst 30"]
+
+[[rule]]
 name = "everything"
 match = "/**"
 key = "ip"
@@ -217,6 +223,47 @@ fn cached_token_allocates_nothing() {
         .check_request_at(&req, Duration::from_secs(NOW))
         .unwrap();
     assert!(v.authenticated);
+}
+
+/// A login keyed by the body's username, as JSON and as a form whose other
+/// fields have escapes and `+` (never decoded): the field is read once, in
+/// place. (Only a value with an escape of its own, `a%40b.c`, is decoded
+/// into a new string.)
+#[test]
+fn a_username_from_the_body_allocates_nothing() {
+    let engine = engine();
+    for (content_type, body, name, ip) in [
+        (
+            "application/json",
+            &br#"{"username":"Alice","password":"correct horse"}"#[..],
+            "alice",
+            "203.0.113.10",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"password=correct+horse%21&username=Bob&remember=on",
+            "bob",
+            "203.0.113.11",
+        ),
+    ] {
+        let headers = [("content-type", content_type)];
+        let req = Request {
+            method: "POST",
+            path: "/auth/login",
+            client_ip: ip.parse().ok(),
+            headers: &headers,
+            body: Some(body),
+        };
+        assert_eq!(
+            steady_state_allocations(&engine, &req, "login-user"),
+            0,
+            "{content_type}"
+        );
+        let v = engine
+            .check_request_at(&req, Duration::from_secs(NOW + 3600))
+            .unwrap();
+        assert_eq!(v.identity.as_deref(), Some(name));
+    }
 }
 
 #[test]

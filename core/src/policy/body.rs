@@ -25,6 +25,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use smallvec::SmallVec;
 
 /// What a body holds for a field.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +37,11 @@ pub(crate) enum Field<'a> {
     /// Named more than once, or a list, an object or a boolean: refused.
     Ambiguous,
 }
+
+/// The fields that the rules a request meets key on, each read from the body
+/// once (by [`Policy::read_body_fields`](super::Policy::read_body_fields)),
+/// with the name it was read for. Rules usually key on one.
+pub(crate) type ReadFields<'a> = SmallVec<[(&'a str, Field<'a>); 1]>;
 
 /// Whether `content_type` is a form (`application/x-www-form-urlencoded`,
 /// parameters and case aside).
@@ -53,22 +59,39 @@ fn is_form(content_type: Option<&str>) -> bool {
 /// module's notes).
 pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) -> Field<'a> {
     if is_form(content_type) {
-        let mut found = Field::Missing;
-        for (k, v) in form_urlencoded::parse(body) {
-            if k == name {
-                if found != Field::Missing {
-                    return Field::Ambiguous;
-                }
-                found = Field::Value(v);
-            }
-        }
-        return found;
+        return form_field(body, name);
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     match de.deserialize_map(Seek { name }) {
         Ok(found) if de.end().is_ok() => found,
         _ => Field::Missing,
     }
+}
+
+/// The field `name` of a form, decoded as `form_urlencoded::parse` decodes it
+/// (the same pairs, the same bytes), but only the pairs named `name`: a
+/// password with a `+` or an escape is skipped, never decoded (no
+/// allocation but for an escaped value of the field itself).
+fn form_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
+    let mut found = Field::Missing;
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let raw_key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        // A key with no escape, `+` or non-ASCII byte decodes to itself.
+        let plain = !raw_key.iter().any(|b| matches!(b, b'%' | b'+' | 0x80..));
+        if plain && raw_key != name.as_bytes() {
+            continue;
+        }
+        let Some((key, value)) = form_urlencoded::parse(pair).next() else {
+            continue;
+        };
+        if key == name {
+            if found != Field::Missing {
+                return Field::Ambiguous;
+            }
+            found = Field::Value(value);
+        }
+    }
+    found
 }
 
 /// Walks a JSON object's top-level fields for one name.
@@ -86,8 +109,8 @@ impl<'de> Visitor<'de> for Seek<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = Field::Missing;
         let mut seen = false;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == self.name {
+        while let Some(is_name) = map.next_key_seed(KeyIs(self.name))? {
+            if is_name {
                 if seen {
                     // Read the rest, so that a malformed body is still Missing.
                     map.next_value::<IgnoredAny>()?;
@@ -101,6 +124,30 @@ impl<'de> Visitor<'de> for Seek<'_> {
             }
         }
         Ok(found)
+    }
+}
+
+/// Whether a key is `.0`, compared where the parser holds it (serde's
+/// `Cow<str>` would copy every key into a new `String`).
+struct KeyIs<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
     }
 }
 
@@ -267,6 +314,44 @@ mod tests {
             field(br#"{"username":["a"]"#, None, "username"),
             Field::Missing
         );
+    }
+
+    /// `form_field` finds what `form_urlencoded::parse` finds, on forms with
+    /// escapes, `+`, empty pairs, `=` in values and bytes that are no UTF-8.
+    #[test]
+    fn a_form_field_is_what_form_urlencoded_reads() {
+        fn reference<'a>(body: &'a [u8], name: &str) -> Field<'a> {
+            let mut found = Field::Missing;
+            for (k, v) in form_urlencoded::parse(body) {
+                if k == name {
+                    if found != Field::Missing {
+                        return Field::Ambiguous;
+                    }
+                    found = Field::Value(v);
+                }
+            }
+            found
+        }
+        for body in [
+            &b"username=a%40b.c&password=x+y%2Bz"[..],
+            b"user%6Eame=alice",
+            b"user+name=alice&username=bob",
+            b"&&username=&=x&username",
+            b"username=a=b=c",
+            b"username=%ff%fe&x=\xff",
+            b"usern\xc3\xa4me=x&username=y",
+            b"%75sername=a&username=b",
+            b"username",
+            b"",
+        ] {
+            for name in ["username", "user name", "usernäme", "password", ""] {
+                assert_eq!(
+                    form_field(body, name),
+                    reference(body, name),
+                    "{body:?} {name}"
+                );
+            }
+        }
     }
 
     #[test]

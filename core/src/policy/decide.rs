@@ -191,6 +191,7 @@ impl Policy {
             claims,
             route,
             body: view.body,
+            fields: view.fields,
         };
         template.build(&input, &self.key_seed, buf)
     }
@@ -285,6 +286,16 @@ macro_rules! procedure {
                     }
                 };
                 let sent_key = present(req.headers, &self.api_key_header);
+                // The body fields the request's rules key on, read once.
+                let fields = if self.reads_body {
+                    self.read_body_fields(req.method, segments, req.headers, req.body)
+                        .map_err(|()| Error::InvalidRequest {
+                            field: "body",
+                            problem: "names a field a rule keys on more than once, or as a list, an object or a boolean",
+                        })?
+                } else {
+                    super::body::ReadFields::new()
+                };
                 let view = View {
                     method: req.method,
                     path: &path,
@@ -293,13 +304,8 @@ macro_rules! procedure {
                     headers: req.headers,
                     api_key: self.api_key(sent_key),
                     body: req.body,
+                    fields: &fields,
                 };
-                if self.reads_body && self.body_ambiguous(&view) {
-                    return Err(Error::InvalidRequest {
-                        field: "body",
-                        problem: "names a field a rule keys on more than once, or as a list, an object or a boolean",
-                    });
-                }
                 // 1. Lists by IP and API key.
                 let by_ip = ip.and_then(|ip| {
                     listed(

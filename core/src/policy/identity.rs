@@ -199,6 +199,9 @@ pub(crate) struct KeyInput<'a> {
     pub route: &'a str,
     /// The request body, when the front end read it.
     pub body: Option<&'a [u8]>,
+    /// Its fields the request's rules key on, already read (a field not
+    /// among them is read from `body`).
+    pub fields: &'a [(&'a str, super::body::Field<'a>)],
 }
 
 /// The first header named `name` (case-insensitive): the copy frameworks read
@@ -413,10 +416,18 @@ impl KeyTemplate {
                     _ => return None,
                 },
                 Part::Body(name) => {
-                    let content_type = header(input.headers, "content-type");
-                    match super::body::field(input.body?, content_type, name) {
+                    let unread;
+                    let field = match input.fields.iter().find(|(n, _)| *n == name.as_str()) {
+                        Some((_, field)) => field,
+                        None => {
+                            let content_type = header(input.headers, "content-type");
+                            unread = super::body::field(input.body?, content_type, name);
+                            &unread
+                        }
+                    };
+                    match field {
                         super::body::Field::Value(v) if !v.trim().is_empty() => {
-                            super::body::push_normalised(&v, |b| key.push(b));
+                            super::body::push_normalised(v, |b| key.push(b));
                         }
                         // Ambiguous: refused before any key is built.
                         _ => return None,
@@ -456,6 +467,7 @@ mod tests {
             claims,
             route: "login",
             body: None,
+            fields: &[],
         }
     }
 

@@ -837,4 +837,6 @@ struct View<'a> {
     headers: &'a [(&'a str, &'a str)],
     api_key: Option<&'a str>,
     body: Option<&'a [u8]>,
+    /// The body fields its rules key on, read once (see `body::ReadFields`).
+    fields: &'a [(&'a str, body::Field<'a>)],
 }

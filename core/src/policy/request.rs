@@ -108,21 +108,38 @@ impl Policy {
         rules.any(|r| r.matcher.matches(method, &segments))
     }
 
-    /// Whether the body names a field that a rule the request meets keys on
+    /// Reads, once each, the body fields that the rules a `method` request
+    /// with these path `segments` meets key on. `Err` if the body names one
     /// more than once, or gives it as a list, an object or a boolean (see
     /// `super::body`): such a request is refused (400), since frameworks
     /// disagree on which copy an app reads, and no such value is a name.
-    pub(super) fn body_ambiguous(&self, view: &super::View<'_>) -> bool {
-        let Some(body) = view.body else {
-            return false;
+    pub(super) fn read_body_fields<'a>(
+        &'a self,
+        method: &str,
+        segments: &[&str],
+        headers: &[(&str, &str)],
+        body: Option<&'a [u8]>,
+    ) -> std::result::Result<super::body::ReadFields<'a>, ()> {
+        let mut read = super::body::ReadFields::new();
+        let Some(body) = body else {
+            return Ok(read);
         };
-        let content_type = super::identity::header(view.headers, "content-type");
-        self.rules.iter().any(|r| {
-            r.key
-                .body_fields()
-                .any(|f| super::body::field(body, content_type, f) == super::body::Field::Ambiguous)
-                && r.matcher.matches(view.method, view.segments)
-        })
+        let content_type = super::identity::header(headers, "content-type");
+        for rule in &self.rules {
+            if !rule.key.reads_body() || !rule.matcher.matches(method, segments) {
+                continue;
+            }
+            for name in rule.key.body_fields() {
+                if read.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                match super::body::field(body, content_type, name) {
+                    super::body::Field::Ambiguous => return Err(()),
+                    value => read.push((name, value)),
+                }
+            }
+        }
+        Ok(read)
     }
 
     /// Decides an [`OwnedRequest`] now, or at `now` (Unix time) as
