@@ -342,9 +342,17 @@ mod tests {
             b"usern\xc3\xa4me=x&username=y",
             b"%75sername=a&username=b",
             b"username",
+            b"u\xff=x",
             b"",
         ] {
-            for name in ["username", "user name", "usernäme", "password", ""] {
+            for name in [
+                "username",
+                "user name",
+                "usernäme",
+                "password",
+                "u\u{fffd}",
+                "",
+            ] {
                 assert_eq!(
                     form_field(body, name),
                     reference(body, name),
@@ -352,6 +360,71 @@ mod tests {
                 );
             }
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// On forms whose keys and values are made of the field's letters,
+        /// escapes (good and bad), `+`, `=` and bytes that are no UTF-8,
+        /// `form_field` agrees with `form_urlencoded::parse` (no parser
+        /// differential with the frameworks that use its rules).
+        #[test]
+        fn form_field_agrees_with_form_urlencoded(
+            pairs in proptest::collection::vec(
+                (
+                    proptest::collection::vec(part(), 0..4),
+                    proptest::option::of(proptest::collection::vec(part(), 0..3)),
+                ),
+                0..5,
+            ),
+            name in proptest::sample::select(vec!["username", "user name", "u s", " ", "u", "us\u{e4}", "u\u{fffd}", "a+b", ""]),
+        ) {
+            let mut body = Vec::new();
+            for (i, (key, value)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    body.push(b'&');
+                }
+                body.extend(key.concat());
+                if let Some(v) = value {
+                    body.push(b'=');
+                    body.extend(v.concat());
+                }
+            }
+            let mut want = Field::Missing;
+            for (k, v) in form_urlencoded::parse(&body) {
+                if k == name {
+                    if want != Field::Missing {
+                        want = Field::Ambiguous;
+                        break;
+                    }
+                    want = Field::Value(v);
+                }
+            }
+            proptest::prop_assert_eq!(form_field(&body, name), want);
+        }
+    }
+
+    /// A piece of a form key or value.
+    fn part() -> impl proptest::strategy::Strategy<Value = &'static [u8]> {
+        proptest::sample::select(vec![
+            &b"user"[..],
+            b"name",
+            b"username",
+            b"u",
+            b"s",
+            b"+",
+            b"%20",
+            b"%75",
+            b"%7",
+            b"%",
+            b"%2B",
+            b"%ff",
+            b"\xff",
+            b"\xc3\xa4",
+            b"=",
+            b"a",
+            b"b",
+        ])
     }
 
     #[test]
