@@ -118,8 +118,7 @@ fn an_api_key_holding_a_victims_ip_cannot_ban_that_ip() {
     // The victim is not banned anywhere: not on /api, not on login.
     let v = check(&e, &req("GET", "/api/items", victim, &[]), 500);
     assert!(v.allowed, "{v:?}");
-    let user = [("x-login-user", "victim")];
-    let v = check(&e, &req("POST", "/auth/login", victim, &user), 600);
+    let v = check(&e, &req("POST", "/auth/login", victim, &[]), 600);
     assert!(v.allowed, "{v:?}");
 }
 
@@ -159,9 +158,9 @@ fn a_header_value_cannot_ban_the_verified_user_of_that_name() {
 fn a_client_wide_ban_holds_on_every_rule_even_with_an_api_key() {
     let e = example();
     let me = "203.0.113.7";
-    let user = [("x-login-user", "bob")];
+    // Past the login's per-address limit (5/min) again and again: banned.
     for i in 0..10 {
-        check(&e, &req("POST", "/auth/login", me, &user), i * 100);
+        check(&e, &req("POST", "/auth/login", me, &[]), i * 100);
     }
     for headers in [
         &[][..],
