@@ -377,9 +377,20 @@ def test_credential_stuffing_from_many_addresses_is_held_per_username(server):
         ("application/json", b'{"username":{"$ne":null},"password":"x"}'),
         ("application/json", b'{"username":["victim"]}'),
         ("application/json", b'{"username":true}'),
+        # Python's json.loads reads JSON in UTF-16 and UTF-32 (the handlers
+        # here do): refused, never a login past the rule.
+        ("application/json", '{"username":"victim"}'.encode("utf-16-le")),
+        ("application/json", '{"username":"victim"}'.encode("utf-16")),
+        ("application/json", '{"username":"victim"}'.encode("utf-32-be")),
+        # Django decodes a form in its declared charset.
+        (form + "; charset=utf-16-le", b"username=%76%00%69%00%63%00%74%00%69%00%6d%00"),
     ]:
         status, _, _ = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", t)], body)
         assert status == 400, (kind, body)
+    # A UTF-8 BOM, which json.loads skips: the victim's name, held.
+    status, _, _ = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", "application/json")],
+                       b'\xef\xbb\xbf{"username":"victim"}')
+    assert status == 429, (kind, status)
     # Another account has its attempts; a body past 64 KiB is refused whole.
     other = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", form)], b"username=alice")
     assert other[0] == 200 and json.loads(other[2])["username"] == "alice", (kind, other)

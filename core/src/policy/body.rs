@@ -17,6 +17,10 @@
 //!   `{"username": {"$gt": ""}}` is the shape of a NoSQL injection. Neither is
 //!   a name the rule could count, and skipping the rule for them would let an
 //!   attacker through it unlimited by sending that shape.
+//! - A body in an encoding an app's parser reads and this does not is
+//!   refused too: JSON in UTF-16 or UTF-32 (Python's `json.loads` reads
+//!   them), a form in a declared charset other than UTF-8 (Django decodes it
+//!   so). A UTF-8 BOM before JSON is skipped, as `json.loads` skips it.
 //! - No body, a body that is neither a form nor a JSON object, no such field,
 //!   or `null`: the rule has no key for the request (skipped, or 401 with
 //!   `anonymous = "deny"`).
@@ -59,12 +63,55 @@ fn is_form(content_type: Option<&str>) -> bool {
 /// module's notes).
 pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) -> Field<'a> {
     if is_form(content_type) {
+        // Django decodes a form in the charset its type declares: in any
+        // other than UTF-8, its names and values are not what this reads.
+        if charset(content_type).is_some_and(|c| !is_utf8(c)) {
+            return Field::Ambiguous;
+        }
         return form_field(body, name);
+    }
+    // Python's `json.loads` skips a UTF-8 BOM, and reads UTF-16 and UTF-32
+    // (told by their BOMs, or by NULs in the first bytes, as its
+    // `detect_encoding` does): a login sent so reached a Python app's
+    // handler while this read nothing, and skipped the rule. The BOM is
+    // skipped here too; the wide encodings are refused.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    if is_wide_unicode(body) {
+        return Field::Ambiguous;
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     match de.deserialize_map(Seek { name }) {
         Ok(found) if de.end().is_ok() => found,
         _ => Field::Missing,
+    }
+}
+
+/// The `charset` parameter of a content type (unquoted), if it has one.
+fn charset(content_type: Option<&str>) -> Option<&str> {
+    content_type?.split(';').skip(1).find_map(|param| {
+        let (key, value) = param.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"'))
+    })
+}
+
+/// Whether a charset names UTF-8 (or ASCII, a part of it).
+fn is_utf8(charset: &str) -> bool {
+    ["utf-8", "utf8", "us-ascii", "ascii"]
+        .iter()
+        .any(|c| charset.eq_ignore_ascii_case(c))
+}
+
+/// Whether `body` is UTF-16 or UTF-32 as Python's `json.detect_encoding`
+/// tells them: a BOM of either (UTF-32's little-endian BOM starts as
+/// UTF-16's), or a NUL in the first two of at least four bytes (or of
+/// exactly two), which JSON text in UTF-8 never has.
+fn is_wide_unicode(body: &[u8]) -> bool {
+    match body {
+        [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..] => true,
+        [a, b, _, _, ..] | [a, b] => *a == 0 || *b == 0,
+        _ => false,
     }
 }
 
@@ -244,6 +291,25 @@ mod tests {
             field(b"username=a&username=b", FORM, "username"),
             Field::Ambiguous
         );
+        // A form in a charset other than UTF-8 (Django decodes it so): refused.
+        for t in [
+            "application/x-www-form-urlencoded; charset=utf-16-le",
+            "application/x-www-form-urlencoded;charset=\"latin-1\"",
+        ] {
+            assert_eq!(
+                field(b"username=alice", Some(t), "username"),
+                Field::Ambiguous
+            );
+        }
+        for t in [
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded; charset=\"utf-8\"",
+        ] {
+            assert_eq!(
+                field(b"username=alice", Some(t), "username"),
+                value("alice")
+            );
+        }
         // A form is never read as JSON, nor JSON as a form.
         assert_eq!(
             field(br#"{"username":"a"}"#, FORM, "username"),
@@ -278,7 +344,6 @@ mod tests {
             br#"{"username":"alice""#,
             br#"{"username":"alice"} trailing"#,
             b"",
-            b"\xff\xfe",
         ] {
             assert_eq!(
                 field(missing, None, "username"),
@@ -308,6 +373,37 @@ mod tests {
                 Field::Ambiguous,
                 "{shape:?}"
             );
+        }
+        // Python's json.loads reads these: skipped (a BOM) or refused (wide).
+        assert_eq!(
+            field(b"\xEF\xBB\xBF{\"username\":\"alice\"}", None, "username"),
+            value("alice")
+        );
+        let text = r#"{"username":"victim"}"#;
+        let utf16le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf16be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let utf32le: Vec<u8> = text
+            .chars()
+            .flat_map(|c| u32::from(c).to_le_bytes())
+            .collect();
+        let utf32be: Vec<u8> = text
+            .chars()
+            .flat_map(|c| u32::from(c).to_be_bytes())
+            .collect();
+        let with_bom = |bom: &[u8], b: &[u8]| [bom, b].concat();
+        for wide in [
+            utf16le.clone(),
+            utf16be.clone(),
+            utf32le.clone(),
+            utf32be.clone(),
+            with_bom(&[0xFF, 0xFE], &utf16le),
+            with_bom(&[0xFE, 0xFF], &utf16be),
+            with_bom(&[0xFF, 0xFE, 0, 0], &utf32le),
+            with_bom(&[0, 0, 0xFE, 0xFF], &utf32be),
+        ] {
+            for t in [Some("application/json"), Some("text/plain"), None] {
+                assert_eq!(field(&wide, t, "username"), Field::Ambiguous, "{wide:?}");
+            }
         }
         // A malformed body is Missing, whatever the field held.
         assert_eq!(
