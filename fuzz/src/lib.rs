@@ -351,7 +351,7 @@ pub fn path(data: &[u8]) {
 }
 
 /// A login's body of arbitrary bytes (the first byte picks its type: a form,
-/// JSON, text, none), for the rule keyed by its `username`: the field is read
+/// JSON, text, none, multipart), for the rule keyed by its `username`: the field is read
 /// without a panic; a verdict is sound and, from that rule, names a key; the
 /// only error is the body's own 400 (a field named twice, or no name).
 pub fn body(data: &[u8]) {
@@ -361,7 +361,8 @@ pub fn body(data: &[u8]) {
         "application/json",
         "text/plain; charset=utf-8",
         "",
-    ][usize::from(*kind % 4)];
+        "multipart/form-data; boundary=XyZ",
+    ][usize::from(*kind % 5)];
     let headers = [("content-type", content_type)];
     let r = Request {
         method: "POST",

@@ -391,6 +391,15 @@ def test_credential_stuffing_from_many_addresses_is_held_per_username(server):
     status, _, _ = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", "application/json")],
                        b'\xef\xbb\xbf{"username":"victim"}')
     assert status == 429, (kind, status)
+    # The login as multipart/form-data (what fetch sends for a FormData;
+    # Django, Flask and Starlette read it into their forms): the victim's
+    # name, held; a name given the RFC 2231 way is refused.
+    multipart = "multipart/form-data; boundary=XyZ"
+    part = 'Content-Disposition: form-data; name="password"\r\n\r\nx\r\n--XyZ\r\nContent-Disposition: form-data; {}\r\n\r\nVictim'
+    for params, want in [('name="username"', 429), ("name*=utf-8''username", 400)]:
+        body = ("--XyZ\r\n" + part.format(params) + "\r\n--XyZ--\r\n").encode()
+        status, _, _ = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", multipart)], body)
+        assert status == want, (kind, params, status)
     # Another account has its attempts; a body past 64 KiB is refused whole.
     other = raw(port, "POST", "/auth/login", [("X-Forwarded-For", fresh_client()), ("Content-Type", form)], b"username=alice")
     assert other[0] == 200 and json.loads(other[2])["username"] == "alice", (kind, other)

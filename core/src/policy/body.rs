@@ -1,7 +1,8 @@
 //! Keys from a field of the request body (`key = "body:username"`): the
 //! per-username limit of a login form, which is in the body, not a header.
 //!
-//! - A form (`application/x-www-form-urlencoded`) is read as a form; any other
+//! - A form (`application/x-www-form-urlencoded`, or `multipart/form-data`:
+//!   see `multipart_field`) is read as a form; any other
 //!   body that is a JSON object is read as JSON, whatever its type says (an app
 //!   may parse JSON it was sent as `text/plain`; a field it reads must not slip
 //!   by the rule). Only top-level fields; a string or a number.
@@ -62,6 +63,9 @@ fn is_form(content_type: Option<&str>) -> bool {
 /// The field `name` of `body`, read as its `content_type` says (see the
 /// module's notes).
 pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) -> Field<'a> {
+    if let Some(boundary) = multipart_boundary(content_type) {
+        return multipart_field(body, boundary, name);
+    }
     if is_form(content_type) {
         // Django decodes a form in the charset its type declares: in any
         // other than UTF-8, its names and values are not what this reads.
@@ -86,14 +90,183 @@ pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) 
     }
 }
 
+/// The boundary of a `multipart/form-data` body (unquoted), or `None` for
+/// any other type.
+fn multipart_boundary(content_type: Option<&str>) -> Option<&str> {
+    let t = content_type?;
+    let kind = t.split(';').next().unwrap_or_default().trim();
+    if !kind.eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    // Without a boundary it is no multipart body any parser reads: an empty
+    // one finds no part.
+    Some(param(t, "boundary").unwrap_or_default())
+}
+
+/// The parameter `key` of a header value such as a content type (unquoted).
+fn param<'t>(value: &'t str, key: &str) -> Option<&'t str> {
+    value.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(key)
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// The text field `name` of a `multipart/form-data` body (what the browser
+/// sends for `new FormData(form)`, and Django, Flask and Starlette read into
+/// their forms, as they read a URL-encoded one). Read the way those parsers
+/// read it where they agree: parts between `--boundary` lines, a part's
+/// headers up to the first empty line, its name from `Content-Disposition`
+/// (`name="..."` with backslash escapes, or a bare token; parameter names in
+/// any case), its value the part's bytes as UTF-8. Where they could read a
+/// name or value this does not, the body is ambiguous (refused): a name given
+/// the RFC 2231 way (`name*=`), or the field as a file (`filename`), with a
+/// `Content-Transfer-Encoding` (Django decodes base64), in a charset other
+/// than UTF-8, or twice.
+fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> {
+    if boundary.is_empty() {
+        return Field::Missing;
+    }
+    // RFC 2046 bounds a boundary to 70 characters (Django refuses longer
+    // ones); a longer one would also make each search through a 64 KiB body
+    // cost its length again.
+    if boundary.len() > 70 {
+        return Field::Ambiguous;
+    }
+    let delimiter = [b"--", boundary.as_bytes()].concat();
+    // Parsers disagree on a delimiter inside a line (Django ends the part
+    // there, python-multipart does not): refused, as a name one of them
+    // might read and this would not.
+    let mut at = 0;
+    while let Some(i) = body.get(at..).and_then(|b| find(b, &delimiter)) {
+        let start = at + i;
+        if start > 0 && body.get(..start).is_none_or(|b| !b.ends_with(b"\r\n")) {
+            return Field::Ambiguous;
+        }
+        at = start + delimiter.len();
+    }
+    let mut found = Field::Missing;
+    // Each part runs from the end of one delimiter line to the CRLF before
+    // the next delimiter; what follows the last one (`--`) is the epilogue.
+    let Some(mut rest) = find(body, &delimiter).and_then(|at| body.get(at + delimiter.len()..))
+    else {
+        return Field::Missing;
+    };
+    loop {
+        if rest.starts_with(b"--") {
+            break; // the closing delimiter
+        }
+        let Some(part_start) = find(rest, b"\r\n").map(|i| i + 2) else {
+            break;
+        };
+        let part_and_rest = rest.get(part_start..).unwrap_or_default();
+        let closing = [b"\r\n", delimiter.as_slice()].concat();
+        // An unterminated last part runs to the end: Django reads it as a
+        // field, others fail. Its value is no name to count, nor to skip.
+        let (part, unterminated) = match find(part_and_rest, &closing) {
+            Some(end) => {
+                rest = part_and_rest.get(end + closing.len()..).unwrap_or_default();
+                (part_and_rest.get(..end).unwrap_or_default(), false)
+            }
+            None => {
+                rest = b"--";
+                (part_and_rest, true)
+            }
+        };
+        // A part's headers end at its first empty line; a part without one,
+        // or with a lone CR or LF in its headers, is read differently by
+        // different parsers.
+        let Some(i) = find(part, b"\r\n\r\n") else {
+            return Field::Ambiguous;
+        };
+        let (head, value) = (
+            part.get(..i).unwrap_or_default(),
+            part.get(i + 4..).unwrap_or_default(),
+        );
+        let Ok(head) = std::str::from_utf8(head) else {
+            continue;
+        };
+        if head.split("\r\n").any(|l| l.contains(['\r', '\n'])) {
+            return Field::Ambiguous;
+        }
+        let mut part_name = None;
+        let mut suspect = false;
+        for line in head.split("\r\n") {
+            let Some((header, header_value)) = line.split_once(':') else {
+                continue;
+            };
+            let header = header.trim();
+            if header.eq_ignore_ascii_case("content-disposition") {
+                // Django counts quotes naively, Werkzeug and the email
+                // package parse escapes: with a backslash or an odd number
+                // of quotes they split the parameters differently.
+                if header_value.contains('\\') || header_value.matches('"').count() % 2 == 1 {
+                    return Field::Ambiguous;
+                }
+                for p in split_params(header_value).skip(1) {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    let k = k.trim();
+                    if k.contains('*') {
+                        // RFC 2231's `name*=utf-8''username`: a name this
+                        // does not decode, in any part.
+                        return Field::Ambiguous;
+                    }
+                    if k.eq_ignore_ascii_case("name") {
+                        part_name = Some(unquote(v.trim()));
+                    } else if k.eq_ignore_ascii_case("filename") {
+                        suspect = true;
+                    }
+                }
+            } else if header.eq_ignore_ascii_case("content-transfer-encoding") {
+                suspect = true;
+            } else if header.eq_ignore_ascii_case("content-type") {
+                suspect |= param(header_value, "charset").is_some_and(|c| !is_utf8(c));
+            }
+        }
+        if part_name != Some(name) {
+            continue;
+        }
+        if suspect || unterminated || found != Field::Missing {
+            return Field::Ambiguous;
+        }
+        // Bytes that are no UTF-8: frameworks replace them differently.
+        let Ok(value) = std::str::from_utf8(value) else {
+            return Field::Ambiguous;
+        };
+        found = Field::Value(Cow::Borrowed(value));
+    }
+    found
+}
+
+/// The first place `needle` is in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A header value's `;`-separated items, a `;` inside quotes kept (the
+/// value has no backslash: see `multipart_field`).
+fn split_params(value: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    value.split(move |c: char| {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        c == ';' && !quoted
+    })
+}
+
+/// A parameter's value: a quoted string without its quotes, a token as it is
+/// (the value has no backslash: see `multipart_field`).
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
 /// The `charset` parameter of a content type (unquoted), if it has one.
 fn charset(content_type: Option<&str>) -> Option<&str> {
-    content_type?.split(';').skip(1).find_map(|param| {
-        let (key, value) = param.split_once('=')?;
-        key.trim()
-            .eq_ignore_ascii_case("charset")
-            .then(|| value.trim().trim_matches('"'))
-    })
+    param(content_type?, "charset")
 }
 
 /// Whether a charset names UTF-8 (or ASCII, a part of it).
@@ -133,6 +306,15 @@ fn form_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
         };
         if key == name {
             if found != Field::Missing {
+                return Field::Ambiguous;
+            }
+            // Escapes that are no UTF-8: Django reads U+FFFD, Werkzeug the
+            // escapes themselves. No name to count.
+            let raw_value = pair.splitn(2, |b| *b == b'=').nth(1).unwrap_or_default();
+            if percent_encoding::percent_decode(raw_value)
+                .decode_utf8()
+                .is_err()
+            {
                 return Field::Ambiguous;
             }
             found = Field::Value(value);
@@ -412,6 +594,121 @@ mod tests {
         );
     }
 
+    fn multipart(parts: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = b"preamble\r\n".to_vec();
+        for (head, value) in parts {
+            body.extend_from_slice(format!("--XyZ\r\n{head}\r\n\r\n{value}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"--XyZ--\r\nepilogue");
+        body
+    }
+
+    #[test]
+    fn a_multipart_field() {
+        let t = Some("multipart/form-data; boundary=XyZ");
+        let quoted = Some("Multipart/Form-Data; boundary=\"XyZ\"");
+        let cd = |params: &str| format!("Content-Disposition: form-data; {params}");
+        let body = multipart(&[
+            (&cd(r#"name="password""#), "x\r\ny"),
+            (&cd(r#"name="username""#), "Alice"),
+        ]);
+        assert_eq!(field(&body, t, "username"), value("Alice"));
+        assert_eq!(field(&body, quoted, "username"), value("Alice"));
+        assert_eq!(field(&body, t, "password"), value("x\r\ny"));
+        assert_eq!(field(&body, t, "other"), Field::Missing);
+        // The name as a token, in any case, with an escape, among other params.
+        for params in ["NAME=username", r#"foo="a;b"; name="username""#] {
+            let body = multipart(&[(&cd(params), "bob")]);
+            assert_eq!(field(&body, t, "username"), value("bob"), "{params}");
+        }
+        // Where the parsers split or unescape differently: a backslash, an
+        // odd quote, a delimiter inside a line, a lone LF, a part without
+        // headers' end.
+        for params in [
+            r#"name="user\"name""#,
+            r#"foo=a\\"; name=username"#,
+            r#"x="; name=username"#,
+        ] {
+            let body = multipart(&[(&cd(params), "bob")]);
+            assert_eq!(field(&body, t, "username"), Field::Ambiguous, "{params}");
+        }
+        let inline = b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nalice--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nvictim\r\n--XyZ--";
+        assert_eq!(field(inline, t, "username"), Field::Ambiguous);
+        let lf = b"--XyZ\r\nContent-Disposition: form-data; name=\"x\"\nContent-Disposition: form-data; name=\"username\"\r\n\r\nvictim\r\n--XyZ--";
+        assert_eq!(field(lf, t, "username"), Field::Ambiguous);
+        let headless =
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\nvictim\r\n--XyZ--";
+        assert_eq!(field(headless, t, "username"), Field::Ambiguous);
+        // Ambiguous: twice, as a file, encoded, in another charset, RFC 2231.
+        for parts in [
+            vec![
+                (cd(r#"name="username""#), "a"),
+                (cd(r#"name="username""#), "b"),
+            ],
+            vec![(cd(r#"name="username"; filename="u.txt""#), "a")],
+            vec![(
+                format!(
+                    "{}\r\nContent-Transfer-Encoding: base64",
+                    cd(r#"name="username""#)
+                ),
+                "YQ==",
+            )],
+            vec![(
+                format!(
+                    "{}\r\nContent-Type: text/plain; charset=utf-16",
+                    cd(r#"name="username""#)
+                ),
+                "a",
+            )],
+            vec![(cd("name*=utf-8''username"), "a")],
+            vec![(cd(r#"name="x""#), "a"), (cd("name*=utf-8''other"), "b")],
+        ] {
+            let refs: Vec<(&str, &str)> = parts.iter().map(|(h, v)| (h.as_str(), *v)).collect();
+            assert_eq!(
+                field(&multipart(&refs), t, "username"),
+                Field::Ambiguous,
+                "{parts:?}"
+            );
+        }
+        // A file under another name, a UTF-8 text part: fine.
+        let body = multipart(&[
+            (&cd(r#"name="avatar"; filename="a.png""#), "\u{0}PNG"),
+            (
+                &format!(
+                    "{}\r\nContent-Type: text/plain; charset=UTF-8",
+                    cd(r#"name="username""#)
+                ),
+                "carol",
+            ),
+        ]);
+        assert_eq!(field(&body, t, "username"), value("carol"));
+        // No boundary, another boundary: no field. An unterminated part (Django
+        // reads it): refused.
+        let body = multipart(&[(&cd(r#"name="username""#), "dave")]);
+        assert_eq!(
+            field(&body, Some("multipart/form-data"), "username"),
+            Field::Missing
+        );
+        assert_eq!(
+            field(
+                &body,
+                Some("multipart/form-data; boundary=Other"),
+                "username"
+            ),
+            Field::Missing
+        );
+        let cut = b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\ndave";
+        assert_eq!(field(cut, t, "username"), Field::Ambiguous);
+        // A boundary past RFC 2046's 70 characters: refused.
+        let long = format!("multipart/form-data; boundary={}", "b".repeat(71));
+        assert_eq!(field(&body, Some(&long), "username"), Field::Ambiguous);
+        // Never read as JSON.
+        assert_eq!(
+            field(br#"{"username":"eve"}"#, t, "username"),
+            Field::Missing
+        );
+    }
+
     /// `form_field` finds what `form_urlencoded::parse` finds, on forms with
     /// escapes, `+`, empty pairs, `=` in values and bytes that are no UTF-8.
     #[test]
@@ -423,7 +720,13 @@ mod tests {
                     if found != Field::Missing {
                         return Field::Ambiguous;
                     }
-                    found = Field::Value(v);
+                    // Escapes that are no UTF-8 (the inputs here have no
+                    // encoded U+FFFD): refused.
+                    found = if v.contains('\u{fffd}') {
+                        return Field::Ambiguous;
+                    } else {
+                        Field::Value(v)
+                    };
                 }
             }
             found
@@ -490,6 +793,10 @@ mod tests {
             for (k, v) in form_urlencoded::parse(&body) {
                 if k == name {
                     if want != Field::Missing {
+                        want = Field::Ambiguous;
+                        break;
+                    }
+                    if v.contains('\u{fffd}') {
                         want = Field::Ambiguous;
                         break;
                     }
