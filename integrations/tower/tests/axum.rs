@@ -105,9 +105,13 @@ fn app() -> Router {
 }
 
 async fn serve(layer: FloodgateLayer) -> SocketAddr {
+    serve_router(app().layer(layer)).await
+}
+
+/// Serves `app` on a loopback port, with the peer's address as connect info.
+async fn serve_router(app: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = app().layer(layer);
     tokio::spawn(async move {
         axum::serve(
             listener,
@@ -384,17 +388,7 @@ quotas = ["100/min"]
         .route("/api/{*rest}", get(|| async { "items" }))
         .layer(FloodgateLayer::new(engine.clone()))
         .layer(FloodgateBodyLayer::new(engine));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
+    serve_router(app).await
 }
 
 /// POSTs `body` to `/signin` as raw bytes (with its length, or chunked in
