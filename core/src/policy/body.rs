@@ -241,6 +241,9 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
 
 /// The first place `needle` is in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0); // (`windows(0)` would panic; no caller passes one)
+    }
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
