@@ -239,12 +239,11 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
     found
 }
 
-/// The first place `needle` is in `hay`.
+/// The first place `needle` is in `hay`: memchr's substring search, linear
+/// in the body whatever the boundary (a byte-by-byte window search cost a
+/// 64 KiB body of dashes ~4.5M comparisons per delimiter).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0); // (`windows(0)` would panic; no caller passes one)
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// A header value's `;`-separated items, a `;` inside quotes kept (the
