@@ -31,11 +31,13 @@ BOUNDARY = "XyZ"
 NAMES = ['name="username"', "name=username", 'NAME="username"', 'name = "username"', 'name="Username"',
          'name="user\\"name"', 'name="username\\\\"', "name*=utf-8''username", 'name="x"; name="username"',
          'foo="a;b"; name="username"', 'foo=a\\\\"; name=username', 'name="username"; filename="u.txt"',
+         'x="1";\r\n name="username"', 'name="username"; x="\udce9"',
          'name="password"', 'name="usernam"', 'name="username ', "form-data"]
 VALUES = ["victim", "Victim ", " VICTIM", "vi\r\nctim", "alice--XyZ", "", "bob\r\n--XyZ", "caf\u00e9"]
 EXTRA = ["", "Content-Type: text/plain", "Content-Type: text/plain; charset=utf-8",
          "Content-Type: text/plain; charset=utf-16", "Content-Transfer-Encoding: base64",
-         "X-Other: 1\nContent-Disposition: form-data; name=\"username\""]
+         "X-Other: 1\nContent-Disposition: form-data; name=\"username\"",
+         "Content-Disposition: form-data; name=\"username\""]
 
 
 def multipart_body(rng):
@@ -49,7 +51,7 @@ def multipart_body(rng):
     joiner = "\r\n--XyZ\r\n" if rng.random() < 0.9 else "--XyZ\r\n"
     text = rng.choice(["", "preamble\r\n"]) + "--XyZ\r\n" + joiner.join(parts)
     text += rng.choice(["\r\n--XyZ--\r\n", "\r\n--XyZ--", ""])
-    return text.encode()
+    return text.encode("utf-8", "surrogateescape")
 
 
 def form_body(rng):

@@ -184,20 +184,27 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
             part.get(..i).unwrap_or_default(),
             part.get(i + 4..).unwrap_or_default(),
         );
+        // Headers that are no UTF-8, a lone CR or LF, a folded line (one
+        // parser unfolds it, another drops it): read differently.
         let Ok(head) = std::str::from_utf8(head) else {
-            continue;
+            return Field::Ambiguous;
         };
-        if head.split("\r\n").any(|l| l.contains(['\r', '\n'])) {
+        if head
+            .split("\r\n")
+            .any(|l| l.contains(['\r', '\n']) || l.starts_with([' ', '\t']))
+        {
             return Field::Ambiguous;
         }
         let mut part_name = None;
         let mut suspect = false;
+        let mut dispositions = 0;
         for line in head.split("\r\n") {
             let Some((header, header_value)) = line.split_once(':') else {
                 continue;
             };
             let header = header.trim();
             if header.eq_ignore_ascii_case("content-disposition") {
+                dispositions += 1;
                 // Django counts quotes naively, Werkzeug and the email
                 // package parse escapes: with a backslash or an odd number
                 // of quotes they split the parameters differently.
@@ -213,6 +220,10 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
                         return Field::Ambiguous;
                     }
                     if k.eq_ignore_ascii_case("name") {
+                        if part_name.is_some() {
+                            // Named twice: parsers keep one or the other.
+                            return Field::Ambiguous;
+                        }
                         part_name = Some(unquote(v.trim()));
                     } else if k.eq_ignore_ascii_case("filename") {
                         suspect = true;
@@ -223,6 +234,9 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
             } else if header.eq_ignore_ascii_case("content-type") {
                 suspect |= param(header_value, "charset").is_some_and(|c| !is_utf8(c));
             }
+        }
+        if dispositions > 1 {
+            return Field::Ambiguous; // which one names the part differs
         }
         if part_name != Some(name) {
             continue;
@@ -641,6 +655,18 @@ mod tests {
         let headless =
             b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\nvictim\r\n--XyZ--";
         assert_eq!(field(headless, t, "username"), Field::Ambiguous);
+        // A folded header, headers that are no UTF-8, a name given twice,
+        // two Content-Disposition headers: refused.
+        for head in [
+            "Content-Disposition: form-data;\r\n name=\"username\"".to_string(),
+            cd(r#"name="x"; name="username""#),
+            format!("{}\r\n{}", cd(r#"name="x""#), cd(r#"name="username""#)),
+        ] {
+            let body = multipart(&[(&head, "victim")]);
+            assert_eq!(field(&body, t, "username"), Field::Ambiguous, "{head}");
+        }
+        let latin = b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"; x=\"\xe9\"\r\n\r\nvictim\r\n--XyZ--";
+        assert_eq!(field(latin, t, "username"), Field::Ambiguous);
         // Ambiguous: twice, as a file, encoded, in another charset, RFC 2231.
         for parts in [
             vec![
