@@ -48,15 +48,14 @@ pub(crate) enum Field<'a> {
 /// with the name it was read for. Rules usually key on one.
 pub(crate) type ReadFields<'a> = SmallVec<[(&'a str, Field<'a>); 1]>;
 
-/// Whether `content_type` is a form (`application/x-www-form-urlencoded`,
-/// parameters and case aside).
-fn is_form(content_type: Option<&str>) -> bool {
+/// Whether `content_type` is `media_type`, parameters and case aside.
+fn is_type(content_type: Option<&str>, media_type: &str) -> bool {
     content_type.is_some_and(|t| {
         t.split(';')
             .next()
             .unwrap_or_default()
             .trim()
-            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            .eq_ignore_ascii_case(media_type)
     })
 }
 
@@ -66,7 +65,7 @@ pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) 
     if let Some(boundary) = multipart_boundary(content_type) {
         return multipart_field(body, boundary, name);
     }
-    if is_form(content_type) {
+    if is_type(content_type, "application/x-www-form-urlencoded") {
         // Django decodes a form in the charset its type declares: in any
         // other than UTF-8, its names and values are not what this reads.
         if charset(content_type).is_some_and(|c| !is_utf8(c)) {
@@ -93,14 +92,12 @@ pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) 
 /// The boundary of a `multipart/form-data` body (unquoted), or `None` for
 /// any other type.
 fn multipart_boundary(content_type: Option<&str>) -> Option<&str> {
-    let t = content_type?;
-    let kind = t.split(';').next().unwrap_or_default().trim();
-    if !kind.eq_ignore_ascii_case("multipart/form-data") {
+    if !is_type(content_type, "multipart/form-data") {
         return None;
     }
     // Without a boundary it is no multipart body any parser reads: an empty
     // one finds no part.
-    Some(param(t, "boundary").unwrap_or_default())
+    Some(param(content_type?, "boundary").unwrap_or_default())
 }
 
 /// The parameter `key` of a header value such as a content type (unquoted).
@@ -118,12 +115,12 @@ fn param<'t>(value: &'t str, key: &str) -> Option<&'t str> {
 /// their forms, as they read a URL-encoded one). Read the way those parsers
 /// read it where they agree: parts between `--boundary` lines, a part's
 /// headers up to the first empty line, its name from `Content-Disposition`
-/// (`name="..."` with backslash escapes, or a bare token; parameter names in
-/// any case), its value the part's bytes as UTF-8. Where they could read a
-/// name or value this does not, the body is ambiguous (refused): a name given
-/// the RFC 2231 way (`name*=`), or the field as a file (`filename`), with a
-/// `Content-Transfer-Encoding` (Django decodes base64), in a charset other
-/// than UTF-8, or twice.
+/// (`name="..."` or a bare token; parameter names in any case), its value
+/// the part's bytes as UTF-8. Where they could read a name or value this does
+/// not, the body is ambiguous (refused): each case is named where it is
+/// refused below (delimiters inside lines, escapes, RFC 2231 names, folded or
+/// repeated headers, files, transfer encodings, other charsets, a field
+/// given twice).
 fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> {
     if boundary.is_empty() {
         return Field::Missing;
@@ -135,22 +132,24 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
         return Field::Ambiguous;
     }
     let delimiter = [b"--", boundary.as_bytes()].concat();
+    let closing = [b"\r\n", delimiter.as_slice()].concat();
     // Parsers disagree on a delimiter inside a line (Django ends the part
     // there, python-multipart does not): refused, as a name one of them
     // might read and this would not.
+    let mut first = None;
     let mut at = 0;
     while let Some(i) = body.get(at..).and_then(|b| find(b, &delimiter)) {
         let start = at + i;
         if start > 0 && body.get(..start).is_none_or(|b| !b.ends_with(b"\r\n")) {
             return Field::Ambiguous;
         }
+        first.get_or_insert(start);
         at = start + delimiter.len();
     }
     let mut found = Field::Missing;
     // Each part runs from the end of one delimiter line to the CRLF before
     // the next delimiter; what follows the last one (`--`) is the epilogue.
-    let Some(mut rest) = find(body, &delimiter).and_then(|at| body.get(at + delimiter.len()..))
-    else {
+    let Some(mut rest) = first.and_then(|at| body.get(at + delimiter.len()..)) else {
         return Field::Missing;
     };
     loop {
@@ -161,7 +160,6 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
             break;
         };
         let part_and_rest = rest.get(part_start..).unwrap_or_default();
-        let closing = [b"\r\n", delimiter.as_slice()].concat();
         // An unterminated last part runs to the end: Django reads it as a
         // field, others fail. Its value is no name to count, nor to skip.
         let (part, unterminated) = match find(part_and_rest, &closing) {
@@ -311,7 +309,9 @@ fn is_wide_unicode(body: &[u8]) -> bool {
 fn form_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
     let mut found = Field::Missing;
     for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
-        let raw_key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        let mut raw = pair.splitn(2, |b| *b == b'=');
+        let raw_key = raw.next().unwrap_or_default();
+        let raw_value = raw.next().unwrap_or_default();
         // A key with no escape, `+` or non-ASCII byte decodes to itself.
         let plain = !raw_key.iter().any(|b| matches!(b, b'%' | b'+' | 0x80..));
         if plain && raw_key != name.as_bytes() {
@@ -326,7 +326,6 @@ fn form_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
             }
             // Escapes that are no UTF-8: Django reads U+FFFD, Werkzeug the
             // escapes themselves. No name to count.
-            let raw_value = pair.splitn(2, |b| *b == b'=').nth(1).unwrap_or_default();
             if percent_encoding::percent_decode(raw_value)
                 .decode_utf8()
                 .is_err()
@@ -750,11 +749,10 @@ mod tests {
                     }
                     // Escapes that are no UTF-8 (the inputs here have no
                     // encoded U+FFFD): refused.
-                    found = if v.contains('\u{fffd}') {
+                    if v.contains('\u{fffd}') {
                         return Field::Ambiguous;
-                    } else {
-                        Field::Value(v)
-                    };
+                    }
+                    found = Field::Value(v);
                 }
             }
             found

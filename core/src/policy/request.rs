@@ -109,10 +109,11 @@ impl Policy {
     }
 
     /// Reads, once each, the body fields that the rules a `method` request
-    /// with these path `segments` meets key on. `Err` if the body names one
-    /// more than once, or gives it as a list, an object or a boolean (see
-    /// `super::body`): such a request is refused (400), since frameworks
-    /// disagree on which copy an app reads, and no such value is a name.
+    /// with these path `segments` meets key on. `Err` if the body is
+    /// ambiguous for one (named twice; a list, an object or a boolean; an
+    /// encoding or a multipart shape the frameworks' parsers read differently:
+    /// see `super::body`): such a request is refused (400), since the app
+    /// could read a name the rule does not count.
     pub(super) fn read_body_fields<'a>(
         &'a self,
         method: &str,
