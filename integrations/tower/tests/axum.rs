@@ -340,20 +340,7 @@ async fn deployments_that_defeat_ip_limits_are_warned_of_once() {
 async fn a_rule_keyed_by_the_body_is_warned_of_once() {
     let codes = Codes::default();
     let _guard = tracing::subscriber::set_default(codes.clone());
-    let policy = r#"
-[[rule]]
-name = "login-user"
-match = "POST /auth/login"
-key = "body:username"
-quotas = ["1/hour"]
-
-[[rule]]
-name = "api"
-match = "/api/**"
-key = "ip"
-quotas = ["100/min"]
-"#;
-    let layer = FloodgateLayer::new(Arc::new(Engine::from_toml_str(policy).unwrap()));
+    let layer = FloodgateLayer::new(Arc::new(Engine::from_toml_str(BODY_POLICY).unwrap()));
     let addr = serve(layer.validate(false)).await;
     assert_eq!(call(addr, "GET", "/api/items", &[]).await.status, 200);
     assert_eq!(codes.take(), Vec::<String>::new());
@@ -365,13 +352,11 @@ quotas = ["100/min"]
     assert_eq!(codes.take(), ["ERR_FG_NO_BODY"]);
 }
 
-/// An app whose login is keyed by the body's username: the Floodgate layer,
-/// and the body layer outside it. `/signin` echoes the body it got.
-async fn serve_with_bodies() -> SocketAddr {
-    let policy = r#"
+/// A login keyed by the body's username, beside an API keyed by address.
+const BODY_POLICY: &str = r#"
 [[rule]]
 name = "login-user"
-match = "POST /signin"
+match = "POST /auth/login"
 key = "body:username"
 algorithm = "fixed_window"
 quotas = ["3/hour"]
@@ -382,16 +367,20 @@ match = "/api/**"
 key = "ip"
 quotas = ["100/min"]
 "#;
-    let engine = Arc::new(Engine::from_toml_str(policy).unwrap());
+
+/// An app whose login is keyed by the body's username: the Floodgate layer,
+/// and the body layer outside it. The login echoes the body it got.
+async fn serve_with_bodies() -> SocketAddr {
+    let engine = Arc::new(Engine::from_toml_str(BODY_POLICY).unwrap());
     let app = Router::new()
-        .route("/signin", post(|body: Bytes| async move { body }))
+        .route("/auth/login", post(|body: Bytes| async move { body }))
         .route("/api/{*rest}", get(|| async { "items" }))
         .layer(FloodgateLayer::new(engine.clone()))
         .layer(FloodgateBodyLayer::new(engine));
     serve_router(app).await
 }
 
-/// POSTs `body` to `/signin` as raw bytes (with its length, or chunked in
+/// POSTs `body` to `/auth/login` as raw bytes (with its length, or chunked in
 /// 1 KiB chunks; `None`: a length only, no bytes): the status and the body
 /// of the answer.
 async fn post_raw(
@@ -401,7 +390,7 @@ async fn post_raw(
     chunked: bool,
 ) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut request = format!("POST /signin HTTP/1.1\r\nHost: app\r\nContent-Type: {content_type}\r\nConnection: close\r\n")
+    let mut request = format!("POST /auth/login HTTP/1.1\r\nHost: app\r\nContent-Type: {content_type}\r\nConnection: close\r\n")
         .into_bytes();
     match body {
         Some(b) if chunked => {
@@ -480,13 +469,25 @@ async fn the_body_layer_keys_logins_on_the_username_in_the_body() {
         200
     );
     // A username that is no name: refused, never let past the rule.
+    let multipart = "multipart/form-data; boundary=XyZ";
+    let login = |params: &str| {
+        format!("--XyZ\r\nContent-Disposition: form-data; {params}\r\n\r\nVictim\r\n--XyZ--\r\n")
+            .into_bytes()
+    };
+    let utf16: Vec<u8> =
+        r#"{"username":"victim"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
     for (t, b) in [
-        (form, &b"username=decoy&username=victim"[..]),
-        (json, br#"{"username":{"$ne":null}}"#),
-        (json, br#"{"username":["victim"]}"#),
+        (form, b"username=decoy&username=victim".to_vec()),
+        (json, br#"{"username":{"$ne":null}}"#.to_vec()),
+        (json, br#"{"username":["victim"]}"#.to_vec()),
+        (json, utf16),
+        (multipart, login("name*=utf-8''username")),
     ] {
-        assert_eq!(post_raw(addr, t, Some(b), false).await.0, 400);
+        assert_eq!(post_raw(addr, t, Some(&b), false).await.0, 400, "{b:?}");
     }
+    // As multipart/form-data (fetch's FormData): the same name, held.
+    let b = login(r#"name="username""#);
+    assert_eq!(post_raw(addr, multipart, Some(&b), false).await.0, 429);
     // Past 64 KiB: 413 whole, whether the length says so or the chunks do.
     let big = format!(r#"{{"username":"victim","pad":"{}"}}"#, "x".repeat(70_000));
     for body in [None, Some(big.as_bytes())] {
