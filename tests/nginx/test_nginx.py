@@ -341,6 +341,12 @@ def quit_nginx(server):
     return -1
 
 
+def multipart_login(params, username="Victim"):
+    """A login as multipart/form-data, the username's part named by `params`."""
+    return ("--XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nx\r\n"
+            f"--XyZ\r\nContent-Disposition: form-data; {params}\r\n\r\n{username}\r\n--XyZ--\r\n").encode()
+
+
 def wait_for(port):
     for _ in range(100):
         try:
@@ -482,6 +488,7 @@ def run_checks(port, workers):
     # each body whole.
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     as_json = {"Content-Type": "application/json"}
+    multipart = {"Content-Type": "multipart/form-data; boundary=XyZ"}
     padded = json.dumps({"username": " VICTIM ", "pad": "x" * 40_000}).encode()
     attempts = [
         (as_json, b'{"username":"victim","password":"123456"}', False),
@@ -500,8 +507,13 @@ def run_checks(port, workers):
     expect("another name has its own", request(port, "/signin", form, "POST", b"username=alice")[0], 200)
     for what, h, b in [("named twice", form, b"username=decoy&username=victim"),
                        ("a NoSQL operator", as_json, b'{"username":{"$ne":null}}'),
-                       ("a list", as_json, b'{"username":["victim"]}')]:
+                       ("a list", as_json, b'{"username":["victim"]}'),
+                       ("in UTF-16 JSON", as_json, '{"username":"victim"}'.encode("utf-16-le")),
+                       ("named the RFC 2231 way", multipart, multipart_login("name*=utf-8''username"))]:
         expect(f"a username {what}: 400", request(port, "/signin", h, "POST", b)[0], 400)
+    # As multipart/form-data (fetch's FormData): the same name, held.
+    status = request(port, "/signin", multipart, "POST", multipart_login('name="username"'))[0]
+    expect("a username in a multipart body: 429", status, 429)
     big = json.dumps({"username": "victim", "pad": "x" * 70_000}).encode()
     for chunked in (False, True):
         status, _, text, _ = request(port, "/signin", as_json, "POST", big, chunked)
