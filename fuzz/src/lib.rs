@@ -355,14 +355,22 @@ pub fn path(data: &[u8]) {
 /// without a panic; a verdict is sound and, from that rule, names a key; the
 /// only error is the body's own 400 (a field named twice, or no name).
 pub fn body(data: &[u8]) {
-    let (kind, body) = data.split_first().unwrap_or((&0, &[]));
-    let content_type = [
+    let (kind, mut body) = data.split_first().unwrap_or((&0, &[]));
+    let mut content_type = [
         "application/x-www-form-urlencoded",
         "application/json",
         "text/plain; charset=utf-8",
         "",
         "multipart/form-data; boundary=XyZ",
-    ][usize::from(*kind % 5)];
+        "",
+    ][usize::from(*kind % 6)];
+    if *kind % 6 == 5 {
+        // The type from the input too (its first line): the strict reading
+        // of its parameters sees arbitrary text.
+        let (line, rest) = body.split_at(body.iter().position(|b| *b == b'\n').unwrap_or(body.len()));
+        content_type = std::str::from_utf8(line).unwrap_or_default();
+        body = rest.get(1..).unwrap_or_default();
+    }
     let headers = [("content-type", content_type)];
     let r = Request {
         method: "POST",

@@ -509,8 +509,19 @@ def run_checks(port, workers):
                        ("a NoSQL operator", as_json, b'{"username":{"$ne":null}}'),
                        ("a list", as_json, b'{"username":["victim"]}'),
                        ("in UTF-16 JSON", as_json, '{"username":"victim"}'.encode("utf-16-le")),
-                       ("named the RFC 2231 way", multipart, multipart_login("name*=utf-8''username"))]:
+                       ("named the RFC 2231 way", multipart, multipart_login("name*=utf-8''username")),
+                       # What a Python upstream reads and the engine cannot:
+                       # NaN beside the name, a boundary given twice, a
+                       # comment after a part's name.
+                       ("beside a NaN", as_json, b'{"username":"victim","password":NaN}'),
+                       ("under a second boundary", {"Content-Type": "multipart/form-data; boundary=XyZ; boundary=ABC"},
+                        multipart_login('name="username"').replace(b"XyZ", b"ABC")),
+                       ("with a comment", multipart, multipart_login('name="username" (the login)'))]:
         expect(f"a username {what}: 400", request(port, "/signin", h, "POST", b)[0], 400)
+    # JSON sent as a form (an upstream may read JSON whatever the type says):
+    # the same name, held.
+    expect("a username in JSON sent as a form: 429",
+           request(port, "/signin", form, "POST", b'{"username":"victim"}')[0], 429)
     # As multipart/form-data (fetch's FormData): the same name, held.
     status = request(port, "/signin", multipart, "POST", multipart_login('name="username"'))[0]
     expect("a username in a multipart body: 429", status, 429)

@@ -2,10 +2,16 @@
 //! per-username limit of a login form, which is in the body, not a header.
 //!
 //! - A form (`application/x-www-form-urlencoded`, or `multipart/form-data`:
-//!   see `multipart_field`) is read as a form; any other
-//!   body that is a JSON object is read as JSON, whatever its type says (an app
-//!   may parse JSON it was sent as `text/plain`; a field it reads must not slip
-//!   by the rule). Only top-level fields; a string or a number.
+//!   see `multipart_field`) is read as a form; a body that is a JSON object
+//!   is read as JSON, whatever its type says (an app may parse JSON it was
+//!   sent as `text/plain`, or as a form: `json.loads(request.body)`; a field
+//!   it reads must not slip by the rule). A form that is also a JSON object
+//!   must give the same name both ways. Only top-level fields; a string or a
+//!   number.
+//! - The `Content-Type` is read strictly (`kind`, `params`): one the
+//!   frameworks could read otherwise (a parameter given twice or the RFC 2231
+//!   way, a comment, an unclosed quote) is refused, as is a JSON object this
+//!   cannot read whole (Python reads `NaN` and `Infinity`).
 //! - The value is trimmed and lower-cased (Unicode), as logins compare names:
 //!   `Alice`, ` alice` and `ALICE` are one key, not three fresh quotas.
 //! - A field given twice (`username=a&username=b`, or twice in one JSON
@@ -48,66 +54,152 @@ pub(crate) enum Field<'a> {
 /// with the name it was read for. Rules usually key on one.
 pub(crate) type ReadFields<'a> = SmallVec<[(&'a str, Field<'a>); 1]>;
 
-/// Whether `content_type` is `media_type`, parameters and case aside.
-fn is_type(content_type: Option<&str>, media_type: &str) -> bool {
-    content_type.is_some_and(|t| {
-        t.split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .eq_ignore_ascii_case(media_type)
+/// How a body is read, from its `Content-Type`.
+enum Kind<'t> {
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `multipart/form-data` with this boundary (empty when it has none).
+    Multipart(&'t str),
+    /// Anything else, or no type: read as JSON if it is a JSON object.
+    Other,
+}
+
+/// What `content_type` says of the body, read strictly (see [`params`]): a
+/// type the frameworks could read otherwise is `None` (refused). A boundary
+/// or charset given twice (Django, Werkzeug and python-multipart take the
+/// last), in the RFC 2231 way (`boundary*=`: Django and Werkzeug decode it),
+/// or a form's charset other than UTF-8 (Django and Starlette decode the
+/// fields in it) could make them read other parts or other names.
+fn kind(content_type: Option<&str>) -> Option<Kind<'_>> {
+    let Some(t) = content_type.filter(|t| !t.trim_matches(OWS).is_empty()) else {
+        return Some(Kind::Other);
+    };
+    let (mut boundary, mut charset, mut clear) = (None, None, true);
+    let media = params(t, |k, v| {
+        clear &= !k.contains('*');
+        if k.eq_ignore_ascii_case("boundary") {
+            clear &= boundary.replace(v).is_none();
+        } else if k.eq_ignore_ascii_case("charset") {
+            clear &= charset.replace(v).is_none();
+        }
+    })?;
+    let (main, sub) = media.split_once('/')?;
+    if !clear || main.is_empty() || sub.is_empty() || sub.contains('/') {
+        return None;
+    }
+    let form = media.eq_ignore_ascii_case("application/x-www-form-urlencoded");
+    let multipart = media.eq_ignore_ascii_case("multipart/form-data");
+    if (form || multipart) && charset.is_some_and(|c| !is_utf8(c)) {
+        return None;
+    }
+    Some(match (form, multipart) {
+        (true, _) => Kind::Form,
+        // Without a boundary it is no multipart body any parser reads: an
+        // empty one finds no part.
+        (_, true) => Kind::Multipart(boundary.unwrap_or_default()),
+        _ => Kind::Other,
     })
 }
 
 /// The field `name` of `body`, read as its `content_type` says (see the
 /// module's notes).
 pub(crate) fn field<'a>(body: &'a [u8], content_type: Option<&str>, name: &str) -> Field<'a> {
-    if let Some(boundary) = multipart_boundary(content_type) {
-        return multipart_field(body, boundary, name);
+    let Some(kind) = kind(content_type) else {
+        return Field::Ambiguous;
+    };
+    // Apps read JSON whatever the type says (`json.loads(request.body)`,
+    // Flask's `get_json(force=True)`): a JSON object sent as a form is read
+    // as JSON too, and the two readings must agree.
+    let as_json = json_field(body, name);
+    let as_typed = match kind {
+        Kind::Other => return as_json,
+        Kind::Form => form_field(body, name),
+        Kind::Multipart(boundary) => multipart_field(body, boundary, name),
+    };
+    match (as_typed, as_json) {
+        (typed, Field::Missing) => typed,
+        (Field::Missing, json) => json,
+        (Field::Value(a), Field::Value(b)) if a == b => Field::Value(a),
+        _ => Field::Ambiguous,
     }
-    if is_type(content_type, "application/x-www-form-urlencoded") {
-        // Django decodes a form in the charset its type declares: in any
-        // other than UTF-8, its names and values are not what this reads.
-        if charset(content_type).is_some_and(|c| !is_utf8(c)) {
-            return Field::Ambiguous;
-        }
-        return form_field(body, name);
-    }
-    // Python's `json.loads` skips a UTF-8 BOM, and reads UTF-16 and UTF-32
-    // (told by their BOMs, or by NULs in the first bytes, as its
-    // `detect_encoding` does): a login sent so reached a Python app's
-    // handler while this read nothing, and skipped the rule. The BOM is
-    // skipped here too; the wide encodings are refused.
+}
+
+/// The field `name` of a body that is a JSON object. Python's `json.loads`
+/// skips a UTF-8 BOM (skipped here too), reads UTF-16 and UTF-32 (told by
+/// their BOMs, or by NULs in the first bytes, as its `detect_encoding`
+/// does), and reads `NaN` and `Infinity`, which serde_json does not. A
+/// login so sent reached a Python handler while this read nothing and
+/// skipped the rule: the wide encodings, and an object this cannot read
+/// whole, are refused.
+fn json_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if is_wide_unicode(body) {
         return Field::Ambiguous;
     }
+    // JSON's whitespace only, as `json.loads` skips it.
+    let object = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{');
+    if !object {
+        return Field::Missing;
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     match de.deserialize_map(Seek { name }) {
         Ok(found) if de.end().is_ok() => found,
-        _ => Field::Missing,
+        _ => Field::Ambiguous,
     }
 }
 
-/// The boundary of a `multipart/form-data` body (unquoted), or `None` for
-/// any other type.
-fn multipart_boundary(content_type: Option<&str>) -> Option<&str> {
-    if !is_type(content_type, "multipart/form-data") {
+/// Optional whitespace in a header value (RFC 9110's OWS).
+const OWS: [char; 2] = [' ', '\t'];
+
+/// Whether `b` may be in a token (RFC 9110's `tchar`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads a header value such as a content type or a part's
+/// `Content-Disposition` strictly: `first *( ";" [ param ] )`, `param` as
+/// `token "=" ( token / quoted-string )`, whitespace only around the `;`s and
+/// at the ends, a quoted string without a backslash. Calls `each` with every
+/// parameter's name and value (unquoted) and gives `first` (tokens, a `/`
+/// allowed), or `None` for anything else: comments, spaces around `=`, an
+/// unclosed quote, an escape. Frameworks' parsers read such values each
+/// their own way (Werkzeug reads `name="username" (x)` as `username`), and no
+/// browser or HTTP client sends them.
+fn params<'v>(value: &'v str, mut each: impl FnMut(&'v str, &'v str)) -> Option<&'v str> {
+    let token_end = |s: &str| s.bytes().position(|b| !is_tchar(b)).unwrap_or(s.len());
+    let (first, mut rest) = value.split_at(value.find(';').unwrap_or(value.len()));
+    let first = first.trim_matches(OWS);
+    if first.is_empty() || !first.bytes().all(|b| is_tchar(b) || b == b'/') {
         return None;
     }
-    // Without a boundary it is no multipart body any parser reads: an empty
-    // one finds no part.
-    Some(param(content_type?, "boundary").unwrap_or_default())
-}
-
-/// The parameter `key` of a header value such as a content type (unquoted).
-fn param<'t>(value: &'t str, key: &str) -> Option<&'t str> {
-    value.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(key)
-            .then(|| v.trim().trim_matches('"'))
-    })
+    while let Some(after) = rest.strip_prefix(';') {
+        rest = after.trim_start_matches(OWS);
+        if rest.is_empty() || rest.starts_with(';') {
+            continue; // an empty item: every parser skips it
+        }
+        let (key, after) = rest.split_at(token_end(rest));
+        let after = after.strip_prefix('=').filter(|_| !key.is_empty())?;
+        let (v, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let close = quoted.find(['"', '\\'])?;
+                (
+                    quoted.get(..close)?,
+                    quoted.get(close..)?.strip_prefix('"')?,
+                )
+            }
+            // A token: `name=` with no value at all is none.
+            None => Some(after.split_at(token_end(after))).filter(|(v, _)| !v.is_empty())?,
+        };
+        each(key, v);
+        rest = after.trim_start_matches(OWS);
+        if !rest.is_empty() && !rest.starts_with(';') {
+            return None;
+        }
+    }
+    Some(first)
 }
 
 /// The text field `name` of a `multipart/form-data` body (what the browser
@@ -115,12 +207,12 @@ fn param<'t>(value: &'t str, key: &str) -> Option<&'t str> {
 /// their forms, as they read a URL-encoded one). Read the way those parsers
 /// read it where they agree: parts between `--boundary` lines, a part's
 /// headers up to the first empty line, its name from `Content-Disposition`
-/// (`name="..."` or a bare token; parameter names in any case), its value
-/// the part's bytes as UTF-8. Where they could read a name or value this does
-/// not, the body is ambiguous (refused): each case is named where it is
-/// refused below (delimiters inside lines, escapes, RFC 2231 names, folded or
-/// repeated headers, files, transfer encodings, other charsets, a field
-/// given twice).
+/// read strictly by [`params`] (`name="..."` or a bare token; parameter names
+/// in any case), its value the part's bytes as UTF-8. Where they could read a
+/// name or value this does not, the body is ambiguous (refused): each case is
+/// named where it is refused below (delimiters inside lines, escapes,
+/// comments, RFC 2231 names, folded or repeated headers, files, transfer
+/// encodings, other charsets, a field given twice).
 fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> {
     if boundary.is_empty() {
         return Field::Missing;
@@ -146,15 +238,29 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
         first.get_or_insert(start);
         at = start + delimiter.len();
     }
+    // Django reads the text before the first delimiter (all of a body with
+    // none) as a part, and a part from what follows the last; the others
+    // skip both, and python-multipart fails on the first. Browsers send
+    // neither: anything but a line end after the last is refused, as is
+    // anything before the first.
+    match first {
+        None if body.is_empty() => return Field::Missing,
+        Some(0) => {}
+        _ => return Field::Ambiguous,
+    }
     let mut found = Field::Missing;
     // Each part runs from the end of one delimiter line to the CRLF before
     // the next delimiter; what follows the last one (`--`) is the epilogue.
-    let Some(mut rest) = first.and_then(|at| body.get(at + delimiter.len()..)) else {
+    let Some(mut rest) = body.get(delimiter.len()..) else {
         return Field::Missing;
     };
     loop {
-        if rest.starts_with(b"--") {
-            break; // the closing delimiter
+        if let Some(epilogue) = rest.strip_prefix(b"--") {
+            // The closing delimiter.
+            if !matches!(epilogue, b"" | b"\r\n") {
+                return Field::Ambiguous;
+            }
+            break;
         }
         let Some(part_start) = find(rest, b"\r\n").map(|i| i + 2) else {
             break;
@@ -197,40 +303,45 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
         let mut suspect = false;
         let mut dispositions = 0;
         for line in head.split("\r\n") {
+            // A header's name is a token right before its colon
+            // (python-multipart fails on `Content-Disposition :`, others
+            // read it); a line without a colon, each parser its own way.
             let Some((header, header_value)) = line.split_once(':') else {
-                continue;
+                return Field::Ambiguous;
             };
-            let header = header.trim();
+            if header.is_empty() || !header.bytes().all(is_tchar) {
+                return Field::Ambiguous;
+            }
             if header.eq_ignore_ascii_case("content-disposition") {
                 dispositions += 1;
-                // Django counts quotes naively, Werkzeug and the email
-                // package parse escapes: with a backslash or an odd number
-                // of quotes they split the parameters differently.
-                if header_value.contains('\\') || header_value.matches('"').count() % 2 == 1 {
-                    return Field::Ambiguous;
-                }
-                for p in split_params(header_value).skip(1) {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    let k = k.trim();
+                let (mut named_twice, mut encoded) = (false, false);
+                let disposition = params(header_value, |k, v| {
                     if k.contains('*') {
                         // RFC 2231's `name*=utf-8''username`: a name this
                         // does not decode, in any part.
-                        return Field::Ambiguous;
-                    }
-                    if k.eq_ignore_ascii_case("name") {
-                        if part_name.is_some() {
-                            // Named twice: parsers keep one or the other.
-                            return Field::Ambiguous;
-                        }
-                        part_name = Some(unquote(v.trim()));
+                        encoded = true;
+                    } else if k.eq_ignore_ascii_case("name") {
+                        // Named twice: parsers keep one or the other.
+                        named_twice |= part_name.replace(v).is_some();
                     } else if k.eq_ignore_ascii_case("filename") {
                         suspect = true;
                     }
+                });
+                if disposition.is_none_or(|d| d.contains('/')) || named_twice || encoded {
+                    return Field::Ambiguous;
                 }
             } else if header.eq_ignore_ascii_case("content-transfer-encoding") {
                 suspect = true;
             } else if header.eq_ignore_ascii_case("content-type") {
-                suspect |= param(header_value, "charset").is_some_and(|c| !is_utf8(c));
+                let mut charsets = 0;
+                let mut utf8 = true;
+                let read = params(header_value, |k, v| {
+                    if k.eq_ignore_ascii_case("charset") || k.contains('*') {
+                        charsets += 1;
+                        utf8 &= is_utf8(v);
+                    }
+                });
+                suspect |= read.is_none() || charsets > 1 || !utf8;
             }
         }
         if dispositions > 1 {
@@ -256,31 +367,6 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
 /// 64 KiB body of dashes ~4.5M comparisons per delimiter).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
-}
-
-/// A header value's `;`-separated items, a `;` inside quotes kept (the
-/// value has no backslash: see `multipart_field`).
-fn split_params(value: &str) -> impl Iterator<Item = &str> {
-    let mut quoted = false;
-    value.split(move |c: char| {
-        if c == '"' {
-            quoted = !quoted;
-        }
-        c == ';' && !quoted
-    })
-}
-
-/// A parameter's value: a quoted string without its quotes, a token as it is
-/// (the value has no backslash: see `multipart_field`).
-fn unquote(v: &str) -> &str {
-    v.strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(v)
-}
-
-/// The `charset` parameter of a content type (unquoted), if it has one.
-fn charset(content_type: Option<&str>) -> Option<&str> {
-    param(content_type?, "charset")
 }
 
 /// Whether a charset names UTF-8 (or ASCII, a part of it).
@@ -507,15 +593,58 @@ mod tests {
                 value("alice")
             );
         }
-        // A form is never read as JSON, nor JSON as a form.
-        assert_eq!(
-            field(br#"{"username":"a"}"#, FORM, "username"),
-            Field::Missing
-        );
+        // JSON is never read as a form; a JSON object sent as a form is read
+        // as JSON too (apps read JSON whatever the type says), and where the
+        // two readings differ, refused.
         assert_eq!(
             field(b"username=a", Some("application/json"), "username"),
             Field::Missing
         );
+        assert_eq!(field(br#"{"username":"a"}"#, FORM, "username"), value("a"));
+        assert_eq!(
+            field(br#"{"username":"a","x":"&username=b"}"#, FORM, "username"),
+            Field::Ambiguous
+        );
+        assert_eq!(
+            field(br#"{"x":"&username=b"}"#, FORM, "username"),
+            value("b\"}")
+        );
+        // A type the frameworks could read otherwise: refused.
+        for t in [
+            "application/x-www-form-urlencoded; charset=utf-8; charset=latin1",
+            "application/x-www-form-urlencoded; charset*=utf-8''latin1",
+            "application/x-www-form-urlencoded (a comment)",
+            "application/x-www-form-urlencoded; charset = utf-8",
+            "application/x-www-form-urlencoded; charset=\"utf-8",
+            "application/x-www-form-urlencoded; charset=",
+            "application/x-www-form-urlencoded, text/plain",
+            "application/x-www-form-urlencoded/x",
+            "form",
+        ] {
+            assert_eq!(
+                field(b"username=alice", Some(t), "username"),
+                Field::Ambiguous,
+                "{t}"
+            );
+        }
+        // Empty items, a trailing `;`, no type at all: read.
+        for t in [
+            Some("application/x-www-form-urlencoded;; charset=utf-8;"),
+            Some(" Application/X-WWW-Form-Urlencoded\t"),
+        ] {
+            assert_eq!(
+                field(b"username=alice", t, "username"),
+                value("alice"),
+                "{t:?}"
+            );
+        }
+        for t in [None, Some(""), Some(" ")] {
+            assert_eq!(
+                field(b"username=alice", t, "username"),
+                Field::Missing,
+                "{t:?}"
+            );
+        }
     }
 
     #[test]
@@ -534,12 +663,15 @@ mod tests {
             field(br#"{"username":12345}"#, None, "username"),
             value("12345")
         );
+        assert_eq!(
+            field(b" \r\n\t{\"username\":\"alice\"}\n", None, "username"),
+            value("alice")
+        );
         for missing in [
             &br#"{"user":{"username":"alice"}}"#[..],
             br#"{"username":null}"#,
             br#"["username","alice"]"#,
-            br#"{"username":"alice""#,
-            br#"{"username":"alice"} trailing"#,
+            br#"x{"username":"alice"}"#,
             b"",
         ] {
             assert_eq!(
@@ -602,19 +734,45 @@ mod tests {
                 assert_eq!(field(&wide, t, "username"), Field::Ambiguous, "{wide:?}");
             }
         }
-        // A malformed body is Missing, whatever the field held.
+        // Deep nesting beside the field (skipped without recursion) or in it.
+        let deep = |inner: &str| {
+            let nested = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+            format!(
+                r#"{{"username":{},"x":{nested}}}"#,
+                inner.replace('N', &nested)
+            )
+        };
         assert_eq!(
-            field(br#"{"username":["a"]"#, None, "username"),
-            Field::Missing
+            field(deep(r#""alice""#).as_bytes(), None, "username"),
+            value("alice")
         );
+        assert_eq!(
+            field(deep("N").as_bytes(), None, "username"),
+            Field::Ambiguous
+        );
+        // An object this cannot read whole: refused. Python's json.loads
+        // reads NaN and Infinity; a cut or trailing body is refused as well.
+        for unread in [
+            &br#"{"username":"alice","password":NaN}"#[..],
+            br#"{"password":-Infinity,"username":"alice"}"#,
+            br#"{"username":"alice","n":Infinity}"#,
+            br#"{"username":"alice""#,
+            br#"{"username":["a"]"#,
+            br#"{"username":"alice"} trailing"#,
+            b"{",
+        ] {
+            for t in [Some("application/json"), FORM, None] {
+                assert_eq!(field(unread, t, "username"), Field::Ambiguous, "{unread:?}");
+            }
+        }
     }
 
     fn multipart(parts: &[(&str, &str)]) -> Vec<u8> {
-        let mut body = b"preamble\r\n".to_vec();
+        let mut body = Vec::new();
         for (head, value) in parts {
             body.extend_from_slice(format!("--XyZ\r\n{head}\r\n\r\n{value}\r\n").as_bytes());
         }
-        body.extend_from_slice(b"--XyZ--\r\nepilogue");
+        body.extend_from_slice(b"--XyZ--\r\n");
         body
     }
 
@@ -709,8 +867,9 @@ mod tests {
             ),
         ]);
         assert_eq!(field(&body, t, "username"), value("carol"));
-        // No boundary, another boundary: no field. An unterminated part (Django
-        // reads it): refused.
+        // No boundary (no parser reads a part): no field. Another boundary
+        // (Django reads the whole body as a part), an unterminated part
+        // (Django reads it): refused.
         let body = multipart(&[(&cd(r#"name="username""#), "dave")]);
         assert_eq!(
             field(&body, Some("multipart/form-data"), "username"),
@@ -722,18 +881,77 @@ mod tests {
                 Some("multipart/form-data; boundary=Other"),
                 "username"
             ),
-            Field::Missing
+            Field::Ambiguous
         );
         let cut = b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\ndave";
         assert_eq!(field(cut, t, "username"), Field::Ambiguous);
         // A boundary past RFC 2046's 70 characters: refused.
         let long = format!("multipart/form-data; boundary={}", "b".repeat(71));
         assert_eq!(field(&body, Some(&long), "username"), Field::Ambiguous);
-        // Never read as JSON.
+        // Text before the first delimiter or after the last (Django reads a
+        // part from each; a body with no delimiter is all preamble): refused.
+        // An empty body, a closing delimiter with or without its line end:
+        // read.
+        let ok = multipart(&[(&cd(r#"name="username""#), "gina")]);
+        for cut in [
+            [b"preamble\r\n", ok.as_slice()].concat(),
+            [b"\r\n", ok.as_slice()].concat(),
+            [ok.as_slice(), b"epilogue"].concat(),
+            [ok.as_slice(), b"\r\n"].concat(),
+            b"Content-Disposition: form-data; name=\"username\"\r\n\r\nvictim".to_vec(),
+            br#"{"username":"eve"}"#.to_vec(),
+        ] {
+            assert_eq!(field(&cut, t, "username"), Field::Ambiguous, "{cut:?}");
+        }
+        assert_eq!(field(&ok, t, "username"), value("gina"));
+        assert_eq!(field(&ok[..ok.len() - 2], t, "username"), value("gina"));
+        assert_eq!(field(b"", t, "username"), Field::Missing);
+        // The type read strictly: a boundary inside a quoted parameter is not
+        // the boundary; one given twice, the RFC 2231 way, unclosed, with a
+        // comment, or a charset the frameworks decode the fields in: refused.
+        let body = multipart(&[(&cd(r#"name="username""#), "frank")]);
         assert_eq!(
-            field(br#"{"username":"eve"}"#, t, "username"),
-            Field::Missing
+            field(
+                &body,
+                Some(r#"multipart/form-data; x="a;boundary=Other"; boundary=XyZ"#),
+                "username"
+            ),
+            value("frank")
         );
+        for t in [
+            "multipart/form-data; boundary=XyZ; boundary=Other",
+            "multipart/form-data; boundary=Other; boundary=XyZ",
+            "multipart/form-data; boundary*=utf-8''XyZ",
+            "multipart/form-data; boundary=\"XyZ",
+            "multipart/form-data; boundary=XyZ (a comment)",
+            "multipart/form-data; boundary=XyZ; charset=utf-16-le",
+            "multipart/form-data boundary=XyZ",
+        ] {
+            assert_eq!(field(&body, Some(t), "username"), Field::Ambiguous, "{t}");
+        }
+        // A part's disposition read strictly too: what follows the name, spaces
+        // around `=`, a header name with a space or a line with no colon.
+        for head in [
+            cd(r#"name="username" (the login)"#),
+            cd("name=username x"),
+            cd(r#"name = "username""#),
+            cd("name="),
+            cd("name"),
+            r#"Content-Disposition : form-data; name="username""#.to_string(),
+            format!("{}\r\nno colon", cd(r#"name="username""#)),
+            r#"Content-Disposition: form-data/x; name="username""#.to_string(),
+            format!(
+                "{}\r\nContent-Type: text/plain; charset=\"utf-8",
+                cd(r#"name="username""#)
+            ),
+            format!(
+                "{}\r\nContent-Type: text/plain; charset=utf-8; charset=utf-16",
+                cd(r#"name="username""#)
+            ),
+        ] {
+            let body = multipart(&[(&head, "victim")]);
+            assert_eq!(field(&body, t, "username"), Field::Ambiguous, "{head}");
+        }
     }
 
     /// `form_field` finds what `form_urlencoded::parse` finds, on forms with
