@@ -143,7 +143,7 @@ function bodyChecker(engine, async, pick, done, fail) {
       clientIp: clientIp(requestIp(req)),
       headers: pick(req.headers),
       body: req.body,
-    })
+    }, true)
     if (request.body !== undefined && Buffer.byteLength(request.body) > MAX_BODY_BYTES) return refuse(res, 413, TOO_LARGE)
     if (async) {
       let pending

@@ -72,7 +72,7 @@ function floodgatePlugin(fastify, opts, done) {
         clientIp: clientIp(request.ip),
         headers: pick(request.headers),
         body: request.body,
-      })
+      }, true)
       if (req.body !== undefined && Buffer.byteLength(req.body) > MAX_BODY_BYTES) {
         return reply.code(413).type(JSON_TYPE).send(TOO_LARGE)
       }

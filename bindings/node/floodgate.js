@@ -234,14 +234,22 @@ NativeEngine.prototype.checkRequest = function checkRequest(request) {
 /**
  * A request's `body` as the engine takes it (text): a string as it is, a
  * Buffer as UTF-8; anything else (what a body parser made of the body) is
- * sent as its JSON, typed `application/json`.
+ * sent as its JSON, typed `application/json`. `parsed`: the body is what the
+ * framework's parser made of it, inflated already (Express's parsers inflate
+ * gzip and deflate), so its Content-Encoding is not passed on (the engine
+ * refuses a compressed body, which it cannot read).
  */
-function withBodyText(request) {
+function withBodyText(request, parsed = false) {
   const body = request.body
-  if (body === undefined || typeof body === 'string') return request
-  if (Buffer.isBuffer(body) || body instanceof Uint8Array) return { ...request, body: Buffer.from(body).toString('utf8') }
+  if (body === undefined) return request
+  const json = typeof body !== 'string' && !Buffer.isBuffer(body) && !(body instanceof Uint8Array)
+  if (!json && !parsed && typeof body === 'string') return request
   const headers = {}
-  for (const k in request.headers ?? {}) if (k.toLowerCase() !== 'content-type') headers[k] = request.headers[k]
+  for (const k in request.headers ?? {}) {
+    const name = k.toLowerCase()
+    if (!(parsed && name === 'content-encoding') && !(json && name === 'content-type')) headers[k] = request.headers[k]
+  }
+  if (!json) return { ...request, headers, body: typeof body === 'string' ? body : Buffer.from(body).toString('utf8') }
   headers['content-type'] = 'application/json'
   return { ...request, headers, body: body === null ? 'null' : JSON.stringify(body) }
 }

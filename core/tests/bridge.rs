@@ -166,7 +166,13 @@ fn the_engine_lists_the_headers_it_reads() {
     got.sort();
     assert_eq!(
         got,
-        ["authorization", "content-type", "x-api-key", "x-client-id"]
+        [
+            "authorization",
+            "content-encoding",
+            "content-type",
+            "x-api-key",
+            "x-client-id"
+        ]
     );
     assert!(e.reads_header("X-Client-Id") && !e.reads_header("cookie"));
 }

@@ -367,7 +367,8 @@ pub fn body(data: &[u8]) {
     if *kind % 6 == 5 {
         // The type from the input too (its first line): the strict reading
         // of its parameters sees arbitrary text.
-        let (line, rest) = body.split_at(body.iter().position(|b| *b == b'\n').unwrap_or(body.len()));
+        let (line, rest) =
+            body.split_at(body.iter().position(|b| *b == b'\n').unwrap_or(body.len()));
         content_type = std::str::from_utf8(line).unwrap_or_default();
         body = rest.get(1..).unwrap_or_default();
     }

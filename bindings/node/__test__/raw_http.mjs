@@ -18,7 +18,7 @@ export function raw(at, method, target, headers = [], body = '') {
   for (const [n, v] of headers) lines.push(`${n}: ${v}`)
   return new Promise((resolve, reject) => {
     const where = unix ? { path: at } : { port: at, host: '127.0.0.1' }
-    const s = net.connect(where, () => s.write(lines.join('\r\n') + '\r\n\r\n' + body))
+    const s = net.connect(where, () => s.write(Buffer.concat([Buffer.from(lines.join('\r\n') + '\r\n\r\n', 'latin1'), Buffer.from(body)])))
     const chunks = []
     s.on('data', (c) => chunks.push(c))
     s.on('error', reject)

@@ -423,8 +423,10 @@ def test_no_shape_of_a_login_body_gets_a_victims_name_past_its_limit(server):
     Python's JSON extensions, JSON under a form's type (Django's and Flask's
     handlers here read JSON whatever the type, as `json.loads(request.body)`
     does), a boundary given twice or inside a quoted parameter or the RFC 2231
-    way, a comment after a part's name, a charset the frameworks decode in.
+    way, a comment after a part's name, a charset the frameworks decode in, a
+    type given twice, a compressed body.
     Each is held (429) or refused (400): no handler sees the victim's name."""
+    import gzip
     import json
 
     kind, port = server
@@ -452,6 +454,11 @@ def test_no_shape_of_a_login_body_gets_a_victims_name_past_its_limit(server):
         (multipart, part('form-data; name="username" (the login)')),
         (multipart, part("form-data; name=username x")),
         (form, text.encode("utf-16")),
+        # A second type: servers give the app the first, the last or both.
+        ("text/plain\r\nContent-Type: application/x-www-form-urlencoded", f"username={victim}".encode()),
+        ("application/x-www-form-urlencoded\r\nContent-Type: text/plain", f"username={victim}".encode()),
+        # Compressed (Express's parsers inflate it; an app or proxy may too).
+        ("application/json\r\nContent-Encoding: gzip", gzip.compress(text.encode())),
         ("multipart/form-data; boundary=XyZ; charset=utf-16-le",
          b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\n" + victim.encode("utf-16-le") + b"\r\n--XyZ--\r\n"),
     ]

@@ -54,6 +54,29 @@ pub(crate) enum Field<'a> {
 /// with the name it was read for. Rules usually key on one.
 pub(crate) type ReadFields<'a> = SmallVec<[(&'a str, Field<'a>); 1]>;
 
+/// The request's `Content-Type`, if it has one, or `Err` where the app could
+/// read the body otherwise than the engine would: a `Content-Type` given
+/// twice (servers pass the app the first, the last or both joined), or a
+/// `Content-Encoding` other than `identity` (Express's body parsers inflate a
+/// gzip or deflate body: a proxy in front of one must not count a name it
+/// cannot read).
+pub(crate) fn content_type<'h>(headers: &[(&str, &'h str)]) -> Result<Option<&'h str>, ()> {
+    let mut found = None;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-type") {
+            if found.replace(*value).is_some() {
+                return Err(());
+            }
+        } else if name.eq_ignore_ascii_case("content-encoding") {
+            let coding = value.trim_matches(OWS);
+            if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+                return Err(());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// How a body is read, from its `Content-Type`.
 enum Kind<'t> {
     /// `application/x-www-form-urlencoded`.
@@ -1072,6 +1095,36 @@ mod tests {
             b"a",
             b"b",
         ])
+    }
+
+    #[test]
+    fn one_content_type_and_no_compression() {
+        let ct = |h: &[(&'static str, &'static str)]| content_type(h);
+        assert_eq!(ct(&[]), Ok(None));
+        assert_eq!(ct(&[("Content-Type", FORM.unwrap_or_default())]), Ok(FORM));
+        assert_eq!(
+            ct(&[
+                ("content-type", "text/plain"),
+                ("x-a", "1"),
+                ("Content-Encoding", " Identity ")
+            ]),
+            Ok(Some("text/plain"))
+        );
+        assert_eq!(ct(&[("content-encoding", "")]), Ok(None));
+        for refused in [
+            &[
+                ("content-type", "text/plain"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ][..],
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            &[("content-encoding", "deflate")],
+            &[("content-encoding", "identity, gzip")],
+        ] {
+            assert_eq!(ct(refused), Err(()), "{refused:?}");
+        }
     }
 
     #[test]

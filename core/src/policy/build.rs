@@ -229,12 +229,15 @@ impl Policy {
                     };
                     unless.into_iter().chain(r.key.header_names())
                 }))
-                // A body is read as its type says (body:).
+                // A body is read as its type says, and not at all when
+                // compressed (body:).
                 .chain(
                     rules
                         .iter()
                         .any(|r| r.key.reads_body())
-                        .then_some("content-type"),
+                        .then_some(["content-type", "content-encoding"])
+                        .into_iter()
+                        .flatten(),
                 ),
         );
         let reads_body = rules.iter().any(|r| r.key.reads_body());

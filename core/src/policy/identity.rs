@@ -420,7 +420,7 @@ impl KeyTemplate {
                     let field = match input.fields.iter().find(|(n, _)| *n == name.as_str()) {
                         Some((_, field)) => field,
                         None => {
-                            let content_type = header(input.headers, "content-type");
+                            let content_type = super::body::content_type(input.headers).ok()?;
                             unread = super::body::field(input.body?, content_type, name);
                             &unread
                         }

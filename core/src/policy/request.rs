@@ -111,9 +111,10 @@ impl Policy {
     /// Reads, once each, the body fields that the rules a `method` request
     /// with these path `segments` meets key on. `Err` if the body is
     /// ambiguous for one (named twice; a list, an object or a boolean; an
-    /// encoding or a multipart shape the frameworks' parsers read differently:
-    /// see `super::body`): such a request is refused (400), since the app
-    /// could read a name the rule does not count.
+    /// encoding or a multipart shape the frameworks' parsers read differently;
+    /// a type given twice or a compressed body: see `super::body`): such a
+    /// request is refused (400), since the app could read a name the rule
+    /// does not count.
     pub(super) fn read_body_fields<'a>(
         &'a self,
         method: &str,
@@ -125,7 +126,7 @@ impl Policy {
         let Some(body) = body else {
             return Ok(read);
         };
-        let content_type = super::identity::header(headers, "content-type");
+        let content_type = super::body::content_type(headers)?;
         for rule in &self.rules {
             if !rule.key.reads_body() || !rule.matcher.matches(method, segments) {
                 continue;
