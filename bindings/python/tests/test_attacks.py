@@ -9,6 +9,7 @@ framework routes to a limited handler must be held to the limit."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import socket
@@ -348,6 +349,23 @@ def test_a_spoofed_forwarded_header_is_ignored(server):
         for i in range(20)
     ]
     assert statuses.count(200) == 3, statuses
+
+
+def test_an_underscored_copy_of_a_header_neither_moves_a_client_nor_hides_a_key(server):
+    """Some proxies pass `X_Forwarded_For` through as the client sent it (nginx
+    and gunicorn drop names with underscores; HAProxy and others do not), and
+    Django under ASGI folds it into `X-Forwarded-For` (both are
+    HTTP_X_FORWARDED_FOR): a client naming a new address in it each time must
+    not get a new quota, nor hide a revoked key as `X_Api_Key`."""
+    kind, port = server
+    xff = fresh_client()
+    statuses = [
+        raw(port, "POST", "/auth/login", [("X-Forwarded-For", xff), ("X_Forwarded_For", f"203.0.113.{i}")])[0]
+        for i in range(8)
+    ]
+    assert statuses.count(200) <= 3 and statuses.count(200) + statuses.count(429) + statuses.count(400) == 8, (kind, statuses)
+    status, _, body = raw(port, "GET", "/page", [("X-Forwarded-For", fresh_client()), ("X_Api_Key", "sk_revoked")])
+    assert status in (400, 403) or json.loads(body)["key"] is None, (kind, status, body)
 
 
 def test_the_first_copy_of_a_repeated_api_key_is_the_one(server):
