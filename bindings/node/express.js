@@ -121,21 +121,31 @@ const TOO_LARGE = tooLargeBody()
 
 const NO_BODY =
   'floodgate: ERR_FG_NO_BODY: a rule keys on a field of the request body (key = "body:..."), but req.body is not ' +
-  'set: put the body parsers your routes use (express.json(), express.urlencoded()) before floodgate(). Until ' +
-  'then the rule finds no key for these requests (skipped, or 401 with anonymous = "deny").'
+  'set: put the body parsers your routes use (express.json(), express.urlencoded(), multer\'s upload.none() for ' +
+  'multipart logins) before floodgate(). Until then such a request with a body is refused (400): a parser after ' +
+  'the middleware could give the handler a name the rule never counted.'
+
+/** Whether a request has a body (as body parsers tell: a length or chunks). */
+const hasBody = (req) =>
+  req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0'
 
 /**
  * The check of a request a rule keyed by a body field meets
  * (`engine.readsBody`): with what the body parsers before the middleware made
  * of the body (`req.body`, sent as JSON; a string or Buffer as it is). A body
- * over MAX_BODY_BYTES is answered 413. Warns once when no parser ran.
+ * over MAX_BODY_BYTES is answered 413. A body no parser read is refused (400;
+ * warned of once): a parser on the route, after the middleware (multer for a
+ * multipart login), would give the handler a name the rule never saw.
  */
 function bodyChecker(engine, async, pick, done, fail) {
   let warned = false
   return function checkWithBody(req, res, next, path) {
-    if (req.body === undefined && !warned) {
-      warned = true
-      console.warn(NO_BODY)
+    if (req.body === undefined && hasBody(req)) {
+      if (!warned) {
+        warned = true
+        console.warn(NO_BODY)
+      }
+      return refuse(res, 400, BAD_REQUEST)
     }
     const request = withBodyText({
       method: req.method,

@@ -30,7 +30,10 @@ async function express(options = {}) {
   // Body parsers first: the policy keys the login on the body's username.
   app.use(express.json(), express.urlencoded({ extended: false }))
   app.use(floodgate(Engine.fromToml(POLICY), options))
-  app.post('/auth/login', (req, res) => res.json({ handler: 'login', username: req.body?.username ?? null }))
+  // Multipart logins (fetch's FormData) read by multer on the route, after
+  // the middleware, as multer's docs show it.
+  const upload = require('multer')()
+  app.post('/auth/login', upload.none(), (req, res) => res.json({ handler: 'login', username: req.body?.username ?? null }))
   app.get('/page', (req, res) => res.json({ handler: 'page', key: req.get('x-api-key') ?? null }))
   const server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s))
@@ -188,6 +191,16 @@ for (const [name, start] of [['express', express], ['fastify', fastify]]) {
         [['X-Forwarded-For', freshClient()], ['Content-Type', 'application/json'], ['Content-Encoding', 'gzip']],
         zlib.gzipSync('{"username":"victim"}'))
       assert.ok(name === 'express' ? gz.status === 429 : [400, 415, 429].includes(gz.status), gz.text)
+      // Multipart: Express reads it in multer on the route, after the
+      // middleware, which saw no body: refused (400), never a login past the
+      // limit; Fastify (no multipart parser here) answers 415.
+      const form = '--XyZ\r\nContent-Disposition: form-data; name="username"\r\n\r\nvictim\r\n--XyZ--\r\n'
+      const mp = await raw(server.port, 'POST', '/auth/login',
+        [['X-Forwarded-For', freshClient()], ['Content-Type', 'multipart/form-data; boundary=XyZ']], form)
+      assert.equal(mp.status, name === 'express' ? 400 : 415, mp.text)
+      // A login with no body at all: no key for the rule, so not refused.
+      const empty = await raw(server.port, 'POST', '/auth/login', [['X-Forwarded-For', freshClient()]])
+      assert.equal(empty.status, 200, empty.text)
     } finally {
       await server.close()
     }

@@ -46,8 +46,9 @@
 //! needs [`FloodgateBodyLayer`] outside this layer: it reads the body of the
 //! requests such a rule meets and passes it in (a [`ReadBody`] extension),
 //! for services whose request body is made from bytes (axum's `Body`).
-//! Without it that rule finds no key, and the first request it meets is
-//! warned of (`ERR_FG_NO_BODY`, whatever `validate` says).
+//! Without it a request with a body that such a rule meets is refused (400:
+//! the handler's extractor could read a name the rule never counted) and
+//! warned of once (`ERR_FG_NO_BODY`, whatever `validate` says).
 //!
 //! **Answers.** A denial is answered here, without calling the service: the
 //! verdict's status (429, 403, 401), its headers (`Retry-After`, `RateLimit`,
@@ -143,8 +144,8 @@ const UNTRUSTED_PROXY: &str = "floodgate: ERR_FG_UNTRUSTED_PROXY: a request from
     with `FloodgateLayer::trusted_proxies`.";
 
 const NO_BODY: &str = "floodgate: ERR_FG_NO_BODY: a request met a rule keyed by a field of the \
-    request body (`key = \"body:...\"`), but no FloodgateBodyLayer read its body: the rule \
-    finds no key and is skipped (401 with `anonymous = \"deny\"`). Add \
+    request body (`key = \"body:...\"`), but no FloodgateBodyLayer read its body: such requests \
+    are refused (400), since the handler could read a name the rule never counted. Add \
     `FloodgateBodyLayer::new(engine)` outside the FloodgateLayer (with axum, the `.layer(...)` \
     after it), or key the rule on what the layer sees.";
 
@@ -296,17 +297,18 @@ impl Shared {
         }
     }
 
-    /// Warns, once, of a request that a rule keyed by a body field meets
-    /// whose body no [`FloodgateBodyLayer`] read: that rule never holds
-    /// there. (Free for a policy without such rules, and once warned.)
-    fn warn_of_body_rules<B>(&self, req: &http::Request<B>) {
-        if !self.warned_no_body.load(Ordering::Relaxed)
-            && req.extensions().get::<ReadBody>().is_none()
-            && self.engine.reads_body(req.method().as_str(), target(req))
-            && !self.warned_no_body.swap(true, Ordering::Relaxed)
-        {
+    /// Whether `req` has a body that a rule keyed by a body field needs and
+    /// no [`FloodgateBodyLayer`] read: refused (400), since the handler's
+    /// extractor could read a name the rule never counted. Warned of once.
+    /// (Free for a policy without such rules.)
+    fn unread_body<B>(&self, req: &http::Request<B>) -> bool {
+        let unread = req.extensions().get::<ReadBody>().is_none()
+            && has_body(req)
+            && self.engine.reads_body(req.method().as_str(), target(req));
+        if unread && !self.warned_no_body.swap(true, Ordering::Relaxed) {
             tracing::warn!(code = "ERR_FG_NO_BODY", "{NO_BODY}");
         }
+        unread
     }
 
     /// The client's address; `None` without a peer address (a Unix-domain
@@ -410,6 +412,19 @@ impl Shared {
     }
 }
 
+/// Whether a request has a body: a length other than 0, chunks, or (HTTP/2
+/// and later, where a body needs no length) no length at all.
+fn has_body<B>(req: &http::Request<B>) -> bool {
+    let headers = req.headers();
+    match headers.get(http::header::CONTENT_LENGTH) {
+        Some(length) => length.as_bytes() != b"0",
+        None => {
+            headers.contains_key(http::header::TRANSFER_ENCODING)
+                || req.version() >= http::Version::HTTP_2
+        }
+    }
+}
+
 /// The answer to a request the engine cannot use.
 fn bad_request() -> Decided {
     Decided::Answer {
@@ -458,7 +473,19 @@ where
         if shared.validate_left.load(Ordering::Relaxed) > 0 {
             shared.validate(&req);
         }
-        shared.warn_of_body_rules(&req);
+        if shared.unread_body(&req) {
+            let Decided::Answer {
+                status,
+                headers,
+                body,
+            } = bad_request()
+            else {
+                unreachable!("bad_request answers")
+            };
+            return ResponseFuture::Answered {
+                res: Some(answer(status, headers, body)),
+            };
+        }
         if !shared.blocking {
             // In memory: decided here, and the service's future is polled in
             // place (no box, no task).

@@ -333,21 +333,28 @@ async fn deployments_that_defeat_ip_limits_are_warned_of_once() {
     assert_eq!(codes.take(), Vec::<String>::new());
 }
 
-/// A rule keyed by a body field, which the layer does not read: the first
-/// request it meets is warned of, once, even with validation off; requests no
-/// such rule meets, never.
+/// A rule keyed by a body field, and no body layer to read it: a request
+/// with a body that the rule meets is refused (400: the handler's extractor
+/// could read a name the rule never counted) and warned of, once, even with
+/// validation off. Requests no such rule meets, and a login with no body (no
+/// name for the rule), go on unwarned.
 #[tokio::test]
-async fn a_rule_keyed_by_the_body_is_warned_of_once() {
+async fn a_body_no_layer_read_is_refused_and_warned_of_once() {
     let codes = Codes::default();
     let _guard = tracing::subscriber::set_default(codes.clone());
     let layer = FloodgateLayer::new(Arc::new(Engine::from_toml_str(BODY_POLICY).unwrap()));
     let addr = serve(layer.validate(false)).await;
     assert_eq!(call(addr, "GET", "/api/items", &[]).await.status, 200);
-    assert_eq!(codes.take(), Vec::<String>::new());
-    for _ in 0..3 {
-        // No key for the rule: skipped, the handler answers.
+    for _ in 0..4 {
+        // No body: no key for the rule, skipped; the handler answers.
         let r = call(addr, "POST", "/auth/login", &[("x-password", "right")]).await;
         assert_eq!(r.status, 200);
+    }
+    assert_eq!(codes.take(), Vec::<String>::new());
+    let login = br#"{"username":"victim"}"#;
+    for chunked in [false, true, false] {
+        let (status, body) = post_raw(addr, "application/json", Some(login), chunked).await;
+        assert_eq!(status, 400, "{body}");
     }
     assert_eq!(codes.take(), ["ERR_FG_NO_BODY"]);
 }
