@@ -147,13 +147,18 @@ function bodyChecker(engine, async, pick, done, fail) {
       }
       return refuse(res, 400, BAD_REQUEST)
     }
-    const request = withBodyText({
-      method: req.method,
-      path,
-      clientIp: clientIp(requestIp(req)),
-      headers: pick(req.headers),
-      body: req.body,
-    }, true)
+    let request
+    try {
+      request = withBodyText({
+        method: req.method,
+        path,
+        clientIp: clientIp(requestIp(req)),
+        headers: pick(req.headers),
+        body: req.body,
+      }, true)
+    } catch (err) {
+      return fail(res, next, err)
+    }
     if (request.body !== undefined && Buffer.byteLength(request.body) > MAX_BODY_BYTES) return refuse(res, 413, TOO_LARGE)
     if (async) {
       let pending
@@ -293,6 +298,7 @@ function floodgate(engine, options = {}) {
 
 module.exports = {
   floodgate,
+  hasBody,
   clientIp,
   requestIp,
   headerPicker,

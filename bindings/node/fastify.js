@@ -10,7 +10,7 @@
 // answered 400. In its first 1,000 requests it warns once (console.warn) of
 // X-Forwarded-For from an untrusted private, loopback or Unix-socket peer
 // (ERR_FG_UNTRUSTED_PROXY); { validate: false } turns that off.
-const { clientIp, headerPicker, isBadRequest, BAD_REQUEST, TOO_LARGE, COST_HEADER, JSON_TYPE, parseCost } = require('./express.js')
+const { clientIp, hasBody, headerPicker, isBadRequest, BAD_REQUEST, TOO_LARGE, COST_HEADER, JSON_TYPE, parseCost } = require('./express.js')
 const {
   rawChecker,
   plain,
@@ -23,6 +23,12 @@ const {
   withBodyText,
   MAX_BODY_BYTES,
 } = require('./floodgate.js')
+
+const NO_BODY =
+  'floodgate: ERR_FG_NO_BODY: a rule keys on a field of the request body (key = "body:..."), but no content ' +
+  "type parser gave Fastify this request's body (request.body is undefined): such a request is refused (400), " +
+  'since the handler could read a name the rule never counted. For multipart logins, register ' +
+  "@fastify/multipart with attachFieldsToBody: 'keyValues'."
 
 /** The verdict a request must settle (on the request object). */
 const PENDING = Symbol('floodgate.pending')
@@ -63,16 +69,32 @@ function floodgatePlugin(fastify, opts, done) {
   // the content type (and a reload cannot add a header to read).
   const bodies = engine.requestHeaders.includes('content-type')
   const byBody = (request) => bodies && engine.readsBody(request.method, request.url)
+  let warnedNoBody = false
   if (bodies) {
     fastify.addHook('preValidation', (request, reply, next) => {
       if (request[BY_BODY] !== true) return next()
-      const req = withBodyText({
-        method: request.method,
-        path: request.url,
-        clientIp: clientIp(request.ip),
-        headers: pick(request.headers),
-        body: request.body,
-      }, true)
+      // A body no parser read (@fastify/multipart's default mode, whose
+      // handler reads the parts itself): the handler could read a name the
+      // rule never counted. Refused, warned of once.
+      if (request.body === undefined && hasBody(request.raw)) {
+        if (!warnedNoBody) {
+          warnedNoBody = true
+          console.warn(NO_BODY)
+        }
+        return badRequest(reply)
+      }
+      let req
+      try {
+        req = withBodyText({
+          method: request.method,
+          path: request.url,
+          clientIp: clientIp(request.ip),
+          headers: pick(request.headers),
+          body: request.body,
+        }, true)
+      } catch (err) {
+        return isBadRequest(err) ? badRequest(reply) : next(err)
+      }
       if (req.body !== undefined && Buffer.byteLength(req.body) > MAX_BODY_BYTES) {
         return reply.code(413).type(JSON_TYPE).send(TOO_LARGE)
       }

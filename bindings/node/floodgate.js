@@ -251,7 +251,18 @@ function withBodyText(request, parsed = false) {
   }
   if (!json) return { ...request, headers, body: typeof body === 'string' ? body : Buffer.from(body).toString('utf8') }
   headers['content-type'] = 'application/json'
-  return { ...request, headers, body: body === null ? 'null' : JSON.stringify(body) }
+  let text
+  try {
+    text = body === null ? 'null' : JSON.stringify(body)
+  } catch (cause) {
+    // What a parser made of the body has no JSON (a cycle, a BigInt, a
+    // stream: @fastify/multipart's field objects): no name the engine can
+    // read, so the request is one it cannot use.
+    const err = new TypeError('the request body has no JSON form', { cause })
+    err.code = 'ERR_FG_INVALID_REQUEST'
+    throw err
+  }
+  return { ...request, headers, body: text }
 }
 
 /**
