@@ -193,7 +193,9 @@ fn is_tchar(b: u8) -> bool {
 /// browser or HTTP client sends them.
 fn params<'v>(value: &'v str, mut each: impl FnMut(&'v str, &'v str)) -> Option<&'v str> {
     let token_end = |s: &str| s.bytes().position(|b| !is_tchar(b)).unwrap_or(s.len());
-    let (first, mut rest) = value.split_at(value.find(';').unwrap_or(value.len()));
+    // Each split is at an ASCII byte or the first byte of a character: on a
+    // character's boundary (`split_at_checked` would say `None` otherwise).
+    let (first, mut rest) = value.split_at_checked(value.find(';').unwrap_or(value.len()))?;
     let first = first.trim_matches(OWS);
     if first.is_empty() || !first.bytes().all(|b| is_tchar(b) || b == b'/') {
         return None;
@@ -203,7 +205,7 @@ fn params<'v>(value: &'v str, mut each: impl FnMut(&'v str, &'v str)) -> Option<
         if rest.is_empty() || rest.starts_with(';') {
             continue; // an empty item: every parser skips it
         }
-        let (key, after) = rest.split_at(token_end(rest));
+        let (key, after) = rest.split_at_checked(token_end(rest))?;
         let after = after.strip_prefix('=').filter(|_| !key.is_empty())?;
         let (v, after) = match after.strip_prefix('"') {
             Some(quoted) => {
@@ -214,7 +216,9 @@ fn params<'v>(value: &'v str, mut each: impl FnMut(&'v str, &'v str)) -> Option<
                 )
             }
             // A token: `name=` with no value at all is none.
-            None => Some(after.split_at(token_end(after))).filter(|(v, _)| !v.is_empty())?,
+            None => after
+                .split_at_checked(token_end(after))
+                .filter(|(v, _)| !v.is_empty())?,
         };
         each(key, v);
         rest = after.trim_start_matches(OWS);
