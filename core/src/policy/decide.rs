@@ -291,7 +291,7 @@ macro_rules! procedure {
                     self.read_body_fields(req.method, segments, req.headers, req.body)
                         .map_err(|()| Error::InvalidRequest {
                             field: "body",
-                            problem: "gives a field a rule keys on more than once, as no name (a list, an object, a boolean), or in an encoding or shape frameworks read differently",
+                            problem: "gives a field a rule keys on more than once, as no name (a list, an object, a boolean), or with a type, an encoding or a shape frameworks read differently",
                         })?
                 } else {
                     super::body::ReadFields::new()
