@@ -68,7 +68,7 @@ pub(crate) fn content_type<'h>(headers: &[(&str, &'h str)]) -> Result<Option<&'h
                 return Err(());
             }
         } else if name.eq_ignore_ascii_case("content-encoding") {
-            let coding = value.trim_matches(OWS);
+            let coding = trim_ows(value);
             if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
                 return Err(());
             }
@@ -94,7 +94,7 @@ enum Kind<'t> {
 /// or a form's charset other than UTF-8 (Django and Starlette decode the
 /// fields in it) could make them read other parts or other names.
 fn kind(content_type: Option<&str>) -> Option<Kind<'_>> {
-    let Some(t) = content_type.filter(|t| !t.trim_matches(OWS).is_empty()) else {
+    let Some(t) = content_type.filter(|t| !trim_ows(t).is_empty()) else {
         return Some(Kind::Other);
     };
     let (mut boundary, mut charset, mut clear) = (None, None, true);
@@ -174,13 +174,55 @@ fn json_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
     }
 }
 
-/// Optional whitespace in a header value (RFC 9110's OWS).
-const OWS: [char; 2] = [' ', '\t'];
+/// `s` without optional whitespace (RFC 9110's OWS: spaces and tabs) at its
+/// start, or at both ends. Byte by byte: a `char` pattern decodes UTF-8 (a
+/// JSON login's check spent ~20 instructions per byte of its type so).
+fn trim_ows_start(s: &str) -> &str {
+    let start = s.bytes().position(|b| b != b' ' && b != b'\t');
+    s.get(start.unwrap_or(s.len())..).unwrap_or_default()
+}
+
+fn trim_ows(s: &str) -> &str {
+    let s = trim_ows_start(s);
+    let end = s.bytes().rposition(|b| b != b' ' && b != b'\t');
+    s.get(..end.map_or(0, |e| e + 1)).unwrap_or_default()
+}
 
 /// Whether `b` may be in a token (RFC 9110's `tchar`).
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR.get(usize::from(b)).copied().unwrap_or(false)
 }
+
+/// RFC 9110's `tchar`s, by byte. (Indexing in a constant: out of bounds
+/// would fail the build, not panic.)
+#[allow(clippy::indexing_slicing)]
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
 
 /// Reads a header value such as a content type or a part's
 /// `Content-Disposition` strictly: `first *( ";" [ param ] )`, `param` as
@@ -196,12 +238,12 @@ fn params<'v>(value: &'v str, mut each: impl FnMut(&'v str, &'v str)) -> Option<
     // Each split is at an ASCII byte or the first byte of a character: on a
     // character's boundary (`split_at_checked` would say `None` otherwise).
     let (first, mut rest) = value.split_at_checked(value.find(';').unwrap_or(value.len()))?;
-    let first = first.trim_matches(OWS);
+    let first = trim_ows(first);
     if first.is_empty() || !first.bytes().all(|b| is_tchar(b) || b == b'/') {
         return None;
     }
     while let Some(after) = rest.strip_prefix(';') {
-        rest = after.trim_start_matches(OWS);
+        rest = trim_ows_start(after);
         if rest.is_empty() || rest.starts_with(';') {
             continue; // an empty item: every parser skips it
         }
@@ -221,7 +263,7 @@ fn params<'v>(value: &'v str, mut each: impl FnMut(&'v str, &'v str)) -> Option<
                 .filter(|(v, _)| !v.is_empty())?,
         };
         each(key, v);
-        rest = after.trim_start_matches(OWS);
+        rest = trim_ows_start(after);
         if !rest.is_empty() && !rest.starts_with(';') {
             return None;
         }
