@@ -51,7 +51,9 @@ def multipart_body(rng):
         rng.shuffle(headers)
         sep = "\r\n\r\n" if rng.random() < 0.9 else "\r\n"
         parts.append("\r\n".join(h for h in headers if h) + sep + rng.choice(VALUES))
-    joiner = "\r\n--XyZ\r\n" if rng.random() < 0.9 else "--XyZ\r\n"
+    # A delimiter inside a line, one with padding, a line that only starts
+    # with the delimiter (Django splits there, the others do not).
+    joiner = "\r\n--XyZ\r\n" if rng.random() < 0.85 else rng.choice(["--XyZ\r\n", "\r\n--XyZ \r\n", "\r\n--XyZjunk\r\n"])
     text = rng.choice(["", "", "", "preamble\r\n", "\r\n"]) + "--XyZ\r\n" + joiner.join(parts)
     text += rng.choice(["\r\n--XyZ--\r\n", "\r\n--XyZ--\r\n", "\r\n--XyZ--", "", "\r\n--XyZ--\r\nepilogue",
                         '\r\n--XyZ--\r\nContent-Disposition: form-data; name="username"\r\n\r\nvictim\r\n'])

@@ -294,9 +294,11 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
     }
     let delimiter = [b"--", boundary.as_bytes()].concat();
     let closing = [b"\r\n", delimiter.as_slice()].concat();
-    // Parsers disagree on a delimiter inside a line (Django ends the part
-    // there, python-multipart does not): refused, as a name one of them
-    // might read and this would not.
+    // Parsers disagree on a delimiter inside a line, and on a line that only
+    // starts with one (`--XyZjunk`): Django ends the part there, Werkzeug
+    // and python-multipart do not. Refused, as a name one of them might read
+    // and this would not. A delimiter line is the delimiter, then `--` (the
+    // last) or padding (spaces, tabs) and its line end.
     let mut first = None;
     let mut at = 0;
     while let Some(i) = body.get(at..).and_then(|b| find(b, &delimiter)) {
@@ -306,6 +308,14 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
         }
         first.get_or_insert(start);
         at = start + delimiter.len();
+        let tail = body.get(at..).unwrap_or_default();
+        let padded = tail.iter().position(|b| *b != b' ' && *b != b'\t');
+        let line_end = padded
+            .and_then(|p| tail.get(p..))
+            .is_some_and(|t| t.starts_with(b"\r\n"));
+        if !tail.starts_with(b"--") && !line_end {
+            return Field::Ambiguous;
+        }
     }
     // Django reads the text before the first delimiter (all of a body with
     // none) as a part, and a part from what follows the last; the others
@@ -954,6 +964,26 @@ mod tests {
         );
         let cut = b"--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\ndave";
         assert_eq!(field(cut, t, "username"), Field::Ambiguous);
+        // A line that only starts with the delimiter (Django splits there,
+        // Werkzeug does not), a body ending on a delimiter: refused. Padding
+        // after a delimiter (every parser skips it): read.
+        let cd_user = cd(r#"name="username""#);
+        for (body, want) in [
+            (
+                format!("--XyZ\r\n{cd_user}\r\n\r\nv\r\n--XyZjunk\r\nx\r\n--XyZ--\r\n"),
+                Field::Ambiguous,
+            ),
+            (
+                format!("--XyZ\r\n{cd_user}\r\n\r\nv\r\n--XyZ"),
+                Field::Ambiguous,
+            ),
+            (
+                format!("--XyZ \t\r\n{cd_user}\r\n\r\nv\r\n--XyZ--\r\n"),
+                value("v"),
+            ),
+        ] {
+            assert_eq!(field(body.as_bytes(), t, "username"), want, "{body:?}");
+        }
         // A boundary past RFC 2046's 70 characters: refused.
         let long = format!("multipart/form-data; boundary={}", "b".repeat(71));
         assert_eq!(field(&body, Some(&long), "username"), Field::Ambiguous);
