@@ -175,13 +175,14 @@ fn json_field<'a>(body: &'a [u8], name: &str) -> Field<'a> {
 }
 
 /// `s` without optional whitespace (RFC 9110's OWS: spaces and tabs) at its
-/// start, or at both ends. Byte by byte: a `char` pattern decodes UTF-8 (a
-/// JSON login's check spent ~20 instructions per byte of its type so).
+/// start. Byte by byte: a `char` pattern decodes UTF-8 (a JSON login's check
+/// spent ~20 instructions per byte of its type so).
 fn trim_ows_start(s: &str) -> &str {
     let start = s.bytes().position(|b| b != b' ' && b != b'\t');
     s.get(start.unwrap_or(s.len())..).unwrap_or_default()
 }
 
+/// `s` without optional whitespace at either end (see [`trim_ows_start`]).
 fn trim_ows(s: &str) -> &str {
     let s = trim_ows_start(s);
     let end = s.bytes().rposition(|b| b != b' ' && b != b'\t');
