@@ -474,16 +474,12 @@ where
             shared.validate(&req);
         }
         if shared.unread_body(&req) {
-            let Decided::Answer {
-                status,
-                headers,
-                body,
-            } = bad_request()
-            else {
-                unreachable!("bad_request answers")
-            };
             return ResponseFuture::Answered {
-                res: Some(answer(status, headers, body)),
+                res: Some(answer(
+                    http::StatusCode::BAD_REQUEST,
+                    ResponseHeaders::new(),
+                    denial_body(400, std::time::Duration::ZERO, None),
+                )),
             };
         }
         if !shared.blocking {
