@@ -14,6 +14,7 @@
 #include <microhttpd.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,9 +85,13 @@ static void add_headers(struct MHD_Response *response, const fg_verdict *v) {
   }
 }
 
-/* One request's state, from its headers until its response is sent: what to
- * settle then, and with which status. */
+/* One request's state, from its headers until its response is sent: its body
+ * when a rule keys on a field of it, what to settle then, and with which
+ * status. */
 typedef struct {
+  bool reads_body, too_large;
+  char *body;
+  size_t body_len;
   fg_settlement *settlement;
   unsigned status;
 } request_state;
@@ -94,13 +99,41 @@ typedef struct {
 static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size,
                               void **req_cls) {
-  (void)cls, (void)version, (void)upload_data;
-  if (*req_cls == NULL) { /* first call: headers only; decide on the second */
-    *req_cls = calloc(1, sizeof(request_state));
-    return *req_cls != NULL ? MHD_YES : MHD_NO;
+  (void)cls, (void)version;
+  if (*req_cls == NULL) { /* first call: headers only */
+    request_state *state = calloc(1, sizeof(request_state));
+    if (state == NULL) return MHD_NO;
+    /* A rule keyed by a body field (a login's username) needs the body: kept,
+     * up to FG_MAX_BODY_BYTES (413 past it, never a check on a part). */
+    state->reads_body = fg_engine_reads_body(engine, method, strlen(method), url, strlen(url));
+    *req_cls = state;
+    return MHD_YES;
   }
   request_state *state = *req_cls;
-  *upload_data_size = 0;
+  if (*upload_data_size > 0) { /* a piece of the body: decide once it is all in */
+    if (state->reads_body && !state->too_large) {
+      if (*upload_data_size > FG_MAX_BODY_BYTES - state->body_len) {
+        state->too_large = true;
+      } else {
+        char *grown = realloc(state->body, state->body_len + *upload_data_size);
+        if (grown == NULL) return MHD_NO;
+        memcpy(grown + state->body_len, upload_data, *upload_data_size);
+        state->body = grown;
+        state->body_len += *upload_data_size;
+      }
+    }
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (state->too_large) {
+    const char *large = fg_too_large_body();
+    struct MHD_Response *response =
+        MHD_create_response_from_buffer(strlen(large), (void *)large, MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(response, "Content-Type", "application/json");
+    enum MHD_Result ret = MHD_queue_response(conn, 413, response);
+    MHD_destroy_response(response);
+    return ret;
+  }
   int total = MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL);
   header_list list = {.headers = calloc(total > 0 ? (size_t)total : 1, sizeof(fg_header)), .count = 0,
                       .capacity = total > 0 ? (size_t)total : 0};
@@ -112,14 +145,22 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
     inet_ntop(AF_INET, &((const struct sockaddr_in *)info->client_addr)->sin_addr, ip, sizeof ip);
   else if (info && info->client_addr->sa_family == AF_INET6)
     inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)info->client_addr)->sin6_addr, ip, sizeof ip);
-  /* No body is read here (a rule keyed by a body field finds no key): a server
-   * that has one passes it when fg_engine_reads_body says so, as the nginx
-   * module does. */
-  fg_request req = {method,       strlen(method), url,  strlen(url), ip[0] ? ip : NULL, strlen(ip),
-                    list.headers, list.count,     NULL, 0};
+  fg_request req = {method,
+                    strlen(method),
+                    url,
+                    strlen(url),
+                    ip[0] ? ip : NULL,
+                    strlen(ip),
+                    list.headers,
+                    list.count,
+                    (const uint8_t *)state->body,
+                    state->body_len};
   fg_verdict v;
   fg_result r = fg_engine_check_request(engine, &req, &v);
   free(list.headers);
+  free(state->body);
+  state->body = NULL;
+  state->body_len = 0;
   /* The body of a denial comes from the engine (the same JSON every front end
    * sends); a request it cannot use gets 400. */
   char body[512];
@@ -155,6 +196,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
   (void)cls, (void)conn;
   request_state *state = *req_cls;
   if (state == NULL) return;
+  free(state->body);
   if (state->settlement != NULL) {
     uint16_t status = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? (uint16_t)state->status : 499;
     fg_engine_settle(engine, state->settlement, status, -1, 0);

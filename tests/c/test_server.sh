@@ -42,6 +42,20 @@ expect "upper-case login path" "$(status -X POST "$URL/AUTH/LOGIN")" 429
 expect "doubled slashes" "$(status -X POST --path-as-is "$URL//auth//login/")" 429
 expect "HEAD counts under GET" "$(curl -s -o /dev/null -w '%{http_code}' -I "$URL/api/items")" 200
 expect "a method token with a dash" "$(status -X M-SEARCH "$URL/api/items")" 200
+# Sign-ins keyed by the body's username, however it is sent: the server reads
+# the body (fg_engine_reads_body) and passes it; past 64 KiB, 413.
+json() { status -X POST -H 'Content-Type: application/json' --data-binary "$1" "$URL/auth/signin"; }
+expect "signin alice 1" "$(json '{"username":"alice"}')" 200
+expect "signin alice 2 (a form)" "$(status -X POST --data 'username=Alice&password=x' "$URL/auth/signin")" 200
+expect "signin alice 3 is 429" "$(json '{"password":"x","username":" ALICE "}')" 429
+expect "signin bob" "$(json '{"username":"bob"}')" 200
+expect "a username named twice is 400" "$(status -X POST --data 'username=bob&username=alice' "$URL/auth/signin")" 400
+expect "a compressed body is 400" "$(status -X POST -H 'Content-Type: application/json' -H 'Content-Encoding: gzip' --data-binary 'x' "$URL/auth/signin")" 400
+BIG=$(mktemp)
+python3 -c 'import json; print(json.dumps({"username": "carol", "pad": "x" * 70000}))' > "$BIG"
+expect "a body past 64 KiB is 413" "$(json "@$BIG")" 413
+expect "no body: no key, the rule is skipped" "$(status -X POST "$URL/auth/signin")" 200
+rm -f "$BIG"
 # max_in_flight = 1: each export is settled when its response is sent, so
 # one after another all pass (unsettled, the second would be 429).
 for i in 1 2 3 4 5; do expect "export $i, one at a time" "$(status "$URL/export/report.csv")" 200; done
