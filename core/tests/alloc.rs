@@ -225,10 +225,11 @@ fn cached_token_allocates_nothing() {
     assert!(v.authenticated);
 }
 
-/// A login keyed by the body's username, as JSON and as a form whose other
-/// fields have escapes and `+` (never decoded): the field is read once, in
-/// place. (Only a value with an escape of its own, `a%40b.c`, is decoded
-/// into a new string.)
+/// A login keyed by the body's username, as JSON, as a form whose other
+/// fields have escapes and `+` (never decoded) and as multipart (its
+/// delimiters built on the stack): the field is read once, in place. (Only a
+/// form value with an escape of its own, `a%40b.c`, is decoded into a new
+/// string.)
 #[test]
 fn a_username_from_the_body_allocates_nothing() {
     let engine = engine();
@@ -244,6 +245,12 @@ fn a_username_from_the_body_allocates_nothing() {
             b"password=correct+horse%21&username=Bob&remember=on",
             "bob",
             "203.0.113.11",
+        ),
+        (
+            "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW",
+            b"------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nCarol\r\n------WebKitFormBoundary7MA4YWxkTrZu0gW\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nx\r\n------WebKitFormBoundary7MA4YWxkTrZu0gW--\r\n",
+            "carol",
+            "203.0.113.12",
         ),
     ] {
         let headers = [("content-type", content_type)];

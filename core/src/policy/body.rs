@@ -35,6 +35,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use arrayvec::ArrayVec;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use smallvec::SmallVec;
 
@@ -287,27 +288,41 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
     if boundary.is_empty() {
         return Field::Missing;
     }
-    // RFC 2046 bounds a boundary to 70 characters (Django refuses longer
-    // ones); a longer one would also make each search through a 64 KiB body
-    // cost its length again.
-    if boundary.len() > 70 {
+    // The delimiter that ends a part, `\r\n--boundary`, on the stack; the one
+    // that starts a line, without the line end. RFC 2046 bounds a boundary
+    // to 70 characters (Django refuses longer ones; a longer one would also
+    // make each search through a 64 KiB body cost its length again): one
+    // that does not fit is refused.
+    let mut closing = ArrayVec::<u8, 74>::new();
+    if closing.try_extend_from_slice(b"\r\n--").is_err()
+        || closing.try_extend_from_slice(boundary.as_bytes()).is_err()
+    {
         return Field::Ambiguous;
     }
-    let delimiter = [b"--", boundary.as_bytes()].concat();
-    let closing = [b"\r\n", delimiter.as_slice()].concat();
+    let delimiter = closing.get(2..).unwrap_or_default();
+    // Django reads the text before the first delimiter (all of a body with
+    // none) as a part, and a part from what follows the last; the others
+    // skip both, and python-multipart fails on the first. Browsers send
+    // neither: anything but a line end after the last is refused (below), as
+    // is anything before the first.
+    if !body.starts_with(delimiter) {
+        return if body.is_empty() {
+            Field::Missing
+        } else {
+            Field::Ambiguous
+        };
+    }
     // Parsers disagree on a delimiter inside a line, and on a line that only
     // starts with one (`--XyZjunk`): Django ends the part there, Werkzeug
     // and python-multipart do not. Refused, as a name one of them might read
     // and this would not. A delimiter line is the delimiter, then `--` (the
     // last) or padding (spaces, tabs) and its line end.
-    let mut first = None;
     let mut at = 0;
-    while let Some(i) = body.get(at..).and_then(|b| find(b, &delimiter)) {
+    while let Some(i) = body.get(at..).and_then(|b| find(b, delimiter)) {
         let start = at + i;
         if start > 0 && body.get(..start).is_none_or(|b| !b.ends_with(b"\r\n")) {
             return Field::Ambiguous;
         }
-        first.get_or_insert(start);
         at = start + delimiter.len();
         let tail = body.get(at..).unwrap_or_default();
         let padded = tail.iter().position(|b| *b != b' ' && *b != b'\t');
@@ -317,16 +332,6 @@ fn multipart_field<'a>(body: &'a [u8], boundary: &str, name: &str) -> Field<'a> 
         if !tail.starts_with(b"--") && !line_end {
             return Field::Ambiguous;
         }
-    }
-    // Django reads the text before the first delimiter (all of a body with
-    // none) as a part, and a part from what follows the last; the others
-    // skip both, and python-multipart fails on the first. Browsers send
-    // neither: anything but a line end after the last is refused, as is
-    // anything before the first.
-    match first {
-        None if body.is_empty() => return Field::Missing,
-        Some(0) => {}
-        _ => return Field::Ambiguous,
     }
     let mut found = Field::Missing;
     // Each part runs from the end of one delimiter line to the CRLF before
@@ -655,23 +660,25 @@ mod tests {
             Field::Ambiguous
         );
         // A form in a charset other than UTF-8 (Django decodes it so): refused.
-        for t in [
-            "application/x-www-form-urlencoded; charset=utf-16-le",
-            "application/x-www-form-urlencoded;charset=\"latin-1\"",
+        for (t, want) in [
+            (
+                "application/x-www-form-urlencoded; charset=utf-16-le",
+                Field::Ambiguous,
+            ),
+            (
+                "application/x-www-form-urlencoded;charset=\"latin-1\"",
+                Field::Ambiguous,
+            ),
+            (
+                "application/x-www-form-urlencoded; charset=UTF-8",
+                value("alice"),
+            ),
+            (
+                "application/x-www-form-urlencoded; charset=\"utf-8\"",
+                value("alice"),
+            ),
         ] {
-            assert_eq!(
-                field(b"username=alice", Some(t), "username"),
-                Field::Ambiguous
-            );
-        }
-        for t in [
-            "application/x-www-form-urlencoded; charset=UTF-8",
-            "application/x-www-form-urlencoded; charset=\"utf-8\"",
-        ] {
-            assert_eq!(
-                field(b"username=alice", Some(t), "username"),
-                value("alice")
-            );
+            assert_eq!(field(b"username=alice", Some(t), "username"), want, "{t}");
         }
         // JSON is never read as a form; a JSON object sent as a form is read
         // as JSON too (apps read JSON whatever the type says), and where the
