@@ -190,8 +190,9 @@ fn trim_ows(s: &str) -> &str {
     s.get(..end.map_or(0, |e| e + 1)).unwrap_or_default()
 }
 
-/// Whether `b` may be in a token (RFC 9110's `tchar`).
-fn is_tchar(b: u8) -> bool {
+/// Whether `b` may be in a token (RFC 9110's `tchar`): header parameters
+/// here, and the request's method (`decide`).
+pub(super) fn is_tchar(b: u8) -> bool {
     TCHAR.get(usize::from(b)).copied().unwrap_or(false)
 }
 
