@@ -488,6 +488,11 @@ def test_no_shape_of_a_login_body_gets_a_victims_name_past_its_limit(server):
         ("multipart/form-data; boundary*=utf-8''XyZ", part('form-data; name="username"')),
         (multipart, part('form-data; name="username" (the login)')),
         (multipart, part("form-data; name=username x")),
+        # Text before the first delimiter, none at all, text after the last:
+        # Django reads each as a part.
+        (multipart, b'Content-Disposition: form-data; name="username"\r\n\r\n' + victim.encode()),
+        (multipart, b"preamble\r\n" + part('form-data; name="x"') + b'Content-Disposition: form-data; name="username"\r\n\r\n' + victim.encode()),
+        (multipart, part('form-data; name="x"') + b'Content-Disposition: form-data; name="username"\r\n\r\n' + victim.encode() + b"\r\n"),
         (form, text.encode("utf-16")),
         # A second type: servers give the app the first, the last or both.
         ("text/plain\r\nContent-Type: application/x-www-form-urlencoded", f"username={victim}".encode()),
