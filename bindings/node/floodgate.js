@@ -2,13 +2,13 @@
 // The package's entry point. `index.js` is napi-rs's generated loader of the
 // native addon; this file re-exports it, and wraps the one class whose calls are
 // hot enough for the glue to matter: `Limiter.check` calls the raw Node-API
-// function `limiterCheck` (src/fast.rs), gets the numbers through a
+// function bound to its limiter (src/fast.rs), gets the numbers through a
 // Float64Array, and builds the Decision here, where V8 makes an object in
 // nanoseconds (napi-rs's generated glue and an object made from native code
 // cost about a microsecond, twenty times the check).
 const native = require('./index.js')
 
-const { limiterCheck, engineCheck, engineSettlement, engineSettle } = native
+const { engineSettlement, engineSettle } = native
 
 function decision(allowed, out) {
   return {
@@ -24,13 +24,13 @@ function decision(allowed, out) {
 /** An in-memory rate limiter: `new Limiter({ quota: '100/minute', burst: 20 })`. */
 class Limiter {
   #native
-  #handle
+  #check
   #out
 
   /** @param {import('./index').LimiterOptions} options */
   constructor(options) {
     this.#native = new native.NativeLimiter(options)
-    ;[this.#handle, this.#out] = this.#native.handle()
+    ;[, this.#out, this.#check] = this.#native.handle()
   }
 
   /**
@@ -40,8 +40,7 @@ class Limiter {
    */
   check(key, cost, nowMs) {
     const c = cost ?? 1
-    const allowed =
-      nowMs == null ? limiterCheck(this.#handle, key, c) : limiterCheck(this.#handle, key, c, nowMs)
+    const allowed = nowMs == null ? this.#check(key, c) : this.#check(key, c, nowMs)
     return decision(allowed, this.#out)
   }
 
@@ -61,7 +60,7 @@ class Limiter {
   }
 }
 
-// `Engine.checkRequest` through the raw `engineCheck` (src/request.rs): the
+// `Engine.checkRequest` through the engine's raw check (src/request.rs): the
 // request's parts go in as arguments, the verdict's numbers come back in a
 // Float64Array and its strings as one string, sliced here by the lengths the
 // numbers give. The same object the napi-rs method built, at a fraction of the
@@ -149,29 +148,39 @@ const RAW = Symbol('floodgate.raw')
 function rawOf(engine) {
   let raw = engine[RAW]
   if (raw !== undefined) return raw
-  const [handle, out] = engine.handle()
+  const [handle, out, bound] = engine.handle()
   Object.defineProperty(engine, HANDLE, { value: handle })
   const names = engine.requestHeaders
   const [a, b, c] = names
   let check
+  // The time goes last, and only when given (the middleware never give it):
+  // the native check then asks no `typeof` of it.
   switch (names.length) {
     case 0:
-      check = (m, p, ip, h, lower, now) => engineCheck(handle, m, p, ip, now)
+      check = (m, p, ip, h, lower, now) => (now == null ? bound(m, p, ip) : bound(m, p, ip, now))
       break
     case 1:
-      check = (m, p, ip, h, lower, now) => engineCheck(handle, m, p, ip, now, headerOf(h, a, lower))
+      check = (m, p, ip, h, lower, now) =>
+        now == null ? bound(m, p, ip, headerOf(h, a, lower)) : bound(m, p, ip, headerOf(h, a, lower), now)
       break
     case 2:
       check = (m, p, ip, h, lower, now) =>
-        engineCheck(handle, m, p, ip, now, headerOf(h, a, lower), headerOf(h, b, lower))
+        now == null
+          ? bound(m, p, ip, headerOf(h, a, lower), headerOf(h, b, lower))
+          : bound(m, p, ip, headerOf(h, a, lower), headerOf(h, b, lower), now)
       break
     case 3:
       check = (m, p, ip, h, lower, now) =>
-        engineCheck(handle, m, p, ip, now, headerOf(h, a, lower), headerOf(h, b, lower), headerOf(h, c, lower))
+        now == null
+          ? bound(m, p, ip, headerOf(h, a, lower), headerOf(h, b, lower), headerOf(h, c, lower))
+          : bound(m, p, ip, headerOf(h, a, lower), headerOf(h, b, lower), headerOf(h, c, lower), now)
       break
     default:
-      check = (m, p, ip, h, lower, now) =>
-        engineCheck(handle, m, p, ip, now, ...names.map((name) => headerOf(h, name, lower)))
+      check = (m, p, ip, h, lower, now) => {
+        const values = names.map((name) => headerOf(h, name, lower))
+        if (now != null) values.push(now)
+        return bound(m, p, ip, ...values)
+      }
   }
   const verdict = (text) => {
     const v = verdictOf(text, out)

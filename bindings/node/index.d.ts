@@ -47,10 +47,11 @@ export declare class Engine {
    */
   readsBody(method: string, path: string): boolean
   /**
-   * `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
-   * `checkRequest` in floodgate.js calls. Both keep the engine alive.
+   * `[handle, out, check]`: `check(method, path, clientIp,
+   * ...headerValues, nowMs?)` is the raw check (see `request.rs`) that
+   * `checkRequest` in floodgate.js calls. Each keeps the engine alive.
    */
-  handle(): [unknown, Float64Array]
+  handle(): [unknown, Float64Array, (...args: unknown[]) => string]
   /**
    * `settle` without holding a thread while Redis answers (the core's async
    * settlement on the background runtime), for engines whose settlement
@@ -119,12 +120,12 @@ export declare class Engine {
 export declare class NativeLimiter {
   constructor(options: LimiterOptions)
   /**
-   * `[handle, out]` for `limiterCheck(handle, key, cost, nowMs?)`, the hot
-   * path: it returns whether the check is allowed and writes the decision's
-   * numbers into `out`, a Float64Array of `DECISION_FIELDS`. Both keep the
-   * limiter alive. Used by `Limiter` in floodgate.js.
+   * `[handle, out, check]`: `check(key, cost, nowMs?)` is the hot path
+   * (`fast.rs`): it returns whether the check is allowed and writes the
+   * decision's numbers into `out`, a Float64Array of `DECISION_FIELDS`. Each
+   * keeps the limiter alive. Used by `Limiter` in floodgate.js.
    */
-  handle(): [unknown, Float64Array]
+  handle(): [unknown, Float64Array, (key: string | Buffer, cost: number, nowMs?: number) => boolean]
   /** The shared-memory table's path, or null for the in-process store. */
   get sharedMemory(): string | null
   /** Forgets `key`; true if it was held. */
@@ -356,7 +357,7 @@ export declare const VERDICT_FIELDS: number
 export declare function verdictFields(): Array<string>
 
 /**
- * The tables `engineCheck`'s numbers index: `[reasons, tokenProblems,
+ * The tables the raw check's numbers index: `[reasons, tokenProblems,
  * responseHeaders]` (the core's `Reason::ALL`, `TokenProblem::ALL` codes and
  * `RESPONSE_HEADERS`), read once by floodgate.js.
  */

@@ -134,9 +134,14 @@ test('the raw hot path: handles, key sizes, types and time', () => {
   for (const bad of ['1', {}, [], true, 1n]) assert.throws(() => l.check('t', bad, 0), { code: 'ERR_FG_INVALID_ARGUMENT' })
   for (const bad of ['0', 1e300, -1, Infinity]) assert.throws(() => l.check('t', 1, bad), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.equal(l.check('t', null, null).remaining, 4)
-  // limiterCheck only accepts a handle made by NativeLimiter.handle().
-  for (const bad of [undefined, {}, Buffer.from('x'), new Float64Array(5)]) {
-    assert.throws(() => native.limiterCheck(bad, 'k', 1), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  // The raw check is bound to its limiter: detached or called with another
+  // `this`, it checks that limiter; with no key it refuses.
+  const [, rawOut, rawCheck] = new native.NativeLimiter({ quota: '3/second' }).handle()
+  for (const self of [undefined, {}, l]) assert.equal(rawCheck.call(self, 'k', 1, 0), true)
+  assert.equal(rawCheck('k', 1, 0), false, 'its own fourth request within the second')
+  assert.equal(rawOut[1], 0, 'remaining')
+  for (const bad of [undefined, null, {}, 42]) {
+    assert.throws(() => rawCheck(bad, 1), { code: 'ERR_FG_INVALID_ARGUMENT' })
   }
   // Each limiter has its own decision memory.
   const a = new Limiter({ quota: '10/second' })

@@ -88,9 +88,35 @@ test('the raw path: bad input is a clear error, and the engine goes on', () => {
   // Absent: the IP-keyed rule charges the one key of requests without an address.
   const nameless = e.checkRequest({ method: 'GET', path: '/x', clientIp: null, nowMs: T })
   assert.deepEqual([nameless.reason, nameless.identity], ['allowed', '-'])
-  const [handle] = e.handle()
-  assert.throws(() => native.engineCheck(handle, 'GET', '/u/1', '203.0.113.50', T, 42), { code: 'ERR_FG_INVALID_ARGUMENT', message: /a header value must be a string/ })
-  for (const absent of [null, undefined]) assert.equal(typeof native.engineCheck(handle, 'GET', '/u/1', '203.0.113.50', T, absent), 'string')
+  // The raw check: (method, path, clientIp, ...one value per header the
+  // policy reads, nowMs?). It reads an argument first and asks its type only
+  // when it is not what the check takes: every other type is still refused.
+  const [, out, check] = e.handle()
+  const names = e.requestHeaders
+  const values = (user) => names.map((n) => (n === 'x-user' ? user : undefined))
+  const none = values(undefined)
+  assert.throws(() => check('GET', '/u/1', '203.0.113.50', ...values(42), T), { code: 'ERR_FG_INVALID_ARGUMENT', message: /a header value must be a string/ })
+  for (const absent of [null, undefined]) assert.equal(typeof check('GET', '/u/1', '203.0.113.50', ...values(absent), T), 'string')
+  for (const now of ['soon', {}, true, 1n, NaN, -1]) {
+    assert.throws(() => check('GET', '/u/1', '203.0.113.50', ...none, now), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  }
+  for (const now of [null, undefined]) assert.equal(typeof check('GET', '/u/1', '203.0.113.50', ...none, now), 'string')
+  for (const ip of [42, {}, true, 1n, Buffer.from('203.0.113.50')]) {
+    assert.throws(() => check('GET', '/u/1', ip, ...none, T), { code: 'ERR_FG_INVALID_ARGUMENT', message: /clientIp must be a string/ })
+  }
+  for (const method of [undefined, null, 42]) {
+    assert.throws(() => check(method, '/u/1', '203.0.113.50', ...none, T), { code: 'ERR_FG_INVALID_ARGUMENT', message: /method must be a string/ })
+  }
+  assert.throws(() => check('GET', undefined, '203.0.113.50', ...none, T), { code: 'ERR_FG_INVALID_ARGUMENT', message: /path must be a string/ })
+  assert.equal(typeof check('GET', '/u/1', null), 'string')
+  // The time, after the header values, is the one the check decides at:
+  // carol's 3/min is spent at T, and whole again two minutes later.
+  const carol = (now, ip) => {
+    check('GET', '/u/2', ip, ...values('carol'), now)
+    return out[0] === 1
+  }
+  assert.deepEqual([1, 2, 3, 4].map((i) => carol(T, `203.0.113.${70 + i}`)), [true, true, true, false])
+  assert.equal(carol(T + 120_000, '203.0.113.80'), true)
   assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', nowMs: NaN }), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.throws(() => e.checkRequest({ method: 'GET', path: '/x', nowMs: 'soon' }), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.throws(() => e.checkRequest('GET /x'), { code: 'ERR_FG_INVALID_ARGUMENT' })
@@ -99,11 +125,19 @@ test('the raw path: bad input is a clear error, and the engine goes on', () => {
   const v = e.checkRequest({ method: 'GET', path: '/u/' + 'a'.repeat(100_000), clientIp: '203.0.113.9', headers: { 'x-user': 'a\0b'.repeat(10_000) }, nowMs: T })
   assert.equal(v.rule, 'by-user')
   ok()
-  // The raw function refuses anything but an engine handle.
-  const [limiterHandle] = new native.NativeLimiter({ quota: '1/s' }).handle()
-  assert.throws(() => native.engineCheck(limiterHandle, 'GET', '/', undefined, undefined), { code: 'ERR_FG_INVALID_ARGUMENT' })
-  assert.throws(() => native.engineCheck({}, 'GET', '/'), { code: 'ERR_FG_INVALID_ARGUMENT' })
-  assert.throws(() => native.engineCheck(), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  // The raw check is bound to its engine: called detached, with another
+  // `this` or with no argument at all, it decides on that engine or refuses
+  // the request, never reads another value as an engine.
+  const other = Engine.fromToml('[[rule]]\nname = "other"\nmatch = "/**"\nkey = "ip"\nquotas = ["1/s"]\n')
+  const [, otherOut, otherCheck] = other.handle()
+  const otherNone = other.requestHeaders.map(() => undefined)
+  const detached = otherCheck
+  detached('GET', '/', '203.0.113.60', ...otherNone, T)
+  assert.equal(otherOut[0], 1, 'allowed')
+  otherCheck.call(e, 'GET', '/', '203.0.113.60', ...otherNone, T + 10)
+  assert.equal(otherOut[0], 0, 'the second request of 1/s on the same engine: denied')
+  assert.throws(() => otherCheck(), { code: 'ERR_FG_INVALID_ARGUMENT' })
+  assert.throws(() => native.engineSettle({}, {}, 200), { code: 'ERR_FG_INVALID_ARGUMENT' })
   assert.ok(new Limiter({ quota: '1/s' }).check('k').allowed)
   ok()
 })

@@ -147,11 +147,10 @@ fn invalid(what: &str) -> Failure {
     Failure::Invalid(what.to_string())
 }
 
-/// Registers the raw `limiterCheck` (see `fast.rs`) and `engineCheck` (see
-/// `request.rs`) beside the generated exports.
+/// Registers the raw settlement functions (see `request.rs`) beside the
+/// generated exports. (The raw checks are bound to their handles: `handle()`.)
 #[napi(module_exports)]
 pub fn init(exports: Object<'_>, env: Env) -> Result<()> {
-    fast::register(env.raw(), exports.raw())?;
     request::register(env.raw(), exports.raw())
 }
 
@@ -331,11 +330,13 @@ impl Limiter {
         build().map_err(|f| f.into_js(&env))
     }
 
-    /// `[handle, out]` for `limiterCheck(handle, key, cost, nowMs?)`, the hot
-    /// path: it returns whether the check is allowed and writes the decision's
-    /// numbers into `out`, a Float64Array of `DECISION_FIELDS`. Both keep the
-    /// limiter alive. Used by `Limiter` in floodgate.js.
-    #[napi(ts_return_type = "[unknown, Float64Array]")]
+    /// `[handle, out, check]`: `check(key, cost, nowMs?)` is the hot path
+    /// (`fast.rs`): it returns whether the check is allowed and writes the
+    /// decision's numbers into `out`, a Float64Array of `DECISION_FIELDS`. Each
+    /// keeps the limiter alive. Used by `Limiter` in floodgate.js.
+    #[napi(
+        ts_return_type = "[unknown, Float64Array, (key: string | Buffer, cost: number, nowMs?: number) => boolean]"
+    )]
     pub fn handle(&self, env: Env) -> Result<Unknown<'_>> {
         let raw = fast::handle(env.raw(), self.inner.clone())?;
         // SAFETY: `raw` is a value just created in this environment.
@@ -796,9 +797,10 @@ impl Engine {
         self.inner.reads_body(&method, &path)
     }
 
-    /// `[handle, out]` for the raw `engineCheck` (see `request.rs`), which
-    /// `checkRequest` in floodgate.js calls. Both keep the engine alive.
-    #[napi(ts_return_type = "[unknown, Float64Array]")]
+    /// `[handle, out, check]`: `check(method, path, clientIp,
+    /// ...headerValues, nowMs?)` is the raw check (see `request.rs`) that
+    /// `checkRequest` in floodgate.js calls. Each keeps the engine alive.
+    #[napi(ts_return_type = "[unknown, Float64Array, (...args: unknown[]) => string]")]
     pub fn handle(&self, env: Env) -> Result<Unknown<'_>> {
         let raw = request::handle(env.raw(), self.inner.clone())?;
         // SAFETY: `raw` is a value just created in this environment.
@@ -985,7 +987,7 @@ pub fn verdict_fields() -> Vec<&'static str> {
     floodgate::policy::Verdict::FIELDS.to_vec()
 }
 
-/// The tables `engineCheck`'s numbers index: `[reasons, tokenProblems,
+/// The tables the raw check's numbers index: `[reasons, tokenProblems,
 /// responseHeaders]` (the core's `Reason::ALL`, `TokenProblem::ALL` codes and
 /// `RESPONSE_HEADERS`), read once by floodgate.js.
 #[napi]

@@ -5,9 +5,11 @@
 //! (converting a request object property by property, then building a verdict
 //! object and a headers map the same way: `perf` showed 80% of the time in
 //! `napi_define_properties` and string interning), fifty times the engine's own
-//! work. This callback takes the request's parts as arguments (method, path,
-//! address, and the values of the headers the policy reads, in the order of
-//! `engine.requestHeaders`), reads them into one byte arena the handle keeps,
+//! work. This callback, bound to its engine's handle (`check`, the third of
+//! `engine.handle()`), takes the request's parts as arguments (method, path,
+//! address, the values of the headers the policy reads, in the order of
+//! `engine.requestHeaders`, then the time if given), reads them into one byte
+//! arena the handle keeps,
 //! decides into the handle's [`VerdictBuf`] (no allocation once warm), writes
 //! the verdict's numbers into a Float64Array over the handle's memory, and
 //! returns its strings (rule, identity, header values, body) as one JS string,
@@ -39,7 +41,9 @@ use floodgate::policy::{
 };
 use napi::sys;
 
-use crate::fast::{Numbers, Thrown, args, double, export, make_handle, ok, run, unwrap_handle};
+use crate::fast::{
+    Numbers, Thrown, args, bound_args, double, export, make_handle, ok, run, unwrap_handle,
+};
 use crate::{Failure, invalid, ms};
 
 /// Marks the externals of engine handles (see `fast::TAG` for limiters).
@@ -51,9 +55,13 @@ const TAG: sys::napi_type_tag = sys::napi_type_tag {
 /// Headers a verdict carries at most (a 429 in the draft-6 style has 5).
 const MAX_HEADERS: usize = 8;
 
-/// Arguments read on the stack: the five fixed ones and up to 11 header values
-/// (a policy reads a few); more are read into a vector.
-const STACK_ARGS: usize = 5 + 11;
+/// The check's fixed arguments: method, path, clientIp; the header values and
+/// the time (when given) follow.
+const FIXED_ARGS: usize = 3;
+
+/// Arguments read on the stack: the fixed ones, up to 12 header values (a
+/// policy reads a few) and the time; more are read into a vector.
+const STACK_ARGS: usize = FIXED_ARGS + 12 + 1;
 
 /// Header values a policy may read at most through this path.
 const MAX_HEADER_ARGS: usize = 32;
@@ -114,7 +122,8 @@ impl Numbers for Handle {
     }
 }
 
-/// `[handle, out]` for `engineCheck` (see the module docs).
+/// `[handle, out, check]`: `check(method, path, clientIp, ...headerValues,
+/// nowMs?)` is the engine's bound check (see the module docs).
 pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::napi_value> {
     // Bound to the engine: the handle owns both and drops them together.
     let verdict = engine.verdict_buf();
@@ -129,12 +138,12 @@ pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::
             pending: RefCell::new(None),
         },
         &TAG,
+        engine_check,
     )
 }
 
-/// Adds `engineCheck(handle, method, path, clientIp, nowMs, ...headerValues)`.
+/// Adds `engineSettlement(handle)` and `engineSettle(handle, ...)`.
 pub fn register(env: sys::napi_env, exports: sys::napi_value) -> napi::Result<()> {
-    export(env, exports, c"engineCheck", engine_check)?;
     export(env, exports, c"engineSettlement", engine_settlement)?;
     export(env, exports, c"engineSettle", engine_settle)
 }
@@ -282,7 +291,7 @@ unsafe extern "C" fn engine_check(
     env: sys::napi_env,
     info: sys::napi_callback_info,
 ) -> sys::napi_value {
-    run(env, "engineCheck", || check(env, info))
+    run(env, "Engine.checkRequest", || check(env, info))
 }
 
 fn type_of(env: sys::napi_env, v: sys::napi_value) -> Result<sys::napi_valuetype, Thrown> {
@@ -326,13 +335,15 @@ fn slots<'a, T: Clone>(stack: &'a mut [T], heap: &'a mut Vec<T>, n: usize, fill:
     }
 }
 
-/// Appends string `v` to `arena` and returns its byte range.
-fn read_string(
+/// Appends string `v` to `arena` and returns its byte range, or `None` if `v`
+/// is not a string (asked first and `typeof` only then: a `napi_typeof` per
+/// optional argument was ~160 instructions of the usual request).
+fn try_string(
     env: sys::napi_env,
     v: sys::napi_value,
     arena: &mut Arena,
     what: &str,
-) -> Result<std::ops::Range<usize>, Thrown> {
+) -> Result<Option<std::ops::Range<usize>>, Thrown> {
     const ROOM: usize = 256;
     let start = arena.used;
     let mut len = 0;
@@ -342,9 +353,10 @@ fn read_string(
     let status = unsafe {
         sys::napi_get_value_string_utf8(env, v, spare.as_mut_ptr().cast(), spare.len(), &mut len)
     };
-    if status != sys::Status::napi_ok {
-        return Err(invalid(&format!("{what} must be a string")));
+    if status == sys::Status::napi_string_expected {
+        return Ok(None);
     }
+    ok(status, what)?;
     // A string that did not fit is cut at a character boundary, so up to 3 bytes
     // before the end: only a shorter result is surely whole.
     if len + 4 >= spare.len() {
@@ -366,7 +378,32 @@ fn read_string(
         ok(status, what)?;
     }
     arena.used = start + len;
-    Ok(start..start + len)
+    Ok(Some(start..start + len))
+}
+
+/// [`try_string`] for a string argument that must be there.
+fn read_string(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    arena: &mut Arena,
+    what: &str,
+) -> Result<std::ops::Range<usize>, Thrown> {
+    try_string(env, v, arena, what)?.ok_or_else(|| invalid(&format!("{what} must be a string")))
+}
+
+/// [`try_string`] for an optional string argument: undefined and null are
+/// `None`, anything else but a string an error.
+fn optional_string(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    arena: &mut Arena,
+    what: &str,
+) -> Result<Option<std::ops::Range<usize>>, Thrown> {
+    match try_string(env, v, arena, what)? {
+        Some(range) => Ok(Some(range)),
+        None if absent(type_of(env, v)?) => Ok(None),
+        None => Err(invalid(&format!("{what} must be a string"))),
+    }
 }
 
 /// A string of the arena, validated once as a whole (Node-API wrote valid
@@ -400,18 +437,17 @@ fn utf16_lengths(text: &str, out: &[Cell<f64>], header_count: usize) {
 }
 
 fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_value, Thrown> {
-    let (stack_argv, mut argc) = args::<STACK_ARGS>(env, info)?;
-    let [handle, method, path, ip, now, ..] = stack_argv;
-    // SAFETY: TAG marks engine `Handle`s only; `handle` is an argument of this call.
-    let h = unsafe { unwrap_handle::<Handle>(env, handle, &TAG, "engineCheck")? };
+    // SAFETY: `engine_check` is only bound to engine `Handle`s (`handle` above).
+    let (stack_argv, mut argc, h) = unsafe { bound_args::<Handle, STACK_ARGS>(env, info)? };
+    let [method, path, ip, ..] = stack_argv;
     let names = h.engine.request_headers();
     if names.len() > MAX_HEADER_ARGS {
-        return Err(invalid("engineCheck: the policy reads too many headers"));
+        return Err(invalid("checkRequest: the policy reads too many headers"));
     }
     // A policy reading more headers than the stack holds: read them all again.
     let heap_argv: Vec<sys::napi_value>;
-    let argv: &[sys::napi_value] = if argc > STACK_ARGS && names.len() + 5 > STACK_ARGS {
-        let mut v = vec![ptr::null_mut(); (5 + names.len()).min(argc)];
+    let argv: &[sys::napi_value] = if argc > STACK_ARGS && names.len() + FIXED_ARGS >= STACK_ARGS {
+        let mut v = vec![ptr::null_mut(); (FIXED_ARGS + names.len() + 1).min(argc)];
         let mut n = v.len();
         // SAFETY: `info` is this call's; `v` has room for `n` values.
         let status = unsafe {
@@ -435,34 +471,39 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     let mut arena = h
         .arena
         .try_borrow_mut()
-        .map_err(|_| invalid("engineCheck re-entered"))?;
+        .map_err(|_| invalid("checkRequest re-entered"))?;
     arena.used = 0;
     let method = read_string(env, method, &mut arena, "method")?;
     let path = read_string(env, path, &mut arena, "path")?;
-    let ip = if absent(type_of(env, ip)?) {
-        None
-    } else {
-        Some(read_string(env, ip, &mut arena, "clientIp")?)
+    let ip = optional_string(env, ip, &mut arena, "clientIp")?;
+    // The time, after the header values: passed only when given (a
+    // `typeof` of an undefined one cost ~150 instructions per request).
+    let now = match argv.get(FIXED_ARGS + names.len()) {
+        Some(&now) if FIXED_ARGS + names.len() < argc => {
+            if absent(type_of(env, now)?) {
+                None
+            } else {
+                crate::time(Some(double(env, now, "nowMs")?))?
+            }
+        }
+        _ => None,
     };
-    let now = if absent(type_of(env, now)?) {
-        None
-    } else {
-        crate::time(Some(double(env, now, "nowMs")?))?
-    };
-    // Header values: argument 5 + i is the value of `names[i]`, or undefined.
+    // Header values: argument FIXED_ARGS + i is the value of `names[i]`, or undefined.
     // On the stack for the few headers a policy reads (arrays of all
     // MAX_HEADER_ARGS were 1.5 KB of stores per call, the hottest
     // instructions of this function in a Fastify server's profile).
     let mut stack_ranges: [Option<std::ops::Range<usize>>; STACK_HEADERS] = Default::default();
     let mut heap_ranges = Vec::new();
     let ranges = slots(&mut stack_ranges, &mut heap_ranges, names.len(), None);
-    for (i, (slot, value)) in ranges.iter_mut().zip(argv.iter().skip(5)).enumerate() {
-        if 5 + i >= argc {
+    for (i, (slot, value)) in ranges
+        .iter_mut()
+        .zip(argv.iter().skip(FIXED_ARGS))
+        .enumerate()
+    {
+        if FIXED_ARGS + i >= argc {
             break;
         }
-        if !absent(type_of(env, *value)?) {
-            *slot = Some(read_string(env, *value, &mut arena, "a header value")?);
-        }
+        *slot = optional_string(env, *value, &mut arena, "a header value")?;
     }
     let arena =
         std::str::from_utf8(arena.bytes.get(..arena.used).unwrap_or_default()).unwrap_or_default();
@@ -492,7 +533,7 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     let mut buf = h
         .verdict
         .try_borrow_mut()
-        .map_err(|_| invalid("engineCheck re-entered"))?;
+        .map_err(|_| invalid("checkRequest re-entered"))?;
     h.engine.check_request_into(&req, now, &mut buf)?;
     let v = buf.verdict();
 
@@ -525,7 +566,7 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     let mut text = h
         .text
         .try_borrow_mut()
-        .map_err(|_| invalid("engineCheck re-entered"))?;
+        .map_err(|_| invalid("checkRequest re-entered"))?;
     text.clear();
     let mut piece = |slot: usize, s: Option<&str>| {
         set(slot, s.map_or(-1.0, |s| s.len() as f64));
@@ -549,7 +590,7 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     set(Slot::Settle as usize, flag(v.settlement.is_some()));
     *h.pending
         .try_borrow_mut()
-        .map_err(|_| invalid("engineCheck re-entered"))? = v.settlement.clone();
+        .map_err(|_| invalid("checkRequest re-entered"))? = v.settlement.clone();
     // The body straight into the text (no string of its own per denial).
     let start = text.len();
     v.body_into(&mut text);
