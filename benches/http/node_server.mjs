@@ -1,8 +1,10 @@
-// node node_server.mjs <express|fastify> <none|floor|floodgate|peer> <port>
+// node node_server.mjs <express|fastify> <none|floor|check|floodgate|peer> <port>
 // The same handler ({"ok":true}) behind no limiter, Floodgate's middleware or
 // the peer middleware, each at 1,000,000 requests per minute per IP; or
 // behind the floor: a middleware that only sets two constant rate-limit
-// headers (what any limiter setting them pays, before deciding anything).
+// headers (what any limiter setting them pays, before deciding anything); or
+// `check`: the floor plus Floodgate's check (the middleware's raw path) whose
+// verdict is not used (what deciding costs, apart from the headers).
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 const here = dirname(fileURLToPath(import.meta.url))
 const require = createRequire(import.meta.url)
 const [framework, mode, port] = process.argv.slice(2)
+const rawChecker = (engine) => require(join(here, '../../bindings/node/floodgate.js')).rawChecker(engine)
 const floodgateEngine = () => {
   const { Engine } = require(join(here, '../../bindings/node/floodgate.js'))
   return Engine.fromFile(process.env.FG_BENCH_POLICY || join(here, 'policy.toml'))
@@ -26,8 +29,10 @@ if (framework === 'express') {
   if (mode === 'floodgate') {
     const { floodgate } = require(join(here, '../../bindings/node/express.js'))
     app.use(floodgate(floodgateEngine()))
-  } else if (mode === 'floor') {
+  } else if (mode === 'floor' || mode === 'check') {
+    const raw = mode === 'check' ? rawChecker(floodgateEngine()) : undefined
     app.use((req, res, next) => {
+      if (raw !== undefined) raw.check(req.method, req.originalUrl || req.url, req.socket.remoteAddress, req.headers)
       res.setHeader('RateLimit-Policy', FLOOR_POLICY)
       res.setHeader('RateLimit', FLOOR_RATE)
       next()
@@ -42,8 +47,10 @@ if (framework === 'express') {
   const fastify = require('fastify')({ logger: false })
   if (mode === 'floodgate') {
     await fastify.register(require(join(here, '../../bindings/node/fastify.js')), { engine: floodgateEngine() })
-  } else if (mode === 'floor') {
+  } else if (mode === 'floor' || mode === 'check') {
+    const raw = mode === 'check' ? rawChecker(floodgateEngine()) : undefined
     fastify.addHook('onRequest', (request, reply, next) => {
+      if (raw !== undefined) raw.check(request.method, request.url, request.ip, request.headers)
       reply.header('ratelimit-policy', FLOOR_POLICY)
       reply.header('ratelimit', FLOOR_RATE)
       next()

@@ -17,6 +17,7 @@ shared host cancels out of them.
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
     python3 benches/http/run.py --tight   # a flood nearly all denied (1/min per IP) vs no limiter
     python3 benches/http/run.py --floor   # also the floor: a middleware setting two constant headers
+    python3 benches/http/run.py --split --only fastify,express   # also the floor plus Floodgate's check alone
     python3 benches/http/run.py --only flask --extension   # also the Flask extension (floodgate.flask)
     python3 benches/http/run.py --footprint --only fastify,express,fastapi   # instructions and cache misses per request
 
@@ -226,6 +227,9 @@ def main():
     ap.add_argument("--floor", action="store_true",
                     help="also the floor: a middleware that only sets two constant rate-limit headers "
                          "(what any limiter setting them pays before it decides anything)")
+    ap.add_argument("--split", action="store_true",
+                    help="Node only: the floor, and the floor plus Floodgate's check whose verdict is not used "
+                         "(what the check costs apart from the headers it sets)")
     a = ap.parse_args()
     if a.logging:
         return logging_cost(a)
@@ -233,6 +237,10 @@ def main():
         return footprint(a)
     frameworks = a.only.split(",")
     variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
+    if a.split:
+        if not set(frameworks) <= {"fastify", "express"}:
+            raise SystemExit("--split is the Node servers': use it with --only fastify,express")
+        variants = ("none", "floor", "check", "floodgate", "peer")
     if a.extension:
         if frameworks != ["flask"]:
             raise SystemExit("--extension is Flask's: use it with --only flask")
@@ -260,7 +268,8 @@ def main():
     # Throughput (what clients see) and the server's CPU time per request (what
     # each limiter costs, less disturbed by wrk sharing the machine).
     shown = [v for v in variants if v != "none"]
-    names = {"floor": "floor", "floodgate": "Floodgate", "extension": "Floodgate extension", "peer": "peer"}
+    names = {"floor": "floor", "check": "floor + check", "floodgate": "Floodgate", "extension": "Floodgate extension",
+             "peer": "peer"}
     print("| server | no limiter | " + " | ".join(names[v] for v in shown)
           + " | server CPU µs/req: none | " + " | ".join(names[v] for v in shown) + " |")
     print("|---|---|" + "---|" * (2 * len(shown) + 1))
