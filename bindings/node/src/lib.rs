@@ -143,6 +143,10 @@ impl Failure {
     }
 }
 
+/// An `ERR_FG_INVALID_ARGUMENT` failure (out of line: the raw checks' error
+/// paths stay off the lines their common path runs, see `request.rs`).
+#[cold]
+#[inline(never)]
 fn invalid(what: &str) -> Failure {
     Failure::Invalid(what.to_string())
 }

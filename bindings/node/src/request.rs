@@ -360,25 +360,43 @@ fn try_string(
     // A string that did not fit is cut at a character boundary, so up to 3 bytes
     // before the end: only a shorter result is surely whole.
     if len + 4 >= spare.len() {
-        // SAFETY: a NULL buffer asks only for the length.
-        let status =
-            unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
-        ok(status, what)?;
-        let spare = arena.room(len + 1);
-        // SAFETY: `spare` has room for the whole string and its NUL.
-        let status = unsafe {
-            sys::napi_get_value_string_utf8(
-                env,
-                v,
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                &mut len,
-            )
-        };
-        ok(status, what)?;
+        len = read_long(env, v, arena, what)?;
     }
     arena.used = start + len;
     Ok(Some(start..start + len))
+}
+
+/// Reads string `v`, longer than [`try_string`]'s first try, whole into
+/// `arena` after `used`; its length in bytes. Out of line, with the other
+/// rare paths of a check (`cold`): a check's code is cold between real
+/// requests, so each 64-byte line it runs is a cache miss there
+/// (benches/README.md), and rare code between the common lines adds lines.
+#[cold]
+#[inline(never)]
+fn read_long(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    arena: &mut Arena,
+    what: &str,
+) -> Result<usize, Thrown> {
+    let mut len = 0;
+    // SAFETY: a NULL buffer asks only for the length.
+    let status = unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) };
+    ok(status, what)?;
+    let spare = arena.room(len + 1);
+    // SAFETY: `spare` has room for the whole string and its NUL.
+    let status = unsafe {
+        sys::napi_get_value_string_utf8(env, v, spare.as_mut_ptr().cast(), spare.len(), &mut len)
+    };
+    ok(status, what)?;
+    Ok(len)
+}
+
+/// `what must be a string` (out of line: see [`read_long`]).
+#[cold]
+#[inline(never)]
+fn not_a_string(what: &str) -> Failure {
+    invalid(&format!("{what} must be a string"))
 }
 
 /// [`try_string`] for a string argument that must be there.
@@ -388,7 +406,7 @@ fn read_string(
     arena: &mut Arena,
     what: &str,
 ) -> Result<std::ops::Range<usize>, Thrown> {
-    try_string(env, v, arena, what)?.ok_or_else(|| invalid(&format!("{what} must be a string")))
+    try_string(env, v, arena, what)?.ok_or_else(|| not_a_string(what))
 }
 
 /// [`try_string`] for an optional string argument: undefined and null are
@@ -402,7 +420,7 @@ fn optional_string(
     match try_string(env, v, arena, what)? {
         Some(range) => Ok(Some(range)),
         None if absent(type_of(env, v)?) => Ok(None),
-        None => Err(invalid(&format!("{what} must be a string"))),
+        None => Err(not_a_string(what)),
     }
 }
 
@@ -436,6 +454,39 @@ fn utf16_lengths(text: &str, out: &[Cell<f64>], header_count: usize) {
     }
 }
 
+/// The first `n` arguments of this call, in a vector (a policy reading more
+/// headers than the stack holds; out of line: see [`read_long`]).
+#[cold]
+#[inline(never)]
+fn all_args(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+    n: usize,
+) -> Result<Vec<sys::napi_value>, Thrown> {
+    let mut v = vec![ptr::null_mut(); n];
+    let mut n = v.len();
+    // SAFETY: `info` is this call's; `v` has room for `n` values.
+    let status = unsafe {
+        sys::napi_get_cb_info(
+            env,
+            info,
+            &mut n,
+            v.as_mut_ptr(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    ok(status, "arguments")?;
+    Ok(v)
+}
+
+/// A verdict header the JS side has no name for: a bug (out of line).
+#[cold]
+#[inline(never)]
+fn unlisted(name: &str) -> Failure {
+    Failure::Internal(format!("header {name} is not in RESPONSE_HEADERS"))
+}
+
 fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_value, Thrown> {
     // SAFETY: `engine_check` is only bound to engine `Handle`s (`handle` above).
     let (stack_argv, mut argc, h) = unsafe { bound_args::<Handle, STACK_ARGS>(env, info)? };
@@ -447,22 +498,8 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     // A policy reading more headers than the stack holds: read them all again.
     let heap_argv: Vec<sys::napi_value>;
     let argv: &[sys::napi_value] = if argc > STACK_ARGS && names.len() + FIXED_ARGS >= STACK_ARGS {
-        let mut v = vec![ptr::null_mut(); (FIXED_ARGS + names.len() + 1).min(argc)];
-        let mut n = v.len();
-        // SAFETY: `info` is this call's; `v` has room for `n` values.
-        let status = unsafe {
-            sys::napi_get_cb_info(
-                env,
-                info,
-                &mut n,
-                v.as_mut_ptr(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        };
-        ok(status, "arguments")?;
-        argc = argc.min(v.len());
-        heap_argv = v;
+        heap_argv = all_args(env, info, (FIXED_ARGS + names.len() + 1).min(argc))?;
+        argc = argc.min(heap_argv.len());
         &heap_argv
     } else {
         argc = argc.min(STACK_ARGS);
@@ -582,9 +619,7 @@ fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_
     let mut count = 0;
     for (name, value) in v.headers.iter().take(MAX_HEADERS) {
         let Some(i) = response_header_index(name) else {
-            return Err(Failure::Internal(format!(
-                "header {name} is not in RESPONSE_HEADERS"
-            )));
+            return Err(unlisted(name));
         };
         let at = Slot::Headers as usize + 2 * count;
         set(at, i as f64);
