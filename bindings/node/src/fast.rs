@@ -276,42 +276,14 @@ pub(crate) fn run(
     }
 }
 
-/// This call's arguments, up to `N` (missing ones are undefined), and how many
-/// were passed.
-pub(crate) fn args<const N: usize>(
+/// Fills `argv` with this call's arguments (missing ones are undefined);
+/// returns how many were passed and the function's data.
+pub(crate) fn cb_info(
     env: sys::napi_env,
     info: sys::napi_callback_info,
-) -> Result<([sys::napi_value; N], usize), Thrown> {
-    let mut argv = [ptr::null_mut(); N];
-    let mut argc = N;
-    // SAFETY: `info` is this call's; argv has room for `argc` values, and missing
-    // arguments are filled with undefined. `argc` becomes the number passed.
-    let status = unsafe {
-        sys::napi_get_cb_info(
-            env,
-            info,
-            &mut argc,
-            argv.as_mut_ptr(),
-            ptr::null_mut(),
-            ptr::null_mut(),
-        )
-    };
-    ok(status, "arguments")?;
-    Ok((argv, argc))
-}
-
-/// This call's arguments (as [`args`]), and the value its function is bound to.
-///
-/// # Safety
-/// The current call must be one of a function [`make_handle::<T>`] made (its
-/// data is then an `Rc<T>` pointer the function's finalizer frees, so alive
-/// for the call). The reference is for this call only, on the JS thread.
-pub(crate) unsafe fn bound_args<'a, T, const N: usize>(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> Result<([sys::napi_value; N], usize, &'a T), Thrown> {
-    let mut argv = [ptr::null_mut(); N];
-    let mut argc = N;
+    argv: &mut [sys::napi_value],
+) -> Result<(usize, *mut c_void), Thrown> {
+    let mut argc = argv.len();
     let mut data = ptr::null_mut();
     // SAFETY: `info` is this call's; argv has room for `argc` values, and missing
     // arguments are filled with undefined. `argc` becomes the number passed.
@@ -326,6 +298,32 @@ pub(crate) unsafe fn bound_args<'a, T, const N: usize>(
         )
     };
     ok(status, "arguments")?;
+    Ok((argc, data))
+}
+
+/// This call's arguments, up to `N` (missing ones are undefined), and how many
+/// were passed.
+pub(crate) fn args<const N: usize>(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Result<([sys::napi_value; N], usize), Thrown> {
+    let mut argv = [ptr::null_mut(); N];
+    let (argc, _) = cb_info(env, info, &mut argv)?;
+    Ok((argv, argc))
+}
+
+/// This call's arguments (as [`args`]), and the value its function is bound to.
+///
+/// # Safety
+/// The current call must be one of a function [`make_handle::<T>`] made (its
+/// data is then an `Rc<T>` pointer the function's finalizer frees, so alive
+/// for the call). The reference is for this call only, on the JS thread.
+pub(crate) unsafe fn bound_args<'a, T, const N: usize>(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Result<([sys::napi_value; N], usize, &'a T), Thrown> {
+    let mut argv = [ptr::null_mut(); N];
+    let (argc, data) = cb_info(env, info, &mut argv)?;
     if data.is_null() {
         return Err(Failure::Internal("a bound check without its value".into()));
     }

@@ -42,7 +42,7 @@ use floodgate::policy::{
 use napi::sys;
 
 use crate::fast::{
-    Numbers, Thrown, args, bound_args, double, export, make_handle, ok, run, unwrap_handle,
+    Numbers, Thrown, args, bound_args, cb_info, double, export, make_handle, ok, run, unwrap_handle,
 };
 use crate::{Failure, invalid, ms};
 
@@ -464,19 +464,7 @@ fn all_args(
     n: usize,
 ) -> Result<Vec<sys::napi_value>, Thrown> {
     let mut v = vec![ptr::null_mut(); n];
-    let mut n = v.len();
-    // SAFETY: `info` is this call's; `v` has room for `n` values.
-    let status = unsafe {
-        sys::napi_get_cb_info(
-            env,
-            info,
-            &mut n,
-            v.as_mut_ptr(),
-            ptr::null_mut(),
-            ptr::null_mut(),
-        )
-    };
-    ok(status, "arguments")?;
+    cb_info(env, info, &mut v)?;
     Ok(v)
 }
 
