@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { createRequire } from 'node:module'
+import { execFileSync } from 'node:child_process'
 
 const require = createRequire(import.meta.url)
 const { Engine, Limiter } = require('../floodgate.js')
@@ -186,4 +187,41 @@ test('the middleware read only the headers the policy names (real HTTP)', async 
   // x-forwarded-for is read by Express's own `req.ip` (proxy-addr), not by Floodgate.
   read.delete('x-forwarded-for')
   assert.deepEqual([...read].sort(), [...engine.requestHeaders].sort())
+})
+
+test('engines are freed when collected, and a bound check keeps its own', () => {
+  // In a child with --expose-gc: engines made, used through their bound
+  // checks and dropped, round after round. Node-API finalizers run from the
+  // event loop, so each round yields to it. If the bound function's
+  // finalizer kept its engine (one Rc of three), the 1,600 engines of rounds
+  // 3-10 (~190 KB each with their first keys) would grow the process by
+  // ~300 MB; it stays flat. Then a bound check whose engine and handle are
+  // gone decides on its engine.
+  const script = `
+    const { Engine } = require(${JSON.stringify(require.resolve('../floodgate.js'))})
+    const POLICY = '[[rule]]\\nname = "r"\\nmatch = "/**"\\nkey = "ip"\\nquotas = ["2/s"]\\n'
+    const tick = () => new Promise((r) => setImmediate(r))
+    const rss = () => process.memoryUsage().rss / 1048576
+    ;(async () => {
+      let before
+      for (let round = 0; round <= 10; round++) {
+        for (let i = 0; i < 200; i++) {
+          const [, , check] = Engine.fromToml(POLICY).handle()
+          for (let k = 0; k < 50; k++) check('GET', '/x', '10.0.' + k + '.' + (i & 255))
+        }
+        global.gc(); await tick(); await tick(); global.gc()
+        if (round === 2) before = rss()
+      }
+      const grown = rss() - before
+      if (grown > 100) { process.stdout.write('grew ' + grown.toFixed(0) + ' MB'); return }
+      let check, out
+      { const [, o, c] = Engine.fromToml(POLICY).handle(); check = c; out = o }
+      global.gc(); await tick(); await tick(); global.gc()
+      const at = 1_800_000_000_000
+      const seen = [1, 2, 3].map(() => (check('GET', '/x', '203.0.113.1', undefined, at), out[0]))
+      process.stdout.write(seen.join(',') === '1,1,0' ? 'ok' : 'verdicts ' + seen.join(','))
+    })()
+  `
+  const out = execFileSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' })
+  assert.equal(out, 'ok')
 })
