@@ -85,8 +85,8 @@ pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys
 
 /// `[handle, out, check]`: an external holding `value`, tagged with `tag`; a
 /// Float64Array over `value.out()`, where the raw functions write their
-/// numbers; and `check`, the function `check` bound to the value (its
-/// callback data, see [`bound`]). Each keeps the value alive.
+/// numbers; and a function running `check` bound to the value (its callback
+/// data, read by [`bound_args`]). Each keeps the value alive.
 ///
 /// The bound function is the hot path: it finds its value in its own data
 /// instead of unwrapping a handle argument, whose two Node-API calls (the
@@ -354,7 +354,7 @@ pub(crate) fn double(env: sys::napi_env, v: sys::napi_value, what: &str) -> Resu
 /// (default applied) always and `nowMs` only when given, so the common call
 /// needs no `typeof`.
 fn check(env: sys::napi_env, info: sys::napi_callback_info) -> Result<sys::napi_value, Thrown> {
-    // SAFETY: `limiter_check` is only bound to `Handle`s (`handle` below).
+    // SAFETY: `limiter_check` is only bound to `Handle`s (`handle` above).
     let ([key, cost, now], argc, h) = unsafe { bound_args::<Handle, 3>(env, info)? };
 
     let mut stack = [MaybeUninit::<u8>::uninit(); STACK_KEY];
