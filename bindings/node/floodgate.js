@@ -153,7 +153,7 @@ function rawOf(engine) {
   const names = engine.requestHeaders
   const [a, b, c] = names
   let check
-  // The time goes last, and only when given (the middleware never give it):
+  // The time goes last, and only when given (the middleware never pass one):
   // the native check then asks no `typeof` of it.
   switch (names.length) {
     case 0:
