@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict'
 import { readFileSync, readdirSync } from 'node:fs'
-import { execFileSync } from 'node:child_process'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
+import { collected } from './collected.mjs'
 
 const require = createRequire(import.meta.url)
 const { Limiter, errorCodes } = require('../floodgate.js')
@@ -152,34 +152,17 @@ test('the raw hot path: handles, key sizes, types and time', () => {
 })
 
 test('limiters are freed when collected', () => {
-  // In a child with --expose-gc: limiters made, used and dropped, round
-  // after round, yielding to the event loop (where Node-API finalizers run).
-  // Each of the three values of a limiter's handle (the external, the numbers'
-  // view, the bound check) holds it; were one of them not freed, the 1,600
-  // limiters of rounds 3-10 (~150 KB each with their keys) would grow the
-  // process by ~240 MB (as they do when the loop never yields). Then a kept
-  // limiter still decides.
-  const script = `
-    const { Limiter } = require(${JSON.stringify(require.resolve('../floodgate.js'))})
-    const tick = () => new Promise((r) => setImmediate(r))
-    const rss = () => process.memoryUsage().rss / 1048576
-    ;(async () => {
-      let before
-      for (let round = 0; round <= 10; round++) {
-        for (let i = 0; i < 200; i++) {
-          const l = new Limiter({ quota: '5/second' })
-          for (let k = 0; k < 50; k++) l.check('k' + k)
-        }
-        global.gc(); await tick(); await tick(); global.gc()
-        if (round === 2) before = rss()
-      }
-      const grown = rss() - before
-      if (grown > 80) { process.stdout.write('grew ' + grown.toFixed(0) + ' MB'); return }
-      const kept = new Limiter({ quota: '1/second' })
+  // Each of the three values of a limiter's handle (the external, the
+  // numbers' view, the bound check) holds it; were one not freed, the
+  // 1,600 limiters of rounds 3-10 (~150 KB each with their keys) would grow
+  // the process by ~240 MB. Then a kept limiter still decides.
+  const out = collected({
+    limitMb: 80,
+    iteration: `const l = new fg.Limiter({ quota: '5/second' })
+      for (let k = 0; k < 50; k++) l.check('k' + k)`,
+    after: `const kept = new fg.Limiter({ quota: '1/second' })
       if (!kept.check('k').allowed || kept.check('k').allowed) process.exit(2)
-      process.stdout.write('ok')
-    })()
-  `
-  const out = execFileSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' })
+      process.stdout.write('ok')`,
+  })
   assert.equal(out, 'ok')
 })

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { createRequire } from 'node:module'
-import { execFileSync } from 'node:child_process'
+import { collected } from './collected.mjs'
 
 const require = createRequire(import.meta.url)
 const { Engine, Limiter } = require('../floodgate.js')
@@ -189,41 +189,25 @@ test('the middleware read only the headers the policy names (real HTTP)', async 
   assert.deepEqual([...read].sort(), [...engine.requestHeaders].sort())
 })
 
+const GC_POLICY = '[[rule]]\nname = "r"\nmatch = "/**"\nkey = "ip"\nquotas = ["2/s"]\n'
+
 test('engines are freed when collected, and a bound check keeps its own', () => {
-  // In a child with --expose-gc: engines made, used through their bound
-  // checks and dropped, round after round. Node-API finalizers run from the
-  // event loop, so each round yields to it. If the bound function's
-  // finalizer kept its engine (one Rc of three), the 1,600 engines of rounds
-  // 3-10 (~190 KB each with their first keys) would grow the process by
-  // ~300 MB; it stays flat. Then a bound check whose engine, handle and
-  // numbers' view are gone decides on its engine.
-  const script = `
-    const { Engine } = require(${JSON.stringify(require.resolve('../floodgate.js'))})
-    const POLICY = '[[rule]]\\nname = "r"\\nmatch = "/**"\\nkey = "ip"\\nquotas = ["2/s"]\\n'
-    const tick = () => new Promise((r) => setImmediate(r))
-    const rss = () => process.memoryUsage().rss / 1048576
-    ;(async () => {
-      let before
-      for (let round = 0; round <= 10; round++) {
-        for (let i = 0; i < 200; i++) {
-          const [, , check] = Engine.fromToml(POLICY).handle()
-          for (let k = 0; k < 50; k++) check('GET', '/x', '10.0.' + k + '.' + (i & 255))
-        }
-        global.gc(); await tick(); await tick(); global.gc()
-        if (round === 2) before = rss()
-      }
-      const grown = rss() - before
-      if (grown > 100) { process.stdout.write('grew ' + grown.toFixed(0) + ' MB'); return }
-      // Only the function is kept (not the handle, nor the numbers' view,
-      // which hold the engine too): the verdict's text tells a denial.
-      let check
-      { const [, , c] = Engine.fromToml(POLICY).handle(); check = c }
+  // Engines used through their bound checks and dropped: were the bound
+  // function's finalizer to keep its engine (one Rc of three), the 1,600
+  // engines of rounds 3-10 (~190 KB each with their first keys) would grow
+  // the process by ~300 MB (an injected leak did: 306 MB). Then a bound check
+  // kept alone (not the handle, nor the numbers' view, which hold the engine
+  // too) decides on its engine: its verdict's text tells the denial.
+  const out = collected({
+    limitMb: 100,
+    iteration: `const [, , check] = fg.Engine.fromToml(${JSON.stringify(GC_POLICY)}).handle()
+      for (let k = 0; k < 50; k++) check('GET', '/x', '10.0.' + k + '.' + (i & 255))`,
+    after: `let check
+      { const [, , c] = fg.Engine.fromToml(${JSON.stringify(GC_POLICY)}).handle(); check = c }
       global.gc(); await tick(); await tick(); global.gc()
       const at = 1_800_000_000_000
       const seen = [1, 2, 3].map(() => check('GET', '/x', '203.0.113.1', undefined, at).includes('rate_limited') ? 0 : 1)
-      process.stdout.write(seen.join(',') === '1,1,0' ? 'ok' : 'verdicts ' + seen.join(','))
-    })()
-  `
-  const out = execFileSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' })
+      process.stdout.write(seen.join(',') === '1,1,0' ? 'ok' : 'verdicts ' + seen.join(','))`,
+  })
   assert.equal(out, 'ok')
 })
