@@ -123,6 +123,10 @@ pub struct Shared {
     validate_left: AtomicU32,
     warned_no_address: AtomicBool,
     warned_untrusted: AtomicBool,
+    /// Whether the policy may key a rule on a body field: it then reads the
+    /// content type, and a reload cannot add a header to read. False spares
+    /// every request the body test below.
+    bodies: bool,
     /// Whether a request met a rule keyed by a body field (warned once).
     warned_no_body: AtomicBool,
     /// The forwarding header an untrusted proxy would have set.
@@ -194,7 +198,7 @@ impl FloodgateLayer {
     }
 
     fn build(engine: Arc<Engine>, proxies: TrustedProxies, validate: bool) -> Self {
-        let wanted = engine
+        let wanted: Box<[HeaderName]> = engine
             .request_headers()
             .iter()
             .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
@@ -212,6 +216,7 @@ impl FloodgateLayer {
                 warned_no_address: AtomicBool::new(false),
                 warned_untrusted: AtomicBool::new(false),
                 warned_no_body: AtomicBool::new(false),
+                bodies: wanted.contains(&CONTENT_TYPE),
                 proxy_header,
                 blocking: engine.may_block(),
                 engine,
@@ -300,10 +305,11 @@ impl Shared {
     /// Whether `req` has a body that a rule keyed by a body field needs and
     /// no [`FloodgateBodyLayer`] read: refused (400), since the handler's
     /// extractor could read a name the rule never counted. Warned of once.
-    /// (Free for a policy without such rules.)
+    /// (One flag for a policy without such rules; the policy is asked last.)
     fn unread_body<B>(&self, req: &http::Request<B>) -> bool {
-        let unread = req.extensions().get::<ReadBody>().is_none()
+        let unread = self.bodies
             && has_body(req)
+            && req.extensions().get::<ReadBody>().is_none()
             && self.engine.reads_body(req.method().as_str(), target(req));
         if unread && !self.warned_no_body.swap(true, Ordering::Relaxed) {
             tracing::warn!(code = "ERR_FG_NO_BODY", "{NO_BODY}");
