@@ -337,7 +337,8 @@ async fn deployments_that_defeat_ip_limits_are_warned_of_once() {
 /// with a body that the rule meets is refused (400: the handler's extractor
 /// could read a name the rule never counted) and warned of, once, even with
 /// validation off. Requests no such rule meets, and a login with no body (no
-/// name for the rule), go on unwarned.
+/// name for the rule), go on unwarned; so do bodies under a policy without
+/// such rules.
 #[tokio::test]
 async fn a_body_no_layer_read_is_refused_and_warned_of_once() {
     let codes = Codes::default();
@@ -357,6 +358,14 @@ async fn a_body_no_layer_read_is_refused_and_warned_of_once() {
         assert_eq!(status, 400, "{body}");
     }
     assert_eq!(codes.take(), ["ERR_FG_NO_BODY"]);
+    // A policy without such rules: the same bodies reach the handler (a
+    // wrong password, 401), unwarned.
+    let plain = serve(FloodgateLayer::new(engine()).validate(false)).await;
+    for chunked in [false, true] {
+        let (status, body) = post_raw(plain, "application/json", Some(login), chunked).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(codes.take(), Vec::<String>::new());
 }
 
 /// A login keyed by the body's username, beside an API keyed by address.
