@@ -84,7 +84,8 @@ TIGHT_ENV = {"FG_BENCH_POLICY": str(HERE / "deny.toml"), "FG_BENCH_PEER_LIMIT": 
 
 
 def wrk(port, duration, connections, denials_ok=False, requests=False):
-    """Requests per second (and, with `requests`, how many were answered)."""
+    """Requests per second (and, with `requests`, how many were answered and
+    how many of those were not 2xx)."""
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/items"],
                          capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -92,8 +93,20 @@ def wrk(port, duration, connections, denials_ok=False, requests=False):
         raise SystemExit(f"{non2xx.group(1)} responses were not 2xx:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     if requests:
-        return rps, int(re.search(r"(\d+) requests in", out).group(1))
+        return rps, int(re.search(r"(\d+) requests in", out).group(1)), int(non2xx.group(1)) if non2xx else 0
     return rps
+
+
+def check_flood(framework, variant, n, refused):
+    """Under `--tight` (1 request a minute per address, one client address), a
+    limiter refuses nearly every request and no limiter none: a run where one
+    did not measured something else (a limiter that let the flood through, a
+    server that failed), so it stops."""
+    if variant == "none":
+        if refused:
+            raise SystemExit(f"{framework}/none: {refused} of {n} responses were not 2xx without a limiter")
+    elif variant not in ("floor", "check") and refused < 0.9 * n:
+        raise SystemExit(f"{framework}/{variant}: a flood at 1/min refused only {refused} of {n} requests")
 
 
 def cpu_seconds(pid):
@@ -193,7 +206,7 @@ def footprint(a):
             try:
                 wrk(port, 3 * a.duration, 4)  # warm-up: the JIT tiers up
                 subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-                _, n = wrk(port, 4 * a.duration, 2, requests=True)
+                _, n, _ = wrk(port, 4 * a.duration, 2, requests=True)
                 subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
             finally:
                 proc.terminate()
@@ -257,7 +270,9 @@ def main():
                 try:
                     wrk(port, 1, a.connections, denials_ok=a.tight)  # warm-up (JIT, caches, connections)
                     before = cpu_seconds(proc.pid)
-                    rps, n = wrk(port, a.duration, a.connections, denials_ok=a.tight, requests=True)
+                    rps, n, refused = wrk(port, a.duration, a.connections, denials_ok=a.tight, requests=True)
+                    if a.tight:
+                        check_flood(f, v, n, refused)
                     us = (cpu_seconds(proc.pid) - before) / max(n, 1) * 1e6
                 finally:
                     proc.terminate()
