@@ -22,6 +22,16 @@ instructions per call over 131k calls and twice that over 65k. `--without F`
 takes out the whole cost of the calls to functions whose name contains F
 (repeatable), so that two builds compare on the steady state.
 
+`--source F BINARY` breaks the lines of code of the profiled function
+whose name ends in F down by source line: each hot instruction of F (inlined
+code included) goes to the outermost source line within F that it comes
+from (binutils' `addr2line -i` on BINARY, built with line tables:
+`CARGO_PROFILE_CI_DEBUG=line-tables-only`). A line that most of its
+instructions come through (a macro's call site, as `decide`'s procedure) is
+looked through. It shows where a large function's lines go: `decide`'s 92 lines on
+the per-IP request, for one, are spread over its whole body, no line of it
+above 8.
+
 `--atomics BINARY` also counts the atomic read-modify-writes per call (every
 lock-prefixed instruction, and `xchg` with memory: each a full barrier on
 x86), by function: objdump gives their addresses in BINARY (the profiled
@@ -55,7 +65,45 @@ def atomic_instructions(binary):
     return found
 
 
-def main(path, function, top=20, without=(), atomics=None):
+def by_source(hot, counts, calls, binary, top):
+    """Hot instructions (executions per call) and lines of code of one
+    function, by the outermost source line within it each comes from."""
+    addresses = sorted(hot)
+    out = subprocess.run(["addr2line", "-a", "-i", "-e", binary] + [hex(a) for a in addresses],
+                         capture_output=True, text=True, check=True).stdout
+    chains, current = {}, None
+    for line in out.splitlines():
+        if line.startswith("0x"):
+            current = int(line, 16)
+            chains[current] = []
+        elif current is not None:
+            # Outermost frame first; without the path's directories.
+            chains[current].insert(0, re.sub(r" \(discriminator \d+\)", "", line.rsplit("/", 1)[-1]))
+    # A frame that most instructions have outermost is a call site (a
+    # macro's, as `decide`'s procedure): look one frame further in.
+    depth = {a: 0 for a in addresses}
+    while True:
+        outer = collections.Counter(c[depth[a]] for a, c in chains.items() if len(c) > depth[a] + 1)
+        site = [f for f, n in outer.items() if n > len(addresses) / 2]
+        if not site:
+            break
+        for a, c in chains.items():
+            if len(c) > depth[a] + 1 and c[depth[a]] == site[0]:
+                depth[a] += 1
+    executed = collections.Counter()
+    lines = collections.defaultdict(set)
+    for a in addresses:
+        chain = chains.get(a) or ["?"]
+        where = chain[min(depth.get(a, 0), len(chain) - 1)]
+        executed[where] += counts[a] / calls
+        lines[where].add(a // 64)
+    print(f"by source line: {len({a // 64 for a in addresses})} lines of code, "
+          f"{sum(executed.values()):.0f} instructions per call")
+    for where, n in sorted(executed.items(), key=lambda x: (-len(lines[x[0]]), -x[1]))[:top]:
+        print(f"{len(lines[where]):6d} lines {n:7.1f} instructions  {where}")
+
+
+def main(path, function, top=20, without=(), atomics=None, source=None):
     fn_names = {}
     calls = 0
     lines_by_fn = collections.defaultdict(set)
@@ -125,6 +173,12 @@ def main(path, function, top=20, without=(), atomics=None):
           f"{len(lines)} lines of code ({len(lines) * 64} bytes) per call")
     for f, ls in sorted(lines_by_fn.items(), key=lambda x: -len(x[1]))[:top]:
         print(f"{len(ls):6d}  {f[:120]}")
+    if source:
+        name, binary = source
+        mine = {a for a in hot if owner[a].endswith(name)}
+        if not mine:
+            sys.exit(f"no hot instructions in a function ending in {name!r}")
+        by_source(mine, counts, calls, binary, top)
     if atomics:
         rows = collections.Counter()
         for addr, op in atomic_instructions(atomics).items():
@@ -145,5 +199,6 @@ if __name__ == "__main__":
     ap.add_argument("top", nargs="?", type=int, default=20)
     ap.add_argument("--without", action="append", default=[], metavar="F")
     ap.add_argument("--atomics", metavar="BINARY")
+    ap.add_argument("--source", nargs=2, metavar=("F", "BINARY"))
     a = ap.parse_args()
-    main(a.profile, a.function, a.top, tuple(a.without), a.atomics)
+    main(a.profile, a.function, a.top, tuple(a.without), a.atomics, a.source)
