@@ -16,6 +16,7 @@ shared host cancels out of them.
     python3 benches/http/run.py [--rounds 3] [--duration 5] [--only fastify,express]
     python3 benches/http/run.py --logging --duration 12   # a denied flood: each event logged vs summaries
     python3 benches/http/run.py --tight   # a flood nearly all denied (1/min per IP) vs no limiter
+                                          # (stops if a limiter refuses < 90% of it, or no limiter refuses any)
     python3 benches/http/run.py --floor   # also the floor: a middleware setting two constant headers
     python3 benches/http/run.py --split --only fastify,express   # also the floor plus Floodgate's check alone
     python3 benches/http/run.py --only flask --extension   # also the Flask extension (floodgate.flask)
