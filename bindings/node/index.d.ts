@@ -120,10 +120,12 @@ export declare class Engine {
 export declare class NativeLimiter {
   constructor(options: LimiterOptions)
   /**
-   * `[handle, out, check]`: `check(key, cost, nowMs?)` is the hot path
+   * `[undefined, out, check]`: `check(key, cost, nowMs?)` is the hot path
    * (`fast.rs`): it returns whether the check is allowed and writes the
-   * decision's numbers into `out`, a Float64Array of `DECISION_FIELDS`. Each
-   * keeps the limiter alive. Used by `Limiter` in floodgate.js.
+   * decision's numbers into `out`, a Float64Array of `DECISION_FIELDS`. Both
+   * keep the limiter alive. Used by `Limiter` in floodgate.js. (The first
+   * slot is the engines' handle, which their settlement functions take;
+   * nothing takes a limiter's.)
    */
   handle(): [unknown, Float64Array, (key: string | Buffer, cost: number, nowMs?: number) => boolean]
   /** The shared-memory table's path, or null for the in-process store. */

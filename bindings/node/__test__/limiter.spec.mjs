@@ -152,8 +152,8 @@ test('the raw hot path: handles, key sizes, types and time', () => {
 })
 
 test('limiters are freed when collected', () => {
-  // Each of the three values of a limiter's handle (the external, the
-  // numbers' view, the bound check) holds it; were one not freed, the
+  // Each of the two values of a limiter's handle (the numbers' view, the
+  // bound check) holds it; were one not freed, the
   // 1,600 limiters of rounds 3-10 (~150 KB each with their keys) would grow
   // the process by ~240 MB. Then a kept limiter still decides.
   const out = collected({

@@ -23,13 +23,6 @@ use napi::{JsValue, sys};
 
 use crate::{DECISION_FIELDS, Failure, invalid, numbers};
 
-/// Marks the externals made by [`handle`] (a foreign external, or any other
-/// value, is never cast to a limiter).
-const TAG: sys::napi_type_tag = sys::napi_type_tag {
-    lower: 0x6a1f_0c3e_9b2d_4f87,
-    upper: 0xf100_d6a7_e5c4_b321,
-};
-
 /// Keys up to this many bytes are read without allocating.
 const STACK_KEY: usize = 1024;
 
@@ -70,7 +63,8 @@ unsafe extern "C" fn release<T>(_env: sys::napi_env, _data: *mut c_void, hint: *
     drop(unsafe { Rc::from_raw(hint.cast::<T>()) });
 }
 
-/// `[handle, out, check]` for a limiter: see [`make_handle`].
+/// `[undefined, out, check]` for a limiter: see [`make_handle`] (nothing
+/// takes a limiter's handle: its one raw function is bound to it).
 pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys::napi_value> {
     make_handle(
         env,
@@ -78,15 +72,16 @@ pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys
             limiter,
             out: Default::default(),
         },
-        &TAG,
+        None,
         limiter_check,
     )
 }
 
-/// `[handle, out, check]`: an external holding `value`, tagged with `tag`; a
-/// Float64Array over `value.out()`, where the raw functions write their
-/// numbers; and a function running `check` bound to the value (its callback
-/// data, read by [`bound_args`]). Each keeps the value alive.
+/// `[handle, out, check]`: an external holding `value`, tagged with `tag`
+/// (undefined without a tag: for a value no raw function takes as an
+/// argument); a Float64Array over `value.out()`, where the raw functions write
+/// their numbers; and a function running `check` bound to the value (its
+/// callback data, read by [`bound_args`]). Each keeps the value alive.
 ///
 /// The bound function is the hot path: it finds its value in its own data
 /// instead of unwrapping a handle argument, whose two Node-API calls (the
@@ -95,7 +90,7 @@ pub fn handle(env: sys::napi_env, limiter: Arc<CoreLimiter>) -> napi::Result<sys
 pub(crate) fn make_handle<T: Numbers + 'static>(
     env: sys::napi_env,
     value: T,
-    tag: &sys::napi_type_tag,
+    tag: Option<&sys::napi_type_tag>,
     check: unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value,
 ) -> napi::Result<sys::napi_value> {
     let h = Rc::new(value);
@@ -110,19 +105,30 @@ pub(crate) fn make_handle<T: Numbers + 'static>(
         ptr::null_mut(),
         ptr::null_mut(),
     );
-    let hint = Rc::into_raw(Rc::clone(&h)).cast_mut().cast::<c_void>();
-    // SAFETY: `env` is the live environment of the current call. On success the
-    // external owns one `Rc` (its data, and its hint for `release`); on failure
-    // it was not made, and the `Rc` is taken back here.
-    if !ok(unsafe { sys::napi_create_external(env, hint, Some(release::<T>), hint, &mut external) })
-    {
-        // SAFETY: the external was not made, so this `Rc` is still ours.
-        drop(unsafe { Rc::from_raw(hint.cast::<T>()) });
-        return Err(fail("the handle"));
-    }
-    // SAFETY: `external` was just created in this environment.
-    if !ok(unsafe { sys::napi_type_tag_object(env, external, tag) }) {
-        return Err(fail("the handle's tag"));
+    match tag {
+        Some(tag) => {
+            let hint = Rc::into_raw(Rc::clone(&h)).cast_mut().cast::<c_void>();
+            // SAFETY: `env` is the live environment of the current call. On
+            // success the external owns one `Rc` (its data, and its hint for
+            // `release`); on failure it was not made, and the `Rc` is taken
+            // back here.
+            if !ok(unsafe {
+                sys::napi_create_external(env, hint, Some(release::<T>), hint, &mut external)
+            }) {
+                // SAFETY: the external was not made, so this `Rc` is still ours.
+                drop(unsafe { Rc::from_raw(hint.cast::<T>()) });
+                return Err(fail("the handle"));
+            }
+            // SAFETY: `external` was just created in this environment.
+            if !ok(unsafe { sys::napi_type_tag_object(env, external, tag) }) {
+                return Err(fail("the handle's tag"));
+            }
+        }
+        // SAFETY: `env` is the live environment of the current call.
+        None if !ok(unsafe { sys::napi_get_undefined(env, &mut external) }) => {
+            return Err(fail("the handle"));
+        }
+        None => {}
     }
     let bound = Rc::into_raw(Rc::clone(&h)).cast_mut().cast::<c_void>();
     // SAFETY: `env` is live; `bound` is an `Rc` the function's finalizer frees

@@ -334,10 +334,12 @@ impl Limiter {
         build().map_err(|f| f.into_js(&env))
     }
 
-    /// `[handle, out, check]`: `check(key, cost, nowMs?)` is the hot path
+    /// `[undefined, out, check]`: `check(key, cost, nowMs?)` is the hot path
     /// (`fast.rs`): it returns whether the check is allowed and writes the
-    /// decision's numbers into `out`, a Float64Array of `DECISION_FIELDS`. Each
-    /// keeps the limiter alive. Used by `Limiter` in floodgate.js.
+    /// decision's numbers into `out`, a Float64Array of `DECISION_FIELDS`. Both
+    /// keep the limiter alive. Used by `Limiter` in floodgate.js. (The first
+    /// slot is the engines' handle, which their settlement functions take;
+    /// nothing takes a limiter's.)
     #[napi(
         ts_return_type = "[unknown, Float64Array, (key: string | Buffer, cost: number, nowMs?: number) => boolean]"
     )]

@@ -46,7 +46,7 @@ use crate::fast::{
 };
 use crate::{Failure, invalid, ms};
 
-/// Marks the externals of engine handles (see `fast::TAG` for limiters).
+/// Marks the externals of engine handles (which the settlement functions take).
 const TAG: sys::napi_type_tag = sys::napi_type_tag {
     lower: 0x3c0f_5e1d_8a72_4b96,
     upper: 0xf100_e9b8_c4d3_a210,
@@ -137,7 +137,7 @@ pub fn handle(env: sys::napi_env, engine: Arc<CoreEngine>) -> napi::Result<sys::
             text: RefCell::new(String::with_capacity(256)),
             pending: RefCell::new(None),
         },
-        &TAG,
+        Some(&TAG),
         engine_check,
     )
 }
