@@ -363,3 +363,24 @@ fn a_flood_s_denials_allocate_nothing() {
     assert_eq!(flood_allocations(&summarised, Reason::RateLimited), 0);
     assert!(denied.load(Ordering::Relaxed) >= 20);
 }
+
+/// A policy of one rule by address (the lone path, `Policy::decide_lone`):
+/// its allowed requests and its flood's 429s allocate nothing either.
+#[test]
+fn a_lone_ip_rule_allocates_nothing() {
+    let engine = Engine::from_toml_str(
+        "[[rule]]\nname = \"anonymous\"\nmatch = \"/api/**\"\nkey = \"ip\"\nquotas = [\"30/min\"]\n",
+    )
+    .unwrap();
+    for ip in ["203.0.113.7", "2001:db8::7"] {
+        let req = Request {
+            method: "GET",
+            path: "/api/items?page=2",
+            client_ip: ip.parse().ok(),
+            headers: &[("accept", "*/*")],
+            body: None,
+        };
+        assert_eq!(steady_state_allocations(&engine, &req, "anonymous"), 0);
+    }
+    assert_eq!(flood_allocations(&engine, Reason::RateLimited), 0);
+}

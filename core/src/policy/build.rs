@@ -245,7 +245,12 @@ impl Policy {
         let matchers: Vec<&matcher::Matcher> = rules.iter().map(|r| &r.matcher).collect();
         let routes = matcher::RouteIndex::new(&matchers);
         let needs_path = !routes.path_blind() || rules.iter().any(|r| r.key.uses_path());
+        let lone_ip_rule = jwt.is_none()
+            && bans.is_none()
+            && lists.is_empty()
+            && matches!(rules.as_slice(), [r] if r.is_lone_ip());
         Ok(Policy {
+            lone_ip_rule,
             request_headers,
             settles,
             needs_path,

@@ -368,6 +368,13 @@ fn push_ip<S: Sink>(key: &mut S, ip: Option<IpAddr>) {
     }
 }
 
+/// The key `ip` (the address alone) of a request from `ip`, in `buf`.
+pub(crate) fn ip_key(ip: Option<IpAddr>, buf: &mut KeyBuf) -> &[u8] {
+    buf.reset();
+    push_ip(buf, ip);
+    buf.bytes()
+}
+
 impl KeyTemplate {
     /// Builds the key into `buf` (reused across rules) and returns it, or `None` if a
     /// part is missing (no header, API key or verified claim; a missing client
@@ -386,8 +393,7 @@ impl KeyTemplate {
             // (64 bytes each) where the general loop executed 20: in a real
             // server the code is cold between requests, so lines cost more
             // than instructions (callgrind, benches/callgrind_lines.py).
-            push_ip(buf, input.ip);
-            return Some(buf.bytes());
+            return Some(ip_key(input.ip, buf));
         }
         self.write_parts(input, buf)?;
         if buf.total > KEY_BUF {

@@ -467,6 +467,33 @@ struct Lists {
     deny_subjects: FastSet,
 }
 
+impl Lists {
+    fn is_empty(&self) -> bool {
+        self.allow_ips.is_empty()
+            && self.deny_ips.is_empty()
+            && self.allow_api_keys.is_empty()
+            && self.deny_api_keys.is_empty()
+            && self.allow_subjects.is_empty()
+            && self.deny_subjects.is_empty()
+    }
+}
+
+impl Rule {
+    /// A rule that every request it meets is charged on by address alone,
+    /// once, with nothing else to decide: no token, header or body in it,
+    /// one tier, no calendar, adaptive limit, ban or settlement.
+    fn is_lone_ip(&self) -> bool {
+        self.key.is_ip_only()
+            && !self.shadow
+            && self.applies_to.is_none()
+            && self.unless.is_none()
+            && matches!(self.limits, Limits::One(_))
+            && self.adaptive.is_none()
+            && self.lifecycle.is_none()
+            && self.calendar.is_none()
+    }
+}
+
 /// One compiled policy: what [`Engine`] decides with until a reload replaces
 /// it. Rules whose limiting is unchanged share their limiters (and places in
 /// flight) with the policy they replaced.
@@ -491,6 +518,9 @@ pub(crate) struct Policy {
     /// met by every request (`/**`) and no key has the path in it, and then
     /// the path is not normalised (see [`matcher::RouteIndex::path_blind`]).
     needs_path: bool,
+    /// Whether every request meets at most one rule, keyed by its address
+    /// alone, with nothing else to look up (see [`Rule::is_lone_ip`]).
+    lone_ip_rule: bool,
     /// Whether a rule keys on a field of the request body (`body:`).
     reads_body: bool,
     /// The key of client-wide bans: the masked address.
