@@ -87,7 +87,7 @@ impl Policy {
     /// order and through the same functions (store call, denial, headers), and
     /// skips the ones it cannot (lists, bans, token, API key, the rule loop,
     /// charges to refund). callgrind, `ci` profile, per-IP rule on `/api/**`:
-    /// 2,457 -> 1,998 instructions and 242 -> 176 lines of code per check
+    /// 2,454 -> 1,980 instructions and 242 -> 175 lines of code per check
     /// (benches/README.md). `the_lone_ip_path_decides_as_the_procedure`
     /// holds it to the procedure's verdicts, events and metrics.
     fn decide_lone<I: io::Now>(
@@ -135,7 +135,7 @@ impl Policy {
             bump(&counters.allowed);
         }
         out.decided(Some(&rule.name), &d, key, None, false).reason = Reason::Allowed;
-        self.allowed_headers(out, tier, &d, key, &list);
+        self.rate_headers(out, tier, &d, key, &list, None);
         Ok(())
     }
 
@@ -148,17 +148,18 @@ impl Policy {
         }
     }
 
-    /// The rate-limit headers of an allowed request, from the deciding
-    /// `tier`'s decision `d` on `key`; `lists`: the charged tiers'
-    /// `RateLimit-Policy` items, in rule order.
+    /// The rate-limit headers of a verdict from the deciding `tier`'s
+    /// decision `d` on `key`; `lists`: the `RateLimit-Policy` items (the
+    /// charged tiers', in rule order); `retry_after` on a denial.
     #[inline]
-    fn allowed_headers(
+    pub(super) fn rate_headers(
         &self,
         out: &mut VerdictBuf,
         tier: &Tier,
         d: &crate::Decision,
         key: &[u8],
         lists: &[&str],
+        retry_after: Option<Duration>,
     ) {
         if let (Some(quota), Some(value)) = (
             tier.limiter.quotas().get(d.quota),
@@ -170,7 +171,7 @@ impl Policy {
                 quota,
                 remaining: d.remaining,
                 reset_after: d.reset_after,
-                retry_after: None,
+                retry_after,
                 partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
             };
             let (headers, spare) = out.headers();
@@ -727,7 +728,7 @@ macro_rules! procedure {
                             .collect();
                         &spilled
                     };
-                    self.allowed_headers(out, tier, &d, key, policy_list);
+                    self.rate_headers(out, tier, &d, key, policy_list, None);
                 }
                 Ok(())
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ban::BanScope;
 use super::events::{Event, EventKind, bump};
-use super::headers::{self, HeaderOut, Report};
+use super::headers::{self, HeaderOut};
 use super::jwt::TokenProblem;
 use super::{Policy, Reason, Rule, Tier, Verdict, VerdictBuf};
 
@@ -251,21 +251,6 @@ impl Policy {
         v.status = status;
         v.reason = reason;
         v.retry_after = retry;
-        if let (Some(quota), Some(value)) = (
-            tier.limiter.quotas().get(d.quota),
-            tier.rate_prefixes.get(d.quota),
-        ) {
-            let report = Report {
-                policy_list: policies,
-                rate_prefix: value,
-                quota,
-                remaining: d.remaining,
-                reset_after: d.reset_after,
-                retry_after: Some(retry),
-                partition: Some(std::hash::BuildHasher::hash_one(&self.pk_seed, key)),
-            };
-            let (headers, spare) = out.headers();
-            headers::render(self.style, &report, &mut HeaderOut { headers, spare });
-        }
+        self.rate_headers(out, tier, &d, key, policies, Some(retry));
     }
 }
