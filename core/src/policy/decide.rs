@@ -1030,8 +1030,8 @@ quotas = ["8/min burst 3"]
         /// the same verdicts (headers, identity, numbers, denials), events and
         /// metrics, for every algorithm, header style, route and cost, over
         /// requests from IPv4, IPv6 (by /56) and no address, on paths that
-        /// meet the rule or not, normal or not, with methods that are valid
-        /// or not.
+        /// meet the rule or not, normal or not, with a query or not, with
+        /// methods that are valid or not, with headers it does not read.
         #[test]
         fn the_lone_ip_path_decides_as_the_procedure(
             algorithm in proptest::sample::select(vec!["gcra", "sliding_window", "sliding_log", "fixed_window"]),
@@ -1039,7 +1039,7 @@ quotas = ["8/min burst 3"]
             route in proptest::sample::select(vec!["/**", "/api/**", "GET /api/*", "POST /login"]),
             cost in 1u64..3,
             style in proptest::sample::select(vec!["draft-10", "draft-6", "legacy", "none"]),
-            steps in proptest::collection::vec((0usize..5, 0usize..6, 0usize..5, 0u64..900), 1..60),
+            steps in proptest::collection::vec((0usize..5, 0usize..7, 0usize..5, 0u64..900, proptest::bool::ANY), 1..60),
         ) {
             let text = lone_policy(algorithm, quota, route, cost, style);
             let ((lone, lone_events), (general, general_events)) =
@@ -1047,16 +1047,18 @@ quotas = ["8/min burst 3"]
             proptest::prop_assert!(lone.lone_ip_rule, "{}", text);
             let (mut a, mut b) = (VerdictBuf::new(), VerdictBuf::new());
             let methods = ["GET", "POST", "get", "M-SEARCH", "BAD METHOD"];
-            let paths = ["/api/items", "/login", "/API/items/", "/api//x/../items", "/", "/other"];
+            let paths = ["/api/items", "/login", "/API/items/", "/api//x/../items", "/", "/other", "/api/items?page=2"];
+            // Headers the policy does not read: an API key, a token.
+            let sent = [("x-api-key", "k_live_1"), ("authorization", "Bearer not.a.token")];
             let ips = [Some("203.0.113.1"), Some("2001:db8:0:1::7"), Some("2001:db8:0:2::9"), None, Some("::ffff:203.0.113.1")];
             let mut now = Duration::from_secs(1_700_000_000);
-            for (i, &(m, p, ip, dt)) in steps.iter().enumerate() {
+            for (i, &(m, p, ip, dt, with_headers)) in steps.iter().enumerate() {
                 now += Duration::from_millis(dt);
                 let req = Request {
                     method: methods[m],
                     path: paths[p],
                     client_ip: ips[ip].and_then(|t| t.parse().ok()),
-                    headers: &[],
+                    headers: if with_headers { &sent } else { &[] },
                     body: None,
                 };
                 let x = lone.decide(&req, now, true, &mut a);
