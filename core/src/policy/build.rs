@@ -247,7 +247,7 @@ impl Policy {
         let needs_path = !routes.path_blind() || rules.iter().any(|r| r.key.uses_path());
         let lone_ip_rule = jwt.is_none()
             && bans.is_none()
-            && lists.is_empty()
+            && lists.by_address_only()
             && matches!(rules.as_slice(), [r] if r.is_lone_ip());
         Ok(Policy {
             lone_ip_rule,

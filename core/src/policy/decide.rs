@@ -2,6 +2,7 @@
 //! (canonical address, normalised path, API key), then lists, client bans, the
 //! token, every matching rule (charged all-or-nothing) and shadow rules.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use smallvec::SmallVec;
@@ -85,8 +86,8 @@ impl Policy {
     /// IP, as @fastify/rate-limit or express-rate-limit set one. It takes the
     /// steps of the procedure below that such a policy can take, in the same
     /// order and through the same functions (store call, denial, headers), and
-    /// skips the ones it cannot (lists, bans, token, API key, the rule loop,
-    /// charges to refund). callgrind, `ci` profile, per-IP rule on `/api/**`:
+    /// skips the ones it cannot (API-key and subject lists, bans, token, API
+    /// key, the rule loop, charges to refund). callgrind, `ci` profile, per-IP rule on `/api/**`:
     /// 2,454 -> 1,980 instructions and 242 -> 175 lines of code per check
     /// (benches/README.md). `the_lone_ip_path_decides_as_the_procedure`
     /// holds it to the procedure's verdicts, events and metrics.
@@ -104,6 +105,10 @@ impl Policy {
             return Err(bad_method());
         }
         let ip = req.client_ip.map(canonical_ip);
+        if let Some(allowed) = self.ip_listed(ip) {
+            out.set(self.list_verdict(ip, allowed, false));
+            return Ok(());
+        }
         let masked = ip.map(|i| mask_ip(i, self.ipv6_prefix));
         if self.needs_path && !self.path_meets(rule, req) {
             bump(&self.metrics.no_rule);
@@ -188,6 +193,15 @@ impl Policy {
             Some(valid) if !valid.contains(key) => None,
             _ => Some(key),
         }
+    }
+
+    /// The address lists' answer for the canonical address `ip`.
+    fn ip_listed(&self, ip: Option<IpAddr>) -> Option<bool> {
+        let ip = ip?;
+        listed(
+            self.lists.deny_ips.contains(ip),
+            self.lists.allow_ips.contains(ip),
+        )
     }
 
     /// The API-key lists' answer. A value that a framework joined from repeated
@@ -412,12 +426,7 @@ macro_rules! procedure {
                     fields: &fields,
                 };
                 // 1. Lists by IP and API key.
-                let by_ip = ip.and_then(|ip| {
-                    listed(
-                        self.lists.deny_ips.contains(ip),
-                        self.lists.allow_ips.contains(ip),
-                    )
-                });
+                let by_ip = self.ip_listed(ip);
                 if let Some(allowed) = by_ip.or_else(|| self.api_key_listed(sent_key)) {
                     out.set(self.list_verdict(ip, allowed, false));
                     return Ok(());
@@ -995,14 +1004,21 @@ quotas = ["8/min burst 3"]
     }
 
     /// A policy of one rule by address, as the lone path takes it.
-    fn lone_policy(algorithm: &str, quota: &str, route: &str, cost: u64, style: &str) -> String {
+    fn lone_policy(
+        algorithm: &str,
+        quota: &str,
+        route: &str,
+        cost: u64,
+        style: &str,
+        lists: &str,
+    ) -> String {
         // Only a token bucket has a burst of its own.
         let quota = match quota.split_once(" burst") {
             Some((rate, _)) if algorithm != "gcra" => rate,
             _ => quota,
         };
         format!(
-            "[settings]\nheaders = \"{style}\"\nipv6_prefix = 56\n\
+            "[settings]\nheaders = \"{style}\"\nipv6_prefix = 56\n{lists}\
              [[rule]]\nname = \"by-ip\"\nmatch = \"{route}\"\nkey = \"ip\"\n\
              quotas = [\"{quota}\"]\nalgorithm = \"{algorithm}\"\ncost = {cost}\n"
         )
@@ -1027,8 +1043,9 @@ quotas = ["8/min burst 3"]
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
         /// The lone path (`decide`) decides as the procedure (`decide_now`):
-        /// the same verdicts (headers, identity, numbers, denials), events and
-        /// metrics, for every algorithm, header style, route and cost, over
+        /// the same verdicts (headers, identity, numbers, denials, lists),
+        /// events and metrics, for every algorithm, header style, route, cost
+        /// and address lists, over
         /// requests from IPv4, IPv6 (by /56) and no address, on paths that
         /// meet the rule or not, normal or not, with a query or not, with
         /// methods that are valid or not, with headers it does not read.
@@ -1039,9 +1056,14 @@ quotas = ["8/min burst 3"]
             route in proptest::sample::select(vec!["/**", "/api/**", "GET /api/*", "POST /login"]),
             cost in 1u64..3,
             style in proptest::sample::select(vec!["draft-10", "draft-6", "legacy", "none"]),
+            lists in proptest::sample::select(vec![
+                "",
+                "[lists]\ndeny_ips = [\"203.0.113.0/24\"]\n",
+                "[lists]\nallow_ips = [\"2001:db8:0:1::/64\"]\ndeny_ips = [\"2001:db8::/32\"]\n",
+            ]),
             steps in proptest::collection::vec((0usize..5, 0usize..7, 0usize..5, 0u64..900, proptest::bool::ANY), 1..60),
         ) {
-            let text = lone_policy(algorithm, quota, route, cost, style);
+            let text = lone_policy(algorithm, quota, route, cost, style, lists);
             let ((lone, lone_events), (general, general_events)) =
                 (lone_compiled(&text), lone_compiled(&text));
             proptest::prop_assert!(lone.lone_ip_rule, "{}", text);
@@ -1087,8 +1109,12 @@ quotas = ["8/min burst 3"]
             "{rule}cost = 3\nalgorithm = \"sliding_log\"\n"
         )));
         assert!(!lone(POLICY), "the test policy");
+        assert!(lone(&format!(
+            "[lists]\ndeny_ips = [\"192.0.2.0/24\"]\nallow_ips = [\"10.0.0.0/8\"]\n{rule}"
+        )));
         for more in [
-            "[lists]\ndeny_ips = [\"192.0.2.0/24\"]\n",
+            "[lists]\ndeny_api_keys = [\"k_leaked\"]\n",
+            "[lists]\nallow_subjects = [\"ops\"]\n",
             "[ban]\nafter = 3\nwithin = \"1m\"\nduration = \"1m\"\n",
             "[jwt]\nalgorithms = [\"RS256\"]\njwks_file = \"../examples/keys/jwks.json\"\n",
         ] {

@@ -468,10 +468,9 @@ struct Lists {
 }
 
 impl Lists {
-    fn is_empty(&self) -> bool {
-        self.allow_ips.is_empty()
-            && self.deny_ips.is_empty()
-            && self.allow_api_keys.is_empty()
+    /// Whether only addresses are listed (or nothing).
+    fn by_address_only(&self) -> bool {
+        self.allow_api_keys.is_empty()
             && self.deny_api_keys.is_empty()
             && self.allow_subjects.is_empty()
             && self.deny_subjects.is_empty()
@@ -519,7 +518,8 @@ pub(crate) struct Policy {
     /// the path is not normalised (see [`matcher::RouteIndex::path_blind`]).
     needs_path: bool,
     /// Whether every request meets at most one rule, keyed by its address
-    /// alone, with nothing else to look up (see [`Rule::is_lone_ip`]).
+    /// alone, with nothing else to look up but address lists (see
+    /// [`Rule::is_lone_ip`]).
     lone_ip_rule: bool,
     /// Whether a rule keys on a field of the request body (`body:`).
     reads_body: bool,
