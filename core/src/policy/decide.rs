@@ -88,7 +88,7 @@ impl Policy {
     /// order and through the same functions (store call, denial, headers), and
     /// skips the ones it cannot (API-key and subject lists, bans, token, API
     /// key, the rule loop, charges to refund). callgrind, `ci` profile, per-IP rule on `/api/**`:
-    /// 2,454 -> 1,980 instructions and 242 -> 175 lines of code per check
+    /// 2,454 -> 1,998 instructions and 242 -> 174 lines of code per check
     /// (benches/README.md). `the_lone_ip_path_decides_as_the_procedure`
     /// holds it to the procedure's verdicts, events and metrics.
     fn decide_lone<I: io::Now>(
