@@ -85,12 +85,15 @@ impl Policy {
     /// [`Rule::is_lone_ip`]): the usual first policy, one global limit per
     /// IP, as @fastify/rate-limit or express-rate-limit set one. It takes the
     /// steps of the procedure below that such a policy can take, in the same
-    /// order and through the same functions (store call, denial, headers), and
-    /// skips the ones it cannot (API-key and subject lists, bans, token, API
-    /// key, the rule loop, charges to refund). callgrind, `ci` profile, per-IP rule on `/api/**`:
-    /// 2,454 -> 1,998 instructions and 242 -> 174 lines of code per check
+    /// order and through the same functions (address lists, store call,
+    /// denial, headers), and skips the ones it cannot (API-key and subject
+    /// lists, bans, the token, the API key, the rule loop, charges to
+    /// refund). callgrind, `ci` profile, a per-IP rule on `/api/**`: 2,454 ->
+    /// 1,998 instructions and 242 -> 174 lines of code per check
     /// (benches/README.md). `the_lone_ip_path_decides_as_the_procedure`
-    /// holds it to the procedure's verdicts, events and metrics.
+    /// holds it to the procedure's verdicts, errors, events and metrics.
+    /// Synchronous checks only: `check_request_async` (a Redis store) keeps
+    /// the procedure, whose round trip dwarfs the difference.
     fn decide_lone<I: io::Now>(
         &self,
         io: &I,

@@ -479,8 +479,10 @@ impl Lists {
 
 impl Rule {
     /// A rule that every request it meets is charged on by address alone,
-    /// once, with nothing else to decide: no token, header or body in it,
-    /// one tier, no calendar, adaptive limit, ban or settlement.
+    /// once, with nothing else to decide: keyed by `ip`, one tier, applying
+    /// whatever the token or headers, not a shadow, no calendar, adaptive
+    /// limit or settlement. (Bans, the token and lists but of addresses are
+    /// the policy's: see `Policy::lone_ip_rule`.)
     fn is_lone_ip(&self) -> bool {
         self.key.is_ip_only()
             && !self.shadow
