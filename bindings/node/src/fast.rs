@@ -124,11 +124,12 @@ pub(crate) fn make_handle<T: Numbers + 'static>(
                 return Err(fail("the handle's tag"));
             }
         }
-        // SAFETY: `env` is the live environment of the current call.
-        None if !ok(unsafe { sys::napi_get_undefined(env, &mut external) }) => {
-            return Err(fail("the handle"));
+        None => {
+            // SAFETY: `env` is the live environment of the current call.
+            if !ok(unsafe { sys::napi_get_undefined(env, &mut external) }) {
+                return Err(fail("the handle"));
+            }
         }
-        None => {}
     }
     let bound = Rc::into_raw(Rc::clone(&h)).cast_mut().cast::<c_void>();
     // SAFETY: `env` is live; `bound` is an `Rc` the function's finalizer frees

@@ -75,7 +75,7 @@ impl Policy {
         if self.lone_ip_rule
             && let Some(rule) = self.rules.first()
         {
-            return self.decide_lone(&io::Blocking, rule, req, now, explicit, out);
+            return self.decide_lone(rule, req, now, explicit, out);
         }
         self.decide_now(&io::Blocking, req, now, explicit, out)
     }
@@ -94,9 +94,8 @@ impl Policy {
     /// holds it to the procedure's verdicts, errors, events and metrics.
     /// Synchronous checks only: `check_request_async` (a Redis store) keeps
     /// the procedure, whose round trip dwarfs the difference.
-    fn decide_lone<I: io::Now>(
+    fn decide_lone(
         &self,
-        io: &I,
         rule: &Rule,
         req: &Request<'_>,
         now: Duration,
@@ -122,7 +121,7 @@ impl Policy {
         let key = identity::ip_key(masked, &mut buf);
         let tier = rule.limits.select(None);
         let cost = rule.cost.min(tier.limiter.max_cost());
-        let checked = io.check(&tier.limiter, key, cost, now, explicit)?;
+        let checked = io::Now::check(&io::Blocking, &tier.limiter, key, cost, now, explicit)?;
         self.note_store(&checked, rule);
         let d = checked.decision;
         let list = [tier.policy_list.as_str()];
