@@ -65,16 +65,24 @@ app.wsgi_app = FloodgateMiddleware(app.wsgi_app, Engine.from_file("policy.toml")
 """
 
 
-def policy(store: str, table: str) -> str:
+def policy(store: str, table: str, ban: bool = True) -> str:
+    """One rule by address on ``store``, with a ban after STRIKES denials, or
+    without (then the engine decides on its straight path for one rule by
+    address, ``decide_lone``)."""
     head = f'[store]\nkind = "shared_memory"\npath = "{table}"\nmax_keys = 65536\n' if store == "shm" else ""
-    return head + textwrap.dedent(
+    rule = textwrap.dedent(
         f"""
         [[rule]]
         name = "api"
         match = "/api/**"
         key = "ip"
         quotas = ["{LIMIT}/hour"]
-
+        """
+    )
+    if not ban:
+        return head + rule
+    return head + rule + textwrap.dedent(
+        f"""
         [ban]
         after = {STRIKES}
         within = "1h"
@@ -95,9 +103,10 @@ def _table() -> str:
     return os.path.join(base, f"fg-pytest-{uuid.uuid4().hex}")
 
 
-def _serve(kind: str, store: str, tmp_path):
+def _serve(kind: str, store: str, tmp_path, ban: bool = True):
     table = _table()
-    proc, port = start_server(kind, ASGI_APP if kind == "uvicorn" else WSGI_APP, policy(store, table), tmp_path)
+    app = ASGI_APP if kind == "uvicorn" else WSGI_APP
+    proc, port = start_server(kind, app, policy(store, table, ban), tmp_path)
     return proc, port, table
 
 
@@ -202,6 +211,30 @@ def test_one_quota_across_four_workers(kind, store, tmp_path):
     else:
         # Each worker admits up to LIMIT on its own.
         assert LIMIT < len(ok) <= 4 * LIMIT, f"{len(ok)} admitted by {workers} workers in memory"
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_one_rule_by_address_across_four_workers_on_shared_memory(kind, tmp_path):
+    """The policy most users start with, one rule by address and nothing
+    else (decided on the engine's straight path), across four workers on
+    shared memory over HTTP: exactly the quota, every other answer a 429
+    with its rate-limit headers."""
+    pytest.importorskip(kind)
+    proc, port, table = _serve(kind, "shm", tmp_path, ban=False)
+    try:
+        _wait_for_workers(proc, port)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: _hit(port), range(REQUESTS // 2)))
+        status, headers, _ = _call(port, "GET", "/api/items")
+    finally:
+        _stop(proc)
+        if os.path.exists(table):
+            os.unlink(table)
+    ok = [pid for status, pid in results if status == 200]
+    assert len(set(ok)) >= 2, f"the requests reached {len(set(ok))} worker(s); the test needs several"
+    assert len(ok) == LIMIT, f"{len(ok)} admitted on shared memory"
+    assert sum(1 for status, _ in results if status == 429) == REQUESTS // 2 - LIMIT
+    assert status == 429 and "retry-after" in headers and "ratelimit" in headers, (status, headers)
 
 
 def _worker(path: str, n: int, out) -> None:
