@@ -70,8 +70,9 @@ static void add_headers(struct MHD_Response *response, const fg_verdict *v) {
   const char *end = v->headers + v->headers_len;
   while (p < end) {
     const char *eol = strstr(p, "\r\n");
+    if (eol == NULL) break;
     const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (eol == NULL || colon == NULL) break;
+    if (colon == NULL) break;
     char name[128], value[512];
     size_t nl = (size_t)(colon - p), vl = (size_t)(eol - colon - 2);
     if (nl < sizeof name && vl < sizeof value) {
@@ -91,7 +92,7 @@ static void add_headers(struct MHD_Response *response, const fg_verdict *v) {
 typedef struct {
   bool reads_body, too_large;
   char *body;
-  size_t body_len;
+  size_t body_len, body_cap;
   fg_settlement *settlement;
   unsigned status;
 } request_state;
@@ -115,11 +116,18 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
       if (*upload_data_size > FG_MAX_BODY_BYTES - state->body_len) {
         state->too_large = true;
       } else {
-        char *grown = realloc(state->body, state->body_len + *upload_data_size);
-        if (grown == NULL) return MHD_NO;
-        memcpy(grown + state->body_len, upload_data, *upload_data_size);
-        state->body = grown;
-        state->body_len += *upload_data_size;
+        size_t need = state->body_len + *upload_data_size;
+        if (need > state->body_cap) { /* doubling: a body in many small pieces is not copied once per piece */
+          size_t cap = state->body_cap ? state->body_cap : 1024;
+          while (cap < need) cap *= 2;
+          if (cap > FG_MAX_BODY_BYTES) cap = FG_MAX_BODY_BYTES;
+          char *grown = realloc(state->body, cap);
+          if (grown == NULL) return MHD_NO;
+          state->body = grown;
+          state->body_cap = cap;
+        }
+        memcpy(state->body + state->body_len, upload_data, *upload_data_size);
+        state->body_len = need;
       }
     }
     *upload_data_size = 0;
