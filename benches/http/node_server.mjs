@@ -1,4 +1,5 @@
-// node node_server.mjs <express|fastify> <none|floor|check|floodgate|peer> <port>
+// node node_server.mjs <express|fastify> <none|floor|check|floodgate|hijack|peer> <port>
+// (hijack: Fastify's plugin with { hijackDenials: true })
 // The same handler ({"ok":true}) behind no limiter, Floodgate's middleware or
 // the peer middleware, each at 1,000,000 requests per minute per IP; or
 // behind the floor: a middleware that only sets two constant rate-limit
@@ -45,8 +46,9 @@ if (framework === 'express') {
   app.listen(Number(port), '127.0.0.1')
 } else if (framework === 'fastify') {
   const fastify = require('fastify')({ logger: false })
-  if (mode === 'floodgate') {
-    await fastify.register(require(join(here, '../../bindings/node/fastify.js')), { engine: floodgateEngine() })
+  if (mode === 'floodgate' || mode === 'hijack') {
+    const hijackDenials = mode === 'hijack'
+    await fastify.register(require(join(here, '../../bindings/node/fastify.js')), { engine: floodgateEngine(), hijackDenials })
   } else if (mode === 'floor' || mode === 'check') {
     const raw = mode === 'check' ? rawChecker(floodgateEngine()) : undefined
     fastify.addHook('onRequest', (request, reply, next) => {

@@ -21,6 +21,7 @@ shared host cancels out of them.
     python3 benches/http/run.py --split --only fastify,express   # also the floor plus Floodgate's check alone
     python3 benches/http/run.py --only flask --extension   # also the Flask extension (floodgate.flask)
     python3 benches/http/run.py --footprint --only fastify,express,fastapi   # instructions and cache misses per request
+    python3 benches/http/run.py --tight --hijack --only fastify   # also the Fastify plugin with { hijackDenials: true }
 
 `--footprint` runs each server under valgrind's callgrind with its cache
 model instead of timing it: instructions and first-level cache misses per
@@ -195,6 +196,8 @@ def footprint(a):
     event loop) per answered request."""
     frameworks = [f for f in a.only.split(",") if f != "flask"]  # gunicorn forks its worker
     variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
+    if a.hijack:
+        variants = (*variants[:-1], "hijack", variants[-1])
     print("| server | variant | instructions / request | I1 misses | D1 misses | Floodgate's native code: instructions | I1 misses |")
     print("|---|---|---|---|---|---|---|")
     for f in frameworks:
@@ -203,11 +206,13 @@ def footprint(a):
             out = tempfile.mkdtemp(prefix="fg-footprint-")
             wrap = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--separate-threads=yes", "--instr-atstart=no",
                     f"--callgrind-out-file={out}/cg.%p"]
-            proc = start(f, v, port, a.python, wrap=wrap, tries=1200)
+            proc = start(f, v, port, a.python, TIGHT_ENV if a.tight else None, wrap=wrap, tries=1200)
             try:
-                wrk(port, 3 * a.duration, 4)  # warm-up: the JIT tiers up
+                wrk(port, 3 * a.duration, 4, denials_ok=a.tight)  # warm-up: the JIT tiers up
                 subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-                _, n, _ = wrk(port, 4 * a.duration, 2, requests=True)
+                _, n, refused = wrk(port, 4 * a.duration, 2, denials_ok=a.tight, requests=True)
+                if a.tight:
+                    check_flood(f, v, n, refused)
                 subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
             finally:
                 proc.terminate()
@@ -244,6 +249,9 @@ def main():
     ap.add_argument("--split", action="store_true",
                     help="Node only: the floor, and the floor plus Floodgate's check whose verdict is not used "
                          "(what the check costs apart from the headers it sets)")
+    ap.add_argument("--hijack", action="store_true",
+                    help="Fastify only: also Floodgate's plugin with { hijackDenials: true } (refusals written to "
+                         "the raw response; matters with --tight)")
     a = ap.parse_args()
     if a.logging:
         return logging_cost(a)
@@ -255,6 +263,10 @@ def main():
         if not set(frameworks) <= {"fastify", "express"}:
             raise SystemExit("--split is the Node servers': use it with --only fastify,express")
         variants = ("none", "floor", "check", "floodgate", "peer")
+    if a.hijack:
+        if frameworks != ["fastify"]:
+            raise SystemExit("--hijack is Fastify's: use it with --only fastify")
+        variants = (*variants[:-1], "hijack", variants[-1])
     if a.extension:
         if frameworks != ["flask"]:
             raise SystemExit("--extension is Flask's: use it with --only flask")
@@ -285,7 +297,7 @@ def main():
     # each limiter costs, less disturbed by wrk sharing the machine).
     shown = [v for v in variants if v != "none"]
     names = {"floor": "floor", "check": "floor + check", "floodgate": "Floodgate", "extension": "Floodgate extension",
-             "peer": "peer"}
+             "hijack": "Floodgate, hijackDenials", "peer": "peer"}
     print("| server | no limiter | " + " | ".join(names[v] for v in shown)
           + " | server CPU µs/req: none | " + " | ".join(names[v] for v in shown) + " |")
     print("|---|---|" + "---|" * (2 * len(shown) + 1))
@@ -299,7 +311,7 @@ def main():
     # A round's variants run back to back, seconds apart; the rounds follow
     # one another over minutes on a shared host. A ratio taken within each
     # round, then the median over the rounds, cancels what drifts between them.
-    pairs = [(v, "none") for v in shown] + [(v, "peer") for v in ("floodgate", "extension") if v in variants and "peer" in variants]
+    pairs = [(v, "none") for v in shown] + [(v, "peer") for v in ("floodgate", "extension", "hijack") if v in variants and "peer" in variants]
     print()
     print("Requests per second, the ratio within each round: median (range) over the rounds")
     print()

@@ -348,6 +348,64 @@ test('a GCRA quota advertises its whole window over real HTTP (99/min is w=60)',
   }
 })
 
+test('fastify with hijackDenials: refusals written to the raw response keep the reply\'s headers (CORS), the type and length, onResponse hooks and the request log; only onSend hooks are skipped', async () => {
+  const origin = 'https://app.example'
+  for (const async of [false, true]) {
+    const logged = []
+    const app = require('fastify')({
+      trustProxy: '127.0.0.1',
+      logger: { stream: { write: (line) => logged.push(JSON.parse(line)) } },
+    })
+    await app.register(require('@fastify/cors'), { origin })
+    await app.register(require('../fastify.js'), { engine: Engine.fromToml(POLICY), hijackDenials: true, async })
+    const sent = []
+    const responded = []
+    app.addHook('onSend', (request, reply, payload, next) => {
+      sent.push(reply.statusCode)
+      next()
+    })
+    app.addHook('onResponse', (request, reply, next) => {
+      responded.push(reply.statusCode)
+      next()
+    })
+    // (@fastify/cors has OPTIONS on every path: no catch-all here.)
+    app.get('/api/items', async () => ({ ok: true }))
+    for (const path of ['/auth/login', '/oauth/token']) app.post(path, async () => ({ ok: true }))
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const port = app.server.address().port
+    const base = `http://127.0.0.1:${port}`
+    const what = `async: ${async}`
+    try {
+      await scenario(async (method, path, headers = {}) => {
+        const res = await fetch(base + path, { method, headers: { 'x-forwarded-for': '203.0.113.83', origin, ...headers } })
+        const text = await res.text()
+        if (res.status !== 200) {
+          assert.equal(res.headers.get('access-control-allow-origin'), origin, `${what}: the ${res.status} keeps CORS's header`)
+          assert.equal(res.headers.get('content-length'), String(Buffer.byteLength(text)), what)
+        }
+        return { status: res.status, header: (n) => res.headers.get(n), json: text.startsWith('{') ? JSON.parse(text) : null }
+      })
+      // HEAD: the refusal's length, no body.
+      const head = await raw(port, 'HEAD', '/api/items', [['X-Forwarded-For', '203.0.113.83'], ['X-Api-Key', 'sk_revoked']])
+      assert.equal(head.status, 403, what)
+      assert.equal(head.body, '', what)
+      assert.ok(Number(head.headers.get('content-length')) > 0, what)
+      const refusal = await raw(port, 'POST', '/auth/login', [['X-Forwarded-For', '203.0.113.83']])
+      assert.equal(refusal.status, 429, what)
+      assert.ok(Number(refusal.headers.get('retry-after')) >= 1, what)
+      assert.equal(refusal.headers.get('ratelimit-policy'), '"login";q=2;w=60', what)
+    } finally {
+      await app.close()
+    }
+    const refusals = [429, 401, 403, 403, 429]
+    assert.deepEqual(responded.filter((c) => c !== 200), refusals, `${what}: onResponse runs for every refusal`)
+    assert.deepEqual(sent.filter((c) => c !== 200), [], `${what}: onSend runs for none`)
+    assert.equal(sent.filter((c) => c === 200).length, 4, `${what}: onSend runs for the app's answers`)
+    const completed = logged.filter((l) => l.msg === 'request completed').map((l) => l.res.statusCode)
+    assert.deepEqual(completed.filter((c) => refusals.includes(c)), refusals, `${what}: the request log has them`)
+  }
+})
+
 test('fastify plugin, with inject', async () => {
   const Fastify = require('fastify')
   const app = Fastify({ trustProxy: true })
