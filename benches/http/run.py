@@ -234,6 +234,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="seconds of load before each measured run (0: none, for a smoke that checks the harness)")
     ap.add_argument("--only", default="fastify,express,fastapi,flask")
     ap.add_argument("--python", default=str(ROOT / "target" / "py-venv" / "bin" / "python"))
     ap.add_argument("--logging", action="store_true")
@@ -281,7 +283,8 @@ def main():
                 port = free_port()
                 proc = start(f, v, port, a.python, TIGHT_ENV if a.tight else None)
                 try:
-                    wrk(port, 1, a.connections, denials_ok=a.tight)  # warm-up (JIT, caches, connections)
+                    if a.warmup:  # (JIT, caches, connections)
+                        wrk(port, a.warmup, a.connections, denials_ok=a.tight)
                     before = cpu_seconds(proc.pid)
                     rps, n, refused = wrk(port, a.duration, a.connections, denials_ok=a.tight, requests=True)
                     if a.tight:
