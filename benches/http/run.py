@@ -202,7 +202,7 @@ def footprint(a):
     event loop) per answered request."""
     frameworks = [f for f in a.only.split(",") if f != "flask"]  # gunicorn forks its worker
     variants = ("none", "floor", "floodgate", "peer") if a.floor else VARIANTS
-    if a.hijack:
+    if a.hijack:  # Fastify alone (checked in main)
         variants = (*variants[:-1], "hijack", variants[-1])
     print("| server | variant | instructions / request | I1 misses | D1 misses | Floodgate's native code: instructions | I1 misses |")
     print("|---|---|---|---|---|---|---|")
@@ -261,6 +261,8 @@ def main():
                     help="Fastify only: also Floodgate's plugin with { hijackDenials: true } (refusals written to "
                          "the raw response; matters with --tight)")
     a = ap.parse_args()
+    if a.hijack and a.only != "fastify":
+        raise SystemExit("--hijack is Fastify's: use it with --only fastify")
     if a.logging:
         return logging_cost(a)
     if a.footprint:
@@ -272,8 +274,6 @@ def main():
             raise SystemExit("--split is the Node servers': use it with --only fastify,express")
         variants = ("none", "floor", "check", "floodgate", "peer")
     if a.hijack:
-        if frameworks != ["fastify"]:
-            raise SystemExit("--hijack is Fastify's: use it with --only fastify")
         variants = (*variants[:-1], "hijack", variants[-1])
     if a.extension:
         if frameworks != ["flask"]:
