@@ -56,6 +56,8 @@ test('the raw path gives the napi-rs path\'s verdicts, every kind', async () => 
     { method: 'GET', path: '/x', clientIp: '192.0.2.9' }, // deny-listed
     { method: 'GET', path: '/x', clientIp: '203.0.113.3', headers: { authorization: 'Bearer not.a.jwt' } }, // 401
     { method: 'GET', path: '/x' }, // no address: no rule keys it
+    // Lone surrogates (no UTF-8 for them): U+FFFD to both paths.
+    { method: 'GET', path: '/u/\ud800', clientIp: '203.0.113.5', headers: { 'x-user': 'a\udc00' } },
   ]
   for (let round = 0; round < 9; round++) {
     for (const [i, r] of requests.entries()) {
