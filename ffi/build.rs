@@ -1,5 +1,7 @@
 //! Generates the C header into OUT_DIR (never into the source tree): the
-//! `header` test compares it with the committed `include/floodgate.h`.
+//! `header` test compares it with the committed `include/floodgate.h`; and
+//! places the hot path's functions side by side (core/link/hot-text.ld).
+include!("../core/link/hot_text.rs");
 
 fn main() {
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
@@ -19,4 +21,5 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libfloodgate.so.0");
     }
+    link_hot_text(&std::path::Path::new(&crate_dir).join("../core/link/hot-text.ld"));
 }
