@@ -2,8 +2,8 @@
  * C library loaded into one process (benches/http/cold_ab.mjs is the Node
  * one; benches/README.md says why). Between two checks a server (nginx)
  * parses a request, runs its modules and the kernel; here a stand-in does
- * ~100k instructions of other work touching ~1 MB (formatting, sorting,
- * parsing, copying), then the check is timed alone (CLOCK_MONOTONIC) and
+ * other work touching ~1 MB (formatting, parsing, sorting, copying), then
+ * the check is timed alone (CLOCK_MONOTONIC) and
  * again at once (warm). The builds take turns; with one build it is
  * compared with itself (an A/A run: the spread that is noise).
  *
@@ -89,8 +89,15 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s POLICY A.so [B.so] [rounds]\n", argv[0]);
     return 2;
   }
-  const char *b_path = argc > 3 && strchr(argv[3], '.') ? argv[3] : argv[2];
-  size_t n = (size_t)atol(argc > 4 ? argv[4] : (argc > 3 && !strchr(argv[3], '.') ? argv[3] : "4000"));
+  /* POLICY A [B] [ROUNDS]: an argument of digits only is the rounds. */
+  const char *b_path = argv[2];
+  size_t n = 4000;
+  for (int i = 3; i < argc && i < 5; i++) {
+    if (strspn(argv[i], "0123456789") == strlen(argv[i]))
+      n = (size_t)atol(argv[i]);
+    else
+      b_path = argv[i];
+  }
   if (n < 40) n = 40;
   struct build builds[2];
   if (load(argv[2], argv[1], &builds[0]) || load(b_path, argv[1], &builds[1])) return 1;

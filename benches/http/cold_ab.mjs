@@ -3,7 +3,8 @@
 // What one request's check costs with its code cold, as between real
 // requests, for two builds of the Node addon loaded into one process: each
 // check runs right after a request handled by a Fastify app (fastify.inject:
-// ~100k instructions of other code), and is timed alone (process.hrtime).
+// a request's worth of other code, as a server runs between two checks), and
+// is timed alone (process.hrtime).
 // The two builds take turns, so a noisy host (other VMs, CPU quotas) slows
 // both alike: their ratio is readable where wrk's throughput is not
 // (benches/README.md). Each check is also timed a second time at once
@@ -15,7 +16,7 @@
 // bindings/node, then copy floodgate.linux-x64-gnu.node aside), before and
 // after a change. With one build, it is compared with itself (an A/A run:
 // the spread that is noise).
-import { copyFileSync, mkdtempSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -48,7 +49,7 @@ function load(path) {
   const m = { exports: {} }
   process.dlopen(m, path)
   const engine = m.exports.Engine.fromFile(policy)
-  // As the middleware call it: one argument per header the policy reads
+  // As the middleware calls it: one argument per header the policy reads
   // (none of them sent here).
   const headers = engine.requestHeaders.length
   const [, , check] = engine.handle()
@@ -64,6 +65,7 @@ function load(path) {
   }
 }
 const [A, B] = paths.map(load)
+rmSync(dir, { recursive: true, force: true }) // loaded: the copies can go
 const noop = (a, b, c) => a
 const cases = {
   'empty JS call': [() => noop('GET', '/api/items', '127.0.0.1')],

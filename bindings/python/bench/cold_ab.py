@@ -6,7 +6,7 @@ requests, for two builds of the extension loaded into one interpreter
 
 Each check runs right after a request handled by a Flask app (its WSGI
 callable, called directly: Werkzeug's request, Flask's dispatch and
-response, ~100k instructions of other code), timed alone
+response, as a server runs between two checks), timed alone
 (`time.perf_counter_ns`), and again at once (warm). The builds take turns,
 so what slows the host slows both; with one build it is compared with itself
 (an A/A run: the spread that is noise). Builds: `maturin build --release`
